@@ -1,0 +1,158 @@
+"""``pixio extract``: encoder features for many images, resumable."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import torch
+import typer
+
+from .. import options as opt
+from ..engine import Engine, Sample, Summary
+from ..errors import UsageError
+from ..features import FileStore, ShardStore
+from ..images import ResizePolicy
+from ..inputs import Item, collect
+from ..pca import pca_rgb
+from ..writers import write_image
+from .common import finish, parse_blocks
+
+
+class Format(str, Enum):
+    npz = "npz"
+    safetensors = "safetensors"
+
+
+class Pool(str, Enum):
+    none = "none"
+    cls = "cls"
+    mean = "mean"
+
+
+def extract(
+    inputs: opt.Inputs,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder.")] = None,
+    model: opt.Model = opt.DEFAULT,
+    size: opt.Size = None,
+    blocks: Annotated[Optional[str], typer.Option(
+        help="Comma-separated 0-based blocks (negative counts from the end) (default: the last block).",
+        show_default=False)] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Tokens before the final LayerNorm.")] = False,
+    format: Annotated[Format, typer.Option("--format", "-f", help="File format.")] = Format.npz,
+    pool: Annotated[Pool, typer.Option(
+        help="none: all tokens; cls: mean of the 8 CLS tokens; mean: mean of the patch tokens.")] = Pool.none,
+    shards: Annotated[Optional[int], typer.Option(
+        help="Write shards of N images plus index.jsonl instead of one file per image.", min=1)] = None,
+    pca: Annotated[Optional[str], typer.Option(
+        "--pca", is_flag=False, flag_value="", metavar="[FILE.png|DIR]",
+        help="Save the first 3 principal components of the patch tokens as RGB: to FILE.png "
+             "(one input), DIR, or beside the features when given without a value.")] = None,
+    json_lines: opt.Json = False,
+    resize: opt.Resize = "256",
+    every: opt.Every = 1,
+    device: opt.Device = "auto",
+    precision: opt.Precision = None,
+    batch_size: opt.BatchSize = 16,
+    workers: opt.Workers = None,
+    compile: opt.Compile = False,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Extract Pixio features: CLS and patch tokens of chosen blocks, one file per image.
+
+    Reruns skip images whose output is already complete, so an interrupted run
+    resumes where it stopped.
+    """
+    if output is None and pca is None:
+        raise UsageError("nothing to write: give an output folder with -o (and/or --pca)")
+    if shards is not None and output is None:
+        raise UsageError("--shards needs an output folder (-o)")
+    policy = ResizePolicy.parse(resize)
+
+    # input
+    items = collect(inputs, every=every)
+    pca_path = _pca_target(pca, output, items)
+    store = None
+    if output is not None:
+        stacked = pool != Pool.none
+        store = ShardStore(output, format.value, shards, stacked) if shards else FileStore(output, format.value)
+    todo = [it for it in items if not _is_done(it, store, pca_path)]
+    summary = Summary(skipped=len(items) - len(todo))
+
+    # engine and model
+    engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None)
+    encoder = engine.load_encoder(model, size)
+    block_ids = parse_blocks(blocks, encoder.depth)
+    n_cls = encoder.n_cls_tokens
+
+    def features(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        grid = (x.shape[-2] // encoder.patch_size, x.shape[-1] // encoder.patch_size)
+        tokens = torch.stack(encoder.forward_blocks(x, block_ids, norm=not raw), dim=1)  # (B, nb, N, D)
+        cls, patches = tokens[:, :, :n_cls], tokens[:, :, n_cls:]
+        patches = patches.reshape(*patches.shape[:2], *grid, patches.shape[-1])
+        out = {}
+        if pool == Pool.cls:
+            out["features"] = cls.mean(2)
+        elif pool == Pool.mean:
+            out["features"] = patches.mean((2, 3))
+        else:
+            out["cls_tokens"], out["patch_tokens"] = cls, patches
+        if pca_path is not None:
+            out["_pca"] = patches[:, -1]
+        return out
+
+    # output
+    def write(item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
+        record: dict = {"path": item.label}
+        arrays = {k: v.numpy().astype(np.float32) for k, v in out.items() if not k.startswith("_")}
+        if store is not None:
+            arrays["blocks"] = np.asarray(block_ids, np.int64)
+            arrays["input_hw"] = np.asarray(sample.image.shape[:2], np.int64)
+            record.update(store.write(item, arrays))
+        if pca_path is not None:
+            target = pca_path(item)
+            write_image(target, pca_rgb(out["_pca"], sample.orig_hw))
+            record["pca"] = str(target)
+        if json_lines:
+            record["shapes"] = {k: list(v.shape) for k, v in arrays.items() if k not in ("blocks", "input_hw")}
+            sys.stdout.write(json.dumps(record) + "\n")
+            sys.stdout.flush()
+
+    try:
+        engine.run(todo, policy, features, write, desc="extract", summary=summary)
+    finally:
+        if store is not None:
+            store.close()
+    finish(summary, "extracted")
+
+
+def _pca_target(pca: str | None, output: Path | None, items: list[Item]):
+    """A function item -> PCA image path, or None when no PCA is wanted."""
+    if pca is None:
+        return None
+    if pca == "":
+        if output is None:
+            raise UsageError("--pca without a file name writes beside the features: give -o too")
+        return lambda it: output / f"{it.key}_pca.png"
+    target = Path(pca)
+    if target.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        if len(items) != 1:
+            raise UsageError(f"--pca {pca} names one file but there are {len(items)} images: give a folder")
+        return lambda it: target
+    return lambda it: target / f"{it.key}.png"
+
+
+def _is_done(item: Item, store, pca_path) -> bool:
+    if store is not None and not store.done(item):
+        return False
+    if pca_path is not None and not pca_path(item).exists():
+        return False
+    return True
+
+
+def register(app: typer.Typer) -> None:
+    app.command(help=extract.__doc__)(extract)

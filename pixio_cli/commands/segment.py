@@ -1,0 +1,5 @@
+"""``pixio segment``: segmentation heads (planned)."""
+
+from .common import not_built
+
+register = not_built("segment", "segmentation heads")

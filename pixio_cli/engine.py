@@ -1,0 +1,316 @@
+"""The shared engine: device and precision, model loading, decoding in DataLoader
+workers, same-size batching, autocast, optional compile, out-of-memory back-off,
+progress, and writing results on a background thread.
+
+A command gives it work items, a batch function (normalised images in, a dict
+of per-image tensors out) and a result handler; the engine does the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
+
+from .errors import InputError, PixioError, UsageError
+from .images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, decode_image, read_image, resize_image
+from .inputs import Item
+from .writers import BackgroundWriter
+
+log = logging.getLogger("pixio")
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ---------------------------------------------------------------------------- device and precision
+
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    """``auto`` (CUDA when present, the local rank's GPU under torchrun), ``cpu``, ``cuda`` or ``cuda:N``."""
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist_info()[2] % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) here")
+    elif dev.type not in ("cpu", "mps"):
+        raise UsageError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def pick_dtype(precision: str | None, device: torch.device) -> torch.dtype:
+    """The compute dtype: ``precision`` when given, else bf16 on CUDA and fp32 elsewhere."""
+    if precision is None or precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed precision context for ``dtype`` (nothing for fp32)."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------- decoding in workers
+
+
+@dataclass
+class Sample:
+    """A decoded, resized image on its way to the model."""
+
+    index: int
+    image: np.ndarray  # RGB uint8 (h, w, 3), as the model sees it
+    orig_hw: tuple[int, int]
+    error: str | None = None
+
+
+class _FrameReader:
+    """Reads video frames, keeping the last capture open so sequential frames are cheap."""
+
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self.cap = None
+        self.pos = 0
+
+    def read(self, path: str, frame: int) -> np.ndarray:
+        import cv2
+
+        if path != self.path or frame < self.pos:
+            self.close()
+            self.cap, self.path, self.pos = cv2.VideoCapture(path), path, 0
+            if not self.cap.isOpened():
+                raise InputError(f"{path}: cannot open the video")
+        while self.pos < frame:  # grab() skips without decoding
+            if not self.cap.grab():
+                break
+            self.pos += 1
+        ok, bgr = self.cap.read()
+        if not ok:
+            raise InputError(f"{path}: cannot read frame {frame}")
+        self.pos += 1
+        return decode_frame(bgr)
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+        self.cap, self.path = None, None
+
+
+def decode_frame(bgr: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class ImageStream(IterableDataset):
+    """Decodes and resizes items; each DataLoader worker takes every n-th chunk of items.
+
+    Chunks keep consecutive video frames in one worker. A bad item yields a
+    Sample with ``error`` set instead of raising, so one file never stops a run.
+    """
+
+    def __init__(self, items: list[Item], policy: ResizePolicy, chunk: int = 16) -> None:
+        self.items, self.policy, self.chunk = items, policy, chunk
+
+    def __iter__(self) -> Iterator[Sample]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        frames = _FrameReader()
+        try:
+            for start in range(wid * self.chunk, len(self.items), nw * self.chunk):
+                for i in range(start, min(start + self.chunk, len(self.items))):
+                    yield self._load(i, frames)
+        finally:
+            frames.close()
+
+    def _load(self, i: int, frames: _FrameReader) -> Sample:
+        item = self.items[i]
+        try:
+            img = read_image(item.path) if item.frame is None else frames.read(item.path, item.frame)
+            hw = self.policy.target(*img.shape[:2])
+            return Sample(i, resize_image(img, hw), img.shape[:2])
+        except InputError as e:
+            return Sample(i, np.zeros((0, 0, 3), np.uint8), (0, 0), str(e))
+        except Exception as e:  # an image library failing on odd data is still bad input
+            return Sample(i, np.zeros((0, 0, 3), np.uint8), (0, 0), f"{item.label}: {type(e).__name__}: {e}")
+
+
+def _collate_one(sample: Sample) -> Sample:
+    return sample
+
+
+# ---------------------------------------------------------------------------- the engine
+
+
+@dataclass
+class Batch:
+    """Images of one size, ready for the model."""
+
+    samples: list[Sample]
+    pixels: torch.Tensor  # normalised float (B, 3, h, w) on the device
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+
+BatchFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+ResultFn = Callable[[Item, Sample, dict[str, torch.Tensor]], None]
+
+
+class Engine:
+    """Runs a batch function over many images. One instance per command invocation."""
+
+    def __init__(self, device: str = "auto", precision: str | None = None, batch_size: int = 16,
+                 workers: int | None = None, compile: bool = False, progress: bool | None = None) -> None:
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(precision, self.device)
+        if batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        self.batch_size = batch_size
+        self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        self.compile = compile
+        # None: a bar when stderr is a terminal, quiet in logs and pipes
+        self.progress = progress
+        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+
+    # -- models
+
+    def load_encoder(self, source: str, size: str | None = None):
+        """Load an encoder from any accepted source onto this engine's device."""
+        from .checkpoints import load_encoder
+
+        return self.prepare(load_encoder(source, size=size))
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+
+    def maybe_compile(self, fn: Callable) -> Callable:
+        return torch.compile(fn, dynamic=None) if self.compile else fn
+
+    # -- tensors
+
+    def to_pixels(self, images: list[np.ndarray]) -> torch.Tensor:
+        """RGB uint8 images of one size -> normalised float (B, 3, h, w) on the device.
+
+        uint8 crosses to the device (a quarter of the bytes of float) and is
+        normalised there.
+        """
+        x = torch.from_numpy(np.stack(images))
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return (x - self._mean) / self._std
+
+    def infer(self, fn: BatchFn, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``fn(pixels)`` under inference mode and autocast; halves the batch on CUDA out-of-memory."""
+        try:
+            with torch.inference_mode(), autocast(self.device, self.dtype):
+                return fn(pixels)
+        except torch.cuda.OutOfMemoryError:
+            n = pixels.shape[0]
+            torch.cuda.empty_cache()
+            if n == 1:
+                raise PixioError("out of GPU memory on a single image: use a smaller --resize, "
+                                 "--precision bf16, or --tile where the command has it") from None
+            self.batch_size = max(1, n // 2)
+            log.warning("out of GPU memory at batch %d: retrying with batch %d", n, self.batch_size)
+            parts = [self.infer(fn, part) for part in pixels.split(self.batch_size)]
+            return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    # -- the loop
+
+    def batches(self, items: list[Item], policy: ResizePolicy, summary: Summary,
+                bar: tqdm | None = None) -> Iterator[Batch]:
+        """Decoded images grouped into same-size batches; failures go to ``summary``."""
+        stream = ImageStream(items, policy)
+        loader = DataLoader(stream, batch_size=None, num_workers=self.workers, collate_fn=_collate_one,
+                            prefetch_factor=4 * self.batch_size if self.workers else None,
+                            persistent_workers=False)
+        pending: dict[tuple[int, int], list[Sample]] = {}
+        held = 0
+        for sample in loader:
+            if sample.error:
+                summary.failures.append((items[sample.index].label, sample.error))
+                if bar is not None:
+                    bar.update(1)
+                continue
+            bucket = pending.setdefault(sample.image.shape[:2], [])
+            bucket.append(sample)
+            held += 1
+            if len(bucket) >= self.batch_size:
+                held -= len(bucket)
+                yield self._batch(pending.pop(sample.image.shape[:2]))
+            elif held > 4 * self.batch_size:  # many sizes: do not hold images forever
+                largest = max(pending, key=lambda k: len(pending[k]))
+                held -= len(pending[largest])
+                yield self._batch(pending.pop(largest))
+        for key in list(pending):
+            yield self._batch(pending.pop(key))
+
+    def _batch(self, samples: list[Sample]) -> Batch:
+        return Batch(samples, self.to_pixels([s.image for s in samples]))
+
+    def run(self, items: list[Item], policy: ResizePolicy, fn: BatchFn, on_result: ResultFn,
+            desc: str = "pixio", summary: Summary | None = None) -> Summary:
+        """Run ``fn`` over ``items`` and hand each image's outputs (CPU tensors) to ``on_result``.
+
+        ``on_result`` runs on the background writer thread, in order. Under
+        torchrun each rank takes every world-size-th item.
+        """
+        rank, world, _ = dist_info()
+        items = items[rank::world]
+        summary = summary or Summary()
+        fn = self.maybe_compile(fn)
+        bar = tqdm(total=len(items), desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True,
+                   disable=(not self.progress) if self.progress is not None else None)
+        writer = BackgroundWriter()
+        try:
+            for batch in self.batches(items, policy, summary, bar):
+                out = self.infer(fn, batch.pixels)
+                out = {k: v.float().cpu() for k, v in out.items()}
+                for j, s in enumerate(batch.samples):
+                    per = {k: v[j] for k, v in out.items()}
+                    writer.submit(lambda s=s, per=per: on_result(items[s.index], s, per))
+                summary.done += len(batch.samples)
+                bar.update(len(batch.samples))
+        finally:
+            bar.close()
+            writer.close()  # finish what is queued, also on Ctrl-C: each write is atomic
+        return summary

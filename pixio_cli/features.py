@@ -1,0 +1,105 @@
+"""Where extracted features go: one file per image, or shards with a JSONL index.
+
+Both stores answer ``done(item)`` from what is on disk, which is what makes a
+rerun of the same command resume: completed outputs were written atomically,
+so existing means complete.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .inputs import Item
+from .writers import write_npz, write_safetensors_np
+
+FORMATS = ("npz", "safetensors")
+
+
+def write_arrays(path: Path, arrays: dict[str, np.ndarray], fmt: str) -> None:
+    if fmt == "npz":
+        write_npz(path, arrays)
+    else:
+        write_safetensors_np(path, arrays)
+
+
+class FileStore:
+    """``<out>/<key>.<fmt>`` per image."""
+
+    def __init__(self, out: Path, fmt: str) -> None:
+        self.out, self.fmt = Path(out), fmt
+
+    def path(self, item: Item) -> Path:
+        return self.out / f"{item.key}.{self.fmt}"
+
+    def done(self, item: Item) -> bool:
+        return self.path(item).exists()
+
+    def write(self, item: Item, arrays: dict[str, np.ndarray]) -> dict:
+        path = self.path(item)
+        write_arrays(path, arrays, self.fmt)
+        return {"output": str(path)}
+
+    def close(self) -> None:
+        pass
+
+
+class ShardStore:
+    """Shards of ``size`` images, ``<out>/shard-NNNNNN.<fmt>``, and ``<out>/index.jsonl``.
+
+    Pooled features (same shape for every image) are stacked into one array per
+    shard; token maps, whose grid depends on the image size, are stored per row
+    as ``r<row>/<name>``. Index lines are appended only after their shard file
+    is in place, so a killed run loses at most the shard it was filling.
+    """
+
+    def __init__(self, out: Path, fmt: str, size: int, stacked: bool) -> None:
+        self.out, self.fmt, self.size, self.stacked = Path(out), fmt, size, stacked
+        self.index = self.out / "index.jsonl"
+        self.finished: set[str] = set()
+        shard_ids = [-1]
+        if self.index.exists():
+            for line in self.index.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:  # a line cut by a kill: its shard is redone
+                    continue
+                self.finished.add(rec["path"])
+                shard_ids.append(int(rec["shard"].split("-")[1].split(".")[0]))
+        self.next_shard = max(shard_ids) + 1
+        self.rows: list[tuple[Item, dict[str, np.ndarray]]] = []
+
+    def done(self, item: Item) -> bool:
+        return item.label in self.finished
+
+    def write(self, item: Item, arrays: dict[str, np.ndarray]) -> dict:
+        self.rows.append((item, arrays))
+        name = self._name(self.next_shard)
+        info = {"output": str(self.out / name), "row": len(self.rows) - 1}
+        if len(self.rows) >= self.size:
+            self._flush()
+        return info
+
+    def _name(self, n: int) -> str:
+        return f"shard-{n:06d}.{self.fmt}"
+
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        name = self._name(self.next_shard)
+        if self.stacked:
+            arrays = {k: np.stack([a[k] for _, a in self.rows]) for k in self.rows[0][1]}
+        else:
+            arrays = {f"r{r:06d}/{k}": v for r, (_, a) in enumerate(self.rows) for k, v in a.items()}
+        write_arrays(self.out / name, arrays, self.fmt)
+        lines = "".join(json.dumps({"path": it.label, "key": it.key, "shard": name, "row": r}) + "\n"
+                        for r, (it, _) in enumerate(self.rows))
+        with open(self.index, "a") as f:
+            f.write(lines)
+        self.finished.update(it.label for it, _ in self.rows)
+        self.rows, self.next_shard = [], self.next_shard + 1
+
+    def close(self) -> None:
+        self._flush()

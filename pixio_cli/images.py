@@ -1,0 +1,158 @@
+"""The one image loader (OpenCV) and the resize policy every command shares."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import InputError, UsageError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm", ".exr", ".hdr"}
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def is_image(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTS
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTS
+
+
+def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes to an RGB uint8 array (H, W, 3).
+
+    Handles EXIF orientation, grayscale, alpha (composited over white, since
+    fully transparent pixels often hold arbitrary colours), 16-bit and float
+    images (scaled to 8 bits), palette PNGs and CMYK JPEGs.
+    """
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if buf.size == 0:
+        raise InputError(f"{name}: empty file")
+    if buf[:2].tobytes() == b"\xff\xd8":
+        # JPEG: always 8-bit without alpha; IMREAD_COLOR applies EXIF orientation and converts CMYK.
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    else:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        if img is not None and not (img.ndim == 3 and img.shape[2] == 4) and _may_have_exif(buf):
+            # IMREAD_UNCHANGED ignores orientation; decode again the way that applies it.
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if img is None:
+        raise InputError(f"{name}: not a readable image (corrupt or unsupported format)")
+    return _to_rgb8(img)
+
+
+def _may_have_exif(buf: np.ndarray) -> bool:
+    head = buf[:8].tobytes()
+    if head.startswith(b"\x89PNG"):
+        return b"eXIf" in buf.tobytes()
+    return True  # TIFF, WebP and others may carry orientation
+
+
+def _to_rgb8(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64):
+        img = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 1:
+        return cv2.cvtColor(img[..., 0], cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        alpha = img[..., 3:4].astype(np.float32) / 255.0
+        rgb = img[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        return cv2.cvtColor((rgb + 0.5).astype(np.uint8), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3); :class:`InputError` if it cannot be used."""
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # also works for non-ASCII paths, unlike cv2.imread
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not an image") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    return decode_image(data, str(path))
+
+
+@dataclass(frozen=True)
+class ResizePolicy:
+    """How images are sized before the encoder: both sides always a multiple of 16.
+
+    ``short``: scale so the short side is about N (default 256, the pretraining size).
+    ``size``: a fixed (width, height). ``native``: keep the size, rounded to 16.
+    """
+
+    short: int | None = 256
+    size: tuple[int, int] | None = None
+    multiple: int = 16
+
+    @classmethod
+    def parse(cls, spec: str | int | None, multiple: int = 16) -> "ResizePolicy":
+        """``256`` (short side), ``448x320`` (width x height) or ``native``."""
+        if spec is None or spec == "":
+            return cls(multiple=multiple)
+        s = str(spec).strip().lower()
+        try:
+            if s == "native":
+                return cls(short=None, multiple=multiple)
+            if "x" in s:
+                w, h = (int(v) for v in s.split("x"))
+                if w <= 0 or h <= 0:
+                    raise ValueError
+                return cls(short=None, size=(w, h), multiple=multiple)
+            n = int(s)
+            if n <= 0:
+                raise ValueError
+            return cls(short=n, multiple=multiple)
+        except ValueError:
+            raise UsageError(f"--resize {spec!r}: expected a short side (256), WIDTHxHEIGHT (448x320) or 'native'") from None
+
+    def target(self, height: int, width: int) -> tuple[int, int]:
+        """Output (height, width) for an input of the given size."""
+        m = self.multiple
+        if self.size is not None:
+            w, h = self.size
+        elif self.short is not None:
+            scale = self.short / min(height, width)
+            h, w = height * scale, width * scale
+        else:
+            h, w = height, width
+        return max(m, int(round(h / m)) * m), max(m, int(round(w / m)) * m)
+
+    def describe(self) -> str:
+        if self.size is not None:
+            return f"{self.size[0]}x{self.size[1]}"
+        return f"short side {self.short}" if self.short is not None else "native"
+
+
+def resize_image(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Resize to (height, width): area averaging when shrinking, bicubic when enlarging."""
+    h, w = hw
+    if img.shape[:2] == (h, w):
+        return img
+    shrink = h * w < img.shape[0] * img.shape[1]
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+def load_for_model(path: str | os.PathLike, policy: ResizePolicy) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read and resize one image for the encoder; returns (RGB uint8 (h, w, 3), original (H, W))."""
+    img = read_image(path)
+    return resize_image(img, policy.target(*img.shape[:2])), img.shape[:2]
+
+
+def grid_of(hw: tuple[int, int], patch: int = 16) -> tuple[int, int]:
+    return hw[0] // patch, hw[1] // patch

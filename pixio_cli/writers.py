@@ -1,0 +1,148 @@
+"""Atomic file writes and a background writer so the device never waits on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import queue
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
+
+    A run killed mid-write leaves at most a ``.tmp`` file, never a truncated
+    output under the real name, so "output exists" means "output is complete".
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes(path, buf.getvalue())
+
+
+def write_safetensors_np(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict | None = None) -> None:
+    from safetensors.numpy import save
+
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=meta))
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Encode an image by the file's extension (OpenCV; RGB input) and write it atomically.
+
+    With ``palette`` (N, 3 uint8) a 2-D uint8 label image is written as a
+    palette-indexed PNG, so class ids stay exact and it still displays in colour.
+    """
+    import cv2
+
+    path = Path(path)
+    if palette is not None:
+        data = _palette_png(image, palette)
+    else:
+        arr = image[..., ::-1] if image.ndim == 3 and image.shape[2] == 3 else image
+        ok, enc = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(arr))
+        if not ok:
+            raise OSError(f"OpenCV could not encode {path.suffix} for {path}")
+        data = enc.tobytes()
+    write_bytes(path, data)
+
+
+def _palette_png(labels: np.ndarray, palette: np.ndarray) -> bytes:
+    import struct
+    import zlib
+
+    # OpenCV cannot write palette PNGs, and PIL is not a dependency: the format is small.
+    h, w = labels.shape
+    pal = np.zeros((256, 3), np.uint8)
+    pal[: len(palette)] = palette[:256]
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + labels[r].astype(np.uint8).tobytes() for r in range(h))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
+            + chunk(b"PLTE", pal.tobytes()) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+class BackgroundWriter:
+    """Run write jobs on one thread, in order, with a bounded queue.
+
+    The bound keeps memory flat when the disk is slower than the model. Errors
+    raised by a job are re-raised in the caller at the next ``submit`` or at ``close``.
+    """
+
+    def __init__(self, max_pending: int = 64) -> None:
+        self._q: queue.Queue = queue.Queue(max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="pixio-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as e:  # surfaced in the main thread
+                    self._error = e
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._raise()
+        self._q.put(job)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def close(self) -> None:
+        """Wait for every queued job, then re-raise the first error, if any."""
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
+        self._raise()
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

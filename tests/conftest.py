@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny random encoders saved in each format, small real images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixio_cli.checkpoints import save_encoder
+from pixio_cli.encoder import EncoderConfig, PixioEncoder, build_encoder
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TINY = EncoderConfig(embed_dim=48, depth=4, num_heads=3)
+
+
+def random_encoder(cfg: EncoderConfig = TINY, seed: int = 0) -> PixioEncoder:
+    """An encoder with random, non-trivial weights (biases and norms perturbed too)."""
+    torch.manual_seed(seed)
+    enc = build_encoder(cfg)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return enc.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder() -> PixioEncoder:
+    return random_encoder()
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_file(tmp_path_factory, tiny_encoder) -> Path:
+    """The tiny encoder in our safetensors format (config inside)."""
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_encoder(tiny_encoder, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
