@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Annotated, Optional
 
+import click
 import typer
 
 from . import __version__
@@ -67,15 +68,20 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="pixio: %(message)s", stream=sys.stderr)
     args = _fill_optional_values(list(sys.argv[1:] if argv is None else argv))
     try:
-        app(args=args, prog_name="pixio")
+        code = app(args=args, prog_name="pixio", standalone_mode=False)
+    except click.ClickException as e:  # bad flags: click's own one-line message
+        e.show()
+        sys.exit(e.exit_code)
     except PixioError as e:
         typer.echo(f"pixio: error: {e}", err=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("pixio: interrupted; finished outputs are kept, rerun the same command to resume", err=True)
-        sys.exit(130)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        code = 130
     except Exception as e:  # a bug, not bad input: still one line unless asked for more
         if os.environ.get("PIXIO_DEBUG"):
             raise
         typer.echo(f"pixio: internal error: {type(e).__name__}: {e} (set PIXIO_DEBUG=1 for the traceback)", err=True)
         sys.exit(3)
+    if code == 130:  # Typer turns Ctrl-C inside a command into exit code 130
+        typer.echo("pixio: interrupted; finished outputs are kept, rerun the same command to resume", err=True)
+    sys.exit(code if isinstance(code, int) else 0)

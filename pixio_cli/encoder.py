@@ -107,7 +107,7 @@ class PixioEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, cfg.n_cls_tokens, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.n_cls_tokens + cfg.grid**2, cfg.embed_dim))
         norm = partial(nn.LayerNorm, eps=1e-6)
-        rates = torch.linspace(0, drop_path, cfg.depth).tolist()
+        rates = [drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]  # linear, as timm/MAE
         self.blocks = nn.ModuleList(
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True,
                   norm_layer=norm, drop_path=rates[i])

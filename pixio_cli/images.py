@@ -92,7 +92,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 class ResizePolicy:
     """How images are sized before the encoder: both sides always a multiple of 16.
 
-    ``short``: scale so the short side is about N (default 256, the pretraining size).
+    ``short``: scale so the short side is about N (default 256, the pretraining size);
+    the long side is capped at 4N, so a 7x1000 sliver does not become 256x36000.
     ``size``: a fixed (width, height). ``native``: keep the size, rounded to 16.
     """
 
@@ -128,7 +129,7 @@ class ResizePolicy:
             w, h = self.size
         elif self.short is not None:
             scale = self.short / min(height, width)
-            h, w = height * scale, width * scale
+            h, w = min(height * scale, 4 * self.short), min(width * scale, 4 * self.short)
         else:
             h, w = height, width
         return max(m, int(round(h / m)) * m), max(m, int(round(w / m)) * m)

@@ -42,3 +42,38 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run the pixio CLI in-process: ``cli(args, stdin=None) -> (exit_code, stdout, stderr)``."""
+    import io
+
+    from pixio_cli.cli import main
+
+    def run(args: list[str], stdin: str | None = None) -> tuple[int, str, str]:
+        if stdin is not None:
+            monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def write_rgb(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
+    """A small smooth random RGB image (OpenCV writes BGR; colours do not matter here)."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)
+    img = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), img)
+    return path

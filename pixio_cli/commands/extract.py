@@ -49,7 +49,7 @@ def extract(
     shards: Annotated[Optional[int], typer.Option(
         help="Write shards of N images plus index.jsonl instead of one file per image.", min=1)] = None,
     pca: Annotated[Optional[str], typer.Option(
-        "--pca", is_flag=False, flag_value="", metavar="[FILE.png|DIR]",
+        "--pca", metavar="[FILE.png|DIR]",
         help="Save the first 3 principal components of the patch tokens as RGB: to FILE.png "
              "(one input), DIR, or beside the features when given without a value.")] = None,
     json_lines: opt.Json = False,

@@ -1,0 +1,154 @@
+"""Every accepted checkpoint format loads into the same encoder with the same features."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixio_cli import checkpoints
+from pixio_cli.checkpoints import HUB_MODELS, load_encoder, read_checkpoint, save_encoder, to_official
+from pixio_cli.encoder import SIZES, EncoderConfig, PixioEncoder, build_encoder
+from pixio_cli.errors import CheckpointError
+
+from .conftest import TINY
+
+X = torch.randn(1, 3, 64, 48)
+
+
+def same_features(a: PixioEncoder, b: PixioEncoder) -> bool:
+    with torch.no_grad():
+        return torch.allclose(a(X), b(X), atol=1e-5)
+
+
+def to_transformers_layout(sd: dict) -> dict:
+    """Our official-layout state dict in the transformers layout (as on the Hub)."""
+    out = {
+        "embeddings.cls_token": sd["cls_token"],
+        "embeddings.position_embeddings": sd["pos_embed"],
+        "embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
+        "embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
+        "layernorm.weight": sd["norm.weight"],
+        "layernorm.bias": sd["norm.bias"],
+    }
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    for i in range(depth):
+        b, h = f"blocks.{i}", f"encoder.layer.{i}"
+        for kind in ("weight", "bias"):
+            q, k, v = sd[f"{b}.attn.qkv.{kind}"].chunk(3, dim=0)
+            out[f"{h}.attention.attention.query.{kind}"] = q
+            out[f"{h}.attention.attention.key.{kind}"] = k
+            out[f"{h}.attention.attention.value.{kind}"] = v
+            out[f"{h}.attention.output.dense.{kind}"] = sd[f"{b}.attn.proj.{kind}"]
+            out[f"{h}.norm1.{kind}"] = sd[f"{b}.norm1.{kind}"]
+            out[f"{h}.norm2.{kind}"] = sd[f"{b}.norm2.{kind}"]
+            out[f"{h}.mlp.fc1.{kind}"] = sd[f"{b}.mlp.fc1.{kind}"]
+            out[f"{h}.mlp.fc2.{kind}"] = sd[f"{b}.mlp.fc2.{kind}"]
+    return out
+
+
+def test_official_pth_loads_strictly(tmp_path):
+    enc = build_encoder("t16")
+    torch.save(enc.state_dict(), tmp_path / "pixio_vitt16.pth")
+    loaded = load_encoder(tmp_path / "pixio_vitt16.pth")  # t16's shape names its size
+    assert loaded.cfg.num_heads == SIZES["t16"].num_heads
+    assert same_features(enc, loaded)
+
+
+def test_pretraining_checkpoint_drops_decoder(tmp_path):
+    enc = build_encoder("t16")
+    sd = dict(enc.state_dict())
+    sd["decoder_embed.weight"] = torch.zeros(16, 192)
+    sd["mask_token"] = torch.zeros(1, 1, 16)
+    torch.save({"model": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3}, tmp_path / "ckpt.pth")
+    official = to_official(read_checkpoint(tmp_path / "ckpt.pth").tensors)
+    assert set(official) == set(enc.state_dict())
+    assert same_features(enc, load_encoder(tmp_path / "ckpt.pth"))
+
+
+def test_transformers_hub_layout_safetensors(tiny_encoder, tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_file(to_transformers_layout(tiny_encoder.state_dict()), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_type": "pixio", "num_attention_heads": TINY.num_heads}))
+    for source in (folder, folder / "model.safetensors"):
+        assert same_features(tiny_encoder, load_encoder(source))
+
+
+def test_our_format_roundtrip_and_fp16(tiny_encoder, tiny_encoder_file, tmp_path):
+    assert same_features(tiny_encoder, load_encoder(tiny_encoder_file))
+    save_encoder(tiny_encoder, tmp_path / "half.safetensors", dtype=torch.float16, provenance={"note": "test"})
+    half = load_encoder(tmp_path / "half.safetensors")
+    assert half.metadata["provenance"] == {"note": "test"}
+    with torch.no_grad():
+        assert (half(X) - tiny_encoder(X)).abs().max() < 0.05
+
+
+def test_size_flag_and_mismatch(tmp_path):
+    enc = build_encoder("t16")
+    torch.save(enc.state_dict(), tmp_path / "a.pth")
+    assert load_encoder(tmp_path / "a.pth", size="t16").cfg == SIZES["t16"]
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_encoder(tmp_path / "a.pth", size="s16")
+
+
+def test_unknown_shape_says_how_to_fix(tiny_encoder, tmp_path):
+    torch.save(tiny_encoder.state_dict(), tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match="--size"):
+        load_encoder(tmp_path / "odd.pth")
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a pickle")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_encoder(tmp_path / "junk.pth")
+    with pytest.raises(CheckpointError, match="no such model"):
+        load_encoder(tmp_path / "missing.pth")
+
+
+def test_model_id_downloads_through_huggingface_hub(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    enc = build_encoder(EncoderConfig(768, 12, 12))
+    torch.save(enc.state_dict(), tmp_path / "pixio_vitb16.pth")
+    asked = {}
+
+    def fake_download(repo_id: str, filename: str, **kw) -> str:
+        asked.update(repo_id=repo_id, filename=filename)
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    loaded = load_encoder("pixio-vitb16")
+    assert asked == {"repo_id": "facebook/pixio-vitb16", "filename": "pixio_vitb16.pth"}
+    assert loaded.cfg == SIZES["b16"]
+    assert set(HUB_MODELS) == {f"pixio-vit{s}16" for s in ("b", "l", "h", "1b", "5b")}
+
+
+def test_offline_model_id_is_a_clear_error(monkeypatch):
+    import huggingface_hub
+
+    def offline(**kw):
+        raise OSError("offline and not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **kw: offline())
+    with pytest.raises(CheckpointError, match="huggingface-cli download facebook/pixio-vith16"):
+        load_encoder("pixio-vith16")
+
+
+def test_missing_bundled_model_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(checkpoints, "WEIGHTS_DIR", Path(tmp_path))
+    with pytest.raises(CheckpointError, match="not in this installation"):
+        load_encoder("pixio-tiny")
+
+
+def test_head_checkpoint_encoder_prefix(tiny_encoder, tmp_path):
+    from pixio_cli.checkpoints import save_safetensors
+
+    tensors = {f"encoder.{k}": v for k, v in tiny_encoder.state_dict().items()}
+    tensors["head.conv.weight"] = torch.zeros(3, 3)
+    save_safetensors(tensors, tmp_path / "head.safetensors", {"encoder_config": TINY.to_dict()})
+    assert same_features(tiny_encoder, load_encoder(tmp_path / "head.safetensors"))

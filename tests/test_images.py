@@ -1,0 +1,136 @@
+"""The image loader on odd files, the resize policy, and input collection."""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pixio_cli.errors import InputError, UsageError
+from pixio_cli.images import ResizePolicy, read_image, resize_image
+from pixio_cli.inputs import collect
+
+from .conftest import write_rgb
+
+
+def _jpeg_with_orientation(img_bgr: np.ndarray, orientation: int) -> bytes:
+    """A JPEG with an EXIF APP1 segment holding only the orientation tag."""
+    ok, enc = cv2.imencode(".jpg", img_bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + b"\x00" * 4
+    payload = b"Exif\x00\x00" + tiff
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    data = enc.tobytes()
+    return data[:2] + app1 + data[2:]
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    img = np.zeros((30, 50, 3), np.uint8)
+    img[:, :10] = (0, 0, 255)  # red band on the left (BGR)
+    (tmp_path / "rot.jpg").write_bytes(_jpeg_with_orientation(img, 6))  # 6: rotate 90 clockwise
+    out = read_image(tmp_path / "rot.jpg")
+    assert out.shape == (50, 30, 3)
+    assert out[:10, :, 0].mean() > 200 and out[-10:, :, 0].mean() < 60  # the band is now on top, red in RGB
+
+
+def test_grayscale_rgba_and_16bit(tmp_path):
+    cv2.imwrite(str(tmp_path / "gray.png"), np.full((20, 24), 77, np.uint8))
+    g = read_image(tmp_path / "gray.png")
+    assert g.shape == (20, 24, 3) and (g == 77).all()
+
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[..., 2] = 255  # red (BGRA)
+    rgba[:5, :, 3] = 255  # top half opaque, bottom transparent
+    cv2.imwrite(str(tmp_path / "alpha.png"), rgba)
+    a = read_image(tmp_path / "alpha.png")
+    assert tuple(a[0, 0]) == (255, 0, 0)
+    assert tuple(a[9, 9]) == (255, 255, 255)  # transparent -> white background
+
+    deep = np.full((8, 8, 3), 65535, np.uint16)
+    deep[..., 0] = 257 * 10
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    d = read_image(tmp_path / "deep.png")
+    assert d.dtype == np.uint8 and tuple(d[0, 0]) == (255, 255, 10)
+
+
+def test_cmyk_jpeg(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    buf = io.BytesIO()
+    Image.new("CMYK", (16, 12), (0, 255, 255, 0)).save(buf, "JPEG")  # pure red in CMYK
+    (tmp_path / "cmyk.jpg").write_bytes(buf.getvalue())
+    out = read_image(tmp_path / "cmyk.jpg")
+    assert out.shape == (12, 16, 3)
+    assert out[..., 0].mean() > 200 and out[..., 1].mean() < 60
+
+
+@pytest.mark.parametrize("content, reason", [(b"", "empty"), (b"\xff\xd8\xff\xe0garbage", "not a readable image"),
+                                             (b"hello, I am text", "not a readable image")])
+def test_bad_files_are_input_errors(tmp_path, content, reason):
+    (tmp_path / "bad.jpg").write_bytes(content)
+    with pytest.raises(InputError, match=reason):
+        read_image(tmp_path / "bad.jpg")
+    with pytest.raises(InputError, match="no such file"):
+        read_image(tmp_path / "nope.jpg")
+
+
+def test_truncated_jpeg_is_rejected_or_decoded(tmp_path):
+    write_rgb(tmp_path / "ok.jpg", 64, 64)
+    data = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    try:
+        img = read_image(tmp_path / "cut.jpg")  # libjpeg may return a partial image
+        assert img.shape == (64, 64, 3)
+    except InputError:
+        pass
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (7, 1000), (375, 500), (4000, 3000), (17, 17)])
+def test_resize_policy_multiples_of_16(hw):
+    for policy in (ResizePolicy.parse("256"), ResizePolicy.parse("native"), ResizePolicy.parse("100x37")):
+        h, w = policy.target(*hw)
+        assert h % 16 == 0 and w % 16 == 0 and h >= 16 and w >= 16
+    assert ResizePolicy.parse("256").target(375, 500) == (256, 336)  # 341.3 rounds to 336
+    assert ResizePolicy.parse("448x320").target(10, 10) == (320, 448)
+    assert ResizePolicy.parse("native").target(375, 500) == (368, 496)
+    assert ResizePolicy.parse("256").target(7, 1000) == (256, 1024)  # long side capped at 4x
+    assert resize_image(np.zeros((375, 500, 3), np.uint8), (256, 336)).shape == (256, 336, 3)
+
+
+@pytest.mark.parametrize("spec", ["0", "abc", "12x", "-5"])
+def test_resize_policy_rejects_nonsense(spec):
+    with pytest.raises(UsageError):
+        ResizePolicy.parse(spec)
+
+
+def test_collect_folders_globs_stdin(tmp_path):
+    for rel in ("a/x.jpg", "a/sub/y.png", "a/.hidden.jpg", "a/notes.txt", "b/z.jpg", "a/x.png"):
+        p = tmp_path / rel
+        if p.suffix == ".txt":
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text("hi")
+        else:
+            write_rgb(p)
+    items = collect([str(tmp_path / "a")])
+    assert sorted(i.key for i in items) == ["sub/y", "x_jpg", "x_png"]  # same stem: kept apart
+    items = collect([str(tmp_path / "*" / "*.jpg")])
+    assert sorted(i.key for i in items) == ["a/x", "b/z"]
+    items = collect(["-"], stdin=io.StringIO(f"{tmp_path}/a/x.jpg\n\n{tmp_path}/b/z.jpg\n"))
+    assert [i.key for i in items] == ["a/x", "b/z"]
+    with pytest.raises(InputError, match="no such file"):
+        collect([str(tmp_path / "typo")])
+    with pytest.raises(InputError, match="matches no file"):
+        collect([str(tmp_path / "*.gif")])
+
+
+def test_collect_video_frames(tmp_path):
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32))
+    for i in range(7):
+        writer.write(np.full((32, 32, 3), i * 30, np.uint8))
+    writer.release()
+    items = collect([str(path)], every=3)
+    assert [(i.key, i.frame) for i in items] == [("clip/000000", 0), ("clip/000003", 3), ("clip/000006", 6)]

@@ -1,0 +1,46 @@
+"""Atomic writes, palette PNGs and the background writer."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from pixio_cli.writers import BackgroundWriter, atomic_path, write_image, write_npz
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.npz"
+    write_npz(target, {"a": np.ones(3)})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert np.load(target)["a"].sum() == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npz"]
+
+
+def test_palette_png_keeps_exact_ids(tmp_path):
+    labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    palette = np.array([[i * 20, 255 - i * 20, 7] for i in range(12)], np.uint8)
+    write_image(tmp_path / "l.png", labels, palette=palette)
+    raw = cv2.imread(str(tmp_path / "l.png"), cv2.IMREAD_UNCHANGED)  # OpenCV expands palettes to BGR
+    assert raw.shape == (3, 4, 3)
+    assert tuple(raw[0, 1]) == (7, 235, 20)
+    Image = pytest.importorskip("PIL.Image")
+    with Image.open(tmp_path / "l.png") as im:
+        assert im.mode == "P" and (np.asarray(im) == labels).all()
+
+
+def test_background_writer_surfaces_errors():
+    done = []
+    writer = BackgroundWriter(max_pending=2)
+    writer.submit(lambda: done.append(1))
+
+    def fail():
+        raise OSError("disk full")
+
+    writer.submit(fail)
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()
+    assert done == [1]
