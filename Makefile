@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make demo` (install, run the main job on the
+# bundled default model) and `make test` (install dev extras, run the tests).
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_OUT ?= out/demo
+
+.PHONY: demo test install dev bench clean
+
+$(VENV)/.installed: pyproject.toml scripts/install.sh
+	bash scripts/install.sh $(VENV)
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml scripts/install.sh
+	bash scripts/install.sh $(VENV) dev
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
+
+demo: install
+	$(BIN)/pixio extract samples/ -o $(DEMO_OUT)/features --pca
+
+test: dev
+	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected"; rc=0; fi; exit $$rc
+
+bench: dev
+	$(BIN)/python benchmarks/extract.py --size b16 --device auto
+
+clean:
+	rm -rf out build *.egg-info

@@ -1,0 +1,107 @@
+"""Images/s of `pixio extract`'s model path against transformers.PixioModel, same run.
+
+Both models get the same random weights (made by transformers, read by our
+checkpoint reader), the same device, precision, batch and images (real photos
+from ../shared/data/photos when present, random pixels otherwise). Prints the
+ratio ours / transformers.
+
+    python benchmarks/extract.py --size b16 --device cpu --batch 8 --iters 5
+    python benchmarks/extract.py --size h16 --device cuda --precision bf16 --batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixio_cli.checkpoints import load_encoder
+from pixio_cli.encoder import size_config
+from pixio_cli.engine import Engine
+from pixio_cli.images import load_for_model, ResizePolicy
+
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
+
+
+def images(n: int, side: int) -> list[np.ndarray]:
+    files = sorted(PHOTOS.glob("*.JPEG"))[:n] if PHOTOS.exists() else []
+    policy = ResizePolicy.parse(f"{side}x{side}")
+    out = [load_for_model(f, policy)[0] for f in files]
+    rng = np.random.default_rng(0)
+    while len(out) < n:
+        out.append(rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
+    return out
+
+
+def timed(fn, batches, iters: int, device: torch.device) -> float:
+    """Images per second of ``fn`` over ``batches``, after one warm-up pass."""
+    for b in batches[:2]:
+        fn(b)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start, n = time.perf_counter(), 0
+    for _ in range(iters):
+        for b in batches:
+            fn(b)
+            n += b.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="b16")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default=None)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--side", type=int, default=256)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--compile", action="store_true")
+    args = ap.parse_args()
+
+    from transformers import PixioConfig, PixioModel
+
+    cfg = size_config(args.size)
+    engine = Engine(args.device, args.precision, args.batch, workers=0, compile=args.compile)
+    torch.manual_seed(0)
+    hf = PixioModel(PixioConfig(hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth,
+                                num_attention_heads=cfg.num_heads, image_size=cfg.img_size))
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = engine.prepare(load_encoder(tmp))
+    hf = engine.prepare(hf)
+
+    imgs = images(args.images, args.side)
+    batches = [engine.to_pixels(imgs[i:i + args.batch]) for i in range(0, len(imgs), args.batch)]
+
+    def ours_fn(x):  # what `pixio extract` runs per batch (last block, normed, split into CLS/patches)
+        t = ours.forward_blocks(x, [-1])[0]
+        return {"cls": t[:, :8], "patches": t[:, 8:]}
+
+    def hf_fn(x):
+        t = hf(pixel_values=x).last_hidden_state
+        return {"cls": t[:, :8], "patches": t[:, 8:]}
+
+    ours_run = engine.maybe_compile(ours_fn)
+    hf_run = engine.maybe_compile(hf_fn)
+    with torch.no_grad():
+        diff = (engine.infer(ours_run, batches[0])["patches"].float()
+                - engine.infer(hf_run, batches[0])["patches"].float()).abs().max().item()
+    ours_ips = timed(lambda b: engine.infer(ours_run, b), batches, args.iters, engine.device)
+    hf_ips = timed(lambda b: engine.infer(hf_run, b), batches, args.iters, engine.device)
+    result = {"size": args.size, "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
+              "batch": args.batch, "side": args.side, "compile": args.compile, "ours_img_s": round(ours_ips, 2),
+              "transformers_img_s": round(hf_ips, 2), "ratio": round(ours_ips / hf_ips, 3),
+              "max_abs_diff": diff, "torch_threads": torch.get_num_threads()}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
