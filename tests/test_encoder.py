@@ -88,6 +88,9 @@ def test_matches_transformers(tiny_encoder, tmp_path, hw):
     assert (o.hidden_states[1] - raw[0]).abs().max() < 1e-4
     assert (o.hidden_states[3] - raw[1]).abs().max() < 1e-4
     assert (o.last_hidden_state - last).abs().max() < 1e-4
+    with torch.no_grad():  # normed tokens of an intermediate block
+        normed = ours.forward_blocks(x, [1], norm=True)[0]
+        assert (hf.layernorm(o.hidden_states[2]) - normed).abs().max() < 1e-4
 
 
 def test_sizes_match_design():

@@ -183,3 +183,36 @@ def test_help_version_and_planned_commands(cli):
         assert name in out
     code, out, _ = cli(["--version"])
     assert code == 0 and out.startswith("pixio ")
+
+
+def test_odd_images_end_to_end(cli, tiny_encoder_file, tmp_path):
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    cv2.imwrite(str(odd / "gray.png"), np.full((30, 20), 90, np.uint8))
+    cv2.imwrite(str(odd / "rgba.png"), np.full((24, 24, 4), 128, np.uint8))
+    cv2.imwrite(str(odd / "deep.png"), np.full((20, 30, 3), 40000, np.uint16))
+    cv2.imwrite(str(odd / "dot.png"), np.zeros((1, 1, 3), np.uint8))
+    cv2.imwrite(str(odd / "sliver.jpg"), np.full((4, 300, 3), 200, np.uint8))
+    code, _, err = cli([*base(tiny_encoder_file), str(odd), "-o", tmp_path / "o"])
+    assert code == 0, err
+    assert "extracted 5" in err
+    sliver = np.load(tmp_path / "o" / "sliver.npz")["patch_tokens"]
+    assert sliver.shape[1:3] == (4, 16)  # 64 short side, long side capped at 4x
+
+
+def test_engine_halves_batch_on_out_of_memory():
+    from pixio_cli.engine import Engine
+
+    engine = Engine("cpu", batch_size=8, workers=0)
+    seen = []
+
+    def fn(x):
+        seen.append(x.shape[0])
+        if x.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return {"y": x.sum((1, 2, 3))}
+
+    x = torch.randn(8, 3, 16, 16)
+    out = engine.infer(fn, x)
+    assert torch.allclose(out["y"], x.sum((1, 2, 3)))
+    assert engine.batch_size == 2 and seen[:3] == [8, 4, 2]
