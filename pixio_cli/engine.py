@@ -288,15 +288,20 @@ class Engine:
         return Batch(samples, self.to_pixels([s.image for s in samples]))
 
     def run(self, items: list[Item], policy: ResizePolicy, fn: BatchFn, on_result: ResultFn,
-            desc: str = "pixio", summary: Summary | None = None) -> Summary:
+            desc: str = "pixio", skip: Callable[[Item], bool] | None = None) -> Summary:
         """Run ``fn`` over ``items`` and hand each image's outputs (CPU tensors) to ``on_result``.
 
-        ``on_result`` runs on the background writer thread, in order. Under
-        torchrun each rank takes every world-size-th item.
+        ``on_result`` runs on the background writer thread, in order. Items for
+        which ``skip`` is true (already done) are counted, not run. Under
+        torchrun each rank takes every world-size-th item of the full list, so
+        the split is the same on a rerun.
         """
         rank, world, _ = dist_info()
         items = items[rank::world]
-        summary = summary or Summary()
+        summary = Summary()
+        if skip is not None:
+            todo = [it for it in items if not skip(it)]
+            summary.skipped, items = len(items) - len(todo), todo
         fn = self.maybe_compile(fn)
         bar = tqdm(total=len(items), desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True,
                    disable=(not self.progress) if self.progress is not None else None)

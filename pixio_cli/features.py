@@ -52,23 +52,27 @@ class ShardStore:
     Pooled features (same shape for every image) are stacked into one array per
     shard; token maps, whose grid depends on the image size, are stored per row
     as ``r<row>/<name>``. Index lines are appended only after their shard file
-    is in place, so a killed run loses at most the shard it was filling.
+    is in place, so a killed run loses at most the shard it was filling. Under
+    torchrun each rank writes its own ``shard-r<rank>-NNNNNN`` files and
+    ``index-r<rank>.jsonl``; every index counts as done on a rerun.
     """
 
-    def __init__(self, out: Path, fmt: str, size: int, stacked: bool) -> None:
+    def __init__(self, out: Path, fmt: str, size: int, stacked: bool, rank: int = 0, world: int = 1) -> None:
         self.out, self.fmt, self.size, self.stacked = Path(out), fmt, size, stacked
-        self.index = self.out / "index.jsonl"
+        self.prefix = "shard-" if world == 1 else f"shard-r{rank}-"
+        self.index = self.out / ("index.jsonl" if world == 1 else f"index-r{rank}.jsonl")
         self.finished: set[str] = set()
-        shard_ids = [-1]
-        if self.index.exists():
-            for line in self.index.read_text().splitlines():
+        own = [-1]
+        for index in sorted(self.out.glob("index*.jsonl")):
+            for line in index.read_text().splitlines():
                 try:
                     rec = json.loads(line)
                 except ValueError:  # a line cut by a kill: its shard is redone
                     continue
                 self.finished.add(rec["path"])
-                shard_ids.append(int(rec["shard"].split("-")[1].split(".")[0]))
-        self.next_shard = max(shard_ids) + 1
+                if index == self.index:
+                    own.append(int(rec["shard"][len(self.prefix):].split(".")[0]))
+        self.next_shard = max(own) + 1
         self.rows: list[tuple[Item, dict[str, np.ndarray]]] = []
 
     def done(self, item: Item) -> bool:
@@ -83,7 +87,7 @@ class ShardStore:
         return info
 
     def _name(self, n: int) -> str:
-        return f"shard-{n:06d}.{self.fmt}"
+        return f"{self.prefix}{n:06d}.{self.fmt}"
 
     def _flush(self) -> None:
         if not self.rows:

@@ -216,3 +216,17 @@ def test_engine_halves_batch_on_out_of_memory():
     out = engine.infer(fn, x)
     assert torch.allclose(out["y"], x.sum((1, 2, 3)))
     assert engine.batch_size == 2 and seen[:3] == [8, 4, 2]
+
+
+def test_shards_under_torchrun_ranks(cli, tiny_encoder_file, photos, tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    for rank in (0, 1):  # two ranks, run one after the other as torchrun would run them side by side
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        code, _, err = cli([*base(tiny_encoder_file), str(photos), "-o", out, "--shards", "4", "--pool", "cls"])
+        assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["index-r0.jsonl", "index-r1.jsonl",
+                                                     "shard-r0-000000.npz", "shard-r1-000000.npz"]
+    paths = [json.loads(line)["path"] for f in ("index-r0.jsonl", "index-r1.jsonl")
+             for line in (out / f).read_text().splitlines()]
+    assert len(paths) == len(set(paths)) == 3

@@ -13,7 +13,7 @@ import torch
 import typer
 
 from .. import options as opt
-from ..engine import Engine, Sample, Summary
+from ..engine import Engine, Sample, dist_info
 from ..errors import UsageError
 from ..features import FileStore, ShardStore
 from ..images import ResizePolicy
@@ -79,9 +79,9 @@ def extract(
     store = None
     if output is not None:
         stacked = pool != Pool.none
-        store = ShardStore(output, format.value, shards, stacked) if shards else FileStore(output, format.value)
-    todo = [it for it in items if not _is_done(it, store, pca_path)]
-    summary = Summary(skipped=len(items) - len(todo))
+        rank, world, _ = dist_info()
+        store = (ShardStore(output, format.value, shards, stacked, rank, world) if shards
+                 else FileStore(output, format.value))
 
     # engine and model
     engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None)
@@ -123,7 +123,8 @@ def extract(
             sys.stdout.flush()
 
     try:
-        engine.run(todo, policy, features, write, desc="extract", summary=summary)
+        summary = engine.run(items, policy, features, write, desc="extract",
+                             skip=lambda it: _is_done(it, store, pca_path))
     finally:
         if store is not None:
             store.close()
