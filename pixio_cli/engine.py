@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from .errors import InputError, PixioError, UsageError
-from .images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, decode_image, read_image, resize_image
+from .images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, load_for_model, resize_image
 from .inputs import Item
 from .writers import BackgroundWriter
 
@@ -151,9 +151,12 @@ class ImageStream(IterableDataset):
     def _load(self, i: int, frames: _FrameReader) -> Sample:
         item = self.items[i]
         try:
-            img = read_image(item.path) if item.frame is None else frames.read(item.path, item.frame)
-            hw = self.policy.target(*img.shape[:2])
-            return Sample(i, resize_image(img, hw), img.shape[:2])
+            if item.frame is None:
+                img, orig = load_for_model(item.path, self.policy)
+            else:
+                frame = frames.read(item.path, item.frame)
+                img, orig = resize_image(frame, self.policy.target(*frame.shape[:2])), frame.shape[:2]
+            return Sample(i, img, orig)
         except InputError as e:
             return Sample(i, np.zeros((0, 0, 3), np.uint8), (0, 0), str(e))
         except Exception as e:  # an image library failing on odd data is still bad input

@@ -134,3 +134,20 @@ def test_collect_video_frames(tmp_path):
     writer.release()
     items = collect([str(path)], every=3)
     assert [(i.key, i.frame) for i in items] == [("clip/000000", 0), ("clip/000003", 3), ("clip/000006", 6)]
+
+
+def test_large_jpeg_reduced_decode_matches_full(tmp_path):
+    from pixio_cli.images import jpeg_size, load_for_model
+
+    rng = np.random.default_rng(0)
+    img = cv2.resize(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8), (2000, 1500), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(tmp_path / "big.jpg"), img)
+    assert jpeg_size(np.fromfile(tmp_path / "big.jpg", np.uint8)) == (1500, 2000)
+    policy = ResizePolicy.parse("256")
+    fast, orig = load_for_model(tmp_path / "big.jpg", policy)
+    full = resize_image(read_image(tmp_path / "big.jpg"), policy.target(1500, 2000))
+    assert orig == (1500, 2000) and fast.shape == full.shape == (256, 336, 3)
+    assert np.abs(fast.astype(int) - full.astype(int)).mean() < 3
+    (tmp_path / "rot.jpg").write_bytes(_jpeg_with_orientation(img, 6))
+    rot, orig = load_for_model(tmp_path / "rot.jpg", policy)
+    assert orig == (2000, 1500) and rot.shape == (336, 256, 3)
