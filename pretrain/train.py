@@ -1,0 +1,380 @@
+"""The pretraining loop: one process or many under torchrun (DDP, or FSDP2 with ``fsdp``).
+
+Checkpoints hold everything a run needs to continue exactly: weights,
+optimizer, step, every rank's RNG state and every DataLoader worker's position
+in its data stream. They are written atomically, so a crash or preemption at
+any moment leaves the last good checkpoint readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pixio_cli.checkpoints import save_safetensors
+from pixio_cli.engine import autocast, dist_info, pick_device, pick_dtype
+from pixio_cli.errors import PixioError, UsageError
+from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD
+from pixio_cli.writers import atomic_path, write_image, write_json
+
+from .data import CurationRules, PretrainStream, Sources, collate
+from .mae import MAEConfig, PixioMAE
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; stored in the checkpoint and in ``<out>/config.json``."""
+
+    mae: MAEConfig
+    data: list[str]
+    output: str
+    steps: int
+    batch_size: int = 64  # per process
+    accum: int = 1
+    blr: float = 2.5e-5
+    lr: float | None = None  # absolute; default blr * total batch / 256
+    min_lr: float = 0.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.05
+    clip_grad: float | None = None
+    drop_path: float = 0.0
+    crop_scale_min: float = 0.2
+    seed: int = 0
+    save_every: int = 1000
+    log_every: int = 20
+    recon_every: int = 1000
+    workers: int = 4
+    device: str = "auto"
+    precision: str | None = None
+    compile: bool = False
+    grad_checkpointing: bool = False
+    fsdp: bool = False
+    curation: str | None = None
+    rules: CurationRules = field(default_factory=CurationRules)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mae"] = self.mae.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["mae"] = MAEConfig.from_dict(d["mae"])
+        d["rules"] = CurationRules(**d.get("rules", {}))
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def total_batch(self, world: int) -> int:
+        return self.batch_size * self.accum * world
+
+    def peak_lr(self, world: int) -> float:
+        return self.lr if self.lr is not None else self.blr * self.total_batch(world) / 256
+
+
+def lr_at(step: int, cfg: TrainConfig, peak: float) -> float:
+    """Linear warmup to ``peak``, then half-cycle cosine to ``min_lr`` at the last step (per step)."""
+    if step < cfg.warmup_steps:
+        return peak * step / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr + (peak - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and 1-D parameters (norms), as the official recipe."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+class NonFiniteLoss(PixioError):
+    """The loss became NaN or infinite."""
+
+
+class Trainer:
+    """Owns the model, optimizer, data and bookkeeping of one pretraining run."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.output)
+        self.rank, self.world, local = dist_info()
+        self.device = pick_device(cfg.device)
+        self.dtype = pick_dtype(cfg.precision, self.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.core = PixioMAE(cfg.mae, drop_path=cfg.drop_path).to(self.device)
+        self.core.grad_checkpointing = cfg.grad_checkpointing
+        self.model = self._wrap(self.core)
+        self.peak_lr = cfg.peak_lr(self.world)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=self.peak_lr,
+                                           betas=(0.9, 0.95), fused=self.device.type == "cuda" or None)
+        self.step = 0
+        self.positions: dict[int, tuple[int, int]] = {}
+        self.last_worker: int | None = None  # the data worker of the last batch consumed
+        self.failed: dict[int, int] = {}
+        if resume:
+            self._load()
+        else:
+            torch.manual_seed(cfg.seed + 1000 * self.rank)  # per-rank masks and drop-path
+        self._forward = torch.compile(self.model) if cfg.compile else self.model
+        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+
+    # -- setup
+
+    def _wrap(self, model: PixioMAE) -> torch.nn.Module:
+        if self.cfg.fsdp:
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            mp = None
+            if self.dtype != torch.float32:
+                mp = MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
+            kw = {"mp_policy": mp} if mp is not None else {}
+            for blk in [*model.blocks, *model.decoder_blocks]:
+                fully_shard(blk, **kw)
+            return fully_shard(model, **kw)
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    def loader(self) -> DataLoader:
+        cfg = self.cfg
+        # The DataLoader serves workers round-robin from worker 0; rotate so that the
+        # worker whose batch was due next when the checkpoint was taken comes first.
+        rotate = (self.last_worker + 1) % max(1, cfg.workers) if self.last_worker is not None else 0
+        stream = PretrainStream(Sources.find(cfg.data), cfg.mae.encoder.img_size, cfg.seed, self.rank, self.world,
+                                curation=Path(cfg.curation) if cfg.curation else None, rules=cfg.rules,
+                                crop_scale=(cfg.crop_scale_min, 1.0), start=self.positions, rotate=rotate)
+        # Its own generator: creating the iterator must not draw from the global RNG (masks, drop-path).
+        return DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate,
+                          pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
+                          prefetch_factor=4 if cfg.workers > 0 else None,
+                          generator=torch.Generator().manual_seed(cfg.seed))
+
+    # -- checkpoints
+
+    def _state_dicts(self) -> tuple[dict, dict]:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return (get_model_state_dict(self.model, options=opts),
+                get_optimizer_state_dict(self.model, self.optimizer, options=opts))
+
+    def _gather(self, obj):
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def save(self) -> None:
+        """Write ``checkpoint.pt`` atomically (rank 0), with every rank's RNG and data positions."""
+        model_sd, optim_sd = self._state_dicts()
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        per_rank = self._gather({"rng": rng, "positions": dict(self.positions), "last_worker": self.last_worker})
+        if self.rank == 0:
+            state = {"model": model_sd, "optimizer": optim_sd, "step": self.step, "world": self.world,
+                     "workers": self.cfg.workers, "config": {"train": self.cfg.to_dict(), "mae": self.cfg.mae.to_dict()},
+                     "ranks": per_rank}
+            with atomic_path(self.out / CHECKPOINT) as tmp:
+                torch.save(state, tmp)
+        if self.world > 1:
+            dist.barrier()
+
+    def _load(self) -> None:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        path = self.out / CHECKPOINT
+        if not path.exists():
+            raise UsageError(f"--resume {self.out}: no {CHECKPOINT} there")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["world"] != self.world or state["workers"] != self.cfg.workers:
+            raise UsageError(f"--resume: the run used {state['world']} process(es) x {state['workers']} data workers; "
+                             f"resume it with the same (now {self.world} x {self.cfg.workers}) to continue exactly")
+        opts = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(self.model, state["model"], options=opts)
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
+        self.step = state["step"]
+        mine = state["ranks"][self.rank]
+        self.positions = {int(k): tuple(v) for k, v in mine["positions"].items()}
+        self.last_worker = mine["last_worker"]
+        torch.set_rng_state(mine["rng"]["torch"])
+        if self.device.type == "cuda" and mine["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(mine["rng"]["cuda"], self.device)
+
+    def export(self) -> None:
+        """``encoder.pth`` (official layout, loads strictly as an official checkpoint) and ``mae.safetensors``."""
+        model_sd, _ = self._state_dicts()
+        if self.rank != 0:
+            return
+        encoder = {k: v for k, v in model_sd.items() if not k.startswith(("decoder_", "mask_token"))}
+        with atomic_path(self.out / "encoder.pth") as tmp:
+            torch.save(encoder, tmp)
+        meta = {"pixio_format": "mae", "encoder_config": self.cfg.mae.encoder.to_dict(),
+                "mae_config": self.cfg.mae.to_dict(), "provenance": {"steps": self.step, "data": self.cfg.data}}
+        save_safetensors(model_sd, self.out / "mae.safetensors", meta)
+
+    # -- the loop
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return (x - self._mean) / self._std
+
+    def run(self) -> dict:
+        cfg, out = self.cfg, self.out
+        if self.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "config.json", cfg.to_dict())
+            _truncate_metrics(out / "metrics.jsonl", self.step)
+        board = _tensorboard(out) if self.rank == 0 else None
+        batches = iter(self.loader())
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="pretrain", unit="step", file=sys.stderr,
+                   disable=self.rank != 0 or None, dynamic_ncols=True)
+        t0, images_since, last = time.perf_counter(), 0, {}
+        self.model.train()
+        try:
+            while self.step < cfg.steps:
+                lr = lr_at(self.step, cfg, self.peak_lr)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                loss_sum = torch.zeros((), device=self.device)
+                for micro in range(cfg.accum):
+                    batch = next(batches)
+                    self.positions[batch["worker"]] = (batch["epoch"], batch["position"])
+                    self.last_worker = batch["worker"]
+                    self.failed[batch["worker"]] = batch["failed"]
+                    x = self.normalise(batch["images"])
+                    sync = micro == cfg.accum - 1 or not hasattr(self.model, "no_sync")
+                    ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
+                    with ctx, autocast(self.device, self.dtype):
+                        res = self._forward(x)
+                    (res.loss / cfg.accum).backward()
+                    loss_sum += res.loss.detach() / cfg.accum
+                    images_since += x.shape[0] * self.world
+                loss = self._mean_over_ranks(loss_sum)
+                if not math.isfinite(loss):
+                    raise NonFiniteLoss(
+                        f"the loss became {loss} at step {self.step + 1}; stopping without saving "
+                        f"(the last good checkpoint in {out} is kept). Try a lower --blr or --clip-grad")
+                if cfg.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    dt = time.perf_counter() - t0
+                    last = {"step": self.step, "loss": loss, "lr": lr, "images_per_s": images_since / dt,
+                            "epoch": max((e for e, _ in self.positions.values()), default=0),
+                            "failed_images": sum(self.failed.values())}
+                    t0, images_since = time.perf_counter(), 0
+                    if self.rank == 0:
+                        _append_metrics(out / "metrics.jsonl", last, board)
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                if self.rank == 0 and cfg.recon_every and self.step % cfg.recon_every == 0:
+                    self._recon_grid(x, res)
+                if self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                    self.save()
+        except KeyboardInterrupt:
+            if self.world == 1:  # save progress; with several ranks the collectives may already be gone
+                self.save()
+            raise
+        finally:
+            bar.close()
+            if board is not None:
+                board.close()
+        self.save()
+        self.export()
+        return last
+
+    def _mean_over_ranks(self, loss: torch.Tensor) -> float:
+        if self.world > 1:
+            loss = loss.clone()
+            dist.all_reduce(loss)
+            loss /= self.world
+        return float(loss)
+
+    @torch.no_grad()
+    def _recon_grid(self, x: torch.Tensor, res) -> None:
+        """Original | masked input | reconstruction, one row per image (up to 8)."""
+        n = min(8, x.shape[0])
+        x = x[:n].float()
+        part = type(res)(res.loss, res.loss_per_image[:n], res.pred[:n].float(), res.mask[:n])
+        recon = self.core.reconstruct(x, part)
+        p = self.core.patch_size
+        grid_hw = (x.shape[-2] // p, x.shape[-1] // p)
+        mask = part.mask.reshape(n, 1, *grid_hw).repeat_interleave(p, 2).repeat_interleave(p, 3)
+
+        def to_uint8(t: torch.Tensor) -> np.ndarray:
+            img = t * (self._std / 255) + self._mean / 255
+            return (img.clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+
+        orig, masked, rec = to_uint8(x), to_uint8(x * (1 - mask)), to_uint8(recon)
+        rows = [np.concatenate([o, m, r], axis=1) for o, m, r in zip(orig, masked, rec)]
+        write_image(self.out / "recon" / f"step_{self.step:07d}.png", np.concatenate(rows, axis=0))
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past the checkpoint we resume from (written after it, before a crash)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError):
+            continue
+    from pixio_cli.writers import write_text
+
+    write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _append_metrics(path: Path, rec: dict, board) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    if board is not None:
+        for k, v in rec.items():
+            if k != "step":
+                board.add_scalar(f"pretrain/{k}", v, rec["step"])
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def read_run_config(out: str | os.PathLike) -> TrainConfig:
+    """The TrainConfig stored in a run's checkpoint (for ``--resume DIR``)."""
+    path = Path(out) / CHECKPOINT
+    if not path.exists():
+        raise UsageError(f"--resume {out}: no {CHECKPOINT} there")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return TrainConfig.from_dict(state["config"]["train"])

@@ -1,0 +1,272 @@
+"""Pretraining: masking, loss, checkpoint layout and export, data stream, curation rules, resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pixio_cli.checkpoints import load_encoder
+from pixio_cli.encoder import EncoderConfig, PixioEncoder
+from pretrain.data import CurationRules, PretrainStream, Sources, random_resized_crop
+from pretrain.mae import MAEConfig, PixioMAE, load_mae, patchify, unpatchify
+
+from .conftest import write_rgb
+
+ENC = EncoderConfig(32, 2, 2, img_size=64)
+CFG = MAEConfig(ENC, decoder_dim=16, decoder_depth=1, decoder_heads=2, mask_grid=2)
+SMOKE = ["--size", "t16", "--img-size", "32", "--decoder-depth", "1", "--decoder-dim", "16", "--decoder-heads", "2",
+         "--mask-grid", "1", "--batch-size", "4", "--log-every", "1", "--recon-every", "0", "--lr", "1e-3"]
+
+
+def test_masking_keeps_whole_blocks_deterministically():
+    torch.manual_seed(0)
+    mae = PixioMAE(CFG)
+    grid = (4, 6)  # 2x3 blocks of 2x2 patches
+    noise = mae.block_noise(3, grid, generator=torch.Generator().manual_seed(1))
+    keep, restore, mask = mae.masking(noise, grid)
+    n_keep = int(6 * 0.25)
+    assert keep.shape == (3, n_keep * 4) and mask.shape == (3, 24)
+    assert (mask.sum(1) == 24 - n_keep * 4).all()
+    for b in range(3):
+        m = mask[b].reshape(4, 6)
+        blocks = m.reshape(2, 2, 3, 2).permute(0, 2, 1, 3).reshape(6, 4)
+        assert ((blocks.sum(1) == 0) | (blocks.sum(1) == 4)).all()  # every 2x2 block all kept or all masked
+        assert set(keep[b].tolist()) == set(torch.nonzero(m.flatten() == 0).flatten().tolist())
+    again = mae.masking(mae.block_noise(3, grid, generator=torch.Generator().manual_seed(1)), grid)[2]
+    other = mae.masking(mae.block_noise(3, grid, generator=torch.Generator().manual_seed(2)), grid)[2]
+    assert torch.equal(mask, again) and not torch.equal(mask, other)
+
+
+def test_loss_counts_masked_patches_only():
+    torch.manual_seed(0)
+    mae = PixioMAE(CFG).eval()
+    x = torch.randn(2, 3, 64, 64)
+    noise = mae.block_noise(2, (4, 4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = mae(x, noise)
+        errors = mae.patch_errors(x, out.pred)
+    manual = (errors * out.mask).sum(1) / out.mask.sum(1)
+    assert torch.allclose(out.loss_per_image, manual)
+    assert torch.allclose(out.loss, (errors * out.mask).sum() / out.mask.sum())
+    # a perfect prediction on the visible patches changes nothing; on masked ones it does
+    target = mae.target(x)
+    visible = out.mask.unsqueeze(-1) == 0
+    better_visible = torch.where(visible, target, out.pred)
+    assert torch.allclose(((mae.patch_errors(x, better_visible) * out.mask).sum() / out.mask.sum()), out.loss)
+    better_masked = torch.where(~visible, target, out.pred)
+    assert (mae.patch_errors(x, better_masked) * out.mask).sum() < 1e-6
+    t = target.reshape(-1, target.shape[-1])
+    assert torch.allclose(t.mean(-1), torch.zeros(len(t)), atol=1e-5)  # per-patch normalised target
+
+
+def test_patchify_roundtrip():
+    x = torch.randn(2, 3, 32, 48)
+    p = patchify(x, 16)
+    assert p.shape == (2, 6, 768)
+    assert torch.equal(unpatchify(p, 16, (2, 3)), x)
+
+
+def test_checkpoint_keys_are_official():
+    sd = PixioMAE(MAEConfig(EncoderConfig(32, 2, 2), decoder_dim=16, decoder_depth=2, decoder_heads=2)).state_dict()
+    assert sd["mask_token"].shape == (1, 1, 16)
+    assert sd["decoder_pos_embed"].shape == (1, 8 + 256, 16)
+    assert sd["decoder_pred.weight"].shape == (16 * 16 * 3, 16)
+    assert {"decoder_embed.weight", "decoder_norm.bias", "decoder_blocks.1.attn.qkv.weight", "cls_token"} <= set(sd)
+
+
+def test_random_resized_crop_size_and_determinism():
+    img = np.random.default_rng(0).integers(0, 255, (90, 200, 3), dtype=np.uint8)
+    a = random_resized_crop(img, 32, np.random.default_rng(5))
+    b = random_resized_crop(img, 32, np.random.default_rng(5))
+    assert a.shape == (32, 32, 3) and np.array_equal(a, b)
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _jpeg(seed: int, h: int = 40, w: int = 40) -> bytes:
+    img = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def official_keep(info: dict | None, hist, size, soft, u: float) -> bool:
+    """The official webdataset loader's rules, written from its source (for members in the JSON)."""
+    if info is None:
+        return False
+    if hist and info["histogram_score"] <= hist:
+        return False
+    if size and (info["height"] < size or info["width"] < size):
+        return False
+    if soft and u > info["mae_loss"]:
+        return False
+    return True
+
+
+def test_curation_rules_match_official_and_drop_errors():
+    rng = np.random.default_rng(0)
+    rules = CurationRules(4.5, 320, True)
+    for _ in range(300):
+        rec = {"histogram_score": float(rng.uniform(3, 7)), "height": int(rng.integers(200, 500)),
+               "width": int(rng.integers(200, 500)), "mae_loss": float(rng.uniform())}
+        u = float(rng.uniform())
+        assert rules.keep(rec, u) == official_keep(rec, 4.5, 320, True, u)
+    assert not rules.keep({"error": "corrupt", "histogram_score": 9, "height": 999, "width": 999, "mae_loss": 1}, 0)
+    assert not CurationRules().keep(None, 0.0)
+
+
+def test_shard_stream_applies_curation_json(tmp_path):
+    shard = _tar(tmp_path / "data" / "part0" / "00000.tar", {
+        "a.jpeg": _jpeg(1), "b.jpeg": _jpeg(2), "c.jpeg": _jpeg(3), "d.jpeg": _jpeg(4), "e.jpeg": b"corrupt",
+        "notes.txt": b"hi"})
+    good = {"histogram_score": 6.0, "height": 400, "width": 400, "mae_loss": 1.0}
+    stats = {"a.jpeg": good, "b.jpeg": {**good, "histogram_score": 4.5}, "c.jpeg": {**good, "width": 100},
+             "e.jpeg": {**good}}  # d.jpeg is not in the JSON: skipped, as the official loader does
+    (tmp_path / "cur" / "part0").mkdir(parents=True)
+    (tmp_path / "cur" / "part0" / "00000.json").write_text(json.dumps(stats))
+    stream = PretrainStream(Sources.find([str(tmp_path / "data")]), 16, seed=0, curation=tmp_path / "cur",
+                            rules=CurationRules(4.5, 320, False))
+    got = []
+    for s in stream:
+        got.append(s)
+        if len(got) == 3:
+            break
+    assert [s.epoch for s in got] == [0, 1, 2]  # only a.jpeg passes, once per epoch
+    assert got[-1].failed == 2  # e.jpeg passes the rules but cannot be decoded, every epoch
+    # without curation every readable image member is used (d.jpeg too), .txt members are not
+    stream2 = PretrainStream(Sources.find([str(shard)]), 16, seed=0)
+    seen = []
+    for s in stream2:
+        seen.append(s)
+        if s.epoch > 0:
+            break
+    assert len(seen) == 5 and seen[-1].failed == 1
+
+
+def test_folder_stream_skips_corrupt_and_is_deterministic(tmp_path):
+    for i in range(5):
+        write_rgb(tmp_path / f"{i}.jpg", 40, 50, seed=i)
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 nope")
+
+    def take(n, start=None):
+        out = []
+        for s in PretrainStream(Sources.find([str(tmp_path)]), 16, seed=3, start=start):
+            out.append(s)
+            if len(out) == n:
+                return out
+
+    a = take(8)
+    assert max(s.failed for s in a) == 1
+    b = take(8)
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b))
+    # resuming after the 3rd sample continues with the 4th
+    c = take(5, start={0: (a[2].epoch, a[2].position)})
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a[3:], c))
+
+
+def _photos(root: Path, n: int = 12) -> Path:
+    for i in range(n):
+        write_rgb(root / f"{i:02d}.jpg", 40 + i, 48, seed=i)
+    return root
+
+
+def test_smoke_run_exports_official_encoder(cli, tmp_path):
+    data = _photos(tmp_path / "photos")
+    out = tmp_path / "run"
+    code, _, err = cli(["pretrain", *SMOKE, "--steps", "3", "--data", data, "-o", out, "--workers", "0",
+                        "--recon-every", "3"])
+    assert code == 0, err
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) and r["images_per_s"] > 0 for r in lines)
+    assert (out / "recon" / "step_0000003.png").exists()
+    sd = torch.load(out / "encoder.pth", weights_only=True)
+    cfg = EncoderConfig(192, 12, 3, img_size=32)
+    PixioEncoder(cfg).load_state_dict(sd, strict=True)  # the official layout, nothing more
+    assert load_encoder(out / "encoder.pth").cfg.embed_dim == 192
+    mae = load_mae(out)
+    assert mae.mae_cfg.decoder_depth == 1
+    code, _, err = cli(["extract", "-q", "--workers", "0", "--model", out / "encoder.pth", "--resize", "32",
+                        data / "00.jpg", "-o", tmp_path / "f"])
+    assert code == 0, err
+    code, _, err = cli(["pretrain", *SMOKE, "--steps", "3", "--data", data, "-o", out])
+    assert code == 2 and "--resume" in err
+
+
+def test_resume_continues_exactly(cli, tmp_path, monkeypatch):
+    import pretrain.train as train
+
+    data = _photos(tmp_path / "photos")
+    args = ["pretrain", *SMOKE, "--steps", "8", "--data", data, "--workers", "2", "--save-every", "100"]
+    code, _, err = cli([*args, "-o", tmp_path / "full"])
+    assert code == 0, err
+
+    real = train._append_metrics
+
+    def interrupt_after_3(path, rec, board):  # odd: the other data worker's batch is due next
+        real(path, rec, board)
+        if rec["step"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_append_metrics", interrupt_after_3)
+    code, _, err = cli([*args, "-o", tmp_path / "cut"])
+    assert code == 130
+    monkeypatch.setattr(train, "_append_metrics", real)
+    code, _, err = cli(["pretrain", "--resume", tmp_path / "cut"])
+    assert code == 0, err
+
+    def losses(run):
+        return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    a = torch.load(tmp_path / "full" / "encoder.pth", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "encoder.pth", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_loss_stops_with_step(cli, tmp_path, monkeypatch):
+    import pretrain.mae as mae_mod
+
+    data = _photos(tmp_path / "photos", 4)
+    real = mae_mod.PixioMAE.patch_errors
+    monkeypatch.setattr(mae_mod.PixioMAE, "patch_errors", lambda self, x, p: real(self, x, p) * float("nan"))
+    code, _, err = cli(["pretrain", *SMOKE, "--steps", "3", "--data", data, "-o", tmp_path / "r", "--workers", "0"])
+    assert code == 2 and "at step 1" in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_cpu_processes(tmp_path, mode):
+    data = _photos(tmp_path / "photos", 8)
+    out = tmp_path / mode
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+           str(29500 + (os.getpid() % 1000) + (mode == "fsdp")), "-m", "pixio_cli", "pretrain", *SMOKE,
+           "--steps", "2", "--data", str(data), "-o", str(out), "--workers", "0", "--device", "cpu"]
+    if mode == "fsdp":
+        cmd.append("--fsdp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2]  # rank 0 logs, once per step
+    assert lines[0]["images_per_s"] > 0
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert len(state["ranks"]) == 2 and state["world"] == 2
+    PixioEncoder(EncoderConfig(192, 12, 3, img_size=32)).load_state_dict(
+        torch.load(out / "encoder.pth", weights_only=True), strict=True)
