@@ -5,8 +5,8 @@ checkpoint reader), the same device, precision, batch and images (real photos
 from ../shared/data/photos when present, random pixels otherwise). Prints the
 ratio ours / transformers.
 
-    python benchmarks/extract.py --size b16 --device cpu --batch 8 --iters 5
-    python benchmarks/extract.py --size h16 --device cuda --precision bf16 --batch 64
+    python -m benchmarks.extract --size b16 --device cpu --batch 8 --iters 5
+    python -m benchmarks.extract --size h16 --device cuda --precision bf16 --batch 64
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ of per-image tensors out) and a result handler; the engine does the rest.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import sys
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from .errors import InputError, PixioError, UsageError
-from .images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, load_for_model, resize_image
+from .images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, decode_for_model, read_bytes, resize_image
 from .inputs import Item
 from .writers import BackgroundWriter
 
@@ -87,6 +88,7 @@ class Sample:
     image: np.ndarray  # RGB uint8 (h, w, 3), as the model sees it
     orig_hw: tuple[int, int]
     error: str | None = None
+    digest: str | None = None  # sha256 of the encoded bytes (files and tar members)
 
 
 class _FrameReader:
@@ -121,6 +123,36 @@ class _FrameReader:
         self.cap, self.path = None, None
 
 
+class _TarReader:
+    """Reads members of tar shards, keeping the last shard open with its member index."""
+
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self.tar = None
+        self.members: dict = {}
+
+    def read(self, path: str, member: str) -> bytes:
+        import tarfile
+
+        if path != self.path:
+            self.close()
+            try:
+                self.tar = tarfile.open(path)
+                self.members = {m.name: m for m in self.tar.getmembers()}
+            except (OSError, tarfile.TarError) as e:
+                raise InputError(f"{path}: cannot read the tar shard ({e})") from None
+            self.path = path
+        if member not in self.members:
+            raise InputError(f"{path}: no member {member}")
+        with self.tar.extractfile(self.members[member]) as f:
+            return f.read()
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+        self.tar, self.path, self.members = None, None, {}
+
+
 def decode_frame(bgr: np.ndarray) -> np.ndarray:
     import cv2
 
@@ -130,7 +162,7 @@ def decode_frame(bgr: np.ndarray) -> np.ndarray:
 class ImageStream(IterableDataset):
     """Decodes and resizes items; each DataLoader worker takes every n-th chunk of items.
 
-    Chunks keep consecutive video frames in one worker. A bad item yields a
+    Chunks keep consecutive video frames and tar members in one worker. A bad item yields a
     Sample with ``error`` set instead of raising, so one file never stops a run.
     """
 
@@ -140,23 +172,24 @@ class ImageStream(IterableDataset):
     def __iter__(self) -> Iterator[Sample]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        frames = _FrameReader()
+        frames, tars = _FrameReader(), _TarReader()
         try:
             for start in range(wid * self.chunk, len(self.items), nw * self.chunk):
                 for i in range(start, min(start + self.chunk, len(self.items))):
-                    yield self._load(i, frames)
+                    yield self._load(i, frames, tars)
         finally:
             frames.close()
+            tars.close()
 
-    def _load(self, i: int, frames: _FrameReader) -> Sample:
+    def _load(self, i: int, frames: _FrameReader, tars: _TarReader) -> Sample:
         item = self.items[i]
         try:
-            if item.frame is None:
-                img, orig = load_for_model(item.path, self.policy)
-            else:
+            if item.frame is not None:
                 frame = frames.read(item.path, item.frame)
-                img, orig = resize_image(frame, self.policy.target(*frame.shape[:2])), frame.shape[:2]
-            return Sample(i, img, orig)
+                return Sample(i, resize_image(frame, self.policy.target(*frame.shape[:2])), frame.shape[:2])
+            data = tars.read(item.path, item.member) if item.member is not None else read_bytes(item.path)
+            img, orig = decode_for_model(data, item.label, self.policy)
+            return Sample(i, img, orig, digest=hashlib.sha256(data).hexdigest())
         except InputError as e:
             return Sample(i, np.zeros((0, 0, 3), np.uint8), (0, 0), str(e))
         except Exception as e:  # an image library failing on odd data is still bad input
@@ -259,9 +292,9 @@ class Engine:
 
     # -- the loop
 
-    def batches(self, items: list[Item], policy: ResizePolicy, summary: Summary,
-                bar: tqdm | None = None) -> Iterator[Batch]:
-        """Decoded images grouped into same-size batches; failures go to ``summary``."""
+    def batches(self, items: list[Item], policy: ResizePolicy, summary: Summary, bar: tqdm | None = None,
+                on_error: Callable[[Sample], None] | None = None) -> Iterator[Batch]:
+        """Decoded images grouped into same-size batches; failures go to ``summary`` and ``on_error``."""
         stream = ImageStream(items, policy)
         loader = DataLoader(stream, batch_size=None, num_workers=self.workers, collate_fn=_collate_one,
                             prefetch_factor=4 * self.batch_size if self.workers else None,
@@ -271,6 +304,8 @@ class Engine:
         for sample in loader:
             if sample.error:
                 summary.failures.append((items[sample.index].label, sample.error))
+                if on_error is not None:
+                    on_error(sample)
                 if bar is not None:
                     bar.update(1)
                 continue
@@ -291,10 +326,12 @@ class Engine:
         return Batch(samples, self.to_pixels([s.image for s in samples]))
 
     def run(self, items: list[Item], policy: ResizePolicy, fn: BatchFn, on_result: ResultFn,
-            desc: str = "pixio", skip: Callable[[Item], bool] | None = None) -> Summary:
+            desc: str = "pixio", skip: Callable[[Item], bool] | None = None,
+            on_error: Callable[[Item, str], None] | None = None) -> Summary:
         """Run ``fn`` over ``items`` and hand each image's outputs (CPU tensors) to ``on_result``.
 
-        ``on_result`` runs on the background writer thread, in order. Items for
+        ``on_result`` and ``on_error`` (an unreadable item and the reason) run on
+        the background writer thread, in order. Items for
         which ``skip`` is true (already done) are counted, not run. Under
         torchrun each rank takes every world-size-th item of the full list, so
         the split is the same on a rerun.
@@ -310,7 +347,11 @@ class Engine:
                    disable=(not self.progress) if self.progress is not None else None)
         writer = BackgroundWriter()
         try:
-            for batch in self.batches(items, policy, summary, bar):
+            failed = None
+            if on_error is not None:
+                def failed(s: Sample) -> None:
+                    writer.submit(lambda: on_error(items[s.index], s.error))
+            for batch in self.batches(items, policy, summary, bar, failed):
                 out = self.infer(fn, batch.pixels)
                 out = {k: v.float().cpu() for k, v in out.items()}
                 for j, s in enumerate(batch.samples):

@@ -79,7 +79,9 @@ def _to_rgb8(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
 
 
-def _read_bytes(path: Path) -> np.ndarray:
+def read_bytes(path: str | os.PathLike) -> np.ndarray:
+    """A file's bytes, with a one-line :class:`InputError` when it cannot be read."""
+    path = Path(path)
     try:
         return np.fromfile(path, dtype=np.uint8)  # also works for non-ASCII paths, unlike cv2.imread
     except FileNotFoundError:
@@ -92,7 +94,7 @@ def _read_bytes(path: Path) -> np.ndarray:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as RGB uint8 (H, W, 3); :class:`InputError` if it cannot be used."""
-    return decode_image(_read_bytes(Path(path)), str(path))
+    return decode_image(read_bytes(Path(path)), str(path))
 
 
 def jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
@@ -179,19 +181,24 @@ def resize_image(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def load_for_model(path: str | os.PathLike, policy: "ResizePolicy") -> tuple[np.ndarray, tuple[int, int]]:
-    """Read and resize one image for the encoder; returns (RGB uint8 (h, w, 3), original (H, W)).
+    """Read and resize one image file for the encoder; returns (RGB uint8 (h, w, 3), original (H, W))."""
+    return decode_for_model(read_bytes(Path(path)), str(path), policy)
+
+
+def decode_for_model(buf: np.ndarray | bytes, name: str, policy: "ResizePolicy") -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode encoded bytes and resize them by ``policy``; returns (image, original (H, W)).
 
     Large JPEGs are decoded at 1/2, 1/4 or 1/8 scale when that still leaves
     at least the target size, so a 4000x3000 photo headed for 256 px is not
     decoded in full.
     """
-    buf = _read_bytes(Path(path))
+    buf = np.frombuffer(buf, np.uint8) if isinstance(buf, (bytes, bytearray)) else buf
     size = jpeg_size(buf)
     factor = 1
     if size is not None:
         th, tw = policy.target(*size)
         factor = next((f for f in (8, 4, 2) if size[0] // f >= th and size[1] // f >= tw), 1)
-    img = decode_image(buf, str(path), reduce=factor)
+    img = decode_image(buf, name, reduce=factor)
     orig = img.shape[:2]
     if factor > 1 and size is not None:  # report the full size, in the decoded (EXIF-rotated) orientation
         orig = size if (img.shape[0] >= img.shape[1]) == (size[0] >= size[1]) else (size[1], size[0])

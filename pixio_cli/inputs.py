@@ -15,7 +15,7 @@ from .images import is_image, is_video
 
 @dataclass(frozen=True)
 class Item:
-    """One image to process: a file, or frame ``frame`` of a video file.
+    """One image to process: a file, frame ``frame`` of a video file, or ``member`` of a tar shard.
 
     ``key`` is the output name relative to the output folder, without extension.
     """
@@ -23,9 +23,12 @@ class Item:
     path: str
     key: str
     frame: int | None = None
+    member: str | None = None
 
     @property
     def label(self) -> str:
+        if self.member is not None:
+            return f"{self.path}::{self.member}"
         return self.path if self.frame is None else f"{self.path}#frame{self.frame}"
 
 
