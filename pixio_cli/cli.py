@@ -39,9 +39,9 @@ def _root(
 
 def _register() -> None:
     # Each command module owns its registration; the order here is the order in --help.
-    from .commands import curate, depth, extract, pretrain, recon3d, segment
+    from .commands import curate, depth, evaluate, extract, pretrain, recon3d, segment, train
 
-    for module in (pretrain, curate, extract, depth, segment, recon3d):
+    for module in (pretrain, curate, extract, depth, segment, recon3d, train, evaluate):
         module.register(app)
 
 

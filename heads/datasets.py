@@ -1,0 +1,144 @@
+"""Readers for depth and segmentation data layouts, and the training augmentations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pixio_cli.errors import InputError, UsageError
+from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD, is_image, read_image
+
+IGNORE = 255
+
+# CamVid's 11 classes (labels 0-10; 11 is void) and the SegNet tutorial's colours.
+CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
+                  "pedestrian", "bicyclist"]
+CAMVID_PALETTE = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
+                  [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]]
+
+# The frames of 7-Scenes redkitchen in ../shared/data from this index on are held out for evaluation.
+SEVENSCENES_HOLDOUT = 800
+
+
+@dataclass
+class Layout:
+    """Pairs of (image, target) files and how to read the target."""
+
+    pairs: list[tuple[Path, Path]]
+    task: str
+    depth_scale: float = 1.0  # stored value / depth_scale = metres
+    label_map: dict[int, int] = field(default_factory=dict)  # stored label -> class id (others unchanged)
+    classes: list[str] | None = None
+    palette: list[list[int]] | None = None
+    crop_box: tuple[int, int, int, int] | None = None  # evaluation crop (top, bottom, left, right), e.g. Eigen
+    intrinsics: dict | None = None
+
+    def read_target(self, path: Path) -> np.ndarray:
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise InputError(f"{path}: cannot read the target image")
+        if raw.ndim == 3:
+            raw = raw[..., 0]
+        if self.task == "depth":
+            return raw.astype(np.float32) / self.depth_scale
+        out = raw.astype(np.int64)
+        for src, dst in self.label_map.items():
+            out[raw == src] = dst
+        return out.astype(np.uint8)
+
+
+def _stems(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if is_image(p)}
+
+
+def find_layout(dataset: str, root: str | Path, split: str, depth_scale: float | None = None,
+                classes_file: str | None = None) -> Layout:
+    """The pairs of a named layout: 7scenes, generic (depth); camvid, generic (segment)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"--data {root}: not a folder")
+    if dataset == "7scenes":
+        frames = sorted(root.glob("frame-*.color.jpg"))
+        idx = [int(p.name.split("-")[1].split(".")[0]) for p in frames]
+        keep = [p for p, i in zip(frames, idx) if (i >= SEVENSCENES_HOLDOUT) == (split != "train")]
+        pairs = [(p, p.with_name(p.name.replace(".color.jpg", ".depth.png"))) for p in keep]
+        intr = None
+        kfile = root / "camera-intrinsics.txt"
+        if kfile.exists():
+            k = np.loadtxt(kfile)
+            intr = {"fx": float(k[0, 0]), "fy": float(k[1, 1]), "cx": float(k[0, 2]), "cy": float(k[1, 2]),
+                    "width": 640, "height": 480}
+        return Layout(pairs, "depth", 1000.0, intrinsics=intr)
+    if dataset == "camvid":
+        img_dir, lab_dir = root / split, root / f"{split}annot"
+        if not lab_dir.is_dir():
+            raise InputError(f"{root}: no {split}/ and {split}annot/ folders (CamVid layout)")
+        labels = _stems(lab_dir)
+        pairs = [(p, labels[s]) for s, p in _stems(img_dir).items() if s in labels]
+        return Layout(pairs, "segment", label_map={11: IGNORE}, classes=CAMVID_CLASSES, palette=CAMVID_PALETTE)
+    if dataset == "generic-depth":
+        imgs, targets = _stems(root / "images"), _stems(root / "depth")
+        if depth_scale is None:
+            raise UsageError("--dataset generic needs --depth-scale (stored value per metre, e.g. 1000 for mm)")
+        return Layout([(imgs[s], targets[s]) for s in sorted(imgs) if s in targets], "depth", depth_scale)
+    if dataset == "generic-segment":
+        imgs, targets = _stems(root / "images"), _stems(root / "labels")
+        names = None
+        cf = Path(classes_file) if classes_file else root / "classes.txt"
+        if cf.exists():
+            names = [line.strip() for line in cf.read_text().splitlines() if line.strip()]
+        if names is None:
+            raise UsageError(f"--dataset generic needs a class-names file ({cf} or --classes)")
+        return Layout([(imgs[s], targets[s]) for s in sorted(imgs) if s in targets], "segment", classes=names)
+    raise UsageError(f"--dataset {dataset}: not supported yet (7scenes, camvid, generic)")
+
+
+def normalise(img: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(img).permute(2, 0, 1).float() / 255
+    return (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+class TrainCrops(Dataset):
+    """Random training crops: depth (flip + crop) and segmentation (rescale 0.5-2, crop, flip), as the official recipe."""
+
+    def __init__(self, layout: Layout, crop: int, seed: int = 0) -> None:
+        if not layout.pairs:
+            raise InputError("the training split has no image/target pairs")
+        self.layout, self.crop, self.seed = layout, crop, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.layout.pairs)
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        img_path, target_path = self.layout.pairs[i]
+        img, target = read_image(img_path), self.layout.read_target(target_path)
+        if target.shape != img.shape[:2]:
+            target = cv2.resize(target, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
+        if self.layout.task == "segment":
+            s = rng.uniform(0.5, 2.0)
+            size = (max(1, int(img.shape[1] * s)), max(1, int(img.shape[0] * s)))
+            img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+            target = cv2.resize(target, size, interpolation=cv2.INTER_NEAREST)
+        img, target = self._pad(img, target)
+        y = int(rng.integers(0, img.shape[0] - self.crop + 1))
+        x = int(rng.integers(0, img.shape[1] - self.crop + 1))
+        img, target = img[y:y + self.crop, x:x + self.crop], target[y:y + self.crop, x:x + self.crop]
+        if rng.random() < 0.5:
+            img, target = img[:, ::-1], target[:, ::-1]
+        t = torch.from_numpy(np.ascontiguousarray(target))
+        return normalise(np.ascontiguousarray(img)), t.float() if self.layout.task == "depth" else t.long()
+
+    def _pad(self, img: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ph, pw = max(0, self.crop - img.shape[0]), max(0, self.crop - img.shape[1])
+        if ph or pw:
+            img = cv2.copyMakeBorder(img, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=0)
+            fill = 0 if self.layout.task == "depth" else IGNORE
+            target = cv2.copyMakeBorder(target, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=fill)
+        return img, target

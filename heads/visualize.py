@@ -1,0 +1,69 @@
+"""Pictures of dense outputs: coloured depth with a legend, label overlays with a legend, point clouds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pixio_cli.errors import UsageError
+
+
+def depth_picture(depth: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Depth (metres) as RGB with the TURBO colormap (near = red, far = blue) and a legend bar."""
+    lo = float(np.percentile(depth, 1)) if lo is None else lo
+    hi = float(np.percentile(depth, 99)) if hi is None else hi
+    norm = np.clip((depth - lo) / max(hi - lo, 1e-6), 0, 1)
+    colour = cv2.applyColorMap(((1 - norm) * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
+    h, w = depth.shape
+    bar_h = max(24, h // 14)
+    ramp = np.linspace(255, 0, w).astype(np.uint8)[None].repeat(bar_h // 2, 0)
+    legend = np.full((bar_h, w, 3), 255, np.uint8)
+    legend[: bar_h // 2] = cv2.applyColorMap(ramp, cv2.COLORMAP_TURBO)
+    scale = max(0.35, bar_h / 60)
+    cv2.putText(legend, f"{lo:.2f} m", (3, bar_h - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1)
+    label = f"{hi:.2f} m"
+    cv2.putText(legend, label, (w - int(9 * len(label) * scale / 0.35 * 0.55) - 3, bar_h - 4),
+                cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1)
+    return cv2.cvtColor(np.concatenate([colour, legend]), cv2.COLOR_BGR2RGB)
+
+
+def overlay_picture(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, classes: list[str],
+                    alpha: float = 0.5) -> np.ndarray:
+    """The image blended with class colours, and a legend of the classes present (RGB)."""
+    colour = palette[np.clip(labels, 0, len(palette) - 1)]
+    out = (image.astype(np.float32) * (1 - alpha) + colour.astype(np.float32) * alpha).astype(np.uint8)
+    present = [c for c in np.unique(labels) if c < len(classes)]
+    row = 22
+    legend = np.full((row * ((len(present) + 2) // 3) + 6, out.shape[1], 3), 255, np.uint8)
+    col_w = out.shape[1] // 3
+    for k, c in enumerate(present):
+        x, y = (k % 3) * col_w + 4, (k // 3) * row + 4
+        cv2.rectangle(legend, (x, y), (x + 14, y + 14), tuple(int(v) for v in palette[c]), -1)
+        cv2.putText(legend, classes[c], (x + 20, y + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    return np.concatenate([out, legend])
+
+
+def write_point_cloud(path: Path, depth: np.ndarray, image: np.ndarray, fx: float, fy: float,
+                      cx: float, cy: float) -> None:
+    """A coloured point cloud (camera frame, metres) written with Open3D."""
+    try:
+        import open3d as o3d
+    except ImportError as e:  # also raised when libusb-1.0 is missing
+        raise UsageError(f"--ply needs Open3D ({e}); install open3d and the system library libusb-1.0") from None
+    from pixio_cli.writers import atomic_path
+
+    h, w = depth.shape
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
+    z = depth.astype(np.float32)
+    pts = np.stack([(u - cx) * z / fx, (v - cy) * z / fy, z], -1).reshape(-1, 3)
+    keep = z.reshape(-1) > 0
+    pcd = o3d.geometry.PointCloud()
+    pcd.points = o3d.utility.Vector3dVector(pts[keep].astype(np.float64))
+    pcd.colors = o3d.utility.Vector3dVector(image.reshape(-1, 3)[keep].astype(np.float64) / 255)
+    with atomic_path(path.with_suffix(".ply")) as tmp:
+        tmp_ply = tmp.with_suffix(".ply")
+        if not o3d.io.write_point_cloud(str(tmp_ply), pcd):
+            raise UsageError(f"Open3D could not write {path}")
+        tmp_ply.replace(tmp)

@@ -1,0 +1,73 @@
+"""``pixio train depth|segment``: train a dense head on a frozen (or fine-tuned) encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import options as opt
+
+app = typer.Typer(help="Train a depth or segmentation head (official recipe by default).", no_args_is_help=True)
+
+Encoder = Annotated[str, typer.Option(help="Encoder: model id or checkpoint (frozen unless --finetune).")]
+Data = Annotated[Path, typer.Option(help="Dataset root folder.")]
+Output = Annotated[Path, typer.Option("--output", "-o", help="The head checkpoint to write (.safetensors).")]
+Head = Annotated[str, typer.Option(help="dpt or linear.")]
+Features = Annotated[int, typer.Option(help="DPT fusion width (256 official; narrower for small encoders).")]
+Channels = Annotated[str, typer.Option("--head-channels", help="DPT projection widths, comma-separated.")]
+Steps = Annotated[int, typer.Option(help="Optimizer steps.", min=1)]
+Batch = Annotated[int, typer.Option("--batch-size", "-b", help="Crops per step.")]
+Lr = Annotated[Optional[float], typer.Option(help="Head lr (default 1e-4 DPT, 2e-4 linear).")]
+Crop = Annotated[int, typer.Option(help="Training crop and sliding-window size.")]
+Finetune = Annotated[bool, typer.Option("--finetune", help="Train the encoder too, at lr x --encoder-lr-scale.")]
+Half = Annotated[bool, typer.Option("--half", help="Store the weights in fp16.")]
+EvalLimit = Annotated[Optional[int], typer.Option(help="Evaluate on at most this many held-out images.")]
+
+
+def _run(task: str, **kw) -> None:
+    from heads.train import HeadTrainConfig, train_head
+
+    kw["head_channels"] = tuple(int(c) for c in kw["head_channels"].split(","))
+    result = train_head(HeadTrainConfig(task=task, **{k: (str(v) if isinstance(v, Path) else v)
+                                                      for k, v in kw.items()}))
+    typer.echo(json.dumps(result))
+
+
+@app.command("depth")
+def train_depth(encoder: Encoder, data: Data, output: Output,
+                dataset: Annotated[str, typer.Option(help="7scenes or generic-depth.")] = "7scenes",
+                head: Head = "dpt", size: opt.Size = None, features: Features = 256,
+                head_channels: Channels = "256,512,1024,1024",
+                depth_scale: Annotated[Optional[float], typer.Option(help="Stored value per metre (generic).")] = None,
+                max_depth: Annotated[float, typer.Option(help="Depth = sigmoid x max depth (metres).")] = 10.0,
+                crop: Crop = 256, steps: Steps = 2000, batch_size: Batch = 8, lr: Lr = None,
+                finetune: Finetune = False, seed: int = 0, workers: int = 2, device: opt.Device = "auto",
+                precision: opt.Precision = None, half: Half = False, eval_limit: EvalLimit = None) -> None:
+    """Train a depth head; evaluates on the held-out split and stores the metrics in the checkpoint."""
+    _run("depth", encoder=encoder, data=data, output=output, dataset=dataset, head=head, size=size,
+         features=features, head_channels=head_channels, depth_scale=depth_scale, max_depth=max_depth, crop=crop,
+         steps=steps, batch_size=batch_size, lr=lr, finetune=finetune, seed=seed, workers=workers, device=device,
+         precision=precision, half=half, eval_limit=eval_limit)
+
+
+@app.command("segment")
+def train_segment(encoder: Encoder, data: Data, output: Output,
+                  dataset: Annotated[str, typer.Option(help="camvid or generic-segment.")] = "camvid",
+                  head: Head = "dpt", size: opt.Size = None, features: Features = 256,
+                  head_channels: Channels = "256,512,1024,1024",
+                  classes: Annotated[Optional[str], typer.Option(help="Class-names file (generic).")] = None,
+                  crop: Crop = 256, steps: Steps = 2000, batch_size: Batch = 8, lr: Lr = None,
+                  finetune: Finetune = False, seed: int = 0, workers: int = 2, device: opt.Device = "auto",
+                  precision: opt.Precision = None, half: Half = False, eval_limit: EvalLimit = None) -> None:
+    """Train a segmentation head; evaluates on the held-out split and stores the metrics in the checkpoint."""
+    _run("segment", encoder=encoder, data=data, output=output, dataset=dataset, head=head, size=size,
+         features=features, head_channels=head_channels, classes=classes, crop=crop, steps=steps,
+         batch_size=batch_size, lr=lr, finetune=finetune, seed=seed, workers=workers, device=device,
+         precision=precision, half=half, eval_limit=eval_limit)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="train")
