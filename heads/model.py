@@ -36,6 +36,7 @@ class HeadConfig:
     classes: list[str] | None = None
     palette: list[list[int]] | None = None
     crop: int = 256  # training crop and sliding-window size
+    infer_short: int | None = None  # short side of the training images: the default inference scale
     encoder_source: str | None = None  # a public id when the encoder weights are not in the file
     intrinsics: dict | None = None  # {"fx", "fy", "cx", "cy", "width", "height"} of the training camera
 

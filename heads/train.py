@@ -16,6 +16,7 @@ from tqdm import tqdm
 from pixio_cli.checkpoints import load_encoder
 from pixio_cli.engine import autocast, pick_device, pick_dtype
 from pixio_cli.errors import PixioError
+from pixio_cli.images import read_image
 
 from .datasets import IGNORE, TrainCrops, find_layout
 from .evaluate import baseline, evaluate
@@ -79,7 +80,8 @@ def train_head(cfg: HeadTrainConfig) -> dict:
                       head_channels=list(cfg.head_channels), max_depth=cfg.max_depth, min_depth=cfg.min_depth,
                       classes=train_layout.classes, palette=train_layout.palette, crop=cfg.crop,
                       encoder_source=cfg.encoder if is_known_id(cfg.encoder) else None,
-                      intrinsics=train_layout.intrinsics)
+                      intrinsics=train_layout.intrinsics,
+                      infer_short=min(read_image(train_layout.pairs[0][0]).shape[:2]))
     model = DenseModel(encoder, hcfg).to(device)
     model.finetune = cfg.finetune
     for p in model.encoder.parameters():

@@ -36,10 +36,11 @@ def batch_fn(model, tile: bool) -> Callable[[torch.Tensor], dict[str, torch.Tens
 
 
 def default_policy(resize: str | None, model) -> ResizePolicy:
-    """``--resize`` when given; else the short side the head was trained at (its crop, at least)."""
+    """``--resize`` when given; else the scale the head was trained at (the short side of its
+    training images, at least its crop)."""
     if resize:
         return ResizePolicy.parse(resize)
-    return ResizePolicy(short=max(model.cfg.crop, 256))
+    return ResizePolicy(short=max(model.cfg.crop, model.cfg.infer_short or 0))
 
 
 def output_namer(output: Path, items: list[Item], suffixes: tuple[str, ...]) -> Callable[[Item, str], Path]:
