@@ -44,3 +44,13 @@ def test_background_writer_surfaces_errors():
     with pytest.raises(OSError, match="disk full"):
         writer.close()
     assert done == [1]
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    write_npz(tmp_path / "a.npz", {"a": np.ones(1)})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.npz").st_mode) == 0o666 & ~mask
