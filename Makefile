@@ -18,7 +18,8 @@ install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
 demo: install
-	$(BIN)/pixio extract samples/ -o $(DEMO_OUT)/features --pca
+	$(BIN)/pixio depth samples/ -o $(DEMO_OUT)/depth --vis
+	@echo "depth maps (16-bit PNG, millimetres) and pictures (*_vis.png) are in $(DEMO_OUT)/depth"
 
 test: dev
 	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected"; rc=0; fi; exit $$rc

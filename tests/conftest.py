@@ -11,6 +11,7 @@ from pixio_cli.checkpoints import save_encoder
 from pixio_cli.encoder import EncoderConfig, PixioEncoder, build_encoder
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 TINY = EncoderConfig(embed_dim=48, depth=4, num_heads=3)
 
 
