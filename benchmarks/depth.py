@@ -13,29 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
 
 from heads.features import dpt_blocks
 from heads.model import DenseModel, HeadConfig
-from pixio_cli.checkpoints import load_encoder
-from pixio_cli.encoder import size_config
 from pixio_cli.engine import Engine
 
-
-def timed(fn, x: torch.Tensor, iters: int, device: torch.device) -> float:
-    fn(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(iters):
-        fn(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return iters * x.shape[0] / (time.perf_counter() - t)
+from .common import images_per_second, same_weights
 
 
 def main() -> None:
@@ -51,21 +37,12 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
 
-    from transformers import PixioConfig, PixioModel
-
-    cfg = size_config(args.size)
     engine = Engine(args.device, args.precision, args.batch, workers=0, compile=args.compile)
-    torch.manual_seed(0)
-    hf = PixioModel(PixioConfig(hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth,
-                                num_attention_heads=cfg.num_heads, image_size=cfg.img_size))
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp)
-        encoder = load_encoder(tmp)
+    hf, encoder = same_weights(args.size, engine)
     head_cfg = HeadConfig(task="depth", features=args.features,
                           head_channels=[int(c) for c in args.head_channels.split(",")])
     ours = engine.prepare(DenseModel(encoder, head_cfg))
-    hf = engine.prepare(hf)
-    blocks = dpt_blocks(cfg.depth)
+    blocks = dpt_blocks(encoder.depth)
 
     def reference(x: torch.Tensor) -> dict[str, torch.Tensor]:
         states = hf(pixel_values=x, output_hidden_states=True).hidden_states
@@ -84,8 +61,8 @@ def main() -> None:
     ref_run, ours_run = engine.maybe_compile(reference), engine.maybe_compile(ours_fn)
     x = torch.randn(args.batch, 3, args.side, args.side, device=engine.device)
     diff = (engine.infer(ours_run, x)["depth"].float() - engine.infer(ref_run, x)["depth"].float()).abs().max()
-    ours_ips = timed(lambda b: engine.infer(ours_run, b), x, args.iters, engine.device)
-    ref_ips = timed(lambda b: engine.infer(ref_run, b), x, args.iters, engine.device)
+    ours_ips = images_per_second(lambda b: engine.infer(ours_run, b), [x], args.iters, engine.device)
+    ref_ips = images_per_second(lambda b: engine.infer(ref_run, b), [x], args.iters, engine.device)
     print(json.dumps({"size": args.size, "side": args.side, "device": str(engine.device),
                       "dtype": str(engine.dtype).replace("torch.", ""), "batch": args.batch,
                       "ours_img_s": round(ours_ips, 2), "transformers_head_img_s": round(ref_ips, 2),

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pixio_cli.checkpoints import load_encoder
-from pixio_cli.encoder import size_config
 from pixio_cli.engine import Engine
-from pixio_cli.images import load_for_model, ResizePolicy
+from pixio_cli.images import ResizePolicy, load_for_model
+
+from .common import images_per_second, same_weights
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 
@@ -38,22 +36,6 @@ def images(n: int, side: int) -> list[np.ndarray]:
     return out
 
 
-def timed(fn, batches, iters: int, device: torch.device) -> float:
-    """Images per second of ``fn`` over ``batches``, after one warm-up pass."""
-    for b in batches[:2]:
-        fn(b)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start, n = time.perf_counter(), 0
-    for _ in range(iters):
-        for b in batches:
-            fn(b)
-            n += b.shape[0]
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return n / (time.perf_counter() - start)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="b16")
@@ -66,17 +48,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
 
-    from transformers import PixioConfig, PixioModel
-
-    cfg = size_config(args.size)
     engine = Engine(args.device, args.precision, args.batch, workers=0, compile=args.compile)
-    torch.manual_seed(0)
-    hf = PixioModel(PixioConfig(hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth,
-                                num_attention_heads=cfg.num_heads, image_size=cfg.img_size))
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp)
-        ours = engine.prepare(load_encoder(tmp))
-    hf = engine.prepare(hf)
+    hf, ours = same_weights(args.size, engine)
+    ours = engine.prepare(ours)
 
     imgs = images(args.images, args.side)
     batches = [engine.to_pixels(imgs[i:i + args.batch]) for i in range(0, len(imgs), args.batch)]
@@ -94,8 +68,8 @@ def main() -> None:
     with torch.no_grad():
         diff = (engine.infer(ours_run, batches[0])["patches"].float()
                 - engine.infer(hf_run, batches[0])["patches"].float()).abs().max().item()
-    ours_ips = timed(lambda b: engine.infer(ours_run, b), batches, args.iters, engine.device)
-    hf_ips = timed(lambda b: engine.infer(hf_run, b), batches, args.iters, engine.device)
+    ours_ips = images_per_second(lambda b: engine.infer(ours_run, b), batches, args.iters, engine.device)
+    hf_ips = images_per_second(lambda b: engine.infer(hf_run, b), batches, args.iters, engine.device)
     result = {"size": args.size, "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
               "batch": args.batch, "side": args.side, "compile": args.compile, "ours_img_s": round(ours_ips, 2),
               "transformers_img_s": round(hf_ips, 2), "ratio": round(ours_ips / hf_ips, 3),

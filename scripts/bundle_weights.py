@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
 
 from pixio_cli.checkpoints import read_checkpoint, save_safetensors
 from pretrain.mae import load_mae

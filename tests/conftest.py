@@ -78,3 +78,17 @@ def write_rgb(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), img)
     return path
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    """A tar shard with the given members (name -> bytes)."""
+    import io
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import cv2
@@ -20,7 +18,7 @@ from pretrain.curation import Curator, Settings, find_units, histogram_entropy, 
 from pretrain.data import CurationRules, PretrainStream, Sources
 from pretrain.mae import MAEConfig, PixioMAE
 
-from .conftest import write_rgb
+from .conftest import write_rgb, write_tar
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +118,6 @@ def test_normalisation_pass(tmp_path):
     assert json.loads((tmp_path / "curation.json").read_text())["normalisation"]["low_percentile"] == 1.0
 
 
-def _shard(path: Path, members: dict[str, bytes]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def official_keep(info, hist, size) -> bool:
     return not (info["histogram_score"] <= hist or info["height"] < size or info["width"] < size)
 
@@ -140,7 +128,7 @@ def test_shard_layout_read_back_by_pretraining_loader(mae_file, tmp_path):
         for i in range(5)}
     members["flat.jpeg"] = cv2.imencode(".jpg", np.full((120, 120, 3), 90, np.uint8))[1].tobytes()
     members["broken.jpeg"] = b"\xff\xd8 broken"
-    shard = _shard(tmp_path / "shards" / "part7" / "000003.tar", members)
+    shard = write_tar(tmp_path / "shards" / "part7" / "000003.tar", members)
     out = tmp_path / "cur"
     _curate(mae_file, [str(tmp_path / "shards")], out)
     stats = json.loads((out / "part7" / "000003.json").read_text())  # the official loader's path

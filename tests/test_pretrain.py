@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import cv2
@@ -20,7 +18,7 @@ from pixio_cli.encoder import EncoderConfig, PixioEncoder
 from pretrain.data import CurationRules, PretrainStream, Sources, random_resized_crop
 from pretrain.mae import MAEConfig, PixioMAE, load_mae, patchify, unpatchify
 
-from .conftest import write_rgb
+from .conftest import write_rgb, write_tar
 
 ENC = EncoderConfig(32, 2, 2, img_size=64)
 CFG = MAEConfig(ENC, decoder_dim=16, decoder_depth=1, decoder_heads=2, mask_grid=2)
@@ -91,16 +89,6 @@ def test_random_resized_crop_size_and_determinism():
     assert a.shape == (32, 32, 3) and np.array_equal(a, b)
 
 
-def _tar(path: Path, members: dict[str, bytes]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def _jpeg(seed: int, h: int = 40, w: int = 40) -> bytes:
     img = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
     return cv2.imencode(".jpg", img)[1].tobytes()
@@ -132,7 +120,7 @@ def test_curation_rules_match_official_and_drop_errors():
 
 
 def test_shard_stream_applies_curation_json(tmp_path):
-    shard = _tar(tmp_path / "data" / "part0" / "00000.tar", {
+    shard = write_tar(tmp_path / "data" / "part0" / "00000.tar", {
         "a.jpeg": _jpeg(1), "b.jpeg": _jpeg(2), "c.jpeg": _jpeg(3), "d.jpeg": _jpeg(4), "e.jpeg": b"corrupt",
         "notes.txt": b"hi"})
     good = {"histogram_score": 6.0, "height": 400, "width": 400, "mae_loss": 1.0}

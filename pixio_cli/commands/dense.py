@@ -14,10 +14,14 @@ from ..inputs import Item
 from ..sliding import sliding_window
 
 
-def load_dense(engine: Engine, source: str):
+def load_dense(engine: Engine, source: str, task: str):
+    """A head checkpoint of ``task`` on the engine's device."""
     from heads.model import load_head
 
-    return engine.prepare(load_head(source))
+    net = load_head(source)
+    if net.cfg.task != task:
+        raise UsageError(f"{source} is a {net.cfg.task} head, not a {task} head")
+    return engine.prepare(net)
 
 
 def batch_fn(model, tile: bool) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:

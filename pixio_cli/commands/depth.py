@@ -56,9 +56,7 @@ def depth(
     wanted = [main] + (["_vis.png"] if vis else []) + ([".ply"] if ply else [])
 
     engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None)
-    net = load_dense(engine, model)
-    if net.cfg.task != "depth":
-        raise UsageError(f"{model} is a {net.cfg.task} head, not a depth head")
+    net = load_dense(engine, model, "depth")
     policy = default_policy(resize, net)
 
     def write(item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:

@@ -15,7 +15,6 @@ import typer
 
 from .. import options as opt
 from ..engine import Engine, Sample
-from ..errors import UsageError
 from ..inputs import Item, collect
 from ..writers import write_image
 from .common import finish
@@ -45,9 +44,7 @@ def segment(
     wanted = [".png"] + (["_overlay.png"] if overlay else [])
 
     engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None)
-    net = load_dense(engine, model)
-    if net.cfg.task != "segment":
-        raise UsageError(f"{model} is a {net.cfg.task} head, not a segmentation head")
+    net = load_dense(engine, model, "segment")
     classes = net.cfg.classes or [str(i) for i in range(net.cfg.n_out)]
     palette = np.array(net.cfg.palette or _palette(len(classes)), np.uint8)
     policy = default_policy(resize, net)
