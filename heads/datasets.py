@@ -24,6 +24,26 @@ CAMVID_PALETTE = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128],
 # The frames of 7-Scenes redkitchen in ../shared/data from this index on are held out for evaluation.
 SEVENSCENES_HOLDOUT = 800
 
+LOVEDA_CLASSES = ["background", "building", "road", "water", "barren", "forest", "agriculture"]
+VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor"]
+EIGEN_CROP = (45, 471, 41, 601)  # NYUv2 evaluation crop (top, bottom, left, right)
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+    """The Pascal VOC colour map: class bits spread over the high bits of R, G and B."""
+    pal = np.zeros((n, 3), np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal
+
 
 @dataclass
 class Layout:
@@ -33,6 +53,8 @@ class Layout:
     task: str
     depth_scale: float = 1.0  # stored value / depth_scale = metres
     label_map: dict[int, int] = field(default_factory=dict)  # stored label -> class id (others unchanged)
+    label_shift: int = 0  # added to every stored label before label_map (ADE20K, LoveDA store 1-based ids)
+    palette_labels: bool = False  # labels stored as colours of ``palette`` (Pascal VOC's palette PNGs)
     classes: list[str] | None = None
     palette: list[list[int]] | None = None
     crop_box: tuple[int, int, int, int] | None = None  # evaluation crop (top, bottom, left, right), e.g. Eigen
@@ -42,11 +64,19 @@ class Layout:
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise InputError(f"{path}: cannot read the target image")
+        if self.palette_labels and raw.ndim == 3:  # OpenCV expands palette PNGs to colours: map them back
+            rgb = raw[..., ::-1].astype(np.int64)
+            codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+            pal = voc_palette().astype(np.int64)
+            lut = {int((r << 16) | (g << 8) | b): i for i, (r, g, b) in enumerate(pal)}
+            uniq, inv = np.unique(codes, return_inverse=True)
+            raw = np.array([lut.get(int(c), IGNORE) for c in uniq], np.int64)[inv].reshape(codes.shape)
         if raw.ndim == 3:
             raw = raw[..., 0]
         if self.task == "depth":
             return raw.astype(np.float32) / self.depth_scale
-        out = raw.astype(np.int64)
+        raw = raw.astype(np.int64)
+        out = raw + self.label_shift
         for src, dst in self.label_map.items():
             out[raw == src] = dst
         return out.astype(np.uint8)
@@ -56,12 +86,60 @@ def _stems(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if is_image(p)}
 
 
+def _split_pairs(root: Path, split: str, default: list[tuple[Path, Path]] | None = None) -> list[tuple[Path, Path]]:
+    """Pairs from ``<root>/<split>.txt`` (lines "image target", relative to root, as the official
+    split files), else ``default``."""
+    listing = root / f"{split}.txt"
+    if listing.exists():
+        pairs = []
+        for line in listing.read_text().splitlines():
+            if line.strip():
+                img, target = line.split()[:2]
+                pairs.append((root / img, root / target))
+        return pairs
+    if default is None:
+        raise InputError(f"{root}: no {split}.txt split file (lines 'image target', relative to {root})")
+    return default
+
+
 def find_layout(dataset: str, root: str | Path, split: str, depth_scale: float | None = None,
                 classes_file: str | None = None) -> Layout:
-    """The pairs of a named layout: 7scenes, generic (depth); camvid, generic (segment)."""
+    """The pairs of a named layout: 7scenes, nyuv2, kitti, generic-depth; camvid, ade20k, voc, loveda,
+    generic-segment. ``split`` is train or val."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"--data {root}: not a folder")
+    if dataset == "nyuv2":
+        sub = root / "official_splits" / ("train" if split == "train" else "test")
+        found = [(p, p.with_name(p.name.replace("rgb_", "sync_depth_").replace(".jpg", ".png")))
+                 for p in sorted(sub.rglob("rgb_*.jpg"))]
+        return Layout(_split_pairs(root, split, found), "depth", 1000.0, crop_box=EIGEN_CROP)
+    if dataset == "kitti":
+        return Layout(_split_pairs(root, split), "depth", 256.0)
+    if dataset == "ade20k":
+        sub = "training" if split == "train" else "validation"
+        labels = _stems(root / "annotations" / sub) if (root / "annotations" / sub).is_dir() else {}
+        found = [(p, labels[s]) for s, p in _stems(root / "images" / sub).items() if s in labels] if labels else []
+        return Layout(_split_pairs(root, split, found), "segment", label_shift=-1, label_map={0: IGNORE},
+                      classes=[f"ade_{i}" for i in range(150)])
+    if dataset == "voc":
+        ids_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        found = None
+        if ids_file.exists():
+            ids = [i.strip() for i in ids_file.read_text().splitlines() if i.strip()]
+            found = [(root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids]
+        return Layout(_split_pairs(root, split, found), "segment", classes=VOC_CLASSES,
+                      palette=voc_palette(21).tolist(), palette_labels=True)
+    if dataset == "loveda":
+        part = "Train" if split == "train" else "Val"
+        found = []
+        for area in ("Urban", "Rural"):
+            for base in (root / part / area, root / part / part / area):
+                if (base / "images_png").is_dir():
+                    masks = _stems(base / "masks_png")
+                    found += [(p, masks[s]) for s, p in _stems(base / "images_png").items() if s in masks]
+        return Layout(_split_pairs(root, split, found), "segment", label_shift=-1, label_map={0: IGNORE},
+                      classes=LOVEDA_CLASSES)
     if dataset == "7scenes":
         frames = sorted(root.glob("frame-*.color.jpg"))
         idx = [int(p.name.split("-")[1].split(".")[0]) for p in frames]
@@ -95,7 +173,8 @@ def find_layout(dataset: str, root: str | Path, split: str, depth_scale: float |
         if names is None:
             raise UsageError(f"--dataset generic needs a class-names file ({cf} or --classes)")
         return Layout([(imgs[s], targets[s]) for s in sorted(imgs) if s in targets], "segment", classes=names)
-    raise UsageError(f"--dataset {dataset}: not supported yet (7scenes, camvid, generic)")
+    raise UsageError(f"--dataset {dataset}: expected 7scenes, nyuv2, kitti, generic-depth, camvid, ade20k, voc, "
+                     "loveda or generic-segment")
 
 
 def normalise(img: np.ndarray) -> torch.Tensor:

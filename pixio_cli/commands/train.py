@@ -38,7 +38,7 @@ def _run(task: str, **kw) -> None:
 
 @app.command("depth")
 def train_depth(encoder: Encoder, data: Data, output: Output,
-                dataset: Annotated[str, typer.Option(help="7scenes or generic-depth.")] = "7scenes",
+                dataset: Annotated[str, typer.Option(help="7scenes, nyuv2, kitti or generic-depth.")] = "7scenes",
                 head: Head = "dpt", size: opt.Size = None, features: Features = 256,
                 head_channels: Channels = "256,512,1024,1024",
                 depth_scale: Annotated[Optional[float], typer.Option(help="Stored value per metre (generic).")] = None,
@@ -55,7 +55,8 @@ def train_depth(encoder: Encoder, data: Data, output: Output,
 
 @app.command("segment")
 def train_segment(encoder: Encoder, data: Data, output: Output,
-                  dataset: Annotated[str, typer.Option(help="camvid or generic-segment.")] = "camvid",
+                  dataset: Annotated[str, typer.Option(
+                      help="camvid, ade20k, voc, loveda or generic-segment.")] = "camvid",
                   head: Head = "dpt", size: opt.Size = None, features: Features = 256,
                   head_channels: Channels = "256,512,1024,1024",
                   classes: Annotated[Optional[str], typer.Option(help="Class-names file (generic).")] = None,

@@ -1,0 +1,74 @@
+"""Dataset layouts read the way their official releases store them (tiny synthetic folders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from heads.datasets import EIGEN_CROP, IGNORE, find_layout, voc_palette
+from pixio_cli.writers import write_image
+
+
+def _img(path: Path, h: int = 8, w: int = 10) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((h, w, 3), 100, np.uint8))
+
+
+def _label(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), arr)
+
+
+def test_nyuv2_official_layout(tmp_path):
+    d = tmp_path / "official_splits" / "test" / "bathroom"
+    _img(d / "rgb_00045.jpg")
+    _label(d / "sync_depth_00045.png", np.full((8, 10), 2500, np.uint16))
+    lay = find_layout("nyuv2", tmp_path, "val")
+    assert len(lay.pairs) == 1 and lay.crop_box == EIGEN_CROP
+    assert np.allclose(lay.read_target(lay.pairs[0][1]), 2.5)
+    assert find_layout("nyuv2", tmp_path, "train").pairs == []
+
+
+def test_kitti_split_file(tmp_path):
+    _img(tmp_path / "images" / "a.png")
+    _label(tmp_path / "ann" / "a.png", np.full((8, 10), 256 * 20, np.uint16))
+    (tmp_path / "val.txt").write_text("images/a.png ann/a.png\n")
+    lay = find_layout("kitti", tmp_path, "val")
+    assert np.allclose(lay.read_target(lay.pairs[0][1]), 20.0)
+
+
+def test_ade20k_zero_is_ignored_and_ids_shift(tmp_path):
+    _img(tmp_path / "images" / "validation" / "ADE_val_1.jpg")
+    _label(tmp_path / "annotations" / "validation" / "ADE_val_1.png", np.array([[0, 1, 150]], np.uint8))
+    lay = find_layout("ade20k", tmp_path, "val")
+    assert lay.read_target(lay.pairs[0][1]).tolist() == [[IGNORE, 0, 149]] and len(lay.classes) == 150
+
+
+def test_voc_palette_labels(tmp_path):
+    (tmp_path / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000033\n")
+    _img(tmp_path / "JPEGImages" / "2007_000033.jpg")
+    ids = np.array([[0, 15, 255], [20, 1, 0]], np.uint8)
+    write_image(tmp_path / "SegmentationClass" / "2007_000033.png", ids, palette=voc_palette())
+    lay = find_layout("voc", tmp_path, "val")
+    assert lay.read_target(lay.pairs[0][1]).tolist() == ids.tolist() and lay.classes[15] == "person"
+
+
+def test_loveda_layout(tmp_path):
+    base = tmp_path / "Val" / "Val" / "Rural"
+    _img(base / "images_png" / "2522.png")
+    _label(base / "masks_png" / "2522.png", np.array([[0, 1, 7]], np.uint8))
+    lay = find_layout("loveda", tmp_path, "val")
+    assert lay.read_target(lay.pairs[0][1]).tolist() == [[IGNORE, 0, 6]] and lay.classes[6] == "agriculture"
+
+
+def test_camvid_and_7scenes_on_shared_data(shared_data):
+    cam = find_layout("camvid", shared_data / "camvid", "val")
+    assert len(cam.pairs) == 50
+    t = cam.read_target(cam.pairs[0][1])
+    assert t.max() <= 10 or IGNORE in t
+    seven = find_layout("7scenes", shared_data / "rgbd-7scenes-redkitchen", "val")
+    assert len(seven.pairs) == 50 and seven.intrinsics["fx"] == 585
+    assert all(int(p.name[6:12]) >= 800 for p, _ in seven.pairs)
