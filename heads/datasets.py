@@ -183,20 +183,23 @@ def normalise(img: np.ndarray) -> torch.Tensor:
 
 
 class TrainCrops(Dataset):
-    """Random training crops: depth (flip + crop) and segmentation (rescale 0.5-2, crop, flip), as the official recipe."""
+    """Random training crops: depth (flip + crop) and segmentation (rescale 0.5-2, crop, flip), as the
+    official recipe. Indexed by sample position in the training stream."""
 
-    def __init__(self, layout: Layout, crop: int, seed: int = 0) -> None:
+    def __init__(self, layout: Layout, crop: int, seed: int = 0, total: int | None = None) -> None:
         if not layout.pairs:
             raise InputError("the training split has no image/target pairs")
         self.layout, self.crop, self.seed = layout, crop, seed
-        self.epoch = 0
+        # Sample position -> image, drawn once: a resumed run sees the same stream.
+        n = total or len(layout.pairs)
+        self.order = np.random.default_rng(seed).integers(0, len(layout.pairs), n)
 
     def __len__(self) -> int:
-        return len(self.layout.pairs)
+        return len(self.order)
 
-    def __getitem__(self, i: int):
-        rng = np.random.default_rng([self.seed, self.epoch, i])
-        img_path, target_path = self.layout.pairs[i]
+    def __getitem__(self, pos: int):
+        rng = np.random.default_rng([self.seed, pos])  # the crop depends on the position, not the image
+        img_path, target_path = self.layout.pairs[self.order[pos]]
         img, target = read_image(img_path), self.layout.read_target(target_path)
         if target.shape != img.shape[:2]:
             target = cv2.resize(target, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)

@@ -7,16 +7,19 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, RandomSampler
+import torch.distributed as dist
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pixio_cli.checkpoints import load_encoder
-from pixio_cli.engine import autocast, pick_device, pick_dtype
-from pixio_cli.errors import PixioError
+from pixio_cli.engine import autocast, dist_info, pick_device, pick_dtype
+from pixio_cli.errors import PixioError, UsageError
 from pixio_cli.images import read_image
+from pixio_cli.writers import atomic_path
 
 from .datasets import IGNORE, TrainCrops, find_layout
 from .evaluate import baseline, evaluate
@@ -52,6 +55,7 @@ class HeadTrainConfig:
     precision: str | None = None
     half: bool = False
     eval_limit: int | None = None
+    save_every: int = 500
 
 
 def silog_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, lambd: float = 0.5) -> torch.Tensor:
@@ -67,10 +71,26 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return (1 - (step - warmup) / max(1, total - warmup)) ** 0.9
 
 
-def train_head(cfg: HeadTrainConfig) -> dict:
-    """Train, evaluate on the held-out split, compare with the trivial baseline, save one file."""
+def _positions(cfg: HeadTrainConfig, start: int, rank: int, world: int) -> list[int]:
+    """This rank's sample positions from step ``start`` on: step s uses global positions
+    [s*B*W, (s+1)*B*W), of which rank r takes its own B."""
+    per_step = cfg.batch_size * world
+    return [s * per_step + rank * cfg.batch_size + j for s in range(start, cfg.steps) for j in range(cfg.batch_size)]
+
+
+def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
+    """Train, evaluate on the held-out split, compare with the trivial baseline, save one file.
+
+    ``<output>.ckpt`` is written atomically every ``save_every`` steps (and on
+    Ctrl-C in a single process); ``resume`` continues from it exactly. Under
+    torchrun the model is wrapped in DDP (BatchNorm synchronised) and rank 0
+    evaluates and saves.
+    """
+    rank, world, _ = dist_info()
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     torch.manual_seed(cfg.seed)
     train_layout = find_layout(cfg.dataset, cfg.data, "train", cfg.depth_scale, cfg.classes)
     val_layout = find_layout(cfg.dataset, cfg.data, "val", cfg.depth_scale, cfg.classes)
@@ -92,49 +112,101 @@ def train_head(cfg: HeadTrainConfig) -> dict:
         groups.append({"params": list(model.encoder.parameters()), "lr": lr * cfg.encoder_lr_scale})
     base = [g["lr"] for g in groups]
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    net: torch.nn.Module = model
+    if world > 1:
+        if device.type == "cuda":  # SyncBatchNorm is CUDA-only; on CPU (gloo) DDP keeps rank 0's statistics
+            model.head = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.head)
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
 
-    crops = TrainCrops(train_layout, cfg.crop, cfg.seed)
-    sampler = RandomSampler(crops, replacement=True, num_samples=cfg.steps * cfg.batch_size,
-                            generator=torch.Generator().manual_seed(cfg.seed))
-    loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True)
+    ckpt_path = Path(f"{cfg.output}.ckpt")
+    start, last = 0, float("nan")
+    if resume:
+        if not ckpt_path.exists():
+            raise UsageError(f"--resume: no {ckpt_path} to continue from")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, last = state["step"], state["loss"]
+        torch.set_rng_state(state["rng"])
+
+    def save(step: int) -> None:
+        if rank == 0:
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "loss": last,
+                     "rng": torch.get_rng_state()}
+            with atomic_path(ckpt_path) as tmp:
+                torch.save(state, tmp)
+        if world > 1:
+            dist.barrier()
+
+    crops = TrainCrops(train_layout, cfg.crop, cfg.seed, total=cfg.steps * cfg.batch_size * world)
+    loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=_positions(cfg, start, rank, world),
+                        num_workers=cfg.workers, drop_last=True)
     warmup = int(cfg.warmup * cfg.steps)
-    bar = tqdm(total=cfg.steps, desc=f"train {cfg.task}", file=sys.stderr, dynamic_ncols=True)
-    model.train()
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.task}", file=sys.stderr, dynamic_ncols=True,
+               disable=rank != 0 or None)
+    net.train()
     model.encoder.train(cfg.finetune)  # a frozen encoder stays in eval mode
-    t0, last = time.perf_counter(), float("nan")
-    for step, (x, target) in enumerate(loader):
-        for g, b in zip(opt.param_groups, base):
-            g["lr"] = b * lr_factor(step, cfg.steps, warmup)
-        x, target = x.to(device), target.to(device)
-        with autocast(device, dtype):
-            out = model(x)
-        if cfg.task == "depth":
-            valid = (target > cfg.min_depth) & (target < cfg.max_depth)
-            if not valid.any():
-                continue
-            loss = silog_loss(out.float(), target, valid)
-        else:
-            loss = F.cross_entropy(out.float(), target, ignore_index=IGNORE)
-        if not math.isfinite(loss.item()):
-            raise PixioError(f"the loss became {loss.item()} at step {step + 1}; nothing was saved")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        last = loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{last:.4f}")
-    bar.close()
+    t0 = time.perf_counter()
+    step = start
+    try:
+        for x, target in loader:
+            for g, b in zip(opt.param_groups, base):
+                g["lr"] = b * lr_factor(step, cfg.steps, warmup)
+            x, target = x.to(device), target.to(device)
+            with autocast(device, dtype):
+                out = net(x)
+            if cfg.task == "depth":
+                valid = (target > cfg.min_depth) & (target < cfg.max_depth)
+                loss = silog_loss(out.float(), target, valid) if valid.any() else out.sum() * 0
+            else:
+                loss = F.cross_entropy(out.float(), target, ignore_index=IGNORE)
+            if not math.isfinite(loss.item()):
+                raise PixioError(f"the loss became {loss.item()} at step {step + 1}; "
+                                 f"the last checkpoint ({ckpt_path}) is kept")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step, last = step + 1, loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{last:.4f}")
+            if step % cfg.save_every == 0 and step < cfg.steps:
+                save(step)
+    except KeyboardInterrupt:
+        if world == 1:
+            save(step)
+        raise
+    finally:
+        bar.close()
     seconds = time.perf_counter() - t0
+    save(step)
+    if rank != 0:
+        return {}
 
     metrics = evaluate(model, val_layout, device, dtype, limit=cfg.eval_limit)
     trivial = baseline(train_layout, val_layout, cfg.task, cfg.min_depth, cfg.max_depth, n_out)
     provenance = {"data": str(cfg.data), "dataset": cfg.dataset, "train_pairs": len(train_layout.pairs),
-                  "val_pairs": len(val_layout.pairs), "steps": cfg.steps, "batch_size": cfg.batch_size,
+                  "val_pairs": len(val_layout.pairs), "steps": cfg.steps, "batch_size": cfg.batch_size * world,
                   "final_loss": last, "train_seconds": round(seconds, 1), "encoder": cfg.encoder,
                   "val_metrics": _brief(metrics), "baseline": _brief(trivial)}
+    if world > 1:
+        model.head = _plain_batchnorm(model.head)
     save_head(model.cpu(), cfg.output, provenance, torch.float16 if cfg.half else torch.float32,
               embed_encoder=hcfg.encoder_source is None)
     return provenance
+
+
+def _plain_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """SyncBatchNorm back to BatchNorm2d (same state), so the saved head runs anywhere."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.SyncBatchNorm):
+            bn = torch.nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                      child.track_running_stats)
+            bn.load_state_dict(child.state_dict())
+            setattr(module, name, bn)
+        else:
+            _plain_batchnorm(child)
+    return module
 
 
 def _brief(m: dict) -> dict:

@@ -112,22 +112,14 @@ def _depth_data(root: Path, n: int = 4) -> Path:
     return root
 
 
-def test_depth_cli_end_to_end(cli, tiny_encoder_file, tmp_path, monkeypatch):
-    import heads.train as train_mod
-    from heads import datasets
+def test_depth_cli_end_to_end(cli, tiny_encoder_file, tmp_path):
 
     data = _depth_data(tmp_path / "d")
     head = tmp_path / "depth.safetensors"
     args = ["train", "depth", "--encoder", tiny_encoder_file, "--data", data, "--dataset", "generic-depth",
             "--depth-scale", "1000", "-o", head, "--features", "16", "--head-channels", "8,16,32,32", "--crop", "32",
             "--steps", "3", "--batch-size", "2", "--workers", "0"]
-    original = datasets.find_layout
-
-    def same_split(dataset, root, split, *a):  # the synthetic folder has no split: use it for both
-        return original(dataset, root, "train", *a)
-
-    monkeypatch.setattr(train_mod, "find_layout", same_split)
-    code, out, err = cli(args)
+    code, out, err = cli(args)  # generic-depth has no splits: the folder serves as train and val
     assert code == 0, err
     prov = json.loads(out.strip().splitlines()[-1])
     assert prov["steps"] == 3 and "d1" in prov["val_metrics"] and "mean_depth" in prov["baseline"]
@@ -168,3 +160,52 @@ def test_segment_cli_end_to_end(cli, tmp_path):
     assert (tmp_path / "o" / "s0_overlay.png").exists()
     code, _, err = cli(["depth", imgs, "-o", tmp_path / "d", "--model", head, "-q"])
     assert code == 2 and "not a depth head" in err
+
+
+def _train_args(encoder_file: Path, data: Path, out: Path, steps: int) -> list:
+    return ["train", "depth", "--encoder", encoder_file, "--data", data, "--dataset", "generic-depth",
+            "--depth-scale", "1000", "-o", out, "--features", "16", "--head-channels", "8,16,32,32", "--crop", "32",
+            "--steps", steps, "--batch-size", "2", "--workers", "0", "--eval-limit", "1"]
+
+
+def test_head_training_resumes_exactly(cli, tiny_encoder_file, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import heads.train as train_mod
+
+    data = _depth_data(tmp_path / "d")
+    code, _, err = cli(_train_args(tiny_encoder_file, data, tmp_path / "full.safetensors", 6))
+    assert code == 0, err
+    real = train_mod.lr_factor
+
+    def stop_at_3(step, total, warmup):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(step, total, warmup)
+
+    monkeypatch.setattr(train_mod, "lr_factor", stop_at_3)
+    code, _, _ = cli(_train_args(tiny_encoder_file, data, tmp_path / "cut.safetensors", 6))
+    assert code == 130 and (tmp_path / "cut.safetensors.ckpt").exists()
+    assert not (tmp_path / "cut.safetensors").exists()
+    monkeypatch.setattr(train_mod, "lr_factor", real)
+    code, _, err = cli([*_train_args(tiny_encoder_file, data, tmp_path / "cut.safetensors", 6), "--resume"])
+    assert code == 0, err
+    a, b = load_file(str(tmp_path / "full.safetensors")), load_file(str(tmp_path / "cut.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a if k.startswith("head."))
+
+
+def test_head_training_ddp_two_cpu_processes(tiny_encoder_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data = _depth_data(tmp_path / "d")
+    out = tmp_path / "ddp.safetensors"
+    args = [str(a) for a in _train_args(tiny_encoder_file, data, out, 2)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+           str(31000 + os.getpid() % 1000), "-m", "pixio_cli", *args, "--head", "linear", "--device", "cpu"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    model = load_head(str(out))
+    assert type(model.head[0]) is torch.nn.BatchNorm2d  # (on CUDA SyncBatchNorm is turned back for saving)
+    assert json.loads(res.stdout.strip().splitlines()[-1])["batch_size"] == 4

@@ -25,15 +25,18 @@ Crop = Annotated[int, typer.Option(help="Training crop and sliding-window size."
 Finetune = Annotated[bool, typer.Option("--finetune", help="Train the encoder too, at lr x --encoder-lr-scale.")]
 Half = Annotated[bool, typer.Option("--half", help="Store the weights in fp16.")]
 EvalLimit = Annotated[Optional[int], typer.Option(help="Evaluate on at most this many held-out images.")]
+SaveEvery = Annotated[int, typer.Option(help="Write <output>.ckpt every N steps.", min=1)]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from <output>.ckpt (same arguments).")]
 
 
-def _run(task: str, **kw) -> None:
+def _run(task: str, resume: bool, **kw) -> None:
     from heads.train import HeadTrainConfig, train_head
 
     kw["head_channels"] = tuple(int(c) for c in kw["head_channels"].split(","))
     result = train_head(HeadTrainConfig(task=task, **{k: (str(v) if isinstance(v, Path) else v)
-                                                      for k, v in kw.items()}))
-    typer.echo(json.dumps(result))
+                                                      for k, v in kw.items()}), resume=resume)
+    if result:  # rank 0
+        typer.echo(json.dumps(result))
 
 
 @app.command("depth")
@@ -45,9 +48,10 @@ def train_depth(encoder: Encoder, data: Data, output: Output,
                 max_depth: Annotated[float, typer.Option(help="Depth = sigmoid x max depth (metres).")] = 10.0,
                 crop: Crop = 256, steps: Steps = 2000, batch_size: Batch = 8, lr: Lr = None,
                 finetune: Finetune = False, seed: int = 0, workers: int = 2, device: opt.Device = "auto",
-                precision: opt.Precision = None, half: Half = False, eval_limit: EvalLimit = None) -> None:
+                precision: opt.Precision = None, half: Half = False, eval_limit: EvalLimit = None,
+                save_every: SaveEvery = 500, resume: Resume = False) -> None:
     """Train a depth head; evaluates on the held-out split and stores the metrics in the checkpoint."""
-    _run("depth", encoder=encoder, data=data, output=output, dataset=dataset, head=head, size=size,
+    _run("depth", resume, save_every=save_every, encoder=encoder, data=data, output=output, dataset=dataset, head=head, size=size,
          features=features, head_channels=head_channels, depth_scale=depth_scale, max_depth=max_depth, crop=crop,
          steps=steps, batch_size=batch_size, lr=lr, finetune=finetune, seed=seed, workers=workers, device=device,
          precision=precision, half=half, eval_limit=eval_limit)
@@ -62,9 +66,10 @@ def train_segment(encoder: Encoder, data: Data, output: Output,
                   classes: Annotated[Optional[str], typer.Option(help="Class-names file (generic).")] = None,
                   crop: Crop = 256, steps: Steps = 2000, batch_size: Batch = 8, lr: Lr = None,
                   finetune: Finetune = False, seed: int = 0, workers: int = 2, device: opt.Device = "auto",
-                  precision: opt.Precision = None, half: Half = False, eval_limit: EvalLimit = None) -> None:
+                  precision: opt.Precision = None, half: Half = False, eval_limit: EvalLimit = None,
+                  save_every: SaveEvery = 500, resume: Resume = False) -> None:
     """Train a segmentation head; evaluates on the held-out split and stores the metrics in the checkpoint."""
-    _run("segment", encoder=encoder, data=data, output=output, dataset=dataset, head=head, size=size,
+    _run("segment", resume, save_every=save_every, encoder=encoder, data=data, output=output, dataset=dataset, head=head, size=size,
          features=features, head_channels=head_channels, classes=classes, crop=crop, steps=steps,
          batch_size=batch_size, lr=lr, finetune=finetune, seed=seed, workers=workers, device=device,
          precision=precision, half=half, eval_limit=eval_limit)
