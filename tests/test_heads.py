@@ -209,3 +209,20 @@ def test_head_training_ddp_two_cpu_processes(tiny_encoder_file, tmp_path):
     model = load_head(str(out))
     assert type(model.head[0]) is torch.nn.BatchNorm2d  # (on CUDA SyncBatchNorm is turned back for saving)
     assert json.loads(res.stdout.strip().splitlines()[-1])["batch_size"] == 4
+
+
+def test_depth_point_cloud(cli, tmp_path):
+    o3d = pytest.importorskip("open3d")
+    model = _model()
+    head = tmp_path / "h.safetensors"
+    save_head(model, head, {})
+    data = _depth_data(tmp_path / "d", 1)
+    code, _, err = cli(["depth", data / "images" / "f0.png", "-o", tmp_path / "f0.png", "--model", head, "-q",
+                        "--workers", "0", "--ply", "--fov", "60"])
+    assert code == 0, err
+    pcd = o3d.io.read_point_cloud(str(tmp_path / "f0.ply"))
+    pts = np.asarray(pcd.points)
+    assert len(pts) == 60 * 80 and (pts[:, 2] > 0).all() and len(pcd.colors) == len(pts)
+    code, _, err = cli(["depth", data / "images" / "f0.png", "-o", tmp_path / "g.png", "--model", head, "-q",
+                        "--workers", "0", "--ply"])
+    assert code == 2 and "--fov or --fx" in err and not (tmp_path / "g.png").exists()  # checked before any work

@@ -57,6 +57,8 @@ def depth(
 
     engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None)
     net = load_dense(engine, model, "depth")
+    if ply and fov is None and fx is None and not net.cfg.intrinsics:
+        raise UsageError("--ply needs the camera: give --fov or --fx (this head does not carry intrinsics)")
     policy = default_policy(resize, net)
 
     def write(item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
