@@ -25,5 +25,8 @@ Resize = Annotated[str, typer.Option(
     help="Short side N, WIDTHxHEIGHT, or 'native'; always rounded to a multiple of 16.")]
 Every = Annotated[int, typer.Option(help="For videos: use every N-th frame.", min=1)]
 Json = Annotated[bool, typer.Option("--json", help="One JSON line per image on stdout.")]
+Tile = Annotated[bool, typer.Option("--tile", help="Sliding windows of the head's crop size (no seams).")]
+HeadResize = Annotated[Optional[str], typer.Option(
+    "--resize", help="Inference size: short side N, WxH or native (default: the head's training scale).")]
 
 DEFAULT = DEFAULT_MODEL

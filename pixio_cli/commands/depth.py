@@ -37,9 +37,8 @@ def depth(
     ply: Annotated[bool, typer.Option("--ply", help="Also a coloured point cloud (Open3D).")] = False,
     fov: Annotated[Optional[float], typer.Option(help="Horizontal field of view in degrees, for --ply.")] = None,
     fx: Annotated[Optional[float], typer.Option(help="Focal length in pixels of the input, for --ply.")] = None,
-    tile: Annotated[bool, typer.Option("--tile", help="Sliding windows of the head's crop size (no seams).")] = False,
-    resize: Annotated[Optional[str], typer.Option(
-        help="Inference size: short side N, WxH or native (default: the head's training scale).")] = None,
+    tile: opt.Tile = False,
+    resize: opt.HeadResize = None,
     json_lines: opt.Json = False,
     every: opt.Every = 1,
     device: opt.Device = "auto",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import cv2
 import numpy as np
@@ -26,9 +26,8 @@ def segment(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder, or a .png file for one input.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Head checkpoint from `pixio train segment`.")] = "segment-tiny",
     overlay: Annotated[bool, typer.Option("--overlay", help="Also the image blended with class colours and a legend.")] = False,
-    tile: Annotated[bool, typer.Option("--tile", help="Sliding windows of the head's crop size (no seams).")] = False,
-    resize: Annotated[Optional[str], typer.Option(
-        help="Inference size: short side N, WxH or native (default: the head's training scale).")] = None,
+    tile: opt.Tile = False,
+    resize: opt.HeadResize = None,
     json_lines: opt.Json = False,
     every: opt.Every = 1,
     device: opt.Device = "auto",
