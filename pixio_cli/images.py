@@ -203,7 +203,3 @@ def decode_for_model(buf: np.ndarray | bytes, name: str, policy: "ResizePolicy")
     if factor > 1 and size is not None:  # report the full size, in the decoded (EXIF-rotated) orientation
         orig = size if (img.shape[0] >= img.shape[1]) == (size[0] >= size[1]) else (size[1], size[0])
     return resize_image(img, policy.target(*orig)), orig
-
-
-def grid_of(hw: tuple[int, int], patch: int = 16) -> tuple[int, int]:
-    return hw[0] // patch, hw[1] // patch
