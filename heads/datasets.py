@@ -83,6 +83,8 @@ class Layout:
 
 
 def _stems(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
     return {p.stem: p for p in sorted(folder.iterdir()) if is_image(p)}
 
 
@@ -102,10 +104,36 @@ def _split_pairs(root: Path, split: str, default: list[tuple[Path, Path]] | None
     return default
 
 
+# What each layout expects, for the message when a split turns out empty.
+LAYOUTS = {
+    "7scenes": "frame-NNNNNN.color.jpg + frame-NNNNNN.depth.png (millimetres); frames >= 800 are the val split",
+    "nyuv2": "official_splits/{train,test}/**/rgb_*.jpg + sync_depth_*.png, or <split>.txt",
+    "kitti": "a <split>.txt split file of 'image depth' lines",
+    "generic-depth": "images/ + depth/ with matching file names",
+    "camvid": "<split>/ images + <split>annot/ labels",
+    "ade20k": "images/{training,validation}/ + annotations/{training,validation}/",
+    "voc": "JPEGImages/ + SegmentationClass/ + ImageSets/Segmentation/<split>.txt",
+    "loveda": "Train|Val/[Train|Val/]Urban|Rural/images_png + masks_png",
+    "generic-segment": "images/ + labels/ with matching file names, and classes.txt",
+}
+
+
 def find_layout(dataset: str, root: str | Path, split: str, depth_scale: float | None = None,
                 classes_file: str | None = None) -> Layout:
     """The pairs of a named layout: 7scenes, nyuv2, kitti, generic-depth; camvid, ade20k, voc, loveda,
-    generic-segment. ``split`` is train or val."""
+    generic-segment. ``split`` is train or val. A split without pairs is an error naming the folder,
+    the layout it expected and the split."""
+    if split not in ("train", "val"):
+        raise UsageError(f"--split {split}: expected train or val")
+    layout = _find_layout(dataset, root, split, depth_scale, classes_file)
+    if not layout.pairs:
+        raise InputError(f"--data {root}: no image/target pairs for the {split} split of the {dataset} layout "
+                         f"(expected {LAYOUTS.get(dataset, dataset)})")
+    return layout
+
+
+def _find_layout(dataset: str, root: str | Path, split: str, depth_scale: float | None = None,
+                 classes_file: str | None = None) -> Layout:
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"--data {root}: not a folder")

@@ -1,56 +1,54 @@
-"""Evaluation with the official protocol: sliding windows over the whole image, metrics over the set."""
+"""Evaluation with the official protocol: sliding windows, metrics over the whole split."""
 
 from __future__ import annotations
 
-import sys
-
+import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from pixio_cli.engine import autocast
-from pixio_cli.images import read_image
-from pixio_cli.sliding import sliding_window
+from pixio_cli.engine import Engine, Sample
+from pixio_cli.errors import InputError
+from pixio_cli.inputs import Item
 
-from .datasets import IGNORE, Layout, normalise
+from .datasets import IGNORE, Layout
 from .metrics import ConfusionMatrix, DepthMeter
 from .model import DenseModel
+from .predict import batch_fn, default_policy, depth_at, labels_at
 
 
-@torch.no_grad()
-def evaluate(model: DenseModel, layout: Layout, device: torch.device, dtype: torch.dtype = torch.float32,
-             progress: bool | None = None, limit: int | None = None) -> dict:
-    """Depth metrics averaged per image, or mIoU from the summed confusion matrix."""
+def evaluate(model: DenseModel, layout: Layout, engine: Engine, limit: int | None = None) -> dict:
+    """Depth metrics averaged per image, or mIoU from the summed confusion matrix.
+
+    Predictions come from the same path as `pixio depth|segment` by default
+    (:mod:`heads.predict`): the head's training scale, sliding windows of its
+    crop, resized to the original image; the target is compared at its size.
+    """
     cfg = model.cfg
-    model.eval()
-    if cfg.task == "depth":
-        meter = DepthMeter(cfg.min_depth, cfg.max_depth)
-    else:
-        meter = ConfusionMatrix(cfg.n_out, IGNORE)
+    model = engine.prepare(model)
+    meter = DepthMeter(cfg.min_depth, cfg.max_depth) if cfg.task == "depth" else ConfusionMatrix(cfg.n_out, IGNORE)
     pairs = layout.pairs[:limit] if limit else layout.pairs
-    for img_path, target_path in tqdm(pairs, desc="evaluate", file=sys.stderr, disable=progress is False or None):
-        img = read_image(img_path)
-        target = torch.from_numpy(layout.read_target(target_path)).to(device)
-        x = normalise(img)[None].to(device)
+    items = [Item(str(img), str(i)) for i, (img, _) in enumerate(pairs)]
 
-        def fn(w: torch.Tensor) -> torch.Tensor:
-            with autocast(device, dtype):
-                out = model(w)
-            return out.float() if cfg.task == "depth" else out.float().softmax(1)
-
-        pred = sliding_window(fn, x, cfg.crop)[0]
-        if pred.shape[-2:] != target.shape:
-            target = torch.nn.functional.interpolate(target[None, None].float(), size=pred.shape[-2:],
-                                                     mode="nearest")[0, 0].to(target.dtype)
+    def score(item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
+        target = layout.read_target(pairs[int(item.key)][1])
+        if target.shape != tuple(sample.orig_hw):  # two sensors: compare at the image's size
+            target = cv2.resize(target, (sample.orig_hw[1], sample.orig_hw[0]), interpolation=cv2.INTER_NEAREST)
+        target = torch.from_numpy(target)
         if cfg.task == "depth":
             valid = None
             if layout.crop_box is not None:
                 t, b, l, r = layout.crop_box
                 valid = torch.zeros_like(target, dtype=torch.bool)
                 valid[t:b, l:r] = True
-            meter.update(pred, target, valid)
+            meter.update(torch.from_numpy(depth_at(out["out"], sample.orig_hw)), target, valid)
         else:
-            meter.update(pred.argmax(0), target)
+            meter.update(torch.from_numpy(labels_at(out["out"], sample.orig_hw)).long(), target)
+
+    summary = engine.run(items, default_policy(None, model), batch_fn(model, tile=True), score, desc="evaluate")
+    if summary.failures:
+        label, reason = summary.failures[0]
+        raise InputError(f"{summary.failed} image(s) of the split cannot be read, so the metrics would leave them "
+                         f"out (first: {reason}); fix or remove them")
     return meter.result() if cfg.task == "depth" else meter.result(cfg.classes)
 
 

@@ -13,13 +13,11 @@ from torch import nn
 from pixio_cli.checkpoints import BUNDLED, HUB_MODELS, WEIGHTS_DIR, load_encoder, read_checkpoint, save_safetensors
 from pixio_cli.encoder import PixioEncoder
 from pixio_cli.errors import CheckpointError
+from pixio_cli.model_ids import BUNDLED_HEADS, DEFAULT_HEAD  # noqa: F401 (re-exported)
 
 from .dpt import DPTHead, LinearHead
 from .features import dense_features, dpt_blocks
 
-# Bundled heads (see README, "Bundled weights").
-BUNDLED_HEADS = {"depth-tiny": "depth-tiny-7scenes.safetensors", "segment-tiny": "segment-tiny-camvid.safetensors"}
-DEFAULT_HEAD = {"depth": "depth-tiny", "segment": "segment-tiny"}
 
 
 @dataclass

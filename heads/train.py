@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pixio_cli.checkpoints import load_encoder
-from pixio_cli.engine import autocast, dist_info, pick_device, pick_dtype
+from pixio_cli.engine import Engine, autocast, dist_info, pick_device, pick_dtype
 from pixio_cli.errors import PixioError, UsageError
 from pixio_cli.images import read_image
 from pixio_cli.writers import atomic_path
@@ -124,7 +124,7 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
     if resume:
         if not ckpt_path.exists():
             raise UsageError(f"--resume: no {ckpt_path} to continue from")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, last = state["step"], state["loss"]
@@ -183,7 +183,8 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
     if rank != 0:
         return {}
 
-    metrics = evaluate(model, val_layout, device, dtype, limit=cfg.eval_limit)
+    engine = Engine(cfg.device, cfg.precision, batch_size=4, workers=cfg.workers, progress=False)
+    metrics = evaluate(model, val_layout, engine, limit=cfg.eval_limit)
     trivial = baseline(train_layout, val_layout, cfg.task, cfg.min_depth, cfg.max_depth, n_out)
     provenance = {"data": str(cfg.data), "dataset": cfg.dataset, "train_pairs": len(train_layout.pairs),
                   "val_pairs": len(val_layout.pairs), "steps": cfg.steps, "batch_size": cfg.batch_size * world,

@@ -15,18 +15,9 @@ import torch
 
 from .encoder import EncoderConfig, PixioEncoder, size_config, size_name
 from .errors import CheckpointError
+from .model_ids import BUNDLED, DEFAULT_MODEL, HUB_MODELS  # noqa: F401 (re-exported)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-
-# Public checkpoints: model id -> (Hugging Face repo, file, size preset).
-HUB_MODELS: dict[str, tuple[str, str, str]] = {
-    f"pixio-vit{s}16": (f"facebook/pixio-vit{s}16", f"pixio_vit{s}16.pth", f"{s}16")
-    for s in ("b", "l", "h", "1b", "5b")
-}
-
-# Bundled small models shipped inside the package (see README, "Bundled weights").
-BUNDLED: dict[str, str] = {"pixio-tiny": "pixio-tiny.safetensors"}
-DEFAULT_MODEL = "pixio-tiny"
 
 FORMAT_KEY = "pixio_format"
 
@@ -62,18 +53,52 @@ def resolve(source: str) -> Path:
 
 
 def _download(repo: str, filename: str) -> Path:
-    """Fetch a public checkpoint into the Hugging Face cache (once)."""
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as e:  # pragma: no cover - it is a core dependency
-        raise CheckpointError("huggingface_hub is needed to download public checkpoints") from e
+    """Fetch a public checkpoint into the Hugging Face cache (once).
+
+    Offline, an uncached file fails at once with one line (no retries, no hub
+    warnings): the cache is looked up first, then the hub is probed once.
+    """
+    import logging
+
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, filename)
+    if isinstance(cached, str):
+        return Path(cached)
+    hint = (f"download it where there is network (huggingface-cli download {repo} {filename}) "
+            "and pass the file's path with --model")
+    if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
+        raise CheckpointError(f"{filename} of {repo} is not in the Hugging Face cache and the hub cannot be "
+                              f"reached; {hint}")
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
         return Path(hf_hub_download(repo_id=repo, filename=filename))
-    except Exception as e:  # offline, not cached, gated, ...
-        raise CheckpointError(
-            f"could not get {filename} from the Hugging Face repo {repo} ({type(e).__name__}); "
-            f"when offline, download it elsewhere (huggingface-cli download {repo} {filename}) "
-            "and pass its path with --model") from e
+    except Exception as e:  # gated, removed, network lost midway, ...
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"could not get {filename} from {repo} ({first}); {hint}") from None
+
+
+def _reachable(url: str, timeout: float = 1.5) -> bool:
+    """Whether a TCP connection to the URL's host opens within ``timeout`` (DNS included)."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)  # a hanging DNS lookup must not hold us
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(ok)
 
 
 def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
@@ -84,11 +109,12 @@ def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
     try:
         if path.suffix == ".safetensors":
             return _read_safetensors(path)
+        # weights_only: a checkpoint from the internet must never run code
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        raise CheckpointError(unreadable(path, e)) from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
         obj = obj["model"]
@@ -100,6 +126,20 @@ def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
     if cfg_json.exists() and not meta:
         meta = {"hf_config": json.loads(cfg_json.read_text())}
     return Checkpoint(dict(obj), meta, str(path))
+
+
+def unreadable(path: str | os.PathLike, error: Exception) -> str:
+    """One line saying why a checkpoint file could not be read."""
+    import pickle
+
+    text = str(error).strip()
+    if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in text:
+        return (f"{path} holds Python objects besides tensors, and pixio never runs code from a checkpoint "
+                "(torch.load weights_only=True); save it as a plain state dict or safetensors")
+    if isinstance(error, pickle.UnpicklingError) or "Weights only load failed" in text:
+        return f"{path} is not a readable checkpoint (corrupt, truncated, or not a PyTorch file)"
+    first = text.splitlines()[0][:200] if text else type(error).__name__
+    return f"{path} is not a readable checkpoint ({first})"
 
 
 def _pick_file_in_dir(path: Path) -> Path:

@@ -1,4 +1,9 @@
-"""The ``pixio`` command line. Errors become one-line messages here, and only here."""
+"""The ``pixio`` command line. Errors become one-line messages here, and only here.
+
+Importing this module and building the app imports no torch, timm, OpenCV,
+Open3D or huggingface_hub: each command imports what it needs when it runs, so
+``pixio --help`` and every usage error answer at once (a test keeps it so).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ import os
 import sys
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from . import __version__
@@ -15,12 +19,17 @@ from .errors import PixioError
 
 app = typer.Typer(
     name="pixio",
-    help="Pixio vision encoder toolkit: pretrain, curate, extract, depth, segment, recon3d.",
+    help="Pixio vision encoder toolkit: pretrain, curate, extract, depth, segment, recon3d, train, evaluate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags read as flags, and no rich import on every start
     context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
 )
+
+# The exception classes of the click that typer uses (its own vendored copy in recent versions).
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_Abort = typer.Abort
 
 
 def _version(value: bool) -> None:
@@ -63,19 +72,40 @@ def _fill_optional_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _usage_line(e: Exception) -> str:
+    """Click's message for a bad command line, on one line, with the command it concerns."""
+    ctx = getattr(e, "ctx", None)
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    message = " ".join(e.format_message().split()) if hasattr(e, "format_message") else str(e)
+    return f"pixio: usage error: {message}{where}"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app, turning known errors into one line and an exit code."""
+    """Console entry point: run the app, turning known errors into one line and an exit code.
+
+    Exit codes: 0 done, 1 some inputs failed, 2 a usage or set-up error, 3 a bug,
+    130 interrupted.
+    """
     logging.basicConfig(level=logging.INFO, format="pixio: %(message)s", stream=sys.stderr)
     args = _fill_optional_values(list(sys.argv[1:] if argv is None else argv))
     try:
         code = app(args=args, prog_name="pixio", standalone_mode=False)
-    except click.ClickException as e:  # bad flags: click's own one-line message
+    except _ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `pixio` or `pixio train`: the help was shown
+            ctx = getattr(e, "ctx", None)
+            if ctx is not None:
+                typer.echo(ctx.get_help(), err=True)
+            sys.exit(2)
+        if type(e).__name__ in ("UsageError", "BadParameter", "MissingParameter", "NoSuchOption",
+                                "BadOptionUsage", "BadArgumentUsage"):
+            typer.echo(_usage_line(e), err=True)
+            sys.exit(2)
         e.show()
         sys.exit(e.exit_code)
     except PixioError as e:
         typer.echo(f"pixio: error: {e}", err=True)
         sys.exit(e.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, _Abort):
         code = 130
     except Exception as e:  # a bug, not bad input: still one line unless asked for more
         if os.environ.get("PIXIO_DEBUG"):

@@ -1,8 +1,7 @@
 """Where extracted features go: one file per image, or shards with a JSONL index.
 
-Both stores answer ``done(item)`` from what is on disk, which is what makes a
-rerun of the same command resume: completed outputs were written atomically,
-so existing means complete.
+Which outputs are finished is the run ledger's business (:mod:`pixio_cli.resume`);
+the stores only write, atomically, and tell when rows are safely on disk.
 """
 
 from __future__ import annotations
@@ -12,7 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from typing import Callable
+
 from .inputs import Item
+from .outputs import Destination
 from .writers import write_npz, write_safetensors_np
 
 FORMATS = ("npz", "safetensors")
@@ -26,20 +28,18 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray], fmt: str) -> None:
 
 
 class FileStore:
-    """``<out>/<key>.<fmt>`` per image."""
+    """One file per image: ``<out>/<key>.<fmt>``, or the single file ``-o`` names."""
 
-    def __init__(self, out: Path, fmt: str) -> None:
-        self.out, self.fmt = Path(out), fmt
+    def __init__(self, dest: Destination, fmt: str, on_written: Callable[[list[Item]], None]) -> None:
+        self.dest, self.fmt, self.on_written = dest, fmt, on_written
 
     def path(self, item: Item) -> Path:
-        return self.out / f"{item.key}.{self.fmt}"
-
-    def done(self, item: Item) -> bool:
-        return self.path(item).exists()
+        return self.dest.path(item, self.dest.main)
 
     def write(self, item: Item, arrays: dict[str, np.ndarray]) -> dict:
         path = self.path(item)
         write_arrays(path, arrays, self.fmt)
+        self.on_written([item])
         return {"output": str(path)}
 
     def close(self) -> None:
@@ -54,14 +54,16 @@ class ShardStore:
     as ``r<row>/<name>``. Index lines are appended only after their shard file
     is in place, so a killed run loses at most the shard it was filling. Under
     torchrun each rank writes its own ``shard-r<rank>-NNNNNN`` files and
-    ``index-r<rank>.jsonl``; every index counts as done on a rerun.
+    ``index-r<rank>.jsonl``. ``on_written`` hears of rows once their shard and
+    index lines are in place.
     """
 
-    def __init__(self, out: Path, fmt: str, size: int, stacked: bool, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, out: Path, fmt: str, size: int, stacked: bool, on_written: Callable[[list[Item]], None],
+                 rank: int = 0, world: int = 1) -> None:
         self.out, self.fmt, self.size, self.stacked = Path(out), fmt, size, stacked
+        self.on_written = on_written
         self.prefix = "shard-" if world == 1 else f"shard-r{rank}-"
         self.index = self.out / ("index.jsonl" if world == 1 else f"index-r{rank}.jsonl")
-        self.finished: set[str] = set()
         own = [-1]
         for index in sorted(self.out.glob("index*.jsonl")):
             for line in index.read_text().splitlines():
@@ -69,14 +71,10 @@ class ShardStore:
                     rec = json.loads(line)
                 except ValueError:  # a line cut by a kill: its shard is redone
                     continue
-                self.finished.add(rec["path"])
                 if index == self.index:
                     own.append(int(rec["shard"][len(self.prefix):].split(".")[0]))
         self.next_shard = max(own) + 1
         self.rows: list[tuple[Item, dict[str, np.ndarray]]] = []
-
-    def done(self, item: Item) -> bool:
-        return item.label in self.finished
 
     def write(self, item: Item, arrays: dict[str, np.ndarray]) -> dict:
         self.rows.append((item, arrays))
@@ -102,7 +100,7 @@ class ShardStore:
                         for r, (it, _) in enumerate(self.rows))
         with open(self.index, "a") as f:
             f.write(lines)
-        self.finished.update(it.label for it, _ in self.rows)
+        self.on_written([it for it, _ in self.rows])
         self.rows, self.next_shard = [], self.next_shard + 1
 
     def close(self) -> None:

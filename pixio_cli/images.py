@@ -145,7 +145,12 @@ class ResizePolicy:
                 w, h = (int(v) for v in s.split("x"))
                 if w <= 0 or h <= 0:
                     raise ValueError
-                return cls(short=None, size=(w, h), multiple=multiple)
+                policy = cls(short=None, size=(w, h), multiple=multiple)
+                rh, rw = policy.target(h, w)
+                if max(rh, rw) > 4 * min(rh, rw):
+                    raise UsageError(f"--resize {spec}: {rw}x{rh} after rounding to multiples of {multiple} is "
+                                     "wider than 4:1; the long side may be at most 4x the short side")
+                return policy
             n = int(s)
             if n <= 0:
                 raise ValueError

@@ -1,4 +1,11 @@
-"""Turn command-line inputs (files, folders, globs, ``-`` for stdin, videos) into work items."""
+"""Turn command-line inputs (files, folders, globs, ``-`` for stdin, videos) into work items.
+
+One rule for every input, whatever way it came: a path that cannot be used
+(missing, an unreadable video, a pattern that matches nothing) becomes an item
+that fails with its reason, is reported and skipped, and the run goes on with
+the rest and exits 1. Inputs that hold no images at all are an error before
+any work.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, TextIO
 
-from .errors import InputError
-from .images import is_image, is_video
+from .errors import InputError, UsageError
+from .images import IMAGE_EXTS, is_image, is_video
 
 
 @dataclass(frozen=True)
@@ -18,12 +25,14 @@ class Item:
     """One image to process: a file, frame ``frame`` of a video file, or ``member`` of a tar shard.
 
     ``key`` is the output name relative to the output folder, without extension.
+    ``error`` is set for an input that cannot be read at all; it is reported, not run.
     """
 
     path: str
     key: str
     frame: int | None = None
     member: str | None = None
+    error: str | None = None
 
     @property
     def label(self) -> str:
@@ -49,69 +58,97 @@ def _walk(folder: Path, videos: bool) -> list[Path]:
 
 def collect(specs: Iterable[str], stdin: TextIO | None = None, videos: bool = True,
             every: int = 1) -> list[Item]:
-    """Expand inputs into items with output keys that mirror the input layout.
+    """Expand inputs into items whose output keys are unique over the whole run.
 
-    Folders are walked recursively and keep their inner layout; loose files,
-    glob matches and stdin paths are keyed relative to their common parent.
-    Videos become one item per ``every``-th frame. Paths that do not exist are
-    an :class:`InputError` (a typo should stop the run before it starts).
+    Keys are the files' paths relative to the common parent of what was given
+    (a single folder: the folder itself), without extension: ``a/ b/`` holding
+    ``x.jpg`` each give ``a/x`` and ``b/x``. Two files that would still share a
+    key (``x.jpg`` beside ``x.png``) keep their extension in it. Videos become
+    one item per ``every``-th frame, keyed ``<video>/<frame>``.
     """
+    specs = list(specs)
     stdin = stdin if stdin is not None else sys.stdin
-    rooted: list[tuple[Path, Path]] = []  # (file, folder it was found under)
-    loose: list[Path] = []
+    files: list[Path] = []
+    anchors: list[str] = []  # folders the keys are relative to: given folders, loose files' parents
+    bad: list[Item] = []
     for spec in specs:
         if spec == "-":
-            loose.extend(Path(line.strip()) for line in stdin if line.strip())
+            for line in stdin:
+                if line.strip():
+                    _add_path(Path(line.strip()), line.strip(), files, anchors, bad, videos)
             continue
         if _has_glob(spec) and not Path(spec).exists():
             matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True))
-            if not matches:
-                raise InputError(f"{spec}: the pattern matches no file")
-            loose.extend(Path(m) for m in matches if Path(m).is_file())
+            hits = [Path(m) for m in matches if Path(m).is_file()]
+            if not hits:
+                bad.append(Item(spec, spec, error=f"{spec}: the pattern matches no file"))
+            for m in hits:
+                _add_path(m, m.as_posix(), files, anchors, bad, videos)
             continue
-        p = Path(spec).expanduser()
-        if p.is_dir():
-            rooted.extend((f, p) for f in _walk(p, videos))
-        elif p.exists():
-            loose.append(p)
-        else:
-            raise InputError(f"{spec}: no such file or folder")
+        _add_path(Path(spec).expanduser(), spec, files, anchors, bad, videos)
 
-    files: list[tuple[Path, PurePosixPath]] = []
-    for f, root in rooted:
-        files.append((f, PurePosixPath(f.relative_to(root).as_posix())))
-    if loose:
-        parent = _common_parent(loose)
-        for f in loose:
-            files.append((f, PurePosixPath(_relative(f, parent))))
+    items = _keyed(files, anchors, every, bad)
+    if not items and not bad:
+        where = " ".join(specs) if specs else "(no inputs)"
+        raise InputError(f"no images found in {where} (looked for {', '.join(sorted(IMAGE_EXTS))}"
+                         f"{' and videos' if videos else ''})")
+    check_unique_keys(items)
+    return bad + items
 
-    items: list[Item] = []
+
+def _add_path(p: Path, spec: str, files: list[Path], anchors: list[str], bad: list[Item], videos: bool) -> None:
+    if p.is_dir():
+        anchors.append(os.path.abspath(p))
+        files.extend(_walk(p, videos))
+    elif p.is_file():
+        anchors.append(os.path.abspath(p.parent))
+        files.append(p)
+    else:
+        bad.append(Item(str(p), spec, error=f"{spec}: no such file or folder"))
+
+
+def _keyed(files: list[Path], anchors: list[str], every: int, bad: list[Item]) -> list[Item]:
+    if not files:
+        return []
+    try:
+        root = Path(os.path.commonpath(anchors))
+    except ValueError:  # different drives
+        root = Path("/")
     seen: set[str] = set()
-    keys = [rel.with_suffix("").as_posix() for _, rel in files]
-    clashes = {k for k in keys if keys.count(k) > 1}
-    for (f, rel), key in zip(files, keys):
-        if key in clashes:  # a.jpg and a.png in one folder: keep them apart
-            key = f"{key}_{rel.suffix.lstrip('.').lower()}"
-        if f.as_posix() in seen:
+    unique: list[tuple[Path, PurePosixPath]] = []
+    for f in files:
+        a = os.path.abspath(f)
+        if a in seen:  # the same file given twice (a folder and a file in it)
             continue
-        seen.add(f.as_posix())
+        seen.add(a)
+        unique.append((f, PurePosixPath(Path(a).relative_to(root).as_posix())))
+    keys = [rel.with_suffix("").as_posix() for _, rel in unique]
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    items: list[Item] = []
+    for (f, rel), key in zip(unique, keys):
+        if counts[key] > 1:  # a.jpg and a.png in one folder: keep them apart
+            key = f"{key}_{rel.suffix.lstrip('.').lower()}"
         if is_video(f):
-            items.extend(video_items(f, key, every))
+            try:
+                items.extend(video_items(f, key, every))
+            except InputError as e:
+                bad.append(Item(str(f), key, error=str(e)))
         else:
             items.append(Item(str(f), key))
     return items
 
 
-def _common_parent(paths: list[Path]) -> Path:
-    parents = [os.path.abspath(p.parent) for p in paths]
-    try:
-        return Path(os.path.commonpath(parents))
-    except ValueError:  # different drives
-        return Path("/")
-
-
-def _relative(f: Path, parent: Path) -> str:
-    return Path(os.path.abspath(f)).relative_to(parent).as_posix()
+def check_unique_keys(items: list[Item]) -> None:
+    """Refuse, before any work, two inputs that would write the same output."""
+    owner: dict[str, str] = {}
+    for it in items:
+        if it.error is None:
+            if it.key in owner and owner[it.key] != it.label:
+                raise UsageError(f"{owner[it.key]} and {it.label} would both write the output '{it.key}': "
+                                 "rename one, or give them in separate runs")
+            owner[it.key] = it.label
 
 
 def video_items(path: Path, key: str, every: int = 1) -> list[Item]:

@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -102,7 +102,13 @@ def find_units(specs: list[str], chunk: int = 1000) -> list[Unit]:
             raise InputError(f"{shard}: cannot read the tar shard ({e})") from None
         items = [Item(str(shard), name, member=name) for name in names]
         units.append(Unit(f"{shard.parent.name}/{shard.name[:-len('.tar')]}", items, str(shard)))
-    images = [Item(os.path.abspath(i.path), i.key) for i in collect(loose, videos=False)] if loose else []
+    images: list[Item] = []
+    if loose:
+        try:
+            images = [Item(os.path.abspath(i.path), i.key, error=i.error) for i in collect(loose, videos=False)]
+        except InputError:
+            if not shards:  # folders that hold only shards have no loose images
+                raise
     for start in range(0, len(images), chunk):
         units.append(Unit(f"images/chunk-{start // chunk:06d}", images[start:start + chunk]))
     if not units:
@@ -138,9 +144,11 @@ class Curator:
             total += self.mae(crop, self.noise[k:k + 1].expand(x.shape[0], -1)).loss_per_image.float()
         return {"mae_loss_raw": total / self.settings.masks}
 
-    def run(self, units: list[Unit]) -> tuple[int, int]:
-        """Compute every pending unit; returns (images done, images failed) of this call."""
-        pending = [u for u in units if not self.raw_path(u).exists()]
+    def run(self, units: list[Unit], is_done: Callable[[Unit], bool] | None = None,
+            on_unit: Callable[[Unit], None] | None = None):
+        """Compute every unit not done yet (its raw file exists and ``is_done`` agrees); ``on_unit``
+        hears of each unit once its raw file is in place. Returns the engine's summary of this call."""
+        pending = [u for u in units if not (self.raw_path(u).exists() and (is_done is None or is_done(u)))]
         owner = {(it.path, it.member, it.key): u for u in pending for it in u.items}
         records: dict[str, list[dict]] = {u.name: [] for u in pending}
         left = {u.name: len(u.items) for u in pending}
@@ -152,6 +160,8 @@ class Curator:
             if left[unit.name] == 0:  # the unit is complete: write it in one atomic step
                 lines = "".join(json.dumps(r) + "\n" for r in records.pop(unit.name))
                 write_text(self.raw_path(unit), lines)
+                if on_unit is not None:
+                    on_unit(unit)
 
         def on_result(item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
             add(item, {"key": _record_key(item), "histogram_score": histogram_entropy(sample.image),
@@ -168,7 +178,9 @@ class Curator:
         for u in pending:
             if not u.items:
                 write_text(self.raw_path(u), "")
-        return summary.done, summary.failed
+                if on_unit is not None:
+                    on_unit(u)
+        return summary
 
 
 def _record_key(item: Item) -> str:

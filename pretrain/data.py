@@ -131,7 +131,11 @@ class Sources:
             elif p.is_dir():
                 tars = sorted(str(t) for t in p.rglob("*.tar"))
                 out.shards.extend(tars)
-                out.images.extend(os.path.abspath(i.path) for i in collect([spec], videos=False))
+                try:
+                    out.images.extend(os.path.abspath(i.path) for i in collect([spec], videos=False))
+                except InputError:
+                    if not tars:  # a folder of shards has no loose images
+                        raise
             elif p.suffix in (".txt", ".lst") and p.is_file():
                 out.images.extend(os.path.abspath(line.strip()) for line in p.read_text().splitlines()
                                   if line.strip())

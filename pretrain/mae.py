@@ -207,9 +207,11 @@ def load_mae(source: str | os.PathLike) -> PixioMAE:
             raise CheckpointError(f"{source} has no checkpoint.pt or mae.safetensors: not a pretrain output folder")
     if path.endswith(".pt"):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CheckpointError(f"cannot read {path}: {e}") from e
+            from pixio_cli.checkpoints import unreadable
+
+            raise CheckpointError(unreadable(path, e)) from None
         tensors, meta = state["model"], {"mae_config": state["config"]["mae"]}
     else:
         ckpt = read_checkpoint(path)

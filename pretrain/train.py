@@ -211,7 +211,7 @@ class Trainer:
         path = self.out / CHECKPOINT
         if not path.exists():
             raise UsageError(f"--resume {self.out}: no {CHECKPOINT} there")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         if state["world"] != self.world or state["workers"] != self.cfg.workers:
             raise UsageError(f"--resume: the run used {state['world']} process(es) x {state['workers']} data workers; "
                              f"resume it with the same (now {self.world} x {self.cfg.workers}) to continue exactly")
@@ -376,5 +376,5 @@ def read_run_config(out: str | os.PathLike) -> TrainConfig:
     path = Path(out) / CHECKPOINT
     if not path.exists():
         raise UsageError(f"--resume {out}: no {CHECKPOINT} there")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     return TrainConfig.from_dict(state["config"]["train"])

@@ -104,7 +104,7 @@ def test_unknown_shape_says_how_to_fix(tiny_encoder, tmp_path):
 
 def test_not_a_checkpoint(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a pickle")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_encoder(tmp_path / "junk.pth")
     with pytest.raises(CheckpointError, match="no such model"):
         load_encoder(tmp_path / "missing.pth")
@@ -122,6 +122,7 @@ def test_model_id_downloads_through_huggingface_hub(monkeypatch, tmp_path):
         return str(tmp_path / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(checkpoints, "_reachable", lambda url: True)  # as if online
     loaded = load_encoder("pixio-vitb16")
     assert asked == {"repo_id": "facebook/pixio-vitb16", "filename": "pixio_vitb16.pth"}
     assert loaded.cfg == SIZES["b16"]
@@ -135,8 +136,49 @@ def test_offline_model_id_is_a_clear_error(monkeypatch):
         raise OSError("offline and not cached")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **kw: offline())
+    monkeypatch.setattr(checkpoints, "_reachable", lambda url: True)  # the hub answers, the download fails
     with pytest.raises(CheckpointError, match="huggingface-cli download facebook/pixio-vith16"):
         load_encoder("pixio-vith16")
+
+
+def test_offline_uncached_model_id_fails_fast_with_one_line(tmp_path):
+    """No network (as on this machine) and an empty cache: one line within seconds, no retries."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+    env.pop("PIXIO_DEBUG", None)
+    (tmp_path / "a.png").write_bytes(b"")
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "pixio_cli", "extract", str(tmp_path / "a.png"), "-o",
+                          str(tmp_path / "o"), "--model", "pixio-vitl16"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    seconds = time.perf_counter() - start
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "huggingface-cli download facebook/pixio-vitl16 pixio_vitl16.pth" in lines[0]
+    assert seconds < 15  # start-up plus one short probe; was ~28 s of retries
+    env["HF_HUB_OFFLINE"] = "1"
+    run = subprocess.run([sys.executable, "-m", "pixio_cli", "extract", str(tmp_path / "a.png"), "-o",
+                          str(tmp_path / "o"), "--model", "pixio-vitl16"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
+
+
+class Payload:
+    """Stands for any object a pickle would have to run code to rebuild."""
+
+
+def test_corrupt_and_code_carrying_checkpoints_are_one_line(cli, tmp_path):
+    (tmp_path / "photo.png").write_bytes(b"")
+    (tmp_path / "trunc.pth").write_bytes(b"PK\x03\x04 truncated zip")
+    torch.save({"w": torch.zeros(2), "obj": Payload()}, tmp_path / "code.pth")
+    for name, expected in (("trunc.pth", "not a readable checkpoint"), ("code.pth", "never runs code")):
+        code, _, err = cli(["extract", tmp_path / "photo.png", "-o", tmp_path / "o", "--model", tmp_path / name])
+        assert code == 2 and expected in err, err
+        assert len(err.strip().splitlines()) == 1 and "weights_only=False" not in err
 
 
 def test_missing_bundled_model_is_a_clear_error(monkeypatch, tmp_path):

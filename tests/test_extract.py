@@ -27,7 +27,7 @@ def photos(tmp_path) -> Path:
 
 
 def base(model: Path) -> list[str]:
-    return ["extract", "--model", str(model), "--workers", "0", "-q", "--resize", "64"]
+    return ["extract", "--model", str(model), "--workers", "0", "-q", "--resize", "64", "--precision", "fp32"]
 
 
 def test_extract_folder_npz_matches_encoder(cli, tiny_encoder, tiny_encoder_file, photos, tmp_path):
@@ -225,7 +225,8 @@ def test_shards_under_torchrun_ranks(cli, tiny_encoder_file, photos, tmp_path, m
         monkeypatch.setenv("WORLD_SIZE", "2")
         code, _, err = cli([*base(tiny_encoder_file), str(photos), "-o", out, "--shards", "4", "--pool", "cls"])
         assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["index-r0.jsonl", "index-r1.jsonl",
+    assert sorted(p.name for p in out.iterdir()) == [".pixio-run-r0.jsonl", ".pixio-run-r1.jsonl",
+                                                     "index-r0.jsonl", "index-r1.jsonl",
                                                      "shard-r0-000000.npz", "shard-r1-000000.npz"]
     paths = [json.loads(line)["path"] for f in ("index-r0.jsonl", "index-r1.jsonl")
              for line in (out / f).read_text().splitlines()]

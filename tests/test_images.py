@@ -119,10 +119,17 @@ def test_collect_folders_globs_stdin(tmp_path):
     assert sorted(i.key for i in items) == ["a/x", "b/z"]
     items = collect(["-"], stdin=io.StringIO(f"{tmp_path}/a/x.jpg\n\n{tmp_path}/b/z.jpg\n"))
     assert [i.key for i in items] == ["a/x", "b/z"]
-    with pytest.raises(InputError, match="no such file"):
-        collect([str(tmp_path / "typo")])
-    with pytest.raises(InputError, match="matches no file"):
-        collect([str(tmp_path / "*.gif")])
+    # one rule for every input: a path that cannot be used is an item that fails with its reason
+    typo = collect([str(tmp_path / "typo")])
+    assert len(typo) == 1 and "no such file" in typo[0].error
+    stdin_typo = collect(["-"], stdin=io.StringIO(f"{tmp_path}/typo\n"))
+    assert len(stdin_typo) == 1 and "no such file" in stdin_typo[0].error
+    assert "matches no file" in collect([str(tmp_path / "*.gif")])[0].error
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no images found"):
+        collect([str(tmp_path / "empty")])
+    with pytest.raises(InputError, match="no images found"):
+        collect(["-"], stdin=io.StringIO(""))
 
 
 def test_collect_video_frames(tmp_path):

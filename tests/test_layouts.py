@@ -6,8 +6,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from heads.datasets import EIGEN_CROP, IGNORE, find_layout, voc_palette
+from pixio_cli.errors import InputError
 from pixio_cli.writers import write_image
 
 
@@ -28,7 +30,8 @@ def test_nyuv2_official_layout(tmp_path):
     lay = find_layout("nyuv2", tmp_path, "val")
     assert len(lay.pairs) == 1 and lay.crop_box == EIGEN_CROP
     assert np.allclose(lay.read_target(lay.pairs[0][1]), 2.5)
-    assert find_layout("nyuv2", tmp_path, "train").pairs == []
+    with pytest.raises(InputError, match="no image/target pairs for the train split of the nyuv2 layout"):
+        find_layout("nyuv2", tmp_path, "train")
 
 
 def test_kitti_split_file(tmp_path):

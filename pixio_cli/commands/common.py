@@ -1,31 +1,49 @@
-"""Small helpers shared by the command modules."""
+"""Small helpers shared by the command modules (kept free of torch imports)."""
 
 from __future__ import annotations
 
+import json
+import sys
+
 import typer
 
-from ..engine import Summary
 from ..errors import UsageError
 
 
 def parse_blocks(spec: str | None, depth: int) -> list[int]:
     """``"5,11,-1"`` -> [5, 11, depth-1]; ``None`` -> the last block."""
-    if not spec:
+    if spec is None:
         return [depth - 1]
     try:
         ids = [int(s) for s in spec.replace(" ", "").split(",") if s]
     except ValueError:
         raise UsageError(f"--blocks {spec!r}: expected comma-separated integers such as 5,11,17,23") from None
+    if not ids:
+        raise UsageError("--blocks is empty: give block numbers such as 5,11 (or leave it out for the last block)")
     for b in ids:
         if not -depth <= b < depth:
             raise UsageError(f"--blocks: block {b} does not exist; this encoder has blocks 0..{depth - 1}")
-    return [b % depth for b in ids]
+    resolved = [b % depth for b in ids]
+    if len(set(resolved)) != len(resolved):
+        raise UsageError(f"--blocks {spec}: a block is named twice (blocks {resolved})")
+    return resolved
 
 
-def finish(summary: Summary, verb: str) -> None:
-    """Report a run on stderr; exit 1 when any input failed."""
+def write_json_line(record: dict) -> None:
+    """One JSON line on stdout, flushed, for scripts that read the results as they come."""
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def report_failures(summary) -> None:
+    """One ``failed: <path>: <reason>`` line on stderr per input that could not be used."""
     for label, reason in summary.failures:
         typer.echo(f"failed: {reason}" if reason.startswith(label) else f"failed: {label}: {reason}", err=True)
+
+
+def finish(summary, verb: str) -> None:
+    """Report a run on stderr; exit 1 when any input failed."""
+    report_failures(summary)
     parts = [f"{verb} {summary.done}"]
     if summary.skipped:
         parts.append(f"skipped {summary.skipped} already done")

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
-import cv2
-import numpy as np
-import torch
 import typer
 
 from .. import options as opt
-from ..engine import Engine, Sample
 from ..errors import UsageError
-from ..inputs import Item, collect
-from ..writers import write_bytes, write_image
-from .common import finish
-from .dense import batch_fn, default_policy, load_dense, output_namer
+
+FORMATS = {".png": "png16", ".npy": "npy"}
 
 
 class DepthFormat(str, Enum):
@@ -29,18 +21,21 @@ class DepthFormat(str, Enum):
 
 def depth(
     inputs: opt.Inputs,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder, or a file for one input.")],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Output folder, or a .png (png16) / .npy file for one input.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Head checkpoint from `pixio train depth`.")] = "depth-tiny",
-    format: Annotated[DepthFormat, typer.Option("--format", "-f", help="png16: 16-bit PNG in millimetres; "
-                                                "npy: float32 metres.")] = DepthFormat.png16,
+    format: Annotated[Optional[DepthFormat], typer.Option(
+        "--format", "-f", help="png16: 16-bit PNG in millimetres; npy: float32 metres (default: png16, or what "
+                               "the -o file's extension says).", show_default=False)] = None,
     vis: Annotated[bool, typer.Option("--vis", help="Also a coloured picture with a depth legend.")] = False,
     ply: Annotated[bool, typer.Option("--ply", help="Also a coloured point cloud (Open3D).")] = False,
     fov: Annotated[Optional[float], typer.Option(help="Horizontal field of view in degrees, for --ply.")] = None,
     fx: Annotated[Optional[float], typer.Option(help="Focal length in pixels of the input, for --ply.")] = None,
-    tile: opt.Tile = False,
+    tile: opt.Tile = True,
     resize: opt.HeadResize = None,
     json_lines: opt.Json = False,
     every: opt.Every = 1,
+    overwrite: opt.Overwrite = False,
     device: opt.Device = "auto",
     precision: opt.Precision = None,
     batch_size: opt.BatchSize = 8,
@@ -48,60 +43,101 @@ def depth(
     compile: opt.Compile = False,
     quiet: opt.Quiet = False,
 ) -> None:
-    """Predict depth (metres) for every image; results at the input's original resolution."""
-    items = collect(inputs, every=every)
-    main = ".png" if format == DepthFormat.png16 else ".npy"
-    name = output_namer(output, items, (main,))
-    wanted = [main] + (["_vis.png"] if vis else []) + ([".ply"] if ply else [])
+    """Predict depth (metres) for every image; results at the input's original resolution.
 
+    By default the path `pixio evaluate depth` measures: the head's training
+    scale, sliding windows of its crop size, averaged.
+    """
+    _check_camera(ply, fov, fx)
+
+    import numpy as np
+    import torch
+
+    from heads.predict import batch_fn, default_policy, depth_at, load_dense
+
+    from ..engine import Engine, Sample, dist_info
+    from ..inputs import Item, collect
+    from ..outputs import destination
+    from ..resume import Ledger, model_identity
+    from ..writers import write_bytes, write_image
+    from .common import finish, write_json_line
+
+    # input
+    items = collect(inputs, every=every)
+    dest, fmt = destination(output, items, FORMATS, format.value if format else None, "png16")
+    tags = [dest.main] + (["_vis.png"] if vis else []) + ([".ply"] if ply else [])
+    dest.check_unique(items, tags)
+
+    # engine and model
     engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None)
     net = load_dense(engine, model, "depth")
     if ply and fov is None and fx is None and not net.cfg.intrinsics:
         raise UsageError("--ply needs the camera: give --fov or --fx (this head does not carry intrinsics)")
     policy = default_policy(resize, net)
+    ledger = None if dest.single else Ledger(
+        dest.folder, {"--model": model_identity(model), "--format": fmt, "--tile": tile,
+                      "--resize": policy.describe(), "--precision": str(engine.dtype).removeprefix("torch.")},
+        overwrite, *dist_info()[:2])
 
+    # output
     def write(item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
         h, w = sample.orig_hw
-        d = cv2.resize(out["out"].numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
-        if format == DepthFormat.png16:
-            mm = np.clip(d * 1000 + 0.5, 0, 65535).astype(np.uint16)
-            write_image(name(item, main), mm)
+        d = depth_at(out["out"], (h, w))
+        if fmt == "png16":
+            write_image(dest.path(item, dest.main), np.clip(d * 1000 + 0.5, 0, 65535).astype(np.uint16))
         else:
             import io
 
             buf = io.BytesIO()
-            np.save(buf, d.astype(np.float32))
-            write_bytes(name(item, main), buf.getvalue())
-        image = cv2.resize(sample.image, (w, h), interpolation=cv2.INTER_LINEAR) if (vis or ply) else None
+            np.save(buf, d)
+            write_bytes(dest.path(item, dest.main), buf.getvalue())
+        if vis or ply:
+            import cv2
+
+            image = cv2.resize(sample.image, (w, h), interpolation=cv2.INTER_LINEAR)
         if vis:
             from heads.visualize import depth_picture
 
-            write_image(name(item, "_vis.png"), depth_picture(d))
+            write_image(dest.path(item, "_vis.png"), depth_picture(d))
         if ply:
             from heads.visualize import write_point_cloud
 
-            write_point_cloud(name(item, ".ply"), d, image, *_intrinsics(net.cfg.intrinsics, w, h, fov, fx))
+            write_point_cloud(dest.path(item, ".ply"), d, image, *_intrinsics(net.cfg.intrinsics, w, h, fov, fx))
+        if ledger is not None:
+            ledger.record_item(item)
         if json_lines:
-            rec = {"path": item.label, "output": str(name(item, main)), "min_m": float(d.min()),
-                   "median_m": float(np.median(d)), "max_m": float(d.max())}
-            sys.stdout.write(json.dumps(rec) + "\n")
-            sys.stdout.flush()
+            write_json_line({"path": item.label, "output": str(dest.path(item, dest.main)), "min_m": float(d.min()),
+                             "median_m": float(np.median(d)), "max_m": float(d.max())})
 
-    summary = engine.run(items, policy, batch_fn(net, tile), write, desc="depth",
-                         skip=lambda it: all(name(it, t).exists() for t in wanted))
+    def done(it: Item) -> bool:
+        return ledger is not None and ledger.done_item(it) and all(dest.path(it, t).exists() for t in tags)
+
+    summary = engine.run(items, policy, batch_fn(net, tile), write, desc="depth", skip=done)
     finish(summary, "predicted")
+
+
+def _check_camera(ply: bool, fov: float | None, fx: float | None) -> None:
+    """The camera options must fit together, before any work."""
+    if fov is not None and fx is not None:
+        raise UsageError("--fov and --fx both set the focal length: give one")
+    if (fov is not None or fx is not None) and not ply:
+        raise UsageError(f"{'--fov' if fov is not None else '--fx'} is only used by --ply: add --ply, or leave it out")
+    if fov is not None and not 0 < fov < 180:
+        raise UsageError(f"--fov {fov:g}: a horizontal field of view is between 0 and 180 degrees")
+    if fx is not None and fx <= 0:
+        raise UsageError(f"--fx {fx:g}: a focal length in pixels is positive")
 
 
 def _intrinsics(known: dict | None, w: int, h: int, fov: float | None, fx: float | None):
     """(fx, fy, cx, cy) for an image of w x h: --fx, --fov, or the training camera scaled to this size."""
+    import math
+
     if fx is None and fov is not None:
-        fx = w / 2 / np.tan(np.radians(fov) / 2)
+        fx = w / 2 / math.tan(math.radians(fov) / 2)
     if fx is not None:
         return fx, fx, w / 2, h / 2
-    if known:
-        sx, sy = w / known["width"], h / known["height"]
-        return known["fx"] * sx, known["fy"] * sy, known["cx"] * sx, known["cy"] * sy
-    raise UsageError("--ply needs the camera: give --fov or --fx (this head does not carry intrinsics)")
+    sx, sy = w / known["width"], h / known["height"]
+    return known["fx"] * sx, known["fy"] * sy, known["cx"] * sx, known["cy"] * sy
 
 
 def register(app: typer.Typer) -> None:

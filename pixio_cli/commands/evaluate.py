@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -15,19 +14,21 @@ app = typer.Typer(help="Evaluate a head checkpoint (sliding windows, official me
 
 
 def _run(task: str, model: str, data: Path, dataset: str, split: str, json_out: bool, device: str,
-         precision: str | None, limit: int | None) -> None:
+         precision: str | None, limit: int | None, workers: int | None) -> None:
+    import json
+
     from heads.datasets import find_layout
     from heads.evaluate import evaluate
     from heads.model import load_head
 
-    from ..engine import pick_device, pick_dtype
+    from ..engine import Engine
 
-    dev = pick_device(device)
-    net = load_head(model).to(dev)
+    engine = Engine(device, precision, batch_size=4, workers=workers, progress=None)
+    net = load_head(model)
     if net.cfg.task != task:
-        raise UsageError(f"{model} is a {net.cfg.task} head")
+        raise UsageError(f"{model} is a {net.cfg.task} head, not a {task} head")
     layout = find_layout(dataset, data, split)
-    result = evaluate(net, layout, dev, pick_dtype(precision, dev), limit=limit)
+    result = evaluate(net, layout, engine, limit=limit)
     for k, v in result.items():
         if k != "iou":
             typer.echo(f"{k:>10s}  {v:.4f}" if isinstance(v, float) else f"{k:>10s}  {v}", err=True)
@@ -35,27 +36,36 @@ def _run(task: str, model: str, data: Path, dataset: str, split: str, json_out: 
         typer.echo(json.dumps(result))
 
 
-Model = Annotated[str, typer.Option("--model", "-m", help="Head checkpoint.")]
 Data = Annotated[Path, typer.Option(help="Dataset root folder.")]
 Split = Annotated[str, typer.Option(help="train or val.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Metrics as JSON on stdout.")]
-Limit = Annotated[int | None, typer.Option(help="At most this many images.")]
+Limit = Annotated[Optional[int], typer.Option(help="At most this many images.", min=1)]
 
 
 @app.command("depth")
-def evaluate_depth(model: Model, data: Data, dataset: Annotated[str, typer.Option()] = "7scenes", split: Split = "val",
-                   json_out: JsonOut = False, device: opt.Device = "auto", precision: opt.Precision = None,
-                   limit: Limit = None) -> None:
-    """d1, d2, d3, abs_rel, sq_rel, rmse, rmse_log, log10, silog (per image, averaged)."""
-    _run("depth", model, data, dataset, split, json_out, device, precision, limit)
+def evaluate_depth(
+        data: Data,
+        model: Annotated[str, typer.Option("--model", "-m", help="Depth head checkpoint.")] = "depth-tiny",
+        dataset: Annotated[str, typer.Option(help="7scenes, nyuv2, kitti or generic-depth.")] = "7scenes",
+        split: Split = "val", json_out: JsonOut = False, device: opt.Device = "auto",
+        precision: opt.Precision = None, limit: Limit = None, workers: opt.Workers = None) -> None:
+    """d1, d2, d3, abs_rel, sq_rel, rmse, rmse_log, log10, silog (per image, averaged).
+
+    Measures exactly what `pixio depth` writes by default."""
+    _run("depth", model, data, dataset, split, json_out, device, precision, limit, workers)
 
 
 @app.command("segment")
-def evaluate_segment(model: Model, data: Data, dataset: Annotated[str, typer.Option()] = "camvid",
-                     split: Split = "val", json_out: JsonOut = False, device: opt.Device = "auto",
-                     precision: opt.Precision = None, limit: Limit = None) -> None:
-    """mIoU and pixel accuracy from the confusion matrix over the whole split."""
-    _run("segment", model, data, dataset, split, json_out, device, precision, limit)
+def evaluate_segment(
+        data: Data,
+        model: Annotated[str, typer.Option("--model", "-m", help="Segmentation head checkpoint.")] = "segment-tiny",
+        dataset: Annotated[str, typer.Option(help="camvid, ade20k, voc, loveda or generic-segment.")] = "camvid",
+        split: Split = "val", json_out: JsonOut = False, device: opt.Device = "auto",
+        precision: opt.Precision = None, limit: Limit = None, workers: opt.Workers = None) -> None:
+    """mIoU and pixel accuracy from the confusion matrix over the whole split.
+
+    Measures exactly what `pixio segment` writes by default."""
+    _run("segment", model, data, dataset, split, json_out, device, precision, limit, workers)
 
 
 def register(root: typer.Typer) -> None:

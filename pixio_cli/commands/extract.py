@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
-import torch
 import typer
 
 from .. import options as opt
-from ..engine import Engine, Sample, dist_info
 from ..errors import UsageError
-from ..features import FileStore, ShardStore
-from ..images import ResizePolicy
-from ..inputs import Item, collect
-from ..pca import pca_rgb
-from ..writers import write_image
-from .common import finish, parse_blocks
+
+FORMATS = {".npz": "npz", ".safetensors": "safetensors"}
 
 
 class Format(str, Enum):
@@ -36,14 +27,17 @@ class Pool(str, Enum):
 
 def extract(
     inputs: opt.Inputs,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder.")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Output folder, or a .npz/.safetensors file for one input.")] = None,
     model: opt.Model = opt.DEFAULT,
     size: opt.Size = None,
     blocks: Annotated[Optional[str], typer.Option(
         help="Comma-separated 0-based blocks (negative counts from the end) (default: the last block).",
         show_default=False)] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Tokens before the final LayerNorm.")] = False,
-    format: Annotated[Format, typer.Option("--format", "-f", help="File format.")] = Format.npz,
+    format: Annotated[Optional[Format], typer.Option(
+        "--format", "-f", help="File format (default: npz, or what the -o file's extension says).",
+        show_default=False)] = None,
     pool: Annotated[Pool, typer.Option(
         help="none: all tokens; cls: mean of the 8 CLS tokens; mean: mean of the patch tokens.")] = Pool.none,
     shards: Annotated[Optional[int], typer.Option(
@@ -55,6 +49,7 @@ def extract(
     json_lines: opt.Json = False,
     resize: opt.Resize = "256",
     every: opt.Every = 1,
+    overwrite: opt.Overwrite = False,
     device: opt.Device = "auto",
     precision: opt.Precision = None,
     batch_size: opt.BatchSize = 16,
@@ -64,30 +59,65 @@ def extract(
 ) -> None:
     """Extract Pixio features: CLS and patch tokens of chosen blocks, one file per image.
 
-    Reruns skip images whose output is already complete, so an interrupted run
-    resumes where it stopped.
+    Reruns skip images whose output is complete and was made with the same model
+    and options from an unchanged input, so an interrupted run resumes where it
+    stopped; other options are refused unless --overwrite.
     """
+    import numpy as np
+    import torch
+
+    from ..engine import Engine, Sample, dist_info
+    from ..features import FileStore, ShardStore
+    from ..images import ResizePolicy
+    from ..inputs import Item, collect
+    from ..outputs import destination
+    from ..pca import pca_rgb
+    from ..resume import Ledger, model_identity
+    from ..writers import write_image
+    from .common import finish, parse_blocks, write_json_line
+
     if output is None and pca is None:
         raise UsageError("nothing to write: give an output folder with -o (and/or --pca)")
-    if shards is not None and output is None:
-        raise UsageError("--shards needs an output folder (-o)")
+    if shards is not None and (output is None or output.suffix.lower() in FORMATS):
+        raise UsageError("--shards needs an output folder (-o DIR)")
     policy = ResizePolicy.parse(resize)
 
     # input
     items = collect(inputs, every=every)
-    pca_path = _pca_target(pca, output, items)
-    store = None
-    if output is not None:
-        stacked = pool != Pool.none
-        rank, world, _ = dist_info()
-        store = (ShardStore(output, format.value, shards, stacked, rank, world) if shards
-                 else FileStore(output, format.value))
+    dest, fmt = destination(output, items, FORMATS, format.value if format else None, "npz") if output else (None, None)
+    pca_path = _pca_target(pca, dest, items)
+    rank, world, _ = dist_info()
 
     # engine and model
     engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None)
     encoder = engine.load_encoder(model, size)
     block_ids = parse_blocks(blocks, encoder.depth)
     n_cls = encoder.n_cls_tokens
+
+    # resume: what decides the numbers, kept beside the outputs
+    folder = dest.folder if dest is not None and not dest.single else (
+        Path(pca) if pca and pca_path is not None and Path(pca).suffix.lower() not in (".png", ".jpg", ".jpeg")
+        else None)
+    ledger = None
+    if folder is not None:
+        settings = {"--model": model_identity(model), "--size": size, "--blocks": block_ids, "--raw": raw,
+                    "--pool": pool.value, "--format": fmt, "--shards": shards, "--resize": policy.describe(),
+                    "--precision": str(engine.dtype).removeprefix("torch.")}
+        if overwrite and shards and world == 1:
+            for old in [*folder.glob("index*.jsonl"), *folder.glob("shard-*")]:
+                old.unlink()
+        ledger = Ledger(folder, settings, overwrite, rank, world)
+
+    def finished(done: list[Item]) -> None:
+        if ledger is not None:
+            for it in done:
+                ledger.record_item(it)
+
+    store = None
+    if dest is not None:
+        dest.check_unique(items, [dest.main])
+        store = (ShardStore(dest.folder, fmt, shards, pool != Pool.none, finished, rank, world) if shards
+                 else FileStore(dest, fmt, finished))
 
     def features(x: torch.Tensor) -> dict[str, torch.Tensor]:
         grid = (x.shape[-2] // encoder.patch_size, x.shape[-1] // encoder.patch_size)
@@ -105,54 +135,53 @@ def extract(
             out["_pca"] = patches[:, -1]
         return out
 
-    # output
+    # output: an image is finished once all its outputs are in place (a shard row: once its shard is)
     def write(item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
         record: dict = {"path": item.label}
         arrays = {k: v.numpy().astype(np.float32) for k, v in out.items() if not k.startswith("_")}
-        if store is not None:
-            arrays["blocks"] = np.asarray(block_ids, np.int64)
-            arrays["input_hw"] = np.asarray(sample.image.shape[:2], np.int64)
-            record.update(store.write(item, arrays))
         if pca_path is not None:
             target = pca_path(item)
             write_image(target, pca_rgb(out["_pca"], sample.orig_hw))
             record["pca"] = str(target)
+        if store is not None:
+            arrays["blocks"] = np.asarray(block_ids, np.int64)
+            arrays["input_hw"] = np.asarray(sample.image.shape[:2], np.int64)
+            record.update(store.write(item, arrays))
+        else:
+            finished([item])
         if json_lines:
             record["shapes"] = {k: list(v.shape) for k, v in arrays.items() if k not in ("blocks", "input_hw")}
-            sys.stdout.write(json.dumps(record) + "\n")
-            sys.stdout.flush()
+            write_json_line(record)
+
+    def done(it: Item) -> bool:
+        if ledger is None or not ledger.done_item(it):
+            return False
+        return pca_path is None or pca_path(it).exists()
 
     try:
-        summary = engine.run(items, policy, features, write, desc="extract",
-                             skip=lambda it: _is_done(it, store, pca_path))
+        summary = engine.run(items, policy, features, write, desc="extract", skip=done)
     finally:
         if store is not None:
             store.close()
     finish(summary, "extracted")
 
 
-def _pca_target(pca: str | None, output: Path | None, items: list[Item]):
+def _pca_target(pca: str | None, dest, items):
     """A function item -> PCA image path, or None when no PCA is wanted."""
     if pca is None:
         return None
     if pca == "":
-        if output is None:
+        if dest is None:
             raise UsageError("--pca without a file name writes beside the features: give -o too")
-        return lambda it: output / f"{it.key}_pca.png"
+        if dest.single:
+            return lambda it: dest.target.with_name(dest.target.stem + "_pca.png")
+        return lambda it: dest.folder / f"{it.key}_pca.png"
     target = Path(pca)
     if target.suffix.lower() in (".png", ".jpg", ".jpeg"):
         if len(items) != 1:
-            raise UsageError(f"--pca {pca} names one file but there are {len(items)} images: give a folder")
+            raise UsageError(f"--pca {pca} names one file but there are {len(items)} inputs: give a folder")
         return lambda it: target
     return lambda it: target / f"{it.key}.png"
-
-
-def _is_done(item: Item, store, pca_path) -> bool:
-    if store is not None and not store.done(item):
-        return False
-    if pca_path is not None and not pca_path(item).exists():
-        return False
-    return True
 
 
 def register(app: typer.Typer) -> None:

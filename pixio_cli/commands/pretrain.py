@@ -10,7 +10,6 @@ from typing import Annotated, Optional
 import typer
 
 from .. import options as opt
-from ..encoder import size_config
 from ..errors import UsageError
 
 # Official drop-path for the large models (H and up); the small ones train without it.
@@ -65,6 +64,8 @@ def pretrain(
     from pretrain.data import CurationRules, Sources
     from pretrain.mae import MAEConfig
     from pretrain.train import TrainConfig, Trainer, read_run_config
+
+    from ..encoder import size_config
 
     if resume is not None:
         cfg = read_run_config(resume)

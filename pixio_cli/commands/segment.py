@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
-import cv2
-import numpy as np
-import torch
-import torch.nn.functional as F
 import typer
 
 from .. import options as opt
-from ..engine import Engine, Sample
-from ..inputs import Item, collect
-from ..writers import write_image
-from .common import finish
-from .dense import batch_fn, default_policy, load_dense, output_namer
+
+FORMATS = {".png": "png"}
 
 
 def segment(
@@ -26,10 +17,11 @@ def segment(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder, or a .png file for one input.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Head checkpoint from `pixio train segment`.")] = "segment-tiny",
     overlay: Annotated[bool, typer.Option("--overlay", help="Also the image blended with class colours and a legend.")] = False,
-    tile: opt.Tile = False,
+    tile: opt.Tile = True,
     resize: opt.HeadResize = None,
     json_lines: opt.Json = False,
     every: opt.Every = 1,
+    overwrite: opt.Overwrite = False,
     device: opt.Device = "auto",
     precision: opt.Precision = None,
     batch_size: opt.BatchSize = 8,
@@ -37,41 +29,70 @@ def segment(
     compile: opt.Compile = False,
     quiet: opt.Quiet = False,
 ) -> None:
-    """Label every pixel; writes palette PNGs whose pixel values are the class ids."""
-    items = collect(inputs, every=every)
-    name = output_namer(output, items, (".png",))
-    wanted = [".png"] + (["_overlay.png"] if overlay else [])
+    """Label every pixel; writes palette PNGs whose pixel values are the class ids.
 
+    By default the path `pixio evaluate segment` measures: the head's training
+    scale, sliding windows of its crop size, averaged.
+    """
+    import numpy as np
+    import torch
+
+    from heads.predict import batch_fn, default_policy, labels_at, load_dense
+
+    from ..engine import Engine, Sample, dist_info
+    from ..inputs import Item, collect
+    from ..outputs import destination
+    from ..resume import Ledger, model_identity
+    from ..writers import write_image
+    from .common import finish, write_json_line
+
+    # input
+    items = collect(inputs, every=every)
+    dest, _ = destination(output, items, FORMATS, None, "png")
+    tags = [".png"] + (["_overlay.png"] if overlay else [])
+    dest.check_unique(items, tags)
+
+    # engine and model
     engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None)
     net = load_dense(engine, model, "segment")
     classes = net.cfg.classes or [str(i) for i in range(net.cfg.n_out)]
     palette = np.array(net.cfg.palette or _palette(len(classes)), np.uint8)
     policy = default_policy(resize, net)
+    ledger = None if dest.single else Ledger(
+        dest.folder, {"--model": model_identity(model), "--tile": tile, "--resize": policy.describe(),
+                      "--precision": str(engine.dtype).removeprefix("torch.")}, overwrite, *dist_info()[:2])
 
+    # output
     def write(item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
         h, w = sample.orig_hw
-        probs = F.interpolate(out["out"][None], size=(h, w), mode="bilinear", align_corners=False)[0]
-        labels = probs.argmax(0).numpy().astype(np.uint8)
-        write_image(name(item, ".png"), labels, palette=palette)
+        labels = labels_at(out["out"], (h, w))
+        write_image(dest.path(item, ".png"), labels, palette=palette)
         if overlay:
+            import cv2
+
             from heads.visualize import overlay_picture
 
             image = cv2.resize(sample.image, (w, h), interpolation=cv2.INTER_LINEAR)
-            write_image(name(item, "_overlay.png"), overlay_picture(image, labels, palette, classes))
+            write_image(dest.path(item, "_overlay.png"), overlay_picture(image, labels, palette, classes))
+        if ledger is not None:
+            ledger.record_item(item)
         if json_lines:
             counts = np.bincount(labels.ravel(), minlength=len(classes))
             fractions = {classes[c]: round(float(n) / labels.size, 6) for c, n in enumerate(counts) if n}
-            sys.stdout.write(json.dumps({"path": item.label, "output": str(name(item, ".png")),
-                                         "fractions": fractions}) + "\n")
-            sys.stdout.flush()
+            write_json_line({"path": item.label, "output": str(dest.path(item, ".png")), "fractions": fractions})
 
-    summary = engine.run(items, policy, batch_fn(net, tile), write, desc="segment",
-                         skip=lambda it: all(name(it, t).exists() for t in wanted))
+    def done(it: Item) -> bool:
+        return ledger is not None and ledger.done_item(it) and all(dest.path(it, t).exists() for t in tags)
+
+    summary = engine.run(items, policy, batch_fn(net, tile), write, desc="segment", skip=done)
     finish(summary, "segmented")
 
 
 def _palette(n: int) -> list[list[int]]:
     """Distinct colours for heads that carry no palette (golden-ratio hues)."""
+    import cv2
+    import numpy as np
+
     hsv = np.array([[[int(i * 0.618034 * 180) % 180, 200, 230]] for i in range(n)], np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[:, 0].tolist()
 

@@ -1,0 +1,70 @@
+"""The one inference path of the dense heads, shared by `pixio depth|segment` and `pixio evaluate`.
+
+Images are brought to the head's training scale (or ``--resize``), predicted
+with sliding windows of the head's crop size (the official protocol; or one
+whole-image pass), and the prediction is resized to the original image. What
+`pixio evaluate` measures is what `pixio depth` writes by default.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pixio_cli.engine import Engine
+from pixio_cli.errors import UsageError
+from pixio_cli.images import ResizePolicy
+from pixio_cli.sliding import sliding_window
+
+from .model import DenseModel, load_head
+
+
+def load_dense(engine: Engine, source: str, task: str) -> DenseModel:
+    """A head checkpoint of ``task`` on the engine's device."""
+    net = load_head(source)
+    if net.cfg.task != task:
+        raise UsageError(f"{source} is a {net.cfg.task} head, not a {task} head")
+    return engine.prepare(net)
+
+
+def batch_fn(model: DenseModel, tile: bool = True) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """Depth in metres or class probabilities at the input's resolution: sliding windows of the head's
+    crop (stride 2/3 of it, overlaps averaged) with ``tile``, else one whole-image pass."""
+    seg = model.cfg.task == "segment"
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = model(x).float()
+        return out.softmax(1) if seg else out
+
+    def fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": sliding_window(run, x, model.cfg.crop) if tile else run(x)}
+
+    return fn
+
+
+def default_policy(resize: str | None, model: DenseModel) -> ResizePolicy:
+    """``--resize`` when given; else the scale the head was trained at (the short side of its training
+    images, at least its crop)."""
+    if resize:
+        return ResizePolicy.parse(resize)
+    return ResizePolicy(short=max(model.cfg.crop, model.cfg.infer_short or 0))
+
+
+def depth_at(depth: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
+    """A (h, w) depth map resized (bilinear) to the original image's (H, W), float32 metres."""
+    import cv2
+
+    d = depth.numpy().astype(np.float32)
+    if d.shape == tuple(hw):
+        return d
+    return cv2.resize(d, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def labels_at(probs: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
+    """Class ids (uint8) at the original image's (H, W) from (C, h, w) probabilities (bilinear, then argmax)."""
+    if probs.shape[-2:] != tuple(hw):
+        probs = F.interpolate(probs[None], size=tuple(hw), mode="bilinear", align_corners=False)[0]
+    return probs.argmax(0).numpy().astype(np.uint8)

@@ -1,0 +1,73 @@
+"""Where a command's outputs go: one file named by ``-o``, or ``<folder>/<key><tag>`` per input.
+
+The extension of ``-o`` decides: one that a format of the command uses names a
+single file in that format (one input only); no extension (or an existing
+folder) names a folder; any other extension is a usage error, so ``-o d.npy``
+never silently becomes a folder of PNGs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+from .inputs import Item
+
+
+@dataclass(frozen=True)
+class Destination:
+    """``path(item, tag)``: the file of one output. ``tag`` is the main extension or a suffix such
+    as ``_vis.png``; for a single file the main output is the file and the others sit beside it."""
+
+    target: Path
+    single: bool
+    main: str
+
+    @property
+    def folder(self) -> Path:
+        """The folder that holds the outputs (and the run's ledger)."""
+        return self.target.parent if self.single else self.target
+
+    def path(self, item: Item, tag: str) -> Path:
+        if self.single:
+            return self.target if tag == self.main else self.target.with_name(self.target.stem + tag)
+        return self.target / f"{item.key}{tag}"
+
+    def check_unique(self, items: list[Item], tags: list[str]) -> None:
+        """Refuse, before any work, two outputs of this run that would land in one file."""
+        owner: dict[Path, str] = {}
+        for it in items:
+            if it.error is not None:
+                continue
+            for tag in tags:
+                p = self.path(it, tag)
+                if p in owner and owner[p] != it.label:
+                    raise UsageError(f"{owner[p]} and {it.label} would both write {p}: rename one, "
+                                     "or give them in separate runs")
+                owner[p] = it.label
+
+
+def destination(output: Path, items: list[Item], formats: dict[str, str], fmt: str | None,
+                default: str) -> tuple[Destination, str]:
+    """The destination named by ``-o`` and the format to write.
+
+    ``formats`` maps file extensions to format names (``{".npy": "npy"}``); ``fmt``
+    is ``--format`` when given. Returns the destination and the chosen format.
+    """
+    ext_of = {name: ext for ext, name in formats.items()}
+    suffix = output.suffix.lower()
+    if suffix and not output.is_dir():
+        if suffix not in formats:
+            known = ", ".join(f"{ext} ({name})" for ext, name in formats.items())
+            raise UsageError(f"-o {output}: this command writes {known}; name a file with one of those "
+                             "extensions, or a folder without an extension")
+        chosen = formats[suffix]
+        if fmt is not None and fmt != chosen:
+            raise UsageError(f"-o {output} names a {chosen} file, but --format is {fmt}")
+        n = len(items)
+        if n != 1:
+            raise UsageError(f"-o {output} names one file but there are {n} inputs: give a folder")
+        return Destination(output, True, suffix), chosen
+    chosen = fmt or default
+    return Destination(output, False, ext_of[chosen]), chosen

@@ -1,0 +1,123 @@
+"""Resume keyed on what decides an output, not on a file's existence.
+
+Every command that writes into a folder keeps a ledger there,
+``.pixio-run.jsonl``: its first line holds the run's settings (the model's
+identity and every option that changes the numbers), then one line per
+finished output with the identity of the input it came from (size and
+modification time of the file; the frame or tar member). A rerun skips an
+output only when the settings are the same and its input has not changed. A
+rerun with other settings is refused before any work, naming the options that
+differ, unless ``--overwrite`` is given, which starts the ledger afresh and
+redoes everything. Under torchrun every rank keeps its own ledger
+(``.pixio-run-r<rank>.jsonl``) and reads all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import UsageError
+from .inputs import Item
+from .writers import write_text
+
+LEDGER = ".pixio-run"
+
+
+def file_identity(path: str | os.PathLike) -> list | None:
+    """(size, modification time in ns) of a file, or None when it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def item_identity(item: Item) -> list | None:
+    """What identifies an input: its file's identity, plus the frame or tar member."""
+    ident = file_identity(item.path)
+    if ident is None:
+        return None
+    return ident + [item.frame if item.frame is not None else item.member]
+
+
+def model_identity(source: str) -> str:
+    """The model a run used: the id or path, and for files their size and modification time."""
+    from .checkpoints import WEIGHTS_DIR
+    from .model_ids import BUNDLED, BUNDLED_HEADS, HUB_MODELS
+
+    if source in HUB_MODELS:
+        return source
+    path = WEIGHTS_DIR / {**BUNDLED, **BUNDLED_HEADS}[source] if source in {**BUNDLED, **BUNDLED_HEADS} \
+        else Path(source).expanduser()
+    ident = file_identity(path)
+    if path.is_dir():  # a transformers folder: the weights file inside decides
+        ident = [file_identity(p) for p in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.pth"))]
+    return f"{source} {json.dumps(ident)}" if ident is not None else source
+
+
+class Ledger:
+    """The record of one output folder: the settings it was made with and what is finished."""
+
+    def __init__(self, folder: str | os.PathLike, settings: dict, overwrite: bool = False,
+                 rank: int = 0, world: int = 1) -> None:
+        self.folder = Path(folder)
+        self.settings = json.loads(json.dumps(settings))  # as it reads back from JSON
+        self.path = self.folder / (f"{LEDGER}.jsonl" if world == 1 else f"{LEDGER}-r{rank}.jsonl")
+        self.finished: dict[str, list] = {}
+        mine_ok = False
+        for ledger in sorted(self.folder.glob(f"{LEDGER}*.jsonl")):
+            lines = ledger.read_text().splitlines()
+            try:
+                stored = json.loads(lines[0])["settings"] if lines else None
+            except (ValueError, KeyError, TypeError):
+                stored = None
+            if stored != self.settings and not overwrite:
+                raise UsageError(self._mismatch(stored))
+            if overwrite:
+                continue
+            mine_ok |= ledger == self.path
+            for line in lines[1:]:
+                try:
+                    rec = json.loads(line)
+                except ValueError:  # a line cut by a kill: that output is redone
+                    continue
+                self.finished[rec["key"]] = rec["input"]
+        if overwrite and world == 1:
+            for ledger in self.folder.glob(f"{LEDGER}*.jsonl"):
+                if ledger != self.path:
+                    ledger.unlink()
+        if not mine_ok:
+            write_text(self.path, json.dumps({"settings": self.settings}) + "\n")
+
+    def _mismatch(self, stored: dict | None) -> str:
+        if stored is None:
+            return (f"{self.folder} has a run ledger that cannot be read; rerun with --overwrite to redo "
+                    "everything, or choose another output")
+        keys = [k for k in sorted(set(stored) | set(self.settings)) if stored.get(k) != self.settings.get(k)]
+        diff = "; ".join(f"{k}: {_short(stored.get(k))} before, {_short(self.settings.get(k))} now" for k in keys)
+        return (f"{self.folder} holds outputs made with other settings ({diff}); rerun with --overwrite to "
+                "replace them, or choose another output")
+
+    def done(self, key: str, identity) -> bool:
+        """Whether ``key`` was finished in this folder from an input with this identity."""
+        return identity is not None and self.finished.get(key) == json.loads(json.dumps(identity))
+
+    def record(self, key: str, identity) -> None:
+        """Mark ``key`` finished (call after its outputs are in place)."""
+        line = json.dumps({"key": key, "input": identity}) + "\n"
+        with open(self.path, "a") as f:  # one short line per write: a kill cuts at most this line
+            f.write(line)
+        self.finished[key] = json.loads(json.dumps(identity))
+
+    def done_item(self, item: Item) -> bool:
+        return self.done(item.key, item_identity(item))
+
+    def record_item(self, item: Item) -> None:
+        self.record(item.key, item_identity(item))
+
+
+def _short(value) -> str:
+    text = "(not set)" if value is None else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
