@@ -11,7 +11,12 @@ from pixio_cli.errors import UsageError
 
 
 def depth_picture(depth: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """Depth (metres) as RGB with the TURBO colormap (near = red, far = blue) and a legend bar."""
+    """Depth (metres) as RGB with the TURBO colormap (near = red, far = blue) and a legend bar.
+
+    Colours span the 1st to 99th percentile unless ``lo``/``hi`` are given; depths
+    outside are clipped to the end colours, and the legend says so (``<=``/``>=``)
+    whenever the map holds values beyond the range shown.
+    """
     lo = float(np.percentile(depth, 1)) if lo is None else lo
     hi = float(np.percentile(depth, 99)) if hi is None else hi
     norm = np.clip((depth - lo) / max(hi - lo, 1e-6), 0, 1)
@@ -22,10 +27,18 @@ def depth_picture(depth: np.ndarray, lo: float | None = None, hi: float | None =
     legend = np.full((bar_h, w, 3), 255, np.uint8)
     legend[: bar_h // 2] = cv2.applyColorMap(ramp, cv2.COLORMAP_TURBO)
     scale = max(0.35, bar_h / 60)
-    cv2.putText(legend, f"{lo:.2f} m", (3, bar_h - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1)
-    label = f"{hi:.2f} m"
-    cv2.putText(legend, label, (w - int(9 * len(label) * scale / 0.35 * 0.55) - 3, bar_h - 4),
-                cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1)
+    below, above = float(depth.min()) < lo, float(depth.max()) > hi
+    left = f"{'<=' if below else ''}{lo:.2f} m"
+    right = f"{'>=' if above else ''}{hi:.2f} m"
+    y = bar_h - 4
+    cv2.putText(legend, left, (3, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1)
+    right_w = cv2.getTextSize(right, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+    cv2.putText(legend, right, (w - right_w - 3, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1)
+    if below or above:
+        note = f"clipped (range {float(depth.min()):.2f}-{float(depth.max()):.2f} m)"
+        note_w = cv2.getTextSize(note, cv2.FONT_HERSHEY_SIMPLEX, scale * 0.8, 1)[0][0]
+        if note_w < w - right_w - cv2.getTextSize(left, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] - 12:
+            cv2.putText(legend, note, ((w - note_w) // 2, y), cv2.FONT_HERSHEY_SIMPLEX, scale * 0.8, (0, 0, 0), 1)
     return cv2.cvtColor(np.concatenate([colour, legend]), cv2.COLOR_BGR2RGB)
 
 

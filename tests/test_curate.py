@@ -172,7 +172,7 @@ def test_resume_after_kill_and_corrupt_images(mae_file, tmp_path, monkeypatch, c
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
     monkeypatch.setattr(curation, "write_text", real)
     code, _, err = cli([*args, "--report", tmp_path / "report.png"])
-    assert code == 0, err
+    assert code == 1 and "failed: " in err and "zz_corrupt.jpg" in err, err  # the unreadable image is named
     done_now = int(err.split("curated ")[1].split(" ")[0])
     unreadable_now = int(err.split("images now (")[1].split(" ")[0])
     assert done_now + unreadable_now == 7 - kept and "7 in all" in err

@@ -43,14 +43,13 @@ def curate(
     import dataclasses
     import shutil
 
-    from pretrain.curation import Curator, Settings, find_units, iter_records, normalise
+    from pretrain.curation import Curator, Settings, find_units, iter_records, normalise, read_raw
     from pretrain.curation_report import filter_table, format_table, report_image
     from pretrain.mae import load_mae
 
     from ..engine import Engine, dist_info
     from ..resume import Ledger, file_identity, item_identity, model_identity
     from ..writers import write_image
-    from .common import report_failures
 
     # input
     units = find_units(inputs, chunk)
@@ -72,7 +71,6 @@ def curate(
     curator = Curator(mae, engine, settings, output)
     summary = curator.run(units[rank::world], is_done=lambda u: ledger.done(u.name, identity(u)),
                           on_unit=lambda u: ledger.record(u.name, identity(u)))
-    report_failures(summary)
 
     # output: normalisation over everything, once every rank is done
     if world > 1:
@@ -81,16 +79,24 @@ def curate(
         if not dist.is_initialized():
             dist.init_process_group("gloo")
         dist.barrier()
-    if rank == 0:
-        stats = normalise(output, units, settings)
-        typer.echo(f"curated {summary.done} images now ({summary.failed} unreadable), {stats['counts']['images']} "
-                   f"in all; mae_loss normalised between {stats['normalisation_bounds']['low']:.4f} and "
-                   f"{stats['normalisation_bounds']['high']:.4f}", err=True)
-        if report is not None:
-            records = list(iter_records(output))
-            typer.echo(format_table(filter_table(records, min_entropy, min_size), len(records)), err=True)
-            write_image(report, report_image(records, min_entropy, min_size))
-    if summary.failed:
+    if rank != 0:
+        return
+    # every unreadable image of the collection is named, also those recorded by an earlier run
+    errors = [r for _, recs in read_raw(output, units) for r in recs if "error" in r]
+    for r in errors:
+        typer.echo(f"failed: {r['error']}" if r["error"].startswith(r["key"]) else f"failed: {r['key']}: {r['error']}",
+                   err=True)
+    stats = normalise(output, units, settings)
+    typer.echo(f"curated {summary.done} images now ({summary.failed} unreadable), {stats['counts']['images']} "
+               f"in all; mae_loss normalised between {stats['normalisation_bounds']['low']:.4f} and "
+               f"{stats['normalisation_bounds']['high']:.4f}", err=True)
+    if report is not None:
+        records = list(iter_records(output))
+        typer.echo(format_table(filter_table(records, min_entropy, min_size), len(records)), err=True)
+        write_image(report, report_image(records, min_entropy, min_size))
+    if errors:
+        typer.echo(f"{len(errors)} unreadable image(s) have records with an error (pretraining never uses them)",
+                   err=True)
         raise typer.Exit(1)
 
 

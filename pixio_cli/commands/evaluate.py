@@ -14,7 +14,8 @@ app = typer.Typer(help="Evaluate a head checkpoint (sliding windows, official me
 
 
 def _run(task: str, model: str, data: Path, dataset: str, split: str, json_out: bool, device: str,
-         precision: str | None, limit: int | None, workers: int | None) -> None:
+         precision: str | None, limit: int | None, workers: int | None, depth_scale: float | None = None,
+         classes: str | None = None) -> None:
     import json
 
     from heads.datasets import find_layout
@@ -27,7 +28,7 @@ def _run(task: str, model: str, data: Path, dataset: str, split: str, json_out: 
     net = load_head(model)
     if net.cfg.task != task:
         raise UsageError(f"{model} is a {net.cfg.task} head, not a {task} head")
-    layout = find_layout(dataset, data, split)
+    layout = find_layout(dataset, data, split, depth_scale, classes)
     result = evaluate(net, layout, engine, limit=limit)
     for k, v in result.items():
         if k != "iou":
@@ -47,12 +48,14 @@ def evaluate_depth(
         data: Data,
         model: Annotated[str, typer.Option("--model", "-m", help="Depth head checkpoint.")] = "depth-tiny",
         dataset: Annotated[str, typer.Option(help="7scenes, nyuv2, kitti or generic-depth.")] = "7scenes",
-        split: Split = "val", json_out: JsonOut = False, device: opt.Device = "auto",
+        split: Split = "val",
+        depth_scale: Annotated[Optional[float], typer.Option(help="Stored value per metre (generic-depth).")] = None,
+        json_out: JsonOut = False, device: opt.Device = "auto",
         precision: opt.Precision = None, limit: Limit = None, workers: opt.Workers = None) -> None:
     """d1, d2, d3, abs_rel, sq_rel, rmse, rmse_log, log10, silog (per image, averaged).
 
     Measures exactly what `pixio depth` writes by default."""
-    _run("depth", model, data, dataset, split, json_out, device, precision, limit, workers)
+    _run("depth", model, data, dataset, split, json_out, device, precision, limit, workers, depth_scale)
 
 
 @app.command("segment")
@@ -60,12 +63,14 @@ def evaluate_segment(
         data: Data,
         model: Annotated[str, typer.Option("--model", "-m", help="Segmentation head checkpoint.")] = "segment-tiny",
         dataset: Annotated[str, typer.Option(help="camvid, ade20k, voc, loveda or generic-segment.")] = "camvid",
-        split: Split = "val", json_out: JsonOut = False, device: opt.Device = "auto",
+        split: Split = "val",
+        classes: Annotated[Optional[str], typer.Option(help="Class-names file (generic-segment).")] = None,
+        json_out: JsonOut = False, device: opt.Device = "auto",
         precision: opt.Precision = None, limit: Limit = None, workers: opt.Workers = None) -> None:
     """mIoU and pixel accuracy from the confusion matrix over the whole split.
 
     Measures exactly what `pixio segment` writes by default."""
-    _run("segment", model, data, dataset, split, json_out, device, precision, limit, workers)
+    _run("segment", model, data, dataset, split, json_out, device, precision, limit, workers, classes=classes)
 
 
 def register(root: typer.Typer) -> None:

@@ -1,0 +1,333 @@
+"""Every output matches the command that made it, nothing is silently lost or kept, every mistake is a
+usage error: one test per way a user was misled, run as a user runs the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from heads.model import DenseModel, HeadConfig, save_head
+
+from .conftest import random_encoder, write_rgb
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ex(model: Path) -> list:
+    return ["extract", "--model", model, "--workers", "0", "-q", "--precision", "fp32", "--resize", "32"]
+
+
+@pytest.fixture
+def depth_head(tmp_path) -> Path:
+    cfg = HeadConfig(task="depth", features=16, head_channels=[8, 16, 32, 32], crop=32)
+    path = tmp_path / "depth.safetensors"
+    torch.manual_seed(0)
+    save_head(DenseModel(random_encoder(), cfg), path, {})
+    return path
+
+
+@pytest.fixture
+def seg_head(tmp_path) -> Path:
+    cfg = HeadConfig(task="segment", n_out=3, features=16, head_channels=[8, 16, 32, 32], crop=32,
+                     classes=["a", "b", "c"])
+    path = tmp_path / "seg.safetensors"
+    torch.manual_seed(0)
+    save_head(DenseModel(random_encoder(), cfg), path, {})
+    return path
+
+
+# ------------------------------------------------------------------ outputs that match the command
+
+
+def test_rerun_with_other_options_is_refused_then_overwritten(cli, tiny_encoder_file, tmp_path):
+    img = write_rgb(tmp_path / "img.jpg", 40, 50)
+    out = tmp_path / "st"
+    code, _, err = cli([*ex(tiny_encoder_file), img, "-o", out, "--blocks", "0"])
+    assert code == 0, err
+    for other in (["--blocks", "1,2"], ["--pool", "cls"], ["--resize", "48"], ["--precision", "bf16"], ["--raw"]):
+        code, _, err = cli([*ex(tiny_encoder_file), img, "-o", out, "--blocks", "0", *other])
+        assert code == 2 and other[0] in err and "--overwrite" in err, (other, err)
+        assert len(err.strip().splitlines()) == 1
+    assert list(np.load(out / "img.npz")["blocks"]) == [0]  # untouched by the refused runs
+    code, _, err = cli([*ex(tiny_encoder_file), img, "-o", out, "--blocks", "1,2", "--overwrite"])
+    assert code == 0 and "extracted 1" in err
+    assert list(np.load(out / "img.npz")["blocks"]) == [1, 2]
+    code, _, err = cli([*ex(tiny_encoder_file), img, "-o", out, "--blocks", "1,2"])
+    assert code == 0 and "skipped 1" in err  # same settings, same input: resumed
+    write_rgb(img, 40, 50, seed=5)  # the input changed: its output is redone
+    os.utime(img, ns=(time.time_ns(), time.time_ns() + 10**9))
+    code, _, err = cli([*ex(tiny_encoder_file), img, "-o", out, "--blocks", "1,2"])
+    assert code == 0 and "extracted 1" in err and "skipped" not in err
+
+
+def test_two_inputs_never_share_an_output(cli, tiny_encoder_file, tmp_path):
+    write_rgb(tmp_path / "a" / "x.jpg", seed=1)
+    write_rgb(tmp_path / "b" / "x.jpg", seed=2)
+    code, _, err = cli([*ex(tiny_encoder_file), tmp_path / "a", tmp_path / "b", "-o", tmp_path / "out"])
+    assert code == 0 and "extracted 2" in err, err
+    a, b = np.load(tmp_path / "out" / "a" / "x.npz"), np.load(tmp_path / "out" / "b" / "x.npz")
+    assert not np.allclose(a["patch_tokens"], b["patch_tokens"])
+    # one key that stays ambiguous (a video's frame folder and an image of the same name) is refused before work
+    clip = tmp_path / "c" / "v.avi"
+    clip.parent.mkdir()
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5, (32, 32))
+    writer.write(np.zeros((32, 32, 3), np.uint8))
+    writer.release()
+    write_rgb(tmp_path / "c" / "v" / "000000.jpg")
+    code, _, err = cli([*ex(tiny_encoder_file), tmp_path / "c", "-o", tmp_path / "out2"])
+    assert code == 2 and "would both write" in err and not (tmp_path / "out2").exists()
+
+
+def test_depth_writes_what_evaluate_measures(cli, depth_head, tmp_path):
+    from heads.metrics import DepthMeter
+
+    data = tmp_path / "data"
+    for i in range(3):
+        write_rgb(data / "images" / f"f{i}.png", 48, 72, seed=i)
+        (data / "depth").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(data / "depth" / f"f{i}.png"), np.full((48, 72), 800 + 300 * i, np.uint16))
+    code, out, err = cli(["evaluate", "depth", "--model", depth_head, "--data", data, "--dataset", "generic-depth",
+                          "--depth-scale", "1000", "--json", "--workers", "0"])
+    assert code == 0, err
+    evaluated = json.loads(out)
+    code, _, err = cli(["depth", data / "images", "-o", tmp_path / "pred", "--format", "npy", "--model", depth_head,
+                        "-q", "--workers", "0"])
+    assert code == 0, err
+    meter = DepthMeter(1e-3, 10.0)
+    for i in range(3):
+        gt = cv2.imread(str(data / "depth" / f"f{i}.png"), cv2.IMREAD_UNCHANGED).astype(np.float32) / 1000
+        meter.update(torch.from_numpy(np.load(tmp_path / "pred" / f"f{i}.npy")), torch.from_numpy(gt))
+    written = meter.result()
+    assert written["images"] == evaluated["images"] == 3
+    for k in ("abs_rel", "rmse", "d1"):
+        assert written[k] == pytest.approx(evaluated[k], abs=1e-6), k
+    code, _, err = cli(["depth", data / "images", "-o", tmp_path / "whole", "--format", "npy", "--model",
+                        depth_head, "-q", "--workers", "0", "--no-tile"])
+    assert code == 0 and not np.allclose(np.load(tmp_path / "whole" / "f0.npy"), np.load(tmp_path / "pred" / "f0.npy"))
+
+
+def test_output_extension_selects_the_format(cli, depth_head, seg_head, tmp_path):
+    img = write_rgb(tmp_path / "one.jpg", 40, 56)
+    code, _, err = cli(["depth", img, "-o", tmp_path / "d_one.npy", "--model", depth_head, "-q", "--workers", "0"])
+    assert code == 0, err
+    assert (tmp_path / "d_one.npy").is_file() and np.load(tmp_path / "d_one.npy").shape == (40, 56)
+    code, _, err = cli(["depth", img, "-o", tmp_path / "d.png", "--format", "npy", "--model", depth_head, "-q"])
+    assert code == 2 and "--format is npy" in err
+    for cmd, head, name in (("depth", depth_head, "d.jpg"), ("segment", seg_head, "s_one.jpg")):
+        code, _, err = cli([cmd, img, "-o", tmp_path / name, "--model", head, "-q"])
+        assert code == 2 and "extension" in err and not (tmp_path / name).exists(), err
+    code, _, err = cli(["extract", "--model", depth_head, img, "-o", tmp_path / "f.npz", "-q", "--workers", "0"])
+    assert code == 0 and (tmp_path / "f.npz").is_file(), err
+
+
+def test_vis_legend_says_when_it_is_clipped(monkeypatch):
+    from heads import visualize
+
+    texts: list[str] = []
+    real = cv2.putText
+    monkeypatch.setattr(visualize.cv2, "putText", lambda img, text, *a, **kw: (texts.append(text), real(img, text, *a, **kw)))
+    depth = np.linspace(0.5, 9.0, 400 * 300, dtype=np.float32).reshape(300, 400)
+    visualize.depth_picture(depth)
+    assert texts[0].startswith("<=") and texts[1].startswith(">=") and any("clipped" in t for t in texts)
+    texts.clear()
+    visualize.depth_picture(depth, lo=0.5, hi=9.0)
+    assert not texts[0].startswith("<=") and not any("clipped" in t for t in texts)
+
+
+# ------------------------------------------------------------------ failures and mistakes
+
+
+@pytest.mark.parametrize("args", [
+    [], ["bogus"], ["extract"], ["extract", "--bogus", "x"], ["extract", "x", "--shards", "0", "-o", "o"],
+    ["extract", "x", "--workers", "-1", "-o", "o"], ["curate", "x", "-o", "o", "--masks", "0"], ["train"],
+    ["evaluate", "depth"], ["depth", "x"], ["extract", "x", "-o", "o", "--pool", "max"],
+])
+def test_every_command_line_mistake_is_a_usage_error(cli, args):
+    code, _, err = cli(args)
+    assert code == 2, err
+    assert "internal error" not in err and "Traceback" not in err
+    if args not in ([], ["train"]):  # a bare `pixio` or `pixio train` shows the help
+        assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--blocks", "1,1"], "named twice"), (["--blocks", ""], "empty"), (["--precision", "fp16"], "needs a GPU"),
+    (["--resize", "100x20"], "4:1"), (["--device", "tpu"], "expected auto"),
+])
+def test_contradicting_options_are_refused(cli, tiny_encoder_file, tmp_path, extra, expected):
+    img = write_rgb(tmp_path / "i.jpg")
+    code, _, err = cli([*ex(tiny_encoder_file), img, "-o", tmp_path / "o", *extra])
+    assert code == 2 and expected in err, err
+    assert not list((tmp_path / "o").rglob("*.npz")) if (tmp_path / "o").exists() else True
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--ply", "--fov", "-5"], "between 0 and 180"), (["--ply", "--fov", "60", "--fx", "500"], "give one"),
+    (["--fov", "60"], "only used by --ply"), (["--fx", "300"], "only used by --ply"),
+])
+def test_camera_options_must_fit(cli, depth_head, tmp_path, extra, expected):
+    img = write_rgb(tmp_path / "i.jpg")
+    code, _, err = cli(["depth", img, "-o", tmp_path / "o", "--model", depth_head, "-q", *extra])
+    assert code == 2 and expected in err, err
+
+
+def test_enlarging_far_past_the_original_warns(cli, tiny_encoder_file, tmp_path, caplog):
+    img = write_rgb(tmp_path / "small.jpg", 20, 30)
+    code, _, err = cli([*ex(tiny_encoder_file)[:-2], img, "-o", tmp_path / "o", "--resize", "160"])
+    assert code == 0
+    assert any("enlarged 8x" in r.getMessage() for r in caplog.records)
+
+
+def test_missing_paths_follow_one_rule_wherever_they_come_from(cli, tiny_encoder_file, tmp_path):
+    good = write_rgb(tmp_path / "in" / "good.jpg")
+    for how in ("argv", "stdin"):
+        args = [*ex(tiny_encoder_file), "-o", tmp_path / f"o_{how}"]
+        if how == "argv":
+            code, _, err = cli([*args, good, tmp_path / "typo.jpg"])
+        else:
+            code, _, err = cli([*args, "-"], stdin=f"{good}\n{tmp_path / 'typo.jpg'}\n")
+        assert code == 1 and "failed: " in err and "typo.jpg" in err and "no such file" in err, err
+        assert "extracted 1" in err and (tmp_path / f"o_{how}" / "good.npz").exists()
+
+
+def test_empty_inputs_are_one_error_for_every_command(cli, tiny_encoder_file, tmp_path):
+    (tmp_path / "empty").mkdir()
+    for args, stdin in (([*ex(tiny_encoder_file), tmp_path / "empty", "-o", tmp_path / "o"], None),
+                        ([*ex(tiny_encoder_file), "-", "-o", tmp_path / "o"], ""),
+                        (["curate", tmp_path / "empty", "-o", tmp_path / "c", "-q"], None),
+                        (["depth", "-", "-o", tmp_path / "d", "-q"], "")):
+        code, _, err = cli(args, stdin=stdin)
+        assert code == 1 and "no images found" in err, (args, err)
+
+
+def test_evaluation_without_images_is_an_error_and_defaults_to_the_bundled_head(cli, tmp_path):
+    from heads.model import BUNDLED_HEADS
+    from pixio_cli.checkpoints import WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / BUNDLED_HEADS["depth-tiny"]).exists():
+        pytest.skip("no bundled depth head")
+    code, out, err = cli(["evaluate", "depth", "--data", tmp_path, "--json"])  # no --model: the bundled head
+    assert code == 1 and out == ""
+    assert str(tmp_path) in err and "7scenes" in err and "val split" in err
+
+
+def test_decoding_workers_die_with_a_killed_run(tmp_path):
+    for i in range(200):
+        write_rgb(tmp_path / "imgs" / f"{i:03d}.jpg", 300, 400, seed=i)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "pixio_cli", "extract", str(tmp_path / "imgs"), "-o",
+                             str(tmp_path / "o"), "--workers", "2", "-q", "--batch-size", "2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    deadline = time.time() + 60
+    while time.time() < deadline and len(children) < 2:
+        children = _children(proc.pid)
+        time.sleep(0.2)
+    assert len(children) >= 2, "the decoding workers did not start"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(c) for c in children):
+        time.sleep(0.2)
+    assert not any(_alive(c) for c in children)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+# ------------------------------------------------------------------ help, start-up
+
+
+def test_help_reads_as_a_user_expects(cli):
+    code, out, _ = cli(["--help"])
+    assert code == 0 and all(c in out for c in ("train", "evaluate", "recon3d", "extract"))
+    code, out, _ = cli(["extract", "--help"])
+    assert "<bool>" not in out and "--json " in out.replace("\n", " ") and "[required]" in out
+    code, out, _ = cli(["depth", "--help"])
+    assert "--tile / --no-tile" in out and "--output <path>" in out and "[required]" in out
+
+
+def test_the_command_line_starts_without_torch():
+    code = ("import sys, pixio_cli.cli; "
+            "heavy = [m for m in ('torch', 'timm', 'cv2', 'open3d', 'huggingface_hub', 'transformers') "
+            "if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+# ------------------------------------------------------------------ the zoo
+
+
+def test_zoo_every_image_command_on_good_corrupt_and_odd_images(cli, tiny_encoder_file, depth_head, seg_head, tmp_path):
+    """One folder of good, corrupt and odd images through every image command: outputs, messages, exit codes."""
+    from pixio_cli.checkpoints import save_safetensors
+    from pixio_cli.encoder import EncoderConfig
+    from pretrain.mae import MAEConfig, PixioMAE
+
+    zoo = tmp_path / "zoo"
+    write_rgb(zoo / "good.jpg", 60, 80, seed=1)
+    write_rgb(zoo / "sub" / "good2.png", 50, 50, seed=2)
+    cv2.imwrite(str(zoo / "gray.png"), np.full((30, 40), 90, np.uint8))
+    cv2.imwrite(str(zoo / "rgba.png"), np.full((24, 36, 4), 128, np.uint8))
+    cv2.imwrite(str(zoo / "deep.tif"), np.full((20, 30, 3), 40000, np.uint16))
+    cv2.imwrite(str(zoo / "dot.png"), np.zeros((1, 1, 3), np.uint8))
+    (zoo / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    (zoo / "empty.png").write_bytes(b"")
+    (zoo / "notes.txt").write_text("not an image, not picked up")
+    good = 6
+    torch.manual_seed(0)
+    mae_cfg = MAEConfig(EncoderConfig(32, 2, 2, img_size=64), decoder_dim=16, decoder_depth=1, decoder_heads=2,
+                        mask_grid=2)
+    mae_file = tmp_path / "mae.safetensors"
+    save_safetensors(PixioMAE(mae_cfg).state_dict(), mae_file,
+                     {"mae_config": mae_cfg.to_dict(), "encoder_config": mae_cfg.encoder.to_dict()})
+    runs = {
+        "extract": (["extract", zoo, "-o", tmp_path / "x", "--model", tiny_encoder_file], "*.npz", "extracted"),
+        "depth": (["depth", zoo, "-o", tmp_path / "d", "--model", depth_head, "--vis"], "*.png", "predicted"),
+        "segment": (["segment", zoo, "-o", tmp_path / "s", "--model", seg_head], "*.png", "segmented"),
+        "curate": (["curate", zoo, "-o", tmp_path / "c", "--model", mae_file, "--resolution", "64"], None, "curated"),
+    }
+    for name, (args, pattern, verb) in runs.items():
+        code, _, err = cli([*args, "-q", "--workers", "0", "--precision", "fp32"])
+        assert code == 1, (name, err)  # two inputs failed
+        assert "Traceback" not in err and "internal error" not in err
+        failed = [line for line in err.splitlines() if line.startswith("failed: ")]
+        assert len(failed) == 2 and any("corrupt.jpg" in f for f in failed) and any("empty.png" in f for f in failed)
+        assert verb in err
+        if pattern is not None:
+            written = [p for p in (tmp_path / args[3].name).rglob(pattern) if not p.name.endswith("_vis.png")]
+            assert len(written) == good, (name, sorted(p.name for p in written))
+        else:
+            rows = (tmp_path / "c" / "manifest.jsonl").read_text().splitlines()
+            assert len(rows) == good + 2 and sum("error" in json.loads(r) for r in rows) == 2
+        code, _, err = cli([*args, "-q", "--workers", "0", "--precision", "fp32"])
+        assert code == 1 and "failed: " in err  # a rerun redoes nothing that worked and still names the failures
+        if verb != "curated":
+            assert f"skipped {good}" in err
+    assert not list(tmp_path.rglob("*.tmp"))
