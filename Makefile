@@ -25,7 +25,7 @@ test: dev
 	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected"; rc=0; fi; exit $$rc
 
 bench: dev
-	$(BIN)/python -m benchmarks.extract --size b16 --device auto
+	$(BIN)/python -m benchmarks.run_all
 
 clean:
 	rm -rf out build *.egg-info

@@ -1,9 +1,19 @@
-"""What the benchmarks share: one set of random weights in both models, and a timer."""
+"""What the benchmarks share: one set of random weights in both models, timers, the hardware limit.
+
+Every benchmark prints one JSON object on stdout whose ``ratio`` is ours / the
+reference measured in the same run, next to the limit of the hardware it ran
+on (the measured matmul rate at the precision used), so each figure says how
+close to the machine it is.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -11,6 +21,8 @@ import torch
 from pixio_cli.checkpoints import load_encoder
 from pixio_cli.encoder import PixioEncoder, size_config
 from pixio_cli.engine import Engine
+
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 
 
 def same_weights(size: str, engine: Engine) -> tuple[torch.nn.Module, PixioEncoder]:
@@ -27,18 +39,80 @@ def same_weights(size: str, engine: Engine) -> tuple[torch.nn.Module, PixioEncod
     return engine.prepare(hf), ours
 
 
+def save_transformers_weights(size: str, folder: Path) -> Path:
+    """Random weights of a size, saved by transformers (what a user downloads), for end-to-end runs."""
+    from transformers import PixioConfig, PixioModel
+
+    cfg = size_config(size)
+    torch.manual_seed(0)
+    PixioModel(PixioConfig(hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth,
+                           num_attention_heads=cfg.num_heads, image_size=cfg.img_size)).save_pretrained(folder)
+    return folder
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def images_per_second(fn: Callable[[torch.Tensor], object], batches: list[torch.Tensor], iters: int,
                       device: torch.device) -> float:
     """Images per second of ``fn`` over ``batches``, after a warm-up pass."""
     for b in batches[:2]:
         fn(b)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     start, n = time.perf_counter(), 0
     for _ in range(iters):
         for b in batches:
             fn(b)
             n += b.shape[0]
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     return n / (time.perf_counter() - start)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, seconds: float = 1.0) -> float:
+    """Measured dense matmul rate (TFLOP/s) of this device at ``dtype``: the ceiling a model can reach."""
+    n = n or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+        if device.type == "cuda" and reps % 10:
+            continue
+        sync(device)
+    sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def vit_flops(embed_dim: int, depth: int, tokens: int, mlp_ratio: float = 4.0) -> float:
+    """Matmul FLOPs of one forward of ``depth`` ViT blocks over ``tokens`` tokens (attention included)."""
+    per_block = 2 * tokens * embed_dim * embed_dim * (4 + 2 * mlp_ratio) + 4 * tokens * tokens * embed_dim
+    return depth * per_block
+
+
+def photos(n: int) -> list[Path]:
+    """Up to ``n`` real photos from ../shared/data (none when it is absent)."""
+    return sorted(PHOTOS.glob("*.JPEG"))[:n] if PHOTOS.exists() else []
+
+
+def environment(device: torch.device) -> dict:
+    """What a result depends on: the device, the software, the threads."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    if device.type == "cpu":
+        try:
+            model = [l for l in open("/proc/cpuinfo") if l.startswith("model name")]
+            name = model[0].split(":", 1)[1].strip() if model else name
+        except OSError:
+            pass
+    return {"device": str(device), "device_name": name, "cpus": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def emit(result: dict) -> None:
+    """Print a benchmark's result as one JSON line (what `make bench` collects)."""
+    print(json.dumps(result), flush=True)

@@ -1,9 +1,11 @@
 """Images/s of `pixio depth`'s model path against the same DPT head on transformers.PixioModel features.
 
 Both paths share the weights (made by transformers, read by our checkpoint
-reader), the head, device, precision, batch and input size. The reference runs
-transformers with all hidden states and applies its final LayerNorm to the
-chosen blocks; ours stops after the last block the head needs.
+reader), the head, device, batch and input size. The reference is the plain
+way: transformers with all hidden states, its final LayerNorm on the chosen
+blocks, the head on top, at the official precision of the device (fp32 on a
+CPU, bf16 on CUDA). Ours runs at `pixio depth`'s default precision and stops
+after the last block the head needs.
 
     python -m benchmarks.depth --size b16 --side 512 --device cuda --precision bf16 --batch 16
     python -m benchmarks.depth --size t16 --side 256 --device cpu --batch 4 --features 64 --head-channels 48,96,192,192
@@ -12,7 +14,7 @@ chosen blocks; ours stops after the last block the head needs.
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,7 @@ from heads.features import dpt_blocks
 from heads.model import DenseModel, HeadConfig
 from pixio_cli.engine import Engine
 
-from .common import images_per_second, same_weights
+from .common import emit, environment, images_per_second, matmul_peak, same_weights
 
 
 def main() -> None:
@@ -38,10 +40,14 @@ def main() -> None:
     args = ap.parse_args()
 
     engine = Engine(args.device, args.precision, args.batch, workers=0, compile=args.compile)
-    hf, encoder = same_weights(args.size, engine)
+    ref_engine = Engine(args.device, "bf16" if engine.device.type == "cuda" else "fp32", args.batch, workers=0,
+                        compile=args.compile)
+    hf, encoder = same_weights(args.size, ref_engine)
     head_cfg = HeadConfig(task="depth", features=args.features,
                           head_channels=[int(c) for c in args.head_channels.split(",")])
-    ours = engine.prepare(DenseModel(encoder, head_cfg))
+    ours = DenseModel(encoder, head_cfg)
+    ref_head = ref_engine.prepare(copy.deepcopy(ours.head))
+    ours = engine.prepare(ours)
     blocks = dpt_blocks(encoder.depth)
 
     def reference(x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -52,21 +58,24 @@ def main() -> None:
             t = hf.layernorm(states[b + 1])
             f = torch.cat([t[:, 8:], t[:, :8].mean(1, keepdim=True).expand(-1, h * w, -1)], 2)
             feats.append(f.transpose(1, 2).reshape(x.shape[0], -1, h, w))
-        out = F.interpolate(ours.head(feats), size=x.shape[-2:], mode="bilinear", align_corners=True)
+        out = F.interpolate(ref_head(feats), size=x.shape[-2:], mode="bilinear", align_corners=True)
         return {"depth": torch.sigmoid(out[:, 0]) * head_cfg.max_depth}
 
     def ours_fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"depth": ours(x)}
 
-    ref_run, ours_run = engine.maybe_compile(reference), engine.maybe_compile(ours_fn)
+    ref_run, ours_run = ref_engine.maybe_compile(reference), engine.maybe_compile(ours_fn)
     x = torch.randn(args.batch, 3, args.side, args.side, device=engine.device)
-    diff = (engine.infer(ours_run, x)["depth"].float() - engine.infer(ref_run, x)["depth"].float()).abs().max()
+    diff = (engine.infer(ours_run, x)["depth"].float() - ref_engine.infer(ref_run, x)["depth"].float()).abs().max()
     ours_ips = images_per_second(lambda b: engine.infer(ours_run, b), [x], args.iters, engine.device)
-    ref_ips = images_per_second(lambda b: engine.infer(ref_run, b), [x], args.iters, engine.device)
-    print(json.dumps({"size": args.size, "side": args.side, "device": str(engine.device),
-                      "dtype": str(engine.dtype).replace("torch.", ""), "batch": args.batch,
-                      "ours_img_s": round(ours_ips, 2), "transformers_head_img_s": round(ref_ips, 2),
-                      "ratio": round(ours_ips / ref_ips, 3), "max_abs_diff_m": float(diff)}))
+    ref_ips = images_per_second(lambda b: ref_engine.infer(ref_run, b), [x], args.iters, engine.device)
+    emit({"benchmark": "depth", **environment(engine.device), "size": args.size, "side": args.side,
+          "precision": str(engine.dtype).replace("torch.", ""),
+          "reference_precision": str(ref_engine.dtype).replace("torch.", ""), "batch": args.batch,
+          "reference": "transformers.PixioModel hidden states + the same DPT head",
+          "ours_img_s": round(ours_ips, 2), "reference_img_s": round(ref_ips, 2),
+          "ratio": round(ours_ips / ref_ips, 3), "max_abs_diff_m": round(float(diff), 5),
+          "matmul_peak_tflop_s": round(matmul_peak(engine.device, engine.dtype), 3)})
 
 
 if __name__ == "__main__":

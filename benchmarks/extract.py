@@ -12,8 +12,6 @@ ratio ours / transformers.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,10 +19,7 @@ import torch
 from pixio_cli.engine import Engine
 from pixio_cli.images import ResizePolicy, load_for_model
 
-from .common import images_per_second, same_weights
-
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
-
+from .common import PHOTOS, emit, environment, images_per_second, matmul_peak, same_weights
 
 def images(n: int, side: int) -> list[np.ndarray]:
     files = sorted(PHOTOS.glob("*.JPEG"))[:n] if PHOTOS.exists() else []
@@ -70,11 +65,11 @@ def main() -> None:
                 - engine.infer(hf_run, batches[0])["patches"].float()).abs().max().item()
     ours_ips = images_per_second(lambda b: engine.infer(ours_run, b), batches, args.iters, engine.device)
     hf_ips = images_per_second(lambda b: engine.infer(hf_run, b), batches, args.iters, engine.device)
-    result = {"size": args.size, "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
-              "batch": args.batch, "side": args.side, "compile": args.compile, "ours_img_s": round(ours_ips, 2),
-              "transformers_img_s": round(hf_ips, 2), "ratio": round(ours_ips / hf_ips, 3),
-              "max_abs_diff": diff, "torch_threads": torch.get_num_threads()}
-    print(json.dumps(result))
+    emit({"benchmark": "extract", **environment(engine.device), "size": args.size,
+          "precision": str(engine.dtype).replace("torch.", ""), "batch": args.batch, "side": args.side,
+          "compile": args.compile, "reference": "transformers.PixioModel, same weights, precision and batches",
+          "ours_img_s": round(ours_ips, 2), "reference_img_s": round(hf_ips, 2), "ratio": round(ours_ips / hf_ips, 3),
+          "max_abs_diff": diff, "matmul_peak_tflop_s": round(matmul_peak(engine.device, engine.dtype), 3)})
 
 
 if __name__ == "__main__":

@@ -306,9 +306,22 @@ class Engine:
         return self.prepare(load_encoder(source, size=size))
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model on this engine's device, frozen, for inference only.
+
+        At bf16/fp16 the weights of linear and convolution layers are cast once
+        here: autocast would cast them again on every call (frozen weights are not
+        cached), and the numbers are the same. Norms stay in fp32.
+        """
         model = model.to(self.device).eval()
         for p in model.parameters():
             p.requires_grad_(False)
+        if self.dtype != torch.float32:
+            for m in model.modules():
+                if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                    m.to(self.dtype)
+        from .encoder import set_fused_attention
+
+        set_fused_attention(model, self.device, self.dtype)
         return model
 
     def maybe_compile(self, fn: Callable) -> Callable:

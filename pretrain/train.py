@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pixio_cli.checkpoints import save_safetensors
+from pixio_cli.encoder import set_fused_attention
 from pixio_cli.engine import autocast, dist_info, pick_device, pick_dtype
 from pixio_cli.errors import PixioError, UsageError
 from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD
@@ -124,6 +125,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.core = PixioMAE(cfg.mae, drop_path=cfg.drop_path).to(self.device)
         self.core.grad_checkpointing = cfg.grad_checkpointing
+        set_fused_attention(self.core, self.device, self.dtype)
         self.model = self._wrap(self.core)
         self.peak_lr = cfg.peak_lr(self.world)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=self.peak_lr,

@@ -1,0 +1,70 @@
+"""Images/s of `pixio curate`'s MAE-loss statistic against a plain loop in the same run.
+
+Both score the same photos with the same MAE (random weights) and the same K
+fixed masks on the central crop. The reference is the plain way: the model in
+fp32 (the official precision on a CPU), one batch at a time. Ours is the
+Curator at its default precision, through the engine.
+
+    python -m benchmarks.curate --size t16 --images 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+import torch
+
+from pixio_cli.encoder import size_config
+from pixio_cli.engine import Engine
+from pixio_cli.images import ResizePolicy, load_for_model
+from pretrain.curation import Curator, Settings
+from pretrain.mae import MAEConfig, PixioMAE
+
+from .common import emit, environment, images_per_second, matmul_peak, photos
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="t16")
+    ap.add_argument("--img-size", type=int, default=128)
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--masks", type=int, default=4)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--iters", type=int, default=2)
+    args = ap.parse_args()
+
+    cfg = MAEConfig(dataclasses.replace(size_config(args.size), img_size=args.img_size), decoder_depth=3,
+                    decoder_dim=192, decoder_heads=6, mask_grid=2)
+    torch.manual_seed(0)
+    mae = PixioMAE(cfg).eval()
+    ours_engine = Engine(args.device, None, args.batch, workers=0)
+    ref_engine = Engine(args.device, "bf16" if ours_engine.device.type == "cuda" else "fp32", args.batch, workers=0)
+    settings = Settings(model="random", model_config=cfg.to_dict(), resolution=args.img_size, masks=args.masks,
+                        seed=0, precision="")
+    ours = Curator(ours_engine.prepare(mae), ours_engine, settings, ".")
+    torch.manual_seed(0)
+    ref = Curator(ref_engine.prepare(PixioMAE(cfg).eval()), ref_engine, settings, ".")
+    policy = ResizePolicy.parse(f"{args.img_size}x{args.img_size}")
+    imgs = [load_for_model(f, policy)[0] for f in photos(args.images)]
+    rng = np.random.default_rng(0)
+    while len(imgs) < args.images:
+        imgs.append(rng.integers(0, 255, (args.img_size, args.img_size, 3), dtype=np.uint8))
+    batches = [ours_engine.to_pixels(imgs[i:i + args.batch]) for i in range(0, len(imgs), args.batch)]
+    a = ours_engine.infer(ours.losses, batches[0])["mae_loss_raw"]
+    b = ref_engine.infer(ref.losses, batches[0])["mae_loss_raw"]
+    ours_ips = images_per_second(lambda x: ours_engine.infer(ours.losses, x), batches, args.iters, ours_engine.device)
+    ref_ips = images_per_second(lambda x: ref_engine.infer(ref.losses, x), batches, args.iters, ours_engine.device)
+    emit({"benchmark": "curate", **environment(ours_engine.device), "size": args.size, "img_size": args.img_size,
+          "masks": args.masks, "batch": args.batch, "precision": str(ours_engine.dtype).removeprefix("torch."),
+          "reference": "plain loop, same MAE and masks, official precision",
+          "reference_precision": str(ref_engine.dtype).removeprefix("torch."),
+          "ours_img_s": round(ours_ips, 2), "reference_img_s": round(ref_ips, 2), "ratio": round(ours_ips / ref_ips, 3),
+          "max_rel_diff_loss": round(float(((a - b).abs() / b.abs()).max()), 5),
+          "matmul_peak_tflop_s": round(matmul_peak(ours_engine.device, ours_engine.dtype), 3)})
+
+
+if __name__ == "__main__":
+    main()

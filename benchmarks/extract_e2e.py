@@ -1,0 +1,94 @@
+"""`pixio extract` end to end (process start to last file) against the plain script a user would write.
+
+The reference is `benchmarks.plain_extract`: transformers.PixioModel in fp32,
+OpenCV decoding, batches of 16, np.savez. Ours runs as a user runs it, at its
+default precision and forced to fp32. Both read the same random weights (saved
+by transformers) and the same photos, run as separate processes, alternating,
+``--repeat`` times; the best wall time of each counts. Also reported: how close
+our default-precision features are to fp32 (cosine of patch tokens), and the
+hardware limit (model FLOPs per image against the measured matmul rate).
+
+    python -m benchmarks.extract_e2e --size b16 --images 96
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixio_cli.encoder import size_config
+from pixio_cli.engine import default_precision
+
+from .common import emit, environment, matmul_peak, photos, save_transformers_weights, vit_flops
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(cmd: list[str], stdin: str | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, input=stdin, text=True, check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return time.perf_counter() - start
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
+    return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="b16")
+    ap.add_argument("--images", type=int, default=96)
+    ap.add_argument("--repeat", type=int, default=2)
+    args = ap.parse_args()
+
+    files = photos(args.images)
+    if len(files) < args.images:
+        sys.exit("needs ../shared/data/photos")
+    device = torch.device("cpu")
+    precision = default_precision(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        weights = save_transformers_weights(args.size, tmp / "weights")
+        listing = "".join(f"{f}\n" for f in files)
+        (tmp / "list.txt").write_text(listing)
+        runs = {
+            "plain": lambda k: timed([sys.executable, "-m", "benchmarks.plain_extract", str(weights),
+                                      str(tmp / "list.txt"), str(tmp / f"plain{k}")]),
+            "ours": lambda k: timed([sys.executable, "-m", "pixio_cli", "extract", "-", "-o", str(tmp / f"ours{k}"),
+                                     "-m", str(weights), "--resize", "256x256", "-q"], listing),
+            "ours_fp32": lambda k: timed([sys.executable, "-m", "pixio_cli", "extract", "-", "-o",
+                                          str(tmp / f"fp32{k}"), "-m", str(weights), "--resize", "256x256", "-q",
+                                          "--precision", "fp32"], listing),
+        }
+        best = {name: min(run(k) for k in range(args.repeat)) for name, run in runs.items()}
+        stem = files[0].stem
+        plain = np.load(tmp / "plain0" / f"{stem}.npz")["patch_tokens"]
+        ours = np.load(tmp / "ours0" / f"{stem}.npz")["patch_tokens"][0]
+        fp32 = np.load(tmp / "fp320" / f"{stem}.npz")["patch_tokens"][0]
+    cfg = size_config(args.size)
+    gflop = vit_flops(cfg.embed_dim, cfg.depth, 8 + 256) / 1e9
+    peak = matmul_peak(device, torch.bfloat16 if precision == "bf16" else torch.float32)
+    peak32 = matmul_peak(device, torch.float32)
+    emit({"benchmark": "extract_e2e", **environment(device), "size": args.size, "images": args.images, "side": 256,
+          "precision": precision, "reference": "plain script, transformers.PixioModel fp32",
+          "reference_s": round(best["plain"], 2), "ours_s": round(best["ours"], 2),
+          "ours_fp32_s": round(best["ours_fp32"], 2), "ratio": round(best["plain"] / best["ours"], 3),
+          "ratio_fp32": round(best["plain"] / best["ours_fp32"], 3),
+          "min_cosine_to_fp32": round(cosine(ours, fp32), 6), "max_abs_diff_fp32_vs_plain": float(np.abs(fp32 - plain).max()),
+          "gflop_per_image": round(gflop, 1),
+          "achieved_tflop_s": round(gflop * args.images / best["ours"] / 1e3, 3),
+          "matmul_peak_tflop_s": round(peak, 3), "matmul_peak_fp32_tflop_s": round(peak32, 3)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""`make bench`: every benchmark at the sizes of this device, one results table.
+
+Writes ``benchmarks/results/<device>.json`` (every benchmark's full JSON) and
+the Markdown table between the ``bench`` markers of the README's performance
+section. On a CPU the whole run takes a few minutes; on a GPU it uses the
+sizes the issues name (h16 bf16 extraction, h16 pretraining MFU, b16 + DPT at
+512 px).
+
+    python -m benchmarks.run_all            # all, on this machine's device
+    python -m benchmarks.run_all --only extract,pretrain
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+
+CPU = {
+    "startup": ["benchmarks.startup", "--repeat", "3"],
+    "extract_e2e": ["benchmarks.extract_e2e", "--size", "b16", "--images", "96", "--repeat", "2"],
+    "extract": ["benchmarks.extract", "--size", "b16", "--device", "cpu", "--batch", "16", "--images", "32",
+                "--iters", "2"],
+    "pretrain": ["benchmarks.pretrain", "--size", "t16", "--img-size", "128", "--batch", "32", "--device", "cpu",
+                 "--decoder-depth", "3", "--decoder-dim", "192", "--decoder-heads", "6", "--mask-grid", "2",
+                 "--iters", "6", "--warmup", "2"],
+    "depth": ["benchmarks.depth", "--size", "t16", "--side", "256", "--device", "cpu", "--batch", "4",
+              "--features", "64", "--head-channels", "48,96,192,192", "--iters", "3"],
+    "curate": ["benchmarks.curate", "--size", "t16", "--images", "64", "--device", "cpu"],
+}
+GPU = {
+    "extract": ["benchmarks.extract", "--size", "h16", "--device", "cuda", "--batch", "64", "--images", "256",
+                "--iters", "3"],
+    "extract_compiled": ["benchmarks.extract", "--size", "h16", "--device", "cuda", "--batch", "64", "--images",
+                         "256", "--iters", "3", "--compile"],
+    "pretrain": ["benchmarks.pretrain", "--size", "h16", "--batch", "64", "--device", "cuda", "--iters", "8",
+                 "--peak-tflops", "989"],
+    "pretrain_compiled": ["benchmarks.pretrain", "--size", "h16", "--batch", "64", "--device", "cuda", "--iters",
+                          "8", "--peak-tflops", "989", "--compile"],
+    "depth": ["benchmarks.depth", "--size", "b16", "--side", "512", "--device", "cuda", "--batch", "16"],
+    "curate": ["benchmarks.curate", "--size", "b16", "--img-size", "256", "--images", "512", "--batch", "64",
+               "--device", "cuda"],
+    "startup": ["benchmarks.startup", "--repeat", "3"],
+}
+
+WHAT = {
+    "startup": "`pixio extract one.jpg`, end to end, vs `import torch` alone",
+    "extract_e2e": "`pixio extract` 96 photos b16 256 px end to end vs a plain transformers fp32 script",
+    "extract": "`pixio extract`'s model path vs `transformers.PixioModel`",
+    "extract_compiled": "the same, with `--compile`",
+    "pretrain": "a pretraining step vs a plain MAE step (official precision, for-loop AdamW)",
+    "pretrain_compiled": "the same, with `--compile`",
+    "depth": "`pixio depth`'s model path vs transformers hidden states + the same DPT head",
+    "curate": "`pixio curate`'s MAE-loss statistic vs a plain loop",
+}
+
+
+def run(module_args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, "-m", *module_args], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    return json.loads(lines[-1])
+
+
+def row(name: str, r: dict) -> str:
+    if "error" in r:
+        return f"| {name} | {WHAT.get(name, '')} | failed: {r['error']} | | | |"
+    if name == "startup":
+        ours = f"{r['extract_one_s']} s (help {r['help_s']} s, usage error {r['usage_error_s']} s)"
+        ref = f"{r['import_torch_s']} s"
+        limit = f"timm -> torchvision import {r['timm_torchvision_s']} s"
+    elif name == "extract_e2e":
+        ours = f"{r['ours_s']} s {r['precision']} (fp32: {r['ours_fp32_s']} s, {r['ratio_fp32']}x)"
+        ref = f"{r['reference_s']} s"
+        limit = (f"{r['achieved_tflop_s']} of {r['matmul_peak_tflop_s']} TFLOP/s bf16 matmul peak "
+                 f"(fp32 peak {r['matmul_peak_fp32_tflop_s']}); cosine to fp32 {r['min_cosine_to_fp32']}")
+    else:
+        unit = "img/s"
+        prec = r.get("precision", r.get("dtype", ""))
+        ours = f"{r.get('ours_img_s')} {unit} {prec}"
+        ref = f"{r.get('reference_img_s', r.get('transformers_img_s'))} {unit} {r.get('reference_precision', prec)}"
+        limit = f"matmul peak {r.get('matmul_peak_tflop_s', '?')} TFLOP/s"
+        if "mfu_of_measured_peak" in r:
+            limit += f"; MFU {r['mfu_of_measured_peak']:.0%} of it"
+        if "mfu_of_datasheet_peak" in r:
+            limit += f" ({r['mfu_of_datasheet_peak']:.0%} of the data sheet)"
+        if "max_loss_rel_diff" in r:
+            limit += f"; losses within {r['max_loss_rel_diff']:.2%}"
+    return f"| {name} | {WHAT.get(name, '')} | {ours} | {ref} | **{r['ratio']}x** | {limit} |"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=None, help="comma-separated benchmark names")
+    ap.add_argument("--no-readme", action="store_true")
+    args = ap.parse_args()
+    import torch
+
+    cuda = torch.cuda.is_available()
+    plan = GPU if cuda else CPU
+    if args.only:
+        plan = {k: v for k, v in plan.items() if k in args.only.split(",")}
+    results = {}
+    for name, module_args in plan.items():
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results[name] = run(module_args)
+        print(json.dumps(results[name]), file=sys.stderr, flush=True)
+    first = next((r for r in results.values() if "device_name" in r), {})
+    kind = "cuda-" + re.sub(r"[^a-z0-9]+", "-", first.get("device_name", "gpu").lower()).strip("-") if cuda else "cpu"
+    record = {"date": datetime.date.today().isoformat(), "device": first.get("device_name"),
+              "cpus": first.get("cpus"), "torch": first.get("torch"), "results": results}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{kind}.json"
+    if path.exists() and args.only:  # a partial run updates the benchmarks it ran
+        old = json.loads(path.read_text())
+        record["results"] = {**old.get("results", {}), **results}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    table = [f"Measured {record['date']} on {record['device']} ({record['cpus']} CPUs visible), torch "
+             f"{record['torch']}; `python -m benchmarks.run_all` wrote it, with every figure in "
+             f"`benchmarks/results/{kind}.json`.", "",
+             "| benchmark | what | ours | reference (same run) | ratio | hardware limit |", "|---|---|---|---|---|---|"]
+    table += [row(name, r) for name, r in record["results"].items()]
+    print("\n".join(table))
+    if not args.no_readme and README.exists():
+        text = README.read_text()
+        start, end = f"<!-- bench:{kind}:start -->", f"<!-- bench:{kind}:end -->"
+        block = start + "\n" + "\n".join(table) + "\n" + end
+        if start in text and end in text:
+            text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+        else:
+            text = text.replace("<!-- bench:tables -->", f"<!-- bench:tables -->\n\n{block}")
+        README.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
