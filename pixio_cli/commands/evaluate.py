@@ -1,4 +1,4 @@
-"""``pixio evaluate depth|segment``: the official metrics of a head checkpoint on a dataset."""
+"""``pixio evaluate depth|segment|knn``: the official metrics of a head checkpoint or an encoder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import typer
 from .. import options as opt
 from ..errors import UsageError
 
-app = typer.Typer(help="Evaluate a head checkpoint (sliding windows, official metrics).", no_args_is_help=True)
+app = typer.Typer(help="Evaluate a head (depth, segment) or an encoder (knn), with the official metrics.",
+                  no_args_is_help=True)
 
 
 def _run(task: str, model: str, data: Path, dataset: str, split: str, json_out: bool, device: str,
@@ -71,6 +72,68 @@ def evaluate_segment(
 
     Measures exactly what `pixio segment` writes by default."""
     _run("segment", model, data, dataset, split, json_out, device, precision, limit, workers, classes=classes)
+
+
+@app.command("knn")
+def evaluate_knn(
+        data: Annotated[Optional[Path], typer.Option(
+            help="ImageNet-style folder: train/<class>/*, val/<class>/*.")] = None,
+        model: Annotated[str, typer.Option("--model", "-m", help="Encoder: model id or checkpoint.")] = opt.DEFAULT,
+        size: opt.Size = None,
+        k: Annotated[str, typer.Option("--k", "-k", help="Neighbour counts, comma-separated.")] = "10,20,100,200",
+        temperature: Annotated[float, typer.Option(help="Temperature of the vote weights exp(sim / T).", min=1e-6)] = 0.07,
+        train_list: Annotated[Optional[Path], typer.Option(help="Instead of --data: 'path label' lines.")] = None,
+        val_list: Annotated[Optional[Path], typer.Option(help="Instead of --data: 'path label' lines.")] = None,
+        cache: Annotated[Optional[Path], typer.Option(
+            help="Keep the features here: a rerun or another k reads them instead of running the encoder.")] = None,
+        normed: Annotated[bool, typer.Option(
+            "--normed", help="Pool the CLS tokens after the final LayerNorm (official: before).")] = False,
+        resolution: Annotated[int, typer.Option(help="Short side, then the central square.", min=16)] = 256,
+        json_out: JsonOut = False, overwrite: opt.Overwrite = False, device: opt.Device = "auto",
+        precision: opt.Precision = None, batch_size: opt.BatchSize = 64, workers: opt.Workers = None,
+        quiet: opt.Quiet = False) -> None:
+    """k-NN classification accuracy of an encoder's frozen features (the official Pixio protocol).
+
+    Mean of the last block's 8 CLS tokens, L2-normalised; a vote of the k nearest
+    training images weighted by exp(similarity / 0.07); top-1 and top-5 in percent.
+    """
+    import json
+    import tempfile
+
+    import torch
+
+    from heads.knn import find_splits, knn_classify, pooled_features
+
+    from ..engine import Engine
+    from ..resume import model_identity
+    try:
+        ks = [int(v) for v in k.split(",") if v.strip()]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise UsageError(f"-k {k}: expected positive neighbour counts such as 10,20")
+    if data is None and train_list is None:
+        raise UsageError("give --data (train/ and val/ inside) or --train-list and --val-list")
+    train, val, classes = find_splits(data or Path("."), train_list, val_list)
+    engine = Engine(device, precision, batch_size, workers, progress=False if quiet else None)
+    encoder = engine.load_encoder(model, size)
+    settings = {"--model": model_identity(model), "--size": size, "--resolution": resolution, "--normed": normed,
+                "--precision": str(engine.dtype).removeprefix("torch.")}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = cache if cache is not None else Path(tmp)
+        feats = {name: pooled_features(engine, encoder, split.paths, root / name, settings, overwrite, resolution,
+                                       normed, desc=f"knn {name}")
+                 for name, split in (("train", train), ("val", val))}
+    train_labels, val_labels = torch.tensor(train.labels), torch.tensor(val.labels)
+    results = []
+    for kk in ks:
+        top1, top5 = knn_classify(feats["train"], train_labels, feats["val"], val_labels, kk, temperature,
+                                  len(classes))
+        results.append({"k": kk, "top1": round(top1, 3), "top5": round(top5, 3)})
+        typer.echo(f"{kk:>4d}-NN  top-1 {top1:6.2f}  top-5 {top5:6.2f}", err=True)
+    if json_out:
+        typer.echo(json.dumps({"results": results, "train": len(train.paths), "val": len(val.paths),
+                               "classes": len(classes)}))
 
 
 def register(root: typer.Typer) -> None:
