@@ -19,7 +19,7 @@ from .errors import PixioError
 
 app = typer.Typer(
     name="pixio",
-    help="Pixio vision encoder toolkit: pretrain, curate, extract, depth, segment, recon3d, train, evaluate.",
+    help="Pixio vision encoder toolkit: pretrain, distill, curate, extract, depth, segment, recon3d, train, evaluate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: flags read as flags, and no rich import on every start
@@ -48,9 +48,9 @@ def _root(
 
 def _register() -> None:
     # Each command module owns its registration; the order here is the order in --help.
-    from .commands import curate, depth, evaluate, extract, pretrain, recon3d, segment, train
+    from .commands import curate, depth, distill, evaluate, extract, pretrain, recon3d, segment, train
 
-    for module in (pretrain, curate, extract, depth, segment, recon3d, train, evaluate):
+    for module in (pretrain, distill, curate, extract, depth, segment, recon3d, train, evaluate):
         module.register(app)
 
 

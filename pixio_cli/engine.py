@@ -96,6 +96,23 @@ def pick_dtype(precision: str | None, device: torch.device) -> torch.dtype:
     return PRECISIONS[precision]
 
 
+def prepare_for_inference(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``model`` on ``device``, frozen, in eval mode; at bf16/fp16 its linear and convolution weights
+    cast once (autocast would cast frozen weights again on every call; the numbers are the same),
+    norms kept in fp32, and the attention kernel chosen for the device (see ``set_fused_attention``)."""
+    from .encoder import set_fused_attention
+
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if dtype != torch.float32:
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.to(dtype)
+    set_fused_attention(model, device, dtype)
+    return model
+
+
 def die_with_parent(_worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: the worker ends when its parent dies, even by ``kill -9``.
 
@@ -306,23 +323,8 @@ class Engine:
         return self.prepare(load_encoder(source, size=size))
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model on this engine's device, frozen, for inference only.
-
-        At bf16/fp16 the weights of linear and convolution layers are cast once
-        here: autocast would cast them again on every call (frozen weights are not
-        cached), and the numbers are the same. Norms stay in fp32.
-        """
-        model = model.to(self.device).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        if self.dtype != torch.float32:
-            for m in model.modules():
-                if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                    m.to(self.dtype)
-        from .encoder import set_fused_attention
-
-        set_fused_attention(model, self.device, self.dtype)
-        return model
+        """The model on this engine's device and precision, frozen (see :func:`prepare_for_inference`)."""
+        return prepare_for_inference(model, self.device, self.dtype)
 
     def maybe_compile(self, fn: Callable) -> Callable:
         return torch.compile(fn, dynamic=None) if self.compile else fn

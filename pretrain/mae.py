@@ -67,6 +67,30 @@ def unpatchify(x: torch.Tensor, p: int, grid_hw: tuple[int, int]) -> torch.Tenso
     return torch.einsum("nhwpqc->nchpwq", x).reshape(b, -1, h * p, w * p)
 
 
+def block_masking(noise: torch.Tensor, grid_hw: tuple[int, int], grid: int,
+                  ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mask ``ratio`` of the ``grid`` x ``grid``-patch blocks, keeping those with the lowest ``noise``.
+
+    Returns the kept patch ids (B, n_keep * grid^2) in block order, the ids that
+    restore the original order after [kept, masked] (B, L), and the mask (B, L),
+    1 where masked. Pretraining and distillation share it.
+    """
+    h, w = grid_hw
+    n_blocks = (h // grid) * (w // grid)
+    len_keep = int(n_blocks * (1 - ratio))
+    order = torch.argsort(noise, dim=1)
+    # patch ids of each grid x grid block, blocks row-major
+    blocks = torch.arange(h * w, device=noise.device).view(1, h, w).unfold(1, grid, grid).unfold(2, grid, grid)
+    blocks = blocks.reshape(n_blocks, grid * grid)
+    keep = blocks[order[:, :len_keep]].flatten(1)
+    masked = blocks[order[:, len_keep:]].flatten(1)
+    ids_restore = torch.argsort(torch.cat([keep, masked], dim=1), dim=1)
+    mask = torch.ones(noise.shape[0], h * w, device=noise.device)
+    mask[:, : keep.shape[1]] = 0
+    mask = torch.gather(mask, 1, ids_restore)
+    return keep, ids_restore, mask
+
+
 class PixioMAE(PixioEncoder):
     """Encoder + decoder for pretraining; the encoder part is a plain :class:`PixioEncoder`."""
 
@@ -104,26 +128,9 @@ class PixioMAE(PixioEncoder):
         return torch.rand(batch, self.n_mask_blocks(grid_hw), generator=generator, device=device)
 
     def masking(self, noise: torch.Tensor, grid_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Block masking as the official ``random_masking``.
-
-        Returns the kept patch ids (B, n_keep * g * g) in block order, the ids that
-        restore the original order after [kept, masked] (B, L), and the mask (B, L).
-        """
-        g = self.mae_cfg.mask_grid
-        h, w = grid_hw
-        n_blocks = self.n_mask_blocks(grid_hw)
-        len_keep = int(n_blocks * (1 - self.mae_cfg.mask_ratio))
-        order = torch.argsort(noise, dim=1)
-        # patch ids of each g x g block, blocks row-major
-        blocks = torch.arange(h * w, device=noise.device).view(1, h, w).unfold(1, g, g).unfold(2, g, g)
-        blocks = blocks.reshape(n_blocks, g * g)
-        keep = blocks[order[:, :len_keep]].flatten(1)
-        masked = blocks[order[:, len_keep:]].flatten(1)
-        ids_restore = torch.argsort(torch.cat([keep, masked], dim=1), dim=1)
-        mask = torch.ones(noise.shape[0], h * w, device=noise.device)
-        mask[:, : keep.shape[1]] = 0
-        mask = torch.gather(mask, 1, ids_restore)
-        return keep, ids_restore, mask
+        """Block masking as the official ``random_masking`` (see :func:`block_masking`)."""
+        self.n_mask_blocks(grid_hw)
+        return block_masking(noise, grid_hw, self.mae_cfg.mask_grid, self.mae_cfg.mask_ratio)
 
     # -- forward
 

@@ -31,6 +31,7 @@ from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD
 from pixio_cli.writers import atomic_path, write_image, write_json
 
 from .data import CurationRules, PretrainStream, Sources, collate
+from .distill import DistillConfig, Distiller, export_students, load_teacher
 from .mae import MAEConfig, PixioMAE
 
 CHECKPOINT = "checkpoint.pt"
@@ -38,9 +39,13 @@ CHECKPOINT = "checkpoint.pt"
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run; stored in the checkpoint and in ``<out>/config.json``."""
+    """Everything that defines a run; stored in the checkpoint and in ``<out>/config.json``.
 
-    mae: MAEConfig
+    A pretraining run has ``mae``; a distillation run has ``distill`` instead
+    (students of a frozen teacher). Everything else, the loop included, is shared.
+    """
+
+    mae: MAEConfig | None
     data: list[str]
     output: str
     steps: int
@@ -66,18 +71,28 @@ class TrainConfig:
     fsdp: bool = False
     curation: str | None = None
     rules: CurationRules = field(default_factory=CurationRules)
+    distill: DistillConfig | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["mae"] = self.mae.to_dict()
+        d["mae"] = self.mae.to_dict() if self.mae is not None else None
+        d["distill"] = self.distill.to_dict() if self.distill is not None else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
-        d["mae"] = MAEConfig.from_dict(d["mae"])
+        d["mae"] = MAEConfig.from_dict(d["mae"]) if d.get("mae") else None
+        d["distill"] = DistillConfig.from_dict(d["distill"]) if d.get("distill") else None
         d["rules"] = CurationRules(**d.get("rules", {}))
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    @property
+    def crop_size(self) -> int:
+        """The training crop: the encoder's size (for distillation, the students')."""
+        if self.mae is not None:
+            return self.mae.encoder.img_size
+        return next(iter(self.distill.students.values()))["img_size"]
 
     def total_batch(self, world: int) -> int:
         return self.batch_size * self.accum * world
@@ -123,7 +138,12 @@ class Trainer:
             torch.cuda.set_device(self.device)
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.core = PixioMAE(cfg.mae, drop_path=cfg.drop_path).to(self.device)
+        if cfg.distill is not None:
+            teacher = load_teacher(cfg.distill, self.device, self.dtype)
+            self.core = Distiller(cfg.distill, teacher.embed_dim, teacher.n_cls_tokens, cfg.drop_path).to(self.device)
+            self.core.attach_teacher(teacher)
+        else:
+            self.core = PixioMAE(cfg.mae, drop_path=cfg.drop_path).to(self.device)
         self.core.grad_checkpointing = cfg.grad_checkpointing
         set_fused_attention(self.core, self.device, self.dtype)
         self.model = self._wrap(self.core)
@@ -152,7 +172,8 @@ class Trainer:
             if self.dtype != torch.float32:
                 mp = MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
             kw = {"mp_policy": mp} if mp is not None else {}
-            for blk in [*model.blocks, *model.decoder_blocks]:
+            units = model.shard_units() if hasattr(model, "shard_units") else [*model.blocks, *model.decoder_blocks]
+            for blk in units:
                 fully_shard(blk, **kw)
             return fully_shard(model, **kw)
         if self.world > 1:
@@ -165,7 +186,7 @@ class Trainer:
         # The DataLoader serves workers round-robin from worker 0; rotate so that the
         # worker whose batch was due next when the checkpoint was taken comes first.
         rotate = (self.last_worker + 1) % max(1, cfg.workers) if self.last_worker is not None else 0
-        stream = PretrainStream(Sources.find(cfg.data), cfg.mae.encoder.img_size, cfg.seed, self.rank, self.world,
+        stream = PretrainStream(Sources.find(cfg.data), cfg.crop_size, cfg.seed, self.rank, self.world,
                                 curation=Path(cfg.curation) if cfg.curation else None, rules=cfg.rules,
                                 crop_scale=(cfg.crop_scale_min, 1.0), start=self.positions, rotate=rotate)
         # Its own generator: creating the iterator must not draw from the global RNG (masks, drop-path).
@@ -199,7 +220,8 @@ class Trainer:
         per_rank = self._gather({"rng": rng, "positions": dict(self.positions), "last_worker": self.last_worker})
         if self.rank == 0:
             state = {"model": model_sd, "optimizer": optim_sd, "step": self.step, "world": self.world,
-                     "workers": self.cfg.workers, "config": {"train": self.cfg.to_dict(), "mae": self.cfg.mae.to_dict()},
+                     "workers": self.cfg.workers, "config": {"train": self.cfg.to_dict(),
+                                                                    "mae": self.cfg.to_dict()["mae"]},
                      "ranks": per_rank}
             with atomic_path(self.out / CHECKPOINT) as tmp:
                 torch.save(state, tmp)
@@ -232,6 +254,9 @@ class Trainer:
         """``encoder.pth`` (official layout, loads strictly as an official checkpoint) and ``mae.safetensors``."""
         model_sd, _ = self._state_dicts()
         if self.rank != 0:
+            return
+        if self.cfg.distill is not None:
+            export_students(model_sd, self.cfg.distill, self.out)
             return
         encoder = {k: v for k, v in model_sd.items() if not k.startswith(("decoder_", "mask_token"))}
         with atomic_path(self.out / "encoder.pth") as tmp:
@@ -292,12 +317,14 @@ class Trainer:
                     dt = time.perf_counter() - t0
                     last = {"step": self.step, "loss": loss, "lr": lr, "images_per_s": images_since / dt,
                             "epoch": max((e for e, _ in self.positions.values()), default=0),
-                            "failed_images": sum(self.failed.values())}
+                            "failed_images": sum(self.failed.values()),
+                            **{k: float(v) for k, v in getattr(res, "logs", {}).items()}}  # per student, last step
                     t0, images_since = time.perf_counter(), 0
                     if self.rank == 0:
                         _append_metrics(out / "metrics.jsonl", last, board)
                         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-                if self.rank == 0 and cfg.recon_every and self.step % cfg.recon_every == 0:
+                if (self.rank == 0 and cfg.recon_every and self.step % cfg.recon_every == 0
+                        and hasattr(self.core, "reconstruct")):
                     self._recon_grid(x, res)
                 if self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save()

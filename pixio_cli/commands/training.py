@@ -1,0 +1,90 @@
+"""What `pixio pretrain` and `pixio distill` share: their training options and the run around them.
+
+Both drive the one training loop (``pretrain/train.py``); they differ only in
+the model and its loss.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UsageError
+
+Data = Annotated[Optional[list[str]], typer.Option(
+    help="Image folder, .tar shard, folder of shards, or .txt file list; repeat for several.")]
+Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder.")]
+Steps = Annotated[Optional[int], typer.Option(help="Optimizer steps (or use --epochs).", min=1)]
+Epochs = Annotated[Optional[float], typer.Option(help="Passes over the data (counted up front).")]
+Batch = Annotated[int, typer.Option("--batch-size", "-b", help="Images per process per micro-step.", min=1)]
+Accum = Annotated[int, typer.Option(help="Gradient accumulation steps.", min=1)]
+Blr = Annotated[float, typer.Option(help="Base lr; lr = blr x total batch / 256.")]
+Lr = Annotated[Optional[float], typer.Option(help="Absolute peak lr (overrides --blr).")]
+MinLr = Annotated[float, typer.Option(help="Final lr of the cosine schedule.")]
+Warmup = Annotated[Optional[int], typer.Option(help="Linear warmup steps (default: 10% of steps).")]
+WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay (not on biases and norms).")]
+ClipGrad = Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this value.")]
+ImgSize = Annotated[int, typer.Option(help="Training crop size.", min=16)]
+MaskGrid = Annotated[int, typer.Option(help="Mask block side, in patches.", min=1)]
+CropScaleMin = Annotated[float, typer.Option(help="RandomResizedCrop minimum area.")]
+Curation = Annotated[Optional[str], typer.Option(help="`pixio curate` output: per-shard JSONs or manifest.jsonl.")]
+MinEntropy = Annotated[Optional[float], typer.Option(help="Drop images with histogram_score <= this (paper: 4.5).")]
+MinSize = Annotated[Optional[int], typer.Option(help="Drop images whose height or width is below this (paper: 320).")]
+SoftSampling = Annotated[bool, typer.Option("--soft-sampling", help="Keep each image with probability mae_loss.")]
+Seed = Annotated[int, typer.Option(help="Random seed (weights, masks, data order).")]
+SaveEvery = Annotated[int, typer.Option(help="Checkpoint every N steps.", min=1)]
+LogEvery = Annotated[int, typer.Option(help="Log every N steps.", min=1)]
+Resume = Annotated[Optional[Path], typer.Option(help="Continue the run in this folder exactly.")]
+Fsdp = Annotated[bool, typer.Option("--fsdp", help="Shard with FSDP2 (fully_shard) instead of DDP.")]
+GradCkpt = Annotated[bool, typer.Option("--grad-checkpointing", help="Recompute activations.")]
+Workers = Annotated[int, typer.Option(help="Data loading processes per training process.", min=0)]
+
+
+def shared_settings(data: list[str] | None, output: Path | None, steps: int | None, epochs: float | None,
+                    batch_size: int, accum: int, warmup_steps: int | None, curation: str | None,
+                    min_entropy: float | None, min_size: int | None, soft_sampling: bool) -> dict:
+    """Checks and derived values common to both commands: steps from epochs, warmup, curation rules."""
+    from pretrain.data import CurationRules, Sources
+
+    from ..engine import dist_info
+
+    if not data or output is None:
+        raise UsageError("needs --data and -o/--output (or --resume DIR)")
+    rules = CurationRules(min_entropy, min_size, soft_sampling)
+    if rules.active and curation is None:
+        raise UsageError("--min-entropy, --min-size and --soft-sampling need --curation (a `pixio curate` output)")
+    if (Path(output) / "checkpoint.pt").exists():
+        raise UsageError(f"{output} already holds a run: use --resume {output}, or another -o")
+    if steps is None:
+        if epochs is None:
+            raise UsageError("give --steps or --epochs")
+        n = Sources.find(data).count()
+        steps = max(1, int(epochs * n / (batch_size * accum * dist_info()[1])))
+    return {"data": data, "output": str(output), "steps": steps, "batch_size": batch_size, "accum": accum,
+            "warmup_steps": warmup_steps if warmup_steps is not None else steps // 10, "curation": curation,
+            "rules": rules}
+
+
+def resume_run(folder: Path, steps: int | None) -> None:
+    """Continue the run in ``folder`` exactly (``--steps`` may extend it)."""
+    from pretrain.train import Trainer, read_run_config
+
+    cfg = read_run_config(folder)
+    if steps is not None:
+        cfg.steps = steps
+    report(Trainer(cfg, resume=True).run(), cfg)
+
+
+def report(result: dict, cfg) -> None:
+    """The run's last log line, on rank 0."""
+    from ..engine import dist_info
+
+    if dist_info()[0] == 0:
+        made = (", ".join(str(Path(cfg.output) / n / "encoder.pth") for n in cfg.distill.students)
+                if cfg.distill is not None else str(Path(cfg.output) / "encoder.pth"))
+        typer.echo(f"done: step {result.get('step')}, loss {result.get('loss', float('nan')):.4f}; encoder at {made}",
+                   err=True)
+        typer.echo(json.dumps(result), err=True)
