@@ -15,9 +15,7 @@ import torch
 
 from .encoder import EncoderConfig, PixioEncoder, size_config, size_name
 from .errors import CheckpointError
-from .model_ids import BUNDLED, DEFAULT_MODEL, HUB_MODELS  # noqa: F401 (re-exported)
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+from .model_ids import BUNDLED, DEFAULT_MODEL, HUB_MODELS, WEIGHTS_DIR, resolve  # noqa: F401 (re-exported)
 
 FORMAT_KEY = "pixio_format"
 
@@ -32,73 +30,6 @@ class Checkpoint:
 
 
 # ---------------------------------------------------------------------------- reading
-
-
-def resolve(source: str) -> Path:
-    """Turn a model id, bundled name or path into a local file or folder."""
-    if source in BUNDLED:
-        path = WEIGHTS_DIR / BUNDLED[source]
-        if not path.exists():
-            raise CheckpointError(
-                f"the bundled model {source!r} is not in this installation ({path} is missing); "
-                "pass --model with a checkpoint path or a public id such as pixio-vitb16")
-        return path
-    if source in HUB_MODELS:
-        return _download(*HUB_MODELS[source][:2])
-    path = Path(source).expanduser()
-    if path.exists():
-        return path
-    known = ", ".join([*BUNDLED, *HUB_MODELS])
-    raise CheckpointError(f"no such model file or id: {source!r} (known ids: {known})")
-
-
-def _download(repo: str, filename: str) -> Path:
-    """Fetch a public checkpoint into the Hugging Face cache (once).
-
-    Offline, an uncached file fails at once with one line (no retries, no hub
-    warnings): the cache is looked up first, then the hub is probed once.
-    """
-    import logging
-
-    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
-
-    cached = try_to_load_from_cache(repo, filename)
-    if isinstance(cached, str):
-        return Path(cached)
-    hint = (f"download it where there is network (huggingface-cli download {repo} {filename}) "
-            "and pass the file's path with --model")
-    if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
-        raise CheckpointError(f"{filename} of {repo} is not in the Hugging Face cache and the hub cannot be "
-                              f"reached; {hint}")
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-    try:
-        return Path(hf_hub_download(repo_id=repo, filename=filename))
-    except Exception as e:  # gated, removed, network lost midway, ...
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"could not get {filename} from {repo} ({first}); {hint}") from None
-
-
-def _reachable(url: str, timeout: float = 1.5) -> bool:
-    """Whether a TCP connection to the URL's host opens within ``timeout`` (DNS included)."""
-    import socket
-    import threading
-    from urllib.parse import urlparse
-
-    parsed = urlparse(url)
-    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)  # a hanging DNS lookup must not hold us
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(ok)
 
 
 def read_checkpoint(source: str | os.PathLike) -> Checkpoint:

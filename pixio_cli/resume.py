@@ -44,8 +44,7 @@ def item_identity(item: Item) -> list | None:
 
 def model_identity(source: str) -> str:
     """The model a run used: the id or path, and for files their size and modification time."""
-    from .checkpoints import WEIGHTS_DIR
-    from .model_ids import BUNDLED, BUNDLED_HEADS, HUB_MODELS
+    from .model_ids import BUNDLED, BUNDLED_HEADS, HUB_MODELS, WEIGHTS_DIR
 
     if source in HUB_MODELS:
         return source

@@ -80,6 +80,10 @@ def distill(
     if not teacher or not students:
         raise UsageError("distill needs --teacher and --students (or --resume DIR)")
 
+    from ..model_ids import resolve
+
+    resolve(teacher)  # a teacher that cannot be had fails now, before the slow imports
+
     from pretrain.distill import DistillConfig, student_config
     from pretrain.train import TrainConfig, Trainer
 

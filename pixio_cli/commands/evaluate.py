@@ -100,6 +100,10 @@ def evaluate_knn(
     import json
     import tempfile
 
+    from ..model_ids import resolve
+
+    resolve(model)  # a model that cannot be had fails now, before the slow imports
+
     import torch
 
     from heads.knn import find_splits, knn_classify, pooled_features

@@ -63,6 +63,10 @@ def extract(
     and options from an unchanged input, so an interrupted run resumes where it
     stopped; other options are refused unless --overwrite.
     """
+    from ..model_ids import resolve
+
+    resolve(model)  # a model that cannot be had fails now, before the slow imports
+
     import numpy as np
     import torch
 
