@@ -73,3 +73,90 @@ class ConfusionMatrix:
         names = classes or [str(i) for i in range(self.n)]
         out["iou"] = {n: float(v) for n, v in zip(names, iou)}
         return out
+
+
+# ---------------------------------------------------------------------------- multi-view point maps
+
+
+def relative_error(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
+    """Mean of |pred - gt| / |gt| over valid pixels with |gt| > 0 (vectors (..., 3) or scalars (...))."""
+    gt = gt[..., None] if gt.ndim == mask.ndim else gt
+    pred = pred[..., None] if pred.ndim == mask.ndim else pred
+    gn = np.linalg.norm(gt, axis=-1)
+    keep = mask & (gn > 0)
+    if not keep.any():
+        return float("nan")
+    return float((np.linalg.norm(pred - gt, axis=-1)[keep] / gn[keep]).mean())
+
+
+def inlier_ratio(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray, threshold: float = 1.03) -> float:
+    """Share of valid pixels with max(|gt|/|pred|, |pred|/|gt|) < threshold (a zero prediction is an
+    outlier), as MapAnything's ``thresh_inliers``."""
+    gt = gt[..., None] if gt.ndim == mask.ndim else gt
+    pred = pred[..., None] if pred.ndim == mask.ndim else pred
+    gn, pn = np.linalg.norm(gt, axis=-1), np.linalg.norm(pred, axis=-1)
+    keep = mask & (gn > 0)
+    if not keep.any():
+        return float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.maximum(np.where(pn > 0, gn / pn, np.inf), pn / gn)
+    return float((ratio[keep] < threshold).mean())
+
+
+def pose_auc(rot_err: np.ndarray, trans_err: np.ndarray, max_threshold: int = 5) -> float:
+    """AUC (percent) of max(rotation, translation-direction) error over 1-degree bins up to
+    ``max_threshold`` degrees, as MapAnything's ``calculate_auc_np``."""
+    err = np.maximum(rot_err, trans_err)
+    hist, _ = np.histogram(err, bins=np.arange(max_threshold + 1))
+    return float(np.mean(np.cumsum(hist / len(err))) * 100)
+
+
+def ate_rmse(pred_centres: np.ndarray, gt_centres: np.ndarray) -> float:
+    """RMSE of camera centres (V, 3) after a Sim(3) Umeyama alignment of the prediction to the truth."""
+    from .geometry import umeyama
+
+    if len(gt_centres) < 3:  # one or two cameras: the similarity aligns them exactly
+        return 0.0
+    s, R, t = umeyama(pred_centres, gt_centres, with_scale=True)
+    aligned = s * pred_centres @ R.T + t
+    return float(np.sqrt(((aligned - gt_centres) ** 2).sum(1).mean()))
+
+
+def pointmap_metrics(pred: dict, gt: dict, valid: np.ndarray) -> dict[str, float]:
+    """MapAnything's dense multi-view metrics of one set of views, plus AUC@30 and ATE.
+
+    ``pred`` and ``gt`` hold ``pts3d`` (V, H, W, 3) in view 0's frame, ``pts3d_cam`` (V, H, W, 3) in
+    each camera's frame and ``cam2world`` (V, 4, 4) relative to view 0; ``valid`` (V, H, W) marks
+    pixels with ground truth. As the benchmark defines them: each side is divided by its own mean
+    point norm over valid pixels (the points, the camera-frame points and the translations);
+    points and z-depth relative error and inlier ratio at 1.03, averaged over views; pose AUC@5
+    (and @30) over all view pairs from max(rotation, translation-direction) error; ``scale_rel`` =
+    |s_pred - s_gt| / s_gt of the two normalisation factors (metric predictions only); ATE is the
+    RMSE of the normalised camera centres after Sim(3) alignment.
+    """
+    from .geometry import mean_norm, relative_pose_errors
+
+    views = range(len(valid))
+    s_gt = mean_norm(list(gt["pts3d"]), list(valid))
+    s_pr = mean_norm(list(pred["pts3d"]), list(valid))
+    if s_gt <= 0 or s_pr <= 0:
+        raise ValueError("no valid pixel with a non-zero point: the metrics are undefined")
+    g_pts, p_pts = gt["pts3d"] / s_gt, pred["pts3d"] / s_pr
+    g_z, p_z = gt["pts3d_cam"][..., 2] / s_gt, pred["pts3d_cam"][..., 2] / s_pr
+    g_pose, p_pose = np.array(gt["cam2world"], np.float64), np.array(pred["cam2world"], np.float64)
+    g_pose[:, :3, 3] /= s_gt
+    p_pose[:, :3, 3] /= s_pr
+    out = {
+        "points_rel": float(np.mean([relative_error(g_pts[v], p_pts[v], valid[v]) for v in views])),
+        "points_tau": 100 * float(np.mean([inlier_ratio(g_pts[v], p_pts[v], valid[v]) for v in views])),
+        "depth_rel": float(np.mean([relative_error(g_z[v], p_z[v], valid[v]) for v in views])),
+        "depth_tau": 100 * float(np.mean([inlier_ratio(g_z[v], p_z[v], valid[v]) for v in views])),
+    }
+    if len(valid) > 1:
+        r_err, t_err = relative_pose_errors(p_pose, g_pose)
+        out["pose_auc5"] = pose_auc(r_err, t_err, 5)
+        out["pose_auc30"] = pose_auc(r_err, t_err, 30)
+        out["ate"] = ate_rmse(p_pose[:, :3, 3], g_pose[:, :3, 3])
+    if pred.get("metric", False):
+        out["scale_rel"] = abs(s_pr - s_gt) / s_gt
+    return out

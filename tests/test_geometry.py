@@ -1,0 +1,150 @@
+"""Multi-view geometry and point-map metrics on ground truth and hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from heads import geometry as G
+from heads.metrics import ate_rmse, inlier_ratio, pointmap_metrics, pose_auc, relative_error
+
+K = np.array([[585.0, 0, 320], [0, 585.0, 240], [0, 0, 1]])
+
+
+def rot(axis: str, deg: float) -> np.ndarray:
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return {"x": np.array([[1, 0, 0], [0, c, -s], [0, s, c]]), "y": np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]),
+            "z": np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])}[axis]
+
+
+def pose(R: np.ndarray, t) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, t
+    return T
+
+
+def random_rotation(rng) -> np.ndarray:
+    q = rng.normal(size=4)
+    return G.rotation_from_quaternion(q / np.linalg.norm(q))
+
+
+def test_rays_depth_points_and_intrinsics_round_trip():
+    h, w = 48, 64
+    k = np.array([[50.0, 0, 31.5], [0, 55.0, 23.0], [0, 0, 1]])
+    rays = G.ray_directions(k, h, w)
+    assert np.allclose(np.linalg.norm(rays, axis=-1), 1)
+    assert np.allclose(rays[23, 31], [(31 - 31.5) / 50, 0, 1] / np.linalg.norm([(31 - 31.5) / 50, 0, 1]))
+    assert np.allclose(G.intrinsics_from_rays(rays), k)
+    depth = np.random.default_rng(0).uniform(0.5, 4, (h, w))
+    pts = G.depth_to_points(depth, k)
+    assert np.allclose(pts[..., 2], depth)
+    # the same points from rays and the distance along them
+    assert np.allclose(G.ray_depth_to_points(rays, np.linalg.norm(pts, axis=-1)), pts)
+    # projecting back lands on the pixel grid
+    u = pts[..., 0] / pts[..., 2] * k[0, 0] + k[0, 2]
+    assert np.allclose(u, np.arange(w)[None].repeat(h, 0))
+
+
+def test_scale_intrinsics_keeps_pixel_centres():
+    k2 = G.scale_intrinsics(K, (480, 640), (240, 320))
+    assert np.allclose(np.diag(k2)[:2], [292.5, 292.5])
+    # the principal point at pixel 320 of 640 (centre of pixel 320) maps to 159.75 of 320
+    assert k2[0, 2] == pytest.approx((320 + 0.5) / 2 - 0.5)
+
+
+def test_poses_inverse_relative_and_quaternions():
+    rng = np.random.default_rng(1)
+    T = np.stack([pose(random_rotation(rng), rng.normal(size=3)) for _ in range(4)])
+    assert np.allclose(G.invert_pose(T) @ T, np.eye(4)[None].repeat(4, 0))
+    rel = G.relative_to_first(T)
+    assert np.allclose(rel[0], np.eye(4))
+    p = rng.normal(size=(10, 3))
+    # a point seen by camera 2 lands in the same world place either way
+    assert np.allclose(G.transform(G.transform(p, rel[2]), T[0]), G.transform(p, T[2]))
+    assert np.allclose(G.rotation_from_quaternion(np.array([0, 0, math.sin(math.pi / 8), math.cos(math.pi / 8)])),
+                       rot("z", 45))
+    assert G.rotation_angle_deg(rot("x", 10), rot("x", 13)) == pytest.approx(3)
+    assert G.translation_angle_deg(np.array([1.0, 0, 0]), np.array([-1.0, 0, 0])) == pytest.approx(0, abs=1e-4)
+    assert G.translation_angle_deg(np.array([1.0, 0, 0]), np.array([1.0, 1.0, 0])) == pytest.approx(45)
+
+
+def test_umeyama_recovers_a_similarity_and_ransac_ignores_outliers():
+    rng = np.random.default_rng(2)
+    src = rng.normal(size=(200, 3))
+    R, t, s = random_rotation(rng), rng.normal(size=3), 2.5
+    dst = s * src @ R.T + t
+    s2, R2, t2 = G.umeyama(src, dst)
+    assert s2 == pytest.approx(s) and np.allclose(R2, R) and np.allclose(t2, t)
+    s3, R3, _ = G.umeyama(src, src @ R.T + t, with_scale=False)
+    assert s3 == 1.0 and np.allclose(R3, R)
+    noisy = dst.copy()
+    noisy[:40] += rng.normal(scale=5.0, size=(40, 3))  # 20 % gross outliers
+    s4, R4, t4, inliers = G.ransac_umeyama(src, noisy)
+    assert s4 == pytest.approx(s, rel=1e-6) and np.allclose(R4, R, atol=1e-6) and not inliers[:40].any()
+    assert inliers[40:].all()
+
+
+def test_chunks_with_a_random_similarity_are_realigned():
+    """Ground-truth cameras split into two overlapping chunks, each moved by its own Sim(3): aligning the
+    second chunk on the overlap recovers the original poses."""
+    rng = np.random.default_rng(3)
+    cams = np.stack([pose(rot("y", 5 * i), [0.3 * i, 0.05 * i, 0.1 * i]) for i in range(8)])
+    pts = rng.uniform(-1, 1, (8, 50, 3)) + [0, 0, 3]  # points seen by each camera, camera frame
+    world = np.stack([G.transform(pts[i], cams[i]) for i in range(8)])
+    s, R, t = 0.4, random_rotation(rng), rng.normal(size=3)
+    moved_cams = G.apply_sim3_to_poses(cams[4:], s, R, t)
+    moved_world = s * world[4:] @ R.T + t
+    overlap = [4, 5]  # views shared with the first chunk
+    src = moved_world[[i - 4 for i in overlap]].reshape(-1, 3)
+    dst = world[overlap].reshape(-1, 3)
+    s2, R2, t2, _ = G.ransac_umeyama(src, dst)
+    back = G.apply_sim3_to_poses(moved_cams, s2, R2, t2)
+    assert np.allclose(back, cams[4:], atol=1e-8)
+
+
+def test_metric_building_blocks_by_hand():
+    mask = np.ones((1, 3), bool)
+    gt = np.array([[[1.0, 0, 0], [0, 2.0, 0], [0, 0, 4.0]]])
+    pred = gt * np.array([1.0, 1.1, 0.5])[None, :, None]
+    assert relative_error(gt, pred, mask) == pytest.approx((0 + 0.1 + 0.5) / 3)
+    # ratios 1, 1.1, 2: only the first is under 1.03
+    assert inlier_ratio(gt, pred, mask) == pytest.approx(1 / 3)
+    assert inlier_ratio(gt, np.zeros_like(gt), mask) == 0.0
+    # errors 3 and 12 degrees: at 5 the bins 0..4 hold 0, 0, 0, 0.5, 0.5 -> cumsum mean 0.2 -> 20 %
+    assert pose_auc(np.array([3.0, 12.0]), np.array([0.0, 0.0]), 5) == pytest.approx(20.0)
+    assert pose_auc(np.array([0.0]), np.array([0.0]), 5) == pytest.approx(100.0)
+    centres = np.random.default_rng(0).normal(size=(5, 3))
+    assert ate_rmse(2 * centres + 1, centres) == pytest.approx(0, abs=1e-9)
+
+
+def _scene(v: int = 3, h: int = 12, w: int = 16, seed: int = 0) -> tuple[dict, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    k = np.array([[20.0, 0, 7.5], [0, 20.0, 5.5], [0, 0, 1]])
+    cams = np.stack([pose(rot("y", 4 * i), [0.5 * i, 0, 0]) for i in range(v)])
+    cam_pts = np.stack([G.depth_to_points(rng.uniform(1, 3, (h, w)), k) for _ in range(v)])
+    pts = np.stack([G.transform(cam_pts[i], cams[i]) for i in range(v)])
+    return {"pts3d": pts, "pts3d_cam": cam_pts, "cam2world": cams}, np.ones((v, h, w), bool)
+
+
+def test_pointmap_metrics_identity_scale_and_rotation():
+    gt, valid = _scene()
+    same = pointmap_metrics({**gt, "metric": True}, gt, valid)
+    assert same["points_rel"] == pytest.approx(0, abs=1e-12) and same["points_tau"] == 100
+    assert same["depth_rel"] == pytest.approx(0, abs=1e-12) and same["depth_tau"] == 100
+    assert same["pose_auc5"] == 100 and same["ate"] == pytest.approx(0, abs=1e-9) and same["scale_rel"] == 0
+    # a metric prediction 10 % too large: every up-to-scale metric is perfect, the scale is off by 0.1
+    big = {k: (v * 1.1 if k != "cam2world" else v) for k, v in gt.items()}
+    big["cam2world"] = gt["cam2world"].copy()
+    big["cam2world"][:, :3, 3] *= 1.1
+    m = pointmap_metrics({**big, "metric": True}, gt, valid)
+    assert m["scale_rel"] == pytest.approx(0.1) and m["points_rel"] == pytest.approx(0, abs=1e-9)
+    assert m["pose_auc5"] == 100
+    # view 2 rotated by 3.5 degrees about its own centre: pairs (0,2) and (1,2) err by 3.5 degrees
+    turned = {k: v.copy() for k, v in gt.items()}
+    turned["cam2world"][2, :3, :3] = gt["cam2world"][2, :3, :3] @ rot("x", 3.5)
+    m = pointmap_metrics(turned, gt, valid)
+    # errors 0, 3.5, 3.5 degrees over 5 one-degree bins: cumsum 1/3, 1/3, 1/3, 1, 1 -> mean 0.6
+    assert m["pose_auc5"] == pytest.approx(60.0) and m["pose_auc30"] > 90
+    assert "scale_rel" not in m  # not a metric prediction
