@@ -21,9 +21,6 @@ CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign_s
 CAMVID_PALETTE = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
                   [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]]
 
-# The frames of 7-Scenes redkitchen in ../shared/data from this index on are held out for evaluation.
-SEVENSCENES_HOLDOUT = 800
-
 LOVEDA_CLASSES = ["background", "building", "road", "water", "barren", "forest", "agriculture"]
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -59,6 +56,7 @@ class Layout:
     palette: list[list[int]] | None = None
     crop_box: tuple[int, int, int, int] | None = None  # evaluation crop (top, bottom, left, right), e.g. Eigen
     intrinsics: dict | None = None
+    invalid: int | None = None  # a stored depth value meaning "no measurement" (7-Scenes: 65535)
 
     def read_target(self, path: Path) -> np.ndarray:
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -74,7 +72,10 @@ class Layout:
         if raw.ndim == 3:
             raw = raw[..., 0]
         if self.task == "depth":
-            return raw.astype(np.float32) / self.depth_scale
+            depth = raw.astype(np.float32) / self.depth_scale
+            if self.invalid is not None:
+                depth[raw == self.invalid] = 0
+            return depth
         raw = raw.astype(np.int64)
         out = raw + self.label_shift
         for src, dst in self.label_map.items():
@@ -106,7 +107,9 @@ def _split_pairs(root: Path, split: str, default: list[tuple[Path, Path]] | None
 
 # What each layout expects, for the message when a split turns out empty.
 LAYOUTS = {
-    "7scenes": "frame-NNNNNN.color.jpg + frame-NNNNNN.depth.png (millimetres); frames >= 800 are the val split",
+    "7scenes": "<scene>/seq-XX/frame-NNNNNN.color.png + .depth.png with TrainSplit.txt/TestSplit.txt, or a flat "
+               "folder of frame-NNNNNN.color.jpg + .depth.png whose frames >= 800 are the val split",
+    "generic-rgbd": "images/ + depth/ (+ poses/, K.txt), optionally under <split>/",
     "nyuv2": "official_splits/{train,test}/**/rgb_*.jpg + sync_depth_*.png, or <split>.txt",
     "kitti": "a <split>.txt split file of 'image depth' lines",
     "generic-depth": "images/ + depth/ with matching file names",
@@ -168,18 +171,22 @@ def _find_layout(dataset: str, root: str | Path, split: str, depth_scale: float 
                     found += [(p, masks[s]) for s, p in _stems(base / "images_png").items() if s in masks]
         return Layout(_split_pairs(root, split, found), "segment", label_shift=-1, label_map={0: IGNORE},
                       classes=LOVEDA_CLASSES)
-    if dataset == "7scenes":
-        frames = sorted(root.glob("frame-*.color.jpg"))
-        idx = [int(p.name.split("-")[1].split(".")[0]) for p in frames]
-        keep = [p for p, i in zip(frames, idx) if (i >= SEVENSCENES_HOLDOUT) == (split != "train")]
-        pairs = [(p, p.with_name(p.name.replace(".color.jpg", ".depth.png"))) for p in keep]
+    if dataset in ("7scenes", "generic-rgbd"):
+        from .sequences import find_sequences
+
+        seqs = find_sequences(dataset, root, split, depth_scale)
+        frames = [f for seq in seqs for f in seq.frames]
         intr = None
-        kfile = root / "camera-intrinsics.txt"
-        if kfile.exists():
-            k = np.loadtxt(kfile)
+        if frames and frames[0].K is not None:
+            import cv2
+
+            k = frames[0].K
+            h, w = cv2.imread(str(frames[0].image)).shape[:2]
             intr = {"fx": float(k[0, 0]), "fy": float(k[1, 1]), "cx": float(k[0, 2]), "cy": float(k[1, 2]),
-                    "width": 640, "height": 480}
-        return Layout(pairs, "depth", 1000.0, intrinsics=intr)
+                    "width": w, "height": h}
+        scale = seqs[0].depth_scale if seqs else 1000.0
+        return Layout([(f.image, f.depth) for f in frames], "depth", scale, intrinsics=intr,
+                      invalid=seqs[0].invalid if seqs else None)
     if dataset == "camvid":
         img_dir, lab_dir = root / split, root / f"{split}annot"
         if not lab_dir.is_dir():
@@ -201,7 +208,7 @@ def _find_layout(dataset: str, root: str | Path, split: str, depth_scale: float 
         if names is None:
             raise UsageError(f"--dataset generic needs a class-names file ({cf} or --classes)")
         return Layout([(imgs[s], targets[s]) for s in sorted(imgs) if s in targets], "segment", classes=names)
-    raise UsageError(f"--dataset {dataset}: expected 7scenes, nyuv2, kitti, generic-depth, camvid, ade20k, voc, "
+    raise UsageError(f"--dataset {dataset}: expected 7scenes, generic-rgbd, nyuv2, kitti, generic-depth, camvid, ade20k, voc, "
                      "loveda or generic-segment")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from heads.datasets import EIGEN_CROP, IGNORE, find_layout, voc_palette
-from pixio_cli.errors import InputError
+from pixio_cli.errors import InputError, UsageError
 from pixio_cli.writers import write_image
 
 
@@ -75,3 +75,60 @@ def test_camvid_and_7scenes_on_shared_data(shared_data):
     seven = find_layout("7scenes", shared_data / "rgbd-7scenes-redkitchen", "val")
     assert len(seven.pairs) == 50 and seven.intrinsics["fx"] == 585
     assert all(int(p.name[6:12]) >= 800 for p, _ in seven.pairs)
+
+
+def _sevenscenes_scene(root: Path) -> Path:
+    scene = root / "chess"
+    (scene / "TrainSplit.txt").parent.mkdir(parents=True)
+    (scene / "TrainSplit.txt").write_text("sequence1\nsequence3\n")
+    (scene / "TestSplit.txt").write_text("sequence2\n")
+    for seq in (1, 2, 3):
+        folder = scene / f"seq-{seq:02d}"
+        folder.mkdir()
+        for i in range(2):
+            cv2.imwrite(str(folder / f"frame-{i:06d}.color.png"), np.full((48, 64, 3), 40 * seq, np.uint8))
+            depth = np.full((48, 64), 1500 + i, np.uint16)
+            depth[0, 0] = 65535  # no measurement
+            cv2.imwrite(str(folder / f"frame-{i:06d}.depth.png"), depth)
+            pose = np.eye(4)
+            pose[0, 3] = seq + 0.1 * i
+            np.savetxt(folder / f"frame-{i:06d}.pose.txt", pose)
+    return scene
+
+
+def test_real_sevenscenes_layout_sequences_and_depth_pairs(tmp_path):
+    from heads.sequences import SEVENSCENES_K, find_sequences
+
+    scene = _sevenscenes_scene(tmp_path / "7scenes")
+    for root in (tmp_path / "7scenes", scene):  # a folder of scenes, or one scene
+        train = find_sequences("7scenes", root, "train")
+        assert [s.name for s in train] == ["chess/seq-01", "chess/seq-03"]
+        val = find_sequences("7scenes", root, "val")
+        assert [s.name for s in val] == ["chess/seq-02"] and len(val[0].frames) == 2
+    frame = val[0].frames[1]
+    assert np.allclose(frame.K, SEVENSCENES_K) and frame.cam2world[0, 3] == pytest.approx(2.1)
+    depth = val[0].read_depth(frame)
+    assert depth[0, 0] == 0 and depth[1, 1] == pytest.approx(1.501)
+    lay = find_layout("7scenes", tmp_path / "7scenes", "val")
+    assert [p.parent.name for p, _ in lay.pairs] == ["seq-02", "seq-02"]
+    assert lay.read_target(lay.pairs[0][1])[0, 0] == 0  # 65535 is no measurement, not 65 m
+    assert lay.intrinsics["fx"] == 585 and lay.intrinsics["width"] == 64
+
+
+def test_generic_rgbd_layout(tmp_path):
+    from heads.sequences import find_sequences
+
+    for seq in ("a", "b"):
+        folder = tmp_path / "val" / seq
+        for sub in ("images", "depth", "poses"):
+            (folder / sub).mkdir(parents=True)
+        np.savetxt(folder / "K.txt", np.array([[50.0, 0, 16], [0, 50, 12], [0, 0, 1]]))
+        for i in range(3):
+            cv2.imwrite(str(folder / "images" / f"{i}.jpg"), np.zeros((24, 32, 3), np.uint8))
+            cv2.imwrite(str(folder / "depth" / f"{i}.png"), np.full((24, 32), 2000, np.uint16))
+            np.savetxt(folder / "poses" / f"{i}.txt", np.eye(4))
+    seqs = find_sequences("generic-rgbd", tmp_path, "val", depth_scale=1000)
+    assert [s.name for s in seqs] == ["a", "b"] and all(len(s.frames) == 3 for s in seqs)
+    assert seqs[0].read_depth(seqs[0].frames[0])[0, 0] == pytest.approx(2.0)
+    with pytest.raises(UsageError, match="depth-scale"):
+        find_sequences("generic-rgbd", tmp_path, "val")

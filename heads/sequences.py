@@ -1,0 +1,140 @@
+"""Multi-view RGB-D layouts: sequences of frames with depth, camera-to-world pose and intrinsics.
+
+One reader per layout; the depth heads read their pairs from here too, so a
+layout means the same thing for depth and for point maps.
+
+- ``7scenes``: the real 7-Scenes layout, ``<scene>/seq-XX/frame-NNNNNN.color.png``
+  (``.depth.png`` in millimetres, 65535 = no measurement, ``.pose.txt`` a 4x4
+  camera-to-world matrix in metres), ``TrainSplit.txt`` / ``TestSplit.txt``
+  naming the sequences (``sequence1`` -> ``seq-01``); K fx = fy = 585,
+  cx = 320, cy = 240. The root may be one scene or a folder of scenes. A flat
+  folder of ``frame-*.color.jpg`` (``../shared/data/rgbd-7scenes-redkitchen``)
+  is one sequence whose frames >= 800 are the validation split, with K from
+  ``camera-intrinsics.txt`` when present.
+- ``generic-rgbd``: ``images/``, ``depth/`` (``--depth-scale`` stored values per
+  metre, 0 = invalid), ``poses/<stem>.txt`` (4x4 camera-to-world) and ``K.txt``,
+  optionally under ``<split>/``; or one sequence per sub-folder of ``<split>/``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pixio_cli.errors import InputError, UsageError
+from pixio_cli.images import is_image
+
+SEVENSCENES_K = np.array([[585.0, 0, 320], [0, 585.0, 240], [0, 0, 1]])
+SEVENSCENES_HOLDOUT = 800  # flat folder: frames from this index on are the validation split
+SEVENSCENES_INVALID = 65535
+
+
+@dataclass
+class Frame:
+    image: Path
+    depth: Path
+    cam2world: np.ndarray | None = None  # 4x4, metres
+    K: np.ndarray | None = None  # 3x3, pixels of the image
+
+
+@dataclass
+class Sequence:
+    name: str
+    frames: list[Frame] = field(default_factory=list)
+    depth_scale: float = 1000.0  # stored value per metre
+    invalid: int | None = None  # stored value that means "no measurement" (besides 0)
+
+    def read_depth(self, frame: Frame) -> np.ndarray:
+        """Depth in metres (float32); invalid pixels are 0."""
+        import cv2
+
+        raw = cv2.imread(str(frame.depth), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise InputError(f"{frame.depth}: cannot read the depth image")
+        if raw.ndim == 3:
+            raw = raw[..., 0]
+        depth = raw.astype(np.float32) / self.depth_scale
+        if self.invalid is not None:
+            depth[raw == self.invalid] = 0
+        return depth
+
+
+def _frame_number(path: Path) -> int:
+    m = re.search(r"(\d+)", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def _pose(path: Path) -> np.ndarray | None:
+    return np.loadtxt(path).reshape(4, 4) if path.exists() else None
+
+
+def _sevenscenes_frames(folder: Path, K: np.ndarray) -> list[Frame]:
+    frames = []
+    for img in sorted(list(folder.glob("frame-*.color.png")) + list(folder.glob("frame-*.color.jpg")),
+                      key=_frame_number):
+        stem = img.name.split(".color.")[0]
+        frames.append(Frame(img, folder / f"{stem}.depth.png", _pose(folder / f"{stem}.pose.txt"), K))
+    return frames
+
+
+def _split_file_sequences(scene: Path, split: str) -> list[str]:
+    listing = scene / ("TrainSplit.txt" if split == "train" else "TestSplit.txt")
+    names = []
+    for line in listing.read_text().splitlines():
+        m = re.search(r"(\d+)", line)
+        if m:
+            names.append(f"seq-{int(m.group(1)):02d}")
+    return names
+
+
+def sevenscenes(root: Path, split: str) -> list[Sequence]:
+    """The sequences of a 7-Scenes root (real layout or the flat frame folder) for ``split``."""
+    scenes = [root] if (root / "TrainSplit.txt").exists() else sorted(
+        d for d in root.iterdir() if d.is_dir() and (d / "TrainSplit.txt").exists())
+    if scenes:
+        out = []
+        for scene in scenes:
+            for name in _split_file_sequences(scene, split):
+                if (scene / name).is_dir():
+                    out.append(Sequence(f"{scene.name}/{name}", _sevenscenes_frames(scene / name, SEVENSCENES_K),
+                                        1000.0, SEVENSCENES_INVALID))
+        return out
+    kfile = root / "camera-intrinsics.txt"
+    K = np.loadtxt(kfile).reshape(3, 3) if kfile.exists() else SEVENSCENES_K
+    frames = [f for f in _sevenscenes_frames(root, K)
+              if (_frame_number(f.image) >= SEVENSCENES_HOLDOUT) == (split != "train")]
+    return [Sequence(root.name, frames, 1000.0, SEVENSCENES_INVALID)] if frames else []
+
+
+def generic_rgbd(root: Path, split: str, depth_scale: float | None) -> list[Sequence]:
+    """``images/ depth/ poses/ K.txt`` under ``<root>/<split>/`` or ``<root>/``, or one such folder per
+    sequence under ``<root>/<split>/``."""
+    if depth_scale is None:
+        raise UsageError("--dataset generic-rgbd needs --depth-scale (stored value per metre, e.g. 1000 for mm)")
+    base = root / split if (root / split).is_dir() else root
+    folders = [base] if (base / "images").is_dir() else sorted(d for d in base.iterdir() if (d / "images").is_dir())
+    out = []
+    for folder in folders:
+        K = np.loadtxt(folder / "K.txt").reshape(3, 3) if (folder / "K.txt").exists() else None
+        depth = {p.stem: p for p in (folder / "depth").iterdir() if is_image(p)} if (folder / "depth").is_dir() else {}
+        frames = [Frame(img, depth[img.stem], _pose(folder / "poses" / f"{img.stem}.txt"), K)
+                  for img in sorted((folder / "images").iterdir(), key=lambda p: p.name)
+                  if is_image(img) and img.stem in depth]
+        if frames:
+            out.append(Sequence(folder.name, frames, depth_scale))
+    return out
+
+
+def find_sequences(dataset: str, root: str | Path, split: str, depth_scale: float | None = None) -> list[Sequence]:
+    """The sequences of a multi-view layout (``7scenes`` or ``generic-rgbd``) for ``split``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"--data {root}: not a folder")
+    if dataset == "7scenes":
+        return sevenscenes(root, split)
+    if dataset == "generic-rgbd":
+        return generic_rgbd(root, split, depth_scale)
+    raise UsageError(f"--dataset {dataset}: multi-view layouts are 7scenes and generic-rgbd")
