@@ -24,7 +24,7 @@ def evaluate(model: DenseModel, layout: Layout, engine: Engine, limit: int | Non
     crop, resized to the original image; the target is compared at its size.
     """
     cfg = model.cfg
-    model = engine.prepare(model)
+    model.eval()  # the caller decides whether to freeze and cast it (the numbers are the same either way)
     meter = DepthMeter(cfg.min_depth, cfg.max_depth) if cfg.task == "depth" else ConfusionMatrix(cfg.n_out, IGNORE)
     pairs = layout.pairs[:limit] if limit else layout.pairs
     items = [Item(str(img), str(i)) for i, (img, _) in enumerate(pairs)]

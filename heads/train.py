@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import sys
@@ -185,7 +184,7 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
         return {}
 
     engine = Engine(cfg.device, cfg.precision, batch_size=4, workers=cfg.workers, progress=False)
-    metrics = evaluate(copy.deepcopy(model), val_layout, engine, limit=cfg.eval_limit)  # the engine casts its copy
+    metrics = evaluate(model, val_layout, engine, limit=cfg.eval_limit)
     trivial = baseline(train_layout, val_layout, cfg.task, cfg.min_depth, cfg.max_depth, n_out)
     provenance = {"data": str(cfg.data), "dataset": cfg.dataset, "train_pairs": len(train_layout.pairs),
                   "val_pairs": len(val_layout.pairs), "steps": cfg.steps, "batch_size": cfg.batch_size * world,

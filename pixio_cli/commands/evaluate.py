@@ -26,7 +26,7 @@ def _run(task: str, model: str, data: Path, dataset: str, split: str, json_out: 
     from ..engine import Engine
 
     engine = Engine(device, precision, batch_size=4, workers=workers, progress=None)
-    net = load_head(model)
+    net = engine.prepare(load_head(model))
     if net.cfg.task != task:
         raise UsageError(f"{model} is a {net.cfg.task} head, not a {task} head")
     layout = find_layout(dataset, data, split, depth_scale, classes)
