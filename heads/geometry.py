@@ -28,17 +28,22 @@ def ray_directions(K: np.ndarray, h: int, w: int) -> np.ndarray:
     return d / np.linalg.norm(d, axis=-1, keepdims=True)
 
 
-def intrinsics_from_rays(rays: np.ndarray) -> np.ndarray:
-    """K (3, 3) of a pinhole camera from its per-pixel ray directions (h, w, 3), by least squares.
+def intrinsics_from_rays(rays: np.ndarray, step: int | None = None) -> np.ndarray:
+    """K (3, 3) of the pinhole camera closest to per-pixel ray directions (h, w, 3).
 
-    x/z = (u - cx) / fx is linear in u (and y/z in v): a line fit per axis.
+    MapAnything's fit: on every ``step``-th row and column (default: about 50
+    of each) u = cx + fx x/z and v = cy + fy y/z by least squares. For rays of a
+    pinhole camera any fit is exact; for a network's rays this one is what
+    MapAnything reports.
     """
     h, w = rays.shape[:2]
+    sh, sw = (step, step) if step else (max(1, h // 50), max(1, w // 50))
+    r = rays[::sh, ::sw].astype(np.float64)
     u, v = pixel_grid(h, w)
-    x, y = rays[..., 0] / rays[..., 2], rays[..., 1] / rays[..., 2]
-    a_x, b_x = np.polyfit(u.ravel(), x.ravel(), 1)  # x = (u - cx) / fx = a u + b
-    a_y, b_y = np.polyfit(v.ravel(), y.ravel(), 1)
-    return np.array([[1 / a_x, 0, -b_x / a_x], [0, 1 / a_y, -b_y / a_y], [0, 0, 1]])
+    u, v = u[::sh, ::sw].ravel(), v[::sh, ::sw].ravel()
+    fx, cx = np.polyfit((r[..., 0] / r[..., 2]).ravel(), u, 1)
+    fy, cy = np.polyfit((r[..., 1] / r[..., 2]).ravel(), v, 1)
+    return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]])
 
 
 def scale_intrinsics(K: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:

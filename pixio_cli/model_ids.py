@@ -20,6 +20,11 @@ HUB_MODELS: dict[str, tuple[str, str, str]] = {
     for s in ("b", "l", "h", "1b", "5b")
 }
 
+# Public point-map models (MapAnything on a Pixio encoder): model id -> (repo, file).
+POINTMAP_MODELS: dict[str, tuple[str, str]] = {
+    "pixio-vith16-mapanything": ("facebook/pixio-vith16-mapanything", "model.safetensors"),
+}
+
 # Bundled small models shipped inside the package (see README, "Bundled weights").
 BUNDLED: dict[str, str] = {"pixio-tiny": "pixio-tiny.safetensors"}
 DEFAULT_MODEL = "pixio-tiny"
@@ -40,10 +45,12 @@ def resolve(source: str) -> Path:
         return path
     if source in HUB_MODELS:
         return _download(*HUB_MODELS[source][:2])
+    if source in POINTMAP_MODELS:
+        return _download(*POINTMAP_MODELS[source])
     path = Path(source).expanduser()
     if path.exists():
         return path
-    known = ", ".join([*BUNDLED, *HUB_MODELS])
+    known = ", ".join([*BUNDLED, *HUB_MODELS, *POINTMAP_MODELS])
     raise CheckpointError(f"no such model file or id: {source!r} (known ids: {known})")
 
 

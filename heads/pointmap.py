@@ -1,0 +1,430 @@
+"""Feed-forward point maps: MapAnything's architecture on a Pixio encoder.
+
+For V views of one scene: the Pixio encoder's last normed patch tokens per
+view (plus, when the cameras are known, an encoding of their ray directions),
+a fusion LayerNorm, a learnable scale token, and a transformer that alternates
+attention over all views' tokens with attention within each view (the
+reference view, view 0, carries a fixed marker). A DPT head on the fused
+encoder tokens, two intermediate layers and the last one predicts per pixel a
+unit ray direction, the depth along it, a confidence and a mask; a pose head
+predicts each view's camera-to-world pose in view 0's frame (translation and
+an (x, y, z, w) quaternion); a scale head on the scale token predicts one
+metric scale that multiplies every length.
+
+Written from the MapAnything and UniCeption sources (facebookresearch/map-anything
+``configs/model/pixio.yaml``); module names follow MapAnything's checkpoint
+where that costs nothing, and :func:`from_mapanything` maps the rest.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from pixio_cli.checkpoints import FORMAT_KEY, infer_config, read_checkpoint, save_safetensors
+from pixio_cli.encoder import EncoderConfig, PixioEncoder
+from pixio_cli.errors import CheckpointError
+
+from .dpt import DPTHead
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+@dataclass
+class PointMapConfig:
+    """Shape of a point-map model besides its encoder. The defaults are MapAnything's (Pixio-H)."""
+
+    dim: int = 768  # multi-view transformer width
+    depth: int = 24  # its layers (even: global, odd: per view)
+    num_heads: int = 12
+    taps: list[int] = field(default_factory=lambda: [11, 17])  # layers fed to the DPT head
+    dpt_channels: list[int] = field(default_factory=lambda: [96, 192, 384, 768])
+    dpt_features: int = 256
+    pose_blocks: int = 2
+    scale_hidden: int = 196
+    ray_dims: list[int] = field(default_factory=lambda: [588, 768, 1024])
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PointMapConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- blocks
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3-GELU-conv3x3 plus a (1x1 when widths differ) shortcut, then GELU."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.conv2(F.gelu(self.conv1(x))) + self.shortcut(x))
+
+
+class RayEncoder(nn.Module):
+    """Per-pixel camera rays (B, 3, H, W) -> one token per patch (B, H/p * W/p, D): pixel-unshuffle,
+    convolutions, LayerNorm (UniCeption's dense representation encoder, no position embedding)."""
+
+    def __init__(self, patch: int, dims: list[int], embed_dim: int, in_chans: int = 3) -> None:
+        super().__init__()
+        self.unshuffle = nn.PixelUnshuffle(patch)
+        self.conv_in = nn.Conv2d(in_chans * patch * patch, dims[0], 3, padding=1)
+        layers: list[nn.Module] = [ResidualBlock(a, b) for a, b in zip(dims[:-1], dims[1:])]
+        layers.append(nn.Conv2d(dims[-1], embed_dim, 1))
+        self.encoder = nn.Sequential(*layers)
+        self.norm_layer = LayerNorm(embed_dim)
+
+    def forward(self, rays: torch.Tensor) -> torch.Tensor:
+        x = self.encoder(self.conv_in(self.unshuffle(rays)))
+        return self.norm_layer(x.flatten(2).transpose(1, 2))
+
+
+class MultiViewTransformer(nn.Module):
+    """Alternating attention over V views' tokens and extra (global) tokens.
+
+    Even layers attend over everything; odd layers within each view (the extra
+    tokens pass through). View 0's tokens get a fixed marker after the input
+    projection. Returns the normed outputs of ``taps`` and of the last layer.
+    """
+
+    def __init__(self, in_dim: int, cfg: PointMapConfig) -> None:
+        super().__init__()
+        self.dim, self.taps = cfg.dim, list(cfg.taps)
+        self.proj_embed = nn.Linear(in_dim, cfg.dim) if in_dim != cfg.dim else nn.Identity()
+        self.self_attention_blocks = nn.ModuleList(
+            Block(cfg.dim, cfg.num_heads, 4.0, qkv_bias=True, norm_layer=LayerNorm) for _ in range(cfg.depth))
+        self.norm = LayerNorm(cfg.dim)
+        # row 0 of the sinusoid table: sin(0)=0 on even channels, cos(0)=1 on odd ones
+        marker = torch.zeros(1, cfg.dim)
+        marker[0, 1::2] = 1.0
+        self.register_buffer("view_pos_table", marker)
+
+    def forward(self, views: torch.Tensor, extra: torch.Tensor) -> list[torch.Tensor]:
+        """views (B, V, N, C_in), extra (B, T, C_in) -> [taps..., last], each (B, V*N + T, dim)."""
+        B, V, N, _ = views.shape
+        x = self.proj_embed(torch.cat([views.reshape(B, V * N, -1), extra], dim=1))
+        x = torch.cat([x[:, :N] + self.view_pos_table.to(x.dtype), x[:, N:]], dim=1)
+        out = []
+        for i, blk in enumerate(self.self_attention_blocks):
+            if i % 2 == 0:
+                x = blk(x)
+            else:
+                per_view = blk(x[:, : V * N].reshape(B * V, N, self.dim)).reshape(B, V * N, self.dim)
+                x = torch.cat([per_view, x[:, V * N:]], dim=1)
+            if i in self.taps:
+                out.append(self.norm(x))
+        out.append(self.norm(x))
+        return out
+
+
+class PixelRegressor(nn.Module):
+    """DPT features (B, F, 8h, 8w) -> (B, n_out, H, W): conv, bilinear to the image, conv-ReLU-conv."""
+
+    def __init__(self, features: int, n_out: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(features, features // 2, 3, padding=1)
+        self.conv2 = nn.Sequential(nn.Conv2d(features // 2, features // 2, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(features // 2, n_out, 1))
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        x = F.interpolate(self.conv1(x), size=hw, mode="bilinear", align_corners=True)
+        return self.conv2(x)
+
+
+class ResConvBlock(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.res_conv1 = nn.Conv2d(dim, dim, 1)
+        self.res_conv2 = nn.Conv2d(dim, dim, 1)
+        self.res_conv3 = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.relu(self.res_conv3(F.relu(self.res_conv2(F.relu(self.res_conv1(x))))))
+
+
+class PoseHead(nn.Module):
+    """Per-view token map (B, C, h, w) -> (B, 7): translation (3) then a raw quaternion (x, y, z, w)."""
+
+    def __init__(self, in_dim: int, patch: int, blocks: int = 2) -> None:
+        super().__init__()
+        dim = 4 * patch * patch
+        self.proj = nn.Conv2d(in_dim, dim, 1)
+        self.res_conv = nn.ModuleList(ResConvBlock(dim) for _ in range(blocks))
+        self.more_mlps = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU())
+        self.fc_t = nn.Linear(dim, 3)
+        self.fc_rot = nn.Linear(dim, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        for blk in self.res_conv:
+            x = blk(x)
+        x = self.more_mlps(x.mean(dim=(2, 3)))
+        return torch.cat([self.fc_t(x), self.fc_rot(x)], dim=1)
+
+
+class ScaleHead(nn.Module):
+    """The scale token (B, C) -> log of the metric scale (B,)."""
+
+    def __init__(self, in_dim: int, hidden: int = 196, layers: int = 2) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, hidden)
+        self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU()) for _ in range(layers))
+        self.output_proj = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        for layer in self.mlp:
+            x = layer(x)
+        return self.output_proj(x)[:, 0]
+
+
+# ---------------------------------------------------------------------------- the model
+
+
+@dataclass
+class PointMapOutput:
+    """Per view (leading dims B, V), float32, lengths in metres when the model is metric.
+
+    ``pts3d`` are in view 0's predicted frame (the world of ``cam2world``);
+    ``rays`` are unit directions in each camera's frame (OpenCV axes);
+    ``depth_z`` is the z-depth, ``depth_ray`` the depth along the ray.
+    """
+
+    pts3d: torch.Tensor  # (B, V, H, W, 3)
+    pts3d_cam: torch.Tensor  # (B, V, H, W, 3)
+    rays: torch.Tensor  # (B, V, H, W, 3)
+    depth_ray: torch.Tensor  # (B, V, H, W)
+    depth_z: torch.Tensor  # (B, V, H, W)
+    conf: torch.Tensor  # (B, V, H, W), >= 1
+    mask_logits: torch.Tensor  # (B, V, H, W); mask = logits > 0
+    cam2world: torch.Tensor  # (B, V, 4, 4)
+    quats: torch.Tensor  # (B, V, 4), unit, (x, y, z, w)
+    scale: torch.Tensor  # (B,)
+
+
+class PointMapModel(nn.Module):
+    """Images of V views (B, V, 3, H, W), ImageNet-normalised -> :class:`PointMapOutput`."""
+
+    def __init__(self, encoder: PixioEncoder, cfg: PointMapConfig) -> None:
+        super().__init__()
+        self.encoder, self.cfg = encoder, cfg
+        d, p = encoder.embed_dim, encoder.patch_size
+        self.fusion_norm_layer = LayerNorm(d)
+        self.scale_token = nn.Parameter(torch.zeros(d))
+        self.info_sharing = MultiViewTransformer(d, cfg)
+        self.dpt = DPTHead([d, cfg.dim, cfg.dim, cfg.dim], None, cfg.dpt_features, tuple(cfg.dpt_channels),
+                           style="mapanything")
+        self.regressor = PixelRegressor(cfg.dpt_features, 6)  # ray (3), depth, confidence, mask
+        self.pose_head = PoseHead(cfg.dim, p, cfg.pose_blocks)
+        self.scale_head = ScaleHead(cfg.dim, cfg.scale_hidden)
+        self.ray_dirs_encoder = RayEncoder(p, cfg.ray_dims, d)
+
+    def init_weights(self) -> None:
+        """Random initialisation for training from scratch (the encoder is left as it is)."""
+        nn.init.trunc_normal_(self.scale_token, std=0.02)
+        for name, m in self.named_modules():
+            if name.startswith("encoder"):
+                continue
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def float32_parts(self) -> list[nn.Module]:
+        """The modules MapAnything runs in float32 whatever the precision of the rest (geometric
+        inputs and their fusion, and the heads)."""
+        return [self.ray_dirs_encoder, self.fusion_norm_layer, self.dpt, self.regressor, self.pose_head,
+                self.scale_head]
+
+    def forward(self, images: torch.Tensor, rays: torch.Tensor | None = None) -> PointMapOutput:
+        """``rays``: known unit ray directions (B, V, H, W, 3) of each view's camera, or None."""
+        B, V, _, H, W = images.shape
+        p, n_cls = self.encoder.patch_size, self.encoder.n_cls_tokens
+        h, w = H // p, W // p
+        tokens = self.encoder(images.reshape(B * V, 3, H, W))[:, n_cls:]
+        with torch.autocast(images.device.type, enabled=False):
+            tokens = tokens.float()
+            if rays is not None:
+                tokens = tokens + self.ray_dirs_encoder(rays.reshape(B * V, H, W, 3).permute(0, 3, 1, 2).float())
+            fused = self.fusion_norm_layer(tokens)  # (BV, hw, D)
+        extra = self.scale_token.to(fused.dtype).expand(B, 1, -1)
+        layers = self.info_sharing(fused.reshape(B, V, h * w, -1), extra)
+
+        def maps(t: torch.Tensor) -> torch.Tensor:  # (B, V*hw + 1, C) -> (BV, C, h, w)
+            return t[:, : V * h * w].reshape(B * V, h, w, -1).permute(0, 3, 1, 2).float()
+
+        with torch.autocast(images.device.type, enabled=False):
+            fused_map = fused.float().reshape(B * V, h, w, -1).permute(0, 3, 1, 2)
+            feats = self.dpt([fused_map] + [maps(t) for t in layers])
+            dense = self.regressor(feats, (H, W)).permute(0, 2, 3, 1)  # (BV, H, W, 6)
+            pose = self.pose_head(maps(layers[-1]))
+            scale = self.scale_head(layers[-1][:, -1].float()).exp().clamp(min=1e-8)  # (B,)
+        return decode(dense.reshape(B, V, H, W, 6), pose.reshape(B, V, 7), scale)
+
+
+def decode(dense: torch.Tensor, pose: torch.Tensor, scale: torch.Tensor) -> PointMapOutput:
+    """Raw head outputs -> :class:`PointMapOutput` (MapAnything's adaptors and output conversion).
+
+    dense (B, V, H, W, 6): ray (normalised), log depth along the ray, confidence
+    (1 + exp), mask logit; pose (B, V, 7): translation, quaternion (normalised);
+    scale (B,) multiplies depths, points and translations.
+    """
+    rays = dense[..., :3] / dense[..., :3].norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    s = scale.view(-1, 1, 1, 1)
+    depth_ray = dense[..., 3].exp() * s
+    conf = 1.0 + dense[..., 4].exp()
+    quats = pose[..., 3:] / pose[..., 3:].norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    R = quaternion_to_matrix(quats)
+    t = pose[..., :3] * scale.view(-1, 1, 1)
+    pts_cam = rays * depth_ray[..., None]
+    pts = torch.einsum("bvij,bvhwj->bvhwi", R, pts_cam) + t[:, :, None, None, :]
+    cam2world = torch.zeros(*R.shape[:2], 4, 4, dtype=R.dtype, device=R.device)
+    cam2world[..., :3, :3], cam2world[..., :3, 3], cam2world[..., 3, 3] = R, t, 1.0
+    return PointMapOutput(pts, pts_cam, rays, depth_ray, pts_cam[..., 2], conf, dense[..., 5], cam2world, quats,
+                          scale)
+
+
+def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices (..., 3, 3) from unit quaternions (..., 4) in (x, y, z, w) order."""
+    x, y, z, w = q.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    ], -1).reshape(*q.shape[:-1], 3, 3)
+
+
+def rays_from_intrinsics(K: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Unit rays (..., h, w, 3) of cameras K (..., 3, 3), pixel centres at integer coordinates."""
+    v, u = torch.meshgrid(torch.arange(h, dtype=K.dtype, device=K.device),
+                          torch.arange(w, dtype=K.dtype, device=K.device), indexing="ij")
+    fx, fy = K[..., 0, 0, None, None], K[..., 1, 1, None, None]
+    cx, cy = K[..., 0, 2, None, None], K[..., 1, 2, None, None]
+    d = torch.stack([(u - cx) / fx, (v - cy) / fy, torch.ones_like(u - cx)], -1)
+    return d / d.norm(dim=-1, keepdim=True)
+
+
+# ---------------------------------------------------------------------------- MapAnything's checkpoint
+
+# MapAnything's encoders for inputs this model does not take (depth, poses, scales): in the public
+# checkpoint, not used by the images(-and-intrinsics) path.
+UNUSED_PREFIXES = ("depth_encoder.", "depth_scale_encoder.", "cam_rot_encoder.", "cam_trans_encoder.",
+                   "cam_trans_scale_encoder.")
+
+_ALIASES = [  # modules MapAnything reaches under two names; the file keeps one of them
+    (r"^dpt_feature_head\.", "dense_head.0."),
+    (r"^dpt_regressor_head\.", "dense_head.1."),
+    (r"^dense_head\.0\.scratch\.layer_rn\.(\d)\.", lambda m: f"dense_head.0.input_process.{m.group(1)}.1."),
+    (r"^dense_head\.0\.scratch\.layer(\d)_rn\.", lambda m: f"dense_head.0.input_process.{int(m.group(1)) - 1}.1."),
+]
+_RULES = [  # MapAnything name -> ours
+    (r"^encoder\.blocks\.(\d+)\.inner\.", r"encoder.blocks.\1."),  # gradient-checkpointing wrapper
+    (r"^dense_head\.0\.input_process\.(\d)\.0\.0\.", r"dpt.projects.\1."),
+    (r"^dense_head\.0\.input_process\.(\d)\.0\.1\.", r"dpt.resize_layers.\1."),
+    (r"^dense_head\.0\.input_process\.(\d)\.1\.", lambda m: f"dpt.scratch.layer{int(m.group(1)) + 1}_rn."),
+    (r"^dense_head\.0\.scratch\.", "dpt.scratch."),
+    (r"^dense_head\.1\.", "regressor."),
+]
+
+
+def is_mapanything_layout(sd: dict) -> bool:
+    return "info_sharing.proj_embed.weight" in sd and any(k.startswith("dense_head.") or
+                                                          k.startswith("dpt_feature_head.") for k in sd)
+
+
+def from_mapanything(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """MapAnything's state dict -> (ours, the keys not used). Aliased copies must agree."""
+    out: dict[str, torch.Tensor] = {}
+    unused: list[str] = []
+    for key, value in sd.items():
+        if key.startswith(UNUSED_PREFIXES):
+            unused.append(key)
+            continue
+        k = key
+        for pattern, repl in _ALIASES + _RULES:
+            k = re.sub(pattern, repl, k)
+        if k in out and not torch.equal(out[k], value):
+            raise CheckpointError(f"the checkpoint holds two different tensors for {k} (one as {key})")
+        out[k] = value
+    return out, unused
+
+
+def config_from_state_dict(sd: dict[str, torch.Tensor], patch: int) -> PointMapConfig:
+    """The head shapes of a state dict in our names (MapAnything's have no stored config)."""
+    try:
+        dim = sd["info_sharing.norm.weight"].shape[0]
+        depth = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("info_sharing.self_attention_blocks."))
+        dpt_channels = [sd[f"dpt.projects.{i}.weight"].shape[0] for i in range(4)]
+        ray_dims = [sd["ray_dirs_encoder.conv_in.weight"].shape[0]] + [
+            sd[f"ray_dirs_encoder.encoder.{i}.conv1.weight"].shape[0]
+            for i in range(len([k for k in sd if re.match(r"ray_dirs_encoder\.encoder\.\d+\.conv1\.weight", k)]))]
+        pose_blocks = len({k.split(".")[2] for k in sd if k.startswith("pose_head.res_conv.")})
+        if sd["pose_head.proj.weight"].shape[0] != 4 * patch * patch:
+            raise CheckpointError("the pose head's width is not 4 x patch^2")
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"not a point-map model state dict (missing {e})") from None
+    # MapAnything's 24 layers tap 11 and 17: the middle and three quarters
+    return PointMapConfig(dim=dim, depth=depth, num_heads=max(1, dim // 64), taps=[depth // 2 - 1, depth * 3 // 4 - 1],
+                          dpt_channels=dpt_channels, dpt_features=sd["dpt.scratch.layer1_rn.weight"].shape[0],
+                          pose_blocks=pose_blocks, scale_hidden=sd["scale_head.proj.weight"].shape[0],
+                          ray_dims=ray_dims)
+
+
+def intrinsics(rays: np.ndarray) -> np.ndarray:
+    """K (..., 3, 3) from rays (..., H, W, 3) (MapAnything's least-squares fit, per view)."""
+    from .geometry import intrinsics_from_rays
+
+    flat = rays.reshape(-1, *rays.shape[-3:])
+    return np.stack([intrinsics_from_rays(r) for r in flat]).reshape(*rays.shape[:-3], 3, 3)
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def load_pointmap(source: str) -> PointMapModel:
+    """A point-map model from MapAnything's checkpoint (id or path) or one saved by pixio; strict:
+    every tensor is used or is one of :data:`UNUSED_PREFIXES`. On CPU, float32, eval mode."""
+    ckpt = read_checkpoint(source)
+    sd, meta = ckpt.tensors, ckpt.metadata
+    if meta.get(FORMAT_KEY) == "pointmap":
+        cfg = PointMapConfig.from_dict(meta["pointmap_config"])
+        enc_cfg = EncoderConfig.from_dict(meta["encoder_config"])
+    elif is_mapanything_layout(sd):
+        sd, _ = from_mapanything(sd)
+        enc_cfg = infer_config({k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")})
+        cfg = config_from_state_dict(sd, enc_cfg.patch_size)
+    else:
+        raise CheckpointError(f"{ckpt.source} is not a point-map model (MapAnything's checkpoint, or one made by "
+                              "`pixio train pointmap`)")
+    model = PointMapModel(PixioEncoder(enc_cfg), cfg)
+    try:
+        model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).strip().splitlines()]
+        raise CheckpointError(f"{ckpt.source} does not fit a point-map model: {' '.join(lines[:3])[:300]}") from None
+    model.source = str(source)  # type: ignore[attr-defined]
+    model.metric = bool(meta.get("metric", True))  # type: ignore[attr-defined]
+    return model.eval()
+
+
+def save_pointmap(model: PointMapModel, path, provenance: dict | None = None, dtype: torch.dtype = torch.float32,
+                  metric: bool = True) -> None:
+    """One safetensors file with the weights (our names) and both configs."""
+    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    meta = {FORMAT_KEY: "pointmap", "pointmap_config": model.cfg.to_dict(),
+            "encoder_config": model.encoder.cfg.to_dict(), "metric": metric, "provenance": provenance or {}}
+    save_safetensors(sd, path, meta)

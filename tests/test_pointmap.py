@@ -1,0 +1,159 @@
+"""The point-map model: MapAnything's checkpoint layout loads strictly, outputs are geometrically
+consistent, views are treated as a set apart from the reference view, known intrinsics are an input."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from heads import geometry as G
+from heads.pointmap import (UNUSED_PREFIXES, PointMapConfig, PointMapModel, load_pointmap, quaternion_to_matrix,
+                            rays_from_intrinsics, save_pointmap)
+from pixio_cli.encoder import size_config
+from pixio_cli.errors import CheckpointError
+
+from .conftest import random_encoder
+
+SMALL = PointMapConfig(dim=64, depth=4, num_heads=1, taps=[1, 2], dpt_channels=[8, 16, 24, 32], dpt_features=16,
+                       scale_hidden=8, ray_dims=[24, 32, 40])
+
+
+def small_model(seed: int = 0) -> PointMapModel:
+    """t16-shaped encoder (a preset, so a file without config can name it) and a small multi-view part,
+    every weight random so that no mapping error hides behind an initial value."""
+    torch.manual_seed(seed)
+    model = PointMapModel(random_encoder(size_config("t16"), seed), SMALL)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("encoder."):
+                p.copy_(1 + 0.05 * torch.randn_like(p) if name.endswith("norm.weight") or "norm_layer.weight" in name
+                        or re.search(r"norm\d?\.weight$", name) else 0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def to_mapanything(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our names -> the public checkpoint's (written independently of the loader's rules)."""
+    out = {}
+    for k, v in sd.items():
+        k2 = re.sub(r"^encoder\.blocks\.(\d+)\.", r"encoder.blocks.\1.inner.", k)
+        k2 = re.sub(r"^dpt\.projects\.(\d)\.", r"dense_head.0.input_process.\1.0.0.", k2)
+        k2 = re.sub(r"^dpt\.resize_layers\.(\d)\.", r"dense_head.0.input_process.\1.0.1.", k2)
+        k2 = re.sub(r"^dpt\.scratch\.layer(\d)_rn\.", lambda m: f"dense_head.0.input_process.{int(m.group(1)) - 1}.1.", k2)
+        k2 = re.sub(r"^dpt\.scratch\.", "dense_head.0.scratch.", k2)
+        k2 = re.sub(r"^regressor\.", "dense_head.1.", k2)
+        out[k2] = v.clone()
+    # MapAnything's encoders of other geometric inputs: present in the file, not used by images
+    for prefix in UNUSED_PREFIXES:
+        out[prefix + "norm_layer.weight"] = torch.randn(192)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model() -> PointMapModel:
+    return small_model()
+
+
+def images(v: int = 3, h: int = 48, w: int = 80, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, v, 3, h, w, generator=g)
+
+
+def test_public_layout_loads_strictly_and_gives_the_same_outputs(model, tmp_path):
+    sd = to_mapanything(model.state_dict())
+    assert any(".inner." in k for k in sd) and "dense_head.0.input_process.3.0.1.weight" in sd
+    assert not any(k.startswith("dense_head.0.scratch.refinenet4.resConfUnit1") for k in sd)
+    path = tmp_path / "model.safetensors"
+    save_file(sd, str(path))
+    loaded = load_pointmap(str(path))
+    assert loaded.cfg == SMALL
+    x = images()
+    with torch.no_grad():
+        a, b = model(x), loaded(x)
+    for name in ("pts3d", "depth_z", "conf", "cam2world", "scale", "mask_logits"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_aliased_names_are_accepted_once(model, tmp_path):
+    sd = to_mapanything(model.state_dict())
+    sd["dpt_feature_head.scratch.layer2_rn.weight"] = sd["dense_head.0.input_process.1.1.weight"].clone()
+    sd["dpt_regressor_head.conv1.bias"] = sd["dense_head.1.conv1.bias"].clone()
+    save_file(sd, str(tmp_path / "a.safetensors"))
+    load_pointmap(str(tmp_path / "a.safetensors"))
+    sd["dpt_regressor_head.conv1.bias"] = sd["dense_head.1.conv1.bias"] + 1  # two different tensors, one name
+    save_file(sd, str(tmp_path / "b.safetensors"))
+    with pytest.raises(CheckpointError, match="two different tensors"):
+        load_pointmap(str(tmp_path / "b.safetensors"))
+
+
+@pytest.mark.parametrize("change", ["extra", "missing"])
+def test_unknown_or_missing_tensors_are_refused(model, tmp_path, change):
+    sd = to_mapanything(model.state_dict())
+    if change == "extra":
+        sd["mystery_head.weight"] = torch.zeros(3)
+    else:
+        del sd["pose_head.fc_rot.weight"]
+    save_file(sd, str(tmp_path / "m.safetensors"))
+    with pytest.raises(CheckpointError, match="does not fit a point-map model"):
+        load_pointmap(str(tmp_path / "m.safetensors"))
+
+
+def test_own_format_round_trip(model, tmp_path):
+    save_pointmap(model, tmp_path / "pm.safetensors", {"how": "test"})
+    loaded = load_pointmap(str(tmp_path / "pm.safetensors"))
+    x = images(2)
+    with torch.no_grad():
+        assert torch.equal(model(x).pts3d, loaded(x).pts3d)
+
+
+def test_an_encoder_is_not_a_point_map_model(tiny_encoder_file):
+    with pytest.raises(CheckpointError, match="not a point-map model"):
+        load_pointmap(str(tiny_encoder_file))
+
+
+def test_outputs_are_consistent_geometry(model):
+    with torch.no_grad():
+        out = model(images(2, 48, 80))  # a 3x5 token grid: the DPT's deepest level is cropped
+    assert out.pts3d.shape == (1, 2, 48, 80, 3) and out.conf.shape == (1, 2, 48, 80)
+    assert torch.allclose(out.rays.norm(dim=-1), torch.ones(1), atol=1e-5)
+    assert (out.conf >= 1).all() and (out.scale > 0).all()
+    R, t = out.cam2world[..., :3, :3], out.cam2world[..., :3, 3]
+    assert torch.allclose(R @ R.transpose(-1, -2), torch.eye(3).expand_as(R), atol=1e-5)
+    world = torch.einsum("bvij,bvhwj->bvhwi", R, out.pts3d_cam) + t[:, :, None, None]
+    assert torch.allclose(world, out.pts3d, atol=1e-5)
+    assert torch.allclose(out.depth_z, out.pts3d_cam[..., 2]) and torch.allclose(
+        out.depth_ray, out.pts3d_cam.norm(dim=-1), rtol=1e-5)
+    assert torch.equal(out.cam2world[..., 3, :], torch.tensor([0.0, 0, 0, 1]).expand(1, 2, 4))
+
+
+def test_non_reference_views_are_a_set(model):
+    """Swapping views 1 and 2 swaps their outputs; view 0 (the reference) and the scale do not change."""
+    x = images(3)
+    with torch.no_grad():
+        a = model(x)
+        b = model(x[:, [0, 2, 1]])
+    assert torch.allclose(a.pts3d[:, [0, 2, 1]], b.pts3d, atol=1e-4)
+    assert torch.allclose(a.scale, b.scale, atol=1e-6)
+    with torch.no_grad():
+        c = model(x[:, [1, 0, 2]])  # another reference view: another frame
+    assert not torch.allclose(a.pts3d[:, 1], c.pts3d[:, 0], atol=1e-3)
+
+
+def test_known_intrinsics_are_an_input(model):
+    K = torch.tensor([[60.0, 0, 39.5], [0, 62.0, 23.5], [0, 0, 1]])
+    rays = rays_from_intrinsics(K, 48, 80)
+    assert np.allclose(rays.numpy(), G.ray_directions(K.double().numpy(), 48, 80), atol=1e-6)
+    assert np.allclose(G.intrinsics_from_rays(rays.double().numpy()), K.numpy(), atol=1e-3)
+    x = images(2)
+    with torch.no_grad():
+        plain = model(x)
+        given = model(x, rays[None, None].expand(1, 2, 48, 80, 3))
+    assert not torch.allclose(plain.pts3d, given.pts3d, atol=1e-4)
+
+
+def test_quaternion_convention_matches_geometry():
+    q = torch.nn.functional.normalize(torch.randn(5, 4, dtype=torch.float64), dim=-1)
+    assert np.allclose(quaternion_to_matrix(q).numpy(), G.rotation_from_quaternion(q.numpy()))
