@@ -197,3 +197,28 @@ def mean_norm(points: list[np.ndarray], masks: list[np.ndarray] | None = None) -
         total += float(norms[keep].sum())
         count += int(keep.sum())
     return total / count if count else 0.0
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def write_ply(path, points: np.ndarray, colours: np.ndarray) -> None:
+    """Coloured points (N, 3) and colours (N, 3) uint8 as a PLY file, with Open3D, atomically."""
+    from pathlib import Path
+
+    from pixio_cli.errors import UsageError
+    from pixio_cli.writers import atomic_path
+
+    try:
+        import open3d as o3d
+    except ImportError as e:  # also raised when libusb-1.0 is missing
+        raise UsageError(f"writing a PLY needs Open3D ({e}); install open3d and the system library libusb-1.0") from None
+    pcd = o3d.geometry.PointCloud()
+    pcd.points = o3d.utility.Vector3dVector(np.asarray(points, np.float64).reshape(-1, 3))
+    pcd.colors = o3d.utility.Vector3dVector(np.asarray(colours, np.float64).reshape(-1, 3) / 255)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp_ply = tmp.with_suffix(".ply")  # Open3D picks the format from the extension
+        if not o3d.io.write_point_cloud(str(tmp_ply), pcd):
+            raise UsageError(f"Open3D could not write {path}")
+        tmp_ply.replace(tmp)

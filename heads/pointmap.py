@@ -395,6 +395,14 @@ def intrinsics(rays: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- files
 
 
+def prepare_pointmap(engine, model: PointMapModel) -> PointMapModel:
+    """``model`` on the engine's device and precision, with MapAnything's float32 parts kept in float32."""
+    model = engine.prepare(model)
+    for part in model.float32_parts():
+        part.float()
+    return model
+
+
 def load_pointmap(source: str) -> PointMapModel:
     """A point-map model from MapAnything's checkpoint (id or path) or one saved by pixio; strict:
     every tensor is used or is one of :data:`UNUSED_PREFIXES`. On CPU, float32, eval mode."""
@@ -428,3 +436,50 @@ def save_pointmap(model: PointMapModel, path, provenance: dict | None = None, dt
     meta = {FORMAT_KEY: "pointmap", "pointmap_config": model.cfg.to_dict(),
             "encoder_config": model.encoder.cfg.to_dict(), "metric": metric, "provenance": provenance or {}}
     save_safetensors(sd, path, meta)
+
+
+def is_pointmap_source(source: str) -> bool:
+    """Whether ``--model`` names a point-map model (a public id, our file or MapAnything's), without
+    reading its tensors."""
+    from pathlib import Path
+
+    from pixio_cli.model_ids import POINTMAP_MODELS
+
+    if source in POINTMAP_MODELS:
+        return True
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta, keys = f.metadata() or {}, set(f.keys())
+    except Exception:  # unreadable: let the regular loader say why
+        return False
+    return meta.get(FORMAT_KEY) == '"pointmap"' or is_mapanything_layout(dict.fromkeys(keys))
+
+
+class PointMapDepth(nn.Module):
+    """A point-map model as a one-image depth predictor: each image is a scene of one view; z-depth in
+    metres (when the model is metric) and the intrinsics its rays imply. Whole images, no windows:
+    each window would get its own scale."""
+
+    whole_image = True
+
+    def __init__(self, model: PointMapModel, short_side: int = 384) -> None:
+        super().__init__()
+        from .model import HeadConfig
+
+        self.model = model
+        self.cfg = HeadConfig(task="depth", crop=0, infer_short=short_side)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x[:, None]).depth_z[:, 0]
+
+    def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.model(x[:, None])
+        K = torch.from_numpy(intrinsics(out.rays[:, 0].float().cpu().numpy())).float()
+        return {"out": out.depth_z[:, 0], "K": K}

@@ -23,7 +23,13 @@ from .model import DenseModel, load_head
 
 
 def load_dense(engine: Engine, source: str, task: str) -> DenseModel:
-    """A head checkpoint of ``task`` on the engine's device."""
+    """A head checkpoint of ``task`` on the engine's device (for depth, also a point-map model)."""
+    from .pointmap import PointMapDepth, is_pointmap_source, load_pointmap, prepare_pointmap
+
+    if is_pointmap_source(source):
+        if task != "depth":
+            raise UsageError(f"{source} is a point-map model: it predicts depth, not {task}")
+        return PointMapDepth(prepare_pointmap(engine, load_pointmap(source)))  # type: ignore[return-value]
     net = load_head(source)
     if net.cfg.task != task:
         raise UsageError(f"{source} is a {net.cfg.task} head, not a {task} head")
@@ -34,6 +40,8 @@ def batch_fn(model: DenseModel, tile: bool = True) -> Callable[[torch.Tensor], d
     """Depth in metres or class probabilities at the input's resolution: sliding windows of the head's
     crop (stride 2/3 of it, overlaps averaged) with ``tile``, else one whole-image pass."""
     seg = model.cfg.task == "segment"
+    if getattr(model, "whole_image", False):
+        return model.outputs  # type: ignore[attr-defined]
 
     def run(x: torch.Tensor) -> torch.Tensor:
         out = model(x).float()

@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pixio_cli.errors import UsageError
 
 
 def depth_picture(depth: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
@@ -60,23 +59,10 @@ def overlay_picture(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, 
 
 def write_point_cloud(path: Path, depth: np.ndarray, image: np.ndarray, fx: float, fy: float,
                       cx: float, cy: float) -> None:
-    """A coloured point cloud (camera frame, metres) written with Open3D."""
-    try:
-        import open3d as o3d
-    except ImportError as e:  # also raised when libusb-1.0 is missing
-        raise UsageError(f"--ply needs Open3D ({e}); install open3d and the system library libusb-1.0") from None
-    from pixio_cli.writers import atomic_path
+    """A coloured point cloud of one depth map (camera frame, metres)."""
+    from .geometry import depth_to_points, write_ply
 
-    h, w = depth.shape
-    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
-    z = depth.astype(np.float32)
-    pts = np.stack([(u - cx) * z / fx, (v - cy) * z / fy, z], -1).reshape(-1, 3)
-    keep = z.reshape(-1) > 0
-    pcd = o3d.geometry.PointCloud()
-    pcd.points = o3d.utility.Vector3dVector(pts[keep].astype(np.float64))
-    pcd.colors = o3d.utility.Vector3dVector(image.reshape(-1, 3)[keep].astype(np.float64) / 255)
-    with atomic_path(path.with_suffix(".ply")) as tmp:
-        tmp_ply = tmp.with_suffix(".ply")
-        if not o3d.io.write_point_cloud(str(tmp_ply), pcd):
-            raise UsageError(f"Open3D could not write {path}")
-        tmp_ply.replace(tmp)
+    K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]])
+    keep = depth.reshape(-1) > 0
+    pts = depth_to_points(depth.astype(np.float64), K).reshape(-1, 3)
+    write_ply(path.with_suffix(".ply"), pts[keep], image.reshape(-1, 3)[keep])

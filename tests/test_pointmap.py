@@ -3,8 +3,11 @@ consistent, views are treated as a set apart from the reference view, known intr
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,6 +16,7 @@ from safetensors.torch import save_file
 from heads import geometry as G
 from heads.pointmap import (UNUSED_PREFIXES, PointMapConfig, PointMapModel, load_pointmap, quaternion_to_matrix,
                             rays_from_intrinsics, save_pointmap)
+from heads.scene import Predictions
 from pixio_cli.encoder import size_config
 from pixio_cli.errors import CheckpointError
 
@@ -157,3 +161,87 @@ def test_known_intrinsics_are_an_input(model):
 def test_quaternion_convention_matches_geometry():
     q = torch.nn.functional.normalize(torch.randn(5, 4, dtype=torch.float64), dim=-1)
     assert np.allclose(quaternion_to_matrix(q).numpy(), G.rotation_from_quaternion(q.numpy()))
+
+
+# ---------------------------------------------------------------------------- commands
+
+KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "rgbd-7scenes-redkitchen"
+
+
+@pytest.fixture(scope="module")
+def model_file(model, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pm") / "pm.safetensors"
+    save_pointmap(model, path, {"how": "random, for tests"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory) -> list[Path]:
+    """Three real 640x480 kitchen frames."""
+    if not KITCHEN.exists():
+        pytest.skip("shared data not present")
+    return [KITCHEN / f"frame-{i:06d}.color.jpg" for i in (0, 4, 8)]
+
+
+def test_recon3d_writes_a_coloured_scene_and_raw_predictions(cli, model_file, frames, tmp_path):
+    o3d = pytest.importorskip("open3d")
+    bad = tmp_path / "corrupt.jpg"
+    bad.write_bytes(b"not a jpeg")
+    code, out, err = cli(["recon3d", *frames[:2], bad, frames[2], "-o", tmp_path / "scene.ply", "--model",
+                          model_file, "--resize", "64", "--no-mask", "--save-predictions", tmp_path / "p.npz",
+                          "--json", "-q", "--workers", "0", "--precision", "fp32"])
+    assert code == 1 and "corrupt.jpg" in err  # reported and skipped; the rest reconstructed
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["frames"] == 3 and summary["failed"] == 1 and summary["unit"] == "metres"
+    assert summary["size"] == [80, 64] and summary["points"] == 3 * 64 * 80
+    pcd = o3d.io.read_point_cloud(str(tmp_path / "scene.ply"))
+    assert len(pcd.points) == 3 * 64 * 80 and len(pcd.colors) == len(pcd.points)
+    pred = Predictions.load(tmp_path / "p.npz")
+    assert pred.images == [str(f) for f in frames]
+    assert pred.pts3d.shape == (3, 64, 80, 3) and pred.cam2world.shape == (3, 4, 4) and pred.conf.shape == (3, 64, 80)
+    assert np.allclose(np.asarray(pcd.points), pred.pts3d.reshape(-1, 3), atol=1e-5)
+    # K in processing pixels fits the rays; K_original is the same camera in the 640x480 originals
+    assert np.allclose(pred.K_original[:, 0, 0], pred.K[:, 0, 0] * 8, rtol=1e-5)
+    assert (pred.original_hw == [480, 640]).all()
+
+
+def test_recon3d_takes_known_intrinsics(cli, model_file, frames, tmp_path):
+    K = np.array([[585.0, 0, 320], [0, 585, 240], [0, 0, 1]])
+    np.savetxt(tmp_path / "K.txt", K)
+    args = ["recon3d", *frames[:2], "-o", tmp_path / "s.ply", "--model", model_file, "--resize", "64", "--no-mask",
+            "-q", "--workers", "0", "--precision", "fp32"]
+    code, _, err = cli([*args, "--intrinsics", tmp_path / "K.txt", "--save-predictions", tmp_path / "k.npz"])
+    assert code == 0, err
+    pred = Predictions.load(tmp_path / "k.npz")
+    assert np.allclose(pred.K_original, K) and np.allclose(pred.K[0, 0, 0], 585 / 8)
+    (tmp_path / "K3.json").write_text(json.dumps([K.tolist()] * 3))
+    code, _, err = cli([*args, "--intrinsics", tmp_path / "K3.json"])
+    assert code == 2 and "3 matrices for 2 images" in err
+    (tmp_path / "K2.txt").write_text("1 0 0\n0 1 0\n")
+    code, _, err = cli([*args, "--intrinsics", tmp_path / "K2.txt"])
+    assert code == 2 and "expected one 3x3 matrix" in err and len(err.strip().splitlines()) == 1
+
+
+def test_recon3d_refuses_what_it_cannot_do(cli, model_file, frames, tmp_path):
+    tall = tmp_path / "tall.png"
+    cv2.imwrite(str(tall), np.zeros((300, 100, 3), np.uint8))
+    args = ["--model", model_file, "--resize", "64", "-q", "--workers", "0"]
+    code, _, err = cli(["recon3d", frames[0], tall, "-o", tmp_path / "a.ply", *args])
+    assert code == 2 and "aspect ratio" in err and not (tmp_path / "a.ply").exists()
+    code, _, err = cli(["recon3d", frames[0], "-o", tmp_path / "a.obj", *args])
+    assert code == 2 and ".ply" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli(["recon3d", tmp_path / "empty", "-o", tmp_path / "a.ply", *args])
+    assert code == 1 and "no images found" in err
+
+
+def test_depth_from_a_point_map_model(cli, model_file, frames, tmp_path):
+    o3d = pytest.importorskip("open3d")
+    code, _, err = cli(["depth", frames[0], "-o", tmp_path / "d.npy", "--model", model_file, "--resize", "64",
+                        "--ply", "-q", "--workers", "0", "--precision", "fp32"])
+    assert code == 0, err
+    d = np.load(tmp_path / "d.npy")
+    assert d.shape == (480, 640) and (d > 0).all()
+    assert len(o3d.io.read_point_cloud(str(tmp_path / "d.ply")).points) == 480 * 640  # camera from the model
+    code, _, err = cli(["segment", frames[0], "-o", tmp_path / "s.png", "--model", model_file, "-q"])
+    assert code != 0 and "point-map model" in err

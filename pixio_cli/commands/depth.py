@@ -23,7 +23,9 @@ def depth(
     inputs: opt.Inputs,
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Output folder, or a .png (png16) / .npy file for one input.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Head checkpoint from `pixio train depth`.")] = "depth-tiny",
+    model: Annotated[str, typer.Option("--model", "-m", help="Head checkpoint from `pixio train depth`, or a point-map "
+                                                             "model (pixio-vith16-mapanything, a file): metric depth "
+                                                             "and the camera from one image.")] = "depth-tiny",
     format: Annotated[Optional[DepthFormat], typer.Option(
         "--format", "-f", help="png16: 16-bit PNG in millimetres; npy: float32 metres (default: png16, or what "
                                "the -o file's extension says).", show_default=False)] = None,
@@ -71,7 +73,8 @@ def depth(
     # engine and model
     engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None)
     net = load_dense(engine, model, "depth")
-    if ply and fov is None and fx is None and not net.cfg.intrinsics:
+    predicts_camera = getattr(net, "whole_image", False)
+    if ply and fov is None and fx is None and not net.cfg.intrinsics and not predicts_camera:
         raise UsageError("--ply needs the camera: give --fov or --fx (this head does not carry intrinsics)")
     policy = default_policy(resize, net)
     ledger = None if dest.single else Ledger(
@@ -102,7 +105,14 @@ def depth(
         if ply:
             from heads.visualize import write_point_cloud
 
-            write_point_cloud(dest.path(item, ".ply"), d, image, *_intrinsics(net.cfg.intrinsics, w, h, fov, fx))
+            if "K" in out and fov is None and fx is None:  # the camera the point-map model predicted
+                from heads.geometry import scale_intrinsics
+
+                K = scale_intrinsics(out["K"].numpy(), sample.image.shape[:2], (h, w))
+                camera = (K[0, 0], K[1, 1], K[0, 2], K[1, 2])
+            else:
+                camera = _intrinsics(net.cfg.intrinsics, w, h, fov, fx)
+            write_point_cloud(dest.path(item, ".ply"), d, image, *camera)
         if ledger is not None:
             ledger.record_item(item)
         if json_lines:
