@@ -245,3 +245,38 @@ def test_depth_from_a_point_map_model(cli, model_file, frames, tmp_path):
     assert len(o3d.io.read_point_cloud(str(tmp_path / "d.ply")).points) == 480 * 640  # camera from the model
     code, _, err = cli(["segment", frames[0], "-o", tmp_path / "s.png", "--model", model_file, "-q"])
     assert code != 0 and "point-map model" in err
+
+
+def test_evaluation_scores_ground_truth_as_perfect(frames):
+    """Predictions made from the ground truth (in another world frame) score perfectly: the evaluation's
+    conventions (frames, poses, scaling of K) agree with the layout's."""
+    from heads.metrics import pointmap_metrics
+    from heads.scene import as_evaluated, ground_truth
+    from heads.sequences import find_sequences
+
+    seq = find_sequences("7scenes", KITCHEN, "train")[0]
+    chosen = [seq.frames[i] for i in (0, 5, 10)]
+    hw = (60, 80)
+    gt, valid = ground_truth([seq.read_depth(f) for f in chosen], [f.K for f in chosen],
+                             [f.cam2world for f in chosen], hw)
+    world = np.eye(4)
+    world[:3, :3] = G.rotation_from_quaternion(np.array([0.3, -0.2, 0.1, 0.9]))
+    world[:3, 3] = [1.0, 2.0, -0.5]
+    poses = world @ gt["cam2world"]  # the same cameras in an arbitrary world frame, 2x the size
+    pts = np.stack([G.transform(c, T) for c, T in zip(gt["pts3d_cam"], poses)])
+    scaled = poses.copy()
+    scaled[:, :3, 3] *= 2
+    pred = Predictions(images=["a", "b", "c"], pts3d=(2 * pts).astype(np.float32), depth_z=2 * gt["pts3d_cam"][..., 2],
+                       conf=np.ones(valid.shape), mask=valid, cam2world=scaled, K=np.zeros((3, 3, 3)),
+                       K_original=np.zeros((3, 3, 3)), original_hw=np.zeros((3, 2)), scale=2.0, metric=False)
+    m = pointmap_metrics(as_evaluated(pred), gt, valid)
+    assert m["points_rel"] < 1e-3 and m["depth_rel"] < 1e-3  # float32 round-off and m["points_tau"] == 100 and m["pose_auc5"] > 99.9
+    assert np.allclose(gt["cam2world"][0], np.eye(4), atol=1e-3)  # 7-Scenes poses are orthonormal to ~1e-4
+
+
+def test_evaluate_pointmap_command(cli, model_file, frames):
+    code, out, err = cli(["evaluate", "pointmap", "--data", KITCHEN, "--model", model_file, "--views", "2",
+                          "--gap", "3", "--limit", "2", "--resize", "64", "--precision", "fp32", "--json"])
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["sets"] == 2 and {"points_rel", "depth_tau", "pose_auc5", "ate", "scale_rel"} <= set(result)

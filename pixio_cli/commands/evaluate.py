@@ -1,4 +1,4 @@
-"""``pixio evaluate depth|segment|knn``: the official metrics of a head checkpoint or an encoder."""
+"""``pixio evaluate depth|segment|knn|pointmap``: the official metrics of a head checkpoint or an encoder."""
 
 from __future__ import annotations
 
@@ -138,6 +138,44 @@ def evaluate_knn(
     if json_out:
         typer.echo(json.dumps({"results": results, "train": len(train.paths), "val": len(val.paths),
                                "classes": len(classes)}))
+
+
+@app.command("pointmap")
+def evaluate_pointmap(
+        data: Data,
+        model: Annotated[str, typer.Option("--model", "-m", help="Point-map model: id or checkpoint.")],
+        dataset: Annotated[str, typer.Option(help="7scenes or generic-rgbd.")] = "7scenes",
+        split: Split = "val",
+        views: Annotated[int, typer.Option(help="Views per set.", min=1)] = 4,
+        gap: Annotated[int, typer.Option(help="Frames between the views of a set.", min=1)] = 5,
+        resize: Annotated[Optional[str], typer.Option(
+            help="Processing size (default: short side 384, as recon3d).", show_default=False)] = None,
+        depth_scale: Annotated[Optional[float], typer.Option(help="Stored value per metre (generic-rgbd).")] = None,
+        json_out: JsonOut = False, device: opt.Device = "auto", precision: opt.Precision = None,
+        limit: Annotated[Optional[int], typer.Option(help="At most this many view sets.", min=1)] = None) -> None:
+    """MapAnything's benchmark metrics over sets of views of each sequence, averaged over the sets:
+    points_rel/tau and depth_rel/tau (each side normalised by its mean point norm; tau = % within 1.03),
+    pose AUC@5 and @30 over view pairs, ATE after Sim(3) alignment, scale_rel for metric models."""
+    import json
+
+    from heads.pointmap import load_pointmap, prepare_pointmap
+    from heads.scene import evaluate_pointmap as run
+    from heads.sequences import find_sequences
+
+    from ..engine import Engine
+    from ..images import ResizePolicy
+
+    sequences = find_sequences(dataset, data, split, depth_scale)
+    if not sequences:
+        raise UsageError(f"--data {data}: no {split} sequences in the {dataset} layout")
+    engine = Engine(device, precision, batch_size=views, workers=0, progress=False)
+    net = prepare_pointmap(engine, load_pointmap(model))
+    result = run(net, sequences, engine, views, gap, ResizePolicy.parse(resize) if resize else None, limit,
+                 bool(getattr(net, "metric", True)))
+    for k, v in result.items():
+        typer.echo(f"{k:>10s}  {v:.4f}" if isinstance(v, float) else f"{k:>10s}  {v}", err=True)
+    if json_out:
+        typer.echo(json.dumps(result))
 
 
 def register(root: typer.Typer) -> None:
