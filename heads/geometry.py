@@ -102,6 +102,25 @@ def rotation_from_quaternion(q: np.ndarray) -> np.ndarray:
     ], -2)
 
 
+def quaternion_from_rotation(R: np.ndarray) -> np.ndarray:
+    """Unit quaternions (..., 4) in (x, y, z, w) order, w >= 0, from rotation matrices (..., 3, 3)
+    (the eigenvector of the largest eigenvalue of Bar-Itzhack's symmetric 4x4: robust for any angle
+    and for matrices a little off orthonormal)."""
+    R = np.asarray(R, np.float64)
+    m = R.reshape(-1, 3, 3)
+    out = np.empty((len(m), 4))
+    for i, r in enumerate(m):
+        (a, b, c), (d, e, f), (g, h, k) = r
+        Q = np.array([[a - e - k, d + b, g + c, h - f],
+                      [d + b, e - a - k, h + f, c - g],
+                      [g + c, h + f, k - a - e, d - b],
+                      [h - f, c - g, d - b, a + e + k]]) / 3
+        w, v = np.linalg.eigh(Q)
+        q = v[:, np.argmax(w)]
+        out[i] = q if q[3] >= 0 else -q
+    return out.reshape(*R.shape[:-2], 4)
+
+
 def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> np.ndarray:
     """Angle (degrees) of the rotation taking R_a to R_b, for (..., 3, 3) stacks."""
     cos = (np.trace(np.swapaxes(R_a, -1, -2) @ R_b, axis1=-2, axis2=-1) - 1) / 2

@@ -410,6 +410,11 @@ def load_pointmap(source: str) -> PointMapModel:
     sd, meta = ckpt.tensors, ckpt.metadata
     if meta.get(FORMAT_KEY) == "pointmap":
         cfg = PointMapConfig.from_dict(meta["pointmap_config"])
+        if meta.get("encoder_source"):  # a frozen public or bundled encoder, not stored in the file
+            from pixio_cli.checkpoints import load_encoder
+
+            encoder = load_encoder(meta["encoder_source"])
+            sd = {**{f"encoder.{k}": v for k, v in encoder.state_dict().items()}, **sd}
         enc_cfg = EncoderConfig.from_dict(meta["encoder_config"])
     elif is_mapanything_layout(sd):
         sd, _ = from_mapanything(sd)
@@ -426,15 +431,20 @@ def load_pointmap(source: str) -> PointMapModel:
         raise CheckpointError(f"{ckpt.source} does not fit a point-map model: {' '.join(lines[:3])[:300]}") from None
     model.source = str(source)  # type: ignore[attr-defined]
     model.metric = bool(meta.get("metric", True))  # type: ignore[attr-defined]
+    model.infer_short = int(meta.get("infer_short", 384))  # type: ignore[attr-defined]
+    model.provenance = meta.get("provenance", {})  # type: ignore[attr-defined]
     return model.eval()
 
 
 def save_pointmap(model: PointMapModel, path, provenance: dict | None = None, dtype: torch.dtype = torch.float32,
-                  metric: bool = True) -> None:
-    """One safetensors file with the weights (our names) and both configs."""
-    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+                  metric: bool = True, encoder_source: str | None = None, infer_short: int = 384) -> None:
+    """One safetensors file with the weights (our names) and both configs. With ``encoder_source`` (a
+    public or bundled encoder id, kept frozen) the encoder's weights are left out and loaded by id."""
+    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()
+          if not (encoder_source and k.startswith("encoder."))}
     meta = {FORMAT_KEY: "pointmap", "pointmap_config": model.cfg.to_dict(),
-            "encoder_config": model.encoder.cfg.to_dict(), "metric": metric, "provenance": provenance or {}}
+            "encoder_config": model.encoder.cfg.to_dict(), "metric": metric, "provenance": provenance or {},
+            "encoder_source": encoder_source, "infer_short": infer_short}
     save_safetensors(sd, path, meta)
 
 

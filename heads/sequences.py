@@ -68,7 +68,14 @@ def _frame_number(path: Path) -> int:
 
 
 def _pose(path: Path) -> np.ndarray | None:
-    return np.loadtxt(path).reshape(4, 4) if path.exists() else None
+    """A 4x4 camera-to-world matrix, its rotation made exactly orthonormal (7-Scenes' are off by ~1e-4,
+    which would make view 0 of a set not quite the identity in its own frame)."""
+    if not path.exists():
+        return None
+    T = np.loadtxt(path).reshape(4, 4)
+    U, _, Vt = np.linalg.svd(T[:3, :3])
+    T[:3, :3] = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
+    return T
 
 
 def _sevenscenes_frames(folder: Path, K: np.ndarray) -> list[Frame]:

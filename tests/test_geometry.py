@@ -148,3 +148,14 @@ def test_pointmap_metrics_identity_scale_and_rotation():
     # errors 0, 3.5, 3.5 degrees over 5 one-degree bins: cumsum 1/3, 1/3, 1/3, 1, 1 -> mean 0.6
     assert m["pose_auc5"] == pytest.approx(60.0) and m["pose_auc30"] > 90
     assert "scale_rel" not in m  # not a metric prediction
+
+
+def test_quaternion_from_rotation_inverts_rotation_from_quaternion():
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(20, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    q[q[:, 3] < 0] *= -1
+    q[0] = [1, 0, 0, 0]  # 180 degrees: w = 0
+    back = G.quaternion_from_rotation(G.rotation_from_quaternion(q))
+    assert np.allclose(back[1:], q[1:], atol=1e-9)
+    assert np.allclose(np.abs(back[0]), q[0], atol=1e-9)  # at w = 0, q and -q are the same rotation

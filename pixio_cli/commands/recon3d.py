@@ -29,7 +29,8 @@ def recon3d(
         "--save-predictions", help="Also the raw predictions as .npz (points, depths, confidences, masks, poses, "
                                    "intrinsics, scale, image names), before any cleaning.", show_default=False)] = None,
     resize: Annotated[Optional[str], typer.Option(
-        help=f"Processing size: short side N, WxH or native (default: short side {DEFAULT_SHORT_SIDE}).",
+        help="Processing size: short side N, WxH or native (default: the model's, short side "
+             f"{DEFAULT_SHORT_SIDE} for MapAnything's).",
         show_default=False)] = None,
     use_mask: Annotated[bool, typer.Option(
         "--mask/--no-mask", help="Keep only the pixels the model's mask marks as unambiguous.")] = True,
@@ -64,10 +65,13 @@ def recon3d(
     from .common import report_failures
 
     started = time.perf_counter()
-    # input
+    # input, engine and model (whose training scale is the default processing size)
     items = collect(inputs, every=every)
     engine = Engine(device, precision, 8, workers, progress=False if quiet else None)
-    policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=DEFAULT_SHORT_SIDE)
+    net = prepare_pointmap(engine, load_pointmap(model))
+    metric = bool(getattr(net, "metric", True))
+    short = getattr(net, "infer_short", DEFAULT_SHORT_SIDE)
+    policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=short)
     summary = Summary()
     samples = sorted((s for b in engine.batches(items, policy, summary) for s in b.samples), key=lambda s: s.index)
     if not samples:
@@ -79,11 +83,9 @@ def recon3d(
     if known is not None and summary.failures:
         raise UsageError("--intrinsics lists one K per image, and some images could not be read: fix or remove "
                          "them first")
-
-    # engine and model
-    net = prepare_pointmap(engine, load_pointmap(model))
-    metric = bool(getattr(net, "metric", True))
     loaded = time.perf_counter()
+
+    # the views, all at once
     try:
         with torch.inference_mode(), autocast(engine.device, engine.dtype):
             pred = predict(net, engine.to_pixels(frames), names, [s.orig_hw for s in samples], known, metric)
@@ -104,7 +106,7 @@ def recon3d(
     record = {"scene": str(scene), "frames": len(frames), "failed": summary.failed, "points": int(len(points)),
               "scale": pred.scale, "unit": unit, "size": [int(frames[0].shape[1]), int(frames[0].shape[0])],
               "predictions": str(save_predictions) if save_predictions else None,
-              "seconds": {"load": round(loaded - started, 2), "inference": round(inferred - loaded, 2),
+              "seconds": {"load_and_decode": round(loaded - started, 2), "inference": round(inferred - loaded, 2),
                           "total": round(time.perf_counter() - started, 2)}}
     if json_summary:
         typer.echo(json.dumps(record))

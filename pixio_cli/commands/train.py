@@ -1,4 +1,4 @@
-"""``pixio train depth|segment``: train a dense head on a frozen (or fine-tuned) encoder."""
+"""``pixio train depth|segment|pointmap``: train a dense head or a point-map model on a Pixio encoder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import typer
 
 from .. import options as opt
 
-app = typer.Typer(help="Train a depth or segmentation head (official recipe by default).", no_args_is_help=True)
+app = typer.Typer(help="Train a depth or segmentation head (official recipe by default), or a point-map model.",
+                  no_args_is_help=True)
 
 Encoder = Annotated[str, typer.Option(help="Encoder: model id or checkpoint (frozen unless --finetune).")]
 Data = Annotated[Path, typer.Option(help="Dataset root folder.")]
@@ -73,6 +74,56 @@ def train_segment(encoder: Encoder, data: Data, output: Output,
          features=features, head_channels=head_channels, classes=classes, crop=crop, steps=steps,
          batch_size=batch_size, lr=lr, finetune=finetune, seed=seed, workers=workers, device=device,
          precision=precision, half=half, eval_limit=eval_limit)
+
+
+@app.command("pointmap")
+def train_pointmap(
+        encoder: Encoder, data: Data,
+        output: Annotated[Path, typer.Option("--output", "-o", help="Folder: pointmap.safetensors and train.ckpt.")],
+        dataset: Annotated[str, typer.Option(help="7scenes or generic-rgbd.")] = "7scenes",
+        size: opt.Size = None,
+        dim: Annotated[int, typer.Option(help="Multi-view transformer width (768 for MapAnything).")] = 192,
+        depth: Annotated[int, typer.Option(help="Its layers (24 for MapAnything).", min=4)] = 4,
+        num_heads: Annotated[int, typer.Option(help="Its attention heads.", min=1)] = 3,
+        dpt_features: Annotated[int, typer.Option(help="DPT fusion width (256 for MapAnything).")] = 64,
+        dpt_channels: Annotated[str, typer.Option(help="DPT projection widths (96,192,384,768 for MapAnything).")]
+        = "48,96,192,384",
+        views: Annotated[int, typer.Option(help="Views per training sample.", min=1)] = 3,
+        max_gap: Annotated[int, typer.Option(help="At most this many frames between a sample's views.", min=1)] = 6,
+        width: Annotated[int, typer.Option(help="Training width (a multiple of 16).")] = 256,
+        height: Annotated[int, typer.Option(help="Training height (a multiple of 16).")] = 192,
+        depth_scale: Annotated[Optional[float], typer.Option(help="Stored value per metre (generic-rgbd).")] = None,
+        steps: Steps = 2000, batch_size: Batch = 4,
+        lr: Annotated[float, typer.Option(help="Peak learning rate (warmup, then poly decay).")] = 2e-4,
+        finetune: Finetune = False, seed: int = 0, workers: int = 2, device: opt.Device = "auto",
+        precision: opt.Precision = None, half: Half = False,
+        eval_limit: Annotated[Optional[int], typer.Option(help="Evaluate on at most this many held-out view sets.")]
+        = 20,
+        save_every: SaveEvery = 500, resume: Resume = False) -> None:
+    """Train a point-map model (MapAnything's architecture, small by default) on multi-view RGB-D sequences;
+    scores the untrained and the trained model on the held-out split and stores both in the file."""
+    from heads.pointmap_train import PointMapTrainConfig
+    from heads.pointmap_train import train_pointmap as run
+
+    from ..errors import UsageError
+
+    try:
+        channels = tuple(int(c) for c in dpt_channels.split(","))
+    except ValueError:
+        channels = ()
+    if len(channels) != 4:
+        raise UsageError(f"--dpt-channels {dpt_channels}: expected four widths such as 48,96,192,384")
+    if dim % num_heads:
+        raise UsageError(f"--dim {dim} is not divisible by --num-heads {num_heads}")
+    cfg = PointMapTrainConfig(encoder=encoder, data=str(data), dataset=dataset, output=str(output), size=size, dim=dim,
+                              depth=depth, num_heads=num_heads, dpt_features=dpt_features, dpt_channels=channels,
+                              views=views, max_gap=max_gap, width=width, height=height, steps=steps,
+                              batch_size=batch_size, lr=lr, finetune=finetune, depth_scale=depth_scale, seed=seed,
+                              workers=workers, device=device, precision=precision, half=half, eval_limit=eval_limit,
+                              save_every=save_every)
+    result = run(cfg, resume=resume)
+    if result:
+        typer.echo(json.dumps(result))
 
 
 def register(root: typer.Typer) -> None:

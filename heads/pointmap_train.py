@@ -1,0 +1,290 @@
+"""Training a point-map model on multi-view RGB-D sequences (7-Scenes, generic RGB-D).
+
+The loss follows MapAnything's factored supervision, simplified: ground truth
+and prediction each divided by their own mean point norm (so the geometry is
+learnt up to scale), then L1 on the unit rays, log-depth along the rays,
+translations and quaternions (sign-free), confidence-weighted Euclidean
+distance on the points (conf * d - alpha * log conf), a log-L1 loss that
+teaches the scale head the ratio of the metric norm to the predicted one, and
+a binary cross-entropy on the mask (valid ground-truth depth).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from pixio_cli.checkpoints import load_encoder
+from pixio_cli.engine import Engine, autocast, dist_info, pick_device, pick_dtype
+from pixio_cli.errors import InputError, PixioError, UsageError
+from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, read_image, resize_image
+from pixio_cli.writers import atomic_path
+
+from . import geometry as G
+from .pointmap import PointMapConfig, PointMapModel, PointMapOutput, save_pointmap
+from .sequences import Sequence, find_sequences
+from .train import lr_factor
+
+
+@dataclass
+class PointMapTrainConfig:
+    encoder: str
+    data: str
+    dataset: str
+    output: str  # a folder: pointmap.safetensors, train.ckpt
+    size: str | None = None
+    dim: int = 192
+    depth: int = 4
+    num_heads: int = 3
+    dpt_features: int = 64
+    dpt_channels: tuple[int, ...] = (48, 96, 192, 384)
+    ray_dims: tuple[int, ...] = (96, 128, 192)
+    views: int = 3
+    max_gap: int = 6
+    width: int = 256
+    height: int = 192
+    steps: int = 2000
+    batch_size: int = 4
+    lr: float = 2e-4
+    weight_decay: float = 0.05
+    warmup: float = 0.05
+    finetune: bool = False
+    encoder_lr_scale: float = 0.1
+    depth_scale: float | None = None
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    precision: str | None = None
+    half: bool = False
+    eval_views: int = 4
+    eval_gap: int = 2  # the flat 7-Scenes folder keeps every 4th frame: 2 is 8 real frames
+    eval_limit: int | None = 20
+    save_every: int = 500
+
+
+class ViewSets(Dataset):
+    """Position -> one training sample: ``views`` frames of one sequence at most ``max_gap`` apart, in a
+    random order (the first is the reference), resized to width x height, with their ground truth in the
+    first view's camera frame. Deterministic in (seed, position)."""
+
+    def __init__(self, sequences: list[Sequence], views: int, max_gap: int, hw: tuple[int, int], seed: int,
+                 total: int) -> None:
+        self.sequences = [s for s in sequences if len(s.frames) >= views]
+        if not self.sequences:
+            raise InputError(f"no training sequence has {views} frames")
+        self.views, self.max_gap, self.hw, self.seed, self.total = views, max_gap, hw, seed, total
+        sizes = np.array([len(s.frames) for s in self.sequences], np.float64)
+        self.weights = sizes / sizes.sum()
+        self.mean = np.array(IMAGENET_MEAN, np.float32) * 255
+        self.std = np.array(IMAGENET_STD, np.float32) * 255
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        import cv2
+
+        rng = np.random.default_rng([self.seed, position])
+        seq = self.sequences[rng.choice(len(self.sequences), p=self.weights)]
+        n = len(seq.frames)
+        gap = int(rng.integers(1, max(1, min(self.max_gap, (n - 1) // max(1, self.views - 1))) + 1))
+        start = int(rng.integers(0, n - (self.views - 1) * gap))
+        frames = [seq.frames[start + j * gap] for j in rng.permutation(self.views)]
+        h, w = self.hw
+        images, depths, Ks, poses = [], [], [], []
+        for f in frames:
+            img = read_image(f.image)
+            images.append((resize_image(img, (h, w)).astype(np.float32) - self.mean) / self.std)
+            d = seq.read_depth(f)
+            depths.append(cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST))
+            Ks.append(G.scale_intrinsics(f.K, img.shape[:2], (h, w)))
+            poses.append(f.cam2world)
+        rel = G.relative_to_first(np.stack(poses).astype(np.float64))
+        cams = [G.depth_to_points(d.astype(np.float64), K) for d, K in zip(depths, Ks)]
+        return {
+            "images": torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy()),
+            "pts3d": torch.from_numpy(np.stack([G.transform(c, T) for c, T in zip(cams, rel)]).astype(np.float32)),
+            "rays": torch.from_numpy(np.stack([G.ray_directions(K, h, w) for K in Ks]).astype(np.float32)),
+            "depth_ray": torch.from_numpy(np.stack([np.linalg.norm(c, axis=-1) for c in cams]).astype(np.float32)),
+            "valid": torch.from_numpy(np.stack(depths) > 0),
+            "quats": torch.from_numpy(G.quaternion_from_rotation(rel[:, :3, :3]).astype(np.float32)),
+            "trans": torch.from_numpy(rel[:, :3, 3].astype(np.float32)),
+        }
+
+
+def _mean_norm(pts: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean distance to the origin over valid pixels, per scene: (B, V, H, W, 3) -> (B,)."""
+    n = (pts.norm(dim=-1) * valid).flatten(1).sum(1)
+    return n / valid.flatten(1).sum(1).clamp(min=1)
+
+
+def pointmap_loss(out: PointMapOutput, gt: dict[str, torch.Tensor], conf_alpha: float = 0.2
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss and its parts (see the module docstring)."""
+    valid = gt["valid"]
+    if not valid.any():
+        zero = out.pts3d.sum() * 0
+        return zero, {}
+    s = out.scale.view(-1, 1, 1, 1, 1)
+    pts = out.pts3d / s  # the prediction before the metric scale
+    pr_norm, gt_norm = _mean_norm(pts, valid).clamp(min=1e-6), _mean_norm(gt["pts3d"], valid).clamp(min=1e-6)
+    pr_n, gt_n = pts / pr_norm.view(-1, 1, 1, 1, 1), gt["pts3d"] / gt_norm.view(-1, 1, 1, 1, 1)
+    dist_pts = (pr_n - gt_n).norm(dim=-1)
+    conf = out.conf
+    parts = {
+        "points": ((conf * dist_pts - conf_alpha * conf.log())[valid]).mean(),
+        "rays": (out.rays - gt["rays"]).abs().sum(-1).mean(),
+        "depth": ((out.depth_ray / s[..., 0] / pr_norm.view(-1, 1, 1, 1)).clamp(min=1e-6).log()
+                  - (gt["depth_ray"] / gt_norm.view(-1, 1, 1, 1)).clamp(min=1e-6).log()).abs()[valid].mean(),
+        "translation": (out.cam2world[..., :3, 3] / out.scale.view(-1, 1, 1) / pr_norm.view(-1, 1, 1)
+                        - gt["trans"] / gt_norm.view(-1, 1, 1)).abs().sum(-1).mean(),
+        "rotation": torch.minimum((out.quats - gt["quats"]).abs().sum(-1),
+                                  (out.quats + gt["quats"]).abs().sum(-1)).mean(),
+        "scale": (out.scale.log() - (gt_norm / pr_norm.detach()).log()).abs().mean(),
+        "mask": 0.1 * F.binary_cross_entropy_with_logits(out.mask_logits, valid.float()),
+    }
+    total = sum(parts.values())
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
+    """Train; evaluate the untrained and the trained model on the held-out split; save one file.
+
+    ``<output>/train.ckpt`` is written atomically every ``save_every`` steps (and
+    on Ctrl-C in a single process); ``resume`` continues from it. Under torchrun
+    the model is wrapped in DDP and rank 0 evaluates and saves.
+    """
+    from .scene import evaluate_pointmap
+
+    rank, world, _ = dist_info()
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.precision, device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    torch.manual_seed(cfg.seed)
+    train_seqs = find_sequences(cfg.dataset, cfg.data, "train", cfg.depth_scale)
+    val_seqs = find_sequences(cfg.dataset, cfg.data, "val", cfg.depth_scale)
+    if not train_seqs or not val_seqs:
+        raise UsageError(f"--data {cfg.data}: the {cfg.dataset} layout needs train and val sequences "
+                         f"(found {len(train_seqs)} and {len(val_seqs)})")
+    if cfg.width % 16 or cfg.height % 16:
+        raise UsageError(f"--width {cfg.width} --height {cfg.height}: both must be multiples of 16")
+    encoder = load_encoder(cfg.encoder, cfg.size)
+    pcfg = PointMapConfig(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
+                          taps=[cfg.depth // 2 - 1, cfg.depth * 3 // 4 - 1], dpt_channels=list(cfg.dpt_channels),
+                          dpt_features=cfg.dpt_features, ray_dims=list(cfg.ray_dims))
+    model = PointMapModel(encoder, pcfg)
+    model.init_weights()
+    model.to(device)
+    for p in model.encoder.parameters():
+        p.requires_grad_(cfg.finetune)
+    rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    groups = [{"params": rest, "lr": cfg.lr}]
+    if cfg.finetune:
+        groups.append({"params": list(model.encoder.parameters()), "lr": cfg.lr * cfg.encoder_lr_scale})
+    base = [g["lr"] for g in groups]
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    out_dir = Path(cfg.output)
+    ckpt_path = out_dir / "train.ckpt"
+    engine = Engine(cfg.device, cfg.precision, batch_size=cfg.eval_views, workers=0, progress=False)
+
+    def score(m: PointMapModel) -> dict:
+        m.eval()
+        with torch.no_grad():
+            r = evaluate_pointmap(m, val_seqs, engine, cfg.eval_views, cfg.eval_gap,
+                                  ResizePolicy(size=(cfg.width, cfg.height)), cfg.eval_limit)
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
+
+    start, last = 0, float("nan")
+    untrained = None
+    if resume:
+        if not ckpt_path.exists():
+            raise UsageError(f"--resume: no {ckpt_path} to continue from")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, last = state["step"], state["loss"]
+        untrained = {k: v for k, v in state.get("untrained", {}).items()}
+    elif rank == 0:
+        untrained = score(model)
+
+    def save(step: int) -> None:
+        if rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "loss": last,
+                     "untrained": untrained or {}}
+            with atomic_path(ckpt_path) as tmp:
+                torch.save(state, tmp)
+        if world > 1:
+            dist.barrier()
+
+    data = ViewSets(train_seqs, cfg.views, cfg.max_gap, (cfg.height, cfg.width), cfg.seed,
+                    cfg.steps * cfg.batch_size * world)
+    per_step = cfg.batch_size * world
+    positions = [s * per_step + rank * cfg.batch_size + j for s in range(start, cfg.steps) for j in range(cfg.batch_size)]
+    loader = DataLoader(data, batch_size=cfg.batch_size, sampler=positions, num_workers=cfg.workers, drop_last=True)
+    warmup = int(cfg.warmup * cfg.steps)
+    bar = tqdm(total=cfg.steps, initial=start, desc="train pointmap", file=sys.stderr, dynamic_ncols=True,
+               disable=rank != 0 or None)
+    net.train()
+    model.encoder.train(cfg.finetune)
+    t0 = time.perf_counter()
+    step, parts = start, {}
+    try:
+        for batch in loader:
+            for g, b in zip(opt.param_groups, base):
+                g["lr"] = b * lr_factor(step, cfg.steps, warmup)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast(device, dtype):
+                out = net(batch["images"])
+            loss, parts = pointmap_loss(out, batch)
+            if not math.isfinite(loss.item()):
+                raise PixioError(f"the loss became {loss.item()} at step {step + 1}; the last checkpoint "
+                                 f"({ckpt_path}) is kept")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step, last = step + 1, loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{last:.3f}")
+            if step % cfg.save_every == 0 and step < cfg.steps:
+                save(step)
+    except KeyboardInterrupt:
+        if world == 1:
+            save(step)
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    save(step)
+    if rank != 0:
+        return {}
+    trained = score(model)
+    provenance = {"data": str(cfg.data), "dataset": cfg.dataset, "train_frames": sum(len(s.frames) for s in train_seqs),
+                  "steps": cfg.steps, "batch_size": cfg.batch_size * world, "views": cfg.views,
+                  "size": [cfg.width, cfg.height], "final_loss": round(last, 4),
+                  "final_parts": {k: round(v, 4) for k, v in parts.items()}, "train_seconds": round(seconds, 1),
+                  "encoder": cfg.encoder, "finetune": cfg.finetune, "val_metrics": trained,
+                  "untrained_val_metrics": untrained}
+    from pixio_cli.model_ids import BUNDLED, HUB_MODELS
+
+    source = cfg.encoder if (not cfg.finetune and (cfg.encoder in BUNDLED or cfg.encoder in HUB_MODELS)) else None
+    save_pointmap(model.cpu(), out_dir / "pointmap.safetensors", provenance,
+                  torch.float16 if cfg.half else torch.float32, encoder_source=source,
+                  infer_short=min(cfg.width, cfg.height))
+    return provenance
