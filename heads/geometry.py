@@ -218,26 +218,195 @@ def mean_norm(points: list[np.ndarray], masks: list[np.ndarray] | None = None) -
     return total / count if count else 0.0
 
 
+# ---------------------------------------------------------------------------- cleaning
+
+
+def depth_edges(depth: np.ndarray, rtol: float) -> np.ndarray:
+    """Pixels (h, w) on a depth discontinuity: some 8-neighbour differs by more than ``rtol`` x the
+    pixel's depth (the floaters between a foreground edge and the background)."""
+    d = np.pad(depth.astype(np.float64), 1, mode="edge")
+    h, w = depth.shape
+    centre = d[1:-1, 1:-1]
+    worst = np.zeros((h, w))
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            worst = np.maximum(worst, np.abs(d[dy:dy + h, dx:dx + w] - centre))
+    return worst > rtol * np.maximum(centre, 1e-9)
+
+
+def confidence_keep(conf: np.ndarray, percentile: float | None = None, minimum: float | None = None) -> np.ndarray:
+    """Pixels above the ``percentile``-th percentile of ``conf`` (over all views) and at least ``minimum``."""
+    keep = np.ones(conf.shape, bool)
+    if percentile:
+        keep &= conf > np.percentile(conf, percentile)
+    if minimum is not None:
+        keep &= conf >= minimum
+    return keep
+
+
+def voxel_representatives(points: np.ndarray, voxel: float) -> np.ndarray:
+    """Indices of one point per occupied voxel of side ``voxel`` (the first, so each kept point is still
+    an observed pixel), in their original order."""
+    cells = np.floor(points / voxel).astype(np.int64)
+    _, first = np.unique(cells, axis=0, return_index=True)
+    return np.sort(first)
+
+
+def statistical_inliers(points: np.ndarray, neighbours: int = 20, std_ratio: float = 2.0) -> np.ndarray:
+    """Indices of points whose mean distance to their neighbours is within ``std_ratio`` standard
+    deviations of the average (Open3D's statistical outlier removal)."""
+    o3d = _open3d()
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(points, np.float64)))
+    _, kept = pcd.remove_statistical_outlier(nb_neighbors=neighbours, std_ratio=std_ratio)
+    return np.asarray(kept, np.int64)
+
+
+def _open3d():
+    from pixio_cli.errors import UsageError
+
+    try:
+        import open3d as o3d
+    except ImportError as e:  # also raised when libusb-1.0 is missing
+        raise UsageError(f"this needs Open3D ({e}); install open3d and the system library libusb-1.0") from None
+    return o3d
+
+
+# ---------------------------------------------------------------------------- pictures
+
+
+def render_points(points: np.ndarray, colours: np.ndarray, K: np.ndarray, world2cam: np.ndarray,
+                  hw: tuple[int, int], radius: int = 1, background: int = 255) -> np.ndarray:
+    """An RGB picture (h, w, 3) of coloured points seen by a pinhole camera, nearest point wins
+    (z-buffer); each point covers a (2 radius + 1)^2 square."""
+    h, w = hw
+    cam = transform(points, world2cam)
+    front = cam[:, 2] > 1e-6
+    cam, col = cam[front], colours[front]
+    u = np.round(cam[:, 0] / cam[:, 2] * K[0, 0] + K[0, 2]).astype(np.int64)
+    v = np.round(cam[:, 1] / cam[:, 2] * K[1, 1] + K[1, 2]).astype(np.int64)
+    image = np.full((h, w, 3), background, np.uint8)
+    zbuf = np.full((h, w), np.inf)
+    order = np.argsort(-cam[:, 2])  # far to near: nearer points overwrite
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            uu, vv = u[order] + dx, v[order] + dy
+            ok = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
+            z = cam[order, 2][ok]
+            idx = (vv[ok], uu[ok])
+            nearer = z < zbuf[idx]  # with duplicates the last write (nearest) wins
+            image[idx[0][nearer], idx[1][nearer]] = col[order][ok][nearer]
+            zbuf[idx[0][nearer], idx[1][nearer]] = z[nearer]
+    return image
+
+
+def frustum_segments(K: np.ndarray, hw: tuple[int, int], cam2world: np.ndarray, size: float) -> np.ndarray:
+    """The 8 line segments (8, 2, 3) of a camera frustum of depth ``size``, in world coordinates."""
+    h, w = hw
+    corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+    rays = np.stack([(corners[:, 0] - K[0, 2]) / K[0, 0], (corners[:, 1] - K[1, 2]) / K[1, 1], np.ones(4)], -1)
+    far = transform(rays * size, cam2world)
+    apex = cam2world[:3, 3]
+    return np.array([[apex, c] for c in far] + [[far[i], far[(i + 1) % 4]] for i in range(4)])
+
+
+def preview_camera(cam2world: np.ndarray, points: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(K, world-to-camera) of a viewpoint behind and above the first camera, looking at the point half-way
+    between that camera and the points' centre, far enough back that the cameras and most points show."""
+    first = cam2world[0]
+    centre = np.median(points, axis=0) if len(points) else first[:3, 3] + first[:3, 2]
+    target = (centre + first[:3, 3]) / 2
+    spread = float(np.percentile(np.linalg.norm(points - centre, axis=1), 90)) if len(points) else 1.0
+    reach = max(spread, float(np.linalg.norm(centre - first[:3, 3])), 1e-6)
+    back, up = -first[:3, 2], -first[:3, 1]  # OpenCV: z forward, y down
+    eye = target + (back * 1.1 + up * 0.7) * reach
+    forward = target - eye
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, up)
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    R = np.stack([right, down, forward])  # rows: camera axes in world coordinates
+    w2c = np.eye(4)
+    w2c[:3, :3], w2c[:3, 3] = R, -R @ eye
+    h, w = hw
+    f = 0.7 * w
+    return np.array([[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1]]), w2c
+
+
 # ---------------------------------------------------------------------------- export
 
 
-def write_ply(path, points: np.ndarray, colours: np.ndarray) -> None:
-    """Coloured points (N, 3) and colours (N, 3) uint8 as a PLY file, with Open3D, atomically."""
+def write_ply(path, points: np.ndarray, colours: np.ndarray, normals_towards: np.ndarray | None = None) -> None:
+    """Coloured points (N, 3) and colours (N, 3) uint8 as a PLY file, with Open3D, atomically. With
+    ``normals_towards`` (a 3D point, e.g. a camera centre) normals are estimated and oriented towards it."""
     from pathlib import Path
 
     from pixio_cli.errors import UsageError
     from pixio_cli.writers import atomic_path
 
-    try:
-        import open3d as o3d
-    except ImportError as e:  # also raised when libusb-1.0 is missing
-        raise UsageError(f"writing a PLY needs Open3D ({e}); install open3d and the system library libusb-1.0") from None
+    o3d = _open3d()
     pcd = o3d.geometry.PointCloud()
     pcd.points = o3d.utility.Vector3dVector(np.asarray(points, np.float64).reshape(-1, 3))
     pcd.colors = o3d.utility.Vector3dVector(np.asarray(colours, np.float64).reshape(-1, 3) / 255)
+    if normals_towards is not None and len(pcd.points) >= 3:
+        pcd.estimate_normals()
+        pcd.orient_normals_towards_camera_location(np.asarray(normals_towards, np.float64))
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp_ply = tmp.with_suffix(".ply")  # Open3D picks the format from the extension
         if not o3d.io.write_point_cloud(str(tmp_ply), pcd):
             raise UsageError(f"Open3D could not write {path}")
         tmp_ply.replace(tmp)
+
+
+def write_cameras_json(path, images: list[str], sizes: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
+                       unit: str) -> None:
+    """``cameras.json``: per image its name, width, height, K (original pixels) and camera-to-world
+    (OpenCV axes: x right, y down, z forward), and the unit of lengths."""
+    import json
+
+    from pixio_cli.writers import write_text
+
+    cams = [{"image": name, "width": int(hw[1]), "height": int(hw[0]), "K": np.asarray(k, float).tolist(),
+             "cam2world": np.asarray(T, float).tolist()} for name, hw, k, T in zip(images, sizes, K, cam2world)]
+    write_text(path, json.dumps({"unit": unit, "convention": "OpenCV: x right, y down, z forward; camera-to-world",
+                                 "cameras": cams}, indent=1) + "\n")
+
+
+def write_colmap_text(folder, images: list[str], sizes: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
+                      points: np.ndarray, colours: np.ndarray, observations: np.ndarray) -> None:
+    """A COLMAP text model (cameras.txt, images.txt, points3D.txt) in ``folder``.
+
+    One PINHOLE camera per image (K in its original pixels), world-to-camera
+    poses as COLMAP stores them, and for each 3D point one observation: view
+    ``observations[i, 0]`` at original-image pixel (x, y) = ``observations[i, 1:]``
+    in our convention (pixel centres at integers), written in COLMAP's (centre of
+    the first pixel at 0.5). Each file is written atomically.
+    """
+    from pathlib import Path
+
+    from pixio_cli.writers import write_text
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cams = ["# Camera list: CAMERA_ID, MODEL, WIDTH, HEIGHT, fx, fy, cx, cy"]
+    for i, (hw, k) in enumerate(zip(sizes, K), start=1):
+        fx, fy, cx, cy = (float(v) for v in (k[0, 0], k[1, 1], k[0, 2] + 0.5, k[1, 2] + 0.5))
+        cams.append(f"{i} PINHOLE {int(hw[1])} {int(hw[0])} {fx!r} {fy!r} {cx!r} {cy!r}")
+    view = observations[:, 0].astype(np.int64)
+    per_view: list[list[str]] = [[] for _ in images]
+    point_lines = ["# 3D point list: POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)"]
+    for pid, (p, c, v, xy) in enumerate(zip(points, colours, view, observations[:, 1:]), start=1):
+        idx = len(per_view[v]) // 3
+        per_view[v] += [repr(float(xy[0]) + 0.5), repr(float(xy[1]) + 0.5), str(pid)]
+        x, y, z = (float(a) for a in p)
+        point_lines.append(f"{pid} {x!r} {y!r} {z!r} {int(c[0])} {int(c[1])} {int(c[2])} 0 {v + 1} {idx}")
+    ims = ["# Image list: IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME, then POINTS2D[] as (X, Y, POINT3D_ID)"]
+    w2c = invert_pose(np.asarray(cam2world, np.float64))
+    for i, (name, T) in enumerate(zip(images, w2c), start=1):
+        qx, qy, qz, qw = (float(a) for a in quaternion_from_rotation(T[:3, :3]))
+        tx, ty, tz = (float(a) for a in T[:3, 3])
+        ims.append(f"{i} {qw!r} {qx!r} {qy!r} {qz!r} {tx!r} {ty!r} {tz!r} {i} {name}")
+        ims.append(" ".join(per_view[i - 1]))
+    write_text(folder / "cameras.txt", "\n".join(cams) + "\n")
+    write_text(folder / "images.txt", "\n".join(ims) + "\n")
+    write_text(folder / "points3D.txt", "\n".join(point_lines) + "\n")

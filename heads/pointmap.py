@@ -48,6 +48,7 @@ class PointMapConfig:
     dpt_channels: list[int] = field(default_factory=lambda: [96, 192, 384, 768])
     dpt_features: int = 256
     pose_blocks: int = 2
+    pose_dim: int | None = None  # pose head width; MapAnything's is 4 x patch^2 (1024)
     scale_hidden: int = 196
     ray_dims: list[int] = field(default_factory=lambda: [588, 768, 1024])
 
@@ -159,9 +160,8 @@ class ResConvBlock(nn.Module):
 class PoseHead(nn.Module):
     """Per-view token map (B, C, h, w) -> (B, 7): translation (3) then a raw quaternion (x, y, z, w)."""
 
-    def __init__(self, in_dim: int, patch: int, blocks: int = 2) -> None:
+    def __init__(self, in_dim: int, dim: int, blocks: int = 2) -> None:
         super().__init__()
-        dim = 4 * patch * patch
         self.proj = nn.Conv2d(in_dim, dim, 1)
         self.res_conv = nn.ModuleList(ResConvBlock(dim) for _ in range(blocks))
         self.more_mlps = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU())
@@ -229,7 +229,7 @@ class PointMapModel(nn.Module):
         self.dpt = DPTHead([d, cfg.dim, cfg.dim, cfg.dim], None, cfg.dpt_features, tuple(cfg.dpt_channels),
                            style="mapanything")
         self.regressor = PixelRegressor(cfg.dpt_features, 6)  # ray (3), depth, confidence, mask
-        self.pose_head = PoseHead(cfg.dim, p, cfg.pose_blocks)
+        self.pose_head = PoseHead(cfg.dim, cfg.pose_dim or 4 * p * p, cfg.pose_blocks)
         self.scale_head = ScaleHead(cfg.dim, cfg.scale_hidden)
         self.ray_dirs_encoder = RayEncoder(p, cfg.ray_dims, d)
 
@@ -373,14 +373,13 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], patch: int) -> PointMapC
             sd[f"ray_dirs_encoder.encoder.{i}.conv1.weight"].shape[0]
             for i in range(len([k for k in sd if re.match(r"ray_dirs_encoder\.encoder\.\d+\.conv1\.weight", k)]))]
         pose_blocks = len({k.split(".")[2] for k in sd if k.startswith("pose_head.res_conv.")})
-        if sd["pose_head.proj.weight"].shape[0] != 4 * patch * patch:
-            raise CheckpointError("the pose head's width is not 4 x patch^2")
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"not a point-map model state dict (missing {e})") from None
     # MapAnything's 24 layers tap 11 and 17: the middle and three quarters
     return PointMapConfig(dim=dim, depth=depth, num_heads=max(1, dim // 64), taps=[depth // 2 - 1, depth * 3 // 4 - 1],
                           dpt_channels=dpt_channels, dpt_features=sd["dpt.scratch.layer1_rn.weight"].shape[0],
-                          pose_blocks=pose_blocks, scale_hidden=sd["scale_head.proj.weight"].shape[0],
+                          pose_blocks=pose_blocks, pose_dim=None if sd["pose_head.proj.weight"].shape[0] == 4 * patch * patch
+                          else sd["pose_head.proj.weight"].shape[0], scale_hidden=sd["scale_head.proj.weight"].shape[0],
                           ray_dims=ray_dims)
 
 
@@ -453,9 +452,9 @@ def is_pointmap_source(source: str) -> bool:
     reading its tensors."""
     from pathlib import Path
 
-    from pixio_cli.model_ids import POINTMAP_MODELS
+    from pixio_cli.model_ids import BUNDLED_POINTMAPS, POINTMAP_MODELS
 
-    if source in POINTMAP_MODELS:
+    if source in POINTMAP_MODELS or source in BUNDLED_POINTMAPS:
         return True
     path = Path(source).expanduser()
     if path.is_dir():

@@ -49,6 +49,8 @@ class PointMapTrainConfig:
     dpt_features: int = 64
     dpt_channels: tuple[int, ...] = (48, 96, 192, 384)
     ray_dims: tuple[int, ...] = (96, 128, 192)
+    pose_dim: int | None = 256  # MapAnything: 4 x patch^2 = 1024
+    ray_prob: float = 0.5  # share of steps that give the model the true camera rays (so --intrinsics works)
     views: int = 3
     max_gap: int = 6
     width: int = 256
@@ -182,7 +184,8 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
     encoder = load_encoder(cfg.encoder, cfg.size)
     pcfg = PointMapConfig(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
                           taps=[cfg.depth // 2 - 1, cfg.depth * 3 // 4 - 1], dpt_channels=list(cfg.dpt_channels),
-                          dpt_features=cfg.dpt_features, ray_dims=list(cfg.ray_dims))
+                          dpt_features=cfg.dpt_features, ray_dims=list(cfg.ray_dims),
+                          pose_dim=cfg.pose_dim)
     model = PointMapModel(encoder, pcfg)
     model.init_weights()
     model.to(device)
@@ -244,13 +247,15 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
     model.encoder.train(cfg.finetune)
     t0 = time.perf_counter()
     step, parts = start, {}
+    ray_rng = torch.Generator().manual_seed(cfg.seed * 1000 + start)
     try:
         for batch in loader:
             for g, b in zip(opt.param_groups, base):
                 g["lr"] = b * lr_factor(step, cfg.steps, warmup)
             batch = {k: v.to(device) for k, v in batch.items()}
+            known = torch.rand((), generator=ray_rng).item() < cfg.ray_prob
             with autocast(device, dtype):
-                out = net(batch["images"])
+                out = net(batch["images"], batch["rays"] if known else None)
             loss, parts = pointmap_loss(out, batch)
             if not math.isfinite(loss.item()):
                 raise PixioError(f"the loss became {loss.item()} at step {step + 1}; the last checkpoint "

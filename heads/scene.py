@@ -102,14 +102,53 @@ def read_intrinsics(path: str | Path, n_views: int) -> list[np.ndarray]:
     return list(data)
 
 
-def scene_points(pred: Predictions, colours: np.ndarray, keep: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """All views' points (N, 3) and their colours (N, 3) uint8 where ``keep`` (default: the model's
-    mask and finite points)."""
-    if keep is None:
-        keep = pred.mask
-    keep = keep & np.isfinite(pred.pts3d).all(-1)
-    return pred.pts3d[keep], colours[keep]
+@dataclass
+class Cleaning:
+    """Which points of a scene are kept (each stage optional)."""
+
+    mask: bool = True  # the model's non-ambiguous mask
+    conf_percentile: float | None = None  # drop the least confident N % (over all views)
+    conf_min: float | None = None  # drop confidence below this
+    edge_rtol: float | None = 0.03  # drop pixels on depth discontinuities (relative jump)
+    outliers: bool = False  # statistical outlier removal (Open3D)
+    voxel: float | None = None  # one point per voxel of this side (scene units)
+    max_points: int | None = None  # a random subset of at most this many
+    seed: int = 0
+
+
+def clean_points(pred: Predictions, colours: np.ndarray, c: Cleaning
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """The kept points (N, 3), their colours (N, 3) uint8, where each came from (N, 3: view, x, y in
+    the original image's pixels), and how many points each stage left."""
+    from .geometry import confidence_keep, depth_edges, statistical_inliers, voxel_representatives
+
+    counts = {"pixels": int(pred.mask.size)}
+    keep = np.isfinite(pred.pts3d).all(-1) & (pred.depth_z > 0)
+    if c.mask:
+        keep &= pred.mask
+        counts["after_mask"] = int(keep.sum())
+    if c.conf_percentile or c.conf_min is not None:
+        keep &= confidence_keep(pred.conf, c.conf_percentile, c.conf_min)
+        counts["after_confidence"] = int(keep.sum())
+    if c.edge_rtol:
+        keep &= ~np.stack([depth_edges(d, c.edge_rtol) for d in pred.depth_z])
+        counts["after_edges"] = int(keep.sum())
+    view, y, x = np.nonzero(keep)
+    points, cols = pred.pts3d[view, y, x].astype(np.float64), colours[view, y, x]
+    idx = np.arange(len(points))
+    if c.outliers and len(idx) > 20:
+        idx = idx[statistical_inliers(points[idx])]
+        counts["after_outliers"] = len(idx)
+    if c.voxel:
+        idx = idx[voxel_representatives(points[idx], c.voxel)]
+        counts["after_voxel"] = len(idx)
+    if c.max_points and len(idx) > c.max_points:
+        idx = np.sort(np.random.default_rng(c.seed).choice(idx, c.max_points, replace=False))
+        counts["after_max_points"] = len(idx)
+    h, w = pred.pts3d.shape[1:3]
+    sy, sx = pred.original_hw[view[idx], 0] / h, pred.original_hw[view[idx], 1] / w
+    obs = np.stack([view[idx], (x[idx] + 0.5) * sx - 0.5, (y[idx] + 0.5) * sy - 0.5], 1)
+    return points[idx], cols[idx], obs, counts
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -183,3 +222,148 @@ def evaluate_pointmap(model: PointMapModel, sequences: list, engine, views: int 
     if not n_sets:
         raise InputError(f"no set of {views} frames {gap} apart in {len(sequences)} sequence(s)")
     return {**{k: v / n_sets for k, v in sums.items()}, "sets": n_sets, "views": views, "gap": gap}
+
+
+# ---------------------------------------------------------------------------- long sequences
+
+
+def chunk_ranges(n: int, size: int, overlap: int) -> list[list[int]]:
+    """View indices of consecutive chunks of ``size`` views, each sharing ``overlap`` views with the one
+    before; one chunk when everything fits."""
+    if size < 2 or not 0 < overlap < size:
+        if n <= size:
+            return [list(range(n))]
+        raise UsageError(f"--chunk {size} --overlap {overlap}: need chunk >= 2 and 0 < overlap < chunk")
+    if n <= size:
+        return [list(range(n))]
+    out, start = [], 0
+    while True:
+        end = min(start + size, n)
+        out.append(list(range(max(0, end - size), end)))
+        if end == n:
+            return out
+        start = end - overlap
+
+
+def align_to(scene: Predictions, part: Predictions, shared: list[int], with_scale: bool,
+             max_pairs: int = 20000, seed: int = 0) -> tuple[float, np.ndarray, np.ndarray, int]:
+    """(s, R, t, pairs) mapping ``part``'s frame onto ``scene``'s from the views both hold: the same pixel
+    of the same view is a correspondence (Umeyama inside RANSAC on the confident ones)."""
+    from .geometry import ransac_umeyama
+
+    a = np.concatenate([scene.pts3d[i].reshape(-1, 3) for i in shared[0]])
+    b = np.concatenate([part.pts3d[i].reshape(-1, 3) for i in shared[1]])
+    conf = np.concatenate([np.minimum(scene.conf[i], part.conf[j]).reshape(-1) for i, j in zip(*shared)])
+    keep = np.concatenate([(scene.mask[i] & part.mask[j]).reshape(-1) for i, j in zip(*shared)])
+    keep &= np.isfinite(a).all(1) & np.isfinite(b).all(1)
+    if keep.sum() < 100:  # the masks disagree: fall back on confidence alone
+        keep = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+    keep &= conf >= np.median(conf[keep])
+    idx = np.flatnonzero(keep)
+    if len(idx) > max_pairs:
+        idx = np.random.default_rng(seed).choice(idx, max_pairs, replace=False)
+    s, R, t, _ = ransac_umeyama(b[idx], a[idx], with_scale=with_scale)
+    return s, R, t, len(idx)
+
+
+def transformed(pred: Predictions, s: float, R: np.ndarray, t: np.ndarray) -> Predictions:
+    """``pred`` with its world mapped by x -> s R x + t (depths scale by s)."""
+    from dataclasses import replace
+
+    from .geometry import apply_sim3_to_poses
+
+    return replace(pred, pts3d=(s * pred.pts3d.astype(np.float64) @ R.T + t).astype(np.float32),
+                   depth_z=(pred.depth_z * s).astype(np.float32),
+                   cam2world=apply_sim3_to_poses(pred.cam2world.astype(np.float64), s, R, t).astype(np.float32))
+
+
+def merge(scene: Predictions, part: Predictions, new: list[int]) -> Predictions:
+    """``scene`` followed by the views ``new`` (positions in ``part``) of an aligned ``part``."""
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(scene, name), getattr(part, name)[new]])
+
+    return Predictions(images=scene.images + [part.images[i] for i in new], pts3d=cat("pts3d"), depth_z=cat("depth_z"),
+                       conf=cat("conf"), mask=cat("mask"), cam2world=cat("cam2world"), K=cat("K"),
+                       K_original=cat("K_original"), original_hw=cat("original_hw"), scale=scene.scale,
+                       metric=scene.metric)
+
+
+def predict_in_chunks(run, n: int, size: int, overlap: int, metric: bool, done: dict | None = None,
+                      on_chunk=None) -> tuple[Predictions, list[dict]]:
+    """One scene from ``run(view_indices) -> Predictions`` over chunks of the sequence, each aligned to the
+    scene so far on its overlap (a similarity, or rigid for a metric model). ``done`` maps chunk number ->
+    Predictions already made (resuming); ``on_chunk(k, pred)`` sees each new one."""
+    ranges = chunk_ranges(n, size, overlap)
+    scene, report = None, []
+    for k, views in enumerate(ranges):
+        part = done[k] if done and k in done else run(views)
+        if on_chunk is not None and not (done and k in done):
+            on_chunk(k, part)
+        if scene is None:
+            scene = part
+            report.append({"views": [views[0], views[-1]], "scale": 1.0})
+            continue
+        have = len(scene.images)
+        shared = [i for i in views if i < have]
+        s, R, t, pairs = align_to(scene, part, [shared, [views.index(i) for i in shared]], with_scale=not metric)
+        scene = merge(scene, transformed(part, s, R, t), [views.index(i) for i in views if i >= have])
+        report.append({"views": [views[0], views[-1]], "scale": round(float(s), 5), "pairs": pairs})
+    return scene, report
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def preview_picture(points: np.ndarray, colours: np.ndarray, pred: Predictions, hw: tuple[int, int] = (600, 800)
+                    ) -> np.ndarray:
+    """The cleaned cloud seen from behind and above the first camera, with every camera's frustum (red,
+    the first one green), RGB (h, w, 3); no display needed."""
+    import cv2
+
+    from .geometry import frustum_segments, preview_camera, render_points, transform
+
+    K, w2c = preview_camera(pred.cam2world.astype(np.float64), points, hw)
+    image = render_points(points, colours, K, w2c, hw)
+    extent = float(np.percentile(np.linalg.norm(points - np.median(points, 0), axis=1), 90)) if len(points) else 1.0
+    size = 0.12 * extent
+    for i in reversed(range(len(pred.K))):  # the first camera last, on top
+        k, T = pred.K[i], pred.cam2world[i]
+        for a, b in frustum_segments(k.astype(np.float64), pred.pts3d.shape[1:3], T.astype(np.float64), size):
+            pa, pb = transform(np.stack([a, b]), w2c)
+            if pa[2] <= 1e-6 or pb[2] <= 1e-6:
+                continue
+            ua = (int(pa[0] / pa[2] * K[0, 0] + K[0, 2]), int(pa[1] / pa[2] * K[1, 1] + K[1, 2]))
+            ub = (int(pb[0] / pb[2] * K[0, 0] + K[0, 2]), int(pb[1] / pb[2] * K[1, 1] + K[1, 2]))
+            cv2.line(image, ua, ub, (0, 170, 0) if i == 0 else (220, 30, 30), 2)
+    return image
+
+
+def tsdf_mesh(pred: Predictions, colours: np.ndarray, voxel: float | None = None, keep: np.ndarray | None = None):
+    """A coloured triangle mesh (Open3D, legacy) by TSDF fusion of every view's depth (where ``keep``,
+    default the model's mask), colour and
+    pose in Open3D's hashed voxel-block grid (its scalable TSDF volume); the voxel side defaults to 1/256
+    of the scene's extent, the truncation is 4 voxels, surfaces seen once are kept."""
+    from .geometry import _open3d, invert_pose
+
+    o3d = _open3d()
+    import open3d.core as o3c
+
+    finite = pred.pts3d[np.isfinite(pred.pts3d).all(-1)]
+    extent = float(np.linalg.norm(np.percentile(finite, 98, 0) - np.percentile(finite, 2, 0))) if len(finite) else 1.0
+    voxel = voxel or max(extent / 256, 1e-6)
+    depth_max = float(np.nanmax(pred.depth_z)) * 1.01 + 1e-6
+    grid = o3d.t.geometry.VoxelBlockGrid(
+        attr_names=("tsdf", "weight", "color"), attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
+        attr_channels=((1), (1), (3)), voxel_size=voxel, block_resolution=16,
+        block_count=max(1000, int(pred.mask.sum() // 64)), device=o3c.Device("CPU:0"))
+    keep = (pred.mask if keep is None else keep) & np.isfinite(pred.depth_z) & (pred.depth_z > 0)
+    for i in range(len(pred.images)):
+        if not keep[i].any():
+            continue
+        depth = o3d.t.geometry.Image(o3c.Tensor(np.where(keep[i], pred.depth_z[i], 0).astype(np.float32)))
+        colour = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(colours[i], np.float32) / 255))
+        K = o3c.Tensor(pred.K[i].astype(np.float64))
+        w2c = o3c.Tensor(invert_pose(pred.cam2world[i].astype(np.float64)))
+        blocks = grid.compute_unique_block_coordinates(depth, K, w2c, 1.0, depth_max, 4.0)
+        grid.integrate(blocks, depth, colour, K, K, w2c, 1.0, depth_max, 4.0)
+    return grid.extract_triangle_mesh(weight_threshold=0.5).to_legacy(), voxel

@@ -29,6 +29,10 @@ POINTMAP_MODELS: dict[str, tuple[str, str]] = {
 BUNDLED: dict[str, str] = {"pixio-tiny": "pixio-tiny.safetensors"}
 DEFAULT_MODEL = "pixio-tiny"
 
+# Bundled point-map models (see README, "Bundled weights"), and the default of `pixio recon3d`.
+BUNDLED_POINTMAPS = {"pointmap-tiny": "pointmap-tiny-7scenes.safetensors"}
+DEFAULT_POINTMAP = "pointmap-tiny"
+
 # Bundled heads, and the default head of each dense task.
 BUNDLED_HEADS = {"depth-tiny": "depth-tiny-7scenes.safetensors", "segment-tiny": "segment-tiny-camvid.safetensors"}
 DEFAULT_HEAD = {"depth": "depth-tiny", "segment": "segment-tiny"}
@@ -43,6 +47,12 @@ def resolve(source: str) -> Path:
                 f"the bundled model {source!r} is not in this installation ({path} is missing); "
                 "pass --model with a checkpoint path or a public id such as pixio-vitb16")
         return path
+    if source in BUNDLED_POINTMAPS:
+        path = WEIGHTS_DIR / BUNDLED_POINTMAPS[source]
+        if not path.exists():
+            raise CheckpointError(f"the bundled point-map model {source!r} is not in this installation ({path} is "
+                                  "missing); pass --model pixio-vith16-mapanything or a checkpoint path")
+        return path
     if source in HUB_MODELS:
         return _download(*HUB_MODELS[source][:2])
     if source in POINTMAP_MODELS:
@@ -50,7 +60,7 @@ def resolve(source: str) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         return path
-    known = ", ".join([*BUNDLED, *HUB_MODELS, *POINTMAP_MODELS])
+    known = ", ".join([*BUNDLED, *HUB_MODELS, *POINTMAP_MODELS, *BUNDLED_POINTMAPS])
     raise CheckpointError(f"no such model file or id: {source!r} (known ids: {known})")
 
 

@@ -1,8 +1,9 @@
-"""``pixio recon3d``: frames or a video in, one point cloud of the scene out (a point-map model)."""
+"""``pixio recon3d``: frames or a video in, one clean scene out (PLY, mesh, cameras, COLMAP)."""
 
 from __future__ import annotations
 
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,9 +11,14 @@ import typer
 
 from .. import options as opt
 from ..errors import UsageError
+from ..model_ids import DEFAULT_POINTMAP
 
-DEFAULT_POINTMAP = "pixio-vith16-mapanything"
 DEFAULT_SHORT_SIDE = 384  # 512x384 for 4:3 frames
+
+
+class Cameras(str, Enum):
+    json = "json"
+    colmap = "colmap"
 
 
 def recon3d(
@@ -20,58 +26,88 @@ def recon3d(
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="The scene's .ply file, or a folder to hold scene.ply.")],
     model: Annotated[str, typer.Option(
-        "--model", "-m", help="Point-map model: pixio-vith16-mapanything (MapAnything on Pixio-H, metric) or a "
-                              "checkpoint file.")] = DEFAULT_POINTMAP,
+        "--model", "-m", help="Point-map model: pointmap-tiny (bundled, small, trained on one 7-Scenes kitchen), "
+                              "pixio-vith16-mapanything (MapAnything on Pixio-H, metric) or a checkpoint file.")
+    ] = DEFAULT_POINTMAP,
     intrinsics: Annotated[Optional[Path], typer.Option(
         help="Known camera: a 3x3 K (text, .npy or .json) for every image, or a JSON list of one K per image, "
              "in the original images' pixels.", show_default=False)] = None,
-    save_predictions: Annotated[Optional[Path], typer.Option(
-        "--save-predictions", help="Also the raw predictions as .npz (points, depths, confidences, masks, poses, "
-                                   "intrinsics, scale, image names), before any cleaning.", show_default=False)] = None,
-    resize: Annotated[Optional[str], typer.Option(
-        help="Processing size: short side N, WxH or native (default: the model's, short side "
-             f"{DEFAULT_SHORT_SIDE} for MapAnything's).",
-        show_default=False)] = None,
+    chunk: Annotated[int, typer.Option(
+        help="Views per model pass; longer sequences go in overlapping chunks aligned to each other.", min=2)] = 32,
+    overlap: Annotated[int, typer.Option(help="Views each chunk shares with the previous one.", min=1)] = 4,
     use_mask: Annotated[bool, typer.Option(
         "--mask/--no-mask", help="Keep only the pixels the model's mask marks as unambiguous.")] = True,
+    conf_percentile: Annotated[Optional[float], typer.Option(
+        help="Drop the least confident N % of pixels (over all views).", min=0, max=100, show_default=False)] = None,
+    conf_min: Annotated[Optional[float], typer.Option(
+        help="Drop pixels with confidence below this (the model's confidence is >= 1).", show_default=False)] = None,
+    edge_rtol: Annotated[float, typer.Option(
+        help="Drop pixels on depth edges: a neighbour's depth differs by more than this fraction (0: keep).",
+        min=0)] = 0.03,
+    outliers: Annotated[bool, typer.Option(
+        "--outliers", help="Statistical outlier removal (20 neighbours, 2 standard deviations).")] = False,
+    voxel: Annotated[Optional[float], typer.Option(
+        help="Keep one point per voxel of this side (metres for a metric model).", min=0, show_default=False)] = None,
+    max_points: Annotated[Optional[int], typer.Option(
+        help="Keep a random subset of at most this many points.", min=1, show_default=False)] = None,
+    normals: Annotated[bool, typer.Option("--normals", help="Estimate normals (oriented to the cameras).")] = False,
+    mesh: Annotated[bool, typer.Option("--mesh", help="Also <name>_mesh.ply by TSDF fusion of the depths.")] = False,
+    mesh_voxel: Annotated[Optional[float], typer.Option(
+        help="TSDF voxel side (default: 1/256 of the scene's extent).", min=0, show_default=False)] = None,
+    glb: Annotated[bool, typer.Option("--glb", help="Also <name>.glb of the mesh (needs --mesh).")] = False,
+    cameras: Annotated[Optional[Cameras], typer.Option(
+        help="Also the cameras: json (cameras.json) or colmap (a COLMAP text model in sparse/0/).",
+        show_default=False)] = None,
+    preview: Annotated[Optional[Path], typer.Option(
+        help="Also a .png picture of the cleaned cloud and the cameras.", show_default=False)] = None,
+    save_predictions: Annotated[Optional[Path], typer.Option(
+        "--save-predictions", help="Also the raw predictions as .npz (points, depths, confidences, masks, poses, "
+                                   "intrinsics, scale, image names), before any cleaning; an interrupted chunked "
+                                   "run resumes from the chunks it finished.", show_default=False)] = None,
+    resize: Annotated[Optional[str], typer.Option(
+        help="Processing size: short side N, WxH or native (default: the model's; short side "
+             f"{DEFAULT_SHORT_SIDE} for MapAnything's).", show_default=False)] = None,
     every: opt.Every = 1,
+    fps: Annotated[Optional[float], typer.Option(
+        help="For videos: frames per second to take (instead of --every).", min=0.001, show_default=False)] = None,
+    max_frames: Annotated[Optional[int], typer.Option(
+        help="At most this many frames, evenly spread over the input.", min=1, show_default=False)] = None,
     json_summary: Annotated[bool, typer.Option("--json", help="A JSON summary on stdout.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the random choices (RANSAC, --max-points).")] = 0,
     device: opt.Device = "auto",
     precision: opt.Precision = None,
     workers: opt.Workers = None,
     quiet: opt.Quiet = False,
 ) -> None:
-    """Reconstruct one scene from its views: per-view point maps in the first view's frame (metres with a
-    metric model), written as one coloured point cloud (x right, y down, z forward of the first camera)."""
-    scene = output / "scene.ply" if output.suffix.lower() != ".ply" else output
-    if output.suffix and output.suffix.lower() != ".ply":
-        raise UsageError(f"-o {output}: the scene is written as .ply (or give a folder)")
-    if save_predictions is not None and save_predictions.suffix.lower() != ".npz":
-        raise UsageError(f"--save-predictions {save_predictions}: predictions are written as .npz")
+    """Reconstruct one scene from its views: per-view point maps in the first camera's frame (x right,
+    y down, z forward; metres with a metric model), cleaned and written as a coloured point cloud."""
+    scene_path = _check(output, save_predictions, preview, overlap, chunk, glb, mesh, every, fps)
+    started = time.perf_counter()
 
     import json
 
     import numpy as np
     import torch
 
-    from heads.geometry import write_ply
+    from heads import geometry as G
     from heads.pointmap import load_pointmap, prepare_pointmap
-    from heads.scene import predict, read_intrinsics, scene_points
+    from heads.scene import Cleaning, clean_points, predict, predict_in_chunks, preview_picture, read_intrinsics
 
     from ..engine import Engine, Summary, autocast
     from ..errors import PixioError
     from ..images import ResizePolicy
     from ..inputs import collect
+    from ..writers import write_image
     from .common import report_failures
 
-    started = time.perf_counter()
     # input, engine and model (whose training scale is the default processing size)
-    items = collect(inputs, every=every)
+    items = collect(inputs, every=_every(inputs, every, fps))
+    if max_frames and len(items) > max_frames:
+        items = [items[int(i)] for i in np.linspace(0, len(items) - 1, max_frames).round()]
     engine = Engine(device, precision, 8, workers, progress=False if quiet else None)
     net = prepare_pointmap(engine, load_pointmap(model))
     metric = bool(getattr(net, "metric", True))
-    short = getattr(net, "infer_short", DEFAULT_SHORT_SIDE)
-    policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=short)
+    policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=getattr(net, "infer_short", DEFAULT_SHORT_SIDE))
     summary = Summary()
     samples = sorted((s for b in engine.batches(items, policy, summary) for s in b.samples), key=lambda s: s.index)
     if not samples:
@@ -79,42 +115,114 @@ def recon3d(
         raise typer.Exit(1)
     frames = _one_size([s.image for s in samples], [items[s.index].label for s in samples])
     names = [items[s.index].label for s in samples]
+    sizes = [s.orig_hw for s in samples]
     known = read_intrinsics(intrinsics, len(samples)) if intrinsics is not None else None
     if known is not None and summary.failures:
         raise UsageError("--intrinsics lists one K per image, and some images could not be read: fix or remove "
                          "them first")
     loaded = time.perf_counter()
 
-    # the views, all at once
-    try:
+    # the views, in chunks aligned to each other
+    def run(views: list[int]):
         with torch.inference_mode(), autocast(engine.device, engine.dtype):
-            pred = predict(net, engine.to_pixels(frames), names, [s.orig_hw for s in samples], known, metric)
+            return predict(net, engine.to_pixels([frames[i] for i in views]), [names[i] for i in views],
+                           [sizes[i] for i in views], [known[i] for i in views] if known else None, metric)
+
+    parts = _Parts(save_predictions, {"model": model, "size": list(frames[0].shape[:2]), "chunk": chunk,
+                                      "overlap": overlap, "images": names, "intrinsics": str(intrinsics),
+                                      "precision": str(engine.dtype)})
+    try:
+        pred, chunks = predict_in_chunks(run, len(frames), chunk, overlap, metric, parts.done(), parts.save)
     except torch.cuda.OutOfMemoryError:
-        raise PixioError(f"out of GPU memory on {len(frames)} views of {frames[0].shape[1]}x{frames[0].shape[0]}: "
-                         "use fewer frames (--every) or a smaller --resize") from None
+        raise PixioError(f"out of GPU memory on chunks of {min(chunk, len(frames))} views of "
+                         f"{frames[0].shape[1]}x{frames[0].shape[0]}: use a smaller --chunk or --resize") from None
+    except RuntimeError as e:
+        if "alloc" not in str(e):
+            raise
+        raise PixioError(f"out of memory on chunks of {min(chunk, len(frames))} views: use a smaller --chunk or "
+                         "--resize") from None
     inferred = time.perf_counter()
 
-    # output
+    # cleaning and outputs
     if save_predictions is not None:
         pred.save(save_predictions)
-    points, colours = scene_points(pred, np.stack(frames), None if use_mask else np.ones(pred.mask.shape, bool))
+        parts.clear()
+    colours = np.stack(frames)
+    cleaning = Cleaning(use_mask, conf_percentile, conf_min, edge_rtol or None, outliers, voxel, max_points, seed)
+    points, point_colours, observations, counts = clean_points(pred, colours, cleaning)
     if not len(points):
-        raise PixioError(f"no points to write: the model's mask removed every pixel of {len(frames)} views "
-                         "(--no-mask keeps them)")
-    write_ply(scene, points, colours)
+        raise PixioError(f"no points to write: cleaning removed every pixel of {len(frames)} views ({counts}); "
+                         "loosen it (--no-mask, --edge-rtol 0, no --conf-*)")
+    G.write_ply(scene_path, points, point_colours, pred.cam2world[0, :3, 3] if normals else None)
     unit = "metres" if metric else "unknown (the model is not metric)"
-    record = {"scene": str(scene), "frames": len(frames), "failed": summary.failed, "points": int(len(points)),
-              "scale": pred.scale, "unit": unit, "size": [int(frames[0].shape[1]), int(frames[0].shape[0])],
+    written = [str(scene_path)]
+    if mesh:
+        o3d = G._open3d()
+        tri, mesh_voxel = _write_mesh(pred, colours, scene_path, mesh_voxel, glb, o3d,
+                                      None if use_mask else np.ones(pred.mask.shape, bool))
+        written += [str(scene_path.with_name(scene_path.stem + "_mesh.ply"))] + (
+            [str(scene_path.with_suffix(".glb"))] if glb else [])
+    cam_sizes = np.array(pred.original_hw)
+    if cameras == Cameras.json:
+        G.write_cameras_json(scene_path.parent / "cameras.json", pred.images, cam_sizes, pred.K_original,
+                             pred.cam2world, unit)
+        written.append(str(scene_path.parent / "cameras.json"))
+    elif cameras == Cameras.colmap:
+        G.write_colmap_text(scene_path.parent / "sparse" / "0", pred.images, cam_sizes, pred.K_original,
+                            pred.cam2world, points, point_colours, observations)
+        written.append(str(scene_path.parent / "sparse" / "0"))
+    if preview is not None:
+        write_image(preview, preview_picture(points, point_colours, pred))
+        written.append(str(preview))
+    record = {"scene": str(scene_path), "outputs": written, "frames": len(frames), "failed": summary.failed,
+              "points": int(len(points)), "cleaning": counts, "scale": pred.scale, "unit": unit,
+              "size": [int(frames[0].shape[1]), int(frames[0].shape[0])], "chunks": chunks,
               "predictions": str(save_predictions) if save_predictions else None,
               "seconds": {"load_and_decode": round(loaded - started, 2), "inference": round(inferred - loaded, 2),
                           "total": round(time.perf_counter() - started, 2)}}
     if json_summary:
         typer.echo(json.dumps(record))
     report_failures(summary)
-    typer.echo(f"reconstructed {len(frames)} views into {scene}: {len(points)} points, unit {unit}, "
-               f"failed {summary.failed}", err=True)
+    typer.echo(f"reconstructed {len(frames)} views ({len(chunks)} chunk{'s' if len(chunks) > 1 else ''}) into "
+               f"{scene_path}: {len(points)} points, unit {unit}, failed {summary.failed}", err=True)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _check(output: Path, save_predictions: Optional[Path], preview: Optional[Path], overlap: int, chunk: int,
+           glb: bool, mesh: bool, every: int, fps: Optional[float]) -> Path:
+    """Option combinations that cannot work, before any work; the scene's path."""
+    if output.suffix and output.suffix.lower() != ".ply":
+        raise UsageError(f"-o {output}: the scene is written as .ply (or give a folder)")
+    if save_predictions is not None and save_predictions.suffix.lower() != ".npz":
+        raise UsageError(f"--save-predictions {save_predictions}: predictions are written as .npz")
+    if preview is not None and preview.suffix.lower() != ".png":
+        raise UsageError(f"--preview {preview}: the preview is a .png")
+    if overlap >= chunk:
+        raise UsageError(f"--overlap {overlap} must be smaller than --chunk {chunk}")
+    if glb and not mesh:
+        raise UsageError("--glb writes the mesh (Open3D cannot write a point cloud as GLB): add --mesh")
+    if fps is not None and every != 1:
+        raise UsageError("--fps and --every both choose video frames: give one")
+    return output if output.suffix.lower() == ".ply" else output / "scene.ply"
+
+
+def _every(inputs: list[str], every: int, fps: Optional[float]) -> int:
+    """--fps as a frame step, from the first video's frame rate."""
+    if fps is None:
+        return every
+    import cv2
+
+    from ..images import is_video
+
+    for spec in inputs:
+        if is_video(spec):
+            cap = cv2.VideoCapture(spec)
+            rate = cap.get(cv2.CAP_PROP_FPS) or 0
+            cap.release()
+            if rate > 0:
+                return max(1, round(rate / fps))
+    raise UsageError("--fps needs a video with a known frame rate among the inputs (use --every for frames)")
 
 
 def _one_size(images: list, labels: list[str]) -> list:
@@ -132,6 +240,67 @@ def _one_size(images: list, labels: list[str]) -> list:
             img = resize_image(img, (h, w))
         out.append(img)
     return out
+
+
+def _write_mesh(pred, colours, scene_path: Path, voxel: Optional[float], glb: bool, o3d, keep=None):
+    from heads.scene import tsdf_mesh
+
+    from ..errors import PixioError
+    from ..writers import atomic_path
+
+    try:
+        tri, used = tsdf_mesh(pred, colours, voxel, keep)
+    except RuntimeError as e:  # Open3D's own checks, e.g. a voxel too small for the memory
+        raise PixioError(f"TSDF fusion failed: {str(e).strip().splitlines()[-1][:200]}") from None
+    if len(tri.triangles) == 0:
+        raise PixioError("TSDF fusion made no surface (too few or inconsistent depths); leave out --mesh")
+    tri.compute_vertex_normals()
+    targets = [scene_path.with_name(scene_path.stem + "_mesh.ply")] + ([scene_path.with_suffix(".glb")] if glb else [])
+    for target in targets:
+        with atomic_path(target) as tmp:
+            tmp_named = tmp.with_suffix(target.suffix)  # Open3D picks the format from the extension
+            if not o3d.io.write_triangle_mesh(str(tmp_named), tri):
+                raise UsageError(f"Open3D could not write {target}")
+            tmp_named.replace(tmp)
+    return tri, used
+
+
+class _Parts:
+    """Chunk predictions kept beside --save-predictions while a chunked run goes, so a rerun with the same
+    settings and frames resumes from the chunks it finished."""
+
+    def __init__(self, target: Optional[Path], settings: dict) -> None:
+        import json
+
+        self.folder = None if target is None else target.with_name(target.name + ".parts")
+        self.settings = json.dumps(settings, sort_keys=True)
+
+    def done(self) -> dict:
+        from heads.scene import Predictions
+
+        if self.folder is None or not (self.folder / "settings.json").exists():
+            return {}
+        if (self.folder / "settings.json").read_text() != self.settings:
+            return {}  # other settings or frames: start afresh
+        return {int(p.stem.split("-")[1]): Predictions.load(p) for p in sorted(self.folder.glob("chunk-*.npz"))}
+
+    def save(self, k: int, pred) -> None:
+        if self.folder is None:
+            return
+        from ..writers import write_text
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not (self.folder / "settings.json").exists() or (self.folder / "settings.json").read_text() != self.settings:
+            for old in self.folder.glob("chunk-*.npz"):
+                old.unlink()
+            write_text(self.folder / "settings.json", self.settings)
+        pred.save(self.folder / f"chunk-{k:04d}.npz")
+
+    def clear(self) -> None:
+        import shutil
+
+        if self.folder is not None and self.folder.exists():
+            shutil.rmtree(self.folder)
 
 
 def register(app: typer.Typer) -> None:

@@ -88,6 +88,7 @@ def train_pointmap(
         dpt_features: Annotated[int, typer.Option(help="DPT fusion width (256 for MapAnything).")] = 64,
         dpt_channels: Annotated[str, typer.Option(help="DPT projection widths (96,192,384,768 for MapAnything).")]
         = "48,96,192,384",
+        pose_dim: Annotated[int, typer.Option(help="Pose head width (1024 for MapAnything).", min=8)] = 256,
         views: Annotated[int, typer.Option(help="Views per training sample.", min=1)] = 3,
         max_gap: Annotated[int, typer.Option(help="At most this many frames between a sample's views.", min=1)] = 6,
         width: Annotated[int, typer.Option(help="Training width (a multiple of 16).")] = 256,
@@ -116,7 +117,7 @@ def train_pointmap(
     if dim % num_heads:
         raise UsageError(f"--dim {dim} is not divisible by --num-heads {num_heads}")
     cfg = PointMapTrainConfig(encoder=encoder, data=str(data), dataset=dataset, output=str(output), size=size, dim=dim,
-                              depth=depth, num_heads=num_heads, dpt_features=dpt_features, dpt_channels=channels,
+                              depth=depth, num_heads=num_heads, dpt_features=dpt_features, dpt_channels=channels, pose_dim=pose_dim,
                               views=views, max_gap=max_gap, width=width, height=height, steps=steps,
                               batch_size=batch_size, lr=lr, finetune=finetune, depth_scale=depth_scale, seed=seed,
                               workers=workers, device=device, precision=precision, half=half, eval_limit=eval_limit,

@@ -1,0 +1,216 @@
+"""recon3d's geometry without a model: ground-truth depths, poses and intrinsics of real 7-Scenes frames
+through chunk alignment, cleaning and every export; and the command on a small random model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from heads import geometry as G
+from heads.scene import Cleaning, Predictions, clean_points, predict_in_chunks, preview_picture
+from heads.sequences import find_sequences
+
+KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "rgbd-7scenes-redkitchen"
+HW = (120, 160)
+
+
+@pytest.fixture(scope="module")
+def truth():
+    """Ground truth of 8 consecutive kitchen frames at 160x120: Predictions in view 0's frame, and colours."""
+    if not KITCHEN.exists():
+        pytest.skip("shared data not present")
+    seq = find_sequences("7scenes", KITCHEN, "train")[0]
+    frames = seq.frames[:8]
+    rel = G.relative_to_first(np.stack([f.cam2world for f in frames]))
+    depths, pts, colours, Ks = [], [], [], []
+    for f, T in zip(frames, rel):
+        d = cv2.resize(seq.read_depth(f), HW[::-1], interpolation=cv2.INTER_NEAREST)
+        K = G.scale_intrinsics(f.K, (480, 640), HW)
+        depths.append(d)
+        Ks.append(K)
+        pts.append(G.transform(G.depth_to_points(d.astype(np.float64), K), T))
+        colours.append(cv2.resize(cv2.imread(str(f.image))[:, :, ::-1], HW[::-1], interpolation=cv2.INTER_AREA))
+    depth = np.stack(depths)
+    pred = Predictions(images=[str(f.image) for f in frames], pts3d=np.stack(pts).astype(np.float32),
+                       depth_z=depth.astype(np.float32), conf=np.ones(depth.shape, np.float32), mask=depth > 0,
+                       cam2world=rel.astype(np.float32), K=np.stack(Ks).astype(np.float32),
+                       K_original=np.stack([f.K for f in frames]).astype(np.float32),
+                       original_hw=np.array([[480, 640]] * len(frames)), scale=1.0, metric=True)
+    return pred, np.stack(colours)
+
+
+def _subset(pred: Predictions, views: list[int]) -> Predictions:
+    """The views as a model run on them alone would give: expressed in the first one's frame."""
+    to_first = G.invert_pose(pred.cam2world[views[0]].astype(np.float64))
+    return Predictions(images=[pred.images[i] for i in views],
+                       pts3d=G.transform(pred.pts3d[views].astype(np.float64), to_first).astype(np.float32),
+                       depth_z=pred.depth_z[views], conf=pred.conf[views], mask=pred.mask[views],
+                       cam2world=(to_first[None] @ pred.cam2world[views].astype(np.float64)).astype(np.float32),
+                       K=pred.K[views], K_original=pred.K_original[views], original_hw=pred.original_hw[views],
+                       scale=1.0, metric=pred.metric)
+
+
+def test_chunks_moved_by_random_similarities_are_realigned(truth):
+    pred, _ = truth
+    rng = np.random.default_rng(0)
+
+    def run(views):
+        part = _subset(pred, views)
+        q = rng.normal(size=4)
+        s, R, t = rng.uniform(0.5, 2), G.rotation_from_quaternion(q / np.linalg.norm(q)), rng.normal(size=3)
+        from heads.scene import transformed
+
+        return transformed(part, s, R, t)
+
+    scene, report = predict_in_chunks(run, 8, 4, 2, metric=False)
+    assert len(report) == 3 and scene.images == pred.images
+    rel = G.relative_to_first(scene.cam2world.astype(np.float64))
+    scale = np.linalg.norm(rel[1:, :3, 3], axis=1) / np.linalg.norm(pred.cam2world[1:, :3, 3], axis=1)
+    assert np.allclose(scale, scale[0], rtol=1e-3)  # one similarity for the whole scene
+    rel[:, :3, 3] /= scale[0]
+    assert np.allclose(rel, pred.cam2world, atol=1e-3)
+
+
+def test_ground_truth_through_cleaning_and_export_matches_the_fused_cloud(truth, tmp_path):
+    o3d = pytest.importorskip("open3d")
+    pred, colours = truth
+    points, cols, obs, counts = clean_points(pred, colours, Cleaning(voxel=0.01, outliers=True))
+    assert counts["after_edges"] < counts["after_mask"] and counts["after_voxel"] < counts["after_outliers"]
+    G.write_ply(tmp_path / "scene.ply", points, cols)
+    cloud = o3d.io.read_point_cloud(str(tmp_path / "scene.ply"))
+    assert len(cloud.points) == len(points) and len(cloud.colors) == len(points)
+    fused = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pred.pts3d[pred.mask].astype(np.float64)))
+    chamfer = np.asarray(cloud.compute_point_cloud_distance(fused)).mean()
+    assert chamfer < 0.01, chamfer
+    # each point is the pixel it names: its observation, mapped back to the processing size, re-projects
+    v = obs[:, 0].astype(int)
+    x = (obs[:, 1] + 0.5) * HW[1] / 640 - 0.5
+    y = (obs[:, 2] + 0.5) * HW[0] / 480 - 0.5
+    assert np.allclose(pred.pts3d[v, np.round(y).astype(int), np.round(x).astype(int)], points, atol=1e-6)
+
+
+def test_colmap_model_round_trips_through_pycolmap(truth, tmp_path):
+    pycolmap = pytest.importorskip("pycolmap")
+    pred, colours = truth
+    points, cols, obs, _ = clean_points(pred, colours, Cleaning(voxel=0.05))
+    G.write_colmap_text(tmp_path / "sparse", pred.images, pred.original_hw, pred.K_original.astype(np.float64),
+                        pred.cam2world.astype(np.float64), points, cols, obs)
+    rec = pycolmap.Reconstruction(str(tmp_path / "sparse"))
+    assert rec.num_images() == 8 and rec.num_points3D() == len(points)
+    for image_id, image in rec.images.items():
+        i = image_id - 1
+        assert image.name == pred.images[i]
+        w2c = np.eye(4)
+        w2c[:3] = image.cam_from_world().matrix() if callable(image.cam_from_world) else image.cam_from_world.matrix()
+        assert np.allclose(np.linalg.inv(w2c), pred.cam2world[i], atol=1e-5)
+        cam = rec.cameras[image.camera_id]
+        assert (cam.width, cam.height) == (640, 480)
+    # every observation is where COLMAP's camera projects its 3D point (pixel centres at +0.5)
+    errors = []
+    for pid, p3d in rec.points3D.items():
+        el = p3d.track.elements[0]
+        image = rec.images[el.image_id]
+        xy = image.points2D[el.point2D_idx].xy
+        proj = image.project_point(p3d.xyz) if hasattr(image, "project_point") else None
+        if proj is not None:
+            errors.append(np.linalg.norm(np.asarray(proj) - xy))
+    assert errors and max(errors) < 0.3 * 640 / 160  # within a processing pixel's footprint
+
+
+def test_cameras_json_and_preview(truth, tmp_path):
+    pred, colours = truth
+    G.write_cameras_json(tmp_path / "cameras.json", pred.images, pred.original_hw, pred.K_original,
+                         pred.cam2world, "metres")
+    data = json.loads((tmp_path / "cameras.json").read_text())
+    assert data["unit"] == "metres" and len(data["cameras"]) == 8
+    assert np.allclose(data["cameras"][3]["cam2world"], pred.cam2world[3], atol=1e-6)
+    assert data["cameras"][0]["width"] == 640 and np.allclose(data["cameras"][0]["K"], pred.K_original[0])
+    points, cols, _, _ = clean_points(pred, colours, Cleaning(voxel=0.02))
+    picture = preview_picture(points, cols, pred, (300, 400))
+    assert picture.shape == (300, 400, 3)
+    covered = (picture != 255).any(-1).mean()
+    assert covered > 0.15, covered  # the scene fills a good part of the view
+    green = (picture[..., 1] > 120) & (picture[..., 0] < 60) & (picture[..., 2] < 60)
+    assert green.any()  # the first camera's frustum
+
+
+def test_depth_edges_mark_a_step_only():
+    d = np.ones((10, 10))
+    d[:, 5:] = 2.0
+    e = G.depth_edges(d, 0.03)
+    assert e[:, 4:6].all() and not e[:, :4].any() and not e[:, 6:].any()
+
+
+def test_tsdf_mesh_of_ground_truth_lies_on_the_cloud(truth):
+    o3d = pytest.importorskip("open3d")
+    from heads.scene import tsdf_mesh
+
+    pred, colours = truth
+    mesh, voxel = tsdf_mesh(pred, colours, 0.02)
+    assert len(mesh.triangles) > 1000 and voxel == 0.02
+    verts = o3d.geometry.PointCloud(mesh.vertices)
+    fused = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pred.pts3d[pred.mask].astype(np.float64)))
+    assert np.median(np.asarray(verts.compute_point_cloud_distance(fused))) < 0.02
+
+
+def test_chunk_parts_resume_only_with_the_same_settings(truth, tmp_path):
+    from pixio_cli.commands.recon3d import _Parts
+
+    pred, _ = truth
+    parts = _Parts(tmp_path / "p.npz", {"model": "a", "images": pred.images})
+    parts.save(0, pred)
+    again = _Parts(tmp_path / "p.npz", {"model": "a", "images": pred.images}).done()
+    assert list(again) == [0] and np.array_equal(again[0].pts3d, pred.pts3d)
+    assert _Parts(tmp_path / "p.npz", {"model": "b", "images": pred.images}).done() == {}
+    parts.clear()
+    assert not (tmp_path / "p.npz.parts").exists()
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    from heads.pointmap import save_pointmap
+
+    from .test_pointmap import small_model
+
+    path = tmp_path_factory.mktemp("pm") / "pm.safetensors"
+    save_pointmap(small_model(), path, {"how": "random, for tests"})
+    return path
+
+
+def test_recon3d_writes_every_output_in_chunks(cli, model_file, tmp_path):
+    pycolmap = pytest.importorskip("pycolmap")
+    if not KITCHEN.exists():
+        pytest.skip("shared data not present")
+    frames = [KITCHEN / f"frame-{i:06d}.color.jpg" for i in (0, 4, 8, 12)]
+    out = tmp_path / "out"
+    code, stdout, err = cli(["recon3d", *frames, "-o", out, "--model", model_file, "--resize", "64", "--no-mask",
+                             "--chunk", "3", "--overlap", "2", "--cameras", "colmap", "--preview", tmp_path / "p.png",
+                             "--save-predictions", tmp_path / "pred.npz", "--voxel", "0.001", "--max-points", "5000",
+                             "--normals", "--mesh", "--glb", "--json", "-q", "--workers", "0", "--precision", "fp32"])
+    assert code == 0, err
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert len(summary["chunks"]) == 2 and summary["points"] <= 5000 and summary["frames"] == 4
+    assert {"after_edges", "after_voxel"} <= set(summary["cleaning"])
+    assert (out / "scene.ply").exists() and (tmp_path / "p.png").exists()
+    assert (out / "scene_mesh.ply").stat().st_size > 0 and (out / "scene.glb").stat().st_size > 0
+    assert not (tmp_path / "pred.npz.parts").exists()  # removed once the whole run is saved
+    rec = pycolmap.Reconstruction(str(out / "sparse" / "0"))
+    assert sorted(im.name for im in rec.images.values()) == sorted(str(f) for f in frames)
+    assert rec.num_points3D() == summary["points"]
+    pred = Predictions.load(tmp_path / "pred.npz")
+    assert pred.images == [str(f) for f in frames] and pred.pts3d.shape[0] == 4
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--glb"], "--glb writes the mesh"),
+    (["--chunk", "4", "--overlap", "4"], "--overlap 4 must be smaller"),
+    (["--preview", "p.jpg"], "the preview is a .png"),
+    (["--fps", "2", "--every", "3"], "--fps and --every"),
+])
+def test_recon3d_refuses_contradicting_options(cli, tmp_path, extra, expected):
+    code, _, err = cli(["recon3d", "x.jpg", "-o", tmp_path / "s.ply", *extra])
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
