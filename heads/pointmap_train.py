@@ -199,8 +199,9 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     net: torch.nn.Module = model
     if world > 1:
+        # the ray encoder sits out the steps without known cameras
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
+                                                        else None, find_unused_parameters=True)
     out_dir = Path(cfg.output)
     ckpt_path = out_dir / "train.ckpt"
     engine = Engine(cfg.device, cfg.precision, batch_size=cfg.eval_views, workers=0, progress=False)
@@ -253,7 +254,7 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
             for g, b in zip(opt.param_groups, base):
                 g["lr"] = b * lr_factor(step, cfg.steps, warmup)
             batch = {k: v.to(device) for k, v in batch.items()}
-            known = torch.rand((), generator=ray_rng).item() < cfg.ray_prob
+            known = torch.rand((), generator=ray_rng).item() < cfg.ray_prob  # the same draw on every rank
             with autocast(device, dtype):
                 out = net(batch["images"], batch["rays"] if known else None)
             loss, parts = pointmap_loss(out, batch)
