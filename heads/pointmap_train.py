@@ -11,9 +11,6 @@ a binary cross-entropy on the mask (valid ground-truth depth).
 
 from __future__ import annotations
 
-import math
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,18 +19,16 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from pixio_cli.checkpoints import load_encoder
 from pixio_cli.engine import Engine, autocast, dist_info, pick_device, pick_dtype
-from pixio_cli.errors import InputError, PixioError, UsageError
+from pixio_cli.errors import InputError, UsageError
 from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, read_image, resize_image
-from pixio_cli.writers import atomic_path
 
 from . import geometry as G
 from .pointmap import PointMapConfig, PointMapModel, PointMapOutput, save_pointmap
 from .sequences import Sequence, find_sequences
-from .train import lr_factor
+from .train import StepCheckpoint, run_steps
 
 
 @dataclass
@@ -195,15 +190,12 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
     groups = [{"params": rest, "lr": cfg.lr}]
     if cfg.finetune:
         groups.append({"params": list(model.encoder.parameters()), "lr": cfg.lr * cfg.encoder_lr_scale})
-    base = [g["lr"] for g in groups]
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     net: torch.nn.Module = model
     if world > 1:
         # the ray encoder sits out the steps without known cameras
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None, find_unused_parameters=True)
-    out_dir = Path(cfg.output)
-    ckpt_path = out_dir / "train.ckpt"
     engine = Engine(cfg.device, cfg.precision, batch_size=cfg.eval_views, workers=0, progress=False)
 
     def score(m: PointMapModel) -> dict:
@@ -213,71 +205,33 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
                                   ResizePolicy(size=(cfg.width, cfg.height)), cfg.eval_limit)
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
 
-    start, last = 0, float("nan")
-    untrained = None
-    if resume:
-        if not ckpt_path.exists():
-            raise UsageError(f"--resume: no {ckpt_path} to continue from")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, last = state["step"], state["loss"]
-        untrained = {k: v for k, v in state.get("untrained", {}).items()}
-    elif rank == 0:
-        untrained = score(model)
-
-    def save(step: int) -> None:
-        if rank == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "loss": last,
-                     "untrained": untrained or {}}
-            with atomic_path(ckpt_path) as tmp:
-                torch.save(state, tmp)
-        if world > 1:
-            dist.barrier()
+    ckpt = StepCheckpoint(Path(cfg.output) / "train.ckpt", model, opt, rank, world)
+    start, last = ckpt.load() if resume else (0, float("nan"))
+    if not resume and rank == 0:
+        ckpt.extra["untrained"] = score(model)
 
     data = ViewSets(train_seqs, cfg.views, cfg.max_gap, (cfg.height, cfg.width), cfg.seed,
                     cfg.steps * cfg.batch_size * world)
     per_step = cfg.batch_size * world
     positions = [s * per_step + rank * cfg.batch_size + j for s in range(start, cfg.steps) for j in range(cfg.batch_size)]
     loader = DataLoader(data, batch_size=cfg.batch_size, sampler=positions, num_workers=cfg.workers, drop_last=True)
-    warmup = int(cfg.warmup * cfg.steps)
-    bar = tqdm(total=cfg.steps, initial=start, desc="train pointmap", file=sys.stderr, dynamic_ncols=True,
-               disable=rank != 0 or None)
+    ray_rng = torch.Generator().manual_seed(cfg.seed * 1000 + start)
+    parts: dict[str, float] = {}
+
+    def loss_fn(batch: dict) -> torch.Tensor:
+        nonlocal parts
+        batch = {k: v.to(device) for k, v in batch.items()}
+        known = torch.rand((), generator=ray_rng).item() < cfg.ray_prob  # the same draw on every rank
+        with autocast(device, dtype):
+            out = net(batch["images"], batch["rays"] if known else None)
+        loss, parts = pointmap_loss(out, batch)
+        return loss
+
     net.train()
     model.encoder.train(cfg.finetune)
-    t0 = time.perf_counter()
-    step, parts = start, {}
-    ray_rng = torch.Generator().manual_seed(cfg.seed * 1000 + start)
-    try:
-        for batch in loader:
-            for g, b in zip(opt.param_groups, base):
-                g["lr"] = b * lr_factor(step, cfg.steps, warmup)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            known = torch.rand((), generator=ray_rng).item() < cfg.ray_prob  # the same draw on every rank
-            with autocast(device, dtype):
-                out = net(batch["images"], batch["rays"] if known else None)
-            loss, parts = pointmap_loss(out, batch)
-            if not math.isfinite(loss.item()):
-                raise PixioError(f"the loss became {loss.item()} at step {step + 1}; the last checkpoint "
-                                 f"({ckpt_path}) is kept")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step, last = step + 1, loss.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{last:.3f}")
-            if step % cfg.save_every == 0 and step < cfg.steps:
-                save(step)
-    except KeyboardInterrupt:
-        if world == 1:
-            save(step)
-        raise
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    save(step)
+    step, last, seconds = run_steps(loader, loss_fn, opt, ckpt, start, cfg.steps, int(cfg.warmup * cfg.steps),
+                                    cfg.save_every, "train pointmap", clip=1.0, last=last)
+    untrained = ckpt.extra.get("untrained")
     if rank != 0:
         return {}
     trained = score(model)
@@ -290,7 +244,7 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
     from pixio_cli.model_ids import BUNDLED, HUB_MODELS
 
     source = cfg.encoder if (not cfg.finetune and (cfg.encoder in BUNDLED or cfg.encoder in HUB_MODELS)) else None
-    save_pointmap(model.cpu(), out_dir / "pointmap.safetensors", provenance,
+    save_pointmap(model.cpu(), Path(cfg.output) / "pointmap.safetensors", provenance,
                   torch.float16 if cfg.half else torch.float32, encoder_source=source,
                   infer_short=min(cfg.width, cfg.height))
     return provenance

@@ -78,6 +78,80 @@ def _positions(cfg: HeadTrainConfig, start: int, rank: int, world: int) -> list[
     return [s * per_step + rank * cfg.batch_size + j for s in range(start, cfg.steps) for j in range(cfg.batch_size)]
 
 
+class StepCheckpoint:
+    """``path`` written atomically by rank 0 (model, optimizer, step, last loss, ``extra``), so that a
+    run resumes where it stopped; every rank waits for the write."""
+
+    def __init__(self, path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int, world: int) -> None:
+        self.path, self.model, self.opt, self.rank, self.world = path, model, opt, rank, world
+        self.extra: dict = {}
+
+    def load(self) -> tuple[int, float]:
+        """(step, loss) of the checkpoint, model and optimizer restored, ``extra`` filled."""
+        if not self.path.exists():
+            raise UsageError(f"--resume: no {self.path} to continue from")
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.extra = state.get("extra", {})
+        if "rng" in self.extra:
+            torch.set_rng_state(self.extra["rng"])
+        return state["step"], state["loss"]
+
+    def save(self, step: int, loss: float) -> None:
+        if self.rank == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": step,
+                     "loss": loss, "extra": {**self.extra, "rng": torch.get_rng_state()}}
+            with atomic_path(self.path) as tmp:
+                torch.save(state, tmp)
+        if self.world > 1:
+            dist.barrier()
+
+
+def run_steps(loader, loss_fn, opt: torch.optim.Optimizer, ckpt: StepCheckpoint, start: int, total: int,
+              warmup: int, save_every: int, desc: str, clip: float | None = None, last: float = float("nan")
+              ) -> tuple[int, float, float]:
+    """The optimisation loop every trainer shares: lr (warmup, poly decay) per step, ``loss_fn(batch)``,
+    a finite-loss check, backward, optional clipping, a checkpoint every ``save_every`` steps, at the end
+    and on Ctrl-C (single process). Returns (steps done, last loss, seconds)."""
+    base = [g.get("initial_lr", g["lr"]) for g in opt.param_groups]
+    for g, b in zip(opt.param_groups, base):
+        g["initial_lr"] = b
+    params = [p for g in opt.param_groups for p in g["params"]]
+    bar = tqdm(total=total, initial=start, desc=desc, file=sys.stderr, dynamic_ncols=True,
+               disable=ckpt.rank != 0 or None)
+    t0 = time.perf_counter()
+    step = start
+    try:
+        for batch in loader:
+            for g, b in zip(opt.param_groups, base):
+                g["lr"] = b * lr_factor(step, total, warmup)
+            loss = loss_fn(batch)
+            if not math.isfinite(loss.item()):
+                raise PixioError(f"the loss became {loss.item()} at step {step + 1}; "
+                                 f"the last checkpoint ({ckpt.path}) is kept")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            step, last = step + 1, loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{last:.4f}")
+            if step % save_every == 0 and step < total:
+                ckpt.save(step, last)
+    except KeyboardInterrupt:
+        if ckpt.world == 1:
+            ckpt.save(step, last)
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    ckpt.save(step, last)
+    return step, last, seconds
+
+
 def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
     """Train, evaluate on the held-out split, compare with the trivial baseline, save one file.
 
@@ -110,7 +184,6 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
     groups = [{"params": list(model.head.parameters()), "lr": lr}]
     if cfg.finetune:
         groups.append({"params": list(model.encoder.parameters()), "lr": lr * cfg.encoder_lr_scale})
-    base = [g["lr"] for g in groups]
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     net: torch.nn.Module = model
     if world > 1:
@@ -119,67 +192,25 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
 
-    ckpt_path = Path(f"{cfg.output}.ckpt")
-    start, last = 0, float("nan")
-    if resume:
-        if not ckpt_path.exists():
-            raise UsageError(f"--resume: no {ckpt_path} to continue from")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, last = state["step"], state["loss"]
-        torch.set_rng_state(state["rng"])
+    ckpt = StepCheckpoint(Path(f"{cfg.output}.ckpt"), model, opt, rank, world)
+    start, last = ckpt.load() if resume else (0, float("nan"))
 
-    def save(step: int) -> None:
-        if rank == 0:
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "loss": last,
-                     "rng": torch.get_rng_state()}
-            with atomic_path(ckpt_path) as tmp:
-                torch.save(state, tmp)
-        if world > 1:
-            dist.barrier()
+    def loss_fn(batch) -> torch.Tensor:
+        x, target = (t.to(device) for t in batch)
+        with autocast(device, dtype):
+            out = net(x)
+        if cfg.task == "depth":
+            valid = (target > cfg.min_depth) & (target < cfg.max_depth)
+            return silog_loss(out.float(), target, valid) if valid.any() else out.sum() * 0
+        return F.cross_entropy(out.float(), target, ignore_index=IGNORE)
 
     crops = TrainCrops(train_layout, cfg.crop, cfg.seed, total=cfg.steps * cfg.batch_size * world)
     loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=_positions(cfg, start, rank, world),
                         num_workers=cfg.workers, drop_last=True)
-    warmup = int(cfg.warmup * cfg.steps)
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.task}", file=sys.stderr, dynamic_ncols=True,
-               disable=rank != 0 or None)
     net.train()
     model.encoder.train(cfg.finetune)  # a frozen encoder stays in eval mode
-    t0 = time.perf_counter()
-    step = start
-    try:
-        for x, target in loader:
-            for g, b in zip(opt.param_groups, base):
-                g["lr"] = b * lr_factor(step, cfg.steps, warmup)
-            x, target = x.to(device), target.to(device)
-            with autocast(device, dtype):
-                out = net(x)
-            if cfg.task == "depth":
-                valid = (target > cfg.min_depth) & (target < cfg.max_depth)
-                loss = silog_loss(out.float(), target, valid) if valid.any() else out.sum() * 0
-            else:
-                loss = F.cross_entropy(out.float(), target, ignore_index=IGNORE)
-            if not math.isfinite(loss.item()):
-                raise PixioError(f"the loss became {loss.item()} at step {step + 1}; "
-                                 f"the last checkpoint ({ckpt_path}) is kept")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step, last = step + 1, loss.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{last:.4f}")
-            if step % cfg.save_every == 0 and step < cfg.steps:
-                save(step)
-    except KeyboardInterrupt:
-        if world == 1:
-            save(step)
-        raise
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    save(step)
+    step, last, seconds = run_steps(loader, loss_fn, opt, ckpt, start, cfg.steps, int(cfg.warmup * cfg.steps),
+                                    cfg.save_every, f"train {cfg.task}", last=last)
     if rank != 0:
         return {}
 
