@@ -214,3 +214,21 @@ def test_recon3d_writes_every_output_in_chunks(cli, model_file, tmp_path):
 def test_recon3d_refuses_contradicting_options(cli, tmp_path, extra, expected):
     code, _, err = cli(["recon3d", "x.jpg", "-o", tmp_path / "s.ply", *extra])
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_recon3d_takes_a_video_by_frame_rate(cli, model_file, tmp_path):
+    video = tmp_path / "walk.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (80, 64))
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    for i in range(20):
+        writer.write(np.roll(base, i, axis=1))
+    writer.release()
+    args = ["recon3d", video, "-o", tmp_path / "s.ply", "--model", model_file, "--no-mask", "--json", "-q",
+            "--workers", "0", "--precision", "fp32"]
+    code, out, err = cli([*args, "--fps", "5"])
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["frames"] == 10  # 10 fps -> every 2nd frame
+    code, out, err = cli([*args, "--max-frames", "4"])
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["frames"] == 4
