@@ -149,7 +149,7 @@ def evaluate_pointmap(
         views: Annotated[int, typer.Option(help="Views per set.", min=1)] = 4,
         gap: Annotated[int, typer.Option(help="Frames between the views of a set.", min=1)] = 5,
         resize: Annotated[Optional[str], typer.Option(
-            help="Processing size (default: short side 384, as recon3d).", show_default=False)] = None,
+            help="Processing size (default: the model's, as recon3d).", show_default=False)] = None,
         depth_scale: Annotated[Optional[float], typer.Option(help="Stored value per metre (generic-rgbd).")] = None,
         json_out: JsonOut = False, device: opt.Device = "auto", precision: opt.Precision = None,
         limit: Annotated[Optional[int], typer.Option(help="At most this many view sets.", min=1)] = None) -> None:
@@ -170,8 +170,8 @@ def evaluate_pointmap(
         raise UsageError(f"--data {data}: no {split} sequences in the {dataset} layout")
     engine = Engine(device, precision, batch_size=views, workers=0, progress=False)
     net = prepare_pointmap(engine, load_pointmap(model))
-    result = run(net, sequences, engine, views, gap, ResizePolicy.parse(resize) if resize else None, limit,
-                 bool(getattr(net, "metric", True)))
+    policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=getattr(net, "infer_short", 384))
+    result = run(net, sequences, engine, views, gap, policy, limit, bool(getattr(net, "metric", True)))
     for k, v in result.items():
         typer.echo(f"{k:>10s}  {v:.4f}" if isinstance(v, float) else f"{k:>10s}  {v}", err=True)
     if json_out:
