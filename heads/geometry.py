@@ -335,9 +335,11 @@ def preview_camera(cam2world: np.ndarray, points: np.ndarray, hw: tuple[int, int
 # ---------------------------------------------------------------------------- export
 
 
-def write_ply(path, points: np.ndarray, colours: np.ndarray, normals_towards: np.ndarray | None = None) -> None:
+def write_ply(path, points: np.ndarray, colours: np.ndarray, normals_towards: np.ndarray | None = None,
+              unit: str | None = None) -> None:
     """Coloured points (N, 3) and colours (N, 3) uint8 as a PLY file, with Open3D, atomically. With
-    ``normals_towards`` (a 3D point, e.g. a camera centre) normals are estimated and oriented towards it."""
+    ``normals_towards`` (a 3D point, e.g. a camera centre) normals are estimated and oriented towards it;
+    ``unit`` goes into the header as a ``comment units: ...`` line."""
     from pathlib import Path
 
     from pixio_cli.errors import UsageError
@@ -355,7 +357,18 @@ def write_ply(path, points: np.ndarray, colours: np.ndarray, normals_towards: np
         tmp_ply = tmp.with_suffix(".ply")  # Open3D picks the format from the extension
         if not o3d.io.write_point_cloud(str(tmp_ply), pcd):
             raise UsageError(f"Open3D could not write {path}")
+        if unit:
+            _ply_comment(tmp_ply, f"units: {unit}")
         tmp_ply.replace(tmp)
+
+
+def _ply_comment(path, text: str) -> None:
+    """Insert a comment line into a PLY header, after its format line (the header is ASCII)."""
+    from pathlib import Path
+
+    data = Path(path).read_bytes()
+    at = data.index(b"\n", data.index(b"\nformat ") + 1) + 1
+    Path(path).write_bytes(data[:at] + f"comment {text}\n".encode("ascii") + data[at:])
 
 
 def write_cameras_json(path, images: list[str], sizes: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
@@ -373,7 +386,7 @@ def write_cameras_json(path, images: list[str], sizes: np.ndarray, K: np.ndarray
 
 
 def write_colmap_text(folder, images: list[str], sizes: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
-                      points: np.ndarray, colours: np.ndarray, observations: np.ndarray) -> None:
+                      points: np.ndarray, colours: np.ndarray, observations: np.ndarray, unit: str = "unknown") -> None:
     """A COLMAP text model (cameras.txt, images.txt, points3D.txt) in ``folder``.
 
     One PINHOLE camera per image (K in its original pixels), world-to-camera
@@ -388,19 +401,21 @@ def write_colmap_text(folder, images: list[str], sizes: np.ndarray, K: np.ndarra
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cams = ["# Camera list: CAMERA_ID, MODEL, WIDTH, HEIGHT, fx, fy, cx, cy"]
+    cams = [f"# Lengths in {unit}", "# Camera list: CAMERA_ID, MODEL, WIDTH, HEIGHT, fx, fy, cx, cy"]
     for i, (hw, k) in enumerate(zip(sizes, K), start=1):
         fx, fy, cx, cy = (float(v) for v in (k[0, 0], k[1, 1], k[0, 2] + 0.5, k[1, 2] + 0.5))
         cams.append(f"{i} PINHOLE {int(hw[1])} {int(hw[0])} {fx!r} {fy!r} {cx!r} {cy!r}")
     view = observations[:, 0].astype(np.int64)
     per_view: list[list[str]] = [[] for _ in images]
-    point_lines = ["# 3D point list: POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)"]
+    point_lines = [f"# Lengths in {unit}",
+                   "# 3D point list: POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)"]
     for pid, (p, c, v, xy) in enumerate(zip(points, colours, view, observations[:, 1:]), start=1):
         idx = len(per_view[v]) // 3
         per_view[v] += [repr(float(xy[0]) + 0.5), repr(float(xy[1]) + 0.5), str(pid)]
         x, y, z = (float(a) for a in p)
         point_lines.append(f"{pid} {x!r} {y!r} {z!r} {int(c[0])} {int(c[1])} {int(c[2])} 0 {v + 1} {idx}")
-    ims = ["# Image list: IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME, then POINTS2D[] as (X, Y, POINT3D_ID)"]
+    ims = [f"# Lengths in {unit}",
+           "# Image list: IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME, then POINTS2D[] as (X, Y, POINT3D_ID)"]
     w2c = invert_pose(np.asarray(cam2world, np.float64))
     for i, (name, T) in enumerate(zip(images, w2c), start=1):
         qx, qy, qz, qw = (float(a) for a in quaternion_from_rotation(T[:3, :3]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -45,11 +46,16 @@ def _has_glob(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
+def natural_key(name: str) -> list:
+    """Sort key that orders digit runs by value: frame2 < frame10 (as file browsers do)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
 def _walk(folder: Path, videos: bool) -> list[Path]:
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for f in sorted(files):
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=natural_key)
+        for f in sorted(files, key=natural_key):
             p = Path(root) / f
             if not f.startswith(".") and (is_image(p) or (videos and is_video(p))):
                 found.append(p)
@@ -78,7 +84,7 @@ def collect(specs: Iterable[str], stdin: TextIO | None = None, videos: bool = Tr
                     _add_path(Path(line.strip()), line.strip(), files, anchors, bad, videos)
             continue
         if _has_glob(spec) and not Path(spec).exists():
-            matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True))
+            matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True), key=natural_key)
             hits = [Path(m) for m in matches if Path(m).is_file()]
             if not hits:
                 bad.append(Item(spec, spec, error=f"{spec}: the pattern matches no file"))

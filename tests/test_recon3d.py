@@ -195,7 +195,7 @@ def test_recon3d_writes_every_output_in_chunks(cli, model_file, tmp_path):
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert len(summary["chunks"]) == 2 and summary["points"] <= 5000 and summary["frames"] == 4
     assert {"after_edges", "after_voxel"} <= set(summary["cleaning"])
-    assert (out / "scene.ply").exists() and (tmp_path / "p.png").exists()
+    assert b"comment units: metres" in (out / "scene.ply").read_bytes()[:300] and (tmp_path / "p.png").exists()
     assert (out / "scene_mesh.ply").stat().st_size > 0 and (out / "scene.glb").stat().st_size > 0
     assert not (tmp_path / "pred.npz.parts").exists()  # removed once the whole run is saved
     rec = pycolmap.Reconstruction(str(out / "sparse" / "0"))
@@ -232,3 +232,25 @@ def test_recon3d_takes_a_video_by_frame_rate(cli, model_file, tmp_path):
     code, out, err = cli([*args, "--max-frames", "4"])
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["frames"] == 4
+
+
+def test_folders_and_globs_are_in_natural_order(tmp_path):
+    from pixio_cli.inputs import collect
+
+    for name in ("f10.png", "f2.png", "f1.png", "F3.png"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((16, 16, 3), np.uint8))
+    expected = ["f1.png", "f2.png", "F3.png", "f10.png"]
+    assert [Path(it.path).name for it in collect([str(tmp_path)])] == expected
+    assert [Path(it.path).name for it in collect([str(tmp_path / "*.png")])] == expected
+
+
+def test_recon3d_of_one_frame_is_monocular(cli, model_file, tmp_path):
+    if not KITCHEN.exists():
+        pytest.skip("shared data not present")
+    code, out, err = cli(["recon3d", KITCHEN / "frame-000000.color.jpg", "-o", tmp_path / "one.ply", "--model",
+                          model_file, "--resize", "64", "--no-mask", "--cameras", "json", "--json", "-q",
+                          "--workers", "0"])
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["frames"] == 1
+    cams = json.loads((tmp_path / "cameras.json").read_text())["cameras"]
+    assert len(cams) == 1 and (cams[0]["width"], cams[0]["height"]) == (640, 480)

@@ -153,8 +153,8 @@ def recon3d(
     if not len(points):
         raise PixioError(f"no points to write: cleaning removed every pixel of {len(frames)} views ({counts}); "
                          "loosen it (--no-mask, --edge-rtol 0, no --conf-*)")
-    G.write_ply(scene_path, points, point_colours, pred.cam2world[0, :3, 3] if normals else None)
     unit = "metres" if metric else "unknown (the model is not metric)"
+    G.write_ply(scene_path, points, point_colours, pred.cam2world[0, :3, 3] if normals else None, unit)
     written = [str(scene_path)]
     if mesh:
         o3d = G._open3d()
@@ -169,7 +169,7 @@ def recon3d(
         written.append(str(scene_path.parent / "cameras.json"))
     elif cameras == Cameras.colmap:
         G.write_colmap_text(scene_path.parent / "sparse" / "0", pred.images, cam_sizes, pred.K_original,
-                            pred.cam2world, points, point_colours, observations)
+                            pred.cam2world, points, point_colours, observations, unit)
         written.append(str(scene_path.parent / "sparse" / "0"))
     if preview is not None:
         write_image(preview, preview_picture(points, point_colours, pred))
