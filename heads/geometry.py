@@ -248,7 +248,13 @@ def voxel_representatives(points: np.ndarray, voxel: float) -> np.ndarray:
     """Indices of one point per occupied voxel of side ``voxel`` (the first, so each kept point is still
     an observed pixel), in their original order."""
     cells = np.floor(points / voxel).astype(np.int64)
-    _, first = np.unique(cells, axis=0, return_index=True)
+    cells -= cells.min(0)
+    span = cells.max(0) + 1
+    if float(span[0]) * float(span[1]) * float(span[2]) < 2.0 ** 62:  # one integer per cell: a fast 1-D unique
+        keys = (cells[:, 0] * span[1] + cells[:, 1]) * span[2] + cells[:, 2]
+        _, first = np.unique(keys, return_index=True)
+    else:
+        _, first = np.unique(cells, axis=0, return_index=True)
     return np.sort(first)
 
 
