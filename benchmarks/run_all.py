@@ -36,6 +36,7 @@ CPU = {
     "depth": ["benchmarks.depth", "--size", "t16", "--side", "256", "--device", "cpu", "--batch", "4",
               "--features", "64", "--head-channels", "48,96,192,192", "--iters", "3"],
     "curate": ["benchmarks.curate", "--size", "t16", "--images", "64", "--device", "cpu"],
+    "pointmap": ["benchmarks.pointmap", "--size", "h16", "--views", "2", "--side", "256", "--device", "cpu"],
 }
 GPU = {
     "extract": ["benchmarks.extract", "--size", "h16", "--device", "cuda", "--batch", "64", "--images", "256",
@@ -50,6 +51,7 @@ GPU = {
     "curate": ["benchmarks.curate", "--size", "b16", "--img-size", "256", "--images", "512", "--batch", "64",
                "--device", "cuda"],
     "startup": ["benchmarks.startup", "--repeat", "3"],
+    "pointmap": ["benchmarks.pointmap", "--size", "h16", "--views", "64", "--side", "512", "--device", "cuda"],
 }
 
 WHAT = {
@@ -61,6 +63,7 @@ WHAT = {
     "pretrain_compiled": "the same, with `--compile`",
     "depth": "`pixio depth`'s model path vs transformers hidden states + the same DPT head",
     "curate": "`pixio curate`'s MAE-loss statistic vs a plain loop",
+    "pointmap": "the point-map model (MapAnything-Pixio-H shape) at the default precision vs the same in fp32",
 }
 
 
@@ -85,6 +88,12 @@ def row(name: str, r: dict) -> str:
         ref = f"{r['reference_s']} s"
         limit = (f"{r['achieved_tflop_s']} of {r['matmul_peak_tflop_s']} TFLOP/s bf16 matmul peak "
                  f"(fp32 peak {r['matmul_peak_fp32_tflop_s']}); cosine to fp32 {r['min_cosine_to_fp32']}")
+    elif name == "pointmap":
+        ours = f"{r['ours_views_s']} views/s {r['precision']}"
+        ref = f"{r['reference_views_s']} views/s fp32"
+        limit = (f"matmul peak {r['matmul_peak_tflop_s']} TFLOP/s; points within {r['max_rel_diff_pts3d']:.1%} of "
+                 f"fp32; {r['views']} views of {r['side']} px" +
+                 (f"; peak memory {r['peak_memory_gib']} GiB" if "peak_memory_gib" in r else ""))
     else:
         unit = "img/s"
         prec = r.get("precision", r.get("dtype", ""))

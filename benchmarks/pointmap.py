@@ -1,0 +1,83 @@
+"""Views/s of the point-map model (MapAnything's architecture on Pixio) at pixio's default precision
+against the same model in float32.
+
+The float32 forward is MapAnything's numbers (scripts/pointmap_parity.py: worst 2e-5 relative), so it is
+the plain reference inside this project; MapAnything's own code is not a dependency and is not timed here.
+Random weights of the full MapAnything-Pixio-H shape by default. On CUDA the peak memory is reported too.
+
+    python -m benchmarks.pointmap --views 2 --side 256 --device cpu
+    python -m benchmarks.pointmap --views 64 --side 512 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+
+from heads.pointmap import PointMapConfig, PointMapModel, prepare_pointmap
+from pixio_cli.encoder import build_encoder
+from pixio_cli.engine import Engine, autocast
+
+from .common import emit, environment, matmul_peak, sync
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="h16", help="encoder size (MapAnything's: h16)")
+    ap.add_argument("--views", type=int, default=2)
+    ap.add_argument("--side", type=int, default=256, help="square views of this side")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default=None)
+    ap.add_argument("--iters", type=int, default=2)
+    args = ap.parse_args()
+
+    engine = Engine(args.device, args.precision, args.views, workers=0)
+    ref_engine = Engine(args.device, "fp32", args.views, workers=0)
+    torch.manual_seed(0)
+    model = PointMapModel(build_encoder(args.size), PointMapConfig())
+    model.init_weights()
+    ours = prepare_pointmap(engine, model)
+    ref = prepare_pointmap(ref_engine, copy.deepcopy(model).float())
+    x = torch.randn(1, args.views, 3, args.side, args.side, device=engine.device)
+
+    def run(net, eng):
+        def fn(b: torch.Tensor):
+            with torch.inference_mode(), autocast(eng.device, eng.dtype):
+                return net(b)
+        return fn
+
+    if engine.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    a, b = run(ours, engine)(x), run(ref, ref_engine)(x)
+    rel = float((a.pts3d - b.pts3d).abs().max() / b.pts3d.abs().max())
+    # views/s: one scene of V views per call
+    ours_s = _seconds(run(ours, engine), x, args.iters, engine.device)
+    ref_s = _seconds(run(ref, ref_engine), x, args.iters, engine.device)
+    record = {"benchmark": "pointmap", **environment(engine.device), "size": args.size, "views": args.views,
+              "side": args.side, "precision": str(engine.dtype).replace("torch.", ""), "reference_precision": "float32",
+              "reference": "the same model in float32 (= MapAnything's numbers)",
+              "ours_views_s": round(args.views / ours_s, 3), "reference_views_s": round(args.views / ref_s, 3),
+              "ratio": round(ref_s / ours_s, 3), "max_rel_diff_pts3d": round(rel, 5),
+              "matmul_peak_tflop_s": round(matmul_peak(engine.device, engine.dtype), 3)}
+    if engine.device.type == "cuda":
+        record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    emit(record)
+
+
+def _seconds(fn, x: torch.Tensor, iters: int, device: torch.device) -> float:
+    """Seconds per call of ``fn(x)`` after a warm-up call."""
+    import time
+
+    fn(x)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn(x)
+    sync(device)
+    return (time.perf_counter() - start) / iters
+
+
+if __name__ == "__main__":
+    main()
