@@ -100,7 +100,9 @@ def train_pointmap(
         precision: opt.Precision = None, half: Half = False,
         eval_limit: Annotated[Optional[int], typer.Option(help="Evaluate on at most this many held-out view sets.")]
         = 20,
-        save_every: SaveEvery = 500, resume: Resume = False) -> None:
+        save_every: Annotated[int, typer.Option(help="Write <output>/train.ckpt every N steps.", min=1)] = 500,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue from <output>/train.ckpt (same arguments).")]
+        = False) -> None:
     """Train a point-map model (MapAnything's architecture, small by default) on multi-view RGB-D sequences;
     scores the untrained and the trained model on the held-out split and stores both in the file."""
     from heads.pointmap_train import PointMapTrainConfig
