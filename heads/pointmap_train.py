@@ -161,7 +161,7 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
     on Ctrl-C in a single process); ``resume`` continues from it. Under torchrun
     the model is wrapped in DDP and rank 0 evaluates and saves.
     """
-    from .scene import evaluate_pointmap
+    from .pointmap_eval import evaluate_pointmap
 
     rank, world, _ = dist_info()
     device = pick_device(cfg.device)

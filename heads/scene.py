@@ -1,5 +1,6 @@
-"""One run of a point-map model over the views of a scene: its predictions as arrays, saved and read
-back by ``pixio recon3d``, ``pixio depth`` and evaluation.
+"""A point-map model over the views of one scene: its predictions as arrays (saved and read back by
+``pixio recon3d`` and evaluation), long sequences in chunks aligned to each other, and the points
+cleaning keeps.
 
 Every array is at the processing size (H, W) the model saw; ``K`` is in those
 pixels and ``K_original`` in each input image's own pixels. Poses are
@@ -151,79 +152,6 @@ def clean_points(pred: Predictions, colours: np.ndarray, c: Cleaning
     return points[idx], cols[idx], obs, counts
 
 
-# ---------------------------------------------------------------------------- evaluation
-
-
-def view_sets(n_frames: int, views: int, gap: int) -> list[list[int]]:
-    """Indices of sets of ``views`` frames ``gap`` apart, one set after another without sharing frames."""
-    return [[start + j * gap for j in range(views)] for start in range(0, n_frames - (views - 1) * gap, views * gap)]
-
-
-def ground_truth(depths: list[np.ndarray], Ks: list[np.ndarray], cam2world: list[np.ndarray],
-                 hw: tuple[int, int]) -> tuple[dict, np.ndarray]:
-    """Ground truth of one view set at the processing size: points in view 0's frame, camera-frame points,
-    poses relative to view 0, and the valid mask (depth > 0)."""
-    import cv2
-
-    from .geometry import depth_to_points, relative_to_first, scale_intrinsics, transform
-
-    h, w = hw
-    rel = relative_to_first(np.stack(cam2world).astype(np.float64))
-    pts_cam, pts, valid = [], [], []
-    for d, K, T in zip(depths, Ks, rel):
-        d = cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST) if d.shape != (h, w) else d
-        cam = depth_to_points(d.astype(np.float64), scale_intrinsics(K, depths[0].shape, hw))
-        pts_cam.append(cam)
-        pts.append(transform(cam, T))
-        valid.append(d > 0)
-    return {"pts3d": np.stack(pts), "pts3d_cam": np.stack(pts_cam), "cam2world": rel}, np.stack(valid)
-
-
-def as_evaluated(pred: Predictions) -> dict:
-    """Predictions in view 0's predicted frame, as the metrics take them."""
-    from .geometry import invert_pose, relative_to_first, transform
-
-    T = pred.cam2world.astype(np.float64)
-    to_first = invert_pose(T[0])
-    pts = transform(pred.pts3d.astype(np.float64), to_first)
-    cam = np.stack([transform(p, invert_pose(t)) for p, t in zip(pred.pts3d.astype(np.float64), T)])
-    return {"pts3d": pts, "pts3d_cam": cam, "cam2world": relative_to_first(T), "metric": pred.metric}
-
-
-def evaluate_pointmap(model: PointMapModel, sequences: list, engine, views: int = 4, gap: int = 5,
-                      policy=None, limit: int | None = None, metric: bool = True) -> dict:
-    """MapAnything's multi-view metrics (:func:`heads.metrics.pointmap_metrics`) averaged over view sets
-    of every sequence, predicted as `pixio recon3d` predicts them."""
-    from pixio_cli.engine import autocast
-    from pixio_cli.images import ResizePolicy, load_for_model
-
-    from .metrics import pointmap_metrics
-
-    policy = policy or ResizePolicy(short=384)
-    sums: dict[str, float] = {}
-    n_sets = 0
-    for seq in sequences:
-        for idx in view_sets(len(seq.frames), views, gap):
-            if limit is not None and n_sets >= limit:
-                break
-            frames = [seq.frames[i] for i in idx]
-            if any(f.cam2world is None or f.K is None for f in frames):
-                raise InputError(f"{seq.name}: frames without a pose or intrinsics cannot be scored")
-            loaded = [load_for_model(f.image, policy) for f in frames]
-            images = [img for img, _ in loaded]
-            with torch.inference_mode(), autocast(engine.device, engine.dtype):
-                pred = predict(model, engine.to_pixels(images), [str(f.image) for f in frames],
-                               [hw for _, hw in loaded], metric=metric)
-            gt, valid = ground_truth([seq.read_depth(f) for f in frames], [f.K for f in frames],
-                                     [f.cam2world for f in frames], images[0].shape[:2])
-            for k, v in pointmap_metrics(as_evaluated(pred), gt, valid).items():
-                sums[k] = sums.get(k, 0.0) + v
-            n_sets += 1
-    if not n_sets:
-        raise InputError(f"no set of {views} frames {gap} apart in {len(sequences)} sequence(s)")
-    return {**{k: v / n_sets for k, v in sums.items()}, "sets": n_sets, "views": views, "gap": gap}
-
-
 # ---------------------------------------------------------------------------- long sequences
 
 
@@ -309,61 +237,3 @@ def predict_in_chunks(run, n: int, size: int, overlap: int, metric: bool, done: 
         scene = merge(scene, transformed(part, s, R, t), [views.index(i) for i in views if i >= have])
         report.append({"views": [views[0], views[-1]], "scale": round(float(s), 5), "pairs": pairs})
     return scene, report
-
-
-# ---------------------------------------------------------------------------- outputs
-
-
-def preview_picture(points: np.ndarray, colours: np.ndarray, pred: Predictions, hw: tuple[int, int] = (600, 800)
-                    ) -> np.ndarray:
-    """The cleaned cloud seen from behind and above the first camera, with every camera's frustum (red,
-    the first one green), RGB (h, w, 3); no display needed."""
-    import cv2
-
-    from .geometry import frustum_segments, preview_camera, render_points, transform
-
-    K, w2c = preview_camera(pred.cam2world.astype(np.float64), points, hw)
-    image = render_points(points, colours, K, w2c, hw)
-    extent = float(np.percentile(np.linalg.norm(points - np.median(points, 0), axis=1), 90)) if len(points) else 1.0
-    size = 0.12 * extent
-    for i in reversed(range(len(pred.K))):  # the first camera last, on top
-        k, T = pred.K[i], pred.cam2world[i]
-        for a, b in frustum_segments(k.astype(np.float64), pred.pts3d.shape[1:3], T.astype(np.float64), size):
-            pa, pb = transform(np.stack([a, b]), w2c)
-            if pa[2] <= 1e-6 or pb[2] <= 1e-6:
-                continue
-            ua = (int(pa[0] / pa[2] * K[0, 0] + K[0, 2]), int(pa[1] / pa[2] * K[1, 1] + K[1, 2]))
-            ub = (int(pb[0] / pb[2] * K[0, 0] + K[0, 2]), int(pb[1] / pb[2] * K[1, 1] + K[1, 2]))
-            cv2.line(image, ua, ub, (0, 170, 0) if i == 0 else (220, 30, 30), 2)
-    return image
-
-
-def tsdf_mesh(pred: Predictions, colours: np.ndarray, voxel: float | None = None, keep: np.ndarray | None = None):
-    """A coloured triangle mesh (Open3D, legacy) by TSDF fusion of every view's depth (where ``keep``,
-    default the model's mask), colour and
-    pose in Open3D's hashed voxel-block grid (its scalable TSDF volume); the voxel side defaults to 1/256
-    of the scene's extent, the truncation is 4 voxels, surfaces seen once are kept."""
-    from .geometry import _open3d, invert_pose
-
-    o3d = _open3d()
-    import open3d.core as o3c
-
-    finite = pred.pts3d[np.isfinite(pred.pts3d).all(-1)]
-    extent = float(np.linalg.norm(np.percentile(finite, 98, 0) - np.percentile(finite, 2, 0))) if len(finite) else 1.0
-    voxel = voxel or max(extent / 256, 1e-6)
-    depth_max = float(np.nanmax(pred.depth_z)) * 1.01 + 1e-6
-    grid = o3d.t.geometry.VoxelBlockGrid(
-        attr_names=("tsdf", "weight", "color"), attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
-        attr_channels=((1), (1), (3)), voxel_size=voxel, block_resolution=16,
-        block_count=max(1000, int(pred.mask.sum() // 64)), device=o3c.Device("CPU:0"))
-    keep = (pred.mask if keep is None else keep) & np.isfinite(pred.depth_z) & (pred.depth_z > 0)
-    for i in range(len(pred.images)):
-        if not keep[i].any():
-            continue
-        depth = o3d.t.geometry.Image(o3c.Tensor(np.where(keep[i], pred.depth_z[i], 0).astype(np.float32)))
-        colour = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(colours[i], np.float32) / 255))
-        K = o3c.Tensor(pred.K[i].astype(np.float64))
-        w2c = o3c.Tensor(invert_pose(pred.cam2world[i].astype(np.float64)))
-        blocks = grid.compute_unique_block_coordinates(depth, K, w2c, 1.0, depth_max, 4.0)
-        grid.integrate(blocks, depth, colour, K, K, w2c, 1.0, depth_max, 4.0)
-    return grid.extract_triangle_mesh(weight_threshold=0.5).to_legacy(), voxel

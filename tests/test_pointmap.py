@@ -251,7 +251,7 @@ def test_evaluation_scores_ground_truth_as_perfect(frames):
     """Predictions made from the ground truth (in another world frame) score perfectly: the evaluation's
     conventions (frames, poses, scaling of K) agree with the layout's."""
     from heads.metrics import pointmap_metrics
-    from heads.scene import as_evaluated, ground_truth
+    from heads.pointmap_eval import as_evaluated, ground_truth
     from heads.sequences import find_sequences
 
     seq = find_sequences("7scenes", KITCHEN, "train")[0]

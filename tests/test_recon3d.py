@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from heads import geometry as G
-from heads.scene import Cleaning, Predictions, clean_points, predict_in_chunks, preview_picture
+from heads.scene import Cleaning, Predictions, clean_points, predict_in_chunks
+from heads.scene_export import preview_picture
 from heads.sequences import find_sequences
 
 KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "rgbd-7scenes-redkitchen"
@@ -147,7 +148,7 @@ def test_depth_edges_mark_a_step_only():
 
 def test_tsdf_mesh_of_ground_truth_lies_on_the_cloud(truth):
     o3d = pytest.importorskip("open3d")
-    from heads.scene import tsdf_mesh
+    from heads.scene_export import tsdf_mesh
 
     pred, colours = truth
     mesh, voxel = tsdf_mesh(pred, colours, 0.02)

@@ -159,7 +159,7 @@ def evaluate_pointmap(
     import json
 
     from heads.pointmap import load_pointmap, prepare_pointmap
-    from heads.scene import evaluate_pointmap as run
+    from heads.pointmap_eval import evaluate_pointmap as run
     from heads.sequences import find_sequences
 
     from ..engine import Engine

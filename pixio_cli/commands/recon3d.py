@@ -91,7 +91,8 @@ def recon3d(
 
     from heads import geometry as G
     from heads.pointmap import load_pointmap, prepare_pointmap
-    from heads.scene import Cleaning, clean_points, predict, predict_in_chunks, preview_picture, read_intrinsics
+    from heads.scene import Cleaning, clean_points, predict, predict_in_chunks, read_intrinsics
+    from heads.scene_export import preview_picture
 
     from ..engine import Engine, Summary, autocast
     from ..errors import PixioError
@@ -243,7 +244,7 @@ def _one_size(images: list, labels: list[str]) -> list:
 
 
 def _write_mesh(pred, colours, scene_path: Path, voxel: Optional[float], glb: bool, o3d, keep=None):
-    from heads.scene import tsdf_mesh
+    from heads.scene_export import tsdf_mesh
 
     from ..errors import PixioError
     from ..writers import atomic_path

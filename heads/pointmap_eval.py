@@ -1,0 +1,83 @@
+"""Scoring a point-map model on multi-view RGB-D sequences: view sets, their ground truth in view 0's
+frame, and MapAnything's benchmark metrics averaged over the sets (``pixio evaluate pointmap``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pixio_cli.errors import InputError
+
+from .pointmap import PointMapModel
+from .scene import Predictions, predict
+
+
+
+def view_sets(n_frames: int, views: int, gap: int) -> list[list[int]]:
+    """Indices of sets of ``views`` frames ``gap`` apart, one set after another without sharing frames."""
+    return [[start + j * gap for j in range(views)] for start in range(0, n_frames - (views - 1) * gap, views * gap)]
+
+
+def ground_truth(depths: list[np.ndarray], Ks: list[np.ndarray], cam2world: list[np.ndarray],
+                 hw: tuple[int, int]) -> tuple[dict, np.ndarray]:
+    """Ground truth of one view set at the processing size: points in view 0's frame, camera-frame points,
+    poses relative to view 0, and the valid mask (depth > 0)."""
+    import cv2
+
+    from .geometry import depth_to_points, relative_to_first, scale_intrinsics, transform
+
+    h, w = hw
+    rel = relative_to_first(np.stack(cam2world).astype(np.float64))
+    pts_cam, pts, valid = [], [], []
+    for d, K, T in zip(depths, Ks, rel):
+        d = cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST) if d.shape != (h, w) else d
+        cam = depth_to_points(d.astype(np.float64), scale_intrinsics(K, depths[0].shape, hw))
+        pts_cam.append(cam)
+        pts.append(transform(cam, T))
+        valid.append(d > 0)
+    return {"pts3d": np.stack(pts), "pts3d_cam": np.stack(pts_cam), "cam2world": rel}, np.stack(valid)
+
+
+def as_evaluated(pred: Predictions) -> dict:
+    """Predictions in view 0's predicted frame, as the metrics take them."""
+    from .geometry import invert_pose, relative_to_first, transform
+
+    T = pred.cam2world.astype(np.float64)
+    to_first = invert_pose(T[0])
+    pts = transform(pred.pts3d.astype(np.float64), to_first)
+    cam = np.stack([transform(p, invert_pose(t)) for p, t in zip(pred.pts3d.astype(np.float64), T)])
+    return {"pts3d": pts, "pts3d_cam": cam, "cam2world": relative_to_first(T), "metric": pred.metric}
+
+
+def evaluate_pointmap(model: PointMapModel, sequences: list, engine, views: int = 4, gap: int = 5,
+                      policy=None, limit: int | None = None, metric: bool = True) -> dict:
+    """MapAnything's multi-view metrics (:func:`heads.metrics.pointmap_metrics`) averaged over view sets
+    of every sequence, predicted as `pixio recon3d` predicts them."""
+    from pixio_cli.engine import autocast
+    from pixio_cli.images import ResizePolicy, load_for_model
+
+    from .metrics import pointmap_metrics
+
+    policy = policy or ResizePolicy(short=384)
+    sums: dict[str, float] = {}
+    n_sets = 0
+    for seq in sequences:
+        for idx in view_sets(len(seq.frames), views, gap):
+            if limit is not None and n_sets >= limit:
+                break
+            frames = [seq.frames[i] for i in idx]
+            if any(f.cam2world is None or f.K is None for f in frames):
+                raise InputError(f"{seq.name}: frames without a pose or intrinsics cannot be scored")
+            loaded = [load_for_model(f.image, policy) for f in frames]
+            images = [img for img, _ in loaded]
+            with torch.inference_mode(), autocast(engine.device, engine.dtype):
+                pred = predict(model, engine.to_pixels(images), [str(f.image) for f in frames],
+                               [hw for _, hw in loaded], metric=metric)
+            gt, valid = ground_truth([seq.read_depth(f) for f in frames], [f.K for f in frames],
+                                     [f.cam2world for f in frames], images[0].shape[:2])
+            for k, v in pointmap_metrics(as_evaluated(pred), gt, valid).items():
+                sums[k] = sums.get(k, 0.0) + v
+            n_sets += 1
+    if not n_sets:
+        raise InputError(f"no set of {views} frames {gap} apart in {len(sequences)} sequence(s)")
+    return {**{k: v / n_sets for k, v in sums.items()}, "sets": n_sets, "views": views, "gap": gap}
