@@ -359,13 +359,11 @@ def write_ply(path, points: np.ndarray, colours: np.ndarray, normals_towards: np
         pcd.estimate_normals()
         pcd.orient_normals_towards_camera_location(np.asarray(normals_towards, np.float64))
     path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp_ply = tmp.with_suffix(".ply")  # Open3D picks the format from the extension
-        if not o3d.io.write_point_cloud(str(tmp_ply), pcd):
+    with atomic_path(path, keep_suffix=True) as tmp:
+        if not o3d.io.write_point_cloud(str(tmp), pcd):
             raise UsageError(f"Open3D could not write {path}")
         if unit:
-            _ply_comment(tmp_ply, f"units: {unit}")
-        tmp_ply.replace(tmp)
+            _ply_comment(tmp, f"units: {unit}")
 
 
 def _ply_comment(path, text: str) -> None:

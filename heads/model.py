@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixio_cli.checkpoints import BUNDLED, HUB_MODELS, WEIGHTS_DIR, load_encoder, read_checkpoint, save_safetensors
+from pixio_cli.checkpoints import BUNDLED, HUB_MODELS, load_encoder, read_checkpoint, save_safetensors
 from pixio_cli.encoder import PixioEncoder
 from pixio_cli.errors import CheckpointError
-from pixio_cli.model_ids import BUNDLED_HEADS, DEFAULT_HEAD  # noqa: F401 (re-exported)
+from pixio_cli.model_ids import BUNDLED_HEADS, DEFAULT_HEAD, bundled_path  # noqa: F401 (DEFAULT_HEAD re-exported)
 
 from .dpt import DPTHead, LinearHead
 from .features import dense_features, dpt_blocks
@@ -84,11 +84,7 @@ def save_head(model: DenseModel, path: str | os.PathLike, provenance: dict, dtyp
 
 def resolve_head(source: str) -> Path:
     if source in BUNDLED_HEADS:
-        path = WEIGHTS_DIR / BUNDLED_HEADS[source]
-        if not path.exists():
-            raise CheckpointError(f"the bundled head {source!r} is not in this installation ({path} is missing); "
-                                  "pass --model with a head checkpoint made by `pixio train`")
-        return path
+        return bundled_path(source, "head", "with a head checkpoint made by `pixio train`")
     path = Path(source).expanduser()
     if not path.exists():
         raise CheckpointError(f"no such head checkpoint: {source!r} (bundled: {', '.join(BUNDLED_HEADS)})")

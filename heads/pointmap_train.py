@@ -16,19 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pixio_cli.checkpoints import load_encoder
-from pixio_cli.engine import Engine, autocast, dist_info, pick_device, pick_dtype
+from pixio_cli.engine import Engine, autocast, dist_info, init_distributed, pick_device, pick_dtype
 from pixio_cli.errors import InputError, UsageError
 from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, read_image, resize_image
 
 from . import geometry as G
 from .pointmap import PointMapConfig, PointMapModel, PointMapOutput, save_pointmap
 from .sequences import Sequence, find_sequences
-from .train import StepCheckpoint, run_steps
+from .train import StepCheckpoint, run_steps, step_positions
 
 
 @dataclass
@@ -166,8 +165,7 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
     rank, world, _ = dist_info()
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    init_distributed(device)
     torch.manual_seed(cfg.seed)
     train_seqs = find_sequences(cfg.dataset, cfg.data, "train", cfg.depth_scale)
     val_seqs = find_sequences(cfg.dataset, cfg.data, "val", cfg.depth_scale)
@@ -212,16 +210,18 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
 
     data = ViewSets(train_seqs, cfg.views, cfg.max_gap, (cfg.height, cfg.width), cfg.seed,
                     cfg.steps * cfg.batch_size * world)
-    per_step = cfg.batch_size * world
-    positions = [s * per_step + rank * cfg.batch_size + j for s in range(start, cfg.steps) for j in range(cfg.batch_size)]
-    loader = DataLoader(data, batch_size=cfg.batch_size, sampler=positions, num_workers=cfg.workers, drop_last=True)
-    ray_rng = torch.Generator().manual_seed(cfg.seed * 1000 + start)
+    loader = DataLoader(data, batch_size=cfg.batch_size, sampler=step_positions(cfg.batch_size, cfg.steps, start,
+                                                                               rank, world),
+                        num_workers=cfg.workers, drop_last=True)
+    # which steps see the true rays: drawn for the whole run up front, so every rank and a resumed run agree
+    known_rays = iter((torch.rand(cfg.steps, generator=torch.Generator().manual_seed(cfg.seed)) < cfg.ray_prob)
+                      [start:].tolist())
     parts: dict[str, float] = {}
 
     def loss_fn(batch: dict) -> torch.Tensor:
         nonlocal parts
         batch = {k: v.to(device) for k, v in batch.items()}
-        known = torch.rand((), generator=ray_rng).item() < cfg.ray_prob  # the same draw on every rank
+        known = next(known_rays)
         with autocast(device, dtype):
             out = net(batch["images"], batch["rays"] if known else None)
         loss, parts = pointmap_loss(out, batch)

@@ -173,16 +173,17 @@ def chunk_ranges(n: int, size: int, overlap: int) -> list[list[int]]:
         start = end - overlap
 
 
-def align_to(scene: Predictions, part: Predictions, shared: list[int], with_scale: bool,
+def align_to(scene: Predictions, part: Predictions, shared: list[tuple[int, int]], with_scale: bool,
              max_pairs: int = 20000, seed: int = 0) -> tuple[float, np.ndarray, np.ndarray, int]:
-    """(s, R, t, pairs) mapping ``part``'s frame onto ``scene``'s from the views both hold: the same pixel
-    of the same view is a correspondence (Umeyama inside RANSAC on the confident ones)."""
+    """(s, R, t, pixel pairs used) mapping ``part``'s frame onto ``scene``'s from the views both hold,
+    given as (view in scene, view in part): the same pixel of the same view is a correspondence
+    (Umeyama inside RANSAC on the confident ones)."""
     from .geometry import ransac_umeyama
 
-    a = np.concatenate([scene.pts3d[i].reshape(-1, 3) for i in shared[0]])
-    b = np.concatenate([part.pts3d[i].reshape(-1, 3) for i in shared[1]])
-    conf = np.concatenate([np.minimum(scene.conf[i], part.conf[j]).reshape(-1) for i, j in zip(*shared)])
-    keep = np.concatenate([(scene.mask[i] & part.mask[j]).reshape(-1) for i, j in zip(*shared)])
+    a = np.concatenate([scene.pts3d[i].reshape(-1, 3) for i, _ in shared])
+    b = np.concatenate([part.pts3d[j].reshape(-1, 3) for _, j in shared])
+    conf = np.concatenate([np.minimum(scene.conf[i], part.conf[j]).reshape(-1) for i, j in shared])
+    keep = np.concatenate([(scene.mask[i] & part.mask[j]).reshape(-1) for i, j in shared])
     keep &= np.isfinite(a).all(1) & np.isfinite(b).all(1)
     if keep.sum() < 100:  # the masks disagree: fall back on confidence alone
         keep = np.isfinite(a).all(1) & np.isfinite(b).all(1)
@@ -231,9 +232,9 @@ def predict_in_chunks(run, n: int, size: int, overlap: int, metric: bool, done: 
             scene = part
             report.append({"views": [views[0], views[-1]], "scale": 1.0})
             continue
-        have = len(scene.images)
-        shared = [i for i in views if i < have]
-        s, R, t, pairs = align_to(scene, part, [shared, [views.index(i) for i in shared]], with_scale=not metric)
-        scene = merge(scene, transformed(part, s, R, t), [views.index(i) for i in views if i >= have])
+        have = len(scene.images)  # the scene holds views 0..have-1, in order
+        shared = [(i, j) for j, i in enumerate(views) if i < have]
+        s, R, t, pairs = align_to(scene, part, shared, with_scale=not metric)
+        scene = merge(scene, transformed(part, s, R, t), [j for j, i in enumerate(views) if i >= have])
         report.append({"views": [views[0], views[-1]], "scale": round(float(s), 5), "pairs": pairs})
     return scene, report

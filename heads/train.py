@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pixio_cli.checkpoints import load_encoder
-from pixio_cli.engine import Engine, autocast, dist_info, pick_device, pick_dtype
+from pixio_cli.engine import Engine, autocast, dist_info, init_distributed, pick_device, pick_dtype
 from pixio_cli.errors import PixioError, UsageError
 from pixio_cli.images import read_image
 from pixio_cli.writers import atomic_path
@@ -71,11 +71,11 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return (1 - (step - warmup) / max(1, total - warmup)) ** 0.9
 
 
-def _positions(cfg: HeadTrainConfig, start: int, rank: int, world: int) -> list[int]:
+def step_positions(batch_size: int, steps: int, start: int, rank: int, world: int) -> list[int]:
     """This rank's sample positions from step ``start`` on: step s uses global positions
-    [s*B*W, (s+1)*B*W), of which rank r takes its own B."""
-    per_step = cfg.batch_size * world
-    return [s * per_step + rank * cfg.batch_size + j for s in range(start, cfg.steps) for j in range(cfg.batch_size)]
+    [s*B*W, (s+1)*B*W), of which rank r takes its own B (so a resumed run sees the same samples)."""
+    per_step = batch_size * world
+    return [s * per_step + rank * batch_size + j for s in range(start, steps) for j in range(batch_size)]
 
 
 class StepCheckpoint:
@@ -163,8 +163,7 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
     rank, world, _ = dist_info()
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    init_distributed(device)
     torch.manual_seed(cfg.seed)
     train_layout = find_layout(cfg.dataset, cfg.data, "train", cfg.depth_scale, cfg.classes)
     val_layout = find_layout(cfg.dataset, cfg.data, "val", cfg.depth_scale, cfg.classes)
@@ -205,7 +204,7 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
         return F.cross_entropy(out.float(), target, ignore_index=IGNORE)
 
     crops = TrainCrops(train_layout, cfg.crop, cfg.seed, total=cfg.steps * cfg.batch_size * world)
-    loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=_positions(cfg, start, rank, world),
+    loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=step_positions(cfg.batch_size, cfg.steps, start, rank, world),
                         num_workers=cfg.workers, drop_last=True)
     net.train()
     model.encoder.train(cfg.finetune)  # a frozen encoder stays in eval mode

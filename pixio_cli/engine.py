@@ -40,6 +40,17 @@ def dist_info() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def init_distributed(device: torch.device) -> None:
+    """Join torchrun's process group (NCCL on CUDA, gloo on CPU) when there is more than one process;
+    on CUDA make ``device`` the current one."""
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if dist_info()[1] > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
 def pick_device(spec: str = "auto") -> torch.device:
     """``auto`` (CUDA when present, the local rank's GPU under torchrun), ``cpu``, ``cuda`` or ``cuda:N``."""
     spec = (spec or "auto").lower()

@@ -38,21 +38,31 @@ BUNDLED_HEADS = {"depth-tiny": "depth-tiny-7scenes.safetensors", "segment-tiny":
 DEFAULT_HEAD = {"depth": "depth-tiny", "segment": "segment-tiny"}
 
 
+def bundled_file(name: str) -> Path | None:
+    """Where the bundled model, point-map model or head ``name`` lives (None for other names)."""
+    for table in (BUNDLED, BUNDLED_POINTMAPS, BUNDLED_HEADS):
+        if name in table:
+            return WEIGHTS_DIR / table[name]
+    return None
+
+
+def bundled_path(name: str, what: str, instead: str) -> Path:
+    """The file of the bundled ``name``; a one-line error naming what to pass ``instead`` when this
+    installation lacks it."""
+    path = bundled_file(name)
+    if path is None or not path.exists():
+        raise CheckpointError(f"the bundled {what} {name!r} is not in this installation ({path} is missing); "
+                              f"pass --model {instead}")
+    return path
+
+
 def resolve(source: str) -> Path:
     """Turn a model id, bundled name or path into a local file or folder."""
     if source in BUNDLED:
-        path = WEIGHTS_DIR / BUNDLED[source]
-        if not path.exists():
-            raise CheckpointError(
-                f"the bundled model {source!r} is not in this installation ({path} is missing); "
-                "pass --model with a checkpoint path or a public id such as pixio-vitb16")
-        return path
+        return bundled_path(source, "model", "with a checkpoint path or a public id such as pixio-vitb16")
     if source in BUNDLED_POINTMAPS:
-        path = WEIGHTS_DIR / BUNDLED_POINTMAPS[source]
-        if not path.exists():
-            raise CheckpointError(f"the bundled point-map model {source!r} is not in this installation ({path} is "
-                                  "missing); pass --model pixio-vith16-mapanything or a checkpoint path")
-        return path
+        return bundled_path(source, "point-map model",
+                            "pixio-vith16-mapanything or a checkpoint path")
     if source in HUB_MODELS:
         return _download(*HUB_MODELS[source][:2])
     if source in POINTMAP_MODELS:

@@ -44,12 +44,11 @@ def item_identity(item: Item) -> list | None:
 
 def model_identity(source: str) -> str:
     """The model a run used: the id or path, and for files their size and modification time."""
-    from .model_ids import BUNDLED, BUNDLED_HEADS, HUB_MODELS, WEIGHTS_DIR
+    from .model_ids import HUB_MODELS, POINTMAP_MODELS, bundled_file
 
-    if source in HUB_MODELS:
+    if source in HUB_MODELS or source in POINTMAP_MODELS:
         return source
-    path = WEIGHTS_DIR / {**BUNDLED, **BUNDLED_HEADS}[source] if source in {**BUNDLED, **BUNDLED_HEADS} \
-        else Path(source).expanduser()
+    path = bundled_file(source) or Path(source).expanduser()
     ident = file_identity(path)
     if path.is_dir():  # a transformers folder: the weights file inside decides
         ident = [file_identity(p) for p in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.pth"))]

@@ -25,15 +25,18 @@ _FILE_MODE = 0o666 & ~_current_umask()  # what open() would give; mkstemp's own 
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
 
-    A run killed mid-write leaves at most a ``.tmp`` file, never a truncated
+    A run killed mid-write leaves at most a hidden ``.tmp`` file, never a truncated
     output under the real name, so "output exists" means "output is complete".
+    ``keep_suffix`` ends the temporary name with ``path``'s extension too, for
+    writers that pick the format from it (Open3D).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    suffix = ".tmp" + (path.suffix if keep_suffix else "")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pixio_cli.checkpoints import save_safetensors
 from pixio_cli.encoder import set_fused_attention
-from pixio_cli.engine import autocast, dist_info, pick_device, pick_dtype
+from pixio_cli.engine import autocast, dist_info, init_distributed, pick_device, pick_dtype
 from pixio_cli.errors import PixioError, UsageError
 from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD
 from pixio_cli.writers import atomic_path, write_image, write_json
@@ -129,13 +129,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
         self.cfg = cfg
         self.out = Path(cfg.output)
-        self.rank, self.world, local = dist_info()
+        self.rank, self.world, _ = dist_info()
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.precision, self.device)
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+        init_distributed(self.device)
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         if cfg.distill is not None:

@@ -345,6 +345,40 @@ def test_train_pointmap_command_saves_a_model_that_recon3d_runs(cli, tiny_encode
     assert load_pointmap(str(out / "pointmap.safetensors")).provenance["steps"] == 3
 
 
+def test_train_pointmap_resumes_exactly(cli, tiny_encoder_file, tmp_path, monkeypatch):
+    """Stopped at step 2 of 4 and resumed, the weights equal an uninterrupted run's (same samples and the
+    same steps with known rays)."""
+    from safetensors.torch import load_file
+
+    import heads.train as train_mod
+
+    def args(out):
+        return ["train", "pointmap", "--encoder", tiny_encoder_file, "--data", KITCHEN, "-o", out, "--steps", "4",
+                "--batch-size", "1", "--views", "2", "--width", "64", "--height", "48", "--dim", "48", "--depth",
+                "4", "--num-heads", "1", "--dpt-features", "16", "--dpt-channels", "8,16,24,32", "--eval-limit", "1",
+                "--workers", "0", "--device", "cpu", "--precision", "fp32", "--save-every", "10"]
+
+    code, _, err = cli(args(tmp_path / "full"))
+    assert code == 0, err
+    real = train_mod.lr_factor
+
+    def stop_at_2(step, total, warmup):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real(step, total, warmup)
+
+    monkeypatch.setattr(train_mod, "lr_factor", stop_at_2)
+    code, _, _ = cli(args(tmp_path / "cut"))
+    assert code == 130 and (tmp_path / "cut" / "train.ckpt").exists()
+    assert not (tmp_path / "cut" / "pointmap.safetensors").exists()
+    monkeypatch.setattr(train_mod, "lr_factor", real)
+    code, _, err = cli([*args(tmp_path / "cut"), "--resume"])
+    assert code == 0, err
+    a = load_file(str(tmp_path / "full" / "pointmap.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "pointmap.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_train_pointmap_on_two_ddp_processes(tiny_encoder_file, frames, tmp_path):
     import os
     import subprocess

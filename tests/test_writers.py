@@ -20,6 +20,19 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npz"]
 
 
+def test_atomic_path_keep_suffix_names_the_format_and_cleans_up(tmp_path):
+    target = tmp_path / "scene.ply"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target, keep_suffix=True) as tmp:
+            assert tmp.name.startswith(".scene.ply.") and tmp.name.endswith(".tmp.ply")
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(target, keep_suffix=True) as tmp:
+        tmp.write_bytes(b"ply")
+    assert [p.name for p in tmp_path.iterdir()] == ["scene.ply"] and target.read_bytes() == b"ply"
+
+
 def test_palette_png_keeps_exact_ids(tmp_path):
     labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
     palette = np.array([[i * 20, 255 - i * 20, 7] for i in range(12)], np.uint8)

@@ -258,11 +258,9 @@ def _write_mesh(pred, colours, scene_path: Path, voxel: Optional[float], glb: bo
     tri.compute_vertex_normals()
     targets = [scene_path.with_name(scene_path.stem + "_mesh.ply")] + ([scene_path.with_suffix(".glb")] if glb else [])
     for target in targets:
-        with atomic_path(target) as tmp:
-            tmp_named = tmp.with_suffix(target.suffix)  # Open3D picks the format from the extension
-            if not o3d.io.write_triangle_mesh(str(tmp_named), tri):
+        with atomic_path(target, keep_suffix=True) as tmp:
+            if not o3d.io.write_triangle_mesh(str(tmp), tri):
                 raise UsageError(f"Open3D could not write {target}")
-            tmp_named.replace(tmp)
     return tri, used
 
 
