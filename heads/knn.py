@@ -43,12 +43,12 @@ def find_splits(data: Path, train_list: Path | None = None,
             raise InputError(f"--data {data}: expected train/<class>/ and val/<class>/ folders (ImageNet layout), "
                              "or give --train-list and --val-list")
         train, val = _read_folder(data / "train"), _read_folder(data / "val")
+    if not train or not val:
+        raise InputError(f"--data {data}: no {'training' if not train else 'validation'} images found")
     classes = sorted({c for _, c in train})
     unknown = sorted({c for _, c in val} - set(classes))
     if unknown:
         raise InputError(f"validation classes without training images: {', '.join(unknown[:5])}")
-    if not train or not val:
-        raise InputError(f"--data {data}: no {'training' if not train else 'validation'} images found")
     index = {c: i for i, c in enumerate(classes)}
     as_split = lambda pairs: LabelledSplit([p for p, _ in pairs], [index[c] for _, c in pairs])  # noqa: E731
     return as_split(train), as_split(val), classes

@@ -31,6 +31,7 @@ from torch import nn
 from pixio_cli.checkpoints import FORMAT_KEY, infer_config, read_checkpoint, save_safetensors
 from pixio_cli.encoder import EncoderConfig, PixioEncoder
 from pixio_cli.errors import CheckpointError
+from pixio_cli.model_ids import POINTMAP_SHORT_SIDE
 
 from .dpt import DPTHead
 
@@ -218,6 +219,12 @@ class PointMapOutput:
 
 class PointMapModel(nn.Module):
     """Images of V views (B, V, 3, H, W), ImageNet-normalised -> :class:`PointMapOutput`."""
+
+    # set by load_pointmap from the file
+    source: str = ""
+    metric: bool = True  # the scale head gives metres
+    infer_short: int = POINTMAP_SHORT_SIDE  # the short side it runs at unless told otherwise
+    provenance: dict | None = None
 
     def __init__(self, encoder: PixioEncoder, cfg: PointMapConfig) -> None:
         super().__init__()
@@ -428,15 +435,15 @@ def load_pointmap(source: str) -> PointMapModel:
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).strip().splitlines()]
         raise CheckpointError(f"{ckpt.source} does not fit a point-map model: {' '.join(lines[:3])[:300]}") from None
-    model.source = str(source)  # type: ignore[attr-defined]
-    model.metric = bool(meta.get("metric", True))  # type: ignore[attr-defined]
-    model.infer_short = int(meta.get("infer_short", 384))  # type: ignore[attr-defined]
-    model.provenance = meta.get("provenance", {})  # type: ignore[attr-defined]
+    model.source = str(source)
+    model.metric = bool(meta.get("metric", True))
+    model.infer_short = int(meta.get("infer_short", POINTMAP_SHORT_SIDE))
+    model.provenance = meta.get("provenance", {})
     return model.eval()
 
 
 def save_pointmap(model: PointMapModel, path, provenance: dict | None = None, dtype: torch.dtype = torch.float32,
-                  metric: bool = True, encoder_source: str | None = None, infer_short: int = 384) -> None:
+                  metric: bool = True, encoder_source: str | None = None, infer_short: int = POINTMAP_SHORT_SIDE) -> None:
     """One safetensors file with the weights (our names) and both configs. With ``encoder_source`` (a
     public or bundled encoder id, kept frozen) the encoder's weights are left out and loaded by id."""
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()
@@ -478,12 +485,12 @@ class PointMapDepth(nn.Module):
 
     whole_image = True
 
-    def __init__(self, model: PointMapModel, short_side: int = 384) -> None:
+    def __init__(self, model: PointMapModel) -> None:
         super().__init__()
         from .model import HeadConfig
 
         self.model = model
-        self.cfg = HeadConfig(task="depth", crop=0, infer_short=short_side)
+        self.cfg = HeadConfig(task="depth", crop=0, infer_short=model.infer_short)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x[:, None]).depth_z[:, 0]

@@ -30,7 +30,7 @@ def load_dense(engine: Engine, source: str, task: str) -> DenseModel:
         if task != "depth":
             raise UsageError(f"{source} is a point-map model: it predicts depth, not {task}")
         model = prepare_pointmap(engine, load_pointmap(source))
-        return PointMapDepth(model, getattr(model, "infer_short", 384))  # type: ignore[return-value]
+        return PointMapDepth(model)  # type: ignore[return-value]
     net = load_head(source)
     if net.cfg.task != task:
         raise UsageError(f"{source} is a {net.cfg.task} head, not a {task} head")

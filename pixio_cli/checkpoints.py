@@ -211,6 +211,12 @@ def infer_config(sd: dict[str, torch.Tensor], metadata: dict | None = None, size
     return cfg
 
 
+def encoder_config(source: str | os.PathLike, size: str | None = None) -> EncoderConfig:
+    """The shape of the encoder in a checkpoint (its tensors are not kept)."""
+    ckpt = read_checkpoint(source)
+    return infer_config(to_official(ckpt.tensors), ckpt.metadata, size)
+
+
 def load_encoder(source: str | os.PathLike, size: str | None = None) -> PixioEncoder:
     """Build an encoder from any accepted source and load its weights strictly (on CPU, fp32)."""
     ckpt = read_checkpoint(source)

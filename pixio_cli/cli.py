@@ -29,6 +29,7 @@ app = typer.Typer(
 
 # The exception classes of the click that typer uses (its own vendored copy in recent versions).
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 _Abort = typer.Abort
 
 
@@ -96,8 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             if ctx is not None:
                 typer.echo(ctx.get_help(), err=True)
             sys.exit(2)
-        if type(e).__name__ in ("UsageError", "BadParameter", "MissingParameter", "NoSuchOption",
-                                "BadOptionUsage", "BadArgumentUsage"):
+        if isinstance(e, _ClickUsageError):  # BadParameter, NoSuchOption, MissingParameter, ...
             typer.echo(_usage_line(e), err=True)
             sys.exit(2)
         e.show()

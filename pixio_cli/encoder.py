@@ -170,6 +170,17 @@ class PixioEncoder(nn.Module):
                 out[i] = self.norm(t) if norm else t
         return [out[b % self.depth] for b in blocks]
 
+    def forward_kept(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Tokens after the last block, before the final norm, of the CLS tokens and only the patches
+        ``keep`` (B, n_keep) names (all with None): the masked encoder of pretraining and distillation."""
+        patches, cls = self.embed(x)
+        if keep is not None:
+            patches = torch.gather(patches, 1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        t = torch.cat([cls, patches], dim=1)
+        for i in range(self.depth):
+            t = self.run_block(i, t)
+        return t
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normed tokens of the last block, (B, n_cls + H*W, D)."""
         return self.forward_blocks(x, [-1], norm=True)[0]

@@ -42,6 +42,10 @@ class FileStore:
         self.on_written([item])
         return {"output": str(path)}
 
+    def holds(self, item: Item) -> bool:
+        """Whether the item's file is still there (a rerun redoes deleted ones)."""
+        return self.path(item).exists()
+
     def close(self) -> None:
         pass
 
@@ -83,6 +87,10 @@ class ShardStore:
         if len(self.rows) >= self.size:
             self._flush()
         return info
+
+    def holds(self, item: Item) -> bool:
+        """Rows are recorded only once their shard is in place; shards are not looked up one by one."""
+        return True
 
     def _name(self, n: int) -> str:
         return f"{self.prefix}{n:06d}.{self.fmt}"

@@ -32,6 +32,7 @@ DEFAULT_MODEL = "pixio-tiny"
 # Bundled point-map models (see README, "Bundled weights"), and the default of `pixio recon3d`.
 BUNDLED_POINTMAPS = {"pointmap-tiny": "pointmap-tiny-7scenes.safetensors"}
 DEFAULT_POINTMAP = "pointmap-tiny"
+POINTMAP_SHORT_SIDE = 384  # MapAnything's default input: 512x384 for 4:3 frames
 
 # Bundled heads, and the default head of each dense task.
 BUNDLED_HEADS = {"depth-tiny": "depth-tiny-7scenes.safetensors", "segment-tiny": "segment-tiny-camvid.safetensors"}

@@ -223,8 +223,10 @@ def normalisation_bounds(out: Path, units: list[Unit], settings: Settings) -> di
             "raw_min": lo, "raw_max": hi}
 
 
-def normalise(out: Path, units: list[Unit], settings: Settings) -> dict:
-    """Stage 2: write per-shard JSONs, ``manifest.jsonl`` and ``curation.json`` from the raw files."""
+def normalise(out: Path, units: list[Unit], settings: Settings,
+              on_error: Callable[[str, str], None] | None = None) -> dict:
+    """Stage 2: write per-shard JSONs, ``manifest.jsonl`` and ``curation.json`` from the raw files;
+    ``on_error(key, error)`` hears of each unreadable image on the way."""
     out = Path(out)
     bounds = normalisation_bounds(out, units, settings)
     span = bounds["high"] - bounds["low"]
@@ -239,7 +241,11 @@ def normalise(out: Path, units: list[Unit], settings: Settings) -> dict:
     counts = {"images": 0, "errors": 0}
     for unit, recs in read_raw(out, units):
         counts["images"] += len(recs)
-        counts["errors"] += sum("error" in r for r in recs)
+        for r in recs:
+            if "error" in r:
+                counts["errors"] += 1
+                if on_error is not None:
+                    on_error(r["key"], r["error"])
         if unit.shard is not None:
             write_json(shard_stats_path(out, Path(unit.shard)), {r["key"]: final(r) for r in recs})
         else:

@@ -29,7 +29,7 @@ from torch import nn
 from pixio_cli.encoder import EncoderConfig, PixioEncoder, size_config
 from pixio_cli.errors import UsageError
 
-from .mae import block_masking
+from .mae import block_masking, mask_block_count
 
 LOSSES = ("cosine", "l1", "mse")
 
@@ -143,13 +143,7 @@ class Distiller(nn.Module):
     def student_tokens(self, name: str, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """A student's projected tokens (B, n_cls + kept patches, teacher width)."""
         enc = self.students[name]
-        patches, cls = enc.embed(x)
-        if keep is not None:
-            patches = torch.gather(patches, 1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
-        t = torch.cat([cls, patches], dim=1)
-        for i in range(enc.depth):
-            t = enc.run_block(i, t)
-        return self.projectors[name](enc.norm(t))
+        return self.projectors[name](enc.norm(enc.forward_kept(x, keep)))
 
     def forward(self, x: torch.Tensor) -> DistillOutput:
         with torch.no_grad():
@@ -158,9 +152,7 @@ class Distiller(nn.Module):
         if self.cfg.mask_ratio > 0:
             p, g = next(iter(self.students.values())).patch_size, self.cfg.mask_grid
             grid_hw = (x.shape[-2] // p, x.shape[-1] // p)
-            if grid_hw[0] % g or grid_hw[1] % g:
-                raise UsageError(f"the {grid_hw[0]}x{grid_hw[1]} patch grid is not divisible by --mask-grid {g}")
-            noise = torch.rand(x.shape[0], (grid_hw[0] // g) * (grid_hw[1] // g), device=x.device)
+            noise = torch.rand(x.shape[0], mask_block_count(grid_hw, g), device=x.device)
             keep = block_masking(noise, grid_hw, g, self.cfg.mask_ratio)[0]
         total, logs = torch.zeros((), device=x.device), {}
         for name in self.students:

@@ -67,6 +67,13 @@ def unpatchify(x: torch.Tensor, p: int, grid_hw: tuple[int, int]) -> torch.Tenso
     return torch.einsum("nhwpqc->nchpwq", x).reshape(b, -1, h * p, w * p)
 
 
+def mask_block_count(grid_hw: tuple[int, int], grid: int) -> int:
+    """How many ``grid`` x ``grid``-patch blocks tile a patch grid; a usage error when they do not."""
+    if grid_hw[0] % grid or grid_hw[1] % grid:
+        raise UsageError(f"the {grid_hw[0]}x{grid_hw[1]} patch grid is not divisible by --mask-grid {grid}")
+    return (grid_hw[0] // grid) * (grid_hw[1] // grid)
+
+
 def block_masking(noise: torch.Tensor, grid_hw: tuple[int, int], grid: int,
                   ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mask ``ratio`` of the ``grid`` x ``grid``-patch blocks, keeping those with the lowest ``noise``.
@@ -76,7 +83,7 @@ def block_masking(noise: torch.Tensor, grid_hw: tuple[int, int], grid: int,
     1 where masked. Pretraining and distillation share it.
     """
     h, w = grid_hw
-    n_blocks = (h // grid) * (w // grid)
+    n_blocks = mask_block_count(grid_hw, grid)
     len_keep = int(n_blocks * (1 - ratio))
     order = torch.argsort(noise, dim=1)
     # patch ids of each grid x grid block, blocks row-major
@@ -116,20 +123,14 @@ class PixioMAE(PixioEncoder):
 
     # -- masking
 
-    def n_mask_blocks(self, grid_hw: tuple[int, int]) -> int:
-        g = self.mae_cfg.mask_grid
-        if grid_hw[0] % g or grid_hw[1] % g:
-            raise UsageError(f"the {grid_hw[0]}x{grid_hw[1]} patch grid is not divisible by --mask-grid {g}")
-        return (grid_hw[0] // g) * (grid_hw[1] // g)
-
     def block_noise(self, batch: int, grid_hw: tuple[int, int], generator: torch.Generator | None = None,
                     device: torch.device | str | None = None) -> torch.Tensor:
         """Uniform noise (B, n_blocks); the lowest values mark the kept blocks."""
-        return torch.rand(batch, self.n_mask_blocks(grid_hw), generator=generator, device=device)
+        return torch.rand(batch, mask_block_count(grid_hw, self.mae_cfg.mask_grid), generator=generator,
+                          device=device)
 
     def masking(self, noise: torch.Tensor, grid_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Block masking as the official ``random_masking`` (see :func:`block_masking`)."""
-        self.n_mask_blocks(grid_hw)
         return block_masking(noise, grid_hw, self.mae_cfg.mask_grid, self.mae_cfg.mask_ratio)
 
     # -- forward
@@ -142,12 +143,7 @@ class PixioMAE(PixioEncoder):
             noise = self.block_noise(imgs.shape[0], grid_hw, device=imgs.device)
         keep, ids_restore, mask = self.masking(noise, grid_hw)
 
-        patches, cls = self.embed(imgs)
-        x = torch.gather(patches, 1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
-        x = torch.cat([cls, x], dim=1)
-        for i in range(self.depth):
-            x = self.run_block(i, x)
-        x = self.norm(x)
+        x = self.norm(self.forward_kept(imgs, keep))
 
         x = self.decoder_embed(x)
         n_masked = ids_restore.shape[1] - (x.shape[1] - n_cls)

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,10 +24,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pixio_cli.checkpoints import save_safetensors
+from pixio_cli.checkpoints import save_safetensors, unreadable
 from pixio_cli.encoder import set_fused_attention
 from pixio_cli.engine import autocast, dist_info, init_distributed, pick_device, pick_dtype
-from pixio_cli.errors import PixioError, UsageError
+from pixio_cli.errors import CheckpointError, PixioError, UsageError
 from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD
 from pixio_cli.writers import atomic_path, write_image, write_json
 
@@ -216,10 +217,9 @@ class Trainer:
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
         per_rank = self._gather({"rng": rng, "positions": dict(self.positions), "last_worker": self.last_worker})
         if self.rank == 0:
+            cfg = self.cfg.to_dict()
             state = {"model": model_sd, "optimizer": optim_sd, "step": self.step, "world": self.world,
-                     "workers": self.cfg.workers, "config": {"train": self.cfg.to_dict(),
-                                                                    "mae": self.cfg.to_dict()["mae"]},
-                     "ranks": per_rank}
+                     "workers": self.cfg.workers, "config": {"train": cfg, "mae": cfg["mae"]}, "ranks": per_rank}
             with atomic_path(self.out / CHECKPOINT) as tmp:
                 torch.save(state, tmp)
         if self.world > 1:
@@ -229,10 +229,7 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                              set_optimizer_state_dict)
 
-        path = self.out / CHECKPOINT
-        if not path.exists():
-            raise UsageError(f"--resume {self.out}: no {CHECKPOINT} there")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _read_state(self.out)
         if state["world"] != self.world or state["workers"] != self.cfg.workers:
             raise UsageError(f"--resume: the run used {state['world']} process(es) x {state['workers']} data workers; "
                              f"resume it with the same (now {self.world} x {self.cfg.workers}) to continue exactly")
@@ -397,10 +394,18 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def read_run_config(out: str | os.PathLike) -> TrainConfig:
-    """The TrainConfig stored in a run's checkpoint (for ``--resume DIR``)."""
+def _read_state(out: str | os.PathLike, mmap: bool = False) -> dict:
+    """A run's ``checkpoint.pt``; ``mmap`` leaves the tensors on disk until they are used."""
     path = Path(out) / CHECKPOINT
     if not path.exists():
         raise UsageError(f"--resume {out}: no {CHECKPOINT} there")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return TrainConfig.from_dict(state["config"]["train"])
+    try:
+        # mmap needs torch.save's zip format; anything else gets torch.load's own complaint
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except Exception as e:
+        raise CheckpointError(unreadable(path, e)) from None
+
+
+def read_run_config(out: str | os.PathLike) -> TrainConfig:
+    """The TrainConfig stored in a run's checkpoint (for ``--resume DIR``)."""
+    return TrainConfig.from_dict(_read_state(out, mmap=True)["config"]["train"])

@@ -73,6 +73,12 @@ def test_knn_list_files_and_bad_layouts(cli, tiny_encoder_file, tmp_path):
     assert code == 1 and "train/<class>" in err
     code, _, err = cli(["evaluate", "knn", "--data", data, "-k", "0"])
     assert code == 2 and "-k" in err
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    (empty / "val" / "red").mkdir(parents=True)
+    cv2.imwrite(str(empty / "val" / "red" / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    code, _, err = cli(["evaluate", "knn", "--data", empty, "--model", tiny_encoder_file])
+    assert code == 1 and "no training images" in err
 
 
 def test_official_pooling_is_the_raw_cls_mean(tiny_encoder):

@@ -245,6 +245,11 @@ def test_depth_from_a_point_map_model(cli, model_file, frames, tmp_path):
     assert len(o3d.io.read_point_cloud(str(tmp_path / "d.ply")).points) == 480 * 640  # camera from the model
     code, _, err = cli(["segment", frames[0], "-o", tmp_path / "s.png", "--model", model_file, "-q"])
     assert code != 0 and "point-map model" in err
+    code, out, err = cli(["evaluate", "depth", "--data", KITCHEN, "--model", model_file, "--limit", "1", "--json",
+                          "--workers", "0", "--precision", "fp32"])
+    assert code == 0, err
+    scores = json.loads(out.strip().splitlines()[-1])
+    assert scores["images"] == 1 and np.isfinite(scores["abs_rel"])
 
 
 def test_evaluation_scores_ground_truth_as_perfect(frames):

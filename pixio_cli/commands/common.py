@@ -35,10 +35,15 @@ def write_json_line(record: dict) -> None:
     sys.stdout.flush()
 
 
-def report_failures(summary) -> None:
-    """One ``failed: <path>: <reason>`` line on stderr per input that could not be used."""
-    for label, reason in summary.failures:
+def echo_failures(failures: list[tuple[str, str]]) -> None:
+    """One ``failed: <path>: <reason>`` line on stderr per (path, reason)."""
+    for label, reason in failures:
         typer.echo(f"failed: {reason}" if reason.startswith(label) else f"failed: {label}: {reason}", err=True)
+
+
+def report_failures(summary) -> None:
+    """One ``failed: <path>: <reason>`` line on stderr per input of a run that could not be used."""
+    echo_failures(summary.failures)
 
 
 def finish(summary, verb: str) -> None:

@@ -43,13 +43,14 @@ def curate(
     import dataclasses
     import shutil
 
-    from pretrain.curation import Curator, Settings, find_units, iter_records, normalise, read_raw
+    from pretrain.curation import Curator, Settings, find_units, iter_records, normalise
     from pretrain.curation_report import filter_table, format_table, report_image
     from pretrain.mae import load_mae
 
     from ..engine import Engine, dist_info
     from ..resume import Ledger, file_identity, item_identity, model_identity
     from ..writers import write_image
+    from .common import echo_failures
 
     # input
     units = find_units(inputs, chunk)
@@ -82,11 +83,9 @@ def curate(
     if rank != 0:
         return
     # every unreadable image of the collection is named, also those recorded by an earlier run
-    errors = [r for _, recs in read_raw(output, units) for r in recs if "error" in r]
-    for r in errors:
-        typer.echo(f"failed: {r['error']}" if r["error"].startswith(r["key"]) else f"failed: {r['key']}: {r['error']}",
-                   err=True)
-    stats = normalise(output, units, settings)
+    errors: list[tuple[str, str]] = []
+    stats = normalise(output, units, settings, on_error=lambda key, error: errors.append((key, error)))
+    echo_failures(errors)
     typer.echo(f"curated {summary.done} images now ({summary.failed} unreadable), {stats['counts']['images']} "
                f"in all; mae_loss normalised between {stats['normalisation_bounds']['low']:.4f} and "
                f"{stats['normalisation_bounds']['high']:.4f}", err=True)

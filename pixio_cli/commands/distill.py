@@ -87,12 +87,11 @@ def distill(
     from pretrain.distill import DistillConfig, student_config
     from pretrain.train import TrainConfig, Trainer
 
-    from ..checkpoints import infer_config, read_checkpoint, to_official
+    from ..checkpoints import encoder_config
 
     shared = t.shared_settings(data, output, steps, epochs, batch_size, accum, warmup_steps, curation, min_entropy,
                                min_size, soft_sampling)
-    ckpt = read_checkpoint(teacher)
-    n_cls = infer_config(to_official(ckpt.tensors), ckpt.metadata, teacher_size).n_cls_tokens
+    n_cls = encoder_config(teacher, teacher_size).n_cls_tokens  # the teacher's tensors are freed before training
     names = [s.strip() for s in students.split(",") if s.strip()]
     if len(set(names)) != len(names):
         raise UsageError(f"--students {students}: a student is named twice")

@@ -21,14 +21,12 @@ def _run(task: str, model: str, data: Path, dataset: str, split: str, json_out: 
 
     from heads.datasets import find_layout
     from heads.evaluate import evaluate
-    from heads.model import load_head
+    from heads.predict import load_dense
 
     from ..engine import Engine
 
     engine = Engine(device, precision, batch_size=4, workers=workers, progress=None)
-    net = engine.prepare(load_head(model))
-    if net.cfg.task != task:
-        raise UsageError(f"{model} is a {net.cfg.task} head, not a {task} head")
+    net = load_dense(engine, model, task)
     layout = find_layout(dataset, data, split, depth_scale, classes)
     result = evaluate(net, layout, engine, limit=limit)
     for k, v in result.items():
@@ -47,7 +45,7 @@ Limit = Annotated[Optional[int], typer.Option(help="At most this many images.", 
 @app.command("depth")
 def evaluate_depth(
         data: Data,
-        model: Annotated[str, typer.Option("--model", "-m", help="Depth head checkpoint.")] = "depth-tiny",
+        model: Annotated[str, typer.Option("--model", "-m", help="Depth head checkpoint, or a point-map model (one view per image).")] = "depth-tiny",
         dataset: Annotated[str, typer.Option(help="7scenes, nyuv2, kitti or generic-depth.")] = "7scenes",
         split: Split = "val",
         depth_scale: Annotated[Optional[float], typer.Option(help="Stored value per metre (generic-depth).")] = None,
@@ -170,8 +168,8 @@ def evaluate_pointmap(
         raise UsageError(f"--data {data}: no {split} sequences in the {dataset} layout")
     engine = Engine(device, precision, batch_size=views, workers=0, progress=False)
     net = prepare_pointmap(engine, load_pointmap(model))
-    policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=getattr(net, "infer_short", 384))
-    result = run(net, sequences, engine, views, gap, policy, limit, bool(getattr(net, "metric", True)))
+    policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=net.infer_short)
+    result = run(net, sequences, engine, views, gap, policy, limit, net.metric)
     for k, v in result.items():
         typer.echo(f"{k:>10s}  {v:.4f}" if isinstance(v, float) else f"{k:>10s}  {v}", err=True)
     if json_out:

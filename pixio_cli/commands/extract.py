@@ -160,7 +160,7 @@ def extract(
     def done(it: Item) -> bool:
         if ledger is None or not ledger.done_item(it):
             return False
-        return pca_path is None or pca_path(it).exists()
+        return (store is None or store.holds(it)) and (pca_path is None or pca_path(it).exists())
 
     try:
         summary = engine.run(items, policy, features, write, desc="extract", skip=done)

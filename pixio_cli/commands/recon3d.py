@@ -11,9 +11,8 @@ import typer
 
 from .. import options as opt
 from ..errors import UsageError
-from ..model_ids import DEFAULT_POINTMAP
+from ..model_ids import DEFAULT_POINTMAP, POINTMAP_SHORT_SIDE
 
-DEFAULT_SHORT_SIDE = 384  # 512x384 for 4:3 frames
 
 
 class Cameras(str, Enum):
@@ -66,7 +65,7 @@ def recon3d(
                                    "run resumes from the chunks it finished.", show_default=False)] = None,
     resize: Annotated[Optional[str], typer.Option(
         help="Processing size: short side N, WxH or native (default: the model's; short side "
-             f"{DEFAULT_SHORT_SIDE} for MapAnything's).", show_default=False)] = None,
+             f"{POINTMAP_SHORT_SIDE} for MapAnything's).", show_default=False)] = None,
     every: opt.Every = 1,
     fps: Annotated[Optional[float], typer.Option(
         help="For videos: frames per second to take (instead of --every).", min=0.001, show_default=False)] = None,
@@ -107,8 +106,8 @@ def recon3d(
         items = [items[int(i)] for i in np.linspace(0, len(items) - 1, max_frames).round()]
     engine = Engine(device, precision, 8, workers, progress=False if quiet else None)
     net = prepare_pointmap(engine, load_pointmap(model))
-    metric = bool(getattr(net, "metric", True))
-    policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=getattr(net, "infer_short", DEFAULT_SHORT_SIDE))
+    metric = net.metric
+    policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=net.infer_short)
     summary = Summary()
     samples = sorted((s for b in engine.batches(items, policy, summary) for s in b.samples), key=lambda s: s.index)
     if not samples:
