@@ -13,6 +13,8 @@ from torch.utils.data import Dataset
 from pixio_cli.errors import InputError, UsageError
 from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD, is_image, read_image
 
+from .sequences import depth_from_raw
+
 IGNORE = 255
 
 # CamVid's 11 classes (labels 0-10; 11 is void) and the SegNet tutorial's colours.
@@ -69,13 +71,10 @@ class Layout:
             lut = {int((r << 16) | (g << 8) | b): i for i, (r, g, b) in enumerate(pal)}
             uniq, inv = np.unique(codes, return_inverse=True)
             raw = np.array([lut.get(int(c), IGNORE) for c in uniq], np.int64)[inv].reshape(codes.shape)
+        if self.task == "depth":
+            return depth_from_raw(raw, self.depth_scale, self.invalid)
         if raw.ndim == 3:
             raw = raw[..., 0]
-        if self.task == "depth":
-            depth = raw.astype(np.float32) / self.depth_scale
-            if self.invalid is not None:
-                depth[raw == self.invalid] = 0
-            return depth
         raw = raw.astype(np.int64)
         out = raw + self.label_shift
         for src, dst in self.label_map.items():

@@ -54,12 +54,18 @@ class Sequence:
         raw = cv2.imread(str(frame.depth), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise InputError(f"{frame.depth}: cannot read the depth image")
-        if raw.ndim == 3:
-            raw = raw[..., 0]
-        depth = raw.astype(np.float32) / self.depth_scale
-        if self.invalid is not None:
-            depth[raw == self.invalid] = 0
-        return depth
+        return depth_from_raw(raw, self.depth_scale, self.invalid)
+
+
+def depth_from_raw(raw: np.ndarray, scale: float, invalid: int | None) -> np.ndarray:
+    """Metres (float32) from a stored depth image (first channel) of ``scale`` values per metre; the
+    ``invalid`` value becomes 0."""
+    if raw.ndim == 3:
+        raw = raw[..., 0]
+    depth = raw.astype(np.float32) / scale
+    if invalid is not None:
+        depth[raw == invalid] = 0
+    return depth
 
 
 def _frame_number(path: Path) -> int:
