@@ -34,9 +34,9 @@ def preview_picture(points: np.ndarray, colours: np.ndarray, pred: Predictions, 
 
 def tsdf_mesh(pred: Predictions, colours: np.ndarray, voxel: float | None = None, keep: np.ndarray | None = None):
     """A coloured triangle mesh (Open3D, legacy) by TSDF fusion of every view's depth (where ``keep``,
-    default the model's mask), colour and
-    pose in Open3D's hashed voxel-block grid (its scalable TSDF volume); the voxel side defaults to 1/256
-    of the scene's extent, the truncation is 4 voxels, surfaces seen once are kept."""
+    default the model's mask), colour and pose in Open3D's hashed voxel-block grid (its scalable TSDF
+    volume); the voxel side defaults to 1/256 of the scene's extent, the truncation is 4 voxels, surfaces
+    seen once are kept. Vertices and triangles come in a fixed order, so one input gives one file."""
     from .geometry import _open3d, invert_pose
 
     o3d = _open3d()
@@ -60,4 +60,21 @@ def tsdf_mesh(pred: Predictions, colours: np.ndarray, voxel: float | None = None
         w2c = o3c.Tensor(invert_pose(pred.cam2world[i].astype(np.float64)))
         blocks = grid.compute_unique_block_coordinates(depth, K, w2c, 1.0, depth_max, 4.0)
         grid.integrate(blocks, depth, colour, K, K, w2c, 1.0, depth_max, 4.0)
-    return grid.extract_triangle_mesh(weight_threshold=0.5).to_legacy(), voxel
+    return _in_fixed_order(grid.extract_triangle_mesh(weight_threshold=0.5).to_legacy(), o3d), voxel
+
+
+def _in_fixed_order(mesh, o3d):
+    """``mesh`` with its vertices sorted by position and its triangles by their vertices (each starting
+    at its lowest, winding kept): the hashed grid hands them out in an order that changes run to run."""
+    v = np.asarray(mesh.vertices)
+    order = np.lexsort(v.T[::-1])
+    new_id = np.empty_like(order)
+    new_id[order] = np.arange(len(order))
+    tri = new_id[np.asarray(mesh.triangles)]
+    first = tri.argmin(1)
+    tri = np.take_along_axis(tri, (first[:, None] + np.arange(3)) % 3, 1)
+    tri = tri[np.lexsort(tri.T[::-1])]
+    out = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(v[order]), o3d.utility.Vector3iVector(tri))
+    if mesh.has_vertex_colors():
+        out.vertex_colors = o3d.utility.Vector3dVector(np.asarray(mesh.vertex_colors)[order])
+    return out
