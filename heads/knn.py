@@ -121,14 +121,12 @@ def pooled_features(engine, encoder, paths: list[str], folder: Path, settings: d
     n = encoder.n_cls_tokens
 
     def fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        top, left = (x.shape[-2] - resolution) // 2, (x.shape[-1] - resolution) // 2
-        x = x[..., top:top + resolution, left:left + resolution]  # the central square, as CenterCrop
         tokens = encoder.forward_blocks(x, [-1], norm=normed)[0]
         return {"features": tokens[:, :n].mean(1)}
 
     items = [Item(p, p) for p in paths]
     try:
-        summary = engine.run(items, ResizePolicy(short=resolution), fn,
+        summary = engine.run(items, ResizePolicy(short=resolution, crop=resolution), fn,
                              lambda it, s, out: store.write(it, {"features": out["features"].numpy()}),
                              desc=desc, skip=ledger.done_item)
     finally:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from .errors import InputError, PixioError, UsageError
-from .images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, decode_for_model, read_bytes, resize_image
+from .images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, decode_for_model, read_bytes
 from .inputs import Item
 from .writers import BackgroundWriter
 
@@ -260,7 +260,7 @@ class ImageStream(IterableDataset):
         try:
             if item.frame is not None:
                 frame = frames.read(item.path, item.frame)
-                return Sample(i, resize_image(frame, self.policy.target(*frame.shape[:2])), frame.shape[:2])
+                return Sample(i, self.policy.apply(frame, frame.shape[:2]), frame.shape[:2])
             data = tars.read(item.path, item.member) if item.member is not None else read_bytes(item.path)
             img, orig = decode_for_model(data, item.label, self.policy)
             return Sample(i, img, orig, digest=hashlib.sha256(data).hexdigest())

@@ -121,16 +121,20 @@ def jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class ResizePolicy:
-    """How images are sized before the encoder: both sides always a multiple of 16.
+    """How images are sized before the encoder: both sides a multiple of 16 (``crop``: crop x crop).
 
     ``short``: scale so the short side is about N (default 256, the pretraining size);
     the long side is capped at 4N, so a 7x1000 sliver does not become 256x36000.
     ``size``: a fixed (width, height). ``native``: keep the size, rounded to 16.
+    ``crop`` (with ``short``): torchvision's ``Resize(short)`` then ``CenterCrop(crop)``,
+    the evaluation transform of classifiers: the short side scaled exactly and the long
+    side truncated (no rounding, no aspect change), then the central crop x crop square.
     """
 
     short: int | None = 256
     size: tuple[int, int] | None = None
     multiple: int = 16
+    crop: int | None = None
 
     @classmethod
     def parse(cls, spec: str | int | None, multiple: int = 16) -> "ResizePolicy":
@@ -161,6 +165,10 @@ class ResizePolicy:
     def target(self, height: int, width: int) -> tuple[int, int]:
         """Output (height, width) for an input of the given size."""
         m = self.multiple
+        if self.crop is not None and self.short is not None:
+            if width <= height:
+                return int(self.short * height / width), self.short
+            return self.short, int(self.short * width / height)
         if self.size is not None:
             w, h = self.size
         elif self.short is not None:
@@ -170,7 +178,20 @@ class ResizePolicy:
             h, w = height, width
         return max(m, int(round(h / m)) * m), max(m, int(round(w / m)) * m)
 
+    def apply(self, img: np.ndarray, orig_hw: tuple[int, int]) -> np.ndarray:
+        """``img`` (the image of original size ``orig_hw``, maybe decoded smaller) sized by this policy."""
+        out = resize_image(img, self.target(*orig_hw))
+        if self.crop is None:
+            return out
+        h, w = out.shape[:2]
+        if min(h, w) < self.crop:
+            raise InputError(f"{w}x{h} after resizing is smaller than the {self.crop}x{self.crop} crop")
+        top, left = int(round((h - self.crop) / 2)), int(round((w - self.crop) / 2))
+        return out[top:top + self.crop, left:left + self.crop]
+
     def describe(self) -> str:
+        if self.crop is not None:
+            return f"short side {self.short}, central {self.crop}x{self.crop}"
         if self.size is not None:
             return f"{self.size[0]}x{self.size[1]}"
         return f"short side {self.short}" if self.short is not None else "native"
@@ -207,4 +228,4 @@ def decode_for_model(buf: np.ndarray | bytes, name: str, policy: "ResizePolicy")
     orig = img.shape[:2]
     if factor > 1 and size is not None:  # report the full size, in the decoded (EXIF-rotated) orientation
         orig = size if (img.shape[0] >= img.shape[1]) == (size[0] >= size[1]) else (size[1], size[0])
-    return resize_image(img, policy.target(*orig)), orig
+    return policy.apply(img, orig), orig

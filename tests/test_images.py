@@ -99,6 +99,22 @@ def test_resize_policy_multiples_of_16(hw):
     assert resize_image(np.zeros((375, 500, 3), np.uint8), (256, 336)).shape == (256, 336, 3)
 
 
+@pytest.mark.parametrize("hw", [(375, 500), (500, 375), (333, 1000), (256, 256), (4000, 3001)])
+def test_crop_policy_is_torchvisions_resize_and_center_crop(hw):
+    """The k-NN transform: Resize(256) keeps the aspect (the long side truncated, as torchvision does),
+    CenterCrop(256) takes the same square."""
+    torch = pytest.importorskip("torch")
+    T = pytest.importorskip("torchvision.transforms")
+    policy = ResizePolicy(short=256, crop=256)
+    resized = policy.target(*hw)
+    assert resized == tuple(T.Resize(256, antialias=True)(torch.zeros(1, *hw)).shape[-2:])
+    img = np.random.default_rng(0).integers(0, 255, (*resized, 3), dtype=np.uint8)  # already at size: crop only
+    ref = T.CenterCrop(256)(torch.from_numpy(img).permute(2, 0, 1)).permute(1, 2, 0).numpy()
+    out = policy.apply(img, hw)
+    assert out.shape == (256, 256, 3) and np.array_equal(out, ref)
+    assert policy.apply(np.zeros((*hw, 3), np.uint8), hw).shape == (256, 256, 3)
+
+
 @pytest.mark.parametrize("spec", ["0", "abc", "12x", "-5"])
 def test_resize_policy_rejects_nonsense(spec):
     with pytest.raises(UsageError):
