@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixio_cli.checkpoints import BUNDLED, HUB_MODELS, load_encoder, read_checkpoint, save_safetensors
+from pixio_cli.checkpoints import BUNDLED, HUB_MODELS, encoder_from, load_encoder, read_checkpoint, save_safetensors
 from pixio_cli.encoder import PixioEncoder
 from pixio_cli.errors import CheckpointError
 from pixio_cli.model_ids import BUNDLED_HEADS, DEFAULT_HEAD, bundled_path  # noqa: F401 (DEFAULT_HEAD re-exported)
@@ -99,7 +99,7 @@ def load_head(source: str) -> DenseModel:
         raise CheckpointError(f"{source} is not a pixio head checkpoint (made by `pixio train`)")
     cfg = HeadConfig.from_dict(ckpt.metadata["head_config"])
     if any(k.startswith("encoder.") for k in ckpt.tensors):
-        encoder = load_encoder(path)
+        encoder = encoder_from(ckpt, source=str(path))
     elif cfg.encoder_source:
         encoder = load_encoder(cfg.encoder_source)
     else:

@@ -414,13 +414,13 @@ def load_pointmap(source: str) -> PointMapModel:
     every tensor is used or is one of :data:`UNUSED_PREFIXES`. On CPU, float32, eval mode."""
     ckpt = read_checkpoint(source)
     sd, meta = ckpt.tensors, ckpt.metadata
+    encoder = None
     if meta.get(FORMAT_KEY) == "pointmap":
         cfg = PointMapConfig.from_dict(meta["pointmap_config"])
         if meta.get("encoder_source"):  # a frozen public or bundled encoder, not stored in the file
             from pixio_cli.checkpoints import load_encoder
 
             encoder = load_encoder(meta["encoder_source"])
-            sd = {**{f"encoder.{k}": v for k, v in encoder.state_dict().items()}, **sd}
         enc_cfg = EncoderConfig.from_dict(meta["encoder_config"])
     elif is_mapanything_layout(sd):
         sd, _ = from_mapanything(sd)
@@ -429,12 +429,17 @@ def load_pointmap(source: str) -> PointMapModel:
     else:
         raise CheckpointError(f"{ckpt.source} is not a point-map model (MapAnything's checkpoint, or one made by "
                               "`pixio train pointmap`)")
-    model = PointMapModel(PixioEncoder(enc_cfg), cfg)
+    # an encoder loaded from its own source is used as it is (not built and filled a second time)
+    model = PointMapModel(encoder if encoder is not None else PixioEncoder(enc_cfg), cfg)
     try:
-        model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-    except RuntimeError as e:
+        result = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    except RuntimeError as e:  # shapes that do not fit
         lines = [ln.strip() for ln in str(e).strip().splitlines()]
         raise CheckpointError(f"{ckpt.source} does not fit a point-map model: {' '.join(lines[:3])[:300]}") from None
+    missing = [k for k in result.missing_keys if encoder is None or not k.startswith("encoder.")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{ckpt.source} does not fit a point-map model: missing {missing[:3]}, "
+                              f"unexpected {result.unexpected_keys[:3]}")
     model.source = str(source)
     model.metric = bool(meta.get("metric", True))
     model.infer_short = int(meta.get("infer_short", POINTMAP_SHORT_SIDE))

@@ -19,9 +19,10 @@ def view_sets(n_frames: int, views: int, gap: int) -> list[list[int]]:
 
 
 def ground_truth(depths: list[np.ndarray], Ks: list[np.ndarray], cam2world: list[np.ndarray],
-                 hw: tuple[int, int]) -> tuple[dict, np.ndarray]:
-    """Ground truth of one view set at the processing size: points in view 0's frame, camera-frame points,
-    poses relative to view 0, and the valid mask (depth > 0)."""
+                 image_hw: list[tuple[int, int]], hw: tuple[int, int]) -> tuple[dict, np.ndarray]:
+    """Ground truth of one view set at the processing size ``hw``: points in view 0's frame, camera-frame
+    points, poses relative to view 0, and the valid mask (depth > 0). ``Ks`` are in the pixels of the
+    images, of sizes ``image_hw`` (a depth map may be stored at another size)."""
     import cv2
 
     from .geometry import depth_to_points, relative_to_first, scale_intrinsics, transform
@@ -29,9 +30,9 @@ def ground_truth(depths: list[np.ndarray], Ks: list[np.ndarray], cam2world: list
     h, w = hw
     rel = relative_to_first(np.stack(cam2world).astype(np.float64))
     pts_cam, pts, valid = [], [], []
-    for d, K, T in zip(depths, Ks, rel):
+    for d, K, T, size in zip(depths, Ks, rel, image_hw):
         d = cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST) if d.shape != (h, w) else d
-        cam = depth_to_points(d.astype(np.float64), scale_intrinsics(K, depths[0].shape, hw))
+        cam = depth_to_points(d.astype(np.float64), scale_intrinsics(K, size, hw))
         pts_cam.append(cam)
         pts.append(transform(cam, T))
         valid.append(d > 0)
@@ -50,15 +51,17 @@ def as_evaluated(pred: Predictions) -> dict:
 
 
 def evaluate_pointmap(model: PointMapModel, sequences: list, engine, views: int = 4, gap: int = 5,
-                      policy=None, limit: int | None = None, metric: bool = True) -> dict:
+                      policy=None, limit: int | None = None) -> dict:
     """MapAnything's multi-view metrics (:func:`heads.metrics.pointmap_metrics`) averaged over view sets
     of every sequence, predicted as `pixio recon3d` predicts them."""
     from pixio_cli.engine import autocast
     from pixio_cli.images import ResizePolicy, load_for_model
 
     from .metrics import pointmap_metrics
+    from .sequences import require_cameras
 
-    policy = policy or ResizePolicy(short=384)
+    policy = policy or ResizePolicy(short=model.infer_short)
+    require_cameras(sequences)
     sums: dict[str, float] = {}
     n_sets = 0
     for seq in sequences:
@@ -66,15 +69,13 @@ def evaluate_pointmap(model: PointMapModel, sequences: list, engine, views: int 
             if limit is not None and n_sets >= limit:
                 break
             frames = [seq.frames[i] for i in idx]
-            if any(f.cam2world is None or f.K is None for f in frames):
-                raise InputError(f"{seq.name}: frames without a pose or intrinsics cannot be scored")
             loaded = [load_for_model(f.image, policy) for f in frames]
             images = [img for img, _ in loaded]
             with torch.inference_mode(), autocast(engine.device, engine.dtype):
                 pred = predict(model, engine.to_pixels(images), [str(f.image) for f in frames],
-                               [hw for _, hw in loaded], metric=metric)
+                               [hw for _, hw in loaded])
             gt, valid = ground_truth([seq.read_depth(f) for f in frames], [f.K for f in frames],
-                                     [f.cam2world for f in frames], images[0].shape[:2])
+                                     [f.cam2world for f in frames], [size for _, size in loaded], images[0].shape[:2])
             for k, v in pointmap_metrics(as_evaluated(pred), gt, valid).items():
                 sums[k] = sums.get(k, 0.0) + v
             n_sets += 1

@@ -11,6 +11,7 @@ a binary cross-entropy on the mask (valid ground-truth depth).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,10 @@ from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, read_ima
 
 from . import geometry as G
 from .pointmap import PointMapConfig, PointMapModel, PointMapOutput, save_pointmap
-from .sequences import Sequence, find_sequences
+from .sequences import Sequence, find_sequences, require_cameras, shared_frames
 from .train import StepCheckpoint, run_steps, step_positions
+
+log = logging.getLogger("pixio")
 
 
 @dataclass
@@ -172,6 +175,11 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
     if not train_seqs or not val_seqs:
         raise UsageError(f"--data {cfg.data}: the {cfg.dataset} layout needs train and val sequences "
                          f"(found {len(train_seqs)} and {len(val_seqs)})")
+    shared = shared_frames(train_seqs, val_seqs)
+    if shared and rank == 0:  # a folder without splits serves both: allowed, but never passed off as held out
+        log.warning("the val split shares %d frames with train: its metrics are not held out (give train/ and "
+                    "val/ folders)", shared)
+    require_cameras(train_seqs + val_seqs)
     if cfg.width % 16 or cfg.height % 16:
         raise UsageError(f"--width {cfg.width} --height {cfg.height}: both must be multiples of 16")
     encoder = load_encoder(cfg.encoder, cfg.size)
@@ -240,10 +248,10 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
                   "size": [cfg.width, cfg.height], "final_loss": round(last, 4),
                   "final_parts": {k: round(v, 4) for k, v in parts.items()}, "train_seconds": round(seconds, 1),
                   "encoder": cfg.encoder, "finetune": cfg.finetune, "val_metrics": trained,
-                  "untrained_val_metrics": untrained}
-    from pixio_cli.model_ids import BUNDLED, HUB_MODELS
+                  "untrained_val_metrics": untrained, "val_shared_with_train": shared}
+    from .model import is_known_id
 
-    source = cfg.encoder if (not cfg.finetune and (cfg.encoder in BUNDLED or cfg.encoder in HUB_MODELS)) else None
+    source = cfg.encoder if not cfg.finetune and is_known_id(cfg.encoder) else None
     save_pointmap(model.cpu(), Path(cfg.output) / "pointmap.safetensors", provenance,
                   torch.float16 if cfg.half else torch.float32, encoder_source=source,
                   infer_short=min(cfg.width, cfg.height))

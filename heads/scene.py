@@ -54,7 +54,7 @@ class Predictions:
 
 
 def predict(model: PointMapModel, pixels: torch.Tensor, names: list[str], original_hw: list[tuple[int, int]],
-            K_original: list[np.ndarray] | None = None, metric: bool = True) -> Predictions:
+            K_original: list[np.ndarray] | None = None) -> Predictions:
     """Run ``model`` on V views (V, 3, H, W) (normalised, on the model's device; caller sets precision).
 
     ``K_original``: known intrinsics per view in its original pixels; they are
@@ -74,7 +74,7 @@ def predict(model: PointMapModel, pixels: torch.Tensor, names: list[str], origin
         images=list(names), pts3d=out.pts3d[0].float().cpu().numpy(), depth_z=out.depth_z[0].float().cpu().numpy(),
         conf=out.conf[0].float().cpu().numpy(), mask=(out.mask_logits[0] > 0).cpu().numpy(),
         cam2world=out.cam2world[0].float().cpu().numpy(), K=K.astype(np.float32), K_original=K_orig.astype(np.float32),
-        original_hw=np.array(original_hw, np.int64), scale=float(out.scale[0]), metric=metric)
+        original_hw=np.array(original_hw, np.int64), scale=float(out.scale[0]), metric=model.metric)
 
 
 def read_intrinsics(path: str | Path, n_views: int) -> list[np.ndarray]:
@@ -88,8 +88,9 @@ def read_intrinsics(path: str | Path, n_views: int) -> list[np.ndarray]:
             data = np.load(path, allow_pickle=False).astype(np.float64)
         else:
             data = np.loadtxt(path, dtype=np.float64)
-    except (OSError, ValueError) as e:
-        raise InputError(f"--intrinsics {path}: cannot read it ({str(e).splitlines()[0][:120]})") from None
+    except (OSError, ValueError, TypeError) as e:  # TypeError: JSON that is not a list of numbers
+        raise InputError(f"--intrinsics {path}: cannot read it as one 3x3 K or a list of them "
+                         f"({str(e).splitlines()[0][:120]})") from None
     if data.shape == (3, 3):
         data = np.repeat(data[None], n_views, axis=0)
     if data.ndim != 3 or data.shape[1:] != (3, 3):
@@ -191,7 +192,7 @@ def align_to(scene: Predictions, part: Predictions, shared: list[tuple[int, int]
     idx = np.flatnonzero(keep)
     if len(idx) > max_pairs:
         idx = np.random.default_rng(seed).choice(idx, max_pairs, replace=False)
-    s, R, t, _ = ransac_umeyama(b[idx], a[idx], with_scale=with_scale)
+    s, R, t, _ = ransac_umeyama(b[idx], a[idx], with_scale=with_scale, seed=seed)
     return s, R, t, len(idx)
 
 
@@ -217,11 +218,12 @@ def merge(scene: Predictions, part: Predictions, new: list[int]) -> Predictions:
                        metric=scene.metric)
 
 
-def predict_in_chunks(run, n: int, size: int, overlap: int, metric: bool, done: dict | None = None,
-                      on_chunk=None) -> tuple[Predictions, list[dict]]:
+def predict_in_chunks(run, n: int, size: int, overlap: int, done: dict | None = None, on_chunk=None,
+                      seed: int = 0) -> tuple[Predictions, list[dict]]:
     """One scene from ``run(view_indices) -> Predictions`` over chunks of the sequence, each aligned to the
-    scene so far on its overlap (a similarity, or rigid for a metric model). ``done`` maps chunk number ->
-    Predictions already made (resuming); ``on_chunk(k, pred)`` sees each new one."""
+    scene so far on its overlap (a similarity, or rigid for a metric model; RANSAC seeded by ``seed``).
+    ``done`` maps chunk number -> Predictions already made (resuming); ``on_chunk(k, pred)`` sees each
+    new one."""
     ranges = chunk_ranges(n, size, overlap)
     scene, report = None, []
     for k, views in enumerate(ranges):
@@ -234,7 +236,7 @@ def predict_in_chunks(run, n: int, size: int, overlap: int, metric: bool, done: 
             continue
         have = len(scene.images)  # the scene holds views 0..have-1, in order
         shared = [(i, j) for j, i in enumerate(views) if i < have]
-        s, R, t, pairs = align_to(scene, part, shared, with_scale=not metric)
+        s, R, t, pairs = align_to(scene, part, shared, with_scale=not part.metric, seed=seed)
         scene = merge(scene, transformed(part, s, R, t), [j for j, i in enumerate(views) if i >= have])
         report.append({"views": [views[0], views[-1]], "scale": round(float(s), 5), "pairs": pairs})
     return scene, report

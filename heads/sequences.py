@@ -124,10 +124,16 @@ def sevenscenes(root: Path, split: str) -> list[Sequence]:
 
 def generic_rgbd(root: Path, split: str, depth_scale: float | None) -> list[Sequence]:
     """``images/ depth/ poses/ K.txt`` under ``<root>/<split>/`` or ``<root>/``, or one such folder per
-    sequence under ``<root>/<split>/``."""
+    sequence under either. With ``train/`` or ``val/`` folders only the asked split's is read; without,
+    ``<root>`` serves any split (the trainers refuse a held-out split that is their training data)."""
     if depth_scale is None:
         raise UsageError("--dataset generic-rgbd needs --depth-scale (stored value per metre, e.g. 1000 for mm)")
-    base = root / split if (root / split).is_dir() else root
+    if any((root / s).is_dir() for s in ("train", "val")):  # split folders: only this split's, never the other's
+        base = root / split
+        if not base.is_dir():
+            return []
+    else:
+        base = root  # one folder of data serves whichever split is asked for
     folders = [base] if (base / "images").is_dir() else sorted(d for d in base.iterdir() if (d / "images").is_dir())
     out = []
     for folder in folders:
@@ -139,6 +145,21 @@ def generic_rgbd(root: Path, split: str, depth_scale: float | None) -> list[Sequ
         if frames:
             out.append(Sequence(folder.name, frames, depth_scale))
     return out
+
+
+def require_cameras(sequences: list[Sequence]) -> None:
+    """An :class:`InputError` naming the first sequence with a frame that lacks its pose or intrinsics
+    (what training and scoring point maps need)."""
+    for seq in sequences:
+        for f in seq.frames:
+            if f.cam2world is None or f.K is None:
+                what = "pose" if f.cam2world is None else "intrinsics (K.txt)"
+                raise InputError(f"{seq.name}: {f.image.name} has no {what}; point maps need both for every frame")
+
+
+def shared_frames(a: list[Sequence], b: list[Sequence]) -> int:
+    """How many frames two lists of sequences have in common (a held-out split must have none)."""
+    return len({f.image.resolve() for s in a for f in s.frames} & {f.image.resolve() for s in b for f in s.frames})
 
 
 def find_sequences(dataset: str, root: str | Path, split: str, depth_scale: float | None = None) -> list[Sequence]:

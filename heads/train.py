@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import json
 import math
 import sys
@@ -24,6 +25,8 @@ from pixio_cli.writers import atomic_path
 from .datasets import IGNORE, TrainCrops, find_layout
 from .evaluate import baseline, evaluate
 from .model import DenseModel, HeadConfig, is_known_id, save_head
+
+log = logging.getLogger("pixio")
 
 
 @dataclass
@@ -167,6 +170,10 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
     torch.manual_seed(cfg.seed)
     train_layout = find_layout(cfg.dataset, cfg.data, "train", cfg.depth_scale, cfg.classes)
     val_layout = find_layout(cfg.dataset, cfg.data, "val", cfg.depth_scale, cfg.classes)
+    shared = len({p.resolve() for p, _ in train_layout.pairs} & {p.resolve() for p, _ in val_layout.pairs})
+    if shared and rank == 0:  # a layout without splits serves both: allowed, but never passed off as held out
+        log.warning("the val split shares %d images with train: its metrics are not held out (give %s split "
+                    "files or folders)", shared, cfg.dataset)
     encoder = load_encoder(cfg.encoder, cfg.size)
     n_out = 1 if cfg.task == "depth" else len(train_layout.classes or [])
     hcfg = HeadConfig(task=cfg.task, kind=cfg.head, n_out=n_out, features=cfg.features,
@@ -219,7 +226,7 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
     provenance = {"data": str(cfg.data), "dataset": cfg.dataset, "train_pairs": len(train_layout.pairs),
                   "val_pairs": len(val_layout.pairs), "steps": cfg.steps, "batch_size": cfg.batch_size * world,
                   "final_loss": last, "train_seconds": round(seconds, 1), "encoder": cfg.encoder,
-                  "val_metrics": _brief(metrics), "baseline": _brief(trivial)}
+                  "val_metrics": _brief(metrics), "baseline": _brief(trivial), "val_shared_with_train": shared}
     if world > 1:
         model.head = _plain_batchnorm(model.head)
     save_head(model.cpu(), cfg.output, provenance, torch.float16 if cfg.half else torch.float32,

@@ -219,7 +219,11 @@ def encoder_config(source: str | os.PathLike, size: str | None = None) -> Encode
 
 def load_encoder(source: str | os.PathLike, size: str | None = None) -> PixioEncoder:
     """Build an encoder from any accepted source and load its weights strictly (on CPU, fp32)."""
-    ckpt = read_checkpoint(source)
+    return encoder_from(read_checkpoint(source), size, str(source))
+
+
+def encoder_from(ckpt: Checkpoint, size: str | None = None, source: str | None = None) -> PixioEncoder:
+    """The encoder of a checkpoint already read (its weights loaded strictly; CPU, fp32, eval mode)."""
     sd = to_official(ckpt.tensors)
     cfg = infer_config(sd, ckpt.metadata, size)
     enc = PixioEncoder(cfg)
@@ -229,7 +233,7 @@ def load_encoder(source: str | os.PathLike, size: str | None = None) -> PixioEnc
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise CheckpointError(f"{ckpt.source} does not fit a Pixio encoder: {' '.join(first[:3])[:300]}") from e
-    enc.source = str(source)  # type: ignore[attr-defined]
+    enc.source = source or ckpt.source  # type: ignore[attr-defined]
     enc.metadata = ckpt.metadata  # type: ignore[attr-defined]
     return enc.eval()
 

@@ -123,6 +123,7 @@ def test_depth_cli_end_to_end(cli, tiny_encoder_file, tmp_path):
     assert code == 0, err
     prov = json.loads(out.strip().splitlines()[-1])
     assert prov["steps"] == 3 and "d1" in prov["val_metrics"] and "mean_depth" in prov["baseline"]
+    assert prov["val_shared_with_train"] == 4  # said, not passed off as held out
 
     code, out, err = cli(["depth", data / "images", "-o", tmp_path / "out", "--model", head, "--workers", "0",
                           "-q", "--vis", "--json", "--resize", "32"])

@@ -116,7 +116,9 @@ def test_real_sevenscenes_layout_sequences_and_depth_pairs(tmp_path):
 
 
 def test_generic_rgbd_layout(tmp_path):
-    from heads.sequences import find_sequences
+    import shutil
+
+    from heads.sequences import find_sequences, require_cameras, shared_frames
 
     for seq in ("a", "b"):
         folder = tmp_path / "val" / seq
@@ -132,3 +134,18 @@ def test_generic_rgbd_layout(tmp_path):
     assert seqs[0].read_depth(seqs[0].frames[0])[0, 0] == pytest.approx(2.0)
     with pytest.raises(UsageError, match="depth-scale"):
         find_sequences("generic-rgbd", tmp_path, "val")
+    # with split folders, a split without its folder is empty: never the other split's data
+    assert find_sequences("generic-rgbd", tmp_path, "train", depth_scale=1000) == []
+    single = tmp_path / "single" / "train"
+    shutil.copytree(tmp_path / "val" / "a", single)
+    assert find_sequences("generic-rgbd", tmp_path / "single", "val", depth_scale=1000) == []
+    assert len(find_sequences("generic-rgbd", tmp_path / "single", "train", depth_scale=1000)) == 1
+    # without split folders the root serves both, which a trainer must refuse as a held-out split
+    flat = tmp_path / "val" / "a"
+    train, val = (find_sequences("generic-rgbd", flat, s, depth_scale=1000) for s in ("train", "val"))
+    assert shared_frames(train, val) == 3
+    assert shared_frames(train, find_sequences("generic-rgbd", tmp_path, "val", depth_scale=1000)[1:]) == 0
+    # a frame without its pose is named before any work
+    (tmp_path / "val" / "b" / "poses" / "1.txt").unlink()
+    with pytest.raises(InputError, match="b: 1.jpg has no pose"):
+        require_cameras(find_sequences("generic-rgbd", tmp_path, "val", depth_scale=1000))

@@ -220,6 +220,17 @@ def test_recon3d_takes_known_intrinsics(cli, model_file, frames, tmp_path):
     (tmp_path / "K2.txt").write_text("1 0 0\n0 1 0\n")
     code, _, err = cli([*args, "--intrinsics", tmp_path / "K2.txt"])
     assert code == 2 and "expected one 3x3 matrix" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "K.json").write_text(json.dumps({"fx": 585}))
+    code, _, err = cli([*args, "--intrinsics", tmp_path / "K.json"])
+    assert code == 1 and "cannot read it as one 3x3 K" in err and len(err.strip().splitlines()) == 1
+    # one K per input: an unreadable input skips its own K, the others keep theirs
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    Ks = [K.tolist(), (K * [[2], [2], [1]]).tolist(), (K * [[3], [3], [1]]).tolist()]
+    (tmp_path / "K3.json").write_text(json.dumps(Ks))
+    code, _, err = cli(["recon3d", frames[0], tmp_path / "bad.jpg", frames[1], *args[3:], "--intrinsics",
+                        tmp_path / "K3.json", "--save-predictions", tmp_path / "k3.npz"])
+    assert code == 1 and "bad.jpg" in err
+    assert np.allclose(Predictions.load(tmp_path / "k3.npz").K_original, np.array(Ks)[[0, 2]])
 
 
 def test_recon3d_refuses_what_it_cannot_do(cli, model_file, frames, tmp_path):
@@ -263,7 +274,7 @@ def test_evaluation_scores_ground_truth_as_perfect(frames):
     chosen = [seq.frames[i] for i in (0, 5, 10)]
     hw = (60, 80)
     gt, valid = ground_truth([seq.read_depth(f) for f in chosen], [f.K for f in chosen],
-                             [f.cam2world for f in chosen], hw)
+                             [f.cam2world for f in chosen], [(480, 640)] * 3, hw)
     world = np.eye(4)
     world[:3, :3] = G.rotation_from_quaternion(np.array([0.3, -0.2, 0.1, 0.9]))
     world[:3, 3] = [1.0, 2.0, -0.5]
@@ -275,8 +286,15 @@ def test_evaluation_scores_ground_truth_as_perfect(frames):
                        conf=np.ones(valid.shape), mask=valid, cam2world=scaled, K=np.zeros((3, 3, 3)),
                        K_original=np.zeros((3, 3, 3)), original_hw=np.zeros((3, 2)), scale=2.0, metric=False)
     m = pointmap_metrics(as_evaluated(pred), gt, valid)
-    assert m["points_rel"] < 1e-3 and m["depth_rel"] < 1e-3  # float32 round-off and m["points_tau"] == 100 and m["pose_auc5"] > 99.9
+    assert m["points_rel"] < 1e-3 and m["depth_rel"] < 1e-3  # float32 round-off
+    assert m["points_tau"] == 100 and m["pose_auc5"] > 99.9
     assert np.allclose(gt["cam2world"][0], np.eye(4), atol=1e-3)  # 7-Scenes poses are orthonormal to ~1e-4
+    # a depth map stored at half the image's size gives the same ground truth: K is in the image's pixels
+    half, _ = ground_truth([seq.read_depth(f)[::2, ::2] for f in chosen], [f.K for f in chosen],
+                           [f.cam2world for f in chosen], [(480, 640)] * 3, hw)
+    both = valid & np.isfinite(half["pts3d"]).all(-1)
+    err = np.linalg.norm(half["pts3d"] - gt["pts3d"], axis=-1)[both]
+    assert np.median(err) < 0.01 * np.median(gt["pts3d_cam"][..., 2][valid])
 
 
 def test_evaluate_pointmap_command(cli, model_file, frames):

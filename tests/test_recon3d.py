@@ -4,6 +4,7 @@ through chunk alignment, cleaning and every export; and the command on a small r
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -65,9 +66,9 @@ def test_chunks_moved_by_random_similarities_are_realigned(truth):
         s, R, t = rng.uniform(0.5, 2), G.rotation_from_quaternion(q / np.linalg.norm(q)), rng.normal(size=3)
         from heads.scene import transformed
 
-        return transformed(part, s, R, t)
+        return replace(transformed(part, s, R, t), metric=False)  # a model up to scale: similarities
 
-    scene, report = predict_in_chunks(run, 8, 4, 2, metric=False)
+    scene, report = predict_in_chunks(run, 8, 4, 2)
     assert len(report) == 3 and scene.images == pred.images
     rel = G.relative_to_first(scene.cam2world.astype(np.float64))
     scale = np.linalg.norm(rel[1:, :3, 3], axis=1) / np.linalg.norm(pred.cam2world[1:, :3, 3], axis=1)

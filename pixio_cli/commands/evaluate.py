@@ -170,7 +170,7 @@ def evaluate_pointmap(
     engine = Engine(device, precision, batch_size=views, workers=0, progress=False)
     net = prepare_pointmap(engine, load_pointmap(model))
     policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=net.infer_short)
-    result = run(net, sequences, engine, views, gap, policy, limit, net.metric)
+    result = run(net, sequences, engine, views, gap, policy, limit)
     for k, v in result.items():
         typer.echo(f"{k:>10s}  {v:.4f}" if isinstance(v, float) else f"{k:>10s}  {v}", err=True)
     if json_out:

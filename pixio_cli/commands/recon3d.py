@@ -104,6 +104,7 @@ def recon3d(
     items = collect(inputs, every=_every(inputs, every, fps))
     if max_frames and len(items) > max_frames:
         items = [items[int(i)] for i in np.linspace(0, len(items) - 1, max_frames).round()]
+    Ks = read_intrinsics(intrinsics, len(items)) if intrinsics is not None else None  # one per input, in order
     engine = Engine(device, precision, 8, workers, progress=False if quiet else None)
     net = prepare_pointmap(engine, load_pointmap(model))
     metric = net.metric
@@ -116,23 +117,20 @@ def recon3d(
     frames = _one_size([s.image for s in samples], [items[s.index].label for s in samples])
     names = [items[s.index].label for s in samples]
     sizes = [s.orig_hw for s in samples]
-    known = read_intrinsics(intrinsics, len(samples)) if intrinsics is not None else None
-    if known is not None and summary.failures:
-        raise UsageError("--intrinsics lists one K per image, and some images could not be read: fix or remove "
-                         "them first")
+    known = [Ks[s.index] for s in samples] if Ks is not None else None
     loaded = time.perf_counter()
 
     # the views, in chunks aligned to each other
     def run(views: list[int]):
         with torch.inference_mode(), autocast(engine.device, engine.dtype):
             return predict(net, engine.to_pixels([frames[i] for i in views]), [names[i] for i in views],
-                           [sizes[i] for i in views], [known[i] for i in views] if known else None, metric)
+                           [sizes[i] for i in views], [known[i] for i in views] if known else None)
 
     parts = _Parts(save_predictions, {"model": model, "size": list(frames[0].shape[:2]), "chunk": chunk,
                                       "overlap": overlap, "images": names, "intrinsics": str(intrinsics),
                                       "precision": str(engine.dtype)})
     try:
-        pred, chunks = predict_in_chunks(run, len(frames), chunk, overlap, metric, parts.done(), parts.save)
+        pred, chunks = predict_in_chunks(run, len(frames), chunk, overlap, parts.done(), parts.save, seed)
     except torch.cuda.OutOfMemoryError:
         raise PixioError(f"out of GPU memory on chunks of {min(chunk, len(frames))} views of "
                          f"{frames[0].shape[1]}x{frames[0].shape[0]}: use a smaller --chunk or --resize") from None
