@@ -366,6 +366,16 @@ def write_ply(path, points: np.ndarray, colours: np.ndarray, normals_towards: np
             _ply_comment(tmp, f"units: {unit}")
 
 
+def write_mesh(path, mesh) -> None:
+    """An Open3D triangle mesh in the format of ``path``'s extension (.ply, .glb, .obj), atomically."""
+    from pixio_cli.errors import UsageError
+    from pixio_cli.writers import atomic_path
+
+    with atomic_path(path, keep_suffix=True) as tmp:
+        if not _open3d().io.write_triangle_mesh(str(tmp), mesh):
+            raise UsageError(f"Open3D could not write {path}")
+
+
 def _ply_comment(path, text: str) -> None:
     """Insert a comment line into a PLY header, after its format line (the header is ASCII)."""
     from pathlib import Path

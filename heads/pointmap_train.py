@@ -23,9 +23,10 @@ from torch.utils.data import DataLoader, Dataset
 from pixio_cli.checkpoints import load_encoder
 from pixio_cli.engine import Engine, autocast, dist_info, init_distributed, pick_device, pick_dtype
 from pixio_cli.errors import InputError, UsageError
-from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, read_image, resize_image
+from pixio_cli.images import ResizePolicy, read_image, resize_image
 
 from . import geometry as G
+from .datasets import normalise
 from .pointmap import PointMapConfig, PointMapModel, PointMapOutput, save_pointmap
 from .sequences import Sequence, find_sequences, require_cameras, shared_frames
 from .train import StepCheckpoint, run_steps, step_positions
@@ -84,8 +85,6 @@ class ViewSets(Dataset):
         self.views, self.max_gap, self.hw, self.seed, self.total = views, max_gap, hw, seed, total
         sizes = np.array([len(s.frames) for s in self.sequences], np.float64)
         self.weights = sizes / sizes.sum()
-        self.mean = np.array(IMAGENET_MEAN, np.float32) * 255
-        self.std = np.array(IMAGENET_STD, np.float32) * 255
 
     def __len__(self) -> int:
         return self.total
@@ -103,7 +102,7 @@ class ViewSets(Dataset):
         images, depths, Ks, poses = [], [], [], []
         for f in frames:
             img = read_image(f.image)
-            images.append((resize_image(img, (h, w)).astype(np.float32) - self.mean) / self.std)
+            images.append(normalise(resize_image(img, (h, w))))
             d = seq.read_depth(f)
             depths.append(cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST))
             Ks.append(G.scale_intrinsics(f.K, img.shape[:2], (h, w)))
@@ -111,7 +110,7 @@ class ViewSets(Dataset):
         rel = G.relative_to_first(np.stack(poses).astype(np.float64))
         cams = [G.depth_to_points(d.astype(np.float64), K) for d, K in zip(depths, Ks)]
         return {
-            "images": torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy()),
+            "images": torch.stack(images),
             "pts3d": torch.from_numpy(np.stack([G.transform(c, T) for c, T in zip(cams, rel)]).astype(np.float32)),
             "rays": torch.from_numpy(np.stack([G.ray_directions(K, h, w) for K in Ks]).astype(np.float32)),
             "depth_ray": torch.from_numpy(np.stack([np.linalg.norm(c, axis=-1) for c in cams]).astype(np.float32)),

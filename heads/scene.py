@@ -11,7 +11,7 @@ predicted frame; lengths are metres when the model is metric.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -198,8 +198,6 @@ def align_to(scene: Predictions, part: Predictions, shared: list[tuple[int, int]
 
 def transformed(pred: Predictions, s: float, R: np.ndarray, t: np.ndarray) -> Predictions:
     """``pred`` with its world mapped by x -> s R x + t (depths scale by s)."""
-    from dataclasses import replace
-
     from .geometry import apply_sim3_to_poses
 
     return replace(pred, pts3d=(s * pred.pts3d.astype(np.float64) @ R.T + t).astype(np.float32),
@@ -209,13 +207,9 @@ def transformed(pred: Predictions, s: float, R: np.ndarray, t: np.ndarray) -> Pr
 
 def merge(scene: Predictions, part: Predictions, new: list[int]) -> Predictions:
     """``scene`` followed by the views ``new`` (positions in ``part``) of an aligned ``part``."""
-    def cat(name: str) -> np.ndarray:
-        return np.concatenate([getattr(scene, name), getattr(part, name)[new]])
-
-    return Predictions(images=scene.images + [part.images[i] for i in new], pts3d=cat("pts3d"), depth_z=cat("depth_z"),
-                       conf=cat("conf"), mask=cat("mask"), cam2world=cat("cam2world"), K=cat("K"),
-                       K_original=cat("K_original"), original_hw=cat("original_hw"), scale=scene.scale,
-                       metric=scene.metric)
+    per_view = {f.name: np.concatenate([getattr(scene, f.name), getattr(part, f.name)[new]])
+                for f in fields(Predictions) if f.name not in ("images", "scale", "metric")}
+    return replace(scene, images=scene.images + [part.images[i] for i in new], **per_view)
 
 
 def predict_in_chunks(run, n: int, size: int, overlap: int, done: dict | None = None, on_chunk=None,

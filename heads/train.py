@@ -131,15 +131,16 @@ def run_steps(loader, loss_fn, opt: torch.optim.Optimizer, ckpt: StepCheckpoint,
             for g, b in zip(opt.param_groups, base):
                 g["lr"] = b * lr_factor(step, total, warmup)
             loss = loss_fn(batch)
-            if not math.isfinite(loss.item()):
-                raise PixioError(f"the loss became {loss.item()} at step {step + 1}; "
+            value = loss.item()
+            if not math.isfinite(value):
+                raise PixioError(f"the loss became {value} at step {step + 1}; "
                                  f"the last checkpoint ({ckpt.path}) is kept")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             opt.step()
-            step, last = step + 1, loss.item()
+            step, last = step + 1, value
             bar.update(1)
             bar.set_postfix(loss=f"{last:.4f}")
             if step % save_every == 0 and step < total:

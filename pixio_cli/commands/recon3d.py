@@ -155,11 +155,8 @@ def recon3d(
     G.write_ply(scene_path, points, point_colours, pred.cam2world[0, :3, 3] if normals else None, unit)
     written = [str(scene_path)]
     if mesh:
-        o3d = G._open3d()
-        tri, mesh_voxel = _write_mesh(pred, colours, scene_path, mesh_voxel, glb, o3d,
-                                      None if use_mask else np.ones(pred.mask.shape, bool))
-        written += [str(scene_path.with_name(scene_path.stem + "_mesh.ply"))] + (
-            [str(scene_path.with_suffix(".glb"))] if glb else [])
+        written += _write_mesh(pred, colours, scene_path, mesh_voxel, glb,
+                               None if use_mask else np.ones(pred.mask.shape, bool))
     cam_sizes = np.array(pred.original_hw)
     if cameras == Cameras.json:
         G.write_cameras_json(scene_path.parent / "cameras.json", pred.images, cam_sizes, pred.K_original,
@@ -240,14 +237,15 @@ def _one_size(images: list, labels: list[str]) -> list:
     return out
 
 
-def _write_mesh(pred, colours, scene_path: Path, voxel: Optional[float], glb: bool, o3d, keep=None):
+def _write_mesh(pred, colours, scene_path: Path, voxel: Optional[float], glb: bool, keep=None) -> list[str]:
+    """``<scene>_mesh.ply`` (and ``<scene>.glb``) by TSDF fusion; returns the files written."""
+    from heads.geometry import write_mesh
     from heads.scene_export import tsdf_mesh
 
     from ..errors import PixioError
-    from ..writers import atomic_path
 
     try:
-        tri, used = tsdf_mesh(pred, colours, voxel, keep)
+        tri, _ = tsdf_mesh(pred, colours, voxel, keep)
     except RuntimeError as e:  # Open3D's own checks, e.g. a voxel too small for the memory
         raise PixioError(f"TSDF fusion failed: {str(e).strip().splitlines()[-1][:200]}") from None
     if len(tri.triangles) == 0:
@@ -255,10 +253,8 @@ def _write_mesh(pred, colours, scene_path: Path, voxel: Optional[float], glb: bo
     tri.compute_vertex_normals()
     targets = [scene_path.with_name(scene_path.stem + "_mesh.ply")] + ([scene_path.with_suffix(".glb")] if glb else [])
     for target in targets:
-        with atomic_path(target, keep_suffix=True) as tmp:
-            if not o3d.io.write_triangle_mesh(str(tmp), tri):
-                raise UsageError(f"Open3D could not write {target}")
-    return tri, used
+        write_mesh(target, tri)
+    return [str(t) for t in targets]
 
 
 class _Parts:
