@@ -55,19 +55,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def images_per_second(fn: Callable[[torch.Tensor], object], batches: list[torch.Tensor], iters: int,
-                      device: torch.device) -> float:
-    """Images per second of ``fn`` over ``batches``, after a warm-up pass."""
-    for b in batches[:2]:
-        fn(b)
-    sync(device)
-    start, n = time.perf_counter(), 0
-    for _ in range(iters):
+def paired_rates(ours: Callable[[torch.Tensor], object], reference: Callable[[torch.Tensor], object],
+                 batches: list[torch.Tensor], rounds: int, device: torch.device) -> tuple[float, float]:
+    """Images per second of ``ours`` and ``reference`` over ``batches``: the best of ``rounds`` passes each.
+
+    The passes alternate (ours, reference, ours, ...) after a warm-up of both, so
+    a machine that slows down or speeds up during the run moves both figures alike
+    instead of the ratio.
+    """
+    def one_pass(fn: Callable[[torch.Tensor], object]) -> float:
+        sync(device)
+        start = time.perf_counter()
         for b in batches:
             fn(b)
-            n += b.shape[0]
-    sync(device)
-    return n / (time.perf_counter() - start)
+        sync(device)
+        return sum(b.shape[0] for b in batches) / (time.perf_counter() - start)
+
+    for fn in (ours, reference):
+        fn(batches[0])
+    best = [0.0, 0.0]
+    for _ in range(rounds):
+        for i, fn in enumerate((ours, reference)):
+            best[i] = max(best[i], one_pass(fn))
+    return best[0], best[1]
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, seconds: float = 1.0) -> float:

@@ -22,7 +22,7 @@ from pixio_cli.images import ResizePolicy, load_for_model
 from pretrain.curation import Curator, Settings
 from pretrain.mae import MAEConfig, PixioMAE
 
-from .common import emit, environment, images_per_second, matmul_peak, photos
+from .common import emit, environment, paired_rates, matmul_peak, photos
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--masks", type=int, default=4)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--iters", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=2, help="alternating timed passes of each model; the best counts")
     args = ap.parse_args()
 
     cfg = MAEConfig(dataclasses.replace(size_config(args.size), img_size=args.img_size), decoder_depth=3,
@@ -55,8 +55,8 @@ def main() -> None:
     batches = [ours_engine.to_pixels(imgs[i:i + args.batch]) for i in range(0, len(imgs), args.batch)]
     a = ours_engine.infer(ours.losses, batches[0])["mae_loss_raw"]
     b = ref_engine.infer(ref.losses, batches[0])["mae_loss_raw"]
-    ours_ips = images_per_second(lambda x: ours_engine.infer(ours.losses, x), batches, args.iters, ours_engine.device)
-    ref_ips = images_per_second(lambda x: ref_engine.infer(ref.losses, x), batches, args.iters, ours_engine.device)
+    ours_ips, ref_ips = paired_rates(lambda x: ours_engine.infer(ours.losses, x),
+                                     lambda x: ref_engine.infer(ref.losses, x), batches, args.iters, ours_engine.device)
     emit({"benchmark": "curate", **environment(ours_engine.device), "size": args.size, "img_size": args.img_size,
           "masks": args.masks, "batch": args.batch, "precision": str(ours_engine.dtype).removeprefix("torch."),
           "reference": "plain loop, same MAE and masks, official precision",

@@ -23,7 +23,7 @@ from heads.features import dpt_blocks
 from heads.model import DenseModel, HeadConfig
 from pixio_cli.engine import Engine
 
-from .common import emit, environment, images_per_second, matmul_peak, same_weights
+from .common import emit, environment, paired_rates, matmul_peak, same_weights
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default=None)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=5, help="alternating timed passes of each model; the best counts")
     ap.add_argument("--features", type=int, default=256)
     ap.add_argument("--head-channels", default="256,512,1024,1024")
     ap.add_argument("--compile", action="store_true")
@@ -67,8 +67,8 @@ def main() -> None:
     ref_run, ours_run = ref_engine.maybe_compile(reference), engine.maybe_compile(ours_fn)
     x = torch.randn(args.batch, 3, args.side, args.side, device=engine.device)
     diff = (engine.infer(ours_run, x)["depth"].float() - ref_engine.infer(ref_run, x)["depth"].float()).abs().max()
-    ours_ips = images_per_second(lambda b: engine.infer(ours_run, b), [x], args.iters, engine.device)
-    ref_ips = images_per_second(lambda b: ref_engine.infer(ref_run, b), [x], args.iters, engine.device)
+    ours_ips, ref_ips = paired_rates(lambda b: engine.infer(ours_run, b), lambda b: ref_engine.infer(ref_run, b),
+                                     [x], args.iters, engine.device)
     emit({"benchmark": "depth", **environment(engine.device), "size": args.size, "side": args.side,
           "precision": str(engine.dtype).replace("torch.", ""),
           "reference_precision": str(ref_engine.dtype).replace("torch.", ""), "batch": args.batch,

@@ -19,7 +19,7 @@ import torch
 from pixio_cli.engine import Engine
 from pixio_cli.images import ResizePolicy, load_for_model
 
-from .common import PHOTOS, emit, environment, images_per_second, matmul_peak, same_weights
+from .common import PHOTOS, emit, environment, paired_rates, matmul_peak, same_weights
 
 def images(n: int, side: int) -> list[np.ndarray]:
     files = sorted(PHOTOS.glob("*.JPEG"))[:n] if PHOTOS.exists() else []
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--side", type=int, default=256)
-    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=3, help="alternating timed passes of each model; the best counts")
     ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
 
@@ -63,8 +63,8 @@ def main() -> None:
     with torch.no_grad():
         diff = (engine.infer(ours_run, batches[0])["patches"].float()
                 - engine.infer(hf_run, batches[0])["patches"].float()).abs().max().item()
-    ours_ips = images_per_second(lambda b: engine.infer(ours_run, b), batches, args.iters, engine.device)
-    hf_ips = images_per_second(lambda b: engine.infer(hf_run, b), batches, args.iters, engine.device)
+    ours_ips, hf_ips = paired_rates(lambda b: engine.infer(ours_run, b), lambda b: engine.infer(hf_run, b),
+                                    batches, args.iters, engine.device)
     emit({"benchmark": "extract", **environment(engine.device), "size": args.size,
           "precision": str(engine.dtype).replace("torch.", ""), "batch": args.batch, "side": args.side,
           "compile": args.compile, "reference": "transformers.PixioModel, same weights, precision and batches",

@@ -58,7 +58,7 @@ def run(cfg: MAEConfig, batches: list[torch.Tensor], device: torch.device, dtype
     model = PixioMAE(cfg).to(device).train()
     model.grad_checkpointing = grad_checkpointing
     if ours:
-        set_fused_attention(model, device, dtype)
+        set_fused_attention(model, device, dtype, training=True)
     fused = ours and device.type == "cuda"  # what pretrain/train.py does
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=fused or None,
                             foreach=False if not fused else None)

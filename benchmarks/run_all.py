@@ -29,7 +29,7 @@ CPU = {
     "startup": ["benchmarks.startup", "--repeat", "3"],
     "extract_e2e": ["benchmarks.extract_e2e", "--size", "b16", "--images", "96", "--repeat", "2"],
     "extract": ["benchmarks.extract", "--size", "b16", "--device", "cpu", "--batch", "16", "--images", "32",
-                "--iters", "2"],
+                "--iters", "3"],
     "pretrain": ["benchmarks.pretrain", "--size", "t16", "--img-size", "128", "--batch", "32", "--device", "cpu",
                  "--decoder-depth", "3", "--decoder-dim", "192", "--decoder-heads", "6", "--mask-grid", "2",
                  "--iters", "6", "--warmup", "2"],

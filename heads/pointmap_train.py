@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pixio_cli.checkpoints import load_encoder
+from pixio_cli.encoder import set_fused_attention
 from pixio_cli.engine import Engine, autocast, dist_info, init_distributed, pick_device, pick_dtype
 from pixio_cli.errors import InputError, UsageError
 from pixio_cli.images import ResizePolicy, read_image, resize_image
@@ -191,6 +192,8 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
     model.to(device)
     for p in model.encoder.parameters():
         p.requires_grad_(cfg.finetune)
+    set_fused_attention(model, device, dtype, training=True)
+    set_fused_attention(model.encoder, device, dtype, training=cfg.finetune)
     rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
     groups = [{"params": rest, "lr": cfg.lr}]
     if cfg.finetune:

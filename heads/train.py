@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pixio_cli.checkpoints import load_encoder
+from pixio_cli.encoder import set_fused_attention
 from pixio_cli.engine import Engine, autocast, dist_info, init_distributed, pick_device, pick_dtype
 from pixio_cli.errors import PixioError, UsageError
 from pixio_cli.images import read_image
@@ -187,6 +188,7 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
     model.finetune = cfg.finetune
     for p in model.encoder.parameters():
         p.requires_grad_(cfg.finetune)
+    set_fused_attention(model.encoder, device, dtype, training=cfg.finetune)
     lr = cfg.lr or (1e-4 if cfg.head == "dpt" else 2e-4)
     groups = [{"params": list(model.head.parameters()), "lr": lr}]
     if cfg.finetune:

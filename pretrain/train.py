@@ -143,7 +143,7 @@ class Trainer:
         else:
             self.core = PixioMAE(cfg.mae, drop_path=cfg.drop_path).to(self.device)
         self.core.grad_checkpointing = cfg.grad_checkpointing
-        set_fused_attention(self.core, self.device, self.dtype)
+        set_fused_attention(self.core, self.device, self.dtype, training=True)
         self.model = self._wrap(self.core)
         self.peak_lr = cfg.peak_lr(self.world)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=self.peak_lr,

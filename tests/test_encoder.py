@@ -152,3 +152,16 @@ def test_state_dict_keys_are_official():
     assert "blocks.1.attn.qkv.weight" in keys and "blocks.1.mlp.fc2.bias" in keys
     assert enc.state_dict()["cls_token"].shape == (1, 8, 32)
     assert enc.state_dict()["pos_embed"].shape == (1, 264, 32)
+
+
+@pytest.mark.parametrize("dtype,training,fused", [
+    (torch.float32, False, True), (torch.float32, True, True),  # fp32: the official kernel, always
+    (torch.bfloat16, False, True),  # CPU inference: the fused kernel is the faster one
+    (torch.bfloat16, True, False),  # CPU training at bf16: the fused kernel's backward is the slow part
+])
+def test_attention_kernel_policy(dtype, training, fused):
+    from pixio_cli.encoder import set_fused_attention
+
+    model = random_encoder(TINY)
+    set_fused_attention(model, torch.device("cpu"), dtype, training=training)
+    assert {b.attn.fused_attn for b in model.blocks} == {fused}
