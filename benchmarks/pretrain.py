@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from typing import Callable
 
 import torch
 
@@ -51,10 +52,10 @@ def step_flops(cfg: MAEConfig, batch: int) -> float:
     return 3 * fwd * batch
 
 
-def run(cfg: MAEConfig, batches: list[torch.Tensor], device: torch.device, dtype: torch.dtype, ours: bool,
-        compile: bool, grad_checkpointing: bool, warmup: int) -> tuple[float, list[float]]:
-    """Seconds per step after ``warmup`` steps, and the loss of every step."""
-    torch.manual_seed(0)
+def trainer(cfg: MAEConfig, device: torch.device, dtype: torch.dtype, ours: bool, compile: bool,
+            grad_checkpointing: bool) -> Callable[[torch.Tensor], float]:
+    """One training step (forward, backward, AdamW) of a fresh model as a function of the batch; returns the loss."""
+    torch.manual_seed(0)  # the same initial weights for both
     model = PixioMAE(cfg).to(device).train()
     model.grad_checkpointing = grad_checkpointing
     if ours:
@@ -63,20 +64,38 @@ def run(cfg: MAEConfig, batches: list[torch.Tensor], device: torch.device, dtype
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=fused or None,
                             foreach=False if not fused else None)
     fwd = torch.compile(model) if compile else model
-    losses = []
-    torch.manual_seed(1)  # the same masks for both runs
-    for i, x in enumerate(batches):
-        if i == warmup:
-            sync(device)
-            start = time.perf_counter()
+
+    def step(x: torch.Tensor) -> float:
         with autocast(device, dtype):
             loss = fwd(x).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    sync(device)
-    return (time.perf_counter() - start) / (len(batches) - warmup), losses
+        return loss.item()
+
+    return step
+
+
+def run_alternating(steps: dict[str, Callable[[torch.Tensor], float]], batches: list[torch.Tensor],
+                    device: torch.device, warmup: int) -> dict[str, tuple[float, list[float]]]:
+    """Seconds per step after ``warmup`` and every step's loss, for each trainer.
+
+    The trainers take turns on each batch, so a machine that drifts during the
+    run slows both alike; each turn starts from the same seed, so both draw the
+    same masks.
+    """
+    seconds = {name: 0.0 for name in steps}
+    losses: dict[str, list[float]] = {name: [] for name in steps}
+    for i, x in enumerate(batches):
+        for name, step in steps.items():
+            torch.manual_seed(1000 + i)
+            sync(device)
+            start = time.perf_counter()
+            losses[name].append(step(x))
+            sync(device)
+            if i >= warmup:
+                seconds[name] += time.perf_counter() - start
+    return {name: (seconds[name] / (len(batches) - warmup), losses[name]) for name in steps}
 
 
 def main() -> None:
@@ -107,9 +126,10 @@ def main() -> None:
     batches = [torch.randn(args.batch, 3, args.img_size, args.img_size, generator=gen).to(device)
                for _ in range(args.warmup + args.iters)]
     flops = step_flops(cfg, args.batch)
-    ref_s, ref_losses = run(cfg, batches, device, ref_dtype, False, False, False, args.warmup)
-    ours_s, ours_losses = run(cfg, batches, device, dtype, True, args.compile,
-                              args.grad_checkpointing, args.warmup)
+    timed = run_alternating({"reference": trainer(cfg, device, ref_dtype, False, False, False),
+                             "ours": trainer(cfg, device, dtype, True, args.compile, args.grad_checkpointing)},
+                            batches, device, args.warmup)
+    (ref_s, ref_losses), (ours_s, ours_losses) = timed["reference"], timed["ours"]
     peak = matmul_peak(device, dtype)
     result = {"benchmark": "pretrain", **environment(device), "size": args.size, "img_size": args.img_size,
               "batch": args.batch, "decoder": f"{args.decoder_depth}x{args.decoder_dim}",
