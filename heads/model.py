@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixio_cli.checkpoints import BUNDLED, HUB_MODELS, encoder_from, load_encoder, read_checkpoint, save_safetensors
+from pixio_cli.checkpoints import (BUNDLED, HUB_MODELS, empty, encoder_from, load_encoder, read_checkpoint,
+                                   require_filled, save_safetensors)
 from pixio_cli.encoder import PixioEncoder
 from pixio_cli.errors import CheckpointError
 from pixio_cli.model_ids import BUNDLED_HEADS, DEFAULT_HEAD, bundled_path  # noqa: F401 (DEFAULT_HEAD re-exported)
@@ -104,13 +105,14 @@ def load_head(source: str) -> DenseModel:
         encoder = load_encoder(cfg.encoder_source)
     else:
         raise CheckpointError(f"{source} has neither encoder weights nor an encoder id")
-    model = DenseModel(encoder, cfg)
+    model = empty(lambda: DenseModel(encoder, cfg))
     head = {k[len("head."):]: v.float() if v.is_floating_point() else v
             for k, v in ckpt.tensors.items() if k.startswith("head.")}
     try:
-        model.head.load_state_dict(head, strict=True)
+        model.head.load_state_dict(head, strict=True, assign=True)
     except RuntimeError as e:
         raise CheckpointError(f"{source}: head weights do not fit its config: {str(e).splitlines()[0]}") from e
+    require_filled(model, str(path))
     model.provenance = ckpt.metadata.get("provenance", {})  # type: ignore[attr-defined]
     return model.eval()
 

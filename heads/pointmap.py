@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from pixio_cli.checkpoints import FORMAT_KEY, infer_config, read_checkpoint, save_safetensors
+from pixio_cli.checkpoints import FORMAT_KEY, empty, infer_config, read_checkpoint, require_filled, save_safetensors
 from pixio_cli.encoder import EncoderConfig, PixioEncoder
 from pixio_cli.errors import CheckpointError
 from pixio_cli.model_ids import POINTMAP_SHORT_SIDE
@@ -430,9 +430,9 @@ def load_pointmap(source: str) -> PointMapModel:
         raise CheckpointError(f"{ckpt.source} is not a point-map model (MapAnything's checkpoint, or one made by "
                               "`pixio train pointmap`)")
     # an encoder loaded from its own source is used as it is (not built and filled a second time)
-    model = PointMapModel(encoder if encoder is not None else PixioEncoder(enc_cfg), cfg)
+    model = empty(lambda: PointMapModel(encoder if encoder is not None else PixioEncoder(enc_cfg), cfg))
     try:
-        result = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+        result = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False, assign=True)
     except RuntimeError as e:  # shapes that do not fit
         lines = [ln.strip() for ln in str(e).strip().splitlines()]
         raise CheckpointError(f"{ckpt.source} does not fit a point-map model: {' '.join(lines[:3])[:300]}") from None
@@ -440,6 +440,7 @@ def load_pointmap(source: str) -> PointMapModel:
     if missing or result.unexpected_keys:
         raise CheckpointError(f"{ckpt.source} does not fit a point-map model: missing {missing[:3]}, "
                               f"unexpected {result.unexpected_keys[:3]}")
+    require_filled(model, ckpt.source)
     model.source = str(source)
     model.metric = bool(meta.get("metric", True))
     model.infer_short = int(meta.get("infer_short", POINTMAP_SHORT_SIDE))

@@ -5,11 +5,13 @@ official-layout encoder state dict plus an :class:`EncoderConfig`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 
@@ -18,6 +20,7 @@ from .errors import CheckpointError
 from .model_ids import BUNDLED, DEFAULT_MODEL, HUB_MODELS, WEIGHTS_DIR, resolve  # noqa: F401 (re-exported)
 
 FORMAT_KEY = "pixio_format"
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 
 @dataclass
@@ -222,17 +225,34 @@ def load_encoder(source: str | os.PathLike, size: str | None = None) -> PixioEnc
     return encoder_from(read_checkpoint(source), size, str(source))
 
 
+def empty(build: Callable[[], ModuleT]) -> ModuleT:
+    """``build()`` with its parameters and buffers on the meta device: no memory and no random
+    initialisation spent on weights a checkpoint is about to replace (7.7 s for an h16 encoder on
+    a 2-core CPU). Fill it with ``load_state_dict(..., assign=True)``, then :func:`require_filled`."""
+    with torch.device("meta"):
+        return build()
+
+
+def require_filled(module: torch.nn.Module, source: str) -> None:
+    """Refuse a module built by :func:`empty` that a checkpoint left partly without weights."""
+    left = [n for n, t in itertools.chain(module.named_parameters(), module.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"{source} has no weights for {', '.join(left[:3])}"
+                              + (f" and {len(left) - 3} more" if len(left) > 3 else ""))
+
+
 def encoder_from(ckpt: Checkpoint, size: str | None = None, source: str | None = None) -> PixioEncoder:
     """The encoder of a checkpoint already read (its weights loaded strictly; CPU, fp32, eval mode)."""
     sd = to_official(ckpt.tensors)
     cfg = infer_config(sd, ckpt.metadata, size)
-    enc = PixioEncoder(cfg)
+    enc = empty(lambda: PixioEncoder(cfg))
     sd = {k: v.float() for k, v in sd.items()}
     try:
-        enc.load_state_dict(sd, strict=True)
+        enc.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise CheckpointError(f"{ckpt.source} does not fit a Pixio encoder: {' '.join(first[:3])[:300]}") from e
+    require_filled(enc, ckpt.source)
     enc.source = source or ckpt.source  # type: ignore[attr-defined]
     enc.metadata = ckpt.metadata  # type: ignore[attr-defined]
     return enc.eval()

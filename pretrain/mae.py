@@ -15,7 +15,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from pixio_cli.checkpoints import read_checkpoint
+from pixio_cli.checkpoints import empty, read_checkpoint, require_filled
 from pixio_cli.encoder import EncoderConfig, PixioEncoder, resize_pos_embed
 from pixio_cli.errors import CheckpointError, UsageError
 
@@ -223,10 +223,11 @@ def load_mae(source: str | os.PathLike) -> PixioMAE:
         raise CheckpointError(f"{source} carries no MAE config: it is not a pixio pretrain checkpoint")
     if not any(k.startswith("decoder_") for k in tensors):
         raise CheckpointError(f"{source} has no decoder weights: MAE losses need the pretraining decoder")
-    model = PixioMAE(MAEConfig.from_dict(meta["mae_config"]))
+    model = empty(lambda: PixioMAE(MAEConfig.from_dict(meta["mae_config"])))
     tensors = {k.removeprefix("module.").removeprefix("_orig_mod."): v.float() for k, v in tensors.items()}
     try:
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as e:
         raise CheckpointError(f"{source} does not fit its own MAE config: {str(e).splitlines()[0]}") from e
+    require_filled(model, source)
     return model.eval()

@@ -194,3 +194,26 @@ def test_head_checkpoint_encoder_prefix(tiny_encoder, tmp_path):
     tensors["head.conv.weight"] = torch.zeros(3, 3)
     save_safetensors(tensors, tmp_path / "head.safetensors", {"encoder_config": TINY.to_dict()})
     assert same_features(tiny_encoder, load_encoder(tmp_path / "head.safetensors"))
+
+
+def test_loading_skips_random_init_and_leaves_nothing_unfilled(tiny_encoder, tmp_path, monkeypatch):
+    save_encoder(tiny_encoder, tmp_path / "enc.safetensors")
+    on_meta = []
+    real = torch.nn.init.kaiming_uniform_
+
+    def spy(*args, **kwargs):
+        on_meta.append((args[0] if args else kwargs["tensor"]).is_meta)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", spy)
+    enc = load_encoder(tmp_path / "enc.safetensors")
+    assert on_meta and all(on_meta)  # nn.Linear's initialisation touched no real memory: the checkpoint fills it
+    assert same_features(enc, tiny_encoder)
+    assert all(not p.is_meta and p.requires_grad for p in enc.parameters())  # trainable as built (finetuning)
+
+    from pixio_cli.checkpoints import empty, require_filled
+
+    half = empty(lambda: torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)))
+    half.load_state_dict({"0.weight": torch.ones(2, 2), "0.bias": torch.ones(2)}, strict=False, assign=True)
+    with pytest.raises(CheckpointError, match="no weights for 1.weight, 1.bias"):
+        require_filled(half, "part.safetensors")
