@@ -4,7 +4,7 @@ The reference is the official recipe's step as it runs on this device: eager
 model, autocast only on CUDA (the official loop uses bf16 there, fp32 on a
 CPU), AdamW with its default for-loop update. Ours is `pixio pretrain`'s step
 at its default precision (bf16 wherever the hardware has it natively, CPUs with
-AVX-512 BF16 / AMX included) with fused AdamW on CUDA, optionally compiled.
+AVX-512 BF16 / AMX included) with fused AdamW (CUDA and CPU), optionally compiled.
 Both start from the same weights and see the same batches and masks; the loss
 of every step is printed, so "same curve within noise" is checked, not assumed.
 
@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from pixio_cli.encoder import set_fused_attention, size_config
-from pixio_cli.engine import autocast, pick_device, pick_dtype
+from pixio_cli.engine import adamw, autocast, pick_device, pick_dtype
 from pretrain.mae import MAEConfig, PixioMAE
 from pretrain.train import param_groups
 
@@ -60,9 +60,10 @@ def trainer(cfg: MAEConfig, device: torch.device, dtype: torch.dtype, ours: bool
     model.grad_checkpointing = grad_checkpointing
     if ours:
         set_fused_attention(model, device, dtype, training=True)
-    fused = ours and device.type == "cuda"  # what pretrain/train.py does
-    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=fused or None,
-                            foreach=False if not fused else None)
+    if ours:  # what pretrain/train.py does
+        opt = adamw(param_groups(model, 0.05), device, lr=1e-4, betas=(0.9, 0.95))
+    else:  # the official loop: AdamW's default for-loop update
+        opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), foreach=False)
     fwd = torch.compile(model) if compile else model
 
     def step(x: torch.Tensor) -> float:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pixio_cli.checkpoints import load_encoder
 from pixio_cli.encoder import set_fused_attention
-from pixio_cli.engine import Engine, autocast, dist_info, init_distributed, pick_device, pick_dtype
+from pixio_cli.engine import Engine, adamw, autocast, dist_info, init_distributed, pick_device, pick_dtype
 from pixio_cli.errors import InputError, UsageError
 from pixio_cli.images import ResizePolicy, read_image, resize_image
 
@@ -198,7 +198,7 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
     groups = [{"params": rest, "lr": cfg.lr}]
     if cfg.finetune:
         groups.append({"params": list(model.encoder.parameters()), "lr": cfg.lr * cfg.encoder_lr_scale})
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    opt = adamw(groups, device, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     net: torch.nn.Module = model
     if world > 1:
         # the ray encoder sits out the steps without known cameras

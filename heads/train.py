@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from pixio_cli.checkpoints import load_encoder
 from pixio_cli.encoder import set_fused_attention
-from pixio_cli.engine import Engine, autocast, dist_info, init_distributed, pick_device, pick_dtype
+from pixio_cli.engine import Engine, adamw, autocast, dist_info, init_distributed, pick_device, pick_dtype
 from pixio_cli.errors import PixioError, UsageError
 from pixio_cli.images import read_image
 from pixio_cli.writers import atomic_path
@@ -193,7 +193,7 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
     groups = [{"params": list(model.head.parameters()), "lr": lr}]
     if cfg.finetune:
         groups.append({"params": list(model.encoder.parameters()), "lr": lr * cfg.encoder_lr_scale})
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    opt = adamw(groups, device, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     net: torch.nn.Module = model
     if world > 1:
         if device.type == "cuda":  # SyncBatchNorm is CUDA-only; on CPU (gloo) DDP keeps rank 0's statistics

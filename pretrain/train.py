@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from pixio_cli.checkpoints import save_safetensors, unreadable
 from pixio_cli.encoder import set_fused_attention
-from pixio_cli.engine import autocast, dist_info, init_distributed, pick_device, pick_dtype
+from pixio_cli.engine import adamw, autocast, dist_info, init_distributed, pick_device, pick_dtype
 from pixio_cli.errors import CheckpointError, PixioError, UsageError
 from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD
 from pixio_cli.writers import atomic_path, write_image, write_json
@@ -146,8 +146,8 @@ class Trainer:
         set_fused_attention(self.core, self.device, self.dtype, training=True)
         self.model = self._wrap(self.core)
         self.peak_lr = cfg.peak_lr(self.world)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=self.peak_lr,
-                                           betas=(0.9, 0.95), fused=self.device.type == "cuda" or None)
+        self.optimizer = adamw(param_groups(self.model, cfg.weight_decay), self.device, lr=self.peak_lr,
+                               betas=(0.9, 0.95))
         self.step = 0
         self.positions: dict[int, tuple[int, int]] = {}
         self.last_worker: int | None = None  # the data worker of the last batch consumed

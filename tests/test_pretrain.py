@@ -258,3 +258,23 @@ def test_two_cpu_processes(tmp_path, mode):
     assert len(state["ranks"]) == 2 and state["world"] == 2
     PixioEncoder(EncoderConfig(192, 12, 3, img_size=32)).load_state_dict(
         torch.load(out / "encoder.pth", weights_only=True), strict=True)
+
+
+def test_fused_adamw_on_cpu_matches_the_official_for_loop_update():
+    from pixio_cli.engine import adamw
+
+    torch.manual_seed(0)
+    params = [torch.randn(64, 32), torch.randn(32)]
+    grads = [[torch.randn_like(p) for p in params] for _ in range(5)]
+    ours_p = [p.clone().requires_grad_() for p in params]
+    ref_p = [p.clone().requires_grad_() for p in params]
+    ours = adamw(ours_p, torch.device("cpu"), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.05)
+    ref = torch.optim.AdamW(ref_p, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.05, foreach=False)
+    assert ours.defaults["fused"] is True
+    for g in grads:
+        for opt, ps in ((ours, ours_p), (ref, ref_p)):
+            for p, gi in zip(ps, g):
+                p.grad = gi.clone()
+            opt.step()
+    for a, b in zip(ours_p, ref_p):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
