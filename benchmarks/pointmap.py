@@ -3,7 +3,8 @@ against the same model in float32.
 
 The float32 forward is MapAnything's numbers (scripts/pointmap_parity.py: worst 2e-5 relative), so it is
 the plain reference inside this project; MapAnything's own code is not a dependency and is not timed here.
-Random weights of the full MapAnything-Pixio-H shape by default. On CUDA the peak memory is reported too.
+Random weights of the full MapAnything-Pixio-H shape by default. On CUDA the peak memory of our forward is reported too
+(both models loaded).
 
     python -m benchmarks.pointmap --views 2 --side 256 --device cpu
     python -m benchmarks.pointmap --views 64 --side 512 --device cuda
@@ -20,7 +21,7 @@ from heads.pointmap import PointMapConfig, PointMapModel, prepare_pointmap
 from pixio_cli.encoder import build_encoder
 from pixio_cli.engine import Engine, autocast
 
-from .common import emit, environment, matmul_peak, sync
+from .common import emit, environment, matmul_peak, paired_rates
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=256, help="square views of this side")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default=None)
-    ap.add_argument("--iters", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=2, help="alternating timed calls of each model; the best counts")
     args = ap.parse_args()
 
     engine = Engine(args.device, args.precision, args.views, workers=0)
@@ -48,35 +49,24 @@ def main() -> None:
                 return net(b)
         return fn
 
-    if engine.device.type == "cuda":
+    cuda = engine.device.type == "cuda"
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
-    a, b = run(ours, engine)(x), run(ref, ref_engine)(x)
+    a = run(ours, engine)(x)
+    peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else None  # ours alone, both models loaded
+    b = run(ref, ref_engine)(x)
     rel = float((a.pts3d - b.pts3d).abs().max() / b.pts3d.abs().max())
-    # views/s: one scene of V views per call
-    ours_s = _seconds(run(ours, engine), x, args.iters, engine.device)
-    ref_s = _seconds(run(ref, ref_engine), x, args.iters, engine.device)
+    # one scene of V views per call: scenes/s x V = views/s
+    ours_rate, ref_rate = paired_rates(run(ours, engine), run(ref, ref_engine), [x], args.iters, engine.device)
     record = {"benchmark": "pointmap", **environment(engine.device), "size": args.size, "views": args.views,
               "side": args.side, "precision": str(engine.dtype).replace("torch.", ""), "reference_precision": "float32",
               "reference": "the same model in float32 (= MapAnything's numbers)",
-              "ours_views_s": round(args.views / ours_s, 3), "reference_views_s": round(args.views / ref_s, 3),
-              "ratio": round(ref_s / ours_s, 3), "max_rel_diff_pts3d": round(rel, 5),
+              "ours_views_s": round(args.views * ours_rate, 3), "reference_views_s": round(args.views * ref_rate, 3),
+              "ratio": round(ours_rate / ref_rate, 3), "max_rel_diff_pts3d": round(rel, 5),
               "matmul_peak_tflop_s": round(matmul_peak(engine.device, engine.dtype), 3)}
-    if engine.device.type == "cuda":
-        record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if cuda:
+        record["peak_memory_gib"] = round(peak_gib, 2)
     emit(record)
-
-
-def _seconds(fn, x: torch.Tensor, iters: int, device: torch.device) -> float:
-    """Seconds per call of ``fn(x)`` after a warm-up call."""
-    import time
-
-    fn(x)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn(x)
-    sync(device)
-    return (time.perf_counter() - start) / iters
 
 
 if __name__ == "__main__":
