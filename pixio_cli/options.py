@@ -25,7 +25,9 @@ BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Images per b
                                         min=1)]
 Workers = Annotated[Optional[int], typer.Option(
     help="Decoding processes (0: in the main process; default: up to 4).", show_default=False, min=0)]
-Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the model, for long runs: about 10 s up front, then faster (b16 on a 2-core CPU: 1.2x, paying after ~1000 images).")]
+Compile = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the model, for long runs: about 10 s up front, then faster (b16 on a 2-core "
+                      "CPU: 1.2x, paying after ~1000 images).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Resize = Annotated[str, typer.Option(
     help="Short side N, WIDTHxHEIGHT, or 'native'; always rounded to a multiple of 16.")]
