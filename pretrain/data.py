@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pixio_cli.errors import InputError, UsageError
-from pixio_cli.images import decode_image, is_image
+from pixio_cli.images import decode_image, is_image, jpeg_size
 from pixio_cli.inputs import collect
 
 TAR_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
@@ -108,6 +108,22 @@ def random_resized_crop(img: np.ndarray, size: int, rng: np.random.Generator,
     crop = img[y:y + ch, x:x + cw]
     interp = cv2.INTER_AREA if ch * cw > size * size else cv2.INTER_CUBIC
     return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+def crop_decode_factor(size: tuple[int, int] | None, out: int, scale: tuple[float, float] = (0.2, 1.0),
+                       ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> int:
+    """The JPEG reduction (8, 4, 2 or 1) at which every crop :func:`random_resized_crop` can draw from
+    an image of ``size`` (H, W) still has at least ``out`` pixels on each side.
+
+    The crop is then only ever shrunk to ``out``, as from the full decode, and a 12 MP photo headed
+    for 256 px is not decoded in full. A drawn crop's sides are at least sqrt(area * scale[0] *
+    ratio[0]) (give or take rounding); the fallback central crop's are at least the image's short side.
+    """
+    if size is None:
+        return 1
+    h, w = size
+    smallest = min(math.sqrt(h * w * scale[0] * min(ratio[0], 1 / ratio[1])) - 1, h, w)
+    return next((f for f in (8, 4, 2) if smallest / f - 1 >= out), 1)
 
 
 # ---------------------------------------------------------------------------- sources
@@ -218,7 +234,7 @@ class PretrainStream(IterableDataset):
                 if position <= skip_to:
                     continue
                 rng = np.random.default_rng([self.seed, epoch, _stable_hash(key)])
-                img = self._load(key, shard, payload, rng)
+                img = self._load(key, shard, payload, rng, self.img_size)
                 if img is not None:
                     produced = True
                     crop = random_resized_crop(img, self.img_size, rng, self.crop_scale)
@@ -227,24 +243,25 @@ class PretrainStream(IterableDataset):
                 return  # this worker has no usable data at all
             epoch, skip_to = epoch + 1, 0
 
-    def _load(self, key: str, shard: str | None, payload, rng: np.random.Generator) -> np.ndarray | None:
+    def _load(self, key: str, shard: str | None, payload, rng: np.random.Generator, out: int) -> np.ndarray | None:
+        """The record decoded (at a reduced size where no crop of it needs more), or None when the
+        curation rules drop it or it cannot be read."""
         u = float(rng.random())  # drawn for every record, so the crop stream does not depend on the rules
         if shard is None:
             rec = self.manifest.get(key) if self.manifest is not None else None
             if self.manifest is not None and not self.rules.keep(rec, u):
                 return None
-            try:
-                return decode_image(np.fromfile(key, np.uint8), key)
-            except (InputError, OSError):
-                self.failed += 1
-                return None
-        tar, member, rec = payload
-        if self.rules.active or rec is not None:
-            if not self.rules.keep(rec, u):
+        else:
+            tar, member, rec = payload
+            if (self.rules.active or rec is not None) and not self.rules.keep(rec, u):
                 return None
         try:
-            with tar.extractfile(member) as f:
-                return decode_image(f.read(), key)
+            if shard is None:
+                buf = np.fromfile(key, np.uint8)
+            else:
+                with tar.extractfile(member) as f:
+                    buf = np.frombuffer(f.read(), np.uint8)
+            return decode_image(buf, key, reduce=crop_decode_factor(jpeg_size(buf), out, self.crop_scale))
         except (InputError, OSError, tarfile.TarError):
             self.failed += 1
             return None

@@ -15,6 +15,7 @@ import torch
 
 from pixio_cli.checkpoints import load_encoder
 from pixio_cli.encoder import EncoderConfig, PixioEncoder
+from pixio_cli.images import decode_image
 from pretrain.data import CurationRules, PretrainStream, Sources, random_resized_crop
 from pretrain.mae import MAEConfig, PixioMAE, load_mae, patchify, unpatchify
 
@@ -87,6 +88,45 @@ def test_random_resized_crop_size_and_determinism():
     a = random_resized_crop(img, 32, np.random.default_rng(5))
     b = random_resized_crop(img, 32, np.random.default_rng(5))
     assert a.shape == (32, 32, 3) and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("h,w,out", [(375, 500, 256), (375, 500, 64), (1200, 1600, 64), (3000, 4000, 256),
+                                     (500, 5000, 128), (2000, 300, 64), (1250, 1250, 64)])  # last: near a step
+def test_reduced_decode_leaves_every_crop_at_least_the_output_size(h, w, out, monkeypatch):
+    from pretrain.data import crop_decode_factor
+
+    f = crop_decode_factor((h, w), out)
+    if (h, w) == (3000, 4000):
+        assert f == 4  # a 12 MP photo headed for 256 px is decoded at a quarter
+    if (h, w, out) == (375, 500, 256):
+        assert f == 1  # an ImageNet-sized one headed for 256 px in full
+    reduced = np.zeros((-(-h // f), -(-w // f), 3), np.uint8)  # libjpeg rounds scaled sizes up
+    crops = []  # the size of each crop handed to the resize (which is not run)
+    monkeypatch.setattr("pretrain.data.cv2.resize", lambda img, *a, **k: crops.append(img.shape[:2]))
+    for seed in range(3000):
+        random_resized_crop(reduced, out, np.random.default_rng(seed))
+    if f > 1:  # a reduced decode never leaves a crop to enlarge that the full decode would have shrunk
+        assert min(min(c) for c in crops) >= out
+
+
+def test_stream_decodes_large_jpegs_reduced(tmp_path, monkeypatch):
+    write_rgb(tmp_path / "big.jpg", 1200, 1600)
+    write_rgb(tmp_path / "small.jpg", 40, 50, seed=1)
+    seen = {}
+    real = decode_image
+
+    def spy(buf, name="<bytes>", reduce=1):
+        seen[Path(name).name] = reduce
+        return real(buf, name, reduce)
+
+    monkeypatch.setattr("pretrain.data.decode_image", spy)
+    samples = []
+    for s in PretrainStream(Sources.find([str(tmp_path)]), 64, seed=0):
+        samples.append(s)
+        if len(samples) == 2:
+            break
+    assert seen == {"big.jpg": 8, "small.jpg": 1}
+    assert all(s.image.shape == (64, 64, 3) for s in samples)
 
 
 def _jpeg(seed: int, h: int = 40, w: int = 40) -> bytes:
