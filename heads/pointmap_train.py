@@ -192,8 +192,6 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
     model.to(device)
     for p in model.encoder.parameters():
         p.requires_grad_(cfg.finetune)
-    set_fused_attention(model, device, dtype, training=True)
-    set_fused_attention(model.encoder, device, dtype, training=cfg.finetune)
     rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
     groups = [{"params": rest, "lr": cfg.lr}]
     if cfg.finetune:
@@ -206,8 +204,13 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
                                                         else None, find_unused_parameters=True)
     engine = Engine(cfg.device, cfg.precision, batch_size=cfg.eval_views, workers=0, progress=False)
 
+    def attention_for(training: bool) -> None:  # the trained blocks' kernel; a frozen encoder always infers
+        set_fused_attention(model, device, dtype, training=training)
+        set_fused_attention(model.encoder, device, dtype, training=training and cfg.finetune)
+
     def score(m: PointMapModel) -> dict:
         m.eval()
+        attention_for(training=False)
         with torch.no_grad():
             r = evaluate_pointmap(m, val_seqs, engine, cfg.eval_views, cfg.eval_gap,
                                   ResizePolicy(size=(cfg.width, cfg.height)), cfg.eval_limit)
@@ -239,6 +242,7 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
 
     net.train()
     model.encoder.train(cfg.finetune)
+    attention_for(training=True)
     step, last, seconds = run_steps(loader, loss_fn, opt, ckpt, start, cfg.steps, int(cfg.warmup * cfg.steps),
                                     cfg.save_every, "train pointmap", clip=1.0, last=last)
     untrained = ckpt.extra.get("untrained")
