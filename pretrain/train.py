@@ -151,7 +151,8 @@ class Trainer:
         self.step = 0
         self.positions: dict[int, tuple[int, int]] = {}
         self.last_worker: int | None = None  # the data worker of the last batch consumed
-        self.failed: dict[int, int] = {}
+        self.failed: dict[int, int] = {}  # per data worker of this run (its counters start at 0 on resume)
+        self.failed_before = 0  # this rank's skipped images before the run was resumed
         if resume:
             self._load()
         else:
@@ -215,7 +216,8 @@ class Trainer:
         model_sd, optim_sd = self._state_dicts()
         rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
-        per_rank = self._gather({"rng": rng, "positions": dict(self.positions), "last_worker": self.last_worker})
+        per_rank = self._gather({"rng": rng, "positions": dict(self.positions), "last_worker": self.last_worker,
+                                 "failed": self._failed_here()})
         if self.rank == 0:
             cfg = self.cfg.to_dict()
             state = {"model": model_sd, "optimizer": optim_sd, "step": self.step, "world": self.world,
@@ -240,6 +242,7 @@ class Trainer:
         mine = state["ranks"][self.rank]
         self.positions = {int(k): tuple(v) for k, v in mine["positions"].items()}
         self.last_worker = mine["last_worker"]
+        self.failed_before = mine.get("failed", 0)
         torch.set_rng_state(mine["rng"]["torch"])
         if self.device.type == "cuda" and mine["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state(mine["rng"]["cuda"], self.device)
@@ -311,7 +314,7 @@ class Trainer:
                     dt = time.perf_counter() - t0
                     last = {"step": self.step, "loss": loss, "lr": lr, "images_per_s": images_since / dt,
                             "epoch": max((e for e, _ in self.positions.values()), default=0),
-                            "failed_images": sum(self.failed.values()),
+                            "failed_images": self._failed_images(),
                             **{k: float(v) for k, v in getattr(res, "logs", {}).items()}}  # per student, last step
                     t0, images_since = time.perf_counter(), 0
                     if self.rank == 0:
@@ -333,6 +336,16 @@ class Trainer:
         self.save()
         self.export()
         return last
+
+    def _failed_here(self) -> int:
+        return self.failed_before + sum(self.failed.values())
+
+    def _failed_images(self) -> int:
+        """Unreadable images skipped so far by every rank, before a resume included."""
+        n = torch.tensor(self._failed_here(), device=self.device)
+        if self.world > 1:
+            dist.all_reduce(n)
+        return int(n)
 
     def _mean_over_ranks(self, loss: torch.Tensor) -> float:
         if self.world > 1:

@@ -241,6 +241,7 @@ def test_resume_continues_exactly(cli, tmp_path, monkeypatch):
     import pretrain.train as train
 
     data = _photos(tmp_path / "photos")
+    (Path(data) / "corrupt.jpg").write_bytes(b"\xff\xd8 nope")  # skipped, and counted across the resume too
     args = ["pretrain", *SMOKE, "--steps", "8", "--data", data, "--workers", "2", "--save-every", "100"]
     code, _, err = cli([*args, "-o", tmp_path / "full"])
     assert code == 0, err
@@ -263,6 +264,11 @@ def test_resume_continues_exactly(cli, tmp_path, monkeypatch):
         return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
 
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+
+    def failed(run):
+        return [r["failed_images"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+    assert failed(tmp_path / "cut") == failed(tmp_path / "full") and failed(tmp_path / "full")[-1] > 0
     a = torch.load(tmp_path / "full" / "encoder.pth", weights_only=True)
     b = torch.load(tmp_path / "cut" / "encoder.pth", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
