@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,20 @@ def write_tar(path: Path, members: dict[str, bytes]) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+@contextlib.contextmanager
+def head_training_stopped_at(step: int):
+    """`pixio train depth|segment|pointmap` run inside this stops with Ctrl-C as it begins ``step``."""
+    import heads.train as train_mod
+
+    real = train_mod.lr_factor
+
+    def stop(s: int, total: int, warmup: int) -> float:
+        if s == step:
+            raise KeyboardInterrupt
+        return real(s, total, warmup)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_mod, "lr_factor", stop)
+        yield

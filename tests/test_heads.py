@@ -17,7 +17,7 @@ from heads.metrics import ConfusionMatrix, DepthMeter, depth_metrics
 from heads.model import DenseModel, HeadConfig, load_head, save_head
 from pixio_cli.sliding import sliding_window
 
-from .conftest import TINY, random_encoder
+from .conftest import TINY, head_training_stopped_at, random_encoder
 
 
 def test_depth_metrics_by_hand():
@@ -170,26 +170,16 @@ def _train_args(encoder_file: Path, data: Path, out: Path, steps: int) -> list:
             "--steps", steps, "--batch-size", "2", "--workers", "0", "--eval-limit", "1"]
 
 
-def test_head_training_resumes_exactly(cli, tiny_encoder_file, tmp_path, monkeypatch):
+def test_head_training_resumes_exactly(cli, tiny_encoder_file, tmp_path):
     from safetensors.torch import load_file
-
-    import heads.train as train_mod
 
     data = _depth_data(tmp_path / "d")
     code, _, err = cli(_train_args(tiny_encoder_file, data, tmp_path / "full.safetensors", 6))
     assert code == 0, err
-    real = train_mod.lr_factor
-
-    def stop_at_3(step, total, warmup):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(step, total, warmup)
-
-    monkeypatch.setattr(train_mod, "lr_factor", stop_at_3)
-    code, _, _ = cli(_train_args(tiny_encoder_file, data, tmp_path / "cut.safetensors", 6))
+    with head_training_stopped_at(3):
+        code, _, _ = cli(_train_args(tiny_encoder_file, data, tmp_path / "cut.safetensors", 6))
     assert code == 130 and (tmp_path / "cut.safetensors.ckpt").exists()
     assert not (tmp_path / "cut.safetensors").exists()
-    monkeypatch.setattr(train_mod, "lr_factor", real)
     code, _, err = cli([*_train_args(tiny_encoder_file, data, tmp_path / "cut.safetensors", 6), "--resume"])
     assert code == 0, err
     a, b = load_file(str(tmp_path / "full.safetensors")), load_file(str(tmp_path / "cut.safetensors"))

@@ -20,7 +20,7 @@ from heads.scene import Predictions
 from pixio_cli.encoder import size_config
 from pixio_cli.errors import CheckpointError
 
-from .conftest import random_encoder
+from .conftest import head_training_stopped_at, random_encoder
 
 SMALL = PointMapConfig(dim=64, depth=4, num_heads=1, taps=[1, 2], dpt_channels=[8, 16, 24, 32], dpt_features=16,
                        scale_hidden=8, ray_dims=[24, 32, 40])
@@ -368,12 +368,10 @@ def test_train_pointmap_command_saves_a_model_that_recon3d_runs(cli, tiny_encode
     assert load_pointmap(str(out / "pointmap.safetensors")).provenance["steps"] == 3
 
 
-def test_train_pointmap_resumes_exactly(cli, tiny_encoder_file, tmp_path, monkeypatch):
+def test_train_pointmap_resumes_exactly(cli, tiny_encoder_file, tmp_path):
     """Stopped at step 2 of 4 and resumed, the weights equal an uninterrupted run's (same samples and the
     same steps with known rays)."""
     from safetensors.torch import load_file
-
-    import heads.train as train_mod
 
     def args(out):
         return ["train", "pointmap", "--encoder", tiny_encoder_file, "--data", KITCHEN, "-o", out, "--steps", "4",
@@ -383,18 +381,10 @@ def test_train_pointmap_resumes_exactly(cli, tiny_encoder_file, tmp_path, monkey
 
     code, _, err = cli(args(tmp_path / "full"))
     assert code == 0, err
-    real = train_mod.lr_factor
-
-    def stop_at_2(step, total, warmup):
-        if step == 2:
-            raise KeyboardInterrupt
-        return real(step, total, warmup)
-
-    monkeypatch.setattr(train_mod, "lr_factor", stop_at_2)
-    code, _, _ = cli(args(tmp_path / "cut"))
+    with head_training_stopped_at(2):
+        code, _, _ = cli(args(tmp_path / "cut"))
     assert code == 130 and (tmp_path / "cut" / "train.ckpt").exists()
     assert not (tmp_path / "cut" / "pointmap.safetensors").exists()
-    monkeypatch.setattr(train_mod, "lr_factor", real)
     code, _, err = cli([*args(tmp_path / "cut"), "--resume"])
     assert code == 0, err
     a = load_file(str(tmp_path / "full" / "pointmap.safetensors"))
