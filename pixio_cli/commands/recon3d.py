@@ -107,7 +107,6 @@ def recon3d(
     Ks = read_intrinsics(intrinsics, len(items)) if intrinsics is not None else None  # one per input, in order
     engine = Engine(device, precision, 8, workers, progress=False if quiet else None)
     net = prepare_pointmap(engine, load_pointmap(model))
-    metric = net.metric
     policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=net.infer_short)
     summary = Summary()
     samples = sorted((s for b in engine.batches(items, policy, summary) for s in b.samples), key=lambda s: s.index)
@@ -151,7 +150,7 @@ def recon3d(
     if not len(points):
         raise PixioError(f"no points to write: cleaning removed every pixel of {len(frames)} views ({counts}); "
                          "loosen it (--no-mask, --edge-rtol 0, no --conf-*)")
-    unit = "metres" if metric else "unknown (the model is not metric)"
+    unit = "metres" if net.metric else "unknown (the model is not metric)"
     G.write_ply(scene_path, points, point_colours, pred.cam2world[0, :3, 3] if normals else None, unit)
     written = [str(scene_path)]
     if mesh:
