@@ -197,12 +197,15 @@ class PretrainStream(IterableDataset):
         self.failed = 0  # per worker process; reported through each Sample
         self.rotate = rotate  # DataLoader worker i plays the part of stream worker (i + rotate) % n
 
-    def _records(self, epoch: int, slot: int, slots: int) -> Iterator[tuple[str, str | None, object]]:
-        """(key, shard, payload) of this slot's share of the epoch, in a fixed order."""
+    def _records(self, epoch: int, slot: int, slots: int, skip_to: int = 0) -> Iterator[tuple[str, str | None, object]]:
+        """(key, shard, payload) of this slot's share of the epoch, in a fixed order. A broken shard
+        met before record `skip_to` was counted before the resume, so it is not counted again."""
         rng = np.random.default_rng([self.seed, epoch])
         images = [self.sources.images[i] for i in rng.permutation(len(self.sources.images))]
         shards = [self.sources.shards[i] for i in rng.permutation(len(self.sources.shards))]
+        given = 0
         for path in images[slot::slots]:
+            given += 1
             yield path, None, path
         for shard in shards[slot::slots]:
             stats = None
@@ -218,9 +221,11 @@ class PretrainStream(IterableDataset):
                             rec = stats.get(member.name) if stats is not None else None
                             if stats is not None and rec is None:
                                 continue
+                            given += 1
                             yield f"{shard}::{member.name}", shard, (tar, member, rec)
             except (tarfile.TarError, OSError):
-                self.failed += 1
+                if given >= skip_to:
+                    self.failed += 1
 
     def __iter__(self) -> Iterator[Sample]:
         info = get_worker_info()
@@ -230,7 +235,7 @@ class PretrainStream(IterableDataset):
         epoch, skip_to = self.start.get(worker, (0, 0))
         while True:
             produced = False
-            for position, (key, shard, payload) in enumerate(self._records(epoch, slot, slots), start=1):
+            for position, (key, shard, payload) in enumerate(self._records(epoch, slot, slots, skip_to), start=1):
                 if position <= skip_to:
                     continue
                 rng = np.random.default_rng([self.seed, epoch, _stable_hash(key)])

@@ -208,6 +208,28 @@ def test_folder_stream_skips_corrupt_and_is_deterministic(tmp_path):
     assert all(np.array_equal(x.image, y.image) for x, y in zip(a[3:], c))
 
 
+def test_broken_shard_before_the_resume_point_is_not_counted_again(tmp_path):
+    import cv2
+
+    for i in range(3):
+        write_tar(tmp_path / f"s{i}.tar", {
+            f"{i}_{j}.jpg": cv2.imencode(".jpg", np.full((40, 48, 3), 40 * i + j, np.uint8))[1].tobytes()
+            for j in range(2)})
+    (tmp_path / "s9.tar").write_bytes(b"not a tar" * 100)
+
+    def epoch0(start=None):
+        out = []
+        for s in PretrainStream(Sources.find([str(tmp_path)]), 16, seed=2, start=start):
+            if s.epoch > 0:
+                return out
+            out.append(s)
+
+    full = epoch0()
+    assert [s.failed for s in full] == [1] * 6  # with seed 2 the broken shard comes first
+    resumed = epoch0(start={0: (0, 3)})
+    assert [s.position for s in resumed] == [4, 5, 6]
+    assert [s.failed for s in resumed] == [0, 0, 0]  # the trainer adds the 1 counted before the resume
+
 def _photos(root: Path, n: int = 12) -> Path:
     for i in range(n):
         write_rgb(root / f"{i:02d}.jpg", 40 + i, 48, seed=i)
