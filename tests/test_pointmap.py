@@ -231,6 +231,11 @@ def test_recon3d_takes_known_intrinsics(cli, model_file, frames, tmp_path):
                         tmp_path / "K3.json", "--save-predictions", tmp_path / "k3.npz"])
     assert code == 1 and "bad.jpg" in err
     assert np.allclose(Predictions.load(tmp_path / "k3.npz").K_original, np.array(Ks)[[0, 2]])
+    # --max-frames keeps the K of each frame it keeps
+    code, _, err = cli(["recon3d", *frames[:3], *args[3:], "--intrinsics", tmp_path / "K3.json", "--max-frames", "2",
+                        "--save-predictions", tmp_path / "k2.npz"])
+    assert code == 0, err
+    assert np.allclose(Predictions.load(tmp_path / "k2.npz").K_original, np.array(Ks)[[0, 2]])
 
 
 def test_recon3d_refuses_what_it_cannot_do(cli, model_file, frames, tmp_path):

@@ -102,9 +102,11 @@ def recon3d(
 
     # input, engine and model (whose training scale is the default processing size)
     items = collect(inputs, every=_every(inputs, every, fps))
-    if max_frames and len(items) > max_frames:
-        items = [items[int(i)] for i in np.linspace(0, len(items) - 1, max_frames).round()]
     Ks = read_intrinsics(intrinsics, len(items)) if intrinsics is not None else None  # one per input, in order
+    if max_frames and len(items) > max_frames:
+        picks = [int(i) for i in np.linspace(0, len(items) - 1, max_frames).round()]
+        items = [items[i] for i in picks]
+        Ks = [Ks[i] for i in picks] if Ks is not None else None
     engine = Engine(device, precision, 8, workers, progress=False if quiet else None)
     net = prepare_pointmap(engine, load_pointmap(model))
     policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=net.infer_short)
