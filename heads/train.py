@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pixio_cli.checkpoints import load_encoder
+from pixio_cli.checkpoints import load_encoder, load_torch
 from pixio_cli.encoder import set_fused_attention
 from pixio_cli.engine import Engine, adamw, autocast, dist_info, init_distributed, pick_device, pick_dtype
 from pixio_cli.errors import PixioError, UsageError
@@ -94,7 +94,7 @@ class StepCheckpoint:
         """(step, loss) of the checkpoint, model and optimizer restored, ``extra`` filled."""
         if not self.path.exists():
             raise UsageError(f"--resume: no {self.path} to continue from")
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        state = load_torch(self.path)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.extra = state.get("extra", {})

@@ -35,20 +35,18 @@ class Checkpoint:
 # ---------------------------------------------------------------------------- reading
 
 
-def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
-    """Read tensors and metadata from any accepted source."""
+def read_checkpoint(source: str | os.PathLike, shapes_only: bool = False) -> Checkpoint:
+    """Read tensors and metadata from any accepted source. ``shapes_only`` gives tensors on the meta
+    device (shape and dtype, no data read), for questions about a model's shape."""
     path = resolve(str(source))
     if path.is_dir():
         path = _pick_file_in_dir(path)
-    try:
-        if path.suffix == ".safetensors":
-            return _read_safetensors(path)
-        # weights_only: a checkpoint from the internet must never run code
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise CheckpointError(unreadable(path, e)) from None
+    if path.suffix == ".safetensors":
+        try:
+            return _read_safetensors(path, shapes_only)
+        except Exception as e:
+            raise CheckpointError(unreadable(path, e)) from None
+    obj = load_torch(path, mmap=shapes_only)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
         obj = obj["model"]
@@ -59,7 +57,21 @@ def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
     cfg_json = path.parent / "config.json"
     if cfg_json.exists() and not meta:
         meta = {"hf_config": json.loads(cfg_json.read_text())}
+    if shapes_only:  # the mmapped data is never touched
+        obj = {k: torch.empty_like(v, device="meta") for k, v in obj.items()}
     return Checkpoint(dict(obj), meta, str(path))
+
+
+def load_torch(path: str | os.PathLike, mmap: bool = False) -> object:
+    """``torch.load`` of a file that may come from anywhere, so it never runs code (weights_only); an
+    unreadable file is a one-line CheckpointError. ``mmap`` leaves the tensors on disk until they are used."""
+    import zipfile
+
+    try:
+        # mmap needs torch.save's zip format; anything else gets torch.load's own complaint
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except Exception as e:
+        raise CheckpointError(unreadable(path, e)) from None
 
 
 def unreadable(path: str | os.PathLike, error: Exception) -> str:
@@ -87,14 +99,14 @@ def _pick_file_in_dir(path: Path) -> Path:
                           "(expected encoder.safetensors, encoder.pth or model.safetensors)")
 
 
-def _read_safetensors(path: Path) -> Checkpoint:
+def _read_safetensors(path: Path, shapes_only: bool = False) -> Checkpoint:
     from safetensors import safe_open
 
     tensors = {}
     with safe_open(str(path), framework="pt") as f:
         raw_meta = f.metadata() or {}
         for k in f.keys():
-            tensors[k] = f.get_tensor(k)
+            tensors[k] = _shape_of(f, k) if shapes_only else f.get_tensor(k)
     meta: dict = {}
     for k, v in raw_meta.items():
         try:
@@ -105,6 +117,15 @@ def _read_safetensors(path: Path) -> Checkpoint:
     if cfg_json.exists() and "hf_config" not in meta and FORMAT_KEY not in meta:
         meta["hf_config"] = json.loads(cfg_json.read_text())
     return Checkpoint(tensors, meta, str(path))
+
+
+def _shape_of(f, key: str) -> torch.Tensor:
+    """A meta tensor with the shape and dtype of ``key`` in an open safetensors file; only an empty
+    slice of it is read (the one place safetensors gives a torch dtype), or a 0-d tensor's one value."""
+    part = f.get_slice(key)
+    if not part.get_shape():
+        return f.get_tensor(key).to("meta")
+    return torch.empty(part.get_shape(), dtype=part[:0].dtype, device="meta")
 
 
 # ---------------------------------------------------------------------------- converting
@@ -215,8 +236,8 @@ def infer_config(sd: dict[str, torch.Tensor], metadata: dict | None = None, size
 
 
 def encoder_config(source: str | os.PathLike, size: str | None = None) -> EncoderConfig:
-    """The shape of the encoder in a checkpoint (its tensors are not kept)."""
-    ckpt = read_checkpoint(source)
+    """The shape of the encoder in a checkpoint (its tensors are not read)."""
+    ckpt = read_checkpoint(source, shapes_only=True)
     return infer_config(to_official(ckpt.tensors), ckpt.metadata, size)
 
 

@@ -15,7 +15,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from pixio_cli.checkpoints import empty, read_checkpoint, require_filled
+from pixio_cli.checkpoints import empty, load_torch, read_checkpoint, require_filled
 from pixio_cli.encoder import EncoderConfig, PixioEncoder, resize_pos_embed
 from pixio_cli.errors import CheckpointError, UsageError
 
@@ -209,12 +209,7 @@ def load_mae(source: str | os.PathLike) -> PixioMAE:
         else:
             raise CheckpointError(f"{source} has no checkpoint.pt or mae.safetensors: not a pretrain output folder")
     if path.endswith(".pt"):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            from pixio_cli.checkpoints import unreadable
-
-            raise CheckpointError(unreadable(path, e)) from None
+        state = load_torch(path)
         tensors, meta = state["model"], {"mae_config": state["config"]["mae"]}
     else:
         ckpt = read_checkpoint(path)

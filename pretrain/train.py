@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,10 +23,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pixio_cli.checkpoints import save_safetensors, unreadable
+from pixio_cli.checkpoints import load_torch, save_safetensors
 from pixio_cli.encoder import set_fused_attention
 from pixio_cli.engine import adamw, autocast, dist_info, init_distributed, pick_device, pick_dtype
-from pixio_cli.errors import CheckpointError, PixioError, UsageError
+from pixio_cli.errors import PixioError, UsageError
 from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD
 from pixio_cli.writers import atomic_path, write_image, write_json
 
@@ -412,11 +411,7 @@ def _read_state(out: str | os.PathLike, mmap: bool = False) -> dict:
     path = Path(out) / CHECKPOINT
     if not path.exists():
         raise UsageError(f"--resume {out}: no {CHECKPOINT} there")
-    try:
-        # mmap needs torch.save's zip format; anything else gets torch.load's own complaint
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
-    except Exception as e:
-        raise CheckpointError(unreadable(path, e)) from None
+    return load_torch(path, mmap)
 
 
 def read_run_config(out: str | os.PathLike) -> TrainConfig:

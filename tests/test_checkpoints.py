@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pixio_cli import model_ids
-from pixio_cli.checkpoints import HUB_MODELS, load_encoder, read_checkpoint, save_encoder, to_official
+from pixio_cli.checkpoints import (HUB_MODELS, encoder_config, load_encoder, read_checkpoint, save_encoder,
+                                   to_official)
 from pixio_cli.encoder import SIZES, EncoderConfig, PixioEncoder, build_encoder
 from pixio_cli.errors import CheckpointError
 
@@ -86,6 +87,23 @@ def test_our_format_roundtrip_and_fp16(tiny_encoder, tiny_encoder_file, tmp_path
     assert half.metadata["provenance"] == {"note": "test"}
     with torch.no_grad():
         assert (half(X) - tiny_encoder(X)).abs().max() < 0.05
+
+
+def test_shapes_only_reads_no_tensor_data(tiny_encoder, tmp_path):
+    from safetensors.torch import save_file
+
+    torch.save({"model": tiny_encoder.state_dict()}, tmp_path / "a.pth")
+    save_encoder(tiny_encoder, tmp_path / "b.safetensors", dtype=torch.float16)
+    (tmp_path / "hf").mkdir()
+    save_file(to_transformers_layout(tiny_encoder.state_dict()), str(tmp_path / "hf" / "model.safetensors"))
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"num_attention_heads": TINY.num_heads}))
+    for source in (tmp_path / "a.pth", tmp_path / "b.safetensors", tmp_path / "hf"):
+        full, shapes = read_checkpoint(source), read_checkpoint(source, shapes_only=True)
+        assert all(t.is_meta for t in shapes.tensors.values())
+        assert {k: (t.shape, t.dtype) for k, t in shapes.tensors.items()} == \
+            {k: (t.shape, t.dtype) for k, t in full.tensors.items()}
+    for source in (tmp_path / "b.safetensors", tmp_path / "hf"):  # the .pth carries no head count
+        assert encoder_config(source) == TINY
 
 
 def test_size_flag_and_mismatch(tmp_path):

@@ -184,6 +184,10 @@ def test_head_training_resumes_exactly(cli, tiny_encoder_file, tmp_path):
     assert code == 0, err
     a, b = load_file(str(tmp_path / "full.safetensors")), load_file(str(tmp_path / "cut.safetensors"))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a if k.startswith("head."))
+    # a damaged step checkpoint is a one-line checkpoint error, not a traceback
+    (tmp_path / "bad.safetensors.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    code, _, err = cli([*_train_args(tiny_encoder_file, data, tmp_path / "bad.safetensors", 6), "--resume"])
+    assert code == 2 and "bad.safetensors.ckpt is not a readable checkpoint" in err and len(err.strip().splitlines()) == 1
 
 
 def test_head_training_ddp_two_cpu_processes(tiny_encoder_file, tmp_path):
