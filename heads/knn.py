@@ -116,7 +116,9 @@ def pooled_features(engine, encoder, paths: list[str], folder: Path, settings: d
     from pixio_cli.inputs import Item
     from pixio_cli.resume import Ledger
 
-    ledger = Ledger(folder, settings, overwrite)
+    policy = ResizePolicy(short=resolution, crop=resolution)
+    # names the geometry's version too, so caches made by older versions are refused, not reused
+    ledger = Ledger(folder, {**settings, "transform": "resize short side exactly, central square"}, overwrite)
     store = ShardStore(folder, "npz", 4096, True, lambda done: [ledger.record_item(it) for it in done])
     n = encoder.n_cls_tokens
 
@@ -126,7 +128,7 @@ def pooled_features(engine, encoder, paths: list[str], folder: Path, settings: d
 
     items = [Item(p, p) for p in paths]
     try:
-        summary = engine.run(items, ResizePolicy(short=resolution, crop=resolution), fn,
+        summary = engine.run(items, policy, fn,
                              lambda it, s, out: store.write(it, {"features": out["features"].numpy()}),
                              desc=desc, skip=ledger.done_item)
     finally:

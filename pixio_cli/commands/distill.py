@@ -91,7 +91,7 @@ def distill(
 
     shared = t.shared_settings(data, output, steps, epochs, batch_size, accum, warmup_steps, curation, min_entropy,
                                min_size, soft_sampling)
-    n_cls = encoder_config(teacher, teacher_size).n_cls_tokens  # the teacher's tensors are freed before training
+    n_cls = encoder_config(teacher, teacher_size).n_cls_tokens  # shapes only: the teacher is read once, later
     names = [s.strip() for s in students.split(",") if s.strip()]
     if len(set(names)) != len(names):
         raise UsageError(f"--students {students}: a student is named twice")

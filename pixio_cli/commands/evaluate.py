@@ -120,8 +120,7 @@ def evaluate_knn(
     engine = Engine(device, precision, batch_size, workers, progress=False if quiet else None)
     encoder = engine.load_encoder(model, size)
     settings = {"--model": model_identity(model), "--size": size, "--resolution": resolution, "--normed": normed,
-                "--precision": str(engine.dtype).removeprefix("torch."),
-                "transform": "resize short side exactly, central square"}  # caches of older versions are refused
+                "--precision": str(engine.dtype).removeprefix("torch.")}
     with tempfile.TemporaryDirectory() as tmp:
         root = cache if cache is not None else Path(tmp)
         feats = {name: pooled_features(engine, encoder, split.paths, root / name, settings, overwrite, resolution,
@@ -169,8 +168,7 @@ def evaluate_pointmap(
         raise UsageError(f"--data {data}: no {split} sequences in the {dataset} layout")
     engine = Engine(device, precision, batch_size=views, workers=0, progress=False)
     net = prepare_pointmap(engine, load_pointmap(model))
-    policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=net.infer_short)
-    result = run(net, sequences, engine, views, gap, policy, limit)
+    result = run(net, sequences, engine, views, gap, ResizePolicy.parse(resize) if resize else None, limit)
     for k, v in result.items():
         typer.echo(f"{k:>10s}  {v:.4f}" if isinstance(v, float) else f"{k:>10s}  {v}", err=True)
     if json_out:
