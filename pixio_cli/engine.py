@@ -421,17 +421,19 @@ class Engine:
 
     def run(self, items: list[Item], policy: ResizePolicy, fn: BatchFn, on_result: ResultFn,
             desc: str = "pixio", skip: Callable[[Item], bool] | None = None,
-            on_error: Callable[[Item, str], None] | None = None) -> Summary:
+            on_error: Callable[[Item, str], None] | None = None, split_ranks: bool = False) -> Summary:
         """Run ``fn`` over ``items`` and hand each image's outputs (CPU tensors) to ``on_result``.
 
         ``on_result`` and ``on_error`` (an unreadable item and the reason) run on
         the background writer thread, in order. Items for
-        which ``skip`` is true (already done) are counted, not run. Under
-        torchrun each rank takes every world-size-th item of the full list, so
-        the split is the same on a rerun.
+        which ``skip`` is true (already done) are counted, not run. With
+        ``split_ranks``, under torchrun each rank takes every world-size-th item
+        of the full list, so the split is the same on a rerun; without it, the
+        caller has split the work (or needs all of it, as a metric does).
         """
-        rank, world, _ = dist_info()
-        items = items[rank::world]
+        if split_ranks:
+            rank, world, _ = dist_info()
+            items = items[rank::world]
         summary = Summary()
         if skip is not None:
             todo = [it for it in items if not skip(it)]

@@ -98,6 +98,15 @@ def test_mae_loss_is_deterministic_across_runs_and_batch_sizes(mae_file, tmp_pat
     assert len(set(round(v, 6) for v in a.values())) > 1  # different images, different losses
 
 
+def test_under_torchrun_a_rank_curates_every_image_of_its_units(mae_file, tmp_path, monkeypatch):
+    # the command gives each rank its own units; the engine must not split their images again
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    data = _photos(tmp_path / "imgs", 5)
+    _curate(mae_file, [str(data)], tmp_path / "a", chunk=3)
+    assert len(_raw(tmp_path / "a")) == 5
+
+
 def test_normalisation_pass(tmp_path):
     settings = Settings(model="m", model_config={}, resolution=64, masks=1, seed=0, precision="float32")
     units = [curation.Unit("images/chunk-000000", [])]

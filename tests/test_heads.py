@@ -199,12 +199,14 @@ def test_head_training_ddp_two_cpu_processes(tiny_encoder_file, tmp_path):
     out = tmp_path / "ddp.safetensors"
     args = [str(a) for a in _train_args(tiny_encoder_file, data, out, 2)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(31000 + os.getpid() % 1000), "-m", "pixio_cli", *args, "--head", "linear", "--device", "cpu"]
+           str(31000 + os.getpid() % 1000), "-m", "pixio_cli", *args, "--head", "linear", "--device", "cpu", "--eval-limit", "4"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-2000:]
     model = load_head(str(out))
     assert type(model.head[0]) is torch.nn.BatchNorm2d  # (on CUDA SyncBatchNorm is turned back for saving)
-    assert json.loads(res.stdout.strip().splitlines()[-1])["batch_size"] == 4
+    provenance = json.loads(res.stdout.strip().splitlines()[-1])
+    assert provenance["batch_size"] == 4
+    assert provenance["val_metrics"]["images"] == 4  # rank 0 scores the whole split, not its share of it
 
 
 def test_depth_point_cloud(cli, tmp_path):

@@ -74,19 +74,27 @@ def curate(
                           on_unit=lambda u: ledger.record(u.name, identity(u)))
 
     # output: normalisation over everything, once every rank is done
+    done, failed = summary.done, summary.failed
     if world > 1:
+        import datetime
+
+        import torch
         import torch.distributed as dist
 
+        # gloo on the CPU, not engine.init_distributed's NCCL: the ranks only add up two counts after
+        # waiting for the slowest one, which may take far longer than NCCL's 10-minute watchdog allows
         if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        dist.barrier()
+            dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+        counts = torch.tensor([done, failed])
+        dist.all_reduce(counts)
+        done, failed = counts.tolist()
     if rank != 0:
         return
     # every unreadable image of the collection is named, also those recorded by an earlier run
     errors: list[tuple[str, str]] = []
     stats = normalise(output, units, settings, on_error=lambda key, error: errors.append((key, error)))
     echo_failures(errors)
-    typer.echo(f"curated {summary.done} images now ({summary.failed} unreadable), {stats['counts']['images']} "
+    typer.echo(f"curated {done} images now ({failed} unreadable), {stats['counts']['images']} "
                f"in all; mae_loss normalised between {stats['normalisation_bounds']['low']:.4f} and "
                f"{stats['normalisation_bounds']['high']:.4f}", err=True)
     if report is not None:

@@ -122,7 +122,7 @@ def depth(
     def done(it: Item) -> bool:
         return ledger is not None and ledger.done_item(it) and all(dest.path(it, t).exists() for t in tags)
 
-    summary = engine.run(items, policy, batch_fn(net, tile), write, desc="depth", skip=done)
+    summary = engine.run(items, policy, batch_fn(net, tile), write, desc="depth", skip=done, split_ranks=True)
     finish(summary, "predicted")
 
 

@@ -163,7 +163,7 @@ def extract(
         return (store is None or store.holds(it)) and (pca_path is None or pca_path(it).exists())
 
     try:
-        summary = engine.run(items, policy, features, write, desc="extract", skip=done)
+        summary = engine.run(items, policy, features, write, desc="extract", skip=done, split_ranks=True)
     finally:
         if store is not None:
             store.close()

@@ -84,7 +84,7 @@ def segment(
     def done(it: Item) -> bool:
         return ledger is not None and ledger.done_item(it) and all(dest.path(it, t).exists() for t in tags)
 
-    summary = engine.run(items, policy, batch_fn(net, tile), write, desc="segment", skip=done)
+    summary = engine.run(items, policy, batch_fn(net, tile), write, desc="segment", skip=done, split_ranks=True)
     finish(summary, "segmented")
 
 
