@@ -150,18 +150,23 @@ class PixioEncoder(nn.Module):
             return checkpoint(self.blocks[i], x, use_reentrant=False)
         return self.blocks[i](x)
 
-    def forward_blocks(self, x: torch.Tensor, blocks: Sequence[int], norm: bool = True) -> list[torch.Tensor]:
+    def forward_blocks(self, x: torch.Tensor, blocks: Sequence[int], norm: bool = True,
+                       keep: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Tokens (B, n_cls + H*W, D) after each block in ``blocks`` (0-based, negative allowed).
 
         With ``norm`` the final LayerNorm is applied to each output (the official
         ``*_norm`` features); without it the raw block outputs are returned.
-        Blocks after the last requested one are not run.
+        Blocks after the last requested one are not run. ``keep`` (B, n_keep)
+        names the only patches that go in, after the CLS tokens: the masked
+        encoder of pretraining and distillation.
         """
         wanted = sorted({b % self.depth for b in blocks}) if blocks else []
         for b in blocks:
             if not -self.depth <= b < self.depth:
                 raise UsageError(f"block {b} does not exist: the encoder has {self.depth} blocks (0..{self.depth - 1})")
         patches, cls = self.embed(x)
+        if keep is not None:
+            patches = torch.gather(patches, 1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
         t = torch.cat([cls, patches], dim=1)
         out: dict[int, torch.Tensor] = {}
         for i in range(wanted[-1] + 1 if wanted else 0):
@@ -169,17 +174,6 @@ class PixioEncoder(nn.Module):
             if i in wanted:
                 out[i] = self.norm(t) if norm else t
         return [out[b % self.depth] for b in blocks]
-
-    def forward_kept(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        """Tokens after the last block, before the final norm, of the CLS tokens and only the patches
-        ``keep`` (B, n_keep) names (all with None): the masked encoder of pretraining and distillation."""
-        patches, cls = self.embed(x)
-        if keep is not None:
-            patches = torch.gather(patches, 1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
-        t = torch.cat([cls, patches], dim=1)
-        for i in range(self.depth):
-            t = self.run_block(i, t)
-        return t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normed tokens of the last block, (B, n_cls + H*W, D)."""

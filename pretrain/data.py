@@ -239,7 +239,7 @@ class PretrainStream(IterableDataset):
                 if position <= skip_to:
                     continue
                 rng = np.random.default_rng([self.seed, epoch, _stable_hash(key)])
-                img = self._load(key, shard, payload, rng, self.img_size)
+                img = self._load(key, shard, payload, rng)
                 if img is not None:
                     produced = True
                     crop = random_resized_crop(img, self.img_size, rng, self.crop_scale)
@@ -248,7 +248,7 @@ class PretrainStream(IterableDataset):
                 return  # this worker has no usable data at all
             epoch, skip_to = epoch + 1, 0
 
-    def _load(self, key: str, shard: str | None, payload, rng: np.random.Generator, out: int) -> np.ndarray | None:
+    def _load(self, key: str, shard: str | None, payload, rng: np.random.Generator) -> np.ndarray | None:
         """The record decoded (at a reduced size where no crop of it needs more), or None when the
         curation rules drop it or it cannot be read."""
         u = float(rng.random())  # drawn for every record, so the crop stream does not depend on the rules
@@ -266,7 +266,7 @@ class PretrainStream(IterableDataset):
             else:
                 with tar.extractfile(member) as f:
                     buf = np.frombuffer(f.read(), np.uint8)
-            return decode_image(buf, key, reduce=crop_decode_factor(jpeg_size(buf), out, self.crop_scale))
+            return decode_image(buf, key, reduce=crop_decode_factor(jpeg_size(buf), self.img_size, self.crop_scale))
         except (InputError, OSError, tarfile.TarError):
             self.failed += 1
             return None

@@ -143,7 +143,7 @@ class Distiller(nn.Module):
     def student_tokens(self, name: str, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """A student's projected tokens (B, n_cls + kept patches, teacher width)."""
         enc = self.students[name]
-        return self.projectors[name](enc.norm(enc.forward_kept(x, keep)))
+        return self.projectors[name](enc.forward_blocks(x, [-1], keep=keep)[0])
 
     def forward(self, x: torch.Tensor) -> DistillOutput:
         with torch.no_grad():

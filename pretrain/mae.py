@@ -143,7 +143,7 @@ class PixioMAE(PixioEncoder):
             noise = self.block_noise(imgs.shape[0], grid_hw, device=imgs.device)
         keep, ids_restore, mask = self.masking(noise, grid_hw)
 
-        x = self.norm(self.forward_kept(imgs, keep))
+        x = self.forward_blocks(imgs, [-1], keep=keep)[0]
 
         x = self.decoder_embed(x)
         n_masked = ids_restore.shape[1] - (x.shape[1] - n_cls)
