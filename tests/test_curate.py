@@ -193,3 +193,29 @@ def test_resume_after_kill_and_corrupt_images(mae_file, tmp_path, monkeypatch, c
     assert cv2.imread(str(tmp_path / "report.png")).shape[1] > 600
     settings = json.loads((tmp_path / "out" / "curation.json").read_text())
     assert settings["masks"] == 2 and settings["resolution"] == 64 and settings["histogram"]["log_base"] == 2
+
+
+def test_torchrun_two_cpu_processes_match_one(mae_file, tmp_path, cli):
+    import os
+    import subprocess
+    import sys
+
+    data = _photos(tmp_path / "imgs", 5)
+    (data / "zz_corrupt.jpg").write_bytes(b"definitely not an image")
+    args = ["curate", str(data), "--model", str(mae_file), "--chunk", "2", "--workers", "0", "-q",
+            "--resolution", "64", "--masks", "2", "--batch-size", "2", "--device", "cpu", "--precision", "fp32"]
+    code, _, err = cli([*args, "-o", tmp_path / "one"])
+    assert code == 1, err
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+           str(32000 + os.getpid() % 1000), "-m", "pixio_cli", *args, "-o", str(tmp_path / "two")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode != 0 and "zz_corrupt.jpg" in res.stderr, res.stderr[-2000:]
+    assert "curated 5 images now (1 unreadable), 6 in all" in res.stderr  # the counts of both ranks
+
+    def rows(out):
+        return {r["path"]: r for r in map(json.loads, (tmp_path / out / "manifest.jsonl").read_text().splitlines())}
+
+    one, two = rows("one"), rows("two")
+    assert set(one) == set(two) and len(one) == 6
+    assert all(abs(one[p]["mae_loss"] - two[p]["mae_loss"]) < 1e-4 and one[p].get("sha256") == two[p].get("sha256")
+               for p in one)
