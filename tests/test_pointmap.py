@@ -373,7 +373,7 @@ def test_train_pointmap_command_saves_a_model_that_recon3d_runs(cli, tiny_encode
     assert load_pointmap(str(out / "pointmap.safetensors")).provenance["steps"] == 3
 
 
-def test_train_pointmap_resumes_exactly(cli, tiny_encoder_file, tmp_path):
+def test_train_pointmap_resumes_exactly(cli, tiny_encoder_file, frames, tmp_path):  # frames: skips without the data
     """Stopped at step 2 of 4 and resumed, the weights equal an uninterrupted run's (same samples and the
     same steps with known rays)."""
     from safetensors.torch import load_file
