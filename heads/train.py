@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from pixio_cli.checkpoints import load_encoder, load_torch
 from pixio_cli.encoder import set_fused_attention
-from pixio_cli.engine import Engine, adamw, autocast, dist_info, init_distributed, pick_device, pick_dtype
+from pixio_cli.engine import (Engine, adamw, autocast, dist_info, init_distributed, interrupts_deferred, pick_device,
+                              pick_dtype)
 from pixio_cli.errors import PixioError, UsageError
 from pixio_cli.images import read_image
 from pixio_cli.writers import atomic_path
@@ -102,11 +103,13 @@ class StepCheckpoint:
             torch.set_rng_state(self.extra["rng"])
         return state["step"], state["loss"]
 
-    def save(self, step: int, loss: float) -> None:
+    def save(self, step: int, loss: float, rng: torch.Tensor | None = None) -> None:
+        """``rng``: the RNG state as ``step`` began (default: the current one)."""
         if self.rank == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            rng = torch.get_rng_state() if rng is None else rng
             state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": step,
-                     "loss": loss, "extra": {**self.extra, "rng": torch.get_rng_state()}}
+                     "loss": loss, "extra": {**self.extra, "rng": rng}}
             with atomic_path(self.path) as tmp:
                 torch.save(state, tmp)
         if self.world > 1:
@@ -126,7 +129,7 @@ def run_steps(loader, loss_fn, opt: torch.optim.Optimizer, ckpt: StepCheckpoint,
     bar = tqdm(total=total, initial=start, desc=desc, file=sys.stderr, dynamic_ncols=True,
                disable=ckpt.rank != 0 or None)
     t0 = time.perf_counter()
-    step = start
+    step, rng = start, torch.get_rng_state()  # rng: as ``step`` began, what a Ctrl-C within it must save
     try:
         for batch in loader:
             for g, b in zip(opt.param_groups, base):
@@ -140,15 +143,16 @@ def run_steps(loader, loss_fn, opt: torch.optim.Optimizer, ckpt: StepCheckpoint,
             loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(params, clip)
-            opt.step()
-            step, last = step + 1, value
+            with interrupts_deferred():  # the update and the step count go together
+                opt.step()
+                step, last, rng = step + 1, value, torch.get_rng_state()
             bar.update(1)
             bar.set_postfix(loss=f"{last:.4f}")
             if step % save_every == 0 and step < total:
                 ckpt.save(step, last)
     except KeyboardInterrupt:
         if ckpt.world == 1:
-            ckpt.save(step, last)
+            ckpt.save(step, last, rng)
         raise
     finally:
         bar.close()

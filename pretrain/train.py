@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from pixio_cli.checkpoints import load_torch, save_safetensors
 from pixio_cli.encoder import set_fused_attention
-from pixio_cli.engine import adamw, autocast, dist_info, init_distributed, pick_device, pick_dtype
+from pixio_cli.engine import (adamw, autocast, dist_info, init_distributed, interrupts_deferred, pick_device,
+                              pick_dtype)
 from pixio_cli.errors import PixioError, UsageError
 from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD
 from pixio_cli.writers import atomic_path, write_image, write_json
@@ -210,13 +211,18 @@ class Trainer:
         dist.all_gather_object(out, obj)
         return out
 
-    def save(self) -> None:
-        """Write ``checkpoint.pt`` atomically (rank 0), with every rank's RNG and data positions."""
-        model_sd, optim_sd = self._state_dicts()
+    def _progress(self) -> dict:
+        """This rank's RNG, data positions and failure count: where its stream stands."""
         rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
-        per_rank = self._gather({"rng": rng, "positions": dict(self.positions), "last_worker": self.last_worker,
-                                 "failed": self._failed_here()})
+        return {"rng": rng, "positions": dict(self.positions), "last_worker": self.last_worker,
+                "failed": self._failed_here()}
+
+    def save(self, progress: dict | None = None) -> None:
+        """Write ``checkpoint.pt`` atomically (rank 0), with every rank's RNG and data positions
+        (``progress``: those of the start of an unfinished step, else the current ones)."""
+        model_sd, optim_sd = self._state_dicts()
+        per_rank = self._gather(progress or self._progress())
         if self.rank == 0:
             cfg = self.cfg.to_dict()
             state = {"model": model_sd, "optimizer": optim_sd, "step": self.step, "world": self.world,
@@ -277,10 +283,11 @@ class Trainer:
         batches = iter(self.loader())
         bar = tqdm(total=cfg.steps, initial=self.step, desc="pretrain", unit="step", file=sys.stderr,
                    disable=self.rank != 0 or None, dynamic_ncols=True)
-        t0, images_since, last = time.perf_counter(), 0, {}
+        t0, images_since, last, unfinished = time.perf_counter(), 0, {}, None
         self.model.train()
         try:
             while self.step < cfg.steps:
+                unfinished = self._progress()  # what a Ctrl-C before the update must save
                 lr = lr_at(self.step, cfg, self.peak_lr)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
@@ -305,20 +312,22 @@ class Trainer:
                         f"(the last good checkpoint in {out} is kept). Try a lower --blr or --clip-grad")
                 if cfg.clip_grad:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-                self.optimizer.step()
+                with interrupts_deferred():  # the update, the step count and the step's metrics go together
+                    self.optimizer.step()
+                    self.step += 1
+                    unfinished = None
+                    bar.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                        dt = time.perf_counter() - t0
+                        last = {"step": self.step, "loss": loss, "lr": lr, "images_per_s": images_since / dt,
+                                "epoch": max((e for e, _ in self.positions.values()), default=0),
+                                "failed_images": self._failed_images(),
+                                **{k: float(v) for k, v in getattr(res, "logs", {}).items()}}  # per student
+                        t0, images_since = time.perf_counter(), 0
+                        if self.rank == 0:
+                            _append_metrics(out / "metrics.jsonl", last, board)
+                            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                 self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    dt = time.perf_counter() - t0
-                    last = {"step": self.step, "loss": loss, "lr": lr, "images_per_s": images_since / dt,
-                            "epoch": max((e for e, _ in self.positions.values()), default=0),
-                            "failed_images": self._failed_images(),
-                            **{k: float(v) for k, v in getattr(res, "logs", {}).items()}}  # per student, last step
-                    t0, images_since = time.perf_counter(), 0
-                    if self.rank == 0:
-                        _append_metrics(out / "metrics.jsonl", last, board)
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                 if (self.rank == 0 and cfg.recon_every and self.step % cfg.recon_every == 0
                         and hasattr(self.core, "reconstruct")):
                     self._recon_grid(x, res)
@@ -326,7 +335,7 @@ class Trainer:
                     self.save()
         except KeyboardInterrupt:
             if self.world == 1:  # save progress; with several ranks the collectives may already be gone
-                self.save()
+                self.save(unfinished)
             raise
         finally:
             bar.close()

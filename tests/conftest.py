@@ -96,17 +96,29 @@ def write_tar(path: Path, members: dict[str, bytes]) -> Path:
 
 
 @contextlib.contextmanager
-def head_training_stopped_at(step: int):
-    """`pixio train depth|segment|pointmap` run inside this stops with Ctrl-C as it begins ``step``."""
+def head_training_stopped_at(step: int, in_update: bool = False):
+    """`pixio train depth|segment|pointmap` run inside this stops with Ctrl-C as it begins ``step`` (counted
+    from 0), or, ``in_update``, with a SIGINT that lands just after that step's optimizer update."""
+    import os
+    import signal
+
     import heads.train as train_mod
 
-    real = train_mod.lr_factor
+    real_lr, real_step, updates = train_mod.lr_factor, torch.optim.AdamW.step, []
 
     def stop(s: int, total: int, warmup: int) -> float:
-        if s == step:
+        if s == step and not in_update:
             raise KeyboardInterrupt
-        return real(s, total, warmup)
+        return real_lr(s, total, warmup)
+
+    def update(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        updates.append(1)
+        if in_update and len(updates) == step + 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train_mod, "lr_factor", stop)
+        mp.setattr(torch.optim.AdamW, "step", update)
         yield

@@ -176,14 +176,17 @@ def test_head_training_resumes_exactly(cli, tiny_encoder_file, tmp_path):
     data = _depth_data(tmp_path / "d")
     code, _, err = cli(_train_args(tiny_encoder_file, data, tmp_path / "full.safetensors", 6))
     assert code == 0, err
-    with head_training_stopped_at(3):
-        code, _, _ = cli(_train_args(tiny_encoder_file, data, tmp_path / "cut.safetensors", 6))
-    assert code == 130 and (tmp_path / "cut.safetensors.ckpt").exists()
-    assert not (tmp_path / "cut.safetensors").exists()
-    code, _, err = cli([*_train_args(tiny_encoder_file, data, tmp_path / "cut.safetensors", 6), "--resume"])
-    assert code == 0, err
-    a, b = load_file(str(tmp_path / "full.safetensors")), load_file(str(tmp_path / "cut.safetensors"))
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a if k.startswith("head."))
+    a = load_file(str(tmp_path / "full.safetensors"))
+    for in_update in (False, True):  # Ctrl-C as step 3 begins, or just after its weights moved
+        cut = tmp_path / f"cut{int(in_update)}.safetensors"
+        with head_training_stopped_at(3, in_update):
+            code, _, _ = cli(_train_args(tiny_encoder_file, data, cut, 6))
+        assert code == 130 and Path(f"{cut}.ckpt").exists()
+        assert not cut.exists()
+        code, _, err = cli([*_train_args(tiny_encoder_file, data, cut, 6), "--resume"])
+        assert code == 0, err
+        b = load_file(str(cut))
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a if k.startswith("head.")), in_update
     # a damaged step checkpoint is a one-line checkpoint error, not a traceback
     (tmp_path / "bad.safetensors.ckpt").write_bytes(b"PK\x03\x04 truncated")
     code, _, err = cli([*_train_args(tiny_encoder_file, data, tmp_path / "bad.safetensors", 6), "--resume"])

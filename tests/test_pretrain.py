@@ -260,6 +260,10 @@ def test_smoke_run_exports_official_encoder(cli, tmp_path):
 
 
 def test_resume_continues_exactly(cli, tmp_path, monkeypatch):
+    """Ctrl-C between steps, inside a forward and inside the optimizer update: each resumed run ends with
+    the losses, failure counts and weights of an uninterrupted one."""
+    import signal
+
     import pretrain.train as train
 
     data = _photos(tmp_path / "photos")
@@ -268,32 +272,45 @@ def test_resume_continues_exactly(cli, tmp_path, monkeypatch):
     code, _, err = cli([*args, "-o", tmp_path / "full"])
     assert code == 0, err
 
-    real = train._append_metrics
+    def on_call(m: pytest.MonkeyPatch, owner, name: str, n: int, stop) -> None:
+        """Patch ``owner.name`` so that its n-th call runs and then calls ``stop``."""
+        real, calls = getattr(owner, name), []
 
-    def interrupt_after_3(path, rec, board):  # odd: the other data worker's batch is due next
-        real(path, rec, board)
-        if rec["step"] == 3:
-            raise KeyboardInterrupt
+        def wrapper(*a, **k):
+            out = real(*a, **k)
+            calls.append(1)
+            if len(calls) == n:
+                stop()
+            return out
 
-    monkeypatch.setattr(train, "_append_metrics", interrupt_after_3)
-    code, _, err = cli([*args, "-o", tmp_path / "cut"])
-    assert code == 130
-    monkeypatch.setattr(train, "_append_metrics", real)
-    code, _, err = cli(["pretrain", "--resume", tmp_path / "cut"])
-    assert code == 0, err
+        m.setattr(owner, name, wrapper)
 
-    def losses(run):
-        return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    def raise_interrupt():
+        raise KeyboardInterrupt
 
-    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    def records(run):
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
-    def failed(run):
-        return [r["failed_images"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
-
-    assert failed(tmp_path / "cut") == failed(tmp_path / "full") and failed(tmp_path / "full")[-1] > 0
-    a = torch.load(tmp_path / "full" / "encoder.pth", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "encoder.pth", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    full = records(tmp_path / "full")
+    assert full[-1]["failed_images"] > 0
+    stops = {  # the 3rd step's metrics (odd: the other data worker's batch is due next), the 4th forward
+        "between steps": (train, "_append_metrics", 3, raise_interrupt),  # (masks and batch drawn), and a
+        "in a forward": (PixioMAE, "forward", 4, raise_interrupt),  # signal that lands just after the
+        "in the update": (torch.optim.AdamW, "step", 4, lambda: os.kill(os.getpid(), signal.SIGINT)),  # weights moved
+    }
+    for where, (owner, name, n, stop) in stops.items():
+        cut = tmp_path / where.replace(" ", "_")
+        with monkeypatch.context() as m:
+            on_call(m, owner, name, n, stop)
+            code, _, err = cli([*args, "-o", cut])
+        assert code == 130, (where, err)
+        code, _, err = cli(["pretrain", "--resume", cut])
+        assert code == 0, (where, err)
+        assert [(r["step"], r["loss"], r["failed_images"]) for r in records(cut)] == \
+            [(r["step"], r["loss"], r["failed_images"]) for r in full], where
+        a = torch.load(tmp_path / "full" / "encoder.pth", weights_only=True)
+        b = torch.load(cut / "encoder.pth", weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a), where
 
 
 def test_non_finite_loss_stops_with_step(cli, tmp_path, monkeypatch):
