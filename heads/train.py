@@ -16,11 +16,11 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pixio_cli.checkpoints import load_encoder, load_torch
+from pixio_cli.checkpoints import load_encoder, load_torch_dict
 from pixio_cli.encoder import set_fused_attention
 from pixio_cli.engine import (Engine, adamw, autocast, dist_info, init_distributed, interrupts_deferred, pick_device,
                               pick_dtype)
-from pixio_cli.errors import PixioError, UsageError
+from pixio_cli.errors import CheckpointError, PixioError, UsageError
 from pixio_cli.images import read_image
 from pixio_cli.writers import atomic_path
 
@@ -95,9 +95,14 @@ class StepCheckpoint:
         """(step, loss) of the checkpoint, model and optimizer restored, ``extra`` filled."""
         if not self.path.exists():
             raise UsageError(f"--resume: no {self.path} to continue from")
-        state = load_torch(self.path)
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
+        state = load_torch_dict(self.path, ("model", "optimizer", "step", "loss"), "a pixio training checkpoint")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{self.path} was written by a run with other settings ({first}); resume "
+                                  "with the options it was started with, or start afresh without --resume") from None
         self.extra = state.get("extra", {})
         if "rng" in self.extra:
             torch.set_rng_state(self.extra["rng"])

@@ -74,6 +74,15 @@ def load_torch(path: str | os.PathLike, mmap: bool = False) -> object:
         raise CheckpointError(unreadable(path, e)) from None
 
 
+def load_torch_dict(path: str | os.PathLike, keys: tuple[str, ...], what: str, mmap: bool = False) -> dict:
+    """``load_torch`` of a file that must be a dict holding ``keys`` (one of our training checkpoints);
+    anything else is a one-line CheckpointError saying it is not ``what``."""
+    state = load_torch(path, mmap)
+    if not isinstance(state, dict) or not all(k in state for k in keys):
+        raise CheckpointError(f"{path} is not {what} (it holds no {', '.join(keys)})")
+    return state
+
+
 def unreadable(path: str | os.PathLike, error: Exception) -> str:
     """One line saying why a checkpoint file could not be read."""
     import pickle

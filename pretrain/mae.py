@@ -15,7 +15,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from pixio_cli.checkpoints import empty, load_torch, read_checkpoint, require_filled
+from pixio_cli.checkpoints import empty, load_torch_dict, read_checkpoint, require_filled
 from pixio_cli.encoder import EncoderConfig, PixioEncoder, resize_pos_embed
 from pixio_cli.errors import CheckpointError, UsageError
 
@@ -209,8 +209,9 @@ def load_mae(source: str | os.PathLike) -> PixioMAE:
         else:
             raise CheckpointError(f"{source} has no checkpoint.pt or mae.safetensors: not a pretrain output folder")
     if path.endswith(".pt"):
-        state = load_torch(path)
-        tensors, meta = state["model"], {"mae_config": state["config"]["mae"]}
+        state = load_torch_dict(path, ("model", "config"), "a pixio pretrain checkpoint")
+        cfg = state["config"]
+        tensors, meta = state["model"], ({"mae_config": cfg["mae"]} if isinstance(cfg, dict) and "mae" in cfg else {})
     else:
         ckpt = read_checkpoint(path)
         tensors, meta = ckpt.tensors, ckpt.metadata

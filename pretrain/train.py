@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pixio_cli.checkpoints import load_torch, save_safetensors
+from pixio_cli.checkpoints import load_torch_dict, save_safetensors
 from pixio_cli.encoder import set_fused_attention
 from pixio_cli.engine import (adamw, autocast, dist_info, init_distributed, interrupts_deferred, pick_device,
                               pick_dtype)
@@ -420,7 +420,7 @@ def _read_state(out: str | os.PathLike, mmap: bool = False) -> dict:
     path = Path(out) / CHECKPOINT
     if not path.exists():
         raise UsageError(f"--resume {out}: no {CHECKPOINT} there")
-    return load_torch(path, mmap)
+    return load_torch_dict(path, ("model", "optimizer", "step", "config", "ranks"), "a pixio pretrain checkpoint", mmap)
 
 
 def read_run_config(out: str | os.PathLike) -> TrainConfig:

@@ -89,7 +89,8 @@ def test_our_format_roundtrip_and_fp16(tiny_encoder, tiny_encoder_file, tmp_path
         assert (half(X) - tiny_encoder(X)).abs().max() < 0.05
 
 
-def test_shapes_only_reads_no_tensor_data(tiny_encoder, tmp_path):
+def test_shapes_only_reads_no_tensor_data(tiny_encoder, tmp_path, monkeypatch):
+    import safetensors
     from safetensors.torch import save_file
 
     torch.save({"model": tiny_encoder.state_dict()}, tmp_path / "a.pth")
@@ -97,13 +98,55 @@ def test_shapes_only_reads_no_tensor_data(tiny_encoder, tmp_path):
     (tmp_path / "hf").mkdir()
     save_file(to_transformers_layout(tiny_encoder.state_dict()), str(tmp_path / "hf" / "model.safetensors"))
     (tmp_path / "hf" / "config.json").write_text(json.dumps({"num_attention_heads": TINY.num_heads}))
-    for source in (tmp_path / "a.pth", tmp_path / "b.safetensors", tmp_path / "hf"):
-        full, shapes = read_checkpoint(source), read_checkpoint(source, shapes_only=True)
+    fulls = {source: read_checkpoint(source) for source in (tmp_path / "a.pth", tmp_path / "b.safetensors",
+                                                             tmp_path / "hf")}
+    real_open, real_load, loads = safetensors.safe_open, torch.load, []
+
+    class NoData:  # a safetensors file whose tensor data cannot be read
+        def __init__(self, *args, **kwargs):
+            self.f = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def __getattr__(self, name):
+            if name == "get_tensor":
+                raise AssertionError("tensor data read")
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(safetensors, "safe_open", NoData)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("mmap")) or real_load(*a, **k))
+    for source, full in fulls.items():
+        shapes = read_checkpoint(source, shapes_only=True)
         assert all(t.is_meta for t in shapes.tensors.values())
         assert {k: (t.shape, t.dtype) for k, t in shapes.tensors.items()} == \
             {k: (t.shape, t.dtype) for k, t in full.tensors.items()}
+    assert loads == [True]  # the .pth: tensors left on disk (mmap), then replaced by meta tensors
     for source in (tmp_path / "b.safetensors", tmp_path / "hf"):  # the .pth carries no head count
         assert encoder_config(source) == TINY
+
+
+def test_torch_files_of_another_kind_are_one_line_checkpoint_errors(cli, tiny_encoder, tmp_path):
+    """A plain state dict or a list where a pretrain checkpoint belongs (curate's --model, pretrain's
+    --resume) is a checkpoint error, not an internal one."""
+    from pretrain.mae import load_mae
+
+    torch.save(tiny_encoder.state_dict(), tmp_path / "plain.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    for name in ("plain.pt", "list.pt"):
+        with pytest.raises(CheckpointError, match="not a pixio pretrain checkpoint"):
+            load_mae(tmp_path / name)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes((tmp_path / "plain.pt").read_bytes())
+    (tmp_path / "photo.png").write_bytes(b"")
+    for args in (["pretrain", "--resume", tmp_path / "run"],
+                 ["curate", tmp_path / "photo.png", "-o", tmp_path / "c", "--model", tmp_path / "list.pt"]):
+        code, _, err = cli(args)
+        assert code == 2 and "not a pixio pretrain checkpoint" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_size_flag_and_mismatch(tmp_path):

@@ -183,6 +183,9 @@ def test_head_training_resumes_exactly(cli, tiny_encoder_file, tmp_path):
             code, _, _ = cli(_train_args(tiny_encoder_file, data, cut, 6))
         assert code == 130 and Path(f"{cut}.ckpt").exists()
         assert not cut.exists()
+        other = [a if a != "16" else "8" for a in _train_args(tiny_encoder_file, data, cut, 6)]  # --features 8
+        code, _, err = cli([*other, "--resume"])
+        assert code == 2 and "other settings" in err and len(err.strip().splitlines()) == 1, err
         code, _, err = cli([*_train_args(tiny_encoder_file, data, cut, 6), "--resume"])
         assert code == 0, err
         b = load_file(str(cut))
