@@ -7,7 +7,8 @@ finished output with the identity of the input it came from (size and
 modification time of the file; the frame or tar member). A rerun skips an
 output only when the settings are the same and its input has not changed. A
 rerun with other settings is refused before any work, naming the options that
-differ, unless ``--overwrite`` is given, which starts the ledger afresh and
+differ, unless ``--overwrite`` is given, which starts the ledger afresh (removing
+the ledgers of runs with another number of processes) and
 redoes everything. Under torchrun every rank keeps its own ledger
 (``.pixio-run-r<rank>.jsonl``) and reads all of them.
 """
@@ -64,6 +65,9 @@ class Ledger:
         self.settings = json.loads(json.dumps(settings))  # as it reads back from JSON
         self.path = self.folder / (f"{LEDGER}.jsonl" if world == 1 else f"{LEDGER}-r{rank}.jsonl")
         self.finished: dict[str, list] = {}
+        if overwrite:
+            self._start_afresh(world)
+            return
         mine_ok = False
         for ledger in sorted(self.folder.glob(f"{LEDGER}*.jsonl")):
             lines = ledger.read_text().splitlines()
@@ -71,10 +75,8 @@ class Ledger:
                 stored = json.loads(lines[0])["settings"] if lines else None
             except (ValueError, KeyError, TypeError):
                 stored = None
-            if stored != self.settings and not overwrite:
+            if stored != self.settings:
                 raise UsageError(self._mismatch(stored))
-            if overwrite:
-                continue
             mine_ok |= ledger == self.path
             for line in lines[1:]:
                 try:
@@ -82,12 +84,17 @@ class Ledger:
                 except ValueError:  # a line cut by a kill: that output is redone
                     continue
                 self.finished[rec["key"]] = rec["input"]
-        if overwrite and world == 1:
-            for ledger in self.folder.glob(f"{LEDGER}*.jsonl"):
-                if ledger != self.path:
-                    ledger.unlink()
         if not mine_ok:
             write_text(self.path, json.dumps({"settings": self.settings}) + "\n")
+
+    def _start_afresh(self, world: int) -> None:
+        """This rank's ledger anew; every ledger that no rank of this run writes (another run's, with
+        another number of processes) is removed, so that the next run reads only this one's."""
+        this_run = {self.path} if world == 1 else {self.folder / f"{LEDGER}-r{r}.jsonl" for r in range(world)}
+        for ledger in self.folder.glob(f"{LEDGER}*.jsonl"):
+            if ledger not in this_run:
+                ledger.unlink(missing_ok=True)  # the other ranks may be removing it too
+        write_text(self.path, json.dumps({"settings": self.settings}) + "\n")
 
     def _mismatch(self, stored: dict | None) -> str:
         if stored is None:

@@ -221,6 +221,23 @@ def test_engine_halves_batch_on_out_of_memory():
     assert engine.batch_size == 2 and seen[:3] == [8, 4, 2]
 
 
+def test_overwrite_under_torchrun_clears_the_ledgers_of_other_runs(cli, tiny_encoder_file, photos, tmp_path,
+                                                                    monkeypatch):
+    """A single-process run, then a 2-rank --overwrite with other settings: a later 2-rank rerun resumes
+    (the first run's ledger is gone) instead of being refused."""
+    out = tmp_path / "o"
+    code, _, err = cli([*base(tiny_encoder_file), str(photos), "-o", out, "--pool", "cls"])
+    assert code == 0, err
+    (out / ".pixio-run-r2.jsonl").write_text((out / ".pixio-run.jsonl").read_text())  # as a 3-rank run leaves
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for extra in (["--overwrite"], []):
+        for rank in (0, 1):  # run one after the other as torchrun would run them side by side
+            monkeypatch.setenv("RANK", str(rank))
+            code, _, err = cli([*base(tiny_encoder_file), str(photos), "-o", out, "--pool", "mean", *extra])
+            assert code == 0, err
+    assert sorted(p.name for p in out.glob(".pixio-run*")) == [".pixio-run-r0.jsonl", ".pixio-run-r1.jsonl"]
+
+
 def test_shards_under_torchrun_ranks(cli, tiny_encoder_file, photos, tmp_path, monkeypatch):
     out = tmp_path / "s"
     for rank in (0, 1):  # two ranks, run one after the other as torchrun would run them side by side
