@@ -160,6 +160,19 @@ def test_every_command_line_mistake_is_a_usage_error(cli, args):
         assert len(err.strip().splitlines()) == 1, err
 
 
+def test_one_process_commands_refuse_torchrun(cli, tmp_path, monkeypatch):
+    """recon3d and evaluate do their whole job in one process: under torchrun every rank would redo it
+    and write the same files."""
+    img = write_rgb(tmp_path / "i.jpg")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for args in (["recon3d", img, "-o", tmp_path / "s.ply"], ["evaluate", "knn", "--data", tmp_path],
+                 ["evaluate", "depth", "--data", tmp_path]):
+        code, _, err = cli(args)
+        assert code == 2 and "runs in one process" in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert not (tmp_path / "s.ply").exists()
+
+
 @pytest.mark.parametrize("extra,expected", [
     (["--blocks", "1,1"], "named twice"), (["--blocks", ""], "empty"), (["--precision", "fp16"], "needs a GPU"),
     (["--resize", "100x20"], "4:1"), (["--device", "tpu"], "expected auto"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import typer
@@ -27,6 +28,14 @@ def parse_blocks(spec: str | None, depth: int) -> list[int]:
     if len(set(resolved)) != len(resolved):
         raise UsageError(f"--blocks {spec}: a block is named twice (blocks {resolved})")
     return resolved
+
+
+def single_process(command: str) -> None:
+    """Refuse torchrun for a command that does its whole job in one process (every rank would redo it
+    and write the same files)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError(f"pixio {command} runs in one process; run it without torchrun (torchrun splits "
+                         "extract, depth, segment, curate, pretrain, distill and train)")
 
 
 def write_json_line(record: dict) -> None:

@@ -9,9 +9,15 @@ import typer
 
 from .. import options as opt
 from ..errors import UsageError
+from .common import single_process
 
 app = typer.Typer(help="Evaluate a head (depth, segment) or an encoder (knn), with the official metrics.",
                   no_args_is_help=True)
+
+
+@app.callback()
+def _one_process() -> None:
+    single_process("evaluate")
 
 
 def _run(task: str, model: str, data: Path, dataset: str, split: str, json_out: bool, device: str,

@@ -12,6 +12,7 @@ import typer
 from .. import options as opt
 from ..errors import UsageError
 from ..model_ids import DEFAULT_POINTMAP, POINTMAP_SHORT_SIDE
+from .common import report_failures, single_process
 
 
 
@@ -80,6 +81,7 @@ def recon3d(
 ) -> None:
     """Reconstruct one scene from its views: per-view point maps in the first camera's frame (x right,
     y down, z forward; metres with a metric model), cleaned and written as a coloured point cloud."""
+    single_process("recon3d")
     scene_path = _check(output, save_predictions, preview, overlap, chunk, glb, mesh, every, fps)
     started = time.perf_counter()
 
@@ -98,7 +100,6 @@ def recon3d(
     from ..images import ResizePolicy
     from ..inputs import collect
     from ..writers import write_image
-    from .common import report_failures
 
     # input, engine and model (whose training scale is the default processing size)
     items = collect(inputs, every=_every(inputs, every, fps))
