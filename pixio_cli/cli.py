@@ -81,6 +81,19 @@ def _usage_line(e: Exception) -> str:
     return f"pixio: usage error: {message}{where}"
 
 
+def _os_error_line(e: OSError) -> str:
+    """``<path>: <reason>``, naming the output rather than the hidden temporary file it was written as."""
+    import re
+    from pathlib import Path
+
+    reason = e.strerror or str(e)
+    if not e.filename:
+        return reason
+    path = Path(os.fsdecode(e.filename))
+    temp = re.fullmatch(r"\.(.+)\.[^.]+\.tmp(\.[^.]+)?", path.name)  # writers.atomic_path's names
+    return f"{path.with_name(temp.group(1)) if temp else path}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning known errors into one line and an exit code.
 
@@ -107,6 +120,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except (KeyboardInterrupt, _Abort):
         code = 130
+    except OSError as e:  # the machine said no (a folder not writable, a full disk): not a bug
+        if os.environ.get("PIXIO_DEBUG"):
+            raise
+        typer.echo(f"pixio: error: {_os_error_line(e)}", err=True)
+        sys.exit(2)
     except Exception as e:  # a bug, not bad input: still one line unless asked for more
         if os.environ.get("PIXIO_DEBUG"):
             raise

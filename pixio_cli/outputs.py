@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .inputs import Item
+from .writers import check_writable
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ def destination(output: Path, items: list[Item], formats: dict[str, str], fmt: s
         n = len(items)
         if n != 1:
             raise UsageError(f"-o {output} names one file but there are {n} inputs: give a folder")
+        check_writable(output.parent, f"-o {output}")
         return Destination(output, True, suffix), chosen
     chosen = fmt or default
+    check_writable(output, f"-o {output}")
     return Destination(output, False, ext_of[chosen]), chosen

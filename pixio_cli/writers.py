@@ -14,6 +14,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .errors import UsageError
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -46,6 +48,22 @@ def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_writable(folder: str | os.PathLike, option: str) -> None:
+    """Refuse, before any work, an output folder that cannot be made or written (``option``: the
+    option and value it came from, for the message). Nothing is created: the nearest existing folder
+    at or above it is tried with a probe file."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise UsageError(f"{option}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pixio-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{option}: cannot write in {existing} ({e.strerror or e})") from None
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

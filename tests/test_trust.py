@@ -160,6 +160,30 @@ def test_every_command_line_mistake_is_a_usage_error(cli, args):
         assert len(err.strip().splitlines()) == 1, err
 
 
+def test_outputs_that_cannot_be_written_are_one_line(cli, tiny_encoder_file, tmp_path, monkeypatch):
+    """Refused before any work where it can be known (a file in the way, a folder the system will not
+    write); a write that fails later (a full disk) is one line naming the output, not its temp file."""
+    img = write_rgb(tmp_path / "i.jpg")
+    (tmp_path / "file").write_text("in the way")
+    for args, expected in (([*ex(tiny_encoder_file), img, "-o", tmp_path / "file" / "o"], "is a file, not a folder"),
+                           ([*ex(tiny_encoder_file), img, "-o", "/proc/pixio-test.npz"], "cannot write in /proc"),
+                           (["depth", img, "-o", "/proc/d.png"], "cannot write in /proc"),
+                           (["curate", img, "-o", tmp_path / "file" / "c"], "is a file, not a folder"),
+                           (["curate", img, "-o", tmp_path / "c", "--report", "/proc/r.png"], "cannot write in /proc"),
+                           (["recon3d", img, "-o", "/proc/s.ply"], "cannot write in /proc")):
+        code, _, err = cli(args)
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert not (tmp_path / "c").exists()
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device", str(src))
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    code, _, err = cli([*ex(tiny_encoder_file), img, "-o", tmp_path / "o"])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{tmp_path / 'o' / '.pixio-run.jsonl'}: No space left on device" in err and ".tmp" not in err, err
+
+
 def test_one_process_commands_refuse_torchrun(cli, tmp_path, monkeypatch):
     """recon3d and evaluate do their whole job in one process: under torchrun every rank would redo it
     and write the same files."""

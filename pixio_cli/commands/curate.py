@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import options as opt
+from ..errors import UsageError
 
 
 def curate(
@@ -49,12 +50,17 @@ def curate(
 
     from ..engine import Engine, dist_info
     from ..resume import Ledger, file_identity, item_identity, model_identity
-    from ..writers import write_image
+    from ..writers import check_writable, write_image
     from .common import echo_failures
 
     # input
+    if report is not None and report.suffix.lower() != ".png":
+        raise UsageError(f"--report {report}: the report is a .png")
     units = find_units(inputs, chunk)
     rank, world, _ = dist_info()
+    check_writable(output, f"-o {output}")
+    if report is not None:
+        check_writable(report.parent, f"--report {report}")
 
     # engine and model
     engine = Engine(device, precision, batch_size, workers, progress=False if quiet else None)

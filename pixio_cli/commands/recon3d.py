@@ -188,7 +188,10 @@ def recon3d(
 
 def _check(output: Path, save_predictions: Optional[Path], preview: Optional[Path], overlap: int, chunk: int,
            glb: bool, mesh: bool, every: int, fps: Optional[float]) -> Path:
-    """Option combinations that cannot work, before any work; the scene's path."""
+    """Option combinations that cannot work, and outputs that cannot be written, before any work; the
+    scene's path."""
+    from ..writers import check_writable  # numpy: not at start-up
+
     if output.suffix and output.suffix.lower() != ".ply":
         raise UsageError(f"-o {output}: the scene is written as .ply (or give a folder)")
     if save_predictions is not None and save_predictions.suffix.lower() != ".npz":
@@ -201,7 +204,11 @@ def _check(output: Path, save_predictions: Optional[Path], preview: Optional[Pat
         raise UsageError("--glb writes the mesh (Open3D cannot write a point cloud as GLB): add --mesh")
     if fps is not None and every != 1:
         raise UsageError("--fps and --every both choose video frames: give one")
-    return output if output.suffix.lower() == ".ply" else output / "scene.ply"
+    scene = output if output.suffix.lower() == ".ply" else output / "scene.ply"
+    for option, path in (("-o", output), ("--save-predictions", save_predictions), ("--preview", preview)):
+        if path is not None:
+            check_writable(scene.parent if path is output else path.parent, f"{option} {path}")
+    return scene
 
 
 def _every(inputs: list[str], every: int, fps: Optional[float]) -> int:
