@@ -52,8 +52,15 @@ def natural_key(name: str) -> list:
 
 
 def _walk(folder: Path, videos: bool) -> list[Path]:
+    """Images (and videos) under ``folder``, in natural order; hidden files and folders are left out, and
+    so are subfolders that hold a pixio run's ledger: another run's outputs, not inputs."""
+    from .resume import LEDGER
+
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
+        if root != str(folder) and any(f.startswith(LEDGER) for f in files):
+            dirs[:] = []
+            continue
         dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=natural_key)
         for f in sorted(files, key=natural_key):
             p = Path(root) / f

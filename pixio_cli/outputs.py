@@ -8,6 +8,7 @@ never silently becomes a folder of PNGs.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +70,20 @@ def destination(output: Path, items: list[Item], formats: dict[str, str], fmt: s
         n = len(items)
         if n != 1:
             raise UsageError(f"-o {output} names one file but there are {n} inputs: give a folder")
+        if items[0].error is None and _same(items[0].path, output):
+            raise UsageError(f"-o {output} is the input itself: name another file")
         check_writable(output.parent, f"-o {output}")
         return Destination(output, True, suffix), chosen
     chosen = fmt or default
+    dest = Destination(output, False, ext_of[chosen])
+    beside = next((it for it in items if it.error is None and it.frame is None
+                   and _same(Path(it.path).parent, dest.path(it, dest.main).parent)), None)
+    if beside is not None:
+        raise UsageError(f"-o {output} would put outputs beside the inputs ({beside.label}), where the next run "
+                         "would read them as inputs: choose a folder apart from the inputs")
     check_writable(output, f"-o {output}")
-    return Destination(output, False, ext_of[chosen]), chosen
+    return dest, chosen
+
+
+def _same(a: str | Path, b: str | Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)

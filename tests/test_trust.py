@@ -184,6 +184,27 @@ def test_outputs_that_cannot_be_written_are_one_line(cli, tiny_encoder_file, tmp
     assert f"{tmp_path / 'o' / '.pixio-run.jsonl'}: No space left on device" in err and ".tmp" not in err, err
 
 
+def test_outputs_never_become_inputs(cli, depth_head, tmp_path):
+    """An output folder inside the input folder is not read back on a rerun; one that holds the inputs,
+    and a single output that is the input itself, are refused before any work."""
+    src = tmp_path / "imgs"
+    write_rgb(src / "a.jpg")
+    write_rgb(src / "b.png")
+    args = ["depth", src, "--model", depth_head, "-q", "-o"]
+    for run in range(2):
+        code, _, err = cli([*args, src / "depth"])
+        assert code == 0 and (run == 0 or "skipped 2" in err), err
+    assert sorted(p.relative_to(src).as_posix() for p in (src / "depth").rglob("*.png")) == ["depth/a.png", "depth/b.png"]
+    code, _, err = cli([*args, src])
+    assert code == 2 and "beside the inputs" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = cli(["depth", tmp_path, "--model", depth_head, "-q", "-o", tmp_path])  # imgs/ beside imgs/depth/
+    assert code == 2 and "beside the inputs" in err, err
+    before = (src / "b.png").read_bytes()
+    code, _, err = cli(["depth", src / "b.png", "--model", depth_head, "-q", "-o", src / "b.png"])
+    assert code == 2 and "is the input itself" in err, err
+    assert (src / "b.png").read_bytes() == before
+
+
 def test_one_process_commands_refuse_torchrun(cli, tmp_path, monkeypatch):
     """recon3d and evaluate do their whole job in one process: under torchrun every rank would redo it
     and write the same files."""
