@@ -60,32 +60,44 @@ class Ledger:
     """The record of one output folder: the settings it was made with and what is finished."""
 
     def __init__(self, folder: str | os.PathLike, settings: dict, overwrite: bool = False,
-                 rank: int = 0, world: int = 1) -> None:
+                 rank: int = 0, world: int = 1, optional: dict | None = None) -> None:
+        """``optional``: settings of outputs asked for only sometimes (None when not asked this time, as
+        the camera of ``depth --ply``). They are compared only when both runs asked for the output; the
+        first run to ask records its value."""
         self.folder = Path(folder)
-        self.settings = json.loads(json.dumps(settings))  # as it reads back from JSON
+        asked = {k: v for k, v in (optional or {}).items() if v is not None}
+        self.settings = json.loads(json.dumps({**settings, **asked}))  # as it reads back from JSON
         self.path = self.folder / (f"{LEDGER}.jsonl" if world == 1 else f"{LEDGER}-r{rank}.jsonl")
         self.finished: dict[str, list] = {}
         if overwrite:
             self._start_afresh(world)
             return
-        mine_ok = False
+        mine = None
         for ledger in sorted(self.folder.glob(f"{LEDGER}*.jsonl")):
             lines = ledger.read_text().splitlines()
             try:
                 stored = json.loads(lines[0])["settings"] if lines else None
             except (ValueError, KeyError, TypeError):
                 stored = None
-            if stored != self.settings:
-                raise UsageError(self._mismatch(stored))
-            mine_ok |= ledger == self.path
+            if stored is None:
+                raise UsageError(self._mismatch(None, {}))
+            before, now = _without(stored, optional, asked), _without(self.settings, optional, stored)
+            if before != now:
+                raise UsageError(self._mismatch(before, now))
+            if ledger == self.path:
+                mine = stored
             for line in lines[1:]:
                 try:
                     rec = json.loads(line)
                 except ValueError:  # a line cut by a kill: that output is redone
                     continue
                 self.finished[rec["key"]] = rec["input"]
-        if not mine_ok:
+        if mine is None:
             write_text(self.path, json.dumps({"settings": self.settings}) + "\n")
+        elif {**mine, **self.settings} != mine:  # an optional setting asked for the first time: recorded
+            self.settings = {**mine, **self.settings}
+            records = self.path.read_text().splitlines()[1:]
+            write_text(self.path, "".join(f"{line}\n" for line in [json.dumps({"settings": self.settings}), *records]))
 
     def _start_afresh(self, world: int) -> None:
         """This rank's ledger anew; every ledger that no rank of this run writes (another run's, with
@@ -96,12 +108,12 @@ class Ledger:
                 ledger.unlink(missing_ok=True)  # the other ranks may be removing it too
         write_text(self.path, json.dumps({"settings": self.settings}) + "\n")
 
-    def _mismatch(self, stored: dict | None) -> str:
-        if stored is None:
+    def _mismatch(self, before: dict | None, now: dict) -> str:
+        if before is None:
             return (f"{self.folder} has a run ledger that cannot be read; rerun with --overwrite to redo "
                     "everything, or choose another output")
-        keys = [k for k in sorted(set(stored) | set(self.settings)) if stored.get(k) != self.settings.get(k)]
-        diff = "; ".join(f"{k}: {_short(stored.get(k))} before, {_short(self.settings.get(k))} now" for k in keys)
+        keys = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+        diff = "; ".join(f"{k}: {_short(before.get(k))} before, {_short(now.get(k))} now" for k in keys)
         return (f"{self.folder} holds outputs made with other settings ({diff}); rerun with --overwrite to "
                 "replace them, or choose another output")
 
@@ -121,6 +133,11 @@ class Ledger:
 
     def record_item(self, item: Item) -> None:
         self.record(item.key, item_identity(item))
+
+
+def _without(settings: dict, optional: dict | None, other: dict) -> dict:
+    """``settings`` less the optional ones that ``other`` has not got (outputs only one side asked for)."""
+    return {k: v for k, v in settings.items() if k not in (optional or {}) or k in other}
 
 
 def _short(value) -> str:

@@ -232,11 +232,27 @@ def test_contradicting_options_are_refused(cli, tiny_encoder_file, tmp_path, ext
 @pytest.mark.parametrize("extra,expected", [
     (["--ply", "--fov", "-5"], "between 0 and 180"), (["--ply", "--fov", "60", "--fx", "500"], "give one"),
     (["--fov", "60"], "only used by --ply"), (["--fx", "300"], "only used by --ply"),
+    (["--ply", "--fx", "inf"], "positive number"), (["--ply", "--fx", "nan"], "positive number"),
 ])
 def test_camera_options_must_fit(cli, depth_head, tmp_path, extra, expected):
     img = write_rgb(tmp_path / "i.jpg")
     code, _, err = cli(["depth", img, "-o", tmp_path / "o", "--model", depth_head, "-q", *extra])
     assert code == 2 and expected in err, err
+
+
+def test_a_point_cloud_camera_is_a_setting_of_the_run(cli, depth_head, tmp_path):
+    """Depth maps without --ply, then with --fov 60, then --vis alone, then --fov 60 again (all skipped)
+    run; --fov 90 is refused, as it would leave the fov-60 clouds in place."""
+    src = tmp_path / "in"
+    write_rgb(src / "a.jpg")
+    args = ["depth", src, "-o", tmp_path / "o", "--model", depth_head, "-q"]
+    for extra, skipped in (([], None), (["--ply", "--fov", "60"], None), (["--vis"], None),
+                           (["--ply", "--fov", "60"], "skipped 1")):
+        code, _, err = cli([*args, *extra])
+        assert code == 0 and (skipped is None or skipped in err), (extra, err)
+    assert (tmp_path / "o" / "a.ply").exists() and (tmp_path / "o" / "a_vis.png").exists()
+    code, _, err = cli([*args, "--ply", "--fov", "90"])
+    assert code == 2 and "--ply camera: --fov 60 before, --fov 90 now" in err, err
 
 
 def test_enlarging_far_past_the_original_warns(cli, tiny_encoder_file, tmp_path, caplog):

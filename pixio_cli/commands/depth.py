@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -80,7 +81,7 @@ def depth(
     ledger = None if dest.single else Ledger(
         dest.folder, {"--model": model_identity(model), "--format": fmt, "--tile": tile,
                       "--resize": policy.describe(), "--precision": str(engine.dtype).removeprefix("torch.")},
-        overwrite, *dist_info()[:2])
+        overwrite, *dist_info()[:2], optional={"--ply camera": _camera_setting(fov, fx) if ply else None})
 
     # output
     def write(item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
@@ -134,14 +135,17 @@ def _check_camera(ply: bool, fov: float | None, fx: float | None) -> None:
         raise UsageError(f"{'--fov' if fov is not None else '--fx'} is only used by --ply: add --ply, or leave it out")
     if fov is not None and not 0 < fov < 180:
         raise UsageError(f"--fov {fov:g}: a horizontal field of view is between 0 and 180 degrees")
-    if fx is not None and fx <= 0:
-        raise UsageError(f"--fx {fx:g}: a focal length in pixels is positive")
+    if fx is not None and not (fx > 0 and math.isfinite(fx)):
+        raise UsageError(f"--fx {fx:g}: a focal length in pixels is a positive number")
+
+
+def _camera_setting(fov: float | None, fx: float | None) -> str:
+    """How the point clouds' camera was chosen, for the run ledger."""
+    return f"--fov {fov:g}" if fov is not None else f"--fx {fx:g}" if fx is not None else "the model's"
 
 
 def _intrinsics(known: dict | None, w: int, h: int, fov: float | None, fx: float | None):
     """(fx, fy, cx, cy) for an image of w x h: --fx, --fov, or the training camera scaled to this size."""
-    import math
-
     if fx is None and fov is not None:
         fx = w / 2 / math.tan(math.radians(fov) / 2)
     if fx is not None:
