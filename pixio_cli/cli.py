@@ -94,6 +94,21 @@ def _os_error_line(e: OSError) -> str:
     return f"{path.with_name(temp.group(1)) if temp else path}: {reason}"
 
 
+def _how_to_continue(args: list[str]) -> str:
+    """The command that continues an interrupted run: the trainers resume with --resume, the rest by
+    running again."""
+    def value(*names: str) -> str | None:
+        return next((args[i + 1] for i, a in enumerate(args[:-1]) if a in names), None)
+
+    command = next((a for a in args if not a.startswith("-")), "")
+    if command in ("pretrain", "distill"):
+        run = value("--resume") or value("-o", "--output") or "<run folder>"
+        return f"continue with `pixio {command} --resume {run}`"
+    if command == "train" and "--resume" not in args:
+        return "continue with the same command plus --resume"
+    return "finished outputs are kept, rerun the same command to resume"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning known errors into one line and an exit code.
 
@@ -131,5 +146,5 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"pixio: internal error: {type(e).__name__}: {e} (set PIXIO_DEBUG=1 for the traceback)", err=True)
         sys.exit(3)
     if code == 130:  # Typer turns Ctrl-C inside a command into exit code 130
-        typer.echo("pixio: interrupted; finished outputs are kept, rerun the same command to resume", err=True)
+        typer.echo(f"pixio: interrupted; {_how_to_continue(args)}", err=True)
     sys.exit(code if isinstance(code, int) else 0)

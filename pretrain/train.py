@@ -27,7 +27,7 @@ from pixio_cli.checkpoints import load_torch_dict, save_safetensors
 from pixio_cli.encoder import set_fused_attention
 from pixio_cli.engine import (adamw, autocast, dist_info, init_distributed, interrupts_deferred, pick_device,
                               pick_dtype)
-from pixio_cli.errors import PixioError, UsageError
+from pixio_cli.errors import InputError, PixioError, UsageError
 from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD
 from pixio_cli.writers import atomic_path, write_image, write_json
 
@@ -293,7 +293,10 @@ class Trainer:
                     g["lr"] = lr
                 loss_sum = torch.zeros((), device=self.device)
                 for micro in range(cfg.accum):
-                    batch = next(batches)
+                    batch = next(batches, None)
+                    if batch is None:  # every data worker found nothing it could use
+                        raise InputError(f"no readable image in --data {' '.join(map(str, cfg.data))} (or the "
+                                         "curation rules drop every one)")
                     self.positions[batch["worker"]] = (batch["epoch"], batch["position"])
                     self.last_worker = batch["worker"]
                     self.failed[batch["worker"]] = batch["failed"]
@@ -423,6 +426,7 @@ def _read_state(out: str | os.PathLike, mmap: bool = False) -> dict:
     return load_torch_dict(path, ("model", "optimizer", "step", "config", "ranks"), "a pixio pretrain checkpoint", mmap)
 
 
-def read_run_config(out: str | os.PathLike) -> TrainConfig:
-    """The TrainConfig stored in a run's checkpoint (for ``--resume DIR``)."""
-    return TrainConfig.from_dict(_read_state(out, mmap=True)["config"]["train"])
+def read_run(out: str | os.PathLike) -> tuple[TrainConfig, int]:
+    """The TrainConfig stored in a run's checkpoint and the step it holds (for ``--resume DIR``)."""
+    state = _read_state(out, mmap=True)
+    return TrainConfig.from_dict(state["config"]["train"]), state["step"]

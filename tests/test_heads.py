@@ -180,8 +180,8 @@ def test_head_training_resumes_exactly(cli, tiny_encoder_file, tmp_path):
     for in_update in (False, True):  # Ctrl-C as step 3 begins, or just after its weights moved
         cut = tmp_path / f"cut{int(in_update)}.safetensors"
         with head_training_stopped_at(3, in_update):
-            code, _, _ = cli(_train_args(tiny_encoder_file, data, cut, 6))
-        assert code == 130 and Path(f"{cut}.ckpt").exists()
+            code, _, err = cli(_train_args(tiny_encoder_file, data, cut, 6))
+        assert code == 130 and Path(f"{cut}.ckpt").exists() and "plus --resume" in err, err
         assert not cut.exists()
         other = [a if a != "16" else "8" for a in _train_args(tiny_encoder_file, data, cut, 6)]  # --features 8
         code, _, err = cli([*other, "--resume"])

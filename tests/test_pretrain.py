@@ -303,7 +303,7 @@ def test_resume_continues_exactly(cli, tmp_path, monkeypatch):
         with monkeypatch.context() as m:
             on_call(m, owner, name, n, stop)
             code, _, err = cli([*args, "-o", cut])
-        assert code == 130, (where, err)
+        assert code == 130 and f"continue with `pixio pretrain --resume {cut}`" in err, (where, err)
         code, _, err = cli(["pretrain", "--resume", cut])
         assert code == 0, (where, err)
         assert [(r["step"], r["loss"], r["failed_images"]) for r in records(cut)] == \
@@ -311,6 +311,31 @@ def test_resume_continues_exactly(cli, tmp_path, monkeypatch):
         a = torch.load(tmp_path / "full" / "encoder.pth", weights_only=True)
         b = torch.load(cut / "encoder.pth", weights_only=True)
         assert all(torch.equal(a[k], b[k]) for k in a), where
+
+
+def test_pretrain_refuses_what_it_could_not_do_as_asked(cli, tmp_path):
+    """Each a one-line error before training: options that contradict each other or cannot work, options
+    a --resume would ignore, data with no readable image; a finished run's --resume says so."""
+    data = _photos(tmp_path / "photos", 4)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"not a jpeg")
+    (bad / "b.jpg").write_bytes(b"")
+    run = ["pretrain", *SMOKE, "--data", data]
+    for args, code_, expected in (
+            ([*run, "--steps", "2", "--epochs", "1", "-o", tmp_path / "a"], 2, "not both"),
+            ([*run, "--steps", "2", "--mask-ratio", "1.5", "-o", tmp_path / "b"], 2, "--mask-ratio"),
+            ([*run, "--steps", "2", "--mask-ratio", "0", "-o", tmp_path / "c"], 2, "--mask-ratio"),
+            (["pretrain", *SMOKE, "--data", bad, "--steps", "2", "--workers", "0", "-o", tmp_path / "d"], 1,
+             "no readable image")):
+        code, _, err = cli(args)
+        assert code == code_ and expected in err and len(err.strip().splitlines()) == 1, (args, err)
+    code, _, err = cli([*run, "--steps", "2", "--workers", "0", "-o", tmp_path / "run"])
+    assert code == 0, err
+    code, _, err = cli(["pretrain", "--resume", tmp_path / "run", "--img-size", "64"])
+    assert code == 2 and "--img-size" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = cli(["pretrain", "--resume", tmp_path / "run"])
+    assert code == 0 and "already finished at step 2" in err and "None" not in err, err
 
 
 def test_non_finite_loss_stops_with_step(cli, tmp_path, monkeypatch):

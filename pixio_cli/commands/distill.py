@@ -24,6 +24,7 @@ class Fuse(str, Enum):
 
 
 def distill(
+    ctx: typer.Context,
     teacher: Annotated[Optional[str], typer.Option(
         help="The frozen teacher: a model id (pixio-vit5b16 ...), checkpoint or run folder.")] = None,
     students: Annotated[Optional[str], typer.Option(
@@ -75,7 +76,7 @@ def distill(
     the end, <out>/<student>/encoder.pth (official layout) for each student.
     """
     if resume is not None:
-        t.resume_run(resume, steps)
+        t.resume_run(ctx, resume, steps)
         return
     if not teacher or not students:
         raise UsageError("distill needs --teacher and --students (or --resume DIR)")

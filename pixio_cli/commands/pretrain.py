@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import options as opt
+from ..errors import UsageError
 from . import training as t
 
 # Official drop-path for the large models (H and up); the small ones train without it.
@@ -14,6 +15,7 @@ _DROP_PATH = {"h16": 0.4, "1b16": 0.4, "5b16": 0.4}
 
 
 def pretrain(
+    ctx: typer.Context,
     data: t.Data = None,
     output: t.Output = None,
     size: Annotated[str, typer.Option(help="Encoder size: t16, s16, b16, l16, h16, 1b16, 5b16.")] = "h16",
@@ -58,8 +60,11 @@ def pretrain(
     end, encoder.pth (official layout) and mae.safetensors (encoder and decoder).
     """
     if resume is not None:
-        t.resume_run(resume, steps)
+        t.resume_run(ctx, resume, steps)
         return
+    if not 0 < mask_ratio < 1:
+        raise UsageError(f"--mask-ratio {mask_ratio:g}: the fraction of mask blocks hidden lies between 0 and 1 "
+                         "(official 0.75)")
 
     import dataclasses
 

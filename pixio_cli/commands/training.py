@@ -58,6 +58,8 @@ def shared_settings(data: list[str] | None, output: Path | None, steps: int | No
         raise UsageError("--min-entropy, --min-size and --soft-sampling need --curation (a `pixio curate` output)")
     if (Path(output) / "checkpoint.pt").exists():
         raise UsageError(f"{output} already holds a run: use --resume {output}, or another -o")
+    if steps is not None and epochs is not None:
+        raise UsageError("--steps and --epochs both set the run's length: give one, not both")
     if steps is None:
         if epochs is None:
             raise UsageError("give --steps or --epochs")
@@ -68,13 +70,25 @@ def shared_settings(data: list[str] | None, output: Path | None, steps: int | No
             "rules": rules}
 
 
-def resume_run(folder: Path, steps: int | None) -> None:
-    """Continue the run in ``folder`` exactly (``--steps`` may extend it)."""
-    from pretrain.train import Trainer, read_run_config
+def resume_run(ctx: typer.Context, folder: Path, steps: int | None) -> None:
+    """Continue the run in ``folder`` exactly with its own settings (``--steps`` may extend it); other
+    options given beside ``--resume`` are refused rather than ignored."""
+    from pretrain.train import Trainer, read_run
 
-    cfg = read_run_config(folder)
+    given = [p.opts[0] for p in ctx.command.params if p.name not in ("resume", "steps")  # by name: typer
+             and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]  # vendors click
+    if given:
+        raise UsageError(f"--resume continues the run with the settings it was started with: {', '.join(given)} "
+                         "cannot change (only --steps can, to train further)")
+    cfg, done = read_run(folder)
     if steps is not None:
+        if steps <= done:
+            raise UsageError(f"--steps {steps}: the run in {folder} is already at step {done}")
         cfg.steps = steps
+    if done >= cfg.steps:
+        typer.echo(f"pixio: the run in {folder} already finished at step {done}; give --steps N (more than {done}) "
+                   "with --resume to train further", err=True)
+        return
     report(Trainer(cfg, resume=True).run(), cfg)
 
 
