@@ -69,7 +69,10 @@ def pick_device(spec: str = "auto") -> torch.device:
             raise UsageError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) here")
-    elif dev.type not in ("cpu", "mps"):
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {spec}: Apple's MPS is not available on this machine (use --device cpu)")
+    elif dev.type != "cpu":
         raise UsageError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
     return dev
 

@@ -221,6 +221,8 @@ def test_one_process_commands_refuse_torchrun(cli, tmp_path, monkeypatch):
 @pytest.mark.parametrize("extra,expected", [
     (["--blocks", "1,1"], "named twice"), (["--blocks", ""], "empty"), (["--precision", "fp16"], "needs a GPU"),
     (["--resize", "100x20"], "4:1"), (["--device", "tpu"], "expected auto"),
+    pytest.param(["--device", "mps"], "not available", marks=pytest.mark.skipif(
+        torch.backends.mps.is_available(), reason="this machine has MPS")),
 ])
 def test_contradicting_options_are_refused(cli, tiny_encoder_file, tmp_path, extra, expected):
     img = write_rgb(tmp_path / "i.jpg")
