@@ -113,6 +113,8 @@ def _add_path(p: Path, spec: str, files: list[Path], anchors: list[str], bad: li
     if p.is_dir():
         anchors.append(os.path.abspath(p))
         files.extend(_walk(p, videos))
+    elif p.is_file() and not videos and is_video(p):
+        bad.append(Item(str(p), spec, error=f"{spec}: a video; this command takes images (extract frames first)"))
     elif p.is_file():
         anchors.append(os.path.abspath(p.parent))
         files.append(p)

@@ -156,6 +156,9 @@ def test_collect_video_frames(tmp_path):
     writer.release()
     items = collect([str(path)], every=3)
     assert [(i.key, i.frame) for i in items] == [("clip/000000", 0), ("clip/000003", 3), ("clip/000006", 6)]
+    # a command that takes images only (curate) gets one failed input, not one per frame
+    items = collect([str(path)], videos=False)
+    assert len(items) == 1 and "a video; this command takes images" in items[0].error
 
 
 def test_large_jpeg_reduced_decode_matches_full(tmp_path):
