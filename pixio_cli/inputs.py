@@ -101,6 +101,8 @@ def collect(specs: Iterable[str], stdin: TextIO | None = None, videos: bool = Tr
         _add_path(Path(spec).expanduser(), spec, files, anchors, bad, videos)
 
     items = _keyed(files, anchors, every, bad)
+    if every > 1 and items and all(it.frame is None for it in items):
+        raise UsageError(f"--every {every} picks video frames, but no input is a video")
     if not items and not bad:
         where = " ".join(specs) if specs else "(no inputs)"
         raise InputError(f"no images found in {where} (looked for {', '.join(sorted(IMAGE_EXTS))}"

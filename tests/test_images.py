@@ -159,6 +159,9 @@ def test_collect_video_frames(tmp_path):
     # a command that takes images only (curate) gets one failed input, not one per frame
     items = collect([str(path)], videos=False)
     assert len(items) == 1 and "a video; this command takes images" in items[0].error
+    cv2.imwrite(str(tmp_path / "still.png"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(UsageError, match="no input is a video"):  # not silently every image
+        collect([str(tmp_path / "still.png")], every=3)
 
 
 def test_large_jpeg_reduced_decode_matches_full(tmp_path):
