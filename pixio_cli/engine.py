@@ -401,15 +401,16 @@ class Engine:
     # -- the loop
 
     def batches(self, items: list[Item], policy: ResizePolicy, summary: Summary, bar: tqdm | None = None,
-                on_error: Callable[[Sample], None] | None = None) -> Iterator[Batch]:
-        """Decoded images grouped into same-size batches; failures go to ``summary`` and ``on_error``."""
+                on_error: Callable[[Sample], None] | None = None, warn_enlarged: bool = True) -> Iterator[Batch]:
+        """Decoded images grouped into same-size batches; failures go to ``summary`` and ``on_error``.
+        ``warn_enlarged``: name the first image enlarged more than 4x (and count the others), for
+        commands whose --resize can avoid it."""
         stream = ImageStream(items, policy)
         loader = DataLoader(stream, batch_size=None, num_workers=self.workers, collate_fn=_collate_one,
                             prefetch_factor=4 * self.batch_size if self.workers else None,
                             persistent_workers=False, worker_init_fn=die_with_parent)
         pending: dict[tuple[int, int], list[Sample]] = {}
-        held = 0
-        warned = False
+        held = enlarged = 0
         for sample in loader:
             if sample.error:
                 summary.failures.append((items[sample.index].label, sample.error))
@@ -418,8 +419,7 @@ class Engine:
                 if bar is not None:
                     bar.update(1)
                 continue
-            if not warned and _enlargement(sample) > 4:
-                warned = True
+            if warn_enlarged and _enlargement(sample) > 4 and (enlarged := enlarged + 1) == 1:  # the first in full
                 h, w = sample.orig_hw
                 log.warning("warning: %s is %dx%d and is enlarged %.0fx to %dx%d by %s (slow, and no finer "
                             "than the original); --resize native keeps images at their size",
@@ -437,13 +437,16 @@ class Engine:
                 yield self._batch(pending.pop(largest))
         for key in list(pending):
             yield self._batch(pending.pop(key))
+        if enlarged > 1:
+            log.warning("warning: %d more images were enlarged more than 4x", enlarged - 1)
 
     def _batch(self, samples: list[Sample]) -> Batch:
         return Batch(samples, self.to_pixels([s.image for s in samples]))
 
     def run(self, items: list[Item], policy: ResizePolicy, fn: BatchFn, on_result: ResultFn,
             desc: str = "pixio", skip: Callable[[Item], bool] | None = None,
-            on_error: Callable[[Item, str], None] | None = None, split_ranks: bool = False) -> Summary:
+            on_error: Callable[[Item, str], None] | None = None, split_ranks: bool = False,
+            warn_enlarged: bool = True) -> Summary:
         """Run ``fn`` over ``items`` and hand each image's outputs (CPU tensors) to ``on_result``.
 
         ``on_result`` and ``on_error`` (an unreadable item and the reason) run on
@@ -469,7 +472,7 @@ class Engine:
             if on_error is not None:
                 def failed(s: Sample) -> None:
                     writer.submit(lambda: on_error(items[s.index], s.error))
-            for batch in self.batches(items, policy, summary, bar, failed):
+            for batch in self.batches(items, policy, summary, bar, failed, warn_enlarged):
                 out = self.infer(fn, batch.pixels)
                 out = {k: v.float().cpu() for k, v in out.items()}
                 for j, s in enumerate(batch.samples):

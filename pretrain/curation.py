@@ -173,7 +173,8 @@ class Curator:
 
         policy = ResizePolicy(short=self.settings.resolution)
         items = [it for u in pending for it in u.items]
-        summary = self.engine.run(items, policy, self.losses, on_result, desc="curate", on_error=on_error)
+        summary = self.engine.run(items, policy, self.losses, on_result, desc="curate", on_error=on_error,
+                                  warn_enlarged=False)  # the official statistics resize every image
         # units with no items (an empty shard) are complete at once
         for u in pending:
             if not u.items:

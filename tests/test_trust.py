@@ -258,10 +258,13 @@ def test_a_point_cloud_camera_is_a_setting_of_the_run(cli, depth_head, tmp_path)
 
 
 def test_enlarging_far_past_the_original_warns(cli, tiny_encoder_file, tmp_path, caplog):
-    img = write_rgb(tmp_path / "small.jpg", 20, 30)
-    code, _, err = cli([*ex(tiny_encoder_file)[:-2], img, "-o", tmp_path / "o", "--resize", "160"])
+    write_rgb(tmp_path / "in" / "small.jpg", 20, 30)
+    write_rgb(tmp_path / "in" / "smaller.jpg", 10, 15)
+    code, _, err = cli([*ex(tiny_encoder_file)[:-2], tmp_path / "in", "-o", tmp_path / "o", "--resize", "160"])
     assert code == 0
-    assert any("enlarged 8x" in r.getMessage() for r in caplog.records)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("enlarged" in m and "--resize native" in m for m in messages) == 1  # the first one, in full
+    assert "warning: 1 more images were enlarged more than 4x" in messages
 
 
 def test_missing_paths_follow_one_rule_wherever_they_come_from(cli, tiny_encoder_file, tmp_path):
