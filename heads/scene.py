@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixio_cli.errors import InputError, UsageError
+from pixio_cli.errors import UsageError
 
 from .geometry import scale_intrinsics
 from .pointmap import PointMapModel, intrinsics, rays_from_intrinsics
@@ -80,16 +80,20 @@ def predict(model: PointMapModel, pixels: torch.Tensor, names: list[str], origin
 def read_intrinsics(path: str | Path, n_views: int) -> list[np.ndarray]:
     """``--intrinsics FILE``: one 3x3 K (text, .npy or JSON) for every view, or a JSON list of one 3x3 per
     view, in the original images' pixels."""
+    import warnings
+
     path = Path(path)
     try:
-        if path.suffix == ".json":
-            data = np.array(json.loads(path.read_text()), dtype=np.float64)
-        elif path.suffix == ".npy":
-            data = np.load(path, allow_pickle=False).astype(np.float64)
-        else:
-            data = np.loadtxt(path, dtype=np.float64)
-    except (OSError, ValueError, TypeError) as e:  # TypeError: JSON that is not a list of numbers
-        raise InputError(f"--intrinsics {path}: cannot read it as one 3x3 K or a list of them "
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy warns of an empty file: one error line instead
+            if path.suffix == ".json":
+                data = np.array(json.loads(path.read_text()), dtype=np.float64)
+            elif path.suffix == ".npy":
+                data = np.load(path, allow_pickle=False).astype(np.float64)
+            else:
+                data = np.loadtxt(path, dtype=np.float64)
+    except (OSError, ValueError, TypeError, UserWarning) as e:  # TypeError: JSON that is not a list of numbers
+        raise UsageError(f"--intrinsics {path}: cannot read it as one 3x3 K or a list of them "
                          f"({str(e).splitlines()[0][:120]})") from None
     if data.shape == (3, 3):
         data = np.repeat(data[None], n_views, axis=0)

@@ -221,8 +221,10 @@ def test_recon3d_takes_known_intrinsics(cli, model_file, frames, tmp_path):
     code, _, err = cli([*args, "--intrinsics", tmp_path / "K2.txt"])
     assert code == 2 and "expected one 3x3 matrix" in err and len(err.strip().splitlines()) == 1
     (tmp_path / "K.json").write_text(json.dumps({"fx": 585}))
-    code, _, err = cli([*args, "--intrinsics", tmp_path / "K.json"])
-    assert code == 1 and "cannot read it as one 3x3 K" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "empty.txt").write_text("")
+    for name in ("K.json", "empty.txt", "missing.txt"):  # each an option's file that cannot be read: exit 2
+        code, _, err = cli([*args, "--intrinsics", tmp_path / name])
+        assert code == 2 and "cannot read it as one 3x3 K" in err and len(err.strip().splitlines()) == 1, err
     # one K per input: an unreadable input skips its own K, the others keep theirs
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     Ks = [K.tolist(), (K * [[2], [2], [1]]).tolist(), (K * [[3], [3], [1]]).tolist()]
