@@ -98,6 +98,9 @@ def test_pca_single_file_and_beside(cli, tiny_encoder_file, photos, tmp_path):
     assert code == 0 and (tmp_path / "f" / "sub" / "b_pca.png").exists()
     code, _, err = cli([*base(tiny_encoder_file), str(photos), "--pca", tmp_path / "one.png"])
     assert code == 2 and "give a folder" in err
+    for name in ("c.jpg", "c.tiff"):  # as -o: an extension names a file, and a PCA picture is a PNG
+        code, _, err = cli([*base(tiny_encoder_file), str(photos / "c.jpg"), "--pca", tmp_path / name])
+        assert code == 2 and "name a .png file or a folder" in err and not (tmp_path / name).exists(), err
 
 
 def test_failures_are_reported_and_exit_1(cli, tiny_encoder_file, photos, tmp_path):

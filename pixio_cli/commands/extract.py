@@ -100,8 +100,7 @@ def extract(
 
     # resume: what decides the numbers, kept beside the outputs
     folder = dest.folder if dest is not None and not dest.single else (
-        Path(pca) if pca and pca_path is not None and Path(pca).suffix.lower() not in (".png", ".jpg", ".jpeg")
-        else None)
+        Path(pca) if pca and pca_path is not None and (not Path(pca).suffix or Path(pca).is_dir()) else None)
     ledger = None
     if folder is not None:
         settings = {"--model": model_identity(model), "--size": size, "--blocks": block_ids, "--raw": raw,
@@ -180,11 +179,17 @@ def _pca_target(pca: str | None, dest, items):
         if dest.single:
             return lambda it: dest.target.with_name(dest.target.stem + "_pca.png")
         return lambda it: dest.folder / f"{it.key}_pca.png"
+    from ..writers import check_writable
+
     target = Path(pca)
-    if target.suffix.lower() in (".png", ".jpg", ".jpeg"):
+    if target.suffix and not target.is_dir():  # as -o: an extension names a file, and it must be .png
+        if target.suffix.lower() != ".png":
+            raise UsageError(f"--pca {pca}: the pictures are PNG; name a .png file or a folder without an extension")
         if len(items) != 1:
             raise UsageError(f"--pca {pca} names one file but there are {len(items)} inputs: give a folder")
+        check_writable(target.parent, f"--pca {pca}")
         return lambda it: target
+    check_writable(target, f"--pca {pca}")
     return lambda it: target / f"{it.key}.png"
 
 
