@@ -89,13 +89,17 @@ def test_loss_falls_resume_is_exact_and_students_load_as_official(cli, tmp_path,
     code, _, err = cli([*args(tiny_encoder_file, data, "32x2,t16"), "-o", tmp_path / "cut", "--workers", "2"])
     assert code == 130
     monkeypatch.setattr(train, "_append_metrics", real)
-    code, _, err = cli(["distill", "--resume", tmp_path / "cut"])
+    code, _, err = cli(["pretrain", "--resume", tmp_path / "cut"])
+    assert code == 2 and "a `pixio distill` run" in err, err
+    (tmp_path / "cut").rename(tmp_path / "moved")  # a run continues in the folder it is now in
+    code, _, err = cli(["distill", "--resume", tmp_path / "moved"])
     assert code == 0, err
-    cut = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert not (tmp_path / "cut").exists()
+    cut = [json.loads(line) for line in (tmp_path / "moved" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["loss"]) for r in cut] == [(r["step"], r["loss"]) for r in rows]
     for name in ("32x2", "t16"):
         a = torch.load(tmp_path / "full" / name / "encoder.pth", weights_only=True)
-        b = torch.load(tmp_path / "cut" / name / "encoder.pth", weights_only=True)
+        b = torch.load(tmp_path / "moved" / name / "encoder.pth", weights_only=True)
         assert all(torch.equal(a[k], b[k]) for k in a)
     # a named size loads strictly as an official checkpoint; a custom shape from its folder (config inside)
     official = torch.load(tmp_path / "full" / "t16" / "encoder.pth", weights_only=True)

@@ -81,6 +81,11 @@ def resume_run(ctx: typer.Context, folder: Path, steps: int | None) -> None:
         raise UsageError(f"--resume continues the run with the settings it was started with: {', '.join(given)} "
                          "cannot change (only --steps can, to train further)")
     cfg, done = read_run(folder)
+    command = ctx.command.name
+    if (cfg.distill is not None) != (command == "distill"):
+        made_by = "distill" if cfg.distill is not None else "pretrain"
+        raise UsageError(f"--resume {folder}: a `pixio {made_by}` run; continue it with `pixio {made_by} --resume`")
+    cfg.output = str(folder)  # where it is now (a copied or moved run continues in its own folder)
     if steps is not None:
         if steps <= done:
             raise UsageError(f"--steps {steps}: the run in {folder} is already at step {done}")
