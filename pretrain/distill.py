@@ -46,6 +46,7 @@ class DistillConfig:
     mask_ratio: float = 0.0
     mask_grid: int = 4
     teacher_size: str | None = None
+    teacher_identity: str | None = None  # resume.model_identity of the teacher: a resume checks it is unchanged
 
     def to_dict(self) -> dict:
         return asdict(self)

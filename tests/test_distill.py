@@ -92,6 +92,12 @@ def test_loss_falls_resume_is_exact_and_students_load_as_official(cli, tmp_path,
     code, _, err = cli(["pretrain", "--resume", tmp_path / "cut"])
     assert code == 2 and "a `pixio distill` run" in err, err
     (tmp_path / "cut").rename(tmp_path / "moved")  # a run continues in the folder it is now in
+    teacher = Path(tiny_encoder_file)
+    stamp = teacher.stat()
+    os.utime(teacher, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))  # "another" teacher file
+    code, _, err = cli(["distill", "--resume", tmp_path / "moved"])
+    assert code == 2 and "is not the file the run started with" in err, err
+    os.utime(teacher, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     code, _, err = cli(["distill", "--resume", tmp_path / "moved"])
     assert code == 0, err
     assert not (tmp_path / "cut").exists()

@@ -89,6 +89,7 @@ def distill(
     from pretrain.train import TrainConfig, Trainer
 
     from ..checkpoints import encoder_config
+    from ..resume import model_identity
 
     shared = t.shared_settings(data, output, steps, epochs, batch_size, accum, warmup_steps, curation, min_entropy,
                                min_size, soft_sampling)
@@ -99,7 +100,7 @@ def distill(
     shapes = {name: student_config(name, img_size, n_cls).to_dict() for name in names}
     dcfg = DistillConfig(teacher=teacher, students=shapes, loss_cls=loss_cls.value, loss_patch=loss_patch.value,
                          loss_fuse=loss_fuse.value, mask_ratio=mask_ratio, mask_grid=mask_grid,
-                         teacher_size=teacher_size)
+                         teacher_size=teacher_size, teacher_identity=model_identity(teacher))
     cfg = TrainConfig(
         mae=None, distill=dcfg, **shared, blr=blr, lr=lr, min_lr=min_lr, weight_decay=weight_decay,
         clip_grad=clip_grad, drop_path=drop_path, crop_scale_min=crop_scale_min, seed=seed, save_every=save_every,

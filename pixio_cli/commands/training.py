@@ -75,6 +75,8 @@ def resume_run(ctx: typer.Context, folder: Path, steps: int | None) -> None:
     options given beside ``--resume`` are refused rather than ignored."""
     from pretrain.train import Trainer, read_run
 
+    from ..resume import model_identity
+
     given = [p.opts[0] for p in ctx.command.params if p.name not in ("resume", "steps")  # by name: typer
              and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]  # vendors click
     if given:
@@ -86,6 +88,9 @@ def resume_run(ctx: typer.Context, folder: Path, steps: int | None) -> None:
         made_by = "distill" if cfg.distill is not None else "pretrain"
         raise UsageError(f"--resume {folder}: a `pixio {made_by}` run; continue it with `pixio {made_by} --resume`")
     cfg.output = str(folder)  # where it is now (a copied or moved run continues in its own folder)
+    if cfg.distill is not None and cfg.distill.teacher_identity not in (None, model_identity(cfg.distill.teacher)):
+        raise UsageError(f"--resume {folder}: the teacher {cfg.distill.teacher} is not the file the run started "
+                         "with (its size or time changed); put that one back, or start a new run")
     if steps is not None:
         if steps <= done:
             raise UsageError(f"--steps {steps}: the run in {folder} is already at step {done}")
