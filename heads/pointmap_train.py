@@ -30,7 +30,7 @@ from . import geometry as G
 from .datasets import normalise
 from .pointmap import PointMapConfig, PointMapModel, PointMapOutput, save_pointmap
 from .sequences import Sequence, find_sequences, require_cameras, shared_frames
-from .train import StepCheckpoint, run_steps, step_positions
+from .train import StepCheckpoint, run_settings, run_steps, step_positions
 
 log = logging.getLogger("pixio")
 
@@ -216,8 +216,8 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
                                   ResizePolicy(size=(cfg.width, cfg.height)), cfg.eval_limit)
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
 
-    ckpt = StepCheckpoint(Path(cfg.output) / "train.ckpt", model, opt, rank, world)
-    start, last = ckpt.load() if resume else (0, float("nan"))
+    ckpt = StepCheckpoint(Path(cfg.output) / "train.ckpt", model, opt, rank, world, run_settings(cfg))
+    start, last = ckpt.begin(resume)
     if not resume and rank == 0:
         ckpt.extra["untrained"] = score(model)
 

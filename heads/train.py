@@ -7,7 +7,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -83,19 +83,47 @@ def step_positions(batch_size: int, steps: int, start: int, rank: int, world: in
     return [s * per_step + rank * batch_size + j for s in range(start, steps) for j in range(batch_size)]
 
 
-class StepCheckpoint:
-    """``path`` written atomically by rank 0 (model, optimizer, step, last loss, ``extra``), so that a
-    run resumes where it stopped; every rank waits for the write."""
+# options that may change between a run and its --resume: where and how fast it runs, not what it learns,
+# and --steps, which extends a run (the lr schedule then stretches to the new end, as pretrain's does)
+_RESUMABLE_CHANGES = ("output", "workers", "device", "save_every", "eval_limit", "steps")
 
-    def __init__(self, path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int, world: int) -> None:
+
+def run_settings(cfg) -> dict:
+    """A trainer config's settings that a --resume must keep (as JSON gives them back)."""
+    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}))
+
+
+class StepCheckpoint:
+    """``path`` written atomically by rank 0 (model, optimizer, step, last loss, the run's ``settings``,
+    ``extra``), so that a run resumes where it stopped; every rank waits for the write."""
+
+    def __init__(self, path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int, world: int,
+                 settings: dict | None = None) -> None:
         self.path, self.model, self.opt, self.rank, self.world = path, model, opt, rank, world
+        self.settings = settings or {}
         self.extra: dict = {}
+
+    def begin(self, resume: bool) -> tuple[int, float]:
+        """(step, loss) to start from: the checkpoint's with ``resume``; else (0, nan), refusing to start
+        over a checkpoint that a rerun of the interrupted command would otherwise overwrite."""
+        if resume:
+            return self.load()
+        if self.path.exists():
+            raise UsageError(f"{self.path} holds an earlier run's checkpoint: add --resume to continue it (same "
+                             "options), or remove it to start again")
+        return 0, float("nan")
 
     def load(self) -> tuple[int, float]:
         """(step, loss) of the checkpoint, model and optimizer restored, ``extra`` filled."""
         if not self.path.exists():
             raise UsageError(f"--resume: no {self.path} to continue from")
         state = load_torch_dict(self.path, ("model", "optimizer", "step", "loss"), "a pixio training checkpoint")
+        before = state.get("extra", {}).get("settings")
+        if before is not None and before != self.settings:
+            keys = [k for k in sorted(set(before) | set(self.settings)) if before.get(k) != self.settings.get(k)]
+            diff = "; ".join(f"{k}: {before.get(k)} before, {self.settings.get(k)} now" for k in keys)
+            raise UsageError(f"--resume: {self.path} was made with other settings ({diff}); resume with the "
+                             "options it was started with, or start afresh without --resume")
         try:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
@@ -114,7 +142,7 @@ class StepCheckpoint:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             rng = torch.get_rng_state() if rng is None else rng
             state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": step,
-                     "loss": loss, "extra": {**self.extra, "rng": rng}}
+                     "loss": loss, "extra": {**self.extra, "rng": rng, "settings": self.settings}}
             with atomic_path(self.path) as tmp:
                 torch.save(state, tmp)
         if self.world > 1:
@@ -210,8 +238,8 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
 
-    ckpt = StepCheckpoint(Path(f"{cfg.output}.ckpt"), model, opt, rank, world)
-    start, last = ckpt.load() if resume else (0, float("nan"))
+    ckpt = StepCheckpoint(Path(f"{cfg.output}.ckpt"), model, opt, rank, world, run_settings(cfg))
+    start, last = ckpt.begin(resume)
 
     def loss_fn(batch) -> torch.Tensor:
         x, target = (t.to(device) for t in batch)

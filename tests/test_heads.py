@@ -185,7 +185,11 @@ def test_head_training_resumes_exactly(cli, tiny_encoder_file, tmp_path):
         assert not cut.exists()
         other = [a if a != "16" else "8" for a in _train_args(tiny_encoder_file, data, cut, 6)]  # --features 8
         code, _, err = cli([*other, "--resume"])
-        assert code == 2 and "other settings" in err and len(err.strip().splitlines()) == 1, err
+        assert code == 2 and "other settings (features: 16 before, 8 now)" in err and len(err.strip().splitlines()) == 1, err
+        code, _, err = cli([*_train_args(tiny_encoder_file, data, cut, 6), "--lr", "0.5", "--resume"])
+        assert code == 2 and "lr: None before, 0.5 now" in err, err  # not only shapes: what it learns from
+        code, _, err = cli(_train_args(tiny_encoder_file, data, cut, 6))  # the same command, no --resume: the
+        assert code == 2 and "add --resume" in err, err  # checkpoint is not overwritten by a fresh start
         code, _, err = cli([*_train_args(tiny_encoder_file, data, cut, 6), "--resume"])
         assert code == 0, err
         b = load_file(str(cut))
