@@ -155,17 +155,20 @@ def adamw(params, device: torch.device, **kwargs) -> torch.optim.AdamW:
 
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, so that a training step's update and its step count are saved
-    together or not at all (a signal inside ``optimizer.step()`` would leave some groups updated)."""
+    """Hold Ctrl-C (and SIGTERM, which the CLI turns into the same interrupt) until the block ends, so
+    that a training step's update and its step count are saved together or not at all (a signal inside
+    ``optimizer.step()`` would leave some groups updated)."""
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = [signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in held]
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+        for s, handler, fallback in zip(held, previous, (signal.default_int_handler, signal.SIG_DFL)):
+            signal.signal(s, fallback if handler is None else handler)
     if caught:
         raise KeyboardInterrupt
 

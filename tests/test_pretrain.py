@@ -313,6 +313,28 @@ def test_resume_continues_exactly(cli, tmp_path, monkeypatch):
         assert all(torch.equal(a[k], b[k]) for k in a), where
 
 
+def test_sigterm_saves_the_step_as_ctrl_c_does(tmp_path):
+    """A scheduler's preemption (SIGTERM) ends a run like Ctrl-C: the checkpoint holds the last step."""
+    import signal
+    import time
+
+    data = _photos(tmp_path / "photos", 4)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pixio_cli", "pretrain", *SMOKE, "--steps", "100000", "--data",
+                             str(data), "-o", str(out), "--workers", "0", "--save-every", "100000"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists()
+                                           and len((out / "metrics.jsonl").read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in err, err
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) >= 2 and torch.load(out / "checkpoint.pt", weights_only=True)["step"] == steps[-1]
+
+
 def test_pretrain_refuses_what_it_could_not_do_as_asked(cli, tmp_path):
     """Each a one-line error before training: options that contradict each other or cannot work, options
     a --resume would ignore, data with no readable image; a finished run's --resume says so."""
