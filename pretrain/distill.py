@@ -62,6 +62,8 @@ def student_config(spec: str, img_size: int, n_cls: int) -> EncoderConfig:
     if m:
         width, depth = int(m.group(1)), int(m.group(2))
         heads = int(m.group(3)) if m.group(3) else max(1, width // 32)
+        if min(width, depth, heads) < 1:
+            raise UsageError(f"--students {spec}: width, depth and heads are positive")
         if width % heads:
             raise UsageError(f"--students {spec}: the width {width} is not divisible by {heads} heads")
         cfg = EncoderConfig(width, depth, heads)

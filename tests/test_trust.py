@@ -153,6 +153,28 @@ def test_vis_legend_says_when_it_is_clipped(monkeypatch):
     ["evaluate", "depth"], ["depth", "x"], ["extract", "x", "-o", "o", "--pool", "max"],
 ])
 def test_every_command_line_mistake_is_a_usage_error(cli, args):
+    _one_usage_line(cli, args)
+
+
+TRAIN = ["train", "depth", "--encoder", "e", "--data", "d", "-o", "h.safetensors"]
+PRE = ["pretrain", "--data", "d", "-o", "r", "--steps", "4"]
+
+
+@pytest.mark.parametrize("args", [  # values that crashed (exit 3) or ran nonsense (exit 0) before
+    [*PRE, "--lr", "-1"], [*PRE, "--blr", "0"], [*PRE, "--crop-scale-min", "1.5"], [*PRE, "--crop-scale-min", "-1"],
+    [*PRE, "--drop-path", "5"], [*PRE, "--warmup-steps", "-3"], [*PRE, "--warmup-steps", "10"],
+    ["pretrain", "--data", "d", "-o", "r", "--epochs", "0"], [*PRE, "--mask-ratio", "1"],
+    ["distill", "--teacher", "t", "--students", "0x2", "--data", "d", "-o", "r", "--steps", "2"],
+    [*TRAIN, "--batch-size", "0"], [*TRAIN, "--crop", "0"], [*TRAIN, "--head-channels", "8,x"],
+    [*TRAIN, "--workers", "-1"], [*TRAIN, "--lr", "-1"], [*TRAIN, "--max-depth", "0"],
+    [*TRAIN, "--depth-scale", "0"], [*TRAIN, "--eval-limit", "0"], [*TRAIN[:-1], "h.pth"],
+    ["train", "pointmap", "--encoder", "e", "--data", "d", "-o", "o", "--dpt-channels", "8,16,0,32"],
+])
+def test_training_values_out_of_range_are_usage_errors(cli, args):
+    _one_usage_line(cli, args)
+
+
+def _one_usage_line(cli, args):
     code, _, err = cli(args)
     assert code == 2, err
     assert "internal error" not in err and "Traceback" not in err

@@ -30,6 +30,16 @@ def parse_blocks(spec: str | None, depth: int) -> list[int]:
     return resolved
 
 
+def require_positive(**values: float | None) -> None:
+    """Refuse a given value that is not a positive finite number; ``values`` are keyed by option name
+    with ``_`` for ``-`` (``max_depth=0`` -> "--max-depth 0")."""
+    import math
+
+    for name, v in values.items():
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise UsageError(f"--{name.replace('_', '-')} {v:g}: expected a positive number")
+
+
 def single_process(command: str) -> None:
     """Refuse torchrun for a command that does its whole job in one process (every rank would redo it
     and write the same files)."""

@@ -9,6 +9,7 @@ import typer
 from .. import options as opt
 from ..errors import UsageError
 from . import training as t
+from .common import require_positive
 
 # Official drop-path for the large models (H and up); the small ones train without it.
 _DROP_PATH = {"h16": 0.4, "1b16": 0.4, "5b16": 0.4}
@@ -36,7 +37,8 @@ def pretrain(
     decoder_depth: Annotated[int, typer.Option(help="Decoder blocks.", min=1)] = 32,
     decoder_dim: Annotated[int, typer.Option(help="Decoder width.", min=1)] = 512,
     decoder_heads: Annotated[int, typer.Option(help="Decoder attention heads.", min=1)] = 16,
-    drop_path: Annotated[Optional[float], typer.Option(help="Stochastic depth (default 0.4 for h16 and up, else 0).")] = None,
+    drop_path: Annotated[Optional[float], typer.Option(help="Stochastic depth (default 0.4 for h16 and up, else 0).",
+                                                       min=0.0, max=0.99)] = None,
     crop_scale_min: t.CropScaleMin = 0.2,
     curation: t.Curation = None,
     min_entropy: t.MinEntropy = None,
@@ -73,6 +75,7 @@ def pretrain(
 
     from ..encoder import size_config
 
+    require_positive(lr=lr, blr=blr)
     shared = t.shared_settings(data, output, steps, epochs, batch_size, accum, warmup_steps, curation, min_entropy,
                                min_size, soft_sampling)
     enc = dataclasses.replace(size_config(size), img_size=img_size, n_cls_tokens=cls_tokens)

@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from .. import options as opt
+from ..errors import UsageError
+from .common import require_positive
 
 app = typer.Typer(help="Train a depth or segmentation head (official recipe by default), or a point-map model.",
                   no_args_is_help=True)
@@ -17,15 +19,16 @@ Encoder = Annotated[str, typer.Option(help="Encoder: model id or checkpoint (fro
 Data = Annotated[Path, typer.Option(help="Dataset root folder.")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="The head checkpoint to write (.safetensors).")]
 Head = Annotated[str, typer.Option(help="dpt or linear.")]
-Features = Annotated[int, typer.Option(help="DPT fusion width (256 official; narrower for small encoders).")]
+Features = Annotated[int, typer.Option(help="DPT fusion width (256 official; narrower for small encoders).", min=1)]
 Channels = Annotated[str, typer.Option("--head-channels", help="DPT projection widths, comma-separated.")]
 Steps = Annotated[int, typer.Option(help="Optimizer steps.", min=1)]
-Batch = Annotated[int, typer.Option("--batch-size", "-b", help="Crops per step.")]
+Batch = Annotated[int, typer.Option("--batch-size", "-b", help="Crops per step.", min=1)]
 Lr = Annotated[Optional[float], typer.Option(help="Head lr (default 1e-4 DPT, 2e-4 linear).")]
-Crop = Annotated[int, typer.Option(help="Training crop and sliding-window size.")]
+Crop = Annotated[int, typer.Option(help="Training crop and sliding-window size.", min=16)]
 Finetune = Annotated[bool, typer.Option("--finetune", help="Train the encoder too, at lr x --encoder-lr-scale.")]
 Half = Annotated[bool, typer.Option("--half", help="Store the weights in fp16.")]
-EvalLimit = Annotated[Optional[int], typer.Option(help="Evaluate on at most this many held-out images.")]
+EvalLimit = Annotated[Optional[int], typer.Option(help="Evaluate on at most this many held-out images.", min=1)]
+Workers = Annotated[int, typer.Option(help="Data loading processes.", min=0)]
 SaveEvery = Annotated[int, typer.Option(help="Write <output>.ckpt every N steps.", min=1)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from <output>.ckpt (same arguments).")]
 
@@ -33,11 +36,25 @@ Resume = Annotated[bool, typer.Option("--resume", help="Continue from <output>.c
 def _run(task: str, resume: bool, **kw) -> None:
     from heads.train import HeadTrainConfig, train_head
 
-    kw["head_channels"] = tuple(int(c) for c in kw["head_channels"].split(","))
+    if kw["output"].suffix.lower() != ".safetensors":
+        raise UsageError(f"-o {kw['output']}: a head is written as .safetensors")
+    require_positive(lr=kw["lr"], max_depth=kw.get("max_depth"), depth_scale=kw.get("depth_scale"))
+    kw["head_channels"] = _widths(kw["head_channels"], "--head-channels")
     result = train_head(HeadTrainConfig(task=task, **{k: (str(v) if isinstance(v, Path) else v)
                                                       for k, v in kw.items()}), resume=resume)
     if result:  # rank 0
         typer.echo(json.dumps(result))
+
+
+def _widths(spec: str, option: str) -> tuple[int, ...]:
+    """``"48,96,192,384"`` -> four positive widths."""
+    try:
+        widths = tuple(int(c) for c in spec.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 4 or min(widths) < 1:
+        raise UsageError(f"{option} {spec}: expected four positive widths such as 48,96,192,384")
+    return widths
 
 
 @app.command("depth")
@@ -48,7 +65,7 @@ def train_depth(encoder: Encoder, data: Data, output: Output,
                 depth_scale: Annotated[Optional[float], typer.Option(help="Stored value per metre (generic).")] = None,
                 max_depth: Annotated[float, typer.Option(help="Depth = sigmoid x max depth (metres).")] = 10.0,
                 crop: Crop = 256, steps: Steps = 2000, batch_size: Batch = 8, lr: Lr = None,
-                finetune: Finetune = False, seed: int = 0, workers: int = 2, device: opt.Device = "auto",
+                finetune: Finetune = False, seed: int = 0, workers: Workers = 2, device: opt.Device = "auto",
                 precision: opt.Precision = None, half: Half = False, eval_limit: EvalLimit = None,
                 save_every: SaveEvery = 500, resume: Resume = False) -> None:
     """Train a depth head; evaluates on the held-out split and stores the metrics in the checkpoint."""
@@ -66,7 +83,7 @@ def train_segment(encoder: Encoder, data: Data, output: Output,
                   head_channels: Channels = "256,512,1024,1024",
                   classes: Annotated[Optional[str], typer.Option(help="Class-names file (generic).")] = None,
                   crop: Crop = 256, steps: Steps = 2000, batch_size: Batch = 8, lr: Lr = None,
-                  finetune: Finetune = False, seed: int = 0, workers: int = 2, device: opt.Device = "auto",
+                  finetune: Finetune = False, seed: int = 0, workers: Workers = 2, device: opt.Device = "auto",
                   precision: opt.Precision = None, half: Half = False, eval_limit: EvalLimit = None,
                   save_every: SaveEvery = 500, resume: Resume = False) -> None:
     """Train a segmentation head; evaluates on the held-out split and stores the metrics in the checkpoint."""
@@ -96,7 +113,7 @@ def train_pointmap(
         depth_scale: Annotated[Optional[float], typer.Option(help="Stored value per metre (generic-rgbd).")] = None,
         steps: Steps = 2000, batch_size: Batch = 4,
         lr: Annotated[float, typer.Option(help="Peak learning rate (warmup, then poly decay).")] = 2e-4,
-        finetune: Finetune = False, seed: int = 0, workers: int = 2, device: opt.Device = "auto",
+        finetune: Finetune = False, seed: int = 0, workers: Workers = 2, device: opt.Device = "auto",
         precision: opt.Precision = None, half: Half = False,
         eval_limit: Annotated[Optional[int], typer.Option(help="Evaluate on at most this many held-out view sets.")]
         = 20,
@@ -108,14 +125,8 @@ def train_pointmap(
     from heads.pointmap_train import PointMapTrainConfig
     from heads.pointmap_train import train_pointmap as run
 
-    from ..errors import UsageError
-
-    try:
-        channels = tuple(int(c) for c in dpt_channels.split(","))
-    except ValueError:
-        channels = ()
-    if len(channels) != 4:
-        raise UsageError(f"--dpt-channels {dpt_channels}: expected four widths such as 48,96,192,384")
+    channels = _widths(dpt_channels, "--dpt-channels")
+    require_positive(lr=lr, depth_scale=depth_scale)
     if dim % num_heads:
         raise UsageError(f"--dim {dim} is not divisible by --num-heads {num_heads}")
     cfg = PointMapTrainConfig(encoder=encoder, data=str(data), dataset=dataset, output=str(output), size=size, dim=dim,
