@@ -74,11 +74,19 @@ class Layout:
         if self.task == "depth":
             return depth_from_raw(raw, self.depth_scale, self.invalid)
         if raw.ndim == 3:
+            if (raw[..., 1:] != raw[..., :1]).any():
+                raise InputError(f"{path}: a colour label map; labels are single-channel class ids (pixel value = "
+                                 "class id)")
             raw = raw[..., 0]
         raw = raw.astype(np.int64)
         out = raw + self.label_shift
         for src, dst in self.label_map.items():
             out[raw == src] = dst
+        known = out[out != IGNORE]
+        if self.classes is not None and known.size and not 0 <= known.min() <= known.max() < len(self.classes):
+            bad = int(known.max() if known.max() >= len(self.classes) else known.min())
+            raise InputError(f"{path}: label {bad}, but the dataset has {len(self.classes)} classes "
+                             f"(ids 0-{len(self.classes) - 1}, {IGNORE} ignored)")
         return out.astype(np.uint8)
 
 
@@ -197,7 +205,8 @@ def _find_layout(dataset: str, root: str | Path, split: str, depth_scale: float 
         imgs, targets = _stems(root / "images"), _stems(root / "depth")
         if depth_scale is None:
             raise UsageError("--dataset generic needs --depth-scale (stored value per metre, e.g. 1000 for mm)")
-        return Layout([(imgs[s], targets[s]) for s in sorted(imgs) if s in targets], "depth", depth_scale)
+        found = [(imgs[s], targets[s]) for s in sorted(imgs) if s in targets]
+        return Layout(_split_pairs(root, split, found), "depth", depth_scale)
     if dataset == "generic-segment":
         imgs, targets = _stems(root / "images"), _stems(root / "labels")
         names = None
@@ -206,7 +215,10 @@ def _find_layout(dataset: str, root: str | Path, split: str, depth_scale: float 
             names = [line.strip() for line in cf.read_text().splitlines() if line.strip()]
         if names is None:
             raise UsageError(f"--dataset generic needs a class-names file ({cf} or --classes)")
-        return Layout([(imgs[s], targets[s]) for s in sorted(imgs) if s in targets], "segment", classes=names)
+        if not names:
+            raise UsageError(f"{cf} lists no class names (one per line)")
+        found = [(imgs[s], targets[s]) for s in sorted(imgs) if s in targets]
+        return Layout(_split_pairs(root, split, found), "segment", classes=names)
     raise UsageError(f"--dataset {dataset}: expected 7scenes, generic-rgbd, nyuv2, kitti, generic-depth, camvid, ade20k, voc, "
                      "loveda or generic-segment")
 

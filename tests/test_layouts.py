@@ -149,3 +149,38 @@ def test_generic_rgbd_layout(tmp_path):
     (tmp_path / "val" / "b" / "poses" / "1.txt").unlink()
     with pytest.raises(InputError, match="b: 1.jpg has no pose"):
         require_cameras(find_sequences("generic-rgbd", tmp_path, "val", depth_scale=1000))
+
+
+def test_generic_layouts_take_split_files_and_refuse_labels_they_cannot_mean(tmp_path):
+    """A <split>.txt chooses the pairs of generic layouts too; a colour label map, a label beyond the class
+    list (16-bit ones included, which wrapped) and an empty class list are errors, not silent guesses."""
+    root = tmp_path / "seg"
+    for name in ("a", "b", "c"):
+        _img(root / "images" / f"{name}.jpg")
+        _label(root / "labels" / f"{name}.png", np.full((8, 10), 1, np.uint8))
+    (root / "classes.txt").write_text("sky\nroad\nbike\n")
+    (root / "val.txt").write_text("images/c.jpg labels/c.png\n")
+    assert [p.name for p, _ in find_layout("generic-segment", root, "val").pairs] == ["c.jpg"]
+    assert len(find_layout("generic-segment", root, "train").pairs) == 3  # no train.txt: every pair
+    layout = find_layout("generic-segment", root, "train")
+    assert (layout.read_target(root / "labels" / "a.png") == 1).all()
+    _label(root / "labels" / "gray3.png", np.full((8, 10, 3), 2, np.uint8))  # grey stored as 3 channels: fine
+    assert (layout.read_target(root / "labels" / "gray3.png") == 2).all()
+    colour = np.zeros((8, 10, 3), np.uint8)
+    colour[..., 2] = 1
+    _label(root / "labels" / "colour.png", colour)
+    _label(root / "labels" / "three.png", np.full((8, 10), 3, np.uint8))
+    _label(root / "labels" / "wide.png", np.full((8, 10), 257, np.uint16))  # 257 would wrap to class 1
+    for name, expected in (("colour.png", "colour label map"), ("three.png", "label 3, but the dataset has 3"),
+                           ("wide.png", "label 257")):
+        with pytest.raises(InputError, match=expected):
+            layout.read_target(root / "labels" / name)
+    (root / "classes.txt").write_text("\n")
+    with pytest.raises(UsageError, match="lists no class names"):
+        find_layout("generic-segment", root, "train")
+    depth = tmp_path / "depth"
+    for name in ("a", "b"):
+        _img(depth / "images" / f"{name}.jpg")
+        _label(depth / "depth" / f"{name}.png", np.full((8, 10), 1000, np.uint16))
+    (depth / "val.txt").write_text("images/b.jpg depth/b.png\n")
+    assert [p.name for p, _ in find_layout("generic-depth", depth, "val", depth_scale=1000).pairs] == ["b.jpg"]
