@@ -49,20 +49,28 @@ def evaluate(model: DenseModel, layout: Layout, engine: Engine, limit: int | Non
         label, reason = summary.failures[0]
         raise InputError(f"{summary.failed} image(s) of the split cannot be read, so the metrics would leave them "
                          f"out (first: {reason}); fix or remove them")
+    if cfg.task == "depth" and meter.n == 0:
+        raise InputError(f"no target of the {len(pairs)} image(s) has a valid depth (between {cfg.min_depth:g} and "
+                         f"{cfg.max_depth:g} m): nothing to score; check the depth scale and the targets")
     return meter.result() if cfg.task == "depth" else meter.result(cfg.classes)
 
 
 def baseline(layout_train: Layout, layout_val: Layout, task: str, min_depth: float, max_depth: float,
-             n_classes: int) -> dict:
-    """The trivial baselines: the training-set mean depth everywhere, or the majority class everywhere."""
+             n_classes: int, limit: int | None = None) -> dict:
+    """The trivial baselines: the training-set mean depth everywhere, or the majority class everywhere,
+    scored on the same (at most ``limit``) val images as :func:`evaluate`."""
+    val_pairs = layout_val.pairs[:limit] if limit else layout_val.pairs
     if task == "depth":
         vals = []
         for _, t in layout_train.pairs:
             d = layout_train.read_target(t)
             vals.append(d[(d > min_depth) & (d < max_depth)])
+        if not sum(v.size for v in vals):
+            raise InputError(f"no training target has a valid depth (between {min_depth:g} and {max_depth:g} m); "
+                             "check the depth scale and the targets")
         mean = float(np.concatenate(vals).mean())
         meter = DepthMeter(min_depth, max_depth)
-        for _, t in layout_val.pairs:
+        for _, t in val_pairs:
             gt = torch.from_numpy(layout_val.read_target(t))
             meter.update(torch.full_like(gt, mean), gt)
         return {"mean_depth": mean, **meter.result()}
@@ -72,7 +80,7 @@ def baseline(layout_train: Layout, layout_val: Layout, task: str, min_depth: flo
     counts[IGNORE] = 0
     majority = int(counts[:n_classes].argmax())
     cm = ConfusionMatrix(n_classes, IGNORE)
-    for _, t in layout_val.pairs:
+    for _, t in val_pairs:
         gt = torch.from_numpy(layout_val.read_target(t))
         cm.update(torch.full_like(gt, majority), gt)
     return {"majority_class": majority, **cm.result(layout_train.classes)}

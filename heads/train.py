@@ -262,7 +262,7 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
 
     engine = Engine(cfg.device, cfg.precision, batch_size=4, workers=cfg.workers, progress=False)
     metrics = evaluate(model, val_layout, engine, limit=cfg.eval_limit)
-    trivial = baseline(train_layout, val_layout, cfg.task, cfg.min_depth, cfg.max_depth, n_out)
+    trivial = baseline(train_layout, val_layout, cfg.task, cfg.min_depth, cfg.max_depth, n_out, cfg.eval_limit)
     provenance = {"data": str(cfg.data), "dataset": cfg.dataset, "train_pairs": len(train_layout.pairs),
                   "val_pairs": len(val_layout.pairs), "steps": cfg.steps, "batch_size": cfg.batch_size * world,
                   "final_loss": last, "train_seconds": round(seconds, 1), "encoder": cfg.encoder,

@@ -118,12 +118,22 @@ def test_depth_cli_end_to_end(cli, tiny_encoder_file, tmp_path):
     head = tmp_path / "depth.safetensors"
     args = ["train", "depth", "--encoder", tiny_encoder_file, "--data", data, "--dataset", "generic-depth",
             "--depth-scale", "1000", "-o", head, "--features", "16", "--head-channels", "8,16,32,32", "--crop", "32",
-            "--steps", "3", "--batch-size", "2", "--workers", "0"]
+            "--steps", "3", "--batch-size", "2", "--workers", "0", "--eval-limit", "3"]
     code, out, err = cli(args)  # generic-depth has no splits: the folder serves as train and val
     assert code == 0, err
     prov = json.loads(out.strip().splitlines()[-1])
     assert prov["steps"] == 3 and "d1" in prov["val_metrics"] and "mean_depth" in prov["baseline"]
     assert prov["val_shared_with_train"] == 4  # said, not passed off as held out
+    assert prov["val_metrics"]["images"] == prov["baseline"]["images"] == 3  # the same images, --eval-limit's
+    zero = tmp_path / "zero"
+    for name in ("images", "depth"):
+        (zero / name).mkdir(parents=True)
+    for i in range(2):
+        cv2.imwrite(str(zero / "images" / f"{i}.png"), np.full((60, 80, 3), 90, np.uint8))
+        cv2.imwrite(str(zero / "depth" / f"{i}.png"), np.zeros((60, 80), np.uint16))  # no measurement anywhere
+    code, _, err = cli(["evaluate", "depth", "--data", zero, "--dataset", "generic-depth", "--depth-scale", "1000",
+                        "--model", head, "--workers", "0"])
+    assert code == 1 and "nothing to score" in err, err  # not perfect zeros over 0 images
 
     code, out, err = cli(["depth", data / "images", "-o", tmp_path / "out", "--model", head, "--workers", "0",
                           "-q", "--vis", "--json", "--resize", "32"])
