@@ -73,6 +73,13 @@ def test_knn_list_files_and_bad_layouts(cli, tiny_encoder_file, tmp_path):
     assert code == 1 and "train/<class>" in err
     code, _, err = cli(["evaluate", "knn", "--data", data, "-k", "0"])
     assert code == 2 and "-k" in err
+    n_train = len(list((data / "train").rglob("*.png")))
+    for args, expected in ((["--data", data, "-k", f"1,{n_train + 1}"], f"only {n_train} training images"),
+                           (["--train-list", data / "train.txt"], "go together"),
+                           (["--data", data, "--train-list", data / "train.txt", "--val-list", data / "val.txt"],
+                            "give one")):
+        code, _, err = cli(["evaluate", "knn", "--model", tiny_encoder_file, *args])
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, (args, err)
     empty = tmp_path / "empty"
     (empty / "train").mkdir(parents=True)
     (empty / "val" / "red").mkdir(parents=True)

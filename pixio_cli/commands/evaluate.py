@@ -122,7 +122,13 @@ def evaluate_knn(
         raise UsageError(f"-k {k}: expected positive neighbour counts such as 10,20")
     if data is None and train_list is None:
         raise UsageError("give --data (train/ and val/ inside) or --train-list and --val-list")
+    if (train_list is None) != (val_list is None):
+        raise UsageError("--train-list and --val-list go together: give both")
+    if data is not None and train_list is not None:
+        raise UsageError("--data and --train-list/--val-list both name the images: give one")
     train, val, classes = find_splits(data or Path("."), train_list, val_list)
+    if max(ks) > len(train.paths):
+        raise UsageError(f"-k {max(ks)}: there are only {len(train.paths)} training images to vote")
     engine = Engine(device, precision, batch_size, workers, progress=False if quiet else None)
     encoder = engine.load_encoder(model, size)
     settings = {"--model": model_identity(model), "--size": size, "--resolution": resolution, "--normed": normed,
