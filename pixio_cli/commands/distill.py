@@ -92,7 +92,7 @@ def distill(
     from ..checkpoints import encoder_config
     from ..resume import model_identity
 
-    require_positive(lr=lr, blr=blr)
+    require_positive(lr=lr, blr=blr, crop_scale_min=crop_scale_min)
     shared = t.shared_settings(data, output, steps, epochs, batch_size, accum, warmup_steps, curation, min_entropy,
                                min_size, soft_sampling)
     n_cls = encoder_config(teacher, teacher_size).n_cls_tokens  # shapes only: the teacher is read once, later

@@ -75,7 +75,7 @@ def pretrain(
 
     from ..encoder import size_config
 
-    require_positive(lr=lr, blr=blr)
+    require_positive(lr=lr, blr=blr, crop_scale_min=crop_scale_min)
     shared = t.shared_settings(data, output, steps, epochs, batch_size, accum, warmup_steps, curation, min_entropy,
                                min_size, soft_sampling)
     enc = dataclasses.replace(size_config(size), img_size=img_size, n_cls_tokens=cls_tokens)

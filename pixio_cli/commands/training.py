@@ -18,7 +18,8 @@ Data = Annotated[Optional[list[str]], typer.Option(
     help="Image folder, .tar shard, folder of shards, or .txt file list; repeat for several.")]
 Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder.")]
 Steps = Annotated[Optional[int], typer.Option(help="Optimizer steps (or use --epochs).", min=1)]
-Epochs = Annotated[Optional[float], typer.Option(help="Passes over the data (counted up front).", min=1e-9)]
+Epochs = Annotated[Optional[float], typer.Option(
+    help="Passes over the data, counted up front over every image given (before --curation's rules drop any).")]
 Batch = Annotated[int, typer.Option("--batch-size", "-b", help="Images per process per micro-step.", min=1)]
 Accum = Annotated[int, typer.Option(help="Gradient accumulation steps.", min=1)]
 Blr = Annotated[float, typer.Option(help="Base lr; lr = blr x total batch / 256.")]
@@ -29,7 +30,7 @@ WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay (not on bia
 ClipGrad = Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this value.")]
 ImgSize = Annotated[int, typer.Option(help="Training crop size.", min=16)]
 MaskGrid = Annotated[int, typer.Option(help="Mask block side, in patches.", min=1)]
-CropScaleMin = Annotated[float, typer.Option(help="RandomResizedCrop minimum area (0 to 1].", min=1e-9, max=1.0)]
+CropScaleMin = Annotated[float, typer.Option(help="RandomResizedCrop minimum area, in (0, 1].", max=1.0)]
 Curation = Annotated[Optional[str], typer.Option(help="`pixio curate` output: per-shard JSONs or manifest.jsonl.")]
 MinEntropy = Annotated[Optional[float], typer.Option(help="Drop images with histogram_score <= this (paper: 4.5).")]
 MinSize = Annotated[Optional[int], typer.Option(help="Drop images whose height or width is below this (paper: 320).")]
@@ -60,6 +61,8 @@ def shared_settings(data: list[str] | None, output: Path | None, steps: int | No
         raise UsageError(f"{output} already holds a run: use --resume {output}, or another -o")
     if warmup_steps is not None and steps is not None and warmup_steps >= steps:
         raise UsageError(f"--warmup-steps {warmup_steps} leaves no step of the run ({steps}) after the warmup")
+    if epochs is not None and not epochs > 0:
+        raise UsageError(f"--epochs {epochs:g}: expected a positive number of passes")
     if steps is not None and epochs is not None:
         raise UsageError("--steps and --epochs both set the run's length: give one, not both")
     if steps is None:
