@@ -160,6 +160,11 @@ def recon3d(
         written += _write_mesh(pred, colours, scene_path, mesh_voxel, glb,
                                None if use_mask else np.ones(pred.mask.shape, bool))
     cam_sizes = np.array(pred.original_hw)
+    flipped = [name for name, K in zip(pred.images, pred.K_original) if not (K[0, 0] > 0 and K[1, 1] > 0)]
+    if cameras is not None and flipped:  # written as predicted, but said: no pinhole camera has them
+        typer.echo(f"pixio: warning: the predicted camera of {len(flipped)} view(s) (first: {flipped[0]}) has a "
+                   "non-positive focal length, as for frames far from the model's training data; the "
+                   f"{cameras.value} cameras hold it as predicted, and COLMAP will not accept it", err=True)
     if cameras == Cameras.json:
         G.write_cameras_json(scene_path.parent / "cameras.json", pred.images, cam_sizes, pred.K_original,
                              pred.cam2world, unit)
