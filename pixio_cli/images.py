@@ -119,6 +119,9 @@ def jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
     return None
 
 
+MAX_SIDE = 16384  # the largest side --resize may ask for: 1M patch tokens at 16 px, far past any GPU
+
+
 @dataclass(frozen=True)
 class ResizePolicy:
     """How images are sized before the encoder: both sides a multiple of 16 (``crop``: crop x crop).
@@ -149,6 +152,9 @@ class ResizePolicy:
                 w, h = (int(v) for v in s.split("x"))
                 if w <= 0 or h <= 0:
                     raise ValueError
+                if max(w, h) > MAX_SIDE:
+                    raise UsageError(f"--resize {spec}: at most {MAX_SIDE} pixels a side (the encoder's cost grows "
+                                     "with the square of the pixels)")
                 policy = cls(short=None, size=(w, h), multiple=multiple)
                 rh, rw = policy.target(h, w)
                 if max(rh, rw) > 4 * min(rh, rw):
@@ -158,6 +164,9 @@ class ResizePolicy:
             n = int(s)
             if n <= 0:
                 raise ValueError
+            if n > MAX_SIDE // 4:  # the long side may reach 4x the short one
+                raise UsageError(f"--resize {spec}: a short side of at most {MAX_SIDE // 4} (the long side may reach "
+                                 f"4x it, and the encoder's cost grows with the square of the pixels)")
             return cls(short=n, multiple=multiple)
         except ValueError:
             raise UsageError(f"--resize {spec!r}: expected a short side (256), WIDTHxHEIGHT (448x320) or 'native'") from None

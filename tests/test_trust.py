@@ -242,7 +242,8 @@ def test_one_process_commands_refuse_torchrun(cli, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("extra,expected", [
     (["--blocks", "1,1"], "named twice"), (["--blocks", ""], "empty"), (["--precision", "fp16"], "needs a GPU"),
-    (["--resize", "100x20"], "4:1"), (["--device", "tpu"], "expected auto"),
+    (["--resize", "100x20"], "4:1"), (["--device", "tpu"], "expected auto"), (["--resize", "100000"], "at most 4096"),
+    (["--resize", "20000x16000"], "at most 16384"),
     pytest.param(["--device", "mps"], "not available", marks=pytest.mark.skipif(
         torch.backends.mps.is_available(), reason="this machine has MPS")),
 ])
