@@ -91,7 +91,8 @@ def unreadable(path: str | os.PathLike, error: Exception) -> str:
     if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in text:
         return (f"{path} holds Python objects besides tensors, and pixio never runs code from a checkpoint "
                 "(torch.load weights_only=True); save it as a plain state dict or safetensors")
-    if isinstance(error, pickle.UnpicklingError) or "Weights only load failed" in text:
+    # torch.load's unpickler also fails with KeyError(<first byte>) or EOFError on text and other files
+    if isinstance(error, (pickle.UnpicklingError, KeyError, EOFError)) or "Weights only load failed" in text:
         return f"{path} is not a readable checkpoint (corrupt, truncated, or not a PyTorch file)"
     first = text.splitlines()[0][:200] if text else type(error).__name__
     return f"{path} is not a readable checkpoint ({first})"

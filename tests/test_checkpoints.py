@@ -236,7 +236,9 @@ def test_corrupt_and_code_carrying_checkpoints_are_one_line(cli, tmp_path):
     (tmp_path / "photo.png").write_bytes(b"")
     (tmp_path / "trunc.pth").write_bytes(b"PK\x03\x04 truncated zip")
     torch.save({"w": torch.zeros(2), "obj": Payload()}, tmp_path / "code.pth")
-    for name, expected in (("trunc.pth", "not a readable checkpoint"), ("code.pth", "never runs code")):
+    (tmp_path / "text.jpg").write_text("hello")  # torch.load: KeyError(104), which said "(104)"
+    for name, expected in (("trunc.pth", "not a readable checkpoint"), ("code.pth", "never runs code"),
+                           ("text.jpg", "not a readable checkpoint (corrupt, truncated, or not a PyTorch file)")):
         code, _, err = cli(["extract", tmp_path / "photo.png", "-o", tmp_path / "o", "--model", tmp_path / name])
         assert code == 2 and expected in err, err
         assert len(err.strip().splitlines()) == 1 and "weights_only=False" not in err
