@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from pixio_cli.engine import Engine, Sample
-from pixio_cli.errors import InputError
+from pixio_cli.errors import InputError, UsageError
 from pixio_cli.inputs import Item
 
 from .datasets import IGNORE, Layout
@@ -24,6 +24,9 @@ def evaluate(model: DenseModel, layout: Layout, engine: Engine, limit: int | Non
     crop, resized to the original image; the target is compared at its size.
     """
     cfg = model.cfg
+    if cfg.task == "segment" and layout.classes is not None and len(layout.classes) != cfg.n_out:
+        raise UsageError(f"the head predicts {cfg.n_out} classes, but the dataset has {len(layout.classes)}: "
+                         "evaluate it on the data (and class list) it was trained for")
     model.eval()  # the caller decides whether to freeze and cast it (the numbers are the same either way)
     meter = DepthMeter(cfg.min_depth, cfg.max_depth) if cfg.task == "depth" else ConfusionMatrix(cfg.n_out, IGNORE)
     pairs = layout.pairs[:limit] if limit else layout.pairs

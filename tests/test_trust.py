@@ -265,6 +265,20 @@ def test_camera_options_must_fit(cli, depth_head, tmp_path, extra, expected):
     assert code == 2 and expected in err, err
 
 
+def test_a_head_is_evaluated_only_on_its_own_classes(cli, seg_head, tmp_path):
+    root = tmp_path / "seg"
+    write_rgb(root / "images" / "a.jpg")
+    (root / "labels").mkdir()
+    cv2.imwrite(str(root / "labels" / "a.png"), np.ones((48, 64), np.uint8))
+    args = ["evaluate", "segment", "--data", root, "--dataset", "generic-segment", "--model", seg_head, "--workers", "0"]
+    (root / "classes.txt").write_text("a\nb\nc\n")
+    code, _, err = cli(args)
+    assert code == 0, err
+    (root / "classes.txt").write_text("a\nb\n")  # the 3-class head on a 2-class list: refused, not ignored
+    code, _, err = cli(args)
+    assert code == 2 and "the head predicts 3 classes, but the dataset has 2" in err, err
+
+
 def test_a_point_cloud_camera_is_a_setting_of_the_run(cli, depth_head, tmp_path):
     """Depth maps without --ply, then with --fov 60, then --vis alone, then --fov 60 again (all skipped)
     run; --fov 90 is refused, as it would leave the fov-60 clouds in place."""
