@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pixio_cli.checkpoints import load_encoder
 from pixio_cli.encoder import set_fused_attention
-from pixio_cli.engine import Engine, adamw, autocast, dist_info, init_distributed, pick_device, pick_dtype
+from pixio_cli.engine import Engine, adamw, autocast, dist_info, init_distributed, pick_device, pick_dtype, worker_init
 from pixio_cli.errors import InputError, UsageError
 from pixio_cli.images import ResizePolicy, read_image, resize_image
 
@@ -225,7 +225,7 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
                     cfg.steps * cfg.batch_size * world)
     loader = DataLoader(data, batch_size=cfg.batch_size, sampler=step_positions(cfg.batch_size, cfg.steps, start,
                                                                                rank, world),
-                        num_workers=cfg.workers, drop_last=True)
+                        num_workers=cfg.workers, drop_last=True, worker_init_fn=worker_init)
     # which steps see the true rays: drawn for the whole run up front, so every rank and a resumed run agree
     known_rays = iter((torch.rand(cfg.steps, generator=torch.Generator().manual_seed(cfg.seed)) < cfg.ray_prob)
                       [start:].tolist())

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from pixio_cli.checkpoints import load_encoder, load_torch_dict
 from pixio_cli.encoder import set_fused_attention
 from pixio_cli.engine import (Engine, adamw, autocast, dist_info, init_distributed, interrupts_deferred, pick_device,
-                              pick_dtype)
+                              pick_dtype, worker_init)
 from pixio_cli.errors import CheckpointError, PixioError, UsageError
 from pixio_cli.images import read_image
 from pixio_cli.writers import atomic_path
@@ -252,7 +252,7 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
 
     crops = TrainCrops(train_layout, cfg.crop, cfg.seed, total=cfg.steps * cfg.batch_size * world)
     loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=step_positions(cfg.batch_size, cfg.steps, start, rank, world),
-                        num_workers=cfg.workers, drop_last=True)
+                        num_workers=cfg.workers, drop_last=True, worker_init_fn=worker_init)
     net.train()
     model.encoder.train(cfg.finetune)  # a frozen encoder stays in eval mode
     step, last, seconds = run_steps(loader, loss_fn, opt, ckpt, start, cfg.steps, int(cfg.warmup * cfg.steps),

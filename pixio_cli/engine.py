@@ -129,15 +129,20 @@ def prepare_for_inference(model: torch.nn.Module, device: torch.device, dtype: t
     return model
 
 
-def die_with_parent(_worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: the worker ends when its parent dies, even by ``kill -9``.
+def worker_init(_worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn`` of every loader: the worker leaves SIGTERM to its parent and ends
+    when the parent dies, even by ``kill -9``.
 
-    Without it, decoding workers (about half a GB each) outlive a killed run.
-    Linux only (the parent-death signal); elsewhere PyTorch's own watchdog remains.
+    A scheduler's SIGTERM reaches the whole process group; a worker it killed would make the parent fail
+    ("worker killed by signal") before it could save its step. Without the parent-death signal, decoding
+    workers (about half a GB each) outlive a killed run. Linux only (the parent-death signal);
+    elsewhere PyTorch's own watchdog remains.
     """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -411,7 +416,7 @@ class Engine:
         stream = ImageStream(items, policy)
         loader = DataLoader(stream, batch_size=None, num_workers=self.workers, collate_fn=_collate_one,
                             prefetch_factor=4 * self.batch_size if self.workers else None,
-                            persistent_workers=False, worker_init_fn=die_with_parent)
+                            persistent_workers=False, worker_init_fn=worker_init)
         pending: dict[tuple[int, int], list[Sample]] = {}
         held = enlarged = 0
         for sample in loader:

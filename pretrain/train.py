@@ -26,7 +26,7 @@ from tqdm import tqdm
 from pixio_cli.checkpoints import load_torch_dict, save_safetensors
 from pixio_cli.encoder import set_fused_attention
 from pixio_cli.engine import (adamw, autocast, dist_info, init_distributed, interrupts_deferred, pick_device,
-                              pick_dtype)
+                              pick_dtype, worker_init)
 from pixio_cli.errors import InputError, PixioError, UsageError
 from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD
 from pixio_cli.writers import atomic_path, write_image, write_json
@@ -192,7 +192,7 @@ class Trainer:
         return DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate,
                           pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
                           prefetch_factor=4 if cfg.workers > 0 else None,
-                          generator=torch.Generator().manual_seed(cfg.seed))
+                          generator=torch.Generator().manual_seed(cfg.seed), worker_init_fn=worker_init)
 
     # -- checkpoints
 

@@ -314,7 +314,8 @@ def test_resume_continues_exactly(cli, tmp_path, monkeypatch):
 
 
 def test_sigterm_saves_the_step_as_ctrl_c_does(tmp_path):
-    """A scheduler's preemption (SIGTERM) ends a run like Ctrl-C: the checkpoint holds the last step."""
+    """A scheduler's preemption (SIGTERM to the whole process group, data workers included) ends a run
+    like Ctrl-C: the checkpoint holds the last step."""
     import signal
     import time
 
@@ -322,13 +323,13 @@ def test_sigterm_saves_the_step_as_ctrl_c_does(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "pixio_cli", "pretrain", *SMOKE, "--steps", "100000", "--data",
-                             str(data), "-o", str(out), "--workers", "0", "--save-every", "100000"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             str(data), "-o", str(out), "--workers", "2", "--save-every", "100000"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and not ((out / "metrics.jsonl").exists()
                                            and len((out / "metrics.jsonl").read_text().splitlines()) >= 2):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "--resume" in err, err
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
