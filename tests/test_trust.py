@@ -335,6 +335,8 @@ def test_evaluation_without_images_is_an_error_and_defaults_to_the_bundled_head(
     code, out, err = cli(["evaluate", "depth", "--data", tmp_path, "--json"])  # no --model: the bundled head
     assert code == 1 and out == ""
     assert str(tmp_path) in err and "7scenes" in err and "val split" in err
+    code, out, err = cli(["evaluate", "pointmap", "--data", tmp_path, "-m", "pointmap-tiny", "--json"])  # same case
+    assert code == 1 and out == "" and "no val sequences" in err, err
 
 
 def test_decoding_workers_die_with_a_killed_run(tmp_path):

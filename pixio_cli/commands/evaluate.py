@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import options as opt
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from .common import single_process
 
 app = typer.Typer(help="Evaluate a head (depth, segment) or an encoder (knn), with the official metrics.",
@@ -177,7 +177,7 @@ def evaluate_pointmap(
 
     sequences = find_sequences(dataset, data, split, depth_scale)
     if not sequences:
-        raise UsageError(f"--data {data}: no {split} sequences in the {dataset} layout")
+        raise InputError(f"--data {data}: no {split} sequences in the {dataset} layout")  # as evaluate depth
     engine = Engine(device, precision, batch_size=views, workers=0, progress=False)
     net = prepare_pointmap(engine, load_pointmap(model))
     result = run(net, sequences, engine, views, gap, ResizePolicy.parse(resize) if resize else None, limit)
