@@ -129,18 +129,22 @@ def prepare_for_inference(model: torch.nn.Module, device: torch.device, dtype: t
     return model
 
 
-def worker_init(_worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn`` of every loader: the worker leaves SIGTERM to its parent and ends
-    when the parent dies, even by ``kill -9``.
+def _quiet_stop(_signum, _frame) -> None:
+    raise KeyboardInterrupt  # PyTorch's worker loop ends quietly (exit 0) on it, as on Ctrl-C
 
-    A scheduler's SIGTERM reaches the whole process group; a worker it killed would make the parent fail
-    ("worker killed by signal") before it could save its step. Without the parent-death signal, decoding
-    workers (about half a GB each) outlive a killed run. Linux only (the parent-death signal);
-    elsewhere PyTorch's own watchdog remains.
+
+def worker_init(_worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn`` of every loader: SIGTERM ends the worker as Ctrl-C does, and the
+    worker ends when its parent dies, even by ``kill -9``.
+
+    A scheduler's SIGTERM reaches the whole process group; a worker killed by it would make the parent
+    fail ("worker killed by signal") before it could save its step, while one that exits quietly does
+    not. Without the parent-death signal, decoding workers (about half a GB each) outlive a killed run.
+    Linux only (the parent-death signal); elsewhere PyTorch's own watchdog remains.
     """
     import signal
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _quiet_stop)
     if sys.platform.startswith("linux"):
         import ctypes
 

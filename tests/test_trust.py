@@ -360,6 +360,21 @@ def test_decoding_workers_die_with_a_killed_run(tmp_path):
     assert not any(_alive(c) for c in children)
 
 
+def test_a_failing_data_worker_does_not_hang_the_exit(tmp_path):
+    """A worker's error reaches the parent, whose exit stops the other workers with SIGTERM: with
+    worker_init they must still end (an ignored SIGTERM hung the exit of every trainer)."""
+    script = tmp_path / "fail.py"
+    script.write_text(
+        "import sys\nfrom torch.utils.data import DataLoader, Dataset\nfrom pixio_cli.engine import worker_init\n"
+        "class D(Dataset):\n    def __len__(self): return 1000\n"
+        "    def __getitem__(self, i):\n        if i == 5: raise ValueError('bad target')\n        return i\n"
+        "try:\n    list(DataLoader(D(), batch_size=2, num_workers=2, worker_init_fn=worker_init))\n"
+        "except ValueError:\n    sys.exit(2)  # inside the except block, as cli.main exits\n")
+    res = subprocess.run([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60,
+                         capture_output=True)
+    assert res.returncode == 2, res.stderr[-500:]
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for d in Path("/proc").iterdir():
