@@ -73,6 +73,7 @@ class TrainConfig:
     curation: str | None = None
     rules: CurationRules = field(default_factory=CurationRules)
     distill: DistillConfig | None = None
+    command_line: dict | None = None  # every option's value as the run was started (a --resume compares)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -357,6 +357,8 @@ def test_pretrain_refuses_what_it_could_not_do_as_asked(cli, tmp_path):
     assert code == 0, err
     code, _, err = cli(["pretrain", "--resume", tmp_path / "run", "--img-size", "64"])
     assert code == 2 and "--img-size" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = cli([*run, "--steps", "2", "--workers", "0", "-o", tmp_path / "run", "--resume", tmp_path / "run"])
+    assert code == 0 and "already finished" in err, err  # the starting command plus --resume (a requeue script)
     code, _, err = cli(["pretrain", "--resume", tmp_path / "run"])
     assert code == 0 and "already finished at step 2" in err and "None" not in err, err
 

@@ -107,7 +107,7 @@ def distill(
         mae=None, distill=dcfg, **shared, blr=blr, lr=lr, min_lr=min_lr, weight_decay=weight_decay,
         clip_grad=clip_grad, drop_path=drop_path, crop_scale_min=crop_scale_min, seed=seed, save_every=save_every,
         log_every=log_every, recon_every=0, workers=workers, device=device, precision=precision, compile=compile,
-        grad_checkpointing=grad_checkpointing, fsdp=fsdp)
+        grad_checkpointing=grad_checkpointing, fsdp=fsdp, command_line=t.command_line(ctx.params))
     t.report(Trainer(cfg).run(), cfg)
 
 

@@ -86,7 +86,7 @@ def pretrain(
         drop_path=drop_path if drop_path is not None else _DROP_PATH.get(key, 0.0),
         crop_scale_min=crop_scale_min, seed=seed, save_every=save_every, log_every=log_every,
         recon_every=recon_every, workers=workers, device=device, precision=precision, compile=compile,
-        grad_checkpointing=grad_checkpointing, fsdp=fsdp)
+        grad_checkpointing=grad_checkpointing, fsdp=fsdp, command_line=t.command_line(ctx.params))
     t.report(Trainer(cfg).run(), cfg)
 
 

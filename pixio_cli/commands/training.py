@@ -82,12 +82,15 @@ def resume_run(ctx: typer.Context, folder: Path, steps: int | None) -> None:
 
     from ..resume import model_identity
 
-    given = [p.opts[0] for p in ctx.command.params if p.name not in ("resume", "steps")  # by name: typer
-             and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]  # vendors click
-    if given:
-        raise UsageError(f"--resume continues the run with the settings it was started with: {', '.join(given)} "
-                         "cannot change (only --steps can, to train further)")
     cfg, done = read_run(folder)
+    started = cfg.command_line or {}
+    given = [p for p in ctx.command.params if p.name not in ("resume", "steps")  # the source by name: typer
+             and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]  # vendors click
+    changed = [p.opts[0] for p in given if p.name not in started or command_line({p.name: ctx.params[p.name]})
+               != {p.name: started[p.name]}]  # the command that started the run, plus --resume, is fine
+    if changed:
+        raise UsageError(f"--resume continues the run with the settings it was started with: {', '.join(changed)} "
+                         "cannot change (only --steps can, to train further)")
     command = ctx.command.name
     if (cfg.distill is not None) != (command == "distill"):
         made_by = "distill" if cfg.distill is not None else "pretrain"
@@ -96,7 +99,7 @@ def resume_run(ctx: typer.Context, folder: Path, steps: int | None) -> None:
     if cfg.distill is not None and cfg.distill.teacher_identity not in (None, model_identity(cfg.distill.teacher)):
         raise UsageError(f"--resume {folder}: the teacher {cfg.distill.teacher} is not the file the run started "
                          "with (its size or time changed); put that one back, or start a new run")
-    if steps is not None:
+    if steps is not None and steps != cfg.steps:  # the starting --steps again is no change
         if steps <= done:
             raise UsageError(f"--steps {steps}: the run in {folder} is already at step {done}")
         cfg.steps = steps
@@ -105,6 +108,11 @@ def resume_run(ctx: typer.Context, folder: Path, steps: int | None) -> None:
                    "with --resume to train further", err=True)
         return
     report(Trainer(cfg, resume=True).run(), cfg)
+
+
+def command_line(params: dict) -> dict:
+    """A command's option values as JSON gives them back (stored in the run for ``--resume``)."""
+    return json.loads(json.dumps(params, default=lambda v: getattr(v, "value", str(v))))
 
 
 def report(result: dict, cfg) -> None:
