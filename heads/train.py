@@ -83,9 +83,11 @@ def step_positions(batch_size: int, steps: int, start: int, rank: int, world: in
     return [s * per_step + rank * batch_size + j for s in range(start, steps) for j in range(batch_size)]
 
 
-# options that may change between a run and its --resume: where and how fast it runs, not what it learns,
-# and --steps, which extends a run (the lr schedule then stretches to the new end, as pretrain's does)
-_RESUMABLE_CHANGES = ("output", "workers", "device", "save_every", "eval_limit", "steps")
+# options that may change between a run and its --resume: where and how fast it runs, how it is scored and
+# stored, not what it learns; and --steps, which extends a run (the lr schedule then stretches to the new
+# end, as pretrain's does)
+_RESUMABLE_CHANGES = ("output", "workers", "device", "save_every", "eval_limit", "eval_views", "eval_gap",
+                      "half", "steps")
 
 
 def run_settings(cfg) -> dict:
@@ -108,10 +110,12 @@ class StepCheckpoint:
         over a checkpoint that a rerun of the interrupted command would otherwise overwrite."""
         if resume:
             return self.load()
-        if self.path.exists():
-            raise UsageError(f"{self.path} holds an earlier run's checkpoint: add --resume to continue it (same "
+        if self.path.exists() and not load_torch_dict(self.path, ("model", "optimizer", "step", "loss"),
+                                                      "a pixio training checkpoint", mmap=True
+                                                      ).get("extra", {}).get("finished"):
+            raise UsageError(f"{self.path} holds an unfinished run's checkpoint: add --resume to continue it (same "
                              "options), or remove it to start again")
-        return 0, float("nan")
+        return 0, float("nan")  # (a finished run's checkpoint is simply replaced, as its output is)
 
     def load(self) -> tuple[int, float]:
         """(step, loss) of the checkpoint, model and optimizer restored, ``extra`` filled."""
@@ -161,6 +165,7 @@ def run_steps(loader, loss_fn, opt: torch.optim.Optimizer, ckpt: StepCheckpoint,
     params = [p for g in opt.param_groups for p in g["params"]]
     bar = tqdm(total=total, initial=start, desc=desc, file=sys.stderr, dynamic_ncols=True,
                disable=ckpt.rank != 0 or None)
+    ckpt.extra.pop("finished", None)
     t0 = time.perf_counter()
     step, rng = start, torch.get_rng_state()  # rng: as ``step`` began, what a Ctrl-C within it must save
     try:
@@ -190,6 +195,7 @@ def run_steps(loader, loss_fn, opt: torch.optim.Optimizer, ckpt: StepCheckpoint,
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
+    ckpt.extra["finished"] = step >= total
     ckpt.save(step, last)
     return step, last, seconds
 
