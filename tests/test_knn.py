@@ -73,6 +73,9 @@ def test_knn_list_files_and_bad_layouts(cli, tiny_encoder_file, tmp_path):
     assert code == 1 and "train/<class>" in err
     code, _, err = cli(["evaluate", "knn", "--data", data, "-k", "0"])
     assert code == 2 and "-k" in err
+    code, out, err = cli(["evaluate", "knn", "--data", data, "--model", tiny_encoder_file, "--resolution", "32",
+                          "--workers", "0", "-q", "--json"])  # the default k, cut to the few training images
+    assert code == 0 and [r["k"] for r in json.loads(out)["results"]] == [10], err
     n_train = len(list((data / "train").rglob("*.png")))
     for args, expected in ((["--data", data, "-k", f"1,{n_train + 1}"], f"only {n_train} training images"),
                            (["--train-list", data / "train.txt"], "go together"),

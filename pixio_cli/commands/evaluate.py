@@ -78,13 +78,17 @@ def evaluate_segment(
     _run("segment", model, data, dataset, split, json_out, device, precision, limit, workers, classes=classes)
 
 
+_DEFAULT_K = "10,20,100,200"
+
+
 @app.command("knn")
 def evaluate_knn(
         data: Annotated[Optional[Path], typer.Option(
             help="ImageNet-style folder: train/<class>/*, val/<class>/*.")] = None,
         model: Annotated[str, typer.Option("--model", "-m", help="Encoder: model id or checkpoint.")] = opt.DEFAULT,
         size: opt.Size = None,
-        k: Annotated[str, typer.Option("--k", "-k", help="Neighbour counts, comma-separated.")] = "10,20,100,200",
+        k: Annotated[str, typer.Option("--k", "-k", help="Neighbour counts, comma-separated (by default, those up to "
+                                                         "the number of training images).")] = _DEFAULT_K,
         temperature: Annotated[float, typer.Option(help="Temperature of the vote weights exp(sim / T).", min=1e-6)] = 0.07,
         train_list: Annotated[Optional[Path], typer.Option(help="Instead of --data: 'path label' lines.")] = None,
         val_list: Annotated[Optional[Path], typer.Option(help="Instead of --data: 'path label' lines.")] = None,
@@ -128,7 +132,10 @@ def evaluate_knn(
         raise UsageError("--data and --train-list/--val-list both name the images: give one")
     train, val, classes = find_splits(data or Path("."), train_list, val_list)
     if max(ks) > len(train.paths):
-        raise UsageError(f"-k {max(ks)}: there are only {len(train.paths)} training images to vote")
+        if k != _DEFAULT_K:
+            raise UsageError(f"-k {max(ks)}: there are only {len(train.paths)} training images to vote")
+        ks = [kk for kk in ks if kk <= len(train.paths)] or [len(train.paths)]  # the default, cut to the data
+        typer.echo(f"pixio: only {len(train.paths)} training images: k = {','.join(map(str, ks))}", err=True)
     engine = Engine(device, precision, batch_size, workers, progress=False if quiet else None)
     encoder = engine.load_encoder(model, size)
     settings = {"--model": model_identity(model), "--size": size, "--resolution": resolution, "--normed": normed,
