@@ -51,14 +51,12 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
-def _walk(folder: Path, videos: bool) -> list[Path]:
+def _walk(folder: Path, videos: bool, skip: frozenset[str] = frozenset()) -> list[Path]:
     """Images (and videos) under ``folder``, in natural order; hidden files and folders are left out, and
-    so are subfolders that hold a pixio run's ledger: another run's outputs, not inputs."""
-    from .resume import LEDGER
-
+    so are the subfolders in ``skip`` (real paths: the run's own output folder)."""
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
-        if root != str(folder) and any(f.startswith(LEDGER) for f in files):
+        if root != str(folder) and os.path.realpath(root) in skip:
             dirs[:] = []
             continue
         dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=natural_key)
@@ -70,25 +68,27 @@ def _walk(folder: Path, videos: bool) -> list[Path]:
 
 
 def collect(specs: Iterable[str], stdin: TextIO | None = None, videos: bool = True,
-            every: int = 1) -> list[Item]:
+            every: int = 1, outputs: Path | None = None) -> list[Item]:
     """Expand inputs into items whose output keys are unique over the whole run.
 
     Keys are the files' paths relative to the common parent of what was given
     (a single folder: the folder itself), without extension: ``a/ b/`` holding
     ``x.jpg`` each give ``a/x`` and ``b/x``. Two files that would still share a
     key (``x.jpg`` beside ``x.png``) keep their extension in it. Videos become
-    one item per ``every``-th frame, keyed ``<video>/<frame>``.
+    one item per ``every``-th frame, keyed ``<video>/<frame>``. ``outputs``, the run's output folder, is
+    left out where it lies inside an input folder, so a rerun does not read its own outputs back.
     """
     specs = list(specs)
     stdin = stdin if stdin is not None else sys.stdin
     files: list[Path] = []
     anchors: list[str] = []  # folders the keys are relative to: given folders, loose files' parents
     bad: list[Item] = []
+    skip = frozenset([os.path.realpath(outputs)] if outputs is not None else [])
     for spec in specs:
         if spec == "-":
             for line in stdin:
                 if line.strip():
-                    _add_path(Path(line.strip()), line.strip(), files, anchors, bad, videos)
+                    _add_path(Path(line.strip()), line.strip(), files, anchors, bad, videos, skip)
             continue
         if _has_glob(spec) and not Path(spec).exists():
             matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True), key=natural_key)
@@ -96,9 +96,9 @@ def collect(specs: Iterable[str], stdin: TextIO | None = None, videos: bool = Tr
             if not hits:
                 bad.append(Item(spec, spec, error=f"{spec}: the pattern matches no file"))
             for m in hits:
-                _add_path(m, m.as_posix(), files, anchors, bad, videos)
+                _add_path(m, m.as_posix(), files, anchors, bad, videos, skip)
             continue
-        _add_path(Path(spec).expanduser(), spec, files, anchors, bad, videos)
+        _add_path(Path(spec).expanduser(), spec, files, anchors, bad, videos, skip)
 
     items = _keyed(files, anchors, every, bad)
     if every > 1 and items and all(it.frame is None for it in items):
@@ -111,10 +111,11 @@ def collect(specs: Iterable[str], stdin: TextIO | None = None, videos: bool = Tr
     return bad + items
 
 
-def _add_path(p: Path, spec: str, files: list[Path], anchors: list[str], bad: list[Item], videos: bool) -> None:
+def _add_path(p: Path, spec: str, files: list[Path], anchors: list[str], bad: list[Item], videos: bool,
+              skip: frozenset[str] = frozenset()) -> None:
     if p.is_dir():
         anchors.append(os.path.abspath(p))
-        files.extend(_walk(p, videos))
+        files.extend(_walk(p, videos, skip))
     elif p.is_file() and not videos and is_video(p):
         bad.append(Item(str(p), spec, error=f"{spec}: a video; this command takes images (extract frames first)"))
     elif p.is_file():

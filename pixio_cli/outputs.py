@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
+from .images import is_image
 from .inputs import Item
 from .writers import check_writable
 
@@ -37,17 +38,27 @@ class Destination:
         return self.target / f"{item.key}{tag}"
 
     def check_unique(self, items: list[Item], tags: list[str]) -> None:
-        """Refuse, before any work, two outputs of this run that would land in one file."""
+        """Refuse, before any work, two outputs of this run that would land in one file, and pictures
+        written beside the input images (the next run would read them as inputs)."""
         owner: dict[Path, str] = {}
+        pictures = [tag for tag in tags if is_image(Path(f"x{tag}"))] if not self.single else []
         for it in items:
             if it.error is not None:
                 continue
+            if pictures and it.frame is None and _same(Path(it.path).parent, self.path(it, pictures[0]).parent):
+                raise UsageError(f"-o {self.target} would put pictures beside the input images ({it.label}), where "
+                                 "the next run would read them as inputs: choose a folder apart from the inputs")
             for tag in tags:
                 p = self.path(it, tag)
                 if p in owner and owner[p] != it.label:
                     raise UsageError(f"{owner[p]} and {it.label} would both write {p}: rename one, "
                                      "or give them in separate runs")
                 owner[p] = it.label
+
+
+def output_folder(output: Path | None) -> Path | None:
+    """The folder ``-o`` names, or None when it names one file (the rule :func:`destination` applies)."""
+    return output if output is not None and (not output.suffix or output.is_dir()) else None
 
 
 def destination(output: Path, items: list[Item], formats: dict[str, str], fmt: str | None,
@@ -75,14 +86,8 @@ def destination(output: Path, items: list[Item], formats: dict[str, str], fmt: s
         check_writable(output.parent, f"-o {output}")
         return Destination(output, True, suffix), chosen
     chosen = fmt or default
-    dest = Destination(output, False, ext_of[chosen])
-    beside = next((it for it in items if it.error is None and it.frame is None
-                   and _same(Path(it.path).parent, dest.path(it, dest.main).parent)), None)
-    if beside is not None:
-        raise UsageError(f"-o {output} would put outputs beside the inputs ({beside.label}), where the next run "
-                         "would read them as inputs: choose a folder apart from the inputs")
     check_writable(output, f"-o {output}")
-    return dest, chosen
+    return Destination(output, False, ext_of[chosen]), chosen
 
 
 def _same(a: str | Path, b: str | Path) -> bool:

@@ -218,9 +218,11 @@ def test_outputs_never_become_inputs(cli, depth_head, tmp_path):
         assert code == 0 and (run == 0 or "skipped 2" in err), err
     assert sorted(p.relative_to(src).as_posix() for p in (src / "depth").rglob("*.png")) == ["depth/a.png", "depth/b.png"]
     code, _, err = cli([*args, src])
-    assert code == 2 and "beside the inputs" in err and len(err.strip().splitlines()) == 1, err
+    assert code == 2 and "beside the input images" in err and len(err.strip().splitlines()) == 1, err
     code, _, err = cli(["depth", tmp_path, "--model", depth_head, "-q", "-o", tmp_path])  # imgs/ beside imgs/depth/
-    assert code == 2 and "beside the inputs" in err, err
+    assert code == 2 and "beside the input images" in err, err
+    code, _, err = cli(["depth", src, "--model", depth_head, "-q", "-o", src, "--format", "npy"])  # not pictures:
+    assert code == 0 and (src / "a.npy").exists(), err  # nothing the next run would read as an input
     before = (src / "b.png").read_bytes()
     code, _, err = cli(["depth", src / "b.png", "--model", depth_head, "-q", "-o", src / "b.png"])
     assert code == 2 and "is the input itself" in err, err

@@ -60,13 +60,13 @@ def depth(
 
     from ..engine import Engine, Sample, dist_info
     from ..inputs import Item, collect
-    from ..outputs import destination
+    from ..outputs import destination, output_folder
     from ..resume import Ledger, model_identity
     from ..writers import write_bytes, write_image
     from .common import finish, write_json_line
 
     # input
-    items = collect(inputs, every=every)
+    items = collect(inputs, every=every, outputs=output_folder(output))  # not its own outputs
     dest, fmt = destination(output, items, FORMATS, format.value if format else None, "png16")
     tags = [dest.main] + (["_vis.png"] if vis else []) + ([".ply"] if ply else [])
     dest.check_unique(items, tags)

@@ -74,7 +74,7 @@ def extract(
     from ..features import FileStore, ShardStore
     from ..images import ResizePolicy
     from ..inputs import Item, collect
-    from ..outputs import destination
+    from ..outputs import destination, output_folder
     from ..pca import pca_rgb
     from ..resume import Ledger, model_identity
     from ..writers import write_image
@@ -87,8 +87,10 @@ def extract(
     policy = ResizePolicy.parse(resize)
 
     # input
-    items = collect(inputs, every=every)
+    items = collect(inputs, every=every, outputs=output_folder(output))  # not its own outputs
     dest, fmt = destination(output, items, FORMATS, format.value if format else None, "npz") if output else (None, None)
+    if dest is not None:
+        dest.check_unique(items, [dest.main])
     pca_path = _pca_target(pca, dest, items)
     rank, world, _ = dist_info()
 
@@ -118,7 +120,6 @@ def extract(
 
     store = None
     if dest is not None:
-        dest.check_unique(items, [dest.main])
         store = (ShardStore(dest.folder, fmt, shards, pool != Pool.none, finished, rank, world) if shards
                  else FileStore(dest, fmt, finished))
 

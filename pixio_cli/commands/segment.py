@@ -41,13 +41,13 @@ def segment(
 
     from ..engine import Engine, Sample, dist_info
     from ..inputs import Item, collect
-    from ..outputs import destination
+    from ..outputs import destination, output_folder
     from ..resume import Ledger, model_identity
     from ..writers import write_image
     from .common import finish, write_json_line
 
     # input
-    items = collect(inputs, every=every)
+    items = collect(inputs, every=every, outputs=output_folder(output))  # not its own outputs
     dest, _ = destination(output, items, FORMATS, None, "png")
     tags = [".png"] + (["_overlay.png"] if overlay else [])
     dest.check_unique(items, tags)
