@@ -74,7 +74,7 @@ class Layout:
         if self.task == "depth":
             return depth_from_raw(raw, self.depth_scale, self.invalid)
         if raw.ndim == 3:
-            if (raw[..., 1:] != raw[..., :1]).any():
+            if (raw[..., 1:3] != raw[..., :1]).any():  # (a 4th channel is alpha: a grey label may carry one)
                 raise InputError(f"{path}: a colour label map; labels are single-channel class ids (pixel value = "
                                  "class id)")
             raw = raw[..., 0]

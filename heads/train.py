@@ -190,7 +190,8 @@ def run_steps(loader, loss_fn, opt: torch.optim.Optimizer, ckpt: StepCheckpoint,
                 ckpt.save(step, last)
     except KeyboardInterrupt:
         if ckpt.world == 1:
-            ckpt.save(step, last, rng)
+            with interrupts_deferred():  # a second Ctrl-C or SIGTERM must not cut the save short
+                ckpt.save(step, last, rng)
         raise
     finally:
         bar.close()

@@ -98,11 +98,17 @@ def _how_to_continue(args: list[str]) -> str:
     """The command that continues an interrupted run: the trainers resume with --resume, the rest by
     running again."""
     def value(*names: str) -> str | None:
-        return next((args[i + 1] for i, a in enumerate(args[:-1]) if a in names), None)
+        for i, a in enumerate(args):
+            name, eq, rest = a.partition("=")
+            if name in names:
+                return rest if eq else (args[i + 1] if i + 1 < len(args) else None)
+        return None
 
     command = next((a for a in args if not a.startswith("-")), "")
     if command in ("pretrain", "distill"):
-        run = value("--resume") or value("-o", "--output") or "<run folder>"
+        run = value("--resume") or value("-o", "--output")
+        if run is None or not os.path.exists(os.path.join(run, "checkpoint.pt")):
+            return "no checkpoint was saved yet: start the run again"
         return f"continue with `pixio {command} --resume {run}`"
     if command == "train" and "--resume" not in args:
         return "continue with the same command plus --resume"

@@ -339,7 +339,8 @@ class Trainer:
                     self.save()
         except KeyboardInterrupt:
             if self.world == 1:  # save progress; with several ranks the collectives may already be gone
-                self.save(unfinished)
+                with interrupts_deferred():  # a second Ctrl-C or SIGTERM must not cut the save short
+                    self.save(unfinished)
             raise
         finally:
             bar.close()

@@ -166,6 +166,8 @@ def test_generic_layouts_take_split_files_and_refuse_labels_they_cannot_mean(tmp
     assert (layout.read_target(root / "labels" / "a.png") == 1).all()
     _label(root / "labels" / "gray3.png", np.full((8, 10, 3), 2, np.uint8))  # grey stored as 3 channels: fine
     assert (layout.read_target(root / "labels" / "gray3.png") == 2).all()
+    _label(root / "labels" / "gray4.png", np.dstack([np.full((8, 10, 3), 2, np.uint8), np.full((8, 10), 255, np.uint8)]))
+    assert (layout.read_target(root / "labels" / "gray4.png") == 2).all()  # and with an alpha channel
     colour = np.zeros((8, 10, 3), np.uint8)
     colour[..., 2] = 1
     _label(root / "labels" / "colour.png", colour)

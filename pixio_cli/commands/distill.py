@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -100,6 +101,8 @@ def distill(
     if len(set(names)) != len(names):
         raise UsageError(f"--students {students}: a student is named twice")
     shapes = {name: student_config(name, img_size, n_cls).to_dict() for name in names}
+    if Path(teacher).expanduser().exists():  # a file: by its full path, so a resume from elsewhere finds it
+        teacher = str(Path(teacher).expanduser().resolve())
     dcfg = DistillConfig(teacher=teacher, students=shapes, loss_cls=loss_cls.value, loss_patch=loss_patch.value,
                          loss_fuse=loss_fuse.value, mask_ratio=mask_ratio, mask_grid=mask_grid,
                          teacher_size=teacher_size, teacher_identity=model_identity(teacher))

@@ -97,8 +97,11 @@ def resume_run(ctx: typer.Context, folder: Path, steps: int | None) -> None:
         raise UsageError(f"--resume {folder}: a `pixio {made_by}` run; continue it with `pixio {made_by} --resume`")
     cfg.output = str(folder)  # where it is now (a copied or moved run continues in its own folder)
     if cfg.distill is not None and cfg.distill.teacher_identity not in (None, model_identity(cfg.distill.teacher)):
-        raise UsageError(f"--resume {folder}: the teacher {cfg.distill.teacher} is not the file the run started "
-                         "with (its size or time changed); put that one back, or start a new run")
+        why = ("is not found" if cfg.distill.teacher_identity != cfg.distill.teacher
+               and not Path(cfg.distill.teacher).expanduser().exists() else
+               "is not the file the run started with (its size or time changed)")
+        raise UsageError(f"--resume {folder}: the teacher {cfg.distill.teacher} {why}; put that one back, or start "
+                         "a new run")
     if steps is not None and steps != cfg.steps:  # the starting --steps again is no change
         if steps <= done:
             raise UsageError(f"--steps {steps}: the run in {folder} is already at step {done}")
