@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from pixio_cli.checkpoints import load_encoder, load_torch_dict
 from pixio_cli.encoder import set_fused_attention
-from pixio_cli.engine import (Engine, adamw, autocast, dist_info, init_distributed, interrupts_deferred, pick_device,
-                              pick_dtype, worker_init)
+from pixio_cli.engine import Engine, adamw, autocast, dist_info, init_distributed, pick_device, pick_dtype, worker_init
 from pixio_cli.errors import CheckpointError, PixioError, UsageError
 from pixio_cli.images import read_image
+from pixio_cli.interrupts import interrupts_deferred
 from pixio_cli.writers import atomic_path
 
 from .datasets import IGNORE, TrainCrops, find_layout
@@ -110,18 +110,19 @@ class StepCheckpoint:
         over a checkpoint that a rerun of the interrupted command would otherwise overwrite."""
         if resume:
             return self.load()
-        if self.path.exists() and not load_torch_dict(self.path, ("model", "optimizer", "step", "loss"),
-                                                      "a pixio training checkpoint", mmap=True
-                                                      ).get("extra", {}).get("finished"):
+        if self.path.exists() and not self._read(mmap=True).get("extra", {}).get("finished"):
             raise UsageError(f"{self.path} holds an unfinished run's checkpoint: add --resume to continue it (same "
                              "options), or remove it to start again")
         return 0, float("nan")  # (a finished run's checkpoint is simply replaced, as its output is)
+
+    def _read(self, mmap: bool = False) -> dict:
+        return load_torch_dict(self.path, ("model", "optimizer", "step", "loss"), "a pixio training checkpoint", mmap)
 
     def load(self) -> tuple[int, float]:
         """(step, loss) of the checkpoint, model and optimizer restored, ``extra`` filled."""
         if not self.path.exists():
             raise UsageError(f"--resume: no {self.path} to continue from")
-        state = load_torch_dict(self.path, ("model", "optimizer", "step", "loss"), "a pixio training checkpoint")
+        state = self._read()
         before = state.get("extra", {}).get("settings")
         if before is not None and before != self.settings:
             keys = [k for k in sorted(set(before) | set(self.settings)) if before.get(k) != self.settings.get(k)]

@@ -16,6 +16,7 @@ import typer
 
 from . import __version__
 from .errors import PixioError
+from .interrupts import sigterm_as_interrupt
 
 app = typer.Typer(
     name="pixio",
@@ -115,19 +116,6 @@ def _how_to_continue(args: list[str]) -> str:
     return "finished outputs are kept, rerun the same command to resume"
 
 
-def _terminate_as_interrupt() -> None:
-    """SIGTERM (a scheduler's preemption, ``kill``, ``timeout``) ends a run as Ctrl-C does: trainers save
-    their step, writers finish the file in hand, and a rerun resumes."""
-    import signal
-    import threading
-
-    def interrupt(_signum, _frame):
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning known errors into one line and an exit code.
 
@@ -136,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     logging.basicConfig(level=logging.INFO, format="pixio: %(message)s", stream=sys.stderr)
     args = _fill_optional_values(list(sys.argv[1:] if argv is None else argv))
-    _terminate_as_interrupt()
+    sigterm_as_interrupt()  # a scheduler's SIGTERM stops a run as Ctrl-C does
     try:
         code = app(args=args, prog_name="pixio", standalone_mode=False)
     except _ClickException as e:

@@ -12,9 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
-import signal
 import sys
-import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -26,6 +24,7 @@ from tqdm import tqdm
 from .errors import InputError, PixioError, UsageError
 from .images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, decode_for_model, read_bytes
 from .inputs import Item
+from .interrupts import sigterm_as_interrupt
 from .writers import BackgroundWriter
 
 log = logging.getLogger("pixio")
@@ -129,10 +128,6 @@ def prepare_for_inference(model: torch.nn.Module, device: torch.device, dtype: t
     return model
 
 
-def _quiet_stop(_signum, _frame) -> None:
-    raise KeyboardInterrupt  # PyTorch's worker loop ends quietly (exit 0) on it, as on Ctrl-C
-
-
 def worker_init(_worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn`` of every loader: SIGTERM ends the worker as Ctrl-C does, and the
     worker ends when its parent dies, even by ``kill -9``.
@@ -142,11 +137,10 @@ def worker_init(_worker_id: int = 0) -> None:
     not. Without the parent-death signal, decoding workers (about half a GB each) outlive a killed run.
     Linux only (the parent-death signal); elsewhere PyTorch's own watchdog remains.
     """
-    import signal
-
-    signal.signal(signal.SIGTERM, _quiet_stop)
+    sigterm_as_interrupt()
     if sys.platform.startswith("linux"):
         import ctypes
+        import signal
 
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -160,26 +154,6 @@ def adamw(params, device: torch.device, **kwargs) -> torch.optim.AdamW:
     """AdamW with PyTorch's fused kernel on CUDA and CPU: the same update, 3-5x faster than the
     default for-loop on a CPU (t16 MAE 20 -> 7 ms a step, b16 310-490 -> 80-90 ms, 2 cores)."""
     return torch.optim.AdamW(params, fused=device.type in ("cuda", "cpu") or None, **kwargs)
-
-
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (and SIGTERM, which the CLI turns into the same interrupt) until the block ends, so
-    that a training step's update and its step count are saved together or not at all (a signal inside
-    ``optimizer.step()`` would leave some groups updated)."""
-    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
-        yield
-        return
-    caught: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = [signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in held]
-    try:
-        yield
-    finally:
-        for s, handler, fallback in zip(held, previous, (signal.default_int_handler, signal.SIG_DFL)):
-            signal.signal(s, fallback if handler is None else handler)
-    if caught:
-        raise KeyboardInterrupt
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

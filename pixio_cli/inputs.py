@@ -56,7 +56,7 @@ def _walk(folder: Path, videos: bool, skip: frozenset[str] = frozenset()) -> lis
     so are the subfolders in ``skip`` (real paths: the run's own output folder)."""
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
-        if root != str(folder) and os.path.realpath(root) in skip:
+        if skip and root != str(folder) and os.path.realpath(root) in skip:
             dirs[:] = []
             continue
         dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=natural_key)

@@ -70,7 +70,7 @@ def destination(output: Path, items: list[Item], formats: dict[str, str], fmt: s
     """
     ext_of = {name: ext for ext, name in formats.items()}
     suffix = output.suffix.lower()
-    if suffix and not output.is_dir():
+    if output_folder(output) is None:
         if suffix not in formats:
             known = ", ".join(f"{ext} ({name})" for ext, name in formats.items())
             raise UsageError(f"-o {output}: this command writes {known}; name a file with one of those "

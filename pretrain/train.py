@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from pixio_cli.checkpoints import load_torch_dict, save_safetensors
 from pixio_cli.encoder import set_fused_attention
-from pixio_cli.engine import (adamw, autocast, dist_info, init_distributed, interrupts_deferred, pick_device,
-                              pick_dtype, worker_init)
+from pixio_cli.engine import adamw, autocast, dist_info, init_distributed, pick_device, pick_dtype, worker_init
 from pixio_cli.errors import InputError, PixioError, UsageError
 from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD
+from pixio_cli.interrupts import interrupts_deferred
 from pixio_cli.writers import atomic_path, write_image, write_json
 
 from .data import CurationRules, PretrainStream, Sources, collate

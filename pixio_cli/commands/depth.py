@@ -11,6 +11,7 @@ import typer
 
 from .. import options as opt
 from ..errors import UsageError
+from .common import require_positive
 
 FORMATS = {".png": "png16", ".npy": "npy"}
 
@@ -135,8 +136,7 @@ def _check_camera(ply: bool, fov: float | None, fx: float | None) -> None:
         raise UsageError(f"{'--fov' if fov is not None else '--fx'} is only used by --ply: add --ply, or leave it out")
     if fov is not None and not 0 < fov < 180:
         raise UsageError(f"--fov {fov:g}: a horizontal field of view is between 0 and 180 degrees")
-    if fx is not None and not (fx > 0 and math.isfinite(fx)):
-        raise UsageError(f"--fx {fx:g}: a focal length in pixels is a positive number")
+    require_positive(fx=fx)  # a focal length in pixels
 
 
 def _camera_setting(fov: float | None, fx: float | None) -> str:
