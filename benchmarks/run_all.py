@@ -38,20 +38,20 @@ CPU = {
     "curate": ["benchmarks.curate", "--size", "t16", "--images", "64", "--device", "cpu"],
     "pointmap": ["benchmarks.pointmap", "--size", "h16", "--views", "2", "--side", "256", "--device", "cpu"],
 }
-GPU = {
+GPU = {  # eager runs first, compiled ones last: a short lease keeps the most figures
     "extract": ["benchmarks.extract", "--size", "h16", "--device", "cuda", "--batch", "64", "--images", "256",
                 "--iters", "3"],
-    "extract_compiled": ["benchmarks.extract", "--size", "h16", "--device", "cuda", "--batch", "64", "--images",
-                         "256", "--iters", "3", "--compile"],
     "pretrain": ["benchmarks.pretrain", "--size", "h16", "--batch", "64", "--device", "cuda", "--iters", "8",
                  "--peak-tflops", "989"],
-    "pretrain_compiled": ["benchmarks.pretrain", "--size", "h16", "--batch", "64", "--device", "cuda", "--iters",
-                          "8", "--peak-tflops", "989", "--compile"],
     "depth": ["benchmarks.depth", "--size", "b16", "--side", "512", "--device", "cuda", "--batch", "16"],
     "curate": ["benchmarks.curate", "--size", "b16", "--img-size", "256", "--images", "512", "--batch", "64",
                "--device", "cuda"],
-    "startup": ["benchmarks.startup", "--repeat", "3"],
     "pointmap": ["benchmarks.pointmap", "--size", "h16", "--views", "64", "--side", "512", "--device", "cuda"],
+    "startup": ["benchmarks.startup", "--repeat", "3"],
+    "extract_compiled": ["benchmarks.extract", "--size", "h16", "--device", "cuda", "--batch", "64", "--images",
+                         "256", "--iters", "3", "--compile"],
+    "pretrain_compiled": ["benchmarks.pretrain", "--size", "h16", "--batch", "64", "--device", "cuda", "--iters",
+                          "8", "--peak-tflops", "989", "--compile"],
 }
 
 WHAT = {
@@ -67,9 +67,12 @@ WHAT = {
 }
 
 
-def run(module_args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, "-m", *module_args], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+def run(module_args: list[str], timeout: float | None = None) -> dict:
+    try:
+        out = subprocess.run([sys.executable, "-m", *module_args], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish in {timeout:.0f} s (--timeout)"}
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
         return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][:300]}
@@ -113,6 +116,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=None, help="comma-separated benchmark names")
     ap.add_argument("--no-readme", action="store_true")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds each benchmark may run; one that runs over is recorded as failed (a short lease)")
     args = ap.parse_args()
     import torch
 
@@ -123,18 +128,10 @@ def main() -> None:
     results = {}
     for name, module_args in plan.items():
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        results[name] = run(module_args)
+        results[name] = run(module_args, args.timeout)
         print(json.dumps(results[name]), file=sys.stderr, flush=True)
-    first = next((r for r in results.values() if "device_name" in r), {})
-    kind = "cuda-" + re.sub(r"[^a-z0-9]+", "-", first.get("device_name", "gpu").lower()).strip("-") if cuda else "cpu"
-    record = {"date": datetime.date.today().isoformat(), "device": first.get("device_name"),
-              "cpus": first.get("cpus"), "torch": first.get("torch"), "results": results}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{kind}.json"
-    if path.exists() and args.only:  # a partial run updates the benchmarks it ran
-        old = json.loads(path.read_text())
-        record["results"] = {**old.get("results", {}), **results}
-    path.write_text(json.dumps(record, indent=1) + "\n")
+        save(results, cuda, bool(args.only))  # a run cut short keeps what it measured
+    record, kind = save(results, cuda, bool(args.only))
     table = [f"Measured {record['date']} on {record['device']} ({record['cpus']} CPUs visible), torch "
              f"{record['torch']}; `python -m benchmarks.run_all` wrote it, with every figure in "
              f"`benchmarks/results/{kind}.json`.", "",
@@ -151,6 +148,20 @@ def main() -> None:
             text = text.replace("<!-- bench:tables -->", f"<!-- bench:tables -->\n\n{block}")
         README.write_text(text)
 
+
+def save(results: dict, cuda: bool, partial: bool) -> tuple[dict, str]:
+    """Write ``benchmarks/results/<device>.json``; a partial run (--only) updates the benchmarks it ran."""
+    first = next((r for r in results.values() if "device_name" in r), {})
+    kind = "cuda-" + re.sub(r"[^a-z0-9]+", "-", first.get("device_name", "gpu").lower()).strip("-") if cuda else "cpu"
+    record = {"date": datetime.date.today().isoformat(), "device": first.get("device_name"),
+              "cpus": first.get("cpus"), "torch": first.get("torch"), "results": results}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{kind}.json"
+    if path.exists() and partial:
+        old = json.loads(path.read_text())
+        record["results"] = {**old.get("results", {}), **results}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return record, kind
 
 if __name__ == "__main__":
     main()
