@@ -133,6 +133,9 @@ class MultiViewTransformer(nn.Module):
         return out
 
 
+MAX_UPSAMPLED = 2**31 - 1  # elements one bilinear upsampling may write on CUDA
+
+
 class PixelRegressor(nn.Module):
     """DPT features (B, F, 8h, 8w) -> (B, n_out, H, W): conv, bilinear to the image, conv-ReLU-conv."""
 
@@ -276,8 +279,12 @@ class PointMapModel(nn.Module):
 
         with torch.autocast(images.device.type, enabled=False):
             fused_map = fused.float().reshape(B * V, h, w, -1).permute(0, 3, 1, 2)
-            feats = self.dpt([fused_map] + [maps(t) for t in layers])
-            dense = self.regressor(feats, (H, W)).permute(0, 2, 3, 1)  # (BV, H, W, 6)
+            taps = [fused_map] + [maps(t) for t in layers]
+            # Views go through the dense head in groups: CUDA's bilinear upsampling refuses an output of
+            # 2**31 elements or more (64 views of 512 px do), and peak memory falls with the group.
+            group = max(1, MAX_UPSAMPLED // (self.regressor.conv1.out_channels * H * W))
+            dense = torch.cat([self.regressor(self.dpt([t[i:i + group] for t in taps]), (H, W))
+                               for i in range(0, B * V, group)]).permute(0, 2, 3, 1)  # (BV, H, W, 6)
             pose = self.pose_head(maps(layers[-1]))
             scale = self.scale_head(layers[-1][:, -1].float()).exp().clamp(min=1e-8)  # (B,)
         return decode(dense.reshape(B, V, H, W, 6), pose.reshape(B, V, 7), scale)

@@ -133,6 +133,19 @@ def test_outputs_are_consistent_geometry(model):
     assert torch.equal(out.cam2world[..., 3, :], torch.tensor([0.0, 0, 0, 1]).expand(1, 2, 4))
 
 
+def test_views_through_the_dense_head_in_groups_give_the_same_outputs(model, monkeypatch):
+    """Many large views go through the dense head a few at a time (CUDA's upsampling refuses 2**31 elements)."""
+    import heads.pointmap as pointmap
+
+    x = images(3)
+    with torch.no_grad():
+        whole = model(x)
+        monkeypatch.setattr(pointmap, "MAX_UPSAMPLED", 8 * 48 * 80)  # one view (8 channels) per group
+        grouped = model(x)
+    assert torch.allclose(whole.pts3d, grouped.pts3d, atol=1e-5)
+    assert torch.allclose(whole.conf, grouped.conf, atol=1e-5)
+
+
 def test_non_reference_views_are_a_set(model):
     """Swapping views 1 and 2 swaps their outputs; view 0 (the reference) and the scale do not change."""
     x = images(3)
