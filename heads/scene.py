@@ -238,3 +238,100 @@ def predict_in_chunks(run, n: int, size: int, overlap: int, done: dict | None = 
         scene = merge(scene, transformed(part, s, R, t), [j for j, i in enumerate(views) if i >= have])
         report.append({"views": [views[0], views[-1]], "scale": round(float(s), 5), "pairs": pairs})
     return scene, report
+
+
+# ---------------------------------------------------------------------------- cameras from matching
+
+
+MIN_OBSERVATIONS = 20  # triangulated points a frame needs for its own depth scale (else the scene's)
+
+
+def on_cameras(pred: Predictions, sfm=None, seed: int = 0) -> tuple[Predictions, dict]:
+    """The network's depth on the cameras of structure from motion (:class:`heads.sfm.SfmCameras`), or
+    on the network's own cameras when ``sfm`` is None.
+
+    The reconstruction's scale is set so that its triangulated points have the
+    network's depths (the median ratio over every observation: metres for a metric
+    model); each registered frame's depth is then scaled to agree with its own
+    points (the median ratio again) and placed on its refined camera, through the
+    camera's own model. Frames the reconstruction left out keep the network's
+    camera and depth, mapped onto the rest by a fit over the registered frames'
+    points. The world is the first frame's camera. Returns the new predictions and
+    a report (frames registered, the names of those that were not, scales).
+    """
+    from .geometry import invert_pose
+    from .sfm import normalised_coordinates
+
+    if sfm is None:
+        return _first_frame_world(pred), {"cameras": "network", "registered": 0, "unregistered": []}
+    V, H, W = pred.depth_z.shape
+    reg = np.flatnonzero(sfm.registered)
+    if len(reg) < 2:
+        return _first_frame_world(pred), {"registered": int(len(reg)), "unregistered": list(pred.images),
+                                          "cameras": "network"}
+    ratios, per_view = [], {}
+    for v in reg:
+        xy, z = sfm.observations[v]
+        net = _depth_at(pred.depth_z[v], xy, pred.original_hw[v])
+        ok = np.isfinite(net) & (net > 0) & (z > 0)
+        per_view[v] = net[ok] / z[ok]
+        ratios.append(per_view[v])
+    ratios = np.concatenate(ratios) if ratios else np.zeros(0)
+    if len(ratios) < MIN_OBSERVATIONS:  # no usable points: cameras without depth agreement are no use
+        return _first_frame_world(pred), {"registered": 0, "unregistered": list(pred.images), "cameras": "network"}
+    scale = float(np.median(ratios))  # network units per reconstruction unit
+
+    out = {f.name: np.array(getattr(pred, f.name), copy=True) for f in fields(Predictions)
+           if f.name not in ("images", "scale", "metric")}
+    depth_scales = np.ones(V)
+    rays_cache: dict[int, np.ndarray] = {}
+    for v in reg:
+        r = per_view[v]
+        depth_scales[v] = scale / float(np.median(r)) if len(r) >= MIN_OBSERVATIONS else 1.0
+        cam = sfm.cameras[v]
+        key = id(cam)
+        if key not in rays_cache:
+            rays_cache[key] = normalised_coordinates(cam, tuple(sfm.written_hw[v]), (H, W))
+        xy = rays_cache[key]
+        z = pred.depth_z[v].astype(np.float64) * depth_scales[v]
+        cam_pts = np.concatenate([xy * z[..., None], z[..., None]], -1)
+        T = sfm.cam2world[v].copy()
+        T[:3, 3] *= scale
+        out["pts3d"][v] = (cam_pts @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+        out["depth_z"][v] = z.astype(np.float32)
+        out["cam2world"][v] = T.astype(np.float32)
+        out["K_original"][v] = sfm.K[v].astype(np.float32)
+        out["K"][v] = scale_intrinsics(sfm.K[v], tuple(pred.original_hw[v]), (H, W)).astype(np.float32)
+    refined = replace(pred, **out)
+
+    unreg = [v for v in range(V) if not sfm.registered[v]]
+    if unreg:  # the network's frame mapped onto the refined one by the frames both hold
+        s, R, t, _ = align_to(refined, pred, [(int(v), int(v)) for v in reg], with_scale=not pred.metric,
+                              seed=seed)
+        moved = transformed(pred, s, R, t)
+        for name in ("pts3d", "depth_z", "cam2world", "K", "K_original"):
+            getattr(refined, name)[unreg] = getattr(moved, name)[unreg]
+    world = _first_frame_world(refined)
+    return world, {"registered": int(len(reg)), "unregistered": [pred.images[v] for v in unreg], "cameras": "sfm",
+                   "points": int(sfm.points), "reprojection_error_px": round(float(sfm.reprojection_error), 3),
+                   "sfm_scale": round(scale, 6), "depth_scales": [round(float(d), 4) for d in depth_scales],
+                   "to_output": invert_pose(refined.cam2world[0].astype(np.float64)).tolist()}
+
+
+def _depth_at(depth: np.ndarray, xy: np.ndarray, original_hw) -> np.ndarray:
+    """The depth map (h, w) at original-image pixels ``xy`` (n, 2), nearest pixel (no mixing across edges)."""
+    h, w = depth.shape
+    u = np.round((xy[:, 0] + 0.5) * w / original_hw[1] - 0.5).astype(np.int64)
+    v = np.round((xy[:, 1] + 0.5) * h / original_hw[0] - 0.5).astype(np.int64)
+    ok = (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    out = np.full(len(xy), np.nan)
+    out[ok] = depth[v[ok], u[ok]]
+    return out
+
+
+def _first_frame_world(pred: Predictions) -> Predictions:
+    """``pred`` with the first frame's camera as the world (its cam2world the identity)."""
+    from .geometry import invert_pose
+
+    T = invert_pose(pred.cam2world[0].astype(np.float64))
+    return transformed(pred, 1.0, T[:3, :3], T[:3, 3])

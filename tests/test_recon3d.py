@@ -95,32 +95,24 @@ def test_ground_truth_through_cleaning_and_export_matches_the_fused_cloud(truth,
     assert np.allclose(pred.pts3d[v, np.round(y).astype(int), np.round(x).astype(int)], points, atol=1e-6)
 
 
-def test_colmap_model_round_trips_through_pycolmap(truth, tmp_path):
+def test_colmap_model_of_the_network_cameras_round_trips_through_pycolmap(truth, tmp_path):
     pycolmap = pytest.importorskip("pycolmap")
-    pred, colours = truth
-    points, cols, obs, _ = clean_points(pred, colours, Cleaning(voxel=0.05))
-    G.write_colmap_text(tmp_path / "sparse", pred.images, pred.original_hw, pred.K_original.astype(np.float64),
-                        pred.cam2world.astype(np.float64), points, cols, obs)
+    from heads.sfm import write_colmap
+
+    pred, _ = truth
+    write_colmap(tmp_path / "sparse", pred.images, pred.original_hw, pred.K_original.astype(np.float64),
+                 pred.cam2world.astype(np.float64))
     rec = pycolmap.Reconstruction(str(tmp_path / "sparse"))
-    assert rec.num_images() == 8 and rec.num_points3D() == len(points)
-    for image_id, image in rec.images.items():
-        i = image_id - 1
-        assert image.name == pred.images[i]
+    assert rec.num_reg_images() == 8 and rec.num_points3D() == 0  # no made-up one-view points
+    for image in rec.images.values():
+        i = pred.images.index(image.name)
         w2c = np.eye(4)
-        w2c[:3] = image.cam_from_world().matrix() if callable(image.cam_from_world) else image.cam_from_world.matrix()
+        w2c[:3] = image.cam_from_world().matrix()
         assert np.allclose(np.linalg.inv(w2c), pred.cam2world[i], atol=1e-5)
         cam = rec.cameras[image.camera_id]
         assert (cam.width, cam.height) == (640, 480)
-    # every observation is where COLMAP's camera projects its 3D point (pixel centres at +0.5)
-    errors = []
-    for pid, p3d in rec.points3D.items():
-        el = p3d.track.elements[0]
-        image = rec.images[el.image_id]
-        xy = image.points2D[el.point2D_idx].xy
-        proj = image.project_point(p3d.xyz) if hasattr(image, "project_point") else None
-        if proj is not None:
-            errors.append(np.linalg.norm(np.asarray(proj) - xy))
-    assert errors and max(errors) < 0.3 * 640 / 160  # within a processing pixel's footprint
+        K = cam.calibration_matrix()
+        assert np.allclose(K[:2, :2], pred.K_original[i][:2, :2]) and np.allclose(K[:2, 2] - 0.5, pred.K_original[i][:2, 2])
 
 
 def test_cameras_json_and_preview(truth, tmp_path):
@@ -211,7 +203,7 @@ def test_recon3d_writes_every_output_in_chunks(cli, model_file, tmp_path):
     pycolmap = pytest.importorskip("pycolmap")
     if not KITCHEN.exists():
         pytest.skip("shared data not present")
-    frames = [KITCHEN / f"frame-{i:06d}.color.jpg" for i in (0, 4, 8, 12)]
+    frames = [KITCHEN / f"frame-{i:06d}.color.jpg" for i in (800, 824, 848, 872)]  # far enough apart to match
     out = tmp_path / "out"
     code, stdout, err = cli(["recon3d", *frames, "-o", out, "--model", model_file, "--resize", "64", "--no-mask",
                              "--chunk", "3", "--overlap", "2", "--cameras", "colmap", "--preview", tmp_path / "p.png",
@@ -226,7 +218,7 @@ def test_recon3d_writes_every_output_in_chunks(cli, model_file, tmp_path):
     assert not (tmp_path / "pred.npz.parts").exists()  # removed once the whole run is saved
     rec = pycolmap.Reconstruction(str(out / "sparse" / "0"))
     assert sorted(im.name for im in rec.images.values()) == sorted(str(f) for f in frames)
-    assert rec.num_points3D() == summary["points"]
+    assert summary["cameras"]["registered"] == 4 and rec.num_points3D() == summary["cameras"]["points"] > 100
     pred = Predictions.load(tmp_path / "pred.npz")
     assert pred.images == [str(f) for f in frames] and pred.pts3d.shape[0] == 4
 

@@ -19,6 +19,13 @@ from .common import report_failures, single_process
 class Cameras(str, Enum):
     json = "json"
     colmap = "colmap"
+    colmap_text = "colmap-text"
+
+
+class Matching(str, Enum):
+    auto = "auto"
+    exhaustive = "exhaustive"
+    sequential = "sequential"
 
 
 def recon3d(
@@ -32,6 +39,14 @@ def recon3d(
     intrinsics: Annotated[Optional[Path], typer.Option(
         help="Known camera: a 3x3 K (text, .npy or .json) for every image, or a JSON list of one K per image, "
              "in the original images' pixels.", show_default=False)] = None,
+    sfm: Annotated[bool, typer.Option(
+        "--sfm/--no-sfm", help="Cameras from feature matching and bundle adjustment (COLMAP, through pycolmap), "
+                               "the network's depth fitted to them; --no-sfm: the network's cameras alone (fast, "
+                               "for a model whose cameras hold on your frames).")] = True,
+    matching: Annotated[Matching, typer.Option(
+        help="Which frame pairs are matched: exhaustive (every pair), sequential (each frame with the next "
+             f"few, for video and ordered frames), or auto (exhaustive up to 40 frames, else sequential; "
+             "sequential for video).")] = Matching.auto,
     chunk: Annotated[int, typer.Option(
         help="Views per model pass; longer sequences go in overlapping chunks aligned to each other.", min=2)] = 32,
     overlap: Annotated[int, typer.Option(help="Views each chunk shares with the previous one.", min=1)] = 4,
@@ -56,7 +71,8 @@ def recon3d(
         help="TSDF voxel side (default: 1/256 of the scene's extent).", min=0, show_default=False)] = None,
     glb: Annotated[bool, typer.Option("--glb", help="Also <name>.glb of the mesh (needs --mesh).")] = False,
     cameras: Annotated[Optional[Cameras], typer.Option(
-        help="Also the cameras: json (cameras.json) or colmap (a COLMAP text model in sparse/0/).",
+        help="Also the cameras: json (cameras.json), colmap (a COLMAP model in sparse/0/, binary, with the "
+             "matched points and their tracks) or colmap-text (the same as text).",
         show_default=False)] = None,
     preview: Annotated[Optional[Path], typer.Option(
         help="Also a .png picture of the cleaned cloud and the cameras.", show_default=False)] = None,
@@ -79,8 +95,9 @@ def recon3d(
     workers: opt.Workers = None,
     quiet: opt.Quiet = False,
 ) -> None:
-    """Reconstruct one scene from its views: per-view point maps in the first camera's frame (x right,
-    y down, z forward; metres with a metric model), cleaned and written as a coloured point cloud."""
+    """Reconstruct one scene from its views: cameras from matching and bundle adjustment, each view's
+    depth from the network fitted to them, cleaned and fused into one coloured point cloud in the first
+    camera's frame (x right, y down, z forward; metres with a metric model)."""
     single_process("recon3d")
     scene_path = _check(output, save_predictions, preview, overlap, chunk, glb, mesh, every, fps)
     started = time.perf_counter()
@@ -92,7 +109,7 @@ def recon3d(
 
     from heads import geometry as G
     from heads.pointmap import load_pointmap, prepare_pointmap
-    from heads.scene import Cleaning, clean_points, predict, predict_in_chunks, read_intrinsics
+    from heads.scene import Cleaning, clean_points, on_cameras, predict, predict_in_chunks, read_intrinsics
     from heads.scene_export import preview_picture
 
     from ..engine import Engine, Summary, autocast
@@ -109,39 +126,53 @@ def recon3d(
         items = [items[i] for i in picks]
         Ks = [Ks[i] for i in picks] if Ks is not None else None
     engine = Engine(device, precision, 8, workers, progress=False if quiet else None)
-    net = prepare_pointmap(engine, load_pointmap(model))
-    policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=net.infer_short)
-    summary = Summary()
-    samples = sorted((s for b in engine.batches(items, policy, summary) for s in b.samples), key=lambda s: s.index)
-    if not samples:
-        report_failures(summary)
-        raise typer.Exit(1)
-    frames = _one_size([s.image for s in samples], [items[s.index].label for s in samples])
-    names = [items[s.index].label for s in samples]
-    sizes = [s.orig_hw for s in samples]
-    known = [Ks[s.index] for s in samples] if Ks is not None else None
-    loaded = time.perf_counter()
-
-    # the views, in chunks aligned to each other
-    def run(views: list[int]):
-        with torch.inference_mode(), autocast(engine.device, engine.dtype):
-            return predict(net, engine.to_pixels([frames[i] for i in views]), [names[i] for i in views],
-                           [sizes[i] for i in views], [known[i] for i in views] if known else None)
-
-    parts = _Parts(save_predictions, {"model": model, "size": list(frames[0].shape[:2]), "chunk": chunk,
-                                      "overlap": overlap, "images": names, "intrinsics": str(intrinsics),
-                                      "precision": str(engine.dtype)})
+    job = _start_sfm(items, Ks, matching, seed) if sfm else None  # matching runs while the network works
     try:
-        pred, chunks = predict_in_chunks(run, len(frames), chunk, overlap, parts.done(), parts.save, seed)
-    except torch.cuda.OutOfMemoryError:
-        raise PixioError(f"out of GPU memory on chunks of {min(chunk, len(frames))} views of "
-                         f"{frames[0].shape[1]}x{frames[0].shape[0]}: use a smaller --chunk or --resize") from None
-    except RuntimeError as e:
-        if "alloc" not in str(e):
-            raise
-        raise PixioError(f"out of memory on chunks of {min(chunk, len(frames))} views: use a smaller --chunk or "
-                         "--resize") from None
-    inferred = time.perf_counter()
+        net = prepare_pointmap(engine, load_pointmap(model))
+        policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=net.infer_short)
+        summary = Summary()
+        samples = sorted((s for b in engine.batches(items, policy, summary) for s in b.samples),
+                         key=lambda s: s.index)
+        if not samples:
+            report_failures(summary)
+            raise typer.Exit(1)
+        frames = _one_size([s.image for s in samples], [items[s.index].label for s in samples])
+        names = [items[s.index].label for s in samples]
+        sizes = [s.orig_hw for s in samples]
+        known = [Ks[s.index] for s in samples] if Ks is not None else None
+        loaded = time.perf_counter()
+
+        # the views, in chunks aligned to each other
+        def run(views: list[int]):
+            with torch.inference_mode(), autocast(engine.device, engine.dtype):
+                return predict(net, engine.to_pixels([frames[i] for i in views]), [names[i] for i in views],
+                               [sizes[i] for i in views], [known[i] for i in views] if known else None)
+
+        parts = _Parts(save_predictions, {"model": model, "size": list(frames[0].shape[:2]), "chunk": chunk,
+                                          "overlap": overlap, "images": names, "intrinsics": str(intrinsics),
+                                          "precision": str(engine.dtype)})
+        try:
+            pred, chunks = predict_in_chunks(run, len(frames), chunk, overlap, parts.done(), parts.save, seed)
+        except torch.cuda.OutOfMemoryError:
+            raise PixioError(f"out of GPU memory on chunks of {min(chunk, len(frames))} views of "
+                             f"{frames[0].shape[1]}x{frames[0].shape[0]}: use a smaller --chunk or --resize"
+                             ) from None
+        except RuntimeError as e:
+            if "alloc" not in str(e):
+                raise
+            raise PixioError(f"out of memory on chunks of {min(chunk, len(frames))} views: use a smaller --chunk "
+                             "or --resize") from None
+        inferred = time.perf_counter()
+
+        # the cameras: from matching where it registers a frame, else the network's
+        sfm_cameras = job.result([s.index for s in samples], sizes) if job is not None else None
+        pred, placed = on_cameras(pred, sfm_cameras, seed)
+        if job is not None:
+            _warn_unplaced(placed, sfm_cameras, len(frames))
+        solved = time.perf_counter()
+    finally:
+        if job is not None:
+            job.cancel()  # nothing once it has finished; stops COLMAP on an error or Ctrl-C
 
     # cleaning and outputs
     if save_predictions is not None:
@@ -149,7 +180,7 @@ def recon3d(
         parts.clear()
     colours = np.stack(frames)
     cleaning = Cleaning(use_mask, conf_percentile, conf_min, edge_rtol or None, outliers, voxel, max_points, seed)
-    points, point_colours, observations, counts = clean_points(pred, colours, cleaning)
+    points, point_colours, _, counts = clean_points(pred, colours, cleaning)
     if not len(points):
         raise PixioError(f"no points to write: cleaning removed every pixel of {len(frames)} views ({counts}); "
                          "loosen it (--no-mask, --edge-rtol 0, no --conf-*)")
@@ -169,9 +200,12 @@ def recon3d(
         G.write_cameras_json(scene_path.parent / "cameras.json", pred.images, cam_sizes, pred.K_original,
                              pred.cam2world, unit)
         written.append(str(scene_path.parent / "cameras.json"))
-    elif cameras == Cameras.colmap:
-        G.write_colmap_text(scene_path.parent / "sparse" / "0", pred.images, cam_sizes, pred.K_original,
-                            pred.cam2world, points, point_colours, observations, unit)
+    elif cameras in (Cameras.colmap, Cameras.colmap_text):
+        from heads.sfm import write_colmap
+
+        to_world = (placed["sfm_scale"], np.array(placed["to_output"])) if placed["cameras"] == "sfm" else None
+        write_colmap(scene_path.parent / "sparse" / "0", pred.images, cam_sizes, pred.K_original, pred.cam2world,
+                     sfm_cameras if to_world else None, to_world, text=cameras == Cameras.colmap_text)
         written.append(str(scene_path.parent / "sparse" / "0"))
     if preview is not None:
         write_image(preview, preview_picture(points, point_colours, pred))
@@ -179,8 +213,11 @@ def recon3d(
     record = {"scene": str(scene_path), "outputs": written, "frames": len(frames), "failed": summary.failed,
               "points": int(len(points)), "cleaning": counts, "scale": pred.scale, "unit": unit,
               "size": [int(frames[0].shape[1]), int(frames[0].shape[0])], "chunks": chunks,
+              "cameras": {k: v for k, v in placed.items() if k != "to_output"},
+              "frame": "the first view's camera: x right, y down, z forward",
               "predictions": str(save_predictions) if save_predictions else None,
               "seconds": {"load_and_decode": round(loaded - started, 2), "inference": round(inferred - loaded, 2),
+                          "cameras": round(solved - inferred, 2), "sfm_thread": round(job.seconds, 2) if job else None,
                           "total": round(time.perf_counter() - started, 2)}}
     if json_summary:
         typer.echo(json.dumps(record))
@@ -189,6 +226,31 @@ def recon3d(
                f"{scene_path}: {len(points)} points, unit {unit}, failed {summary.failed}", err=True)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _start_sfm(items: list, Ks, matching: "Matching", seed: int):
+    from heads.sfm import SfmJob, SfmOptions
+
+    return SfmJob(items, SfmOptions(matching=matching.value, known_K=Ks, seed=seed),
+                  video=any(it.frame is not None for it in items))
+
+
+def _warn_unplaced(placed: dict, cams, n_views: int) -> None:
+    """One warning line when matching left frames on the network's cameras (all of them, or some)."""
+    unplaced = placed["unregistered"]
+    if not unplaced:
+        return
+    if n_views == 1:
+        typer.echo("pixio: warning: one frame has nothing to match: its camera is the network's", err=True)
+        return
+    if placed["cameras"] == "network":
+        why = f" ({cams.error})" if cams is not None and cams.error else ""
+        typer.echo(f"pixio: warning: matching registered {'none' if not placed['registered'] else 'too few'} of the "
+                   f"{n_views} frames{why}: the cameras are the network's, as with --no-sfm", err=True)
+        return
+    more = f" and {len(unplaced) - 3} more" if len(unplaced) > 3 else ""
+    typer.echo(f"pixio: warning: matching did not register {len(unplaced)} of {n_views} frames "
+               f"({', '.join(unplaced[:3])}{more}): they keep the network's cameras, aligned to the rest", err=True)
 
 
 def _check(output: Path, save_predictions: Optional[Path], preview: Optional[Path], overlap: int, chunk: int,

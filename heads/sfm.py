@@ -1,0 +1,342 @@
+"""Cameras from the images themselves: COLMAP's features, matching and incremental mapping (pycolmap),
+and what ``pixio recon3d`` needs of the result as arrays.
+
+The network gives dense metric depth for every pixel but, on frames unlike its
+training data, poor cameras; matching and bundle adjustment give good cameras
+and a sparse set of triangulated points, up to scale. :func:`run_sfm` makes the
+reconstruction; :func:`sfm_cameras` reads it into :class:`SfmCameras`, in our
+conventions (OpenCV axes, camera-to-world, pixel centres at integers, the
+original images' pixels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from pixio_cli.errors import UsageError
+
+MAX_SIDE = 1600  # SIFT sees images at most this large (COLMAP's own default for matching is 1600-3200)
+EXHAUSTIVE_UP_TO = 40  # more frames than this are matched sequentially (780 pairs at 40)
+
+
+@dataclass
+class SfmOptions:
+    """How the frames are matched and mapped."""
+
+    matching: str = "auto"  # auto: exhaustive up to EXHAUSTIVE_UP_TO frames (and never for video), else sequential
+    overlap: int = 10  # sequential matching: each frame is matched with this many after it (and at 2^k)
+    one_camera: bool = True  # one set of intrinsics shared by every frame (frames of one camera)
+    known_K: list[np.ndarray] | None = None  # per frame, in the written images' pixels: held fixed
+    seed: int = 0
+    threads: int = -1  # -1: every core
+    first_octave: int = -1  # COLMAP's default: SIFT on each image doubled, for small and distant detail
+
+
+@dataclass
+class SfmCameras:
+    """What the reconstruction says of each of V frames (by position in the list given to run_sfm)."""
+
+    registered: np.ndarray  # (V,) bool
+    cam2world: np.ndarray  # (V, 4, 4) float64, the reconstruction's arbitrary scale; identity where unregistered
+    K: np.ndarray  # (V, 3, 3) float64, original pixels (pinhole part of the camera); zeros where unregistered
+    cameras: list  # pycolmap.Camera in the written images' pixels, or None where unregistered
+    written_hw: np.ndarray  # (V, 2) the size the frames were matched at
+    observations: list[tuple[np.ndarray, np.ndarray]]  # per frame: pixels (n, 2) in original pixels, z depth (n,)
+    points: int  # triangulated points
+    reprojection_error: float  # mean, in the written images' pixels
+    error: str | None = None  # why there is no reconstruction, when COLMAP failed
+    reconstruction: object = None  # the pycolmap.Reconstruction, for export
+    names: list[str] | None = None  # its image name of each frame
+
+
+def _pycolmap():
+    try:
+        import pycolmap
+    except ImportError as e:
+        raise UsageError(f"cameras from the images need pycolmap ({e}); install it (pip install pycolmap) or "
+                         "pass --no-sfm for the network's cameras") from None
+    pycolmap.logging.minloglevel = 3  # its INFO lines would bury ours; its errors come back as exceptions or in our warning
+    return pycolmap
+
+
+def write_frame(folder: Path, index: int, image: np.ndarray) -> tuple[str, tuple[int, int]]:
+    """Frame ``index`` (RGB uint8) as a PNG that COLMAP reads, at most MAX_SIDE a side, aspect kept
+    exactly; returns its name and its (h, w)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    s = MAX_SIDE / max(h, w)
+    if s < 1:
+        image = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    name = f"{index:06d}.png"
+    if not cv2.imwrite(str(folder / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+        raise OSError(f"cannot write {folder / name}")
+    return name, image.shape[:2]
+
+
+def run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool = False, cancel=None):
+    """COLMAP on the images ``names`` in ``folder``: SIFT features, matching (see :class:`SfmOptions`),
+    geometric verification and incremental mapping. Returns the reconstruction that registers the
+    most frames, or None when none could be started (too few matches)."""
+    pycolmap = _pycolmap()
+    import shutil
+
+    pycolmap.set_random_seed(options.seed)
+    db = folder / "database.db"
+    sparse = folder / "sparse"
+    shutil.rmtree(sparse, ignore_errors=True)
+    if db.exists():
+        db.unlink()
+    sparse.mkdir()
+    cpu = pycolmap.Device.cpu if not pycolmap.has_cuda else pycolmap.Device.auto
+
+    reader = pycolmap.ImageReaderOptions()
+    same_K = options.known_K is not None and all(np.allclose(k, options.known_K[0]) for k in options.known_K)
+    if options.known_K is not None:
+        reader.camera_model = "PINHOLE"
+        if same_K:
+            reader.camera_params = ",".join(repr(v) for v in _colmap_params(options.known_K[0]))
+    mode = pycolmap.CameraMode.SINGLE if (options.one_camera and (options.known_K is None or same_K)) \
+        else pycolmap.CameraMode.PER_IMAGE
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.num_threads = options.threads
+    extraction.sift.first_octave = options.first_octave
+    pycolmap.extract_features(db, folder, image_names=names, camera_mode=mode, reader_options=reader,
+                              extraction_options=extraction, device=cpu, cancellation_token=cancel)
+    if options.known_K is not None and not same_K:  # one fixed camera per frame, in the database before mapping
+        base = pycolmap.Database.open(db)
+        try:
+            for image in base.read_all_images():
+                camera = base.read_camera(image.camera_id)
+                camera.params = _colmap_params(options.known_K[names.index(image.name)])
+                base.update_camera(camera)
+        finally:
+            base.close()
+
+    matching = options.matching
+    if matching == "auto":
+        matching = "sequential" if video or len(names) > EXHAUSTIVE_UP_TO else "exhaustive"
+    if matching == "exhaustive":
+        pycolmap.match_exhaustive(db, device=cpu, cancellation_token=cancel)
+    else:
+        pairing = pycolmap.SequentialPairingOptions()
+        pairing.overlap = options.overlap
+        pairing.quadratic_overlap = True
+        pycolmap.match_sequential(db, pairing_options=pairing, device=cpu, cancellation_token=cancel)
+
+    mapping = pycolmap.IncrementalPipelineOptions()
+    mapping.random_seed = options.seed
+    mapping.num_threads = options.threads
+    mapping.min_model_size = 2  # a model of any size: frames it leaves out keep the network's cameras
+    mapping.init_num_trials = 20  # COLMAP's 200 tries at the first pair took half the mapping time here, for
+    mapping.mapper.init_min_tri_angle = 8.0  # the same cameras (7-Scenes, Middlebury rings); 16 deg rejects most pairs
+    if options.known_K is not None:
+        mapping.ba_refine_focal_length = False
+        mapping.ba_refine_principal_point = False
+        mapping.ba_refine_extra_params = False
+    models = pycolmap.incremental_mapping(db, folder, sparse, mapping, cancellation_token=cancel)
+    if cancel is not None and cancel.is_cancelled:
+        raise KeyboardInterrupt
+    if not models:
+        return None
+    return max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+
+
+def _colmap_params(K: np.ndarray) -> list[float]:
+    """PINHOLE parameters of K (ours: pixel centres at integers) as COLMAP takes them (centres at +0.5)."""
+    return [float(K[0, 0]), float(K[1, 1]), float(K[0, 2]) + 0.5, float(K[1, 2]) + 0.5]
+
+
+def sfm_cameras(rec, names: list[str], written_hw: list[tuple[int, int]], original_hw: list[tuple[int, int]]
+                ) -> SfmCameras:
+    """The reconstruction ``rec`` (or None) read per frame, frames named ``names`` in order."""
+    from .geometry import scale_intrinsics
+
+    V = len(names)
+    out = SfmCameras(registered=np.zeros(V, bool), cam2world=np.tile(np.eye(4), (V, 1, 1)), K=np.zeros((V, 3, 3)),
+                     cameras=[None] * V, written_hw=np.array(written_hw, np.int64), observations=[
+                         (np.zeros((0, 2)), np.zeros(0))] * V, points=0, reprojection_error=float("nan"))
+    if rec is None:
+        return out
+    position = {name: i for i, name in enumerate(names)}
+    for image in rec.images.values():
+        if not image.has_pose or image.name not in position:
+            continue
+        i = position[image.name]
+        cam = image.camera
+        w2c = np.eye(4)
+        w2c[:3] = image.cam_from_world().matrix()
+        c2w = np.linalg.inv(w2c)
+        K = cam.calibration_matrix().astype(np.float64)
+        K[0, 2] -= 0.5  # COLMAP's pixel centres are at +0.5
+        K[1, 2] -= 0.5
+        xy, z = [], []
+        for p2d in image.points2D:
+            if p2d.has_point3D():
+                xy.append(p2d.xy)
+                z.append((w2c[:3, :3] @ rec.points3D[p2d.point3D_id].xyz + w2c[:3, 3])[2])
+        xy = np.array(xy, np.float64).reshape(-1, 2) - 0.5
+        sy, sx = original_hw[i][0] / written_hw[i][0], original_hw[i][1] / written_hw[i][1]
+        xy = np.stack([(xy[:, 0] + 0.5) * sx - 0.5, (xy[:, 1] + 0.5) * sy - 0.5], 1)
+        out.registered[i] = True
+        out.cam2world[i] = c2w
+        out.K[i] = scale_intrinsics(K, written_hw[i], original_hw[i])
+        out.cameras[i] = cam
+        out.observations[i] = (xy, np.array(z, np.float64))
+    out.reconstruction, out.names = rec, list(names)
+    out.points = rec.num_points3D()
+    out.reprojection_error = float(rec.compute_mean_reprojection_error()) if out.points else float("nan")
+    return out
+
+
+def normalised_coordinates(camera, written_hw: tuple[int, int], hw: tuple[int, int]) -> np.ndarray:
+    """(h, w, 2) x/z, y/z in the camera frame of every pixel centre of an (h, w) grid over the image,
+    through the camera's model (its distortion included)."""
+    h, w = hw
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    sy, sx = written_hw[0] / h, written_hw[1] / w
+    pix = np.stack([(u + 0.5) * sx, (v + 0.5) * sy], -1).reshape(-1, 2)  # COLMAP: centres at +0.5
+    return np.asarray(camera.cam_from_img(pix), np.float64).reshape(h, w, 2)
+
+
+
+class SfmJob:
+    """:func:`run_sfm` on a background thread over the inputs at their own size (decoded again, apart from
+    the network's smaller copies), so matching runs while the model loads and predicts; COLMAP's calls
+    release the interpreter. ``result`` waits for it; ``cancel`` stops it at COLMAP's next check."""
+
+    def __init__(self, items: list, options: SfmOptions, video: bool = False) -> None:
+        import tempfile
+        import threading
+
+        self.items, self.options, self.video = items, options, video
+        self._tmp = tempfile.TemporaryDirectory(prefix="pixio-sfm-")
+        self.folder = Path(self._tmp.name)
+        self._token = _pycolmap().CancellationToken()
+        self._out = None
+        self._error: BaseException | None = None
+        self.written: dict[int, tuple[str, tuple[int, int], tuple[int, int]]] = {}  # index -> name, written, original
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._run, name="pixio-sfm", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import time
+
+        from pixio_cli.engine import ImageStream
+        from pixio_cli.images import ResizePolicy
+
+        from .geometry import scale_intrinsics
+
+        start = time.perf_counter()
+        try:
+            for sample in ImageStream(self.items, ResizePolicy(short=None, multiple=1)):
+                if self._token.is_cancelled:
+                    return
+                if sample.error:
+                    continue  # the network's pass reports it
+                name, hw = write_frame(self.folder, sample.index, sample.image)
+                self.written[sample.index] = (name, hw, tuple(sample.orig_hw))
+            order = sorted(self.written)
+            names = [self.written[i][0] for i in order]
+            if len(names) < 2:
+                return
+            known = self.options.known_K
+            opts = replace(self.options, one_camera=self.options.one_camera and len(
+                {self.written[i][2] for i in order}) == 1, known_K=None if known is None else [
+                scale_intrinsics(known[i], self.written[i][2], self.written[i][1]) for i in order])
+            self._out = run_sfm(self.folder, names, opts, self.video, self._token)
+        except BaseException as e:  # handed to the caller by result()
+            self._error = e
+        finally:
+            self.seconds = time.perf_counter() - start
+
+    def result(self, indices: list[int], original_hw: list[tuple[int, int]]) -> SfmCameras:
+        """The cameras of the inputs ``indices`` (positions in ``items``), in that order."""
+        self._thread.join()
+        try:
+            if self._error is not None and not isinstance(self._error, (RuntimeError, ValueError, OSError)):
+                raise self._error  # Ctrl-C, out of memory, or a bug: not a reason to go on
+            names = [self.written.get(i, (f"missing-{i}",))[0] for i in indices]
+            hws = [self.written[i][1] if i in self.written else hw for i, hw in zip(indices, original_hw)]
+            out = sfm_cameras(self._out, names, hws, original_hw)
+            if self._error is not None:  # COLMAP failing is no reason to lose the network's scene
+                out.error = f"{type(self._error).__name__}: {str(self._error).strip().splitlines()[-1][:200]}"
+            return out
+        finally:
+            self.close()
+
+    def cancel(self) -> None:
+        self._token.cancel()
+        self._thread.join()
+        self.close()
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+def write_colmap(folder: Path, labels: list[str], original_hw: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
+                 sfm: SfmCameras | None = None, sfm_to_world: tuple[float, np.ndarray] | None = None,
+                 text: bool = False) -> None:
+    """A COLMAP model of the scene in ``folder`` (binary as COLMAP writes it, or text), through pycolmap.
+
+    Every frame is an image named by its input ``labels`` with pose ``cam2world``.
+    Frames the reconstruction ``sfm`` registered keep its camera (its model, rescaled
+    to the original pixels) and their keypoints, and its points come along with
+    their multi-view tracks, mapped into the scene's world by ``sfm_to_world`` =
+    (scale, 4x4 rigid). Every other frame gets a PINHOLE camera of its ``K`` (original
+    pixels) and no points. Each file is written atomically.
+    """
+    pycolmap = _pycolmap()
+    import os
+    import tempfile
+
+    from .geometry import invert_pose
+
+    out = pycolmap.Reconstruction()
+    old = sfm.reconstruction if sfm is not None and sfm.registered.any() else None
+    image_of: dict[int, int] = {}  # the reconstruction's image id -> ours
+    cameras: dict[int, int] = {}  # the reconstruction's camera id -> ours
+    for v, label in enumerate(labels):
+        w2c = invert_pose(np.asarray(cam2world[v], np.float64))
+        w, h = int(original_hw[v][1]), int(original_hw[v][0])
+        if old is not None and sfm.registered[v]:
+            src = next(im for im in old.images.values() if im.name == sfm.names[v])
+            if src.camera_id not in cameras:
+                got = old.cameras[src.camera_id]
+                camera = pycolmap.Camera.create_from_model_name(len(out.cameras) + 1, got.model_name, 1.0,
+                                                                got.width, got.height)
+                camera.params = got.params
+                if (camera.width, camera.height) != (w, h):
+                    camera.rescale(w, h)
+                out.add_camera_with_trivial_rig(camera)
+                cameras[src.camera_id] = camera.camera_id
+            sx, sy = w / old.cameras[src.camera_id].width, h / old.cameras[src.camera_id].height
+            keypoints = np.array([p.xy for p in src.points2D], np.float64).reshape(-1, 2) * [sx, sy]
+            image = pycolmap.Image(name=label, keypoints=keypoints, camera_id=cameras[src.camera_id], image_id=v + 1)
+            image_of[src.image_id] = v + 1
+        else:
+            k = np.asarray(K[v], np.float64)
+            camera = pycolmap.Camera.create_from_model_name(len(out.cameras) + 1, "PINHOLE", float(k[0, 0]), w, h)
+            camera.params = _colmap_params(k)
+            out.add_camera_with_trivial_rig(camera)
+            image = pycolmap.Image(name=label, camera_id=camera.camera_id, image_id=v + 1)
+        out.add_image_with_trivial_frame(image, pycolmap.Rigid3d(w2c[:3]))
+    if old is not None:
+        s, T = sfm_to_world
+        for point in old.points3D.values():
+            track = pycolmap.Track()
+            for el in point.track.elements:
+                if el.image_id in image_of:
+                    track.add_element(image_of[el.image_id], el.point2D_idx)
+            if track.length() >= 2:
+                out.add_point3D(s * T[:3, :3] @ point.xyz + T[:3, 3], track, point.color)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".colmap-") as tmp:
+        (out.write_text if text else out.write_binary)(tmp)
+        for f in sorted(Path(tmp).iterdir()):
+            os.replace(f, folder / f.name)  # one rename per file: never half a file under its name

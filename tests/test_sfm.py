@@ -1,0 +1,266 @@
+"""Cameras from matching (pycolmap) and the network's depth placed on them: on ground truth, on real
+7-Scenes frames against their recorded poses, against COLMAP's own run, and the COLMAP export."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from heads import geometry as G
+from heads.scene import Predictions, on_cameras, transformed
+
+pycolmap = pytest.importorskip("pycolmap")
+
+KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "rgbd-7scenes-redkitchen"
+HELD_OUT = [800 + 24 * i for i in range(9)]  # frames the bundled model never saw: 1.2 m and 30 degrees of motion
+
+
+def kitchen(frames: list[int]) -> tuple[list[Path], np.ndarray]:
+    if not KITCHEN.exists():
+        pytest.skip("shared data not present")
+    return ([KITCHEN / f"frame-{i:06d}.color.jpg" for i in frames],
+            np.stack([np.loadtxt(KITCHEN / f"frame-{i:06d}.pose.txt") for i in frames]))
+
+
+def camera_errors(c2w: np.ndarray, gt: np.ndarray) -> tuple[float, float, float]:
+    """Mean camera-centre error after a similarity alignment (ATE, metres), its scale (1 = metric), and the
+    mean error of the relative rotation of every pair of frames (degrees)."""
+    s, R, t = G.umeyama(c2w[:, :3, 3], gt[:, :3, 3], with_scale=True)
+    ate = np.linalg.norm(s * c2w[:, :3, 3] @ R.T + t - gt[:, :3, 3], axis=1).mean()
+    return float(ate), s, float(G.relative_pose_errors(c2w, gt)[0].mean())
+
+
+def colmap_alone(images: list[Path], folder: Path) -> np.ndarray:
+    """Camera-to-world of each image by pycolmap's own SfM at its defaults (what a user would run)."""
+    pycolmap.logging.minloglevel = 3
+    (folder / "images").mkdir(parents=True)
+    for p in images:
+        (folder / "images" / p.name).symlink_to(p)
+    pycolmap.set_random_seed(0)
+    pycolmap.extract_features(folder / "db.db", folder / "images", device=pycolmap.Device.cpu)
+    pycolmap.match_exhaustive(folder / "db.db", device=pycolmap.Device.cpu)
+    (folder / "sparse").mkdir()
+    options = pycolmap.IncrementalPipelineOptions()
+    options.random_seed = 0
+    rec = max(pycolmap.incremental_mapping(folder / "db.db", folder / "images", folder / "sparse", options).values(),
+              key=lambda r: r.num_reg_images())
+    out = np.full((len(images), 4, 4), np.nan)
+    for image in rec.images.values():
+        w2c = np.eye(4)
+        w2c[:3] = image.cam_from_world().matrix()
+        out[[p.name for p in images].index(image.name)] = np.linalg.inv(w2c)
+    return out
+
+
+# ---------------------------------------------------------------------------- on ground truth
+
+
+HW = (60, 80)  # processing size of the synthetic predictions; originals are 480x640
+
+
+@pytest.fixture(scope="module")
+def truth():
+    """Ground truth of 5 kitchen frames (800-896) as predictions in frame 800's camera, at 80x60."""
+    paths, poses = kitchen([800, 824, 848, 872, 896])
+    U, _, Vt = np.linalg.svd(poses[:, :3, :3])
+    poses[:, :3, :3] = U @ Vt  # the recorded rotations are a little off orthonormal
+    rel = G.relative_to_first(poses)
+    K = np.array([[585.0, 0, 319.5], [0, 585.0, 239.5], [0, 0, 1]])
+    Kp = G.scale_intrinsics(K, (480, 640), HW)
+    depth = np.stack([cv2.resize(cv2.imread(str(p).replace("color.jpg", "depth.png"), cv2.IMREAD_UNCHANGED),
+                                 HW[::-1], interpolation=cv2.INTER_NEAREST) / 1000.0 for p in paths])
+    depth[depth > 60] = 0  # 65535: no measurement
+    pts = np.stack([G.transform(G.depth_to_points(d, Kp), T) for d, T in zip(depth, rel)])
+    pred = Predictions(images=[str(p) for p in paths], pts3d=pts.astype(np.float32), depth_z=depth.astype(np.float32),
+                       conf=np.ones(depth.shape, np.float32), mask=depth > 0, cam2world=rel.astype(np.float32),
+                       K=np.repeat(Kp[None], 5, 0).astype(np.float32), K_original=np.repeat(K[None], 5, 0).astype(np.float32),
+                       original_hw=np.array([[480, 640]] * 5), scale=1.0, metric=True)
+    return pred, K
+
+
+def fake_sfm(pred: Predictions, K: np.ndarray, sfm_scale: float, registered: list[bool], seed: int = 0):
+    """What COLMAP would report for the true cameras: poses in a world of another scale and origin, one
+    PINHOLE camera, and 200 observed points per frame with their true depths in that world."""
+    from heads.sfm import SfmCameras
+
+    rng = np.random.default_rng(seed)
+    world = np.eye(4)
+    world[:3, :3] = G.rotation_from_quaternion(rng.normal(size=4))
+    world[:3, 3] = rng.normal(size=3)
+    camera = pycolmap.Camera.create_from_model_name(1, "PINHOLE", 585.0, 640, 480)
+    camera.params = [585.0, 585.0, 320.0, 240.0]
+    V = len(registered)
+    cam2world = np.tile(np.eye(4), (V, 1, 1))
+    observations = []
+    for v in range(V):
+        T = world @ pred.cam2world[v].astype(np.float64)
+        T[:3, 3] *= sfm_scale
+        cam2world[v] = T
+        ys, xs = np.nonzero(pred.depth_z[v] > 0)
+        pick = rng.choice(len(ys), 200, replace=False)
+        xy = np.stack([(xs[pick] + 0.5) * 8 - 0.5, (ys[pick] + 0.5) * 8 - 0.5], 1)  # original pixels
+        observations.append((xy, pred.depth_z[v][ys[pick], xs[pick]].astype(np.float64) * sfm_scale))
+    return SfmCameras(registered=np.array(registered), cam2world=cam2world, K=np.repeat(K[None], V, 0),
+                      cameras=[camera if r else None for r in registered], written_hw=np.array([[480, 640]] * V),
+                      observations=observations, points=1000, reprojection_error=0.5)
+
+
+def test_depth_is_placed_on_the_cameras_at_the_networks_scale(truth):
+    """Wrong network cameras, a per-frame error in depth scale, and cameras of matching in a world of
+    another scale: out come the true cameras and points, in metres, in the first camera's frame."""
+    pred, K = truth
+    factors = np.array([0.8, 1.0, 1.1, 0.9, 1.2])
+    noisy = replace(pred, depth_z=pred.depth_z * factors[:, None, None].astype(np.float32),
+                    cam2world=np.tile(np.eye(4, dtype=np.float32), (5, 1, 1)))
+    # the network's overall scale is what the reconstruction takes: its median over the frames is 1.0
+    out, report = on_cameras(noisy, fake_sfm(pred, K, 0.37, [True] * 5))
+    assert report["cameras"] == "sfm" and report["registered"] == 5 and report["unregistered"] == []
+    assert np.allclose(report["sfm_scale"] * 0.37, 1.0, rtol=0.1)
+    s = 1 / (report["sfm_scale"] * 0.37)  # the whole scene's scale is the network's (median over frames)
+    assert np.allclose(out.cam2world[0], np.eye(4), atol=1e-5)
+    assert np.allclose(out.cam2world[:, :3, :3], pred.cam2world[:, :3, :3], atol=1e-5)
+    assert np.allclose(out.cam2world[:, :3, 3] * s, pred.cam2world[:, :3, 3], atol=1e-4)
+    valid = pred.depth_z > 0
+    assert np.allclose(out.pts3d[valid] * s, pred.pts3d[valid], atol=1e-3)  # per-frame scale errors undone
+    assert np.allclose(np.array(report["depth_scales"]) * factors, 1 / s, rtol=1e-3)
+
+
+def test_frames_matching_missed_keep_the_network_camera_aligned_to_the_rest(truth):
+    pred, K = truth
+    rng = np.random.default_rng(3)
+    R = G.rotation_from_quaternion(rng.normal(size=4))
+    network = transformed(pred, 1.0, R, rng.normal(size=3))  # right geometry, in the network's own frame
+    out, report = on_cameras(network, fake_sfm(pred, K, 2.5, [True, True, False, True, True]))
+    assert report["unregistered"] == [pred.images[2]]
+    assert np.allclose(out.cam2world, pred.cam2world, atol=1e-3)
+    valid = pred.depth_z[2] > 0
+    assert np.allclose(out.pts3d[2][valid], pred.pts3d[2][valid], atol=1e-3)
+
+
+def test_without_enough_registered_frames_the_network_cameras_stay(truth):
+    pred, K = truth
+    moved = transformed(pred, 1.0, G.rotation_from_quaternion(np.array([0.1, 0.2, 0.3, 0.9])), np.ones(3))
+    out, report = on_cameras(moved, fake_sfm(pred, K, 1.0, [True] + [False] * 4))
+    assert report["cameras"] == "network" and len(report["unregistered"]) == 5
+    assert np.allclose(out.cam2world, pred.cam2world, atol=1e-4)  # only put in the first camera's frame
+
+
+# ---------------------------------------------------------------------------- on real frames
+
+
+@pytest.fixture(scope="module")
+def kitchen_sfm():
+    """pycolmap's reconstruction of 5 held-out kitchen frames, read as SfmCameras, and the true poses."""
+    from heads.sfm import SfmJob, SfmOptions, sfm_cameras  # noqa: F401
+    from pixio_cli.inputs import collect
+
+    paths, poses = kitchen([800, 824, 848, 872, 896])
+    job = SfmJob(collect([str(p) for p in paths]), SfmOptions())
+    return job.result(list(range(5)), [(480, 640)] * 5), poses, paths
+
+
+def test_matching_registers_real_frames_on_their_true_cameras(kitchen_sfm):
+    cams, poses, _ = kitchen_sfm
+    assert cams.registered.all() and cams.points > 300 and cams.reprojection_error < 1.5
+    ate, _, rot = camera_errors(cams.cam2world, poses)
+    assert ate < 0.03 and rot < 3.0, (ate, rot)  # the recorded poses are the depth camera's, off the colour one
+    assert np.allclose(cams.K[:, 0, 0], 530, rtol=0.05)  # 7-Scenes' colour camera (585 is the depth camera's)
+    for (xy, z), T, K in zip(cams.observations, cams.cam2world, cams.K):  # observations are in original pixels
+        assert len(xy) > 100 and (z > 0).all()
+        assert (xy >= -0.5).all() and (xy[:, 0] < 640).all() and (xy[:, 1] < 480).all()
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_colmap_export_keeps_the_tracks_and_adds_the_frames_matching_missed(kitchen_sfm, tmp_path, text):
+    from heads.sfm import write_colmap
+
+    cams, _, paths = kitchen_sfm
+    missed = replace(cams, registered=np.array([True, True, True, True, False]))  # as if the last had failed
+    s, T = 2.0, np.eye(4)
+    T[:3, :3], T[:3, 3] = G.rotation_from_quaternion(np.array([0.2, -0.1, 0.3, 0.9])), [1.0, 2.0, 3.0]
+    c2w = np.stack([T @ _scaled(c, s) for c in cams.cam2world])
+    c2w[4] = np.eye(4)
+    c2w[4, :3, 3] = [0.5, 0, 0]
+    K = cams.K.copy()
+    K[4] = [[500.0, 0, 100], [0, 510.0, 80], [0, 0, 1]]
+    labels = [str(p) for p in paths]
+    write_colmap(tmp_path / "sparse", labels, np.array([[480, 640]] * 5), K, c2w, missed, (s, T), text=text)
+    assert sorted(f.name for f in (tmp_path / "sparse").iterdir()) == sorted(
+        f"{n}.{'txt' if text else 'bin'}" for n in ("cameras", "images", "points3D", "frames", "rigs"))
+    rec = pycolmap.Reconstruction(str(tmp_path / "sparse"))
+    assert rec.num_reg_images() == 5 and rec.num_points3D() > 0.5 * cams.points
+    assert all(p.track.length() >= 2 for p in rec.points3D.values())  # real multi-view tracks
+    by_name = {im.name: im for im in rec.images.values()}
+    assert set(by_name) == set(labels)
+    assert by_name[labels[4]].num_points3D == 0
+    for label, want in zip(labels, c2w):
+        w2c = np.eye(4)
+        w2c[:3] = by_name[label].cam_from_world().matrix()
+        assert np.allclose(np.linalg.inv(w2c), want, atol=1e-6)
+    added = rec.cameras[by_name[labels[4]].camera_id]
+    assert added.model_name == "PINHOLE" and np.allclose(added.params, [500, 510, 100.5, 80.5])
+    assert rec.compute_mean_reprojection_error() < 1.5  # the points moved with the cameras
+
+
+def _scaled(c2w: np.ndarray, s: float) -> np.ndarray:
+    out = c2w.copy()
+    out[:3, 3] *= s
+    return out
+
+
+def test_default_recon3d_cameras_are_as_good_as_colmaps_and_metric(cli, tmp_path):
+    """The command as a user runs it, bundled model, on frames it never saw: every frame has a camera,
+    the cameras are within 1.25x COLMAP's own on the same frames, and lengths are metres within 15 %."""
+    paths, poses = kitchen(HELD_OUT)
+    code, out, err = cli(["recon3d", *paths, "-o", tmp_path / "scene.ply", "--cameras", "json", "--json", "-q"])
+    assert code == 0, err
+    assert "warning" not in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["cameras"]["registered"] == len(paths) and summary["cameras"]["cameras"] == "sfm"
+    cams = json.loads((tmp_path / "cameras.json").read_text())
+    ours = np.array([c["cam2world"] for c in cams["cameras"]])
+    assert cams["unit"] == "metres" and np.allclose(ours[0], np.eye(4), atol=1e-6)
+    ate, scale, rot = camera_errors(ours, poses)
+    colmap_ate, _, _ = camera_errors(colmap_alone(paths, tmp_path / "colmap"), poses)
+    origin_ate, _, _ = camera_errors(np.tile(np.eye(4), (len(paths), 1, 1)) + _jitter(len(paths)), poses)
+    assert ate <= 1.25 * colmap_ate + 0.002, (ate, colmap_ate)
+    assert ate < origin_ate / 5, (ate, origin_ate)
+    assert 0.85 < scale < 1.15, scale
+    assert rot < 3.0, rot
+
+
+def _jitter(n: int) -> np.ndarray:
+    """Cameras at the origin, told apart by a micrometre so the alignment is defined."""
+    out = np.zeros((n, 4, 4))
+    out[:, :3, 3] = np.random.default_rng(0).normal(size=(n, 3)) * 1e-6
+    return out
+
+
+def test_unrelated_photos_and_a_single_frame_keep_the_networks_cameras_with_a_warning(cli, tmp_path):
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    street, room = samples / "street" / "camvid_0016E5_07959.jpg", samples / "room" / "frame-000900.color.jpg"
+    code, out, err = cli(["recon3d", street, room, "-o", tmp_path / "a.ply",
+                          "--cameras", "json", "--json", "-q"])
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "matching registered none of the 2 frames" in warnings[0], err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["cameras"]["cameras"] == "network"
+    assert len(json.loads((tmp_path / "cameras.json").read_text())["cameras"]) == 2
+    code, out, err = cli(["recon3d", samples / "photos" / "beagle.jpg", "-o", tmp_path / "b.ply", "--json", "-q"])
+    assert code == 0 and "one frame has nothing to match" in err
+
+
+def test_no_sfm_is_the_network_alone_in_the_first_cameras_frame(cli, tmp_path):
+    paths, _ = kitchen(HELD_OUT[:3])
+    code, out, err = cli(["recon3d", *paths, "-o", tmp_path / "s.ply", "--no-sfm", "--cameras", "json", "--json",
+                          "-q"])
+    assert code == 0 and "warning" not in err, err
+    assert json.loads(out.strip().splitlines()[-1])["cameras"]["cameras"] == "network"
+    first = json.loads((tmp_path / "cameras.json").read_text())["cameras"][0]["cam2world"]
+    assert np.allclose(first, np.eye(4), atol=1e-6)
