@@ -37,6 +37,7 @@ CPU = {
               "--features", "64", "--head-channels", "48,96,192,192", "--iters", "3"],
     "curate": ["benchmarks.curate", "--size", "t16", "--images", "64", "--device", "cpu"],
     "pointmap": ["benchmarks.pointmap", "--size", "h16", "--views", "2", "--side", "256", "--device", "cpu"],
+    "recon3d": ["benchmarks.recon3d"],
 }
 GPU = {  # eager runs first, compiled ones last: a short lease keeps the most figures
     "extract": ["benchmarks.extract", "--size", "h16", "--device", "cuda", "--batch", "64", "--images", "256",
@@ -64,6 +65,7 @@ WHAT = {
     "depth": "`pixio depth`'s model path vs transformers hidden states + the same DPT head",
     "curate": "`pixio curate`'s MAE-loss statistic vs a plain loop",
     "pointmap": "the point-map model (MapAnything-Pixio-H shape) at the default precision vs the same in fp32",
+    "recon3d": "`pixio recon3d` on 25 held-out 7-Scenes frames (bundled model) vs pycolmap's own SfM, end to end",
 }
 
 
@@ -91,6 +93,15 @@ def row(name: str, r: dict) -> str:
         ref = f"{r['reference_s']} s"
         limit = (f"{r['achieved_tflop_s']} of {r['matmul_peak_tflop_s']} TFLOP/s bf16 matmul peak "
                  f"(fp32 peak {r['matmul_peak_fp32_tflop_s']}); cosine to fp32 {r['min_cosine_to_fp32']}")
+    elif name == "recon3d":
+        k = r["kitchen"]
+        ours = (f"{r['ours_s']} s; ATE {r['ate_cm']} cm, scale {k['ours']['scale']:.3f}, rot {k['ours']['rotation_error_deg']:.2f} deg, "
+                f"{k['ours']['registered_by_sfm']}/{k['frames']} registered")
+        ref = (f"{r['reference_s']} s; ATE {r['colmap_ate_cm']} cm, rot {k['colmap']['rotation_error_deg']:.2f} deg, "
+               f"{k['colmap']['registered']}/{k['frames']} registered")
+        limit = (f"baselines: cameras at the origin {100 * k['origin']['ate_mean']:.1f} cm, constant velocity "
+                 f"{100 * k['constant_velocity']['ate_mean']:.1f} cm, --no-sfm {100 * k['ours_no_sfm']['ate_mean']:.1f} cm; "
+                 f"peak memory {k['ours']['peak_memory_gib']} GiB vs {k['colmap']['peak_memory_gib']} GiB")
     elif name == "pointmap":
         ours = f"{r['ours_views_s']} views/s {r['precision']}"
         ref = f"{r['reference_views_s']} views/s fp32"

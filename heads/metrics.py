@@ -160,3 +160,26 @@ def pointmap_metrics(pred: dict, gt: dict, valid: np.ndarray) -> dict[str, float
     if pred.get("metric", False):
         out["scale_rel"] = abs(s_pr - s_gt) / s_gt
     return out
+
+
+def camera_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """How well camera-to-world poses (V, 4, 4) match the truth, whatever the frame and scale of each:
+    ATE (mean and RMSE of the camera-centre error after a similarity alignment, in the truth's units),
+    the similarity's scale (1.0: the prediction is in the truth's units), the mean error of the relative
+    rotation of every pair (degrees) and pose AUC@5 / @30 over the pairs (MapAnything's)."""
+    from .geometry import relative_pose_errors, umeyama
+
+    s, R, t = umeyama(pred[:, :3, 3], gt[:, :3, 3], with_scale=True)
+    err = np.linalg.norm(s * pred[:, :3, 3] @ R.T + t - gt[:, :3, 3], axis=1)
+    rot, trans = relative_pose_errors(pred, gt)
+    return {"ate_mean": float(err.mean()), "ate_rmse": float(np.sqrt((err ** 2).mean())), "scale": float(s),
+            "rotation_error_deg": float(rot.mean()), "auc5": pose_auc(rot, trans, 5), "auc30": pose_auc(rot, trans, 30)}
+
+
+def trivial_cameras(n: int) -> dict[str, np.ndarray]:
+    """The cameras a method must beat to show skill, (n, 4, 4) each: every camera at the origin looking
+    the same way, and a straight line at constant speed (the alignment picks its direction and speed)."""
+    origin = np.tile(np.eye(4), (n, 1, 1))
+    line = origin.copy()
+    line[:, 0, 3] = np.arange(n)
+    return {"origin": origin, "constant_velocity": line}

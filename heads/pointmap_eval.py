@@ -78,7 +78,29 @@ def evaluate_pointmap(model: PointMapModel, sequences: list, engine, views: int 
                                      [f.cam2world for f in frames], [size for _, size in loaded], images[0].shape[:2])
             for k, v in pointmap_metrics(as_evaluated(pred), gt, valid).items():
                 sums[k] = sums.get(k, 0.0) + v
+            for k, v in baseline_pose_metrics(gt, valid).items():
+                sums[k] = sums.get(k, 0.0) + v
             n_sets += 1
     if not n_sets:
         raise InputError(f"no set of {views} frames {gap} apart in {len(sequences)} sequence(s)")
     return {**{k: v / n_sets for k, v in sums.items()}, "sets": n_sets, "views": views, "gap": gap}
+
+
+def baseline_pose_metrics(gt: dict, valid: np.ndarray) -> dict[str, float]:
+    """Pose AUC@5/@30 and ATE (as :func:`heads.metrics.pointmap_metrics` defines them) of the trivial
+    cameras (every one at the origin; a straight line at constant speed) on one view set: what the
+    model's pose figures must beat to show skill."""
+    from .geometry import mean_norm, relative_pose_errors
+    from .metrics import ate_rmse, pose_auc, trivial_cameras
+
+    if len(valid) < 2:
+        return {}
+    g_pose = np.array(gt["cam2world"], np.float64)
+    g_pose[:, :3, 3] /= mean_norm(list(gt["pts3d"]), list(valid))
+    out = {}
+    for name, pose in trivial_cameras(len(valid)).items():
+        r_err, t_err = relative_pose_errors(pose, g_pose)
+        out[f"{name}_pose_auc5"] = pose_auc(r_err, t_err, 5)
+        out[f"{name}_pose_auc30"] = pose_auc(r_err, t_err, 30)
+        out[f"{name}_ate"] = ate_rmse(pose[:, :3, 3], g_pose[:, :3, 3])
+    return out

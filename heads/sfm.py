@@ -32,7 +32,9 @@ class SfmOptions:
     known_K: list[np.ndarray] | None = None  # per frame, in the written images' pixels: held fixed
     seed: int = 0
     threads: int = -1  # -1: every core
-    first_octave: int = -1  # COLMAP's default: SIFT on each image doubled, for small and distant detail
+    # SIFT's first octave: 0 (the image as it is), -1 (doubled first, COLMAP's default: finer detail, 3x the
+    # time), or None: 0, then -1 again if the first pass leaves frames out
+    first_octave: int | None = None
 
 
 @dataclass
@@ -80,13 +82,32 @@ def write_frame(folder: Path, index: int, image: np.ndarray) -> tuple[str, tuple
 def run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool = False, cancel=None):
     """COLMAP on the images ``names`` in ``folder``: SIFT features, matching (see :class:`SfmOptions`),
     geometric verification and incremental mapping. Returns the reconstruction that registers the
-    most frames, or None when none could be started (too few matches)."""
+    most frames, or None when none could be started (too few matches).
+
+    With ``first_octave`` None, a fast pass on the images as they are comes first and COLMAP's
+    default (each image doubled) runs only when that pass leaves a frame out: on 7-Scenes frames both
+    give the same cameras (1.8 cm) at a third of the time, while on small objects in 640x480 photos
+    (Middlebury's temple ring) the doubled images register 13 frames of 16 where the fast pass
+    registers 4.
+    """
+    if options.first_octave is not None:
+        return _run_sfm(folder, names, options, video, cancel)
+    fast = _run_sfm(folder, names, replace(options, first_octave=0), video, cancel)
+    if fast is not None and fast.num_reg_images() == len(names):
+        return fast
+    fine = _run_sfm(folder, names, replace(options, first_octave=-1), video, cancel)
+    if fast is None or (fine is not None and fine.num_reg_images() >= fast.num_reg_images()):
+        return fine
+    return fast
+
+
+def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, cancel):
     pycolmap = _pycolmap()
     import shutil
 
     pycolmap.set_random_seed(options.seed)
     db = folder / "database.db"
-    sparse = folder / "sparse"
+    sparse = folder / f"sparse{options.first_octave}"
     shutil.rmtree(sparse, ignore_errors=True)
     if db.exists():
         db.unlink()

@@ -323,6 +323,27 @@ def test_evaluate_pointmap_command(cli, model_file, frames):
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["sets"] == 2 and {"points_rel", "depth_tau", "pose_auc5", "ate", "scale_rel"} <= set(result)
+    assert {"origin_ate", "constant_velocity_ate", "constant_velocity_pose_auc30"} <= set(result)
+
+
+def test_trivial_camera_baselines_score_what_they_are():
+    """A camera moving at constant speed along a line is scored perfectly by the constant-velocity
+    baseline; the origin baseline's ATE is the cameras' spread."""
+    from heads.metrics import camera_metrics, trivial_cameras
+    from heads.pointmap_eval import baseline_pose_metrics
+
+    R = G.rotation_from_quaternion(np.array([0.1, 0.2, 0.3, 0.9]))
+    gt = np.tile(np.eye(4), (5, 1, 1))
+    gt[:, :3, :3] = R
+    gt[:, :3, 3] = np.array([1.0, 2.0, 3.0]) + np.arange(5)[:, None] * np.array([0.3, -0.1, 0.2])
+    line = camera_metrics(trivial_cameras(5)["constant_velocity"], gt)
+    assert line["ate_mean"] < 1e-9 and line["rotation_error_deg"] < 1e-4
+    origin = camera_metrics(trivial_cameras(5)["origin"], gt)
+    assert np.isclose(origin["ate_mean"], np.linalg.norm(gt[:, :3, 3] - gt[:, :3, 3].mean(0), axis=1).mean())
+    rel = G.relative_to_first(gt)
+    pts = np.ones((5, 2, 2, 3)) + rel[:, None, None, :3, 3]
+    base = baseline_pose_metrics({"cam2world": rel, "pts3d": pts}, np.ones((5, 2, 2), bool))
+    assert base["constant_velocity_ate"] < 1e-9 and base["origin_ate"] > 0.01
 
 
 # ---------------------------------------------------------------------------- training

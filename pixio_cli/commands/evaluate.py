@@ -172,7 +172,9 @@ def evaluate_pointmap(
         limit: Annotated[Optional[int], typer.Option(help="At most this many view sets.", min=1)] = None) -> None:
     """MapAnything's benchmark metrics over sets of views of each sequence, averaged over the sets:
     points_rel/tau and depth_rel/tau (each side normalised by its mean point norm; tau = % within 1.03),
-    pose AUC@5 and @30 over view pairs, ATE after Sim(3) alignment, scale_rel for metric models."""
+    pose AUC@5 and @30 over view pairs, ATE after Sim(3) alignment, scale_rel for metric models; beside
+    them the pose figures of the trivial cameras (origin_*: every camera at the origin; constant_velocity_*:
+    a straight line at constant speed), which a model's must beat to show skill."""
     import json
 
     from heads.pointmap import load_pointmap, prepare_pointmap
@@ -188,8 +190,9 @@ def evaluate_pointmap(
     engine = Engine(device, precision, batch_size=views, workers=0, progress=False)
     net = prepare_pointmap(engine, load_pointmap(model))
     result = run(net, sequences, engine, views, gap, ResizePolicy.parse(resize) if resize else None, limit)
+    width = max(map(len, result))
     for k, v in result.items():
-        typer.echo(f"{k:>10s}  {v:.4f}" if isinstance(v, float) else f"{k:>10s}  {v}", err=True)
+        typer.echo(f"{k:>{width}s}  {v:.4f}" if isinstance(v, float) else f"{k:>{width}s}  {v}", err=True)
     if json_out:
         typer.echo(json.dumps(result))
 

@@ -1,0 +1,187 @@
+"""`pixio recon3d` cameras and time against COLMAP's own structure from motion, in one run.
+
+On 7-Scenes red-kitchen frames the bundled model never saw (800-992, every 8th
+by default: 25 frames, 1.25 m and 31 degrees of motion), against their recorded
+poses:
+
+- ``pixio recon3d`` as a user runs it (the default: COLMAP's matching and bundle
+  adjustment, the network's depth fitted to them), and with ``--no-sfm`` (the
+  network's cameras alone);
+- pycolmap's own SfM at its defaults (SIFT, exhaustive matching, incremental
+  mapping), what a user would otherwise run;
+- the trivial cameras (every one at the origin; a straight line at constant speed).
+
+Each is scored by ATE (camera centres after a similarity alignment), the
+alignment's scale (1.0 = metric), the relative rotation error of every pair and
+pose AUC@5/@30. Every run is a fresh process, timed end to end with its peak
+memory. ``ratio`` = COLMAP's seconds / ours (above 1: we are faster).
+
+``--middlebury DIR`` also scores an orbit set in the Middlebury multi-view
+layout (``*.png`` with a ``*_par.txt`` of K, R, t per image; e.g. templeSparseRing),
+where only the frames each method registers are scored (their number is given).
+
+    python -m benchmarks.recon3d
+    python -m benchmarks.recon3d --step 24 --middlebury /data/templeSparseRing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from heads.metrics import camera_metrics, trivial_cameras
+
+from .common import emit
+
+ROOT = Path(__file__).resolve().parents[1]
+KITCHEN = ROOT.parent / "shared" / "data" / "rgbd-7scenes-redkitchen"
+
+
+def timed(cmd: list[str]) -> tuple[float, float, str, str]:
+    """(seconds, peak memory GiB, stdout, stderr) of a fresh process."""
+    import threading
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    streams = {}
+    readers = [threading.Thread(target=lambda n=n, f=f: streams.__setitem__(n, f.read()))
+               for n, f in (("out", proc.stdout), ("err", proc.stderr))]
+    for r in readers:
+        r.start()
+    _, status, usage = os.wait4(proc.pid, 0)  # its own peak memory, which Popen.wait would not give
+    seconds = time.perf_counter() - start
+    for r in readers:
+        r.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {streams['err'].strip()[-500:]}")
+    return seconds, usage.ru_maxrss / 2**20, streams["out"], streams["err"]
+
+
+def colmap_alone(folder: str, out: str) -> None:
+    """pycolmap's SfM at its defaults on the images in ``folder``; prints stage seconds and each image's
+    camera-to-world as JSON (run in its own process by :func:`main`)."""
+    import pycolmap
+
+    pycolmap.logging.minloglevel = 3
+    pycolmap.set_random_seed(0)
+    db, sparse = Path(out) / "database.db", Path(out) / "sparse"
+    sparse.mkdir(parents=True)
+    t0 = time.perf_counter()
+    pycolmap.extract_features(db, folder, device=pycolmap.Device.cpu)
+    t1 = time.perf_counter()
+    pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
+    t2 = time.perf_counter()
+    models = pycolmap.incremental_mapping(db, folder, sparse)
+    t3 = time.perf_counter()
+    rec = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
+    poses = {}
+    for image in (rec.images.values() if rec else []):
+        if image.has_pose:
+            w2c = np.eye(4)
+            w2c[:3] = image.cam_from_world().matrix()
+            poses[image.name] = np.linalg.inv(w2c).tolist()
+    print(json.dumps({"seconds": {"features": t1 - t0, "matching": t2 - t1, "mapping": t3 - t2},
+                      "poses": poses}))
+
+
+def score(poses: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict:
+    """camera_metrics over the frames with a camera, and how many they are."""
+    names = [n for n in truth if n in poses]
+    if len(names) < 3:
+        return {"registered": len(names)}
+    m = camera_metrics(np.stack([poses[n] for n in names]), np.stack([truth[n] for n in names]))
+    return {"registered": len(names), **{k: round(v, 4) for k, v in m.items()}}
+
+
+def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra: list[str]) -> dict:
+    """Ours (default and --no-sfm), COLMAP alone and the trivial cameras on one set of frames."""
+    folder = work / "images"
+    folder.mkdir(parents=True)
+    for p in images:
+        (folder / p.name).symlink_to(p.resolve())
+    result = {"frames": len(images)}
+    for name, flags in (("ours", []), ("ours_no_sfm", ["--no-sfm"])):
+        seconds, peak, out, err = timed([sys.executable, "-m", "pixio_cli", "recon3d", str(folder), "-o",
+                                         str(work / name / "scene.ply"), "--cameras", "json", "--json", "-q",
+                                         *flags, *extra])
+        summary = json.loads(out.strip().splitlines()[-1])
+        cams = json.loads((work / name / "cameras.json").read_text())["cameras"]
+        poses = {Path(c["image"]).name: np.array(c["cam2world"]) for c in cams}
+        unplaced = {Path(p).name for p in summary["cameras"].get("unregistered", [])}
+        result[name] = {**score(poses, truth), "seconds": round(seconds, 2), "peak_memory_gib": round(peak, 2),
+                        "stages": summary["seconds"], "warnings": [l for l in err.splitlines() if "warning" in l]}
+        if name == "ours":
+            result[name]["registered_by_sfm"] = summary["cameras"]["registered"]
+            result[name]["score_registered_only"] = score(
+                {k: v for k, v in poses.items() if k not in unplaced}, truth)
+    seconds, peak, out, _ = timed([sys.executable, "-m", "benchmarks.recon3d", "--colmap-alone", str(folder),
+                                   str(work / "colmap")])
+    colmap = json.loads(out.strip().splitlines()[-1])
+    result["colmap"] = {**score({k: np.array(v) for k, v in colmap["poses"].items()}, truth),
+                        "seconds": round(seconds, 2), "peak_memory_gib": round(peak, 2),
+                        "stages": {k: round(v, 2) for k, v in colmap["seconds"].items()}}
+    names = sorted(truth)
+    for kind, poses in trivial_cameras(len(names)).items():
+        result[kind] = score(dict(zip(names, poses)), truth)
+    return result
+
+
+def middlebury(folder: Path) -> tuple[list[Path], dict[str, np.ndarray]]:
+    """Images and camera-to-world of a Middlebury multi-view set (``*_par.txt``: name, K, R, t per line)."""
+    par = next(folder.rglob("*_par.txt"))
+    truth = {}
+    for line in par.read_text().splitlines()[1:]:
+        f = line.split()
+        if len(f) == 22:
+            w2c = np.eye(4)
+            w2c[:3, :3] = np.array(f[10:19], float).reshape(3, 3)
+            w2c[:3, 3] = np.array(f[19:22], float)
+            truth[f[0]] = np.linalg.inv(w2c)
+    images = sorted(p for p in folder.rglob("*.png") if p.name in truth)
+    return images, truth
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--first", type=int, default=800)
+    ap.add_argument("--last", type=int, default=992)
+    ap.add_argument("--step", type=int, default=8)
+    ap.add_argument("--middlebury", type=Path, default=None)
+    ap.add_argument("--colmap-alone", nargs=2, default=None, help=argparse.SUPPRESS)
+    args, extra = ap.parse_known_args()
+    if args.colmap_alone:
+        return colmap_alone(*args.colmap_alone)
+    if not KITCHEN.exists():
+        raise SystemExit(f"{KITCHEN} is missing: this benchmark needs ../shared/data")
+    ids = range(args.first, args.last + 1, args.step)
+    images = [KITCHEN / f"frame-{i:06d}.color.jpg" for i in ids]
+    truth = {p.name: np.loadtxt(KITCHEN / p.name.replace("color.jpg", "pose.txt")) for p in images}
+    with tempfile.TemporaryDirectory() as tmp:
+        kitchen = run_set(images, truth, Path(tmp) / "kitchen", extra)
+        orbit = None
+        if args.middlebury:
+            orbit = run_set(*middlebury(args.middlebury), Path(tmp) / "orbit", extra)
+    import platform
+
+    result = {"benchmark": "recon3d", "device_name": platform.processor() or platform.machine(),
+              "cpus": os.cpu_count(), "frames": f"7-Scenes redkitchen {args.first}-{args.last} every {args.step}",
+              "kitchen": kitchen, "orbit": orbit,
+              "ours_s": kitchen["ours"]["seconds"], "reference_s": kitchen["colmap"]["seconds"],
+              "ratio": round(kitchen["colmap"]["seconds"] / kitchen["ours"]["seconds"], 3),
+              "ate_cm": round(100 * kitchen["ours"]["ate_mean"], 2),
+              "colmap_ate_cm": round(100 * kitchen["colmap"]["ate_mean"], 2)}
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
