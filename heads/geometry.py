@@ -317,12 +317,13 @@ def frustum_segments(K: np.ndarray, hw: tuple[int, int], cam2world: np.ndarray, 
 
 def preview_camera(cam2world: np.ndarray, points: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(K, world-to-camera) of a viewpoint behind and above the first camera, looking at the point half-way
-    between that camera and the points' centre, far enough back that the cameras and most points show."""
+    between the cameras' centre and the points', far enough back that every camera and most points show."""
     first = cam2world[0]
     centre = np.median(points, axis=0) if len(points) else first[:3, 3] + first[:3, 2]
-    target = (centre + first[:3, 3]) / 2
-    spread = float(np.percentile(np.linalg.norm(points - centre, axis=1), 90)) if len(points) else 1.0
-    reach = max(spread, float(np.linalg.norm(centre - first[:3, 3])), 1e-6)
+    cameras = cam2world[:, :3, 3]
+    target = (centre + cameras.mean(0)) / 2
+    spread = float(np.percentile(np.linalg.norm(points - target, axis=1), 90)) if len(points) else 1.0
+    reach = max(spread, float(np.linalg.norm(cameras - target, axis=1).max()), 1e-6)  # every camera in view
     back, up = -first[:3, 2], -first[:3, 1]  # OpenCV: z forward, y down
     eye = target + (back * 1.1 + up * 0.7) * reach
     forward = target - eye

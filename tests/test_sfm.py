@@ -166,12 +166,12 @@ def kitchen_sfm():
 
 def test_matching_registers_real_frames_on_their_true_cameras(kitchen_sfm):
     cams, poses, _ = kitchen_sfm
-    assert cams.registered.all() and cams.points > 300 and cams.reprojection_error < 1.5
+    assert cams.registered.all() and cams.points > 150 and cams.reprojection_error < 1.5
     ate, _, rot = camera_errors(cams.cam2world, poses)
     assert ate < 0.03 and rot < 3.0, (ate, rot)  # the recorded poses are the depth camera's, off the colour one
     assert np.allclose(cams.K[:, 0, 0], 530, rtol=0.05)  # 7-Scenes' colour camera (585 is the depth camera's)
     for (xy, z), T, K in zip(cams.observations, cams.cam2world, cams.K):  # observations are in original pixels
-        assert len(xy) > 100 and (z > 0).all()
+        assert len(xy) > 50 and (z > 0).all()
         assert (xy >= -0.5).all() and (xy[:, 0] < 640).all() and (xy[:, 1] < 480).all()
 
 
