@@ -13,7 +13,7 @@ import glob
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterable, TextIO
 
@@ -34,6 +34,7 @@ class Item:
     frame: int | None = None
     member: str | None = None
     error: str | None = None
+    position: int = 0  # where its input came in the command line's order (see collect)
 
     @property
     def label(self) -> str:
@@ -94,7 +95,7 @@ def collect(specs: Iterable[str], stdin: TextIO | None = None, videos: bool = Tr
             matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True), key=natural_key)
             hits = [Path(m) for m in matches if Path(m).is_file()]
             if not hits:
-                bad.append(Item(spec, spec, error=f"{spec}: the pattern matches no file"))
+                bad.append(Item(spec, spec, error=f"{spec}: the pattern matches no file", position=len(files)))
             for m in hits:
                 _add_path(m, m.as_posix(), files, anchors, bad, videos, skip)
             continue
@@ -108,7 +109,13 @@ def collect(specs: Iterable[str], stdin: TextIO | None = None, videos: bool = Tr
         raise InputError(f"no images found in {where} (looked for {', '.join(sorted(IMAGE_EXTS))}"
                          f"{' and videos' if videos else ''})")
     check_unique_keys(items)
-    return bad + items
+    return _in_given_order(items, bad)
+
+
+def _in_given_order(items: list[Item], bad: list[Item]) -> list[Item]:
+    """Every item, failed ones included, in the order the inputs were given (a failed input keeps its
+    place, so per-input lists such as recon3d's --intrinsics stay aligned)."""
+    return sorted(items + bad, key=lambda it: (it.position, it.error is None))
 
 
 def _add_path(p: Path, spec: str, files: list[Path], anchors: list[str], bad: list[Item], videos: bool,
@@ -117,12 +124,13 @@ def _add_path(p: Path, spec: str, files: list[Path], anchors: list[str], bad: li
         anchors.append(os.path.abspath(p))
         files.extend(_walk(p, videos, skip))
     elif p.is_file() and not videos and is_video(p):
-        bad.append(Item(str(p), spec, error=f"{spec}: a video; this command takes images (extract frames first)"))
+        bad.append(Item(str(p), spec, error=f"{spec}: a video; this command takes images (extract frames first)",
+                        position=len(files)))
     elif p.is_file():
         anchors.append(os.path.abspath(p.parent))
         files.append(p)
     else:
-        bad.append(Item(str(p), spec, error=f"{spec}: no such file or folder"))
+        bad.append(Item(str(p), spec, error=f"{spec}: no such file or folder", position=len(files)))
 
 
 def _keyed(files: list[Path], anchors: list[str], every: int, bad: list[Item]) -> list[Item]:
@@ -133,28 +141,28 @@ def _keyed(files: list[Path], anchors: list[str], every: int, bad: list[Item]) -
     except ValueError:  # different drives
         root = Path("/")
     seen: set[str] = set()
-    unique: list[tuple[Path, PurePosixPath]] = []
-    for f in files:
+    unique: list[tuple[Path, PurePosixPath, int]] = []
+    for i, f in enumerate(files):
         a = os.path.abspath(f)
         if a in seen:  # the same file given twice (a folder and a file in it)
             continue
         seen.add(a)
-        unique.append((f, PurePosixPath(Path(a).relative_to(root).as_posix())))
-    keys = [rel.with_suffix("").as_posix() for _, rel in unique]
+        unique.append((f, PurePosixPath(Path(a).relative_to(root).as_posix()), i))
+    keys = [rel.with_suffix("").as_posix() for _, rel, _ in unique]
     counts: dict[str, int] = {}
     for k in keys:
         counts[k] = counts.get(k, 0) + 1
     items: list[Item] = []
-    for (f, rel), key in zip(unique, keys):
+    for (f, rel, i), key in zip(unique, keys):
         if counts[key] > 1:  # a.jpg and a.png in one folder: keep them apart
             key = f"{key}_{rel.suffix.lstrip('.').lower()}"
         if is_video(f):
             try:
-                items.extend(video_items(f, key, every))
+                items.extend(replace(it, position=i) for it in video_items(f, key, every))
             except InputError as e:
-                bad.append(Item(str(f), key, error=str(e)))
+                bad.append(Item(str(f), key, error=str(e), position=i))
         else:
-            items.append(Item(str(f), key))
+            items.append(Item(str(f), key, position=i))
     return items
 
 

@@ -92,3 +92,36 @@ def destination(output: Path, items: list[Item], formats: dict[str, str], fmt: s
 
 def _same(a: str | Path, b: str | Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_apart_from_inputs(items: list[Item], inputs: list[str], outputs: list[tuple[str, Path | None]],
+                            skip: Path | None = None) -> None:
+    """Refuse, before any work, an output that is one of the inputs, and a picture the inputs would take
+    back as an input: one beside an input image, or anywhere inside an input folder, except in the run's
+    own output folder ``skip`` (which walks leave out). ``outputs`` are (option, path) pairs, the path
+    a file or a folder of pictures."""
+    inputs_at = {os.path.realpath(it.path): it.label for it in items if it.error is None and it.frame is None}
+    beside = {os.path.dirname(p) for p in inputs_at}
+    walked = [os.path.realpath(spec) for spec in inputs if spec != "-" and Path(spec).is_dir()]
+    own = os.path.realpath(skip) if skip is not None else None
+    if own in walked:  # an input folder given as -o too: the walk of it does not leave it out
+        own = None
+    for option, path in outputs:
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if real in inputs_at:
+            raise UsageError(f"{option} {path} is one of the inputs ({inputs_at[real]}): name another file")
+        folder = real if not Path(path).suffix or Path(path).is_dir() else os.path.dirname(real)
+        picture = Path(path).is_dir() or not Path(path).suffix or is_image(path)
+        if not picture or (own is not None and _within(folder, own)):
+            continue
+        inside = next((d for d in walked if _within(folder, d)), None)
+        if inside is not None or folder in beside:
+            where = f"inside the input folder {inside}" if inside else "beside the input images"
+            raise UsageError(f"{option} {path} would put pictures {where}, where the next run would read them as "
+                             "inputs: choose a folder apart from the inputs")
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)

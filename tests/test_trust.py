@@ -466,3 +466,81 @@ def test_zoo_every_image_command_on_good_corrupt_and_odd_images(cli, tiny_encode
         if verb != "curated":
             assert f"skipped {good}" in err
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+# ------------------------------------------------------------------ side outputs never touch inputs
+
+
+@pytest.fixture(scope="module")
+def pointmap_file(tmp_path_factory) -> Path:
+    from heads.pointmap import save_pointmap
+
+    from .test_pointmap import small_model
+
+    path = tmp_path_factory.mktemp("pm") / "pm.safetensors"
+    save_pointmap(small_model(), path, {"how": "random, for tests"})
+    return path
+
+
+def r3(model: Path) -> list:
+    return ["recon3d", "--model", model, "--no-sfm", "--no-mask", "--resize", "32", "-q", "--workers", "0",
+            "--precision", "fp32"]
+
+
+def frames(folder: Path, n: int = 3) -> list[Path]:
+    return [write_rgb(folder / f"f{i:02d}.png", 48, 64, seed=i) for i in range(n)]
+
+
+def test_recon3d_side_outputs_never_replace_or_join_the_inputs(cli, pointmap_file, tmp_path):
+    d = tmp_path / "d"
+    f = frames(d)
+    before = f[1].read_bytes()
+    code, _, err = cli([*r3(pointmap_file), *f, "-o", tmp_path / "o" / "x.ply", "--preview", f[1]])
+    assert code == 2 and "is one of the inputs" in err and len(err.strip().splitlines()) == 1, err
+    assert f[1].read_bytes() == before and not (tmp_path / "o").exists()
+    code, _, err = cli([*r3(pointmap_file), d, "-o", tmp_path / "o" / "x.ply", "--preview", d / "p.png"])
+    assert code == 2 and "inside the input folder" in err and not (d / "p.png").exists(), err
+    for _ in range(2):  # its own -o folder inside the input folder: the second run still has 3 views
+        code, out, err = cli([*r3(pointmap_file), d, "-o", d / "out", "--preview", d / "out" / "preview.png",
+                              "--json"])
+        assert code == 0, err
+        assert json.loads(out.strip().splitlines()[-1])["frames"] == 3
+
+
+def test_recon3d_refuses_outputs_in_the_way_before_any_work(cli, pointmap_file, tmp_path):
+    f = frames(tmp_path / "d")
+    (tmp_path / "x.ply").mkdir()
+    code, _, err = cli([*r3(pointmap_file), *f, "-o", tmp_path / "x.ply"])
+    assert code == 2 and "is a folder" in err, err
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "sparse").write_text("a file")
+    code, _, err = cli([*r3(pointmap_file), *f, "-o", tmp_path / "o" / "s.ply", "--cameras", "colmap"])
+    assert code == 2 and "in the way" in err and not (tmp_path / "o" / "s.ply").exists(), err
+
+
+def test_extract_pca_pictures_never_replace_or_join_the_inputs(cli, tiny_encoder_file, tmp_path):
+    d = tmp_path / "d"
+    f = frames(d, 2)
+    before = f[0].read_bytes()
+    for args, says in (([f[0], "--pca", f[0]], "is one of the inputs"),
+                       ([d, "--pca", d], "inside the input folder"),
+                       ([d, "-o", d, "--pca"], "inside the input folder"),
+                       ([f[0], "--pca", d / "f00_pca.png"], "beside the input images")):
+        code, _, err = cli([*ex(tiny_encoder_file), *args])
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert f[0].read_bytes() == before and sorted(p.name for p in d.iterdir()) == ["f00.png", "f01.png"]
+    code, _, err = cli([*ex(tiny_encoder_file), d, "-o", d / "feats", "--pca"])  # its own folder: fine
+    assert code == 0, err
+
+
+def test_per_input_intrinsics_stay_with_their_input_when_one_is_missing(cli, pointmap_file, tmp_path):
+    from heads.scene import Predictions
+
+    f = frames(tmp_path / "d")
+    K = np.array([[60.0, 0, 31.5], [0, 60, 23.5], [0, 0, 1]])
+    Ks = [(K * [[s], [s], [1]]).tolist() for s in (1, 2, 3, 4)]
+    (tmp_path / "K4.json").write_text(json.dumps(Ks))
+    code, _, err = cli([*r3(pointmap_file), f[0], tmp_path / "missing.png", f[1], f[2], "-o", tmp_path / "s.ply",
+                        "--intrinsics", tmp_path / "K4.json", "--save-predictions", tmp_path / "p.npz"])
+    assert code == 1 and "missing.png" in err, err
+    assert np.allclose(Predictions.load(tmp_path / "p.npz").K_original, np.array(Ks)[[0, 2, 3]])

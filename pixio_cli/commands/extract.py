@@ -74,7 +74,7 @@ def extract(
     from ..features import FileStore, ShardStore
     from ..images import ResizePolicy
     from ..inputs import Item, collect
-    from ..outputs import destination, output_folder
+    from ..outputs import check_apart_from_inputs, destination, output_folder
     from ..pca import pca_rgb
     from ..resume import Ledger, model_identity
     from ..writers import write_image
@@ -91,7 +91,8 @@ def extract(
     dest, fmt = destination(output, items, FORMATS, format.value if format else None, "npz") if output else (None, None)
     if dest is not None:
         dest.check_unique(items, [dest.main])
-    pca_path = _pca_target(pca, dest, items)
+    pca_path, pca_place = _pca_target(pca, dest, items)
+    check_apart_from_inputs(items, inputs, [("--pca", pca_place)], skip=output_folder(output))
     rank, world, _ = dist_info()
 
     # engine and model
@@ -171,15 +172,16 @@ def extract(
 
 
 def _pca_target(pca: str | None, dest, items):
-    """A function item -> PCA image path, or None when no PCA is wanted."""
+    """A function item -> PCA image path (None when no PCA is wanted), and the file or folder they go to."""
     if pca is None:
-        return None
+        return None, None
     if pca == "":
         if dest is None:
             raise UsageError("--pca without a file name writes beside the features: give -o too")
         if dest.single:
-            return lambda it: dest.target.with_name(dest.target.stem + "_pca.png")
-        return lambda it: dest.folder / f"{it.key}_pca.png"
+            beside = dest.target.with_name(dest.target.stem + "_pca.png")
+            return (lambda it: beside), beside
+        return (lambda it: dest.folder / f"{it.key}_pca.png"), dest.folder
     from ..writers import check_writable
 
     target = Path(pca)
@@ -189,9 +191,9 @@ def _pca_target(pca: str | None, dest, items):
         if len(items) != 1:
             raise UsageError(f"--pca {pca} names one file but there are {len(items)} inputs: give a folder")
         check_writable(target.parent, f"--pca {pca}")
-        return lambda it: target
+        return (lambda it: target), target
     check_writable(target, f"--pca {pca}")
-    return lambda it: target / f"{it.key}.png"
+    return (lambda it: target / f"{it.key}.png"), target
 
 
 def register(app: typer.Typer) -> None:

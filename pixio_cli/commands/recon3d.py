@@ -99,7 +99,7 @@ def recon3d(
     depth from the network fitted to them, cleaned and fused into one coloured point cloud in the first
     camera's frame (x right, y down, z forward; metres with a metric model)."""
     single_process("recon3d")
-    scene_path = _check(output, save_predictions, preview, overlap, chunk, glb, mesh, every, fps)
+    scene_path = _check(output, save_predictions, preview, overlap, chunk, glb, mesh, every, fps, cameras)
     started = time.perf_counter()
 
     import json
@@ -116,10 +116,16 @@ def recon3d(
     from ..errors import PixioError
     from ..images import ResizePolicy
     from ..inputs import collect
+    from ..outputs import check_apart_from_inputs
     from ..writers import write_image
 
     # input, engine and model (whose training scale is the default processing size)
-    items = collect(inputs, every=_every(inputs, every, fps))
+    own = output if not output.suffix else None  # a folder of outputs: walks leave it out
+    items = collect(inputs, every=_every(inputs, every, fps), outputs=own)
+    check_apart_from_inputs(items, inputs, [
+        ("-o", scene_path), ("--preview", preview), ("--save-predictions", save_predictions),
+        ("--mesh", scene_path.with_name(scene_path.stem + "_mesh.ply") if mesh else None),
+        ("--glb", scene_path.with_suffix(".glb") if glb else None)], skip=own)
     Ks = read_intrinsics(intrinsics, len(items)) if intrinsics is not None else None  # one per input, in order
     if max_frames and len(items) > max_frames:
         picks = [int(i) for i in np.linspace(0, len(items) - 1, max_frames).round()]
@@ -254,7 +260,7 @@ def _warn_unplaced(placed: dict, cams, n_views: int) -> None:
 
 
 def _check(output: Path, save_predictions: Optional[Path], preview: Optional[Path], overlap: int, chunk: int,
-           glb: bool, mesh: bool, every: int, fps: Optional[float]) -> Path:
+           glb: bool, mesh: bool, every: int, fps: Optional[float], cameras: Optional[Cameras] = None) -> Path:
     """Option combinations that cannot work, and outputs that cannot be written, before any work; the
     scene's path."""
     from ..writers import check_writable  # numpy: not at start-up
@@ -271,7 +277,17 @@ def _check(output: Path, save_predictions: Optional[Path], preview: Optional[Pat
         raise UsageError("--glb writes the mesh (Open3D cannot write a point cloud as GLB): add --mesh")
     if fps is not None and every != 1:
         raise UsageError("--fps and --every both choose video frames: give one")
+    if output.suffix and output.is_dir():
+        raise UsageError(f"-o {output} is a folder: name the scene's .ply file, or give the folder without the "
+                         "extension")
     scene = output if output.suffix.lower() == ".ply" else output / "scene.ply"
+    files = [scene] + ([scene.parent / "cameras.json"] if cameras == Cameras.json else [])
+    folders = [scene.parent / "sparse", scene.parent / "sparse" / "0"] if cameras in (Cameras.colmap,
+                                                                                      Cameras.colmap_text) else []
+    for path in files + folders:
+        if path.exists() and path.is_dir() != (path in folders):
+            raise UsageError(f"{path} is in the way of an output ({'a folder' if path.is_dir() else 'a file'}): "
+                             "move it or choose another -o")
     for option, path in (("-o", output), ("--save-predictions", save_predictions), ("--preview", preview)):
         if path is not None:
             check_writable(scene.parent if path is output else path.parent, f"{option} {path}")
