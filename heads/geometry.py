@@ -9,6 +9,9 @@ dimensions.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+
 import numpy as np
 
 
@@ -360,11 +363,12 @@ def write_ply(path, points: np.ndarray, colours: np.ndarray, normals_towards: np
         pcd.estimate_normals()
         pcd.orient_normals_towards_camera_location(np.asarray(normals_towards, np.float64))
     path = Path(path)
-    with atomic_path(path, keep_suffix=True) as tmp:
+    with atomic_path(path, keep_suffix=True) as tmp, _quiet_open3d(o3d):
         if not o3d.io.write_point_cloud(str(tmp), pcd):
             raise UsageError(f"Open3D could not write {path}")
         if unit:
             _ply_comment(tmp, f"units: {unit}")
+        _check_ply(tmp, path)  # Open3D reports success on a full disk too
 
 
 def write_mesh(path, mesh) -> None:
@@ -372,9 +376,88 @@ def write_mesh(path, mesh) -> None:
     from pixio_cli.errors import UsageError
     from pixio_cli.writers import atomic_path
 
-    with atomic_path(path, keep_suffix=True) as tmp:
-        if not _open3d().io.write_triangle_mesh(str(tmp), mesh):
+    from pathlib import Path
+
+    o3d = _open3d()
+    with atomic_path(path, keep_suffix=True) as tmp, _quiet_open3d(o3d):
+        if not o3d.io.write_triangle_mesh(str(tmp), mesh):
             raise UsageError(f"Open3D could not write {path}")
+        if Path(path).suffix.lower() == ".glb":
+            _check_glb(tmp, path)
+        elif Path(path).suffix.lower() == ".ply":
+            _check_ply(tmp, path)  # Open3D reports success on a full disk too
+
+
+@contextlib.contextmanager
+def _quiet_open3d(o3d):
+    """Open3D's own warnings and its PLY library's C-level messages (hundreds of "RPly: Failed writing"
+    lines on a full disk) held back: the write is checked, and a failure is said in one line."""
+    import os
+    import sys
+
+    level = o3d.utility.get_verbosity_level()
+    o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+        o3d.utility.set_verbosity_level(level)
+
+
+_PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+              "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+
+
+def _check_ply(tmp, path) -> None:
+    """A binary PLY is whole when its body has the size its header promises (faces: triangles)."""
+    from pathlib import Path
+
+    data = Path(tmp).read_bytes()
+    end = data.find(b"end_header\n")
+    whole = end > 0
+    if whole:
+        header = data[:end].decode("ascii", "replace").splitlines()
+        if not any(line.startswith("format binary") for line in header):
+            return  # ASCII: not what Open3D writes here, and not checkable by size
+        size, count, row = end + len(b"end_header\n"), 0, 0
+        for line in header + ["element end 0"]:
+            words = line.split()
+            if words[:1] == ["element"]:
+                size += count * row
+                count, row = int(words[2]), 0
+            elif words[:2] == ["property", "list"]:
+                row += _PLY_SIZES.get(words[2], 0) + 3 * _PLY_SIZES.get(words[3], 0)
+            elif words[:1] == ["property"]:
+                row += _PLY_SIZES.get(words[1], 0)
+        whole = size == len(data)
+    if not whole:
+        raise OSError(errno.EIO, "the PLY written is not whole (is the disk full?)", str(path))
+
+
+def _check_glb(tmp, path) -> None:
+    """A GLB is whole when its header's length is the file's and its chunks fit in it."""
+    import json
+    import struct
+    from pathlib import Path
+
+    data = Path(tmp).read_bytes()
+    ok = len(data) >= 20 and data[:4] == b"glTF"
+    if ok:
+        _, _, total = struct.unpack_from("<4sII", data)
+        json_len, _ = struct.unpack_from("<I4s", data, 12)
+        ok = total == len(data) and 20 + json_len <= len(data)
+        try:
+            json.loads(data[20:20 + json_len])
+        except ValueError:
+            ok = False
+    if not ok:
+        raise OSError(errno.EIO, "the GLB written is not whole (is the disk full?)", str(path))
 
 
 def _ply_comment(path, text: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -45,9 +46,28 @@ def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[
         yield tmp_path
         os.chmod(tmp_path, _FILE_MODE)
         os.replace(tmp_path, path)
+    except OSError as e:  # name the output, not the hidden temporary file (a write() error names none)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+    except Exception as e:
+        if not _write_failure(e):
+            raise
+        raise OSError(errno.EIO, f"could not write it ({_first_line(e)})", str(path)) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _write_failure(e: Exception) -> bool:
+    """Whether a library's exception is its way of saying the file could not be written (torch.save's
+    "enforce fail at inline_container", safetensors' SafetensorError), rather than a bug."""
+    text = str(e)
+    return type(e).__name__ == "SafetensorError" or (
+        isinstance(e, RuntimeError) and any(s in text for s in ("inline_container", "No space left", "write failed",
+                                                                "PytorchStreamWriter")))
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def check_writable(folder: str | os.PathLike, option: str) -> None:

@@ -74,6 +74,17 @@ def mask_block_count(grid_hw: tuple[int, int], grid: int) -> int:
     return (grid_hw[0] // grid) * (grid_hw[1] // grid)
 
 
+def check_masking(grid_hw: tuple[int, int], grid: int, ratio: float) -> None:
+    """A usage error, before any work, when masking ``ratio`` of the blocks keeps none of them visible (the
+    encoder would see nothing) or masks none."""
+    n_blocks = mask_block_count(grid_hw, grid)
+    keep = int(n_blocks * (1 - ratio))
+    if keep == 0 or keep == n_blocks:
+        what = "leaves no patch visible to the encoder" if keep == 0 else "masks no patch"
+        raise UsageError(f"the {grid_hw[0]}x{grid_hw[1]} patch grid holds {n_blocks} block(s) of --mask-grid {grid}, "
+                         f"and masking {ratio:.0%} of them {what}: use a smaller --mask-grid or a larger --img-size")
+
+
 def block_masking(noise: torch.Tensor, grid_hw: tuple[int, int], grid: int,
                   ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mask ``ratio`` of the ``grid`` x ``grid``-patch blocks, keeping those with the lowest ``noise``.

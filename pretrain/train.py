@@ -253,6 +253,13 @@ class Trainer:
         if self.device.type == "cuda" and mine["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state(mine["rng"]["cuda"], self.device)
 
+    def exports(self) -> list[Path]:
+        """The files :meth:`export` writes."""
+        if self.cfg.distill is not None:
+            return [self.out / name / f"encoder{ext}" for name in self.cfg.distill.students
+                    for ext in (".pth", ".safetensors")]
+        return [self.out / "encoder.pth", self.out / "mae.safetensors"]
+
     def export(self) -> None:
         """``encoder.pth`` (official layout, loads strictly as an official checkpoint) and ``mae.safetensors``."""
         model_sd, _ = self._state_dicts()

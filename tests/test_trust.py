@@ -544,3 +544,79 @@ def test_per_input_intrinsics_stay_with_their_input_when_one_is_missing(cli, poi
                         "--intrinsics", tmp_path / "K4.json", "--save-predictions", tmp_path / "p.npz"])
     assert code == 1 and "missing.png" in err, err
     assert np.allclose(Predictions.load(tmp_path / "p.npz").K_original, np.array(Ks)[[0, 2, 3]])
+
+
+# ------------------------------------------------------------------ a full disk
+
+
+SMOKE = ["--size", "t16", "--img-size", "32", "--decoder-depth", "1", "--decoder-dim", "16", "--decoder-heads", "2",
+         "--mask-grid", "1", "--batch-size", "4", "--log-every", "1", "--recon-every", "0", "--lr", "1e-3",
+         "--workers", "0"]
+
+
+def _photos(folder: Path, n: int = 6) -> Path:
+    for i in range(n):
+        write_rgb(folder / f"{i:02d}.jpg", 40, 48, seed=i)
+    return folder
+
+
+def test_a_failed_export_is_one_line_and_resume_writes_it(cli, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    class SafetensorError(Exception):  # what safetensors raises on a full disk
+        pass
+
+    def full(*args, **kwargs):
+        raise SafetensorError("No space left on device (os error 28)")
+
+    data, out = _photos(tmp_path / "photos"), tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(safetensors.torch, "save_file", full)
+        code, _, err = cli(["pretrain", *SMOKE, "--steps", "2", "--data", data, "-o", out])
+    assert code == 2 and "mae.safetensors" in err and len(err.strip().splitlines()) == 1, err
+    assert not (out / "mae.safetensors").exists() and not list(out.glob(".*tmp*"))
+    code, _, err = cli(["pretrain", "--resume", out])
+    assert code == 0 and "wrote its missing mae.safetensors" in err, err
+    assert (out / "mae.safetensors").exists()
+
+
+def test_a_checkpoint_that_cannot_be_saved_is_one_line_naming_it(cli, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    data = _photos(tmp_path / "photos")
+    monkeypatch.setattr(torch, "save", full)
+    code, _, err = cli(["pretrain", *SMOKE, "--steps", "2", "--data", data, "-o", tmp_path / "run"])
+    assert code == 2 and "checkpoint.pt" in err and "internal error" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_point_clouds_and_meshes_are_checked_before_they_take_their_name(tmp_path, monkeypatch):
+    o3d = pytest.importorskip("open3d")
+    from heads import geometry as G
+
+    real = o3d.io.write_point_cloud
+
+    def truncated(path, cloud, **kwargs):  # what Open3D does on a full disk: half a file, and True
+        real(path, cloud, **kwargs)
+        data = Path(path).read_bytes()
+        Path(path).write_bytes(data[: len(data) // 2])
+        return True
+
+    pts = np.random.default_rng(0).random((1000, 3))
+    G.write_ply(tmp_path / "good.ply", pts, np.zeros((1000, 3), np.uint8))
+    assert len(o3d.io.read_point_cloud(str(tmp_path / "good.ply")).points) == 1000
+    monkeypatch.setattr(o3d.io, "write_point_cloud", truncated)
+    with pytest.raises(OSError, match="not whole"):
+        G.write_ply(tmp_path / "good.ply", pts[:10], np.zeros((10, 3), np.uint8))
+    assert len(o3d.io.read_point_cloud(str(tmp_path / "good.ply")).points) == 1000  # the previous one stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.ply"]
+
+
+def test_masking_that_hides_every_patch_is_refused(cli, tmp_path):
+    data = _photos(tmp_path / "photos")
+    i = SMOKE.index("--mask-grid")
+    args = SMOKE[:i] + SMOKE[i + 2:]  # the default --mask-grid 4
+    args[args.index("--img-size") + 1] = "64"  # a 4x4 patch grid: one block
+    code, _, err = cli(["pretrain", *args, "--steps", "1", "--data", data, "-o", tmp_path / "run"])
+    assert code == 2 and "leaves no patch visible" in err and not (tmp_path / "run").exists(), err

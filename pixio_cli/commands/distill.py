@@ -88,6 +88,7 @@ def distill(
     resolve(teacher)  # a teacher that cannot be had fails now, before the slow imports
 
     from pretrain.distill import DistillConfig, student_config
+    from pretrain.mae import check_masking
     from pretrain.train import TrainConfig, Trainer
 
     from ..checkpoints import encoder_config
@@ -101,6 +102,9 @@ def distill(
     if len(set(names)) != len(names):
         raise UsageError(f"--students {students}: a student is named twice")
     shapes = {name: student_config(name, img_size, n_cls).to_dict() for name in names}
+    grid = img_size // student_config(names[0], img_size, n_cls).patch_size if names else 0
+    if grid:
+        check_masking((grid, grid), mask_grid, mask_ratio)
     if Path(teacher).expanduser().exists():  # a file: by its full path, so a resume from elsewhere finds it
         teacher = str(Path(teacher).expanduser().resolve())
     dcfg = DistillConfig(teacher=teacher, students=shapes, loss_cls=loss_cls.value, loss_patch=loss_patch.value,

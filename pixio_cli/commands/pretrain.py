@@ -70,7 +70,7 @@ def pretrain(
 
     import dataclasses
 
-    from pretrain.mae import MAEConfig
+    from pretrain.mae import MAEConfig, check_masking
     from pretrain.train import TrainConfig, Trainer
 
     from ..encoder import size_config
@@ -80,6 +80,7 @@ def pretrain(
                                min_size, soft_sampling)
     enc = dataclasses.replace(size_config(size), img_size=img_size, n_cls_tokens=cls_tokens)
     mae = MAEConfig(enc, decoder_dim, decoder_depth, decoder_heads, mask_ratio, mask_grid)
+    check_masking((enc.grid, enc.grid), mask_grid, mask_ratio)
     key = size.lower().removeprefix("pixio-").removeprefix("vit")
     cfg = TrainConfig(
         mae=mae, **shared, blr=blr, lr=lr, min_lr=min_lr, weight_decay=weight_decay, clip_grad=clip_grad,

@@ -107,6 +107,13 @@ def resume_run(ctx: typer.Context, folder: Path, steps: int | None) -> None:
             raise UsageError(f"--steps {steps}: the run in {folder} is already at step {done}")
         cfg.steps = steps
     if done >= cfg.steps:
+        trainer = Trainer(cfg, resume=True)
+        missing = [p for p in trainer.exports() if not p.exists()]
+        if missing:  # the run ended but its export did not (a full disk, a kill): write it now
+            trainer.export()
+            typer.echo(f"pixio: the run in {folder} had finished at step {done}; wrote its missing "
+                       f"{', '.join(p.name for p in missing)}", err=True)
+            return
         typer.echo(f"pixio: the run in {folder} already finished at step {done}; give --steps N (more than {done}) "
                    "with --resume to train further", err=True)
         return
