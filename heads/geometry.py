@@ -379,10 +379,15 @@ def write_mesh(path, mesh) -> None:
     from pathlib import Path
 
     o3d = _open3d()
+    glb = Path(path).suffix.lower() == ".glb"
     with atomic_path(path, keep_suffix=True) as tmp, _quiet_open3d(o3d):
-        if not o3d.io.write_triangle_mesh(str(tmp), mesh):
+        # the legacy writer's GLB has no binary chunk (its buffer is a data URI) and a wrong index maximum:
+        # nothing reads it back, Open3D included (isl-org/Open3D#2682); the tensor API's writer is right
+        ok = (o3d.t.io.write_triangle_mesh(str(tmp), o3d.t.geometry.TriangleMesh.from_legacy(mesh)) if glb
+              else o3d.io.write_triangle_mesh(str(tmp), mesh))
+        if not ok:
             raise UsageError(f"Open3D could not write {path}")
-        if Path(path).suffix.lower() == ".glb":
+        if glb:
             _check_glb(tmp, path)
         elif Path(path).suffix.lower() == ".ply":
             _check_ply(tmp, path)  # Open3D reports success on a full disk too
@@ -441,7 +446,8 @@ def _check_ply(tmp, path) -> None:
 
 
 def _check_glb(tmp, path) -> None:
-    """A GLB is whole when its header's length is the file's and its chunks fit in it."""
+    """A GLB is whole when its header's length is the file's, its chunks fit in it and it has its binary
+    chunk."""
     import json
     import struct
     from pathlib import Path
@@ -451,7 +457,7 @@ def _check_glb(tmp, path) -> None:
     if ok:
         _, _, total = struct.unpack_from("<4sII", data)
         json_len, _ = struct.unpack_from("<I4s", data, 12)
-        ok = total == len(data) and 20 + json_len <= len(data)
+        ok = total == len(data) and 20 + json_len + 8 <= len(data) and data[24 + json_len:28 + json_len] == b"BIN\x00"
         try:
             json.loads(data[20:20 + json_len])
         except ValueError:

@@ -75,6 +75,6 @@ def _in_fixed_order(mesh, o3d):
     tri = np.take_along_axis(tri, (first[:, None] + np.arange(3)) % 3, 1)
     tri = tri[np.lexsort(tri.T[::-1])]
     out = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(v[order]), o3d.utility.Vector3iVector(tri))
-    if mesh.has_vertex_colors():
-        out.vertex_colors = o3d.utility.Vector3dVector(np.asarray(mesh.vertex_colors)[order])
+    if mesh.has_vertex_colors():  # fusion's averages can end a hair above 1
+        out.vertex_colors = o3d.utility.Vector3dVector(np.clip(np.asarray(mesh.vertex_colors)[order], 0, 1))
     return out

@@ -51,8 +51,9 @@ def model_identity(source: str) -> str:
         return source
     path = bundled_file(source) or Path(source).expanduser()
     ident = file_identity(path)
-    if path.is_dir():  # a transformers folder: the weights file inside decides
-        ident = [file_identity(p) for p in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.pth"))]
+    if path.is_dir():  # a transformers folder: every file in it may decide (weights of any format, config)
+        ident = [[p.name, *file_identity(p)] for p in sorted(path.iterdir())
+                 if p.is_file() and not p.name.startswith(".")]
     return f"{source} {json.dumps(ident)}" if ident is not None else source
 
 

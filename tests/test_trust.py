@@ -620,3 +620,44 @@ def test_masking_that_hides_every_patch_is_refused(cli, tmp_path):
     args[args.index("--img-size") + 1] = "64"  # a 4x4 patch grid: one block
     code, _, err = cli(["pretrain", *args, "--steps", "1", "--data", data, "-o", tmp_path / "run"])
     assert code == 2 and "leaves no patch visible" in err and not (tmp_path / "run").exists(), err
+
+
+# ------------------------------------------------------------------ no stale result survives a change
+
+
+def test_a_model_folder_is_identified_by_every_file_in_it(tmp_path):
+    from pixio_cli.resume import model_identity
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "pytorch_model.bin").write_bytes(b"a" * 10)
+    before = model_identity(str(folder))
+    (folder / "pytorch_model.bin").write_bytes(b"b" * 11)
+    assert model_identity(str(folder)) != before
+
+
+def test_recon3d_resume_redoes_a_chunk_whose_input_was_edited(cli, pointmap_file, tmp_path, monkeypatch):
+    import heads.scene
+    from heads.scene import Predictions
+
+    f = frames(tmp_path / "d", 4)
+    args = [*r3(pointmap_file), *f, "-o", tmp_path / "s.ply", "--chunk", "3", "--overlap", "1"]
+    real, calls = heads.scene.predict, []
+
+    def killed_after_the_first_chunk(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(heads.scene, "predict", killed_after_the_first_chunk)
+        code, _, _ = cli([*args, "--save-predictions", tmp_path / "p.npz"])
+    assert code == 130 and (tmp_path / "p.npz.parts" / "chunk-0000.npz").exists()
+    write_rgb(f[0], 48, 64, seed=99)  # edited in place before the rerun
+    code, _, err = cli([*args, "--save-predictions", tmp_path / "p.npz"])
+    assert code == 0, err
+    code, _, err = cli([*args, "--save-predictions", tmp_path / "fresh.npz"])
+    assert code == 0, err
+    assert np.allclose(Predictions.load(tmp_path / "p.npz").pts3d, Predictions.load(tmp_path / "fresh.npz").pts3d)

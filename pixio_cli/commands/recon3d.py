@@ -117,6 +117,7 @@ def recon3d(
     from ..images import ResizePolicy
     from ..inputs import collect
     from ..outputs import check_apart_from_inputs
+    from ..resume import item_identity, model_identity
     from ..writers import write_image
 
     # input, engine and model (whose training scale is the default processing size)
@@ -154,9 +155,10 @@ def recon3d(
                 return predict(net, engine.to_pixels([frames[i] for i in views]), [names[i] for i in views],
                                [sizes[i] for i in views], [known[i] for i in views] if known else None)
 
-        parts = _Parts(save_predictions, {"model": model, "size": list(frames[0].shape[:2]), "chunk": chunk,
-                                          "overlap": overlap, "images": names, "intrinsics": str(intrinsics),
-                                          "precision": str(engine.dtype)})
+        parts = _Parts(save_predictions, {  # what decides a chunk's numbers: an edited input or model redoes it
+            "model": model_identity(model), "size": list(frames[0].shape[:2]), "chunk": chunk, "overlap": overlap,
+            "images": names, "inputs": [item_identity(items[s.index]) for s in samples],
+            "intrinsics": [k.tolist() for k in known] if known else None, "precision": str(engine.dtype)})
         try:
             pred, chunks = predict_in_chunks(run, len(frames), chunk, overlap, parts.done(), parts.save, seed)
         except torch.cuda.OutOfMemoryError:
