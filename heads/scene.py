@@ -102,6 +102,9 @@ def read_intrinsics(path: str | Path, n_views: int) -> list[np.ndarray]:
                          f"{'x'.join(map(str, data.shape))}")
     if len(data) != n_views:
         raise UsageError(f"--intrinsics {path}: {len(data)} matrices for {n_views} images")
+    if not np.isfinite(data).all():
+        bad = int(np.flatnonzero(~np.isfinite(data).all(axis=(1, 2)))[0])
+        raise UsageError(f"--intrinsics {path}: matrix {bad} holds a value that is not a finite number")
     bad = [i for i, k in enumerate(data) if not (k[0, 0] > 0 and k[1, 1] > 0 and np.allclose(k[2], [0, 0, 1]))]
     if bad:
         raise UsageError(f"--intrinsics {path}: matrix {bad[0]} is not a pinhole K (positive fx, fy; last row 0 0 1)")

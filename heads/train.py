@@ -110,10 +110,15 @@ class StepCheckpoint:
         over a checkpoint that a rerun of the interrupted command would otherwise overwrite."""
         if resume:
             return self.load()
-        if self.path.exists() and not self._read(mmap=True).get("extra", {}).get("finished"):
-            raise UsageError(f"{self.path} holds an unfinished run's checkpoint: add --resume to continue it (same "
-                             "options), or remove it to start again")
-        return 0, float("nan")  # (a finished run's checkpoint is simply replaced, as its output is)
+        if self.path.exists():
+            state = self._read(mmap=True)
+            if not state.get("extra", {}).get("finished"):
+                raise UsageError(f"{self.path} holds an unfinished run's checkpoint: add --resume to continue it "
+                                 "(same options), or remove it to start again")
+            raise UsageError(f"{self.path} holds a finished run (step {state['step']}): --resume with a larger --steps "
+                             "trains it further; remove the checkpoint (and its output) to train anew, or choose "
+                             "another -o")
+        return 0, float("nan")
 
     def _read(self, mmap: bool = False) -> dict:
         return load_torch_dict(self.path, ("model", "optimizer", "step", "loss"), "a pixio training checkpoint", mmap)

@@ -204,8 +204,10 @@ def test_head_training_resumes_exactly(cli, tiny_encoder_file, tmp_path):
         assert code == 0, err
         b = load_file(str(cut))
         assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a if k.startswith("head.")), in_update
+    before = (tmp_path / "full.safetensors").read_bytes()
     code, _, err = cli([*_train_args(tiny_encoder_file, data, tmp_path / "full.safetensors", 6), "--lr", "1e-3"])
-    assert code == 0, err  # a finished run's checkpoint does not block training anew to the same -o
+    assert code == 2 and "holds a finished run (step 6)" in err, err  # never silently trained anew over it
+    assert (tmp_path / "full.safetensors").read_bytes() == before
     # a damaged step checkpoint is a one-line checkpoint error, not a traceback
     (tmp_path / "bad.safetensors.ckpt").write_bytes(b"PK\x03\x04 truncated")
     code, _, err = cli([*_train_args(tiny_encoder_file, data, tmp_path / "bad.safetensors", 6), "--resume"])

@@ -661,3 +661,19 @@ def test_recon3d_resume_redoes_a_chunk_whose_input_was_edited(cli, pointmap_file
     code, _, err = cli([*args, "--save-predictions", tmp_path / "fresh.npz"])
     assert code == 0, err
     assert np.allclose(Predictions.load(tmp_path / "p.npz").pts3d, Predictions.load(tmp_path / "fresh.npz").pts3d)
+
+
+def test_intrinsics_that_are_not_finite_numbers_are_refused(cli, pointmap_file, tmp_path):
+    f = frames(tmp_path / "d", 2)
+    for value in ("Infinity", "NaN"):
+        (tmp_path / "K.json").write_text(f"[[{value}, 0, 31.5], [0, 60, 23.5], [0, 0, 1]]")
+        code, _, err = cli([*r3(pointmap_file), *f, "-o", tmp_path / "s.ply", "--intrinsics", tmp_path / "K.json"])
+        assert code == 2 and "not a finite number" in err and not (tmp_path / "s.ply").exists(), (value, err)
+
+
+def test_extract_with_only_pca_says_it_kept_no_features(cli, tiny_encoder_file, tmp_path):
+    f = frames(tmp_path / "d", 1)
+    code, out, err = cli([*ex(tiny_encoder_file), f[0], "--pca", tmp_path / "p.png", "--json"])
+    assert code == 0 and (tmp_path / "p.png").exists(), err
+    assert "extracted" not in err and "drew PCA pictures for 1" in err and "no features are kept" in err
+    assert "shapes" not in json.loads(out.strip().splitlines()[-1])

@@ -155,7 +155,8 @@ def extract(
         else:
             finished([item])
         if json_lines:
-            record["shapes"] = {k: list(v.shape) for k, v in arrays.items() if k not in ("blocks", "input_hw")}
+            if store is not None:  # shapes of what was written, and only then
+                record["shapes"] = {k: list(v.shape) for k, v in arrays.items() if k not in ("blocks", "input_hw")}
             write_json_line(record)
 
     def done(it: Item) -> bool:
@@ -168,7 +169,9 @@ def extract(
     finally:
         if store is not None:
             store.close()
-    finish(summary, "extracted")
+    if store is None:
+        typer.echo("pixio: only the PCA pictures were asked for: no features are kept (give -o for them)", err=True)
+    finish(summary, "extracted" if store is not None else "drew PCA pictures for")
 
 
 def _pca_target(pca: str | None, dest, items):
