@@ -130,8 +130,8 @@ LAYOUTS = {
 
 def find_layout(dataset: str, root: str | Path, split: str, depth_scale: float | None = None,
                 classes_file: str | None = None) -> Layout:
-    """The pairs of a named layout: 7scenes, nyuv2, kitti, generic-depth; camvid, ade20k, voc, loveda,
-    generic-segment. ``split`` is train or val. A split without pairs is an error naming the folder,
+    """The pairs of a named layout: 7scenes, generic-rgbd, nyuv2, kitti, generic-depth; camvid, ade20k, voc,
+    loveda, generic-segment. ``split`` is train or val. A split without pairs is an error naming the folder,
     the layout it expected and the split."""
     if split not in ("train", "val"):
         raise UsageError(f"--split {split}: expected train or val")
@@ -204,7 +204,9 @@ def _find_layout(dataset: str, root: str | Path, split: str, depth_scale: float 
     if dataset == "generic-depth":
         imgs, targets = _stems(root / "images"), _stems(root / "depth")
         if depth_scale is None:
-            raise UsageError("--dataset generic needs --depth-scale (stored value per metre, e.g. 1000 for mm)")
+            raise UsageError("--dataset generic-depth needs --depth-scale (stored value per metre, e.g. 1000 for mm)")
+        if not (np.isfinite(depth_scale) and depth_scale > 0):
+            raise UsageError(f"--depth-scale {depth_scale:g}: expected a positive number of stored values per metre")
         found = [(imgs[s], targets[s]) for s in sorted(imgs) if s in targets]
         return Layout(_split_pairs(root, split, found), "depth", depth_scale)
     if dataset == "generic-segment":
@@ -214,7 +216,7 @@ def _find_layout(dataset: str, root: str | Path, split: str, depth_scale: float 
         if cf.exists():
             names = [line.strip() for line in cf.read_text().splitlines() if line.strip()]
         if names is None:
-            raise UsageError(f"--dataset generic needs a class-names file ({cf} or --classes)")
+            raise UsageError(f"--dataset generic-segment needs a class-names file ({cf} or --classes)")
         if not names:
             raise UsageError(f"{cf} lists no class names (one per line)")
         found = [(imgs[s], targets[s]) for s in sorted(imgs) if s in targets]

@@ -60,14 +60,22 @@ def evaluate_pointmap(model: PointMapModel, sequences: list, engine, views: int 
     from .metrics import pointmap_metrics
     from .sequences import require_cameras
 
+    import sys
+
+    from tqdm import tqdm
+
     policy = policy or ResizePolicy(short=model.infer_short)
     require_cameras(sequences)
     sums: dict[str, float] = {}
     n_sets = 0
+    total = sum(len(view_sets(len(seq.frames), views, gap)) for seq in sequences)
+    bar = tqdm(total=min(total, limit) if limit else total, desc="evaluate pointmap", unit="set", file=sys.stderr,
+               disable=None, dynamic_ncols=True)  # a bar in a terminal only
     for seq in sequences:
         for idx in view_sets(len(seq.frames), views, gap):
             if limit is not None and n_sets >= limit:
                 break
+            bar.update(1)
             frames = [seq.frames[i] for i in idx]
             loaded = [load_for_model(f.image, policy) for f in frames]
             images = [img for img, _ in loaded]
@@ -81,6 +89,7 @@ def evaluate_pointmap(model: PointMapModel, sequences: list, engine, views: int 
             for k, v in baseline_pose_metrics(gt, valid).items():
                 sums[k] = sums.get(k, 0.0) + v
             n_sets += 1
+    bar.close()
     if not n_sets:
         raise InputError(f"no set of {views} frames {gap} apart in {len(sequences)} sequence(s)")
     return {**{k: v / n_sets for k, v in sums.items()}, "sets": n_sets, "views": views, "gap": gap}

@@ -54,7 +54,10 @@ class Sequence:
         raw = cv2.imread(str(frame.depth), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise InputError(f"{frame.depth}: cannot read the depth image")
-        return depth_from_raw(raw, self.depth_scale, self.invalid)
+        depth = depth_from_raw(raw, self.depth_scale, self.invalid)
+        if not (depth > 0).any():
+            raise InputError(f"{frame.depth}: no pixel has a depth (all are 0 or the invalid value)")
+        return depth
 
 
 def depth_from_raw(raw: np.ndarray, scale: float, invalid: int | None) -> np.ndarray:
@@ -73,12 +76,34 @@ def _frame_number(path: Path) -> int:
     return int(m.group(1)) if m else -1
 
 
+def _numbers(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
+    """A matrix of finite numbers read from a text file; an :class:`InputError` naming the file otherwise."""
+    try:
+        values = np.loadtxt(path, dtype=np.float64, ndmin=1).ravel()
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot read it as {what} ({str(e).splitlines()[0][:100]})") from None
+    if values.size != shape[0] * shape[1]:
+        raise InputError(f"{path}: {values.size} numbers, where {what} has {shape[0] * shape[1]}")
+    if not np.isfinite(values).all():
+        raise InputError(f"{path}: {what} holds a value that is not a finite number")
+    return values.reshape(shape)
+
+
+def _intrinsics(path: Path) -> np.ndarray:
+    K = _numbers(path, (3, 3), "a 3x3 K")
+    if not (K[0, 0] > 0 and K[1, 1] > 0 and np.allclose(K[2], [0, 0, 1])):
+        raise InputError(f"{path}: not a pinhole K (positive fx, fy; last row 0 0 1)")
+    return K
+
+
 def _pose(path: Path) -> np.ndarray | None:
     """A 4x4 camera-to-world matrix, its rotation made exactly orthonormal (7-Scenes' are off by ~1e-4,
     which would make view 0 of a set not quite the identity in its own frame)."""
     if not path.exists():
         return None
-    T = np.loadtxt(path).reshape(4, 4)
+    T = _numbers(path, (4, 4), "a 4x4 camera-to-world pose")
+    if not np.allclose(T[3], [0, 0, 0, 1]) or abs(abs(np.linalg.det(T[:3, :3])) - 1) > 0.05:
+        raise InputError(f"{path}: not a camera-to-world pose (a rotation, a translation, last row 0 0 0 1)")
     U, _, Vt = np.linalg.svd(T[:3, :3])
     T[:3, :3] = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
     return T
@@ -116,7 +141,7 @@ def sevenscenes(root: Path, split: str) -> list[Sequence]:
                                         1000.0, SEVENSCENES_INVALID))
         return out
     kfile = root / "camera-intrinsics.txt"
-    K = np.loadtxt(kfile).reshape(3, 3) if kfile.exists() else SEVENSCENES_K
+    K = _intrinsics(kfile) if kfile.exists() else SEVENSCENES_K
     frames = [f for f in _sevenscenes_frames(root, K)
               if (_frame_number(f.image) >= SEVENSCENES_HOLDOUT) == (split != "train")]
     return [Sequence(root.name, frames, 1000.0, SEVENSCENES_INVALID)] if frames else []
@@ -128,6 +153,8 @@ def generic_rgbd(root: Path, split: str, depth_scale: float | None) -> list[Sequ
     ``<root>`` serves any split (the trainers refuse a held-out split that is their training data)."""
     if depth_scale is None:
         raise UsageError("--dataset generic-rgbd needs --depth-scale (stored value per metre, e.g. 1000 for mm)")
+    if not (np.isfinite(depth_scale) and depth_scale > 0):
+        raise UsageError(f"--depth-scale {depth_scale:g}: expected a positive number of stored values per metre")
     if any((root / s).is_dir() for s in ("train", "val")):  # split folders: only this split's, never the other's
         base = root / split
         if not base.is_dir():
@@ -137,7 +164,7 @@ def generic_rgbd(root: Path, split: str, depth_scale: float | None) -> list[Sequ
     folders = [base] if (base / "images").is_dir() else sorted(d for d in base.iterdir() if (d / "images").is_dir())
     out = []
     for folder in folders:
-        K = np.loadtxt(folder / "K.txt").reshape(3, 3) if (folder / "K.txt").exists() else None
+        K = _intrinsics(folder / "K.txt") if (folder / "K.txt").exists() else None
         depth = {p.stem: p for p in (folder / "depth").iterdir() if is_image(p)} if (folder / "depth").is_dir() else {}
         frames = [Frame(img, depth[img.stem], _pose(folder / "poses" / f"{img.stem}.txt"), K)
                   for img in sorted((folder / "images").iterdir(), key=lambda p: p.name)
@@ -168,6 +195,8 @@ def find_sequences(dataset: str, root: str | Path, split: str, depth_scale: floa
     if not root.is_dir():
         raise InputError(f"--data {root}: not a folder")
     if dataset == "7scenes":
+        if depth_scale is not None:
+            raise UsageError("--depth-scale is for --dataset generic-rgbd: 7-Scenes depth is in millimetres")
         return sevenscenes(root, split)
     if dataset == "generic-rgbd":
         return generic_rgbd(root, split, depth_scale)

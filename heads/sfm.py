@@ -79,7 +79,8 @@ def write_frame(folder: Path, index: int, image: np.ndarray) -> tuple[str, tuple
     return name, image.shape[:2]
 
 
-def run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool = False, cancel=None):
+def run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool = False, cancel=None,
+            on_stage=lambda stage: None):
     """COLMAP on the images ``names`` in ``folder``: SIFT features, matching (see :class:`SfmOptions`),
     geometric verification and incremental mapping. Returns the reconstruction that registers the
     most frames, or None when none could be started (too few matches).
@@ -91,17 +92,18 @@ def run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool = F
     registers 4.
     """
     if options.first_octave is not None:
-        return _run_sfm(folder, names, options, video, cancel)
-    fast = _run_sfm(folder, names, replace(options, first_octave=0), video, cancel)
+        return _run_sfm(folder, names, options, video, cancel, on_stage)
+    fast = _run_sfm(folder, names, replace(options, first_octave=0), video, cancel, on_stage)
     if fast is not None and fast.num_reg_images() == len(names):
         return fast
-    fine = _run_sfm(folder, names, replace(options, first_octave=-1), video, cancel)
+    fine = _run_sfm(folder, names, replace(options, first_octave=-1), video, cancel,
+                    lambda stage: on_stage(f"{stage}, again on doubled images"))
     if fast is None or (fine is not None and fine.num_reg_images() >= fast.num_reg_images()):
         return fine
     return fast
 
 
-def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, cancel):
+def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, cancel, on_stage):
     pycolmap = _pycolmap()
     import shutil
 
@@ -125,6 +127,7 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.num_threads = options.threads
     extraction.sift.first_octave = options.first_octave
+    on_stage(f"SIFT features of {len(names)} frames")
     pycolmap.extract_features(db, folder, image_names=names, camera_mode=mode, reader_options=reader,
                               extraction_options=extraction, device=cpu, cancellation_token=cancel)
     if options.known_K is not None and not same_K:  # one fixed camera per frame, in the database before mapping
@@ -140,6 +143,7 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
     matching = options.matching
     if matching == "auto":
         matching = "sequential" if video or len(names) > EXHAUSTIVE_UP_TO else "exhaustive"
+    on_stage(f"{matching} matching")
     if matching == "exhaustive":
         pycolmap.match_exhaustive(db, device=cpu, cancellation_token=cancel)
     else:
@@ -158,6 +162,7 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
         mapping.ba_refine_focal_length = False
         mapping.ba_refine_principal_point = False
         mapping.ba_refine_extra_params = False
+    on_stage("incremental mapping and bundle adjustment")
     models = pycolmap.incremental_mapping(db, folder, sparse, mapping, cancellation_token=cancel)
     if cancel is not None and cancel.is_cancelled:
         raise KeyboardInterrupt
@@ -241,6 +246,7 @@ class SfmJob:
         self._error: BaseException | None = None
         self.written: dict[int, tuple[str, tuple[int, int], tuple[int, int]]] = {}  # index -> name, written, original
         self.seconds = 0.0
+        self.stage = "decoding the frames at their own size"
         self._thread = threading.Thread(target=self._run, name="pixio-sfm", daemon=True)
         self._thread.start()
 
@@ -269,15 +275,20 @@ class SfmJob:
             opts = replace(self.options, one_camera=self.options.one_camera and len(
                 {self.written[i][2] for i in order}) == 1, known_K=None if known is None else [
                 scale_intrinsics(known[i], self.written[i][2], self.written[i][1]) for i in order])
-            self._out = run_sfm(self.folder, names, opts, self.video, self._token)
+            self._out = run_sfm(self.folder, names, opts, self.video, self._token,
+                                lambda stage: setattr(self, "stage", stage))
         except BaseException as e:  # handed to the caller by result()
             self._error = e
         finally:
             self.seconds = time.perf_counter() - start
 
-    def result(self, indices: list[int], original_hw: list[tuple[int, int]]) -> SfmCameras:
-        """The cameras of the inputs ``indices`` (positions in ``items``), in that order."""
-        self._thread.join()
+    def result(self, indices: list[int], original_hw: list[tuple[int, int]], on_wait=lambda stage: None
+               ) -> SfmCameras:
+        """The cameras of the inputs ``indices`` (positions in ``items``), in that order; ``on_wait(stage)``
+        hears what COLMAP is doing while the caller waits."""
+        while self._thread.is_alive():
+            on_wait(self.stage)
+            self._thread.join(0.25)
         try:
             if self._error is not None and not isinstance(self._error, (RuntimeError, ValueError, OSError)):
                 raise self._error  # Ctrl-C, out of memory, or a bug: not a reason to go on

@@ -15,7 +15,7 @@ from typing import Callable
 
 from .inputs import Item
 from .outputs import Destination
-from .writers import write_npz, write_safetensors_np
+from .writers import append_text, write_npz, write_safetensors_np
 
 FORMATS = ("npz", "safetensors")
 
@@ -106,8 +106,7 @@ class ShardStore:
         write_arrays(self.out / name, arrays, self.fmt)
         lines = "".join(json.dumps({"path": it.label, "key": it.key, "shard": name, "row": r}) + "\n"
                         for r, (it, _) in enumerate(self.rows))
-        with open(self.index, "a") as f:
-            f.write(lines)
+        append_text(self.index, lines)
         self.on_written([it for it, _ in self.rows])
         self.rows, self.next_shard = [], self.next_shard + 1
 

@@ -88,7 +88,7 @@ def _download(repo: str, filename: str) -> Path:
     cached = try_to_load_from_cache(repo, filename)
     if isinstance(cached, str):
         return Path(cached)
-    hint = (f"download it where there is network (huggingface-cli download {repo} {filename}) "
+    hint = (f"download it where there is network (hf download {repo} {filename}) "
             "and pass the file's path with --model")
     if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
         raise CheckpointError(f"{filename} of {repo} is not in the Hugging Face cache and the hub cannot be "

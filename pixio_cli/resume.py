@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .inputs import Item
-from .writers import write_text
+from .writers import append_text, write_text
 
 LEDGER = ".pixio-run"
 
@@ -125,8 +125,7 @@ class Ledger:
     def record(self, key: str, identity) -> None:
         """Mark ``key`` finished (call after its outputs are in place)."""
         line = json.dumps({"key": key, "input": identity}) + "\n"
-        with open(self.path, "a") as f:  # one short line per write: a kill cuts at most this line
-            f.write(line)
+        append_text(self.path, line)  # one short line per write: a kill cuts at most this line
         self.finished[key] = json.loads(json.dumps(identity))
 
     def done_item(self, item: Item) -> bool:

@@ -94,6 +94,15 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
 
 
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Append to a log or ledger; a failure (a full disk) names the file, which ``write`` alone does not."""
+    try:
+        with open(path, "a") as f:
+            f.write(text)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode())
 

@@ -411,8 +411,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _append_metrics(path: Path, rec: dict, board) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(rec) + "\n")
+    from pixio_cli.writers import append_text
+
+    append_text(path, json.dumps(rec) + "\n")
     if board is not None:
         for k, v in rec.items():
             if k != "step":

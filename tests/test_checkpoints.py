@@ -198,7 +198,7 @@ def test_offline_model_id_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **kw: offline())
     monkeypatch.setattr(model_ids, "_reachable", lambda url: True)  # the hub answers, the download fails
-    with pytest.raises(CheckpointError, match="huggingface-cli download facebook/pixio-vith16"):
+    with pytest.raises(CheckpointError, match="hf download facebook/pixio-vith16"):
         load_encoder("pixio-vith16")
 
 
@@ -219,7 +219,7 @@ def test_offline_uncached_model_id_fails_fast_with_one_line(tmp_path):
     seconds = time.perf_counter() - start
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and "huggingface-cli download facebook/pixio-vitl16 pixio_vitl16.pth" in lines[0]
+    assert len(lines) == 1 and "hf download facebook/pixio-vitl16 pixio_vitl16.pth" in lines[0]
     assert seconds < 5  # the model is resolved before torch is imported: ~0.4 s here; was ~28 s of retries
     env["HF_HUB_OFFLINE"] = "1"
     run = subprocess.run([sys.executable, "-m", "pixio_cli", "extract", str(tmp_path / "a.png"), "-o",

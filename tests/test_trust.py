@@ -677,3 +677,42 @@ def test_extract_with_only_pca_says_it_kept_no_features(cli, tiny_encoder_file, 
     assert code == 0 and (tmp_path / "p.png").exists(), err
     assert "extracted" not in err and "drew PCA pictures for 1" in err and "no features are kept" in err
     assert "shapes" not in json.loads(out.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ multi-view data: one line naming the file
+
+
+def _rgbd(root: Path, n: int = 4) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "depth").mkdir()
+    (root / "poses").mkdir()
+    for i in range(n):
+        write_rgb(root / "images" / f"{i:03d}.png", 48, 64, seed=i)
+        cv2.imwrite(str(root / "depth" / f"{i:03d}.png"), np.full((48, 64), 1500 + 10 * i, np.uint16))
+        T = np.eye(4)
+        T[0, 3] = 0.1 * i
+        np.savetxt(root / "poses" / f"{i:03d}.txt", T)
+    np.savetxt(root / "K.txt", [[60.0, 0, 31.5], [0, 60, 23.5], [0, 0, 1]])
+    return root
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda r: np.savetxt(r / "poses" / "001.txt", np.eye(4)[:3]), "001.txt: 12 numbers"),
+    (lambda r: (r / "K.txt").write_text("60 60 31.5 23.5\n"), "K.txt: 4 numbers"),
+    (lambda r: np.savetxt(r / "poses" / "002.txt", np.full((4, 4), np.nan)), "002.txt: a 4x4 camera-to-world pose holds"),
+    (lambda r: cv2.imwrite(str(r / "depth" / "000.png"), np.zeros((48, 64), np.uint16)), "000.png: no pixel has a depth"),
+])
+def test_damaged_multiview_data_is_one_line_naming_the_file(cli, pointmap_file, tmp_path, damage, says):
+    root = _rgbd(tmp_path / "data")
+    damage(root)
+    code, _, err = cli(["evaluate", "pointmap", "--data", root, "--dataset", "generic-rgbd", "--depth-scale", "1000",
+                        "--model", pointmap_file, "--views", "2", "--gap", "1", "--resize", "32"])
+    assert code in (1, 2) and says in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("scale", ["0", "-1000"])
+def test_a_depth_scale_that_is_not_positive_is_refused(cli, pointmap_file, tmp_path, scale):
+    root = _rgbd(tmp_path / "data")
+    code, _, err = cli(["evaluate", "pointmap", "--data", root, "--dataset", "generic-rgbd", "--depth-scale", scale,
+                        "--model", pointmap_file, "--views", "2", "--gap", "1", "--resize", "32"])
+    assert code == 2 and "expected a positive number" in err, err

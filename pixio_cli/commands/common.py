@@ -89,3 +89,33 @@ def not_built(name: str, what: str):
             "allow_extra_args": True, "ignore_unknown_options": True})(command)
 
     return register
+
+
+class Stages:
+    """One line in a terminal saying which stage of a run is going and how long it has taken; nothing under
+    -q or when stderr is not a terminal (logs and pipes)."""
+
+    def __init__(self, names: list[str], quiet: bool = False, command: str = "pixio") -> None:
+        import sys
+
+        from tqdm import tqdm
+
+        self.names, self.command, self.at = names, command, -1
+        self.bar = tqdm(total=len(names), file=sys.stderr, disable=True if quiet else None, dynamic_ncols=True,
+                        bar_format="{desc} [{n_fmt}/{total_fmt}, {elapsed}]{postfix}")
+
+    def next(self, detail: str = "") -> None:
+        """The next stage begins."""
+        if self.at >= 0:
+            self.bar.update(1)
+        self.at += 1
+        self.bar.set_description_str(f"{self.command}: {self.names[self.at]}", refresh=False)
+        self.detail(detail)
+
+    def detail(self, text: str) -> None:
+        self.bar.set_postfix_str(text, refresh=True)
+
+    def close(self) -> None:
+        if self.at >= 0:
+            self.bar.update(1)
+        self.bar.close()

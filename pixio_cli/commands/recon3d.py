@@ -12,7 +12,7 @@ import typer
 from .. import options as opt
 from ..errors import UsageError
 from ..model_ids import DEFAULT_POINTMAP, POINTMAP_SHORT_SIDE
-from .common import report_failures, single_process
+from .common import Stages, report_failures, single_process
 
 
 
@@ -134,7 +134,10 @@ def recon3d(
         Ks = [Ks[i] for i in picks] if Ks is not None else None
     engine = Engine(device, precision, 8, workers, progress=False if quiet else None)
     job = _start_sfm(items, Ks, matching, seed) if sfm else None  # matching runs while the network works
+    stages = Stages(["loading the model and decoding", "predicting", "cameras", "cleaning", "writing"], quiet,
+                    "recon3d")
     try:
+        stages.next()
         net = prepare_pointmap(engine, load_pointmap(model))
         policy = ResizePolicy.parse(resize) if resize else ResizePolicy(short=net.infer_short)
         summary = Summary()
@@ -150,6 +153,8 @@ def recon3d(
         loaded = time.perf_counter()
 
         # the views, in chunks aligned to each other
+        stages.next(f"{len(frames)} views")
+
         def run(views: list[int]):
             with torch.inference_mode(), autocast(engine.device, engine.dtype):
                 return predict(net, engine.to_pixels([frames[i] for i in views]), [names[i] for i in views],
@@ -173,16 +178,21 @@ def recon3d(
         inferred = time.perf_counter()
 
         # the cameras: from matching where it registers a frame, else the network's
-        sfm_cameras = job.result([s.index for s in samples], sizes) if job is not None else None
+        stages.next("from matching" if job is not None else "the network's")
+        sfm_cameras = job.result([s.index for s in samples], sizes, stages.detail) if job is not None else None
         pred, placed = on_cameras(pred, sfm_cameras, seed)
         if job is not None:
             _warn_unplaced(placed, sfm_cameras, len(frames))
         solved = time.perf_counter()
+    except BaseException:
+        stages.close()
+        raise
     finally:
         if job is not None:
             job.cancel()  # nothing once it has finished; stops COLMAP on an error or Ctrl-C
 
     # cleaning and outputs
+    stages.next()
     if save_predictions is not None:
         pred.save(save_predictions)
         parts.clear()
@@ -193,6 +203,7 @@ def recon3d(
         raise PixioError(f"no points to write: cleaning removed every pixel of {len(frames)} views ({counts}); "
                          "loosen it (--no-mask, --edge-rtol 0, no --conf-*)")
     unit = "metres" if net.metric else "unknown (the model is not metric)"
+    stages.next(str(scene_path))
     G.write_ply(scene_path, points, point_colours, pred.cam2world[0, :3, 3] if normals else None, unit)
     written = [str(scene_path)]
     if mesh:
@@ -227,6 +238,7 @@ def recon3d(
               "seconds": {"load_and_decode": round(loaded - started, 2), "inference": round(inferred - loaded, 2),
                           "cameras": round(solved - inferred, 2), "sfm_thread": round(job.seconds, 2) if job else None,
                           "total": round(time.perf_counter() - started, 2)}}
+    stages.close()
     if json_summary:
         typer.echo(json.dumps(record))
     report_failures(summary)

@@ -59,10 +59,11 @@ def _widths(spec: str, option: str) -> tuple[int, ...]:
 
 @app.command("depth")
 def train_depth(encoder: Encoder, data: Data, output: Output,
-                dataset: Annotated[str, typer.Option(help="7scenes, nyuv2, kitti or generic-depth.")] = "7scenes",
+                dataset: Annotated[str, typer.Option(help="7scenes, generic-rgbd, nyuv2, kitti or generic-depth.")] = "7scenes",
                 head: Head = "dpt", size: opt.Size = None, features: Features = 256,
                 head_channels: Channels = "256,512,1024,1024",
-                depth_scale: Annotated[Optional[float], typer.Option(help="Stored value per metre (generic).")] = None,
+                depth_scale: Annotated[Optional[float], typer.Option(
+                    help="Stored value per metre (generic-depth, generic-rgbd).")] = None,
                 max_depth: Annotated[float, typer.Option(help="Depth = sigmoid x max depth (metres).")] = 10.0,
                 crop: Crop = 256, steps: Steps = 2000, batch_size: Batch = 8, lr: Lr = None,
                 finetune: Finetune = False, seed: int = 0, workers: Workers = 2, device: opt.Device = "auto",
@@ -81,7 +82,7 @@ def train_segment(encoder: Encoder, data: Data, output: Output,
                       help="camvid, ade20k, voc, loveda or generic-segment.")] = "camvid",
                   head: Head = "dpt", size: opt.Size = None, features: Features = 256,
                   head_channels: Channels = "256,512,1024,1024",
-                  classes: Annotated[Optional[str], typer.Option(help="Class-names file (generic).")] = None,
+                  classes: Annotated[Optional[str], typer.Option(help="Class-names file (generic-segment).")] = None,
                   crop: Crop = 256, steps: Steps = 2000, batch_size: Batch = 8, lr: Lr = None,
                   finetune: Finetune = False, seed: int = 0, workers: Workers = 2, device: opt.Device = "auto",
                   precision: opt.Precision = None, half: Half = False, eval_limit: EvalLimit = None,
