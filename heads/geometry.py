@@ -476,15 +476,18 @@ def _ply_comment(path, text: str) -> None:
 
 
 def write_cameras_json(path, images: list[str], sizes: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
-                       unit: str) -> None:
-    """``cameras.json``: per image its name, width, height, K (original pixels) and camera-to-world
-    (OpenCV axes: x right, y down, z forward), and the unit of lengths."""
+                       unit: str, image_root: str | None = None) -> None:
+    """``cameras.json``: per image its name (relative to ``image_root`` when given), width, height, K
+    (original pixels) and camera-to-world (OpenCV axes: x right, y down, z forward), and the unit of
+    lengths."""
     import json
 
     from pixio_cli.writers import write_text
 
     cams = [{"image": name, "width": int(hw[1]), "height": int(hw[0]), "K": np.asarray(k, float).tolist(),
              "cam2world": np.asarray(T, float).tolist()} for name, hw, k, T in zip(images, sizes, K, cam2world)]
-    write_text(path, json.dumps({"unit": unit, "convention": "OpenCV: x right, y down, z forward; camera-to-world",
-                                 "cameras": cams}, indent=1) + "\n")
+    head = {"unit": unit, "convention": "OpenCV: x right, y down, z forward; camera-to-world"}
+    if image_root is not None:
+        head["image_root"] = image_root
+    write_text(path, json.dumps({**head, "cameras": cams}, indent=1) + "\n")
 

@@ -220,7 +220,8 @@ def test_recon3d_writes_every_output_in_chunks(cli, model_file, tmp_path):
     assert len(mesh.triangles) > 0 and len(glb.triangles) == len(mesh.triangles) and glb.has_vertex_colors()
     assert not (tmp_path / "pred.npz.parts").exists()  # removed once the whole run is saved
     rec = pycolmap.Reconstruction(str(out / "sparse" / "0"))
-    assert sorted(im.name for im in rec.images.values()) == sorted(str(f) for f in frames)
+    assert sorted(im.name for im in rec.images.values()) == sorted(f.name for f in frames)  # as COLMAP finds them
+    assert summary["image_root"] == str(KITCHEN)
     assert summary["cameras"]["registered"] == 4 and rec.num_points3D() == summary["cameras"]["points"] > 100
     pred = Predictions.load(tmp_path / "pred.npz")
     assert pred.images == [str(f) for f in frames] and pred.pts3d.shape[0] == 4

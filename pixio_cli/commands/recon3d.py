@@ -128,10 +128,12 @@ def recon3d(
         ("--mesh", scene_path.with_name(scene_path.stem + "_mesh.ply") if mesh else None),
         ("--glb", scene_path.with_suffix(".glb") if glb else None)], skip=own)
     Ks = read_intrinsics(intrinsics, len(items)) if intrinsics is not None else None  # one per input, in order
-    if max_frames and len(items) > max_frames:
-        picks = [int(i) for i in np.linspace(0, len(items) - 1, max_frames).round()]
-        items = [items[i] for i in picks]
-        Ks = [Ks[i] for i in picks] if Ks is not None else None
+    good = [i for i, it in enumerate(items) if it.error is None]
+    if max_frames and len(good) > max_frames:  # frames, not failed inputs, are what is counted
+        picks = {good[int(i)] for i in np.linspace(0, len(good) - 1, max_frames).round()}
+        kept = [i for i in range(len(items)) if i in picks or items[i].error is not None]
+        items = [items[i] for i in kept]
+        Ks = [Ks[i] for i in kept] if Ks is not None else None
     engine = Engine(device, precision, 8, workers, progress=False if quiet else None)
     job = _start_sfm(items, Ks, matching, seed) if sfm else None  # matching runs while the network works
     stages = Stages(["loading the model and decoding", "predicting", "cameras", "cleaning", "writing"], quiet,
@@ -210,26 +212,28 @@ def recon3d(
         written += _write_mesh(pred, colours, scene_path, mesh_voxel, glb,
                                None if use_mask else np.ones(pred.mask.shape, bool))
     cam_sizes = np.array(pred.original_hw)
+    root, image_names = _image_names(pred.images, [items[s.index] for s in samples])
     flipped = [name for name, K in zip(pred.images, pred.K_original) if not (K[0, 0] > 0 and K[1, 1] > 0)]
     if cameras is not None and flipped:  # written as predicted, but said: no pinhole camera has them
         typer.echo(f"pixio: warning: the predicted camera of {len(flipped)} view(s) (first: {flipped[0]}) has a "
                    "non-positive focal length, as for frames far from the model's training data; the "
                    f"{cameras.value} cameras hold it as predicted, and COLMAP will not accept it", err=True)
     if cameras == Cameras.json:
-        G.write_cameras_json(scene_path.parent / "cameras.json", pred.images, cam_sizes, pred.K_original,
-                             pred.cam2world, unit)
+        G.write_cameras_json(scene_path.parent / "cameras.json", image_names, cam_sizes, pred.K_original,
+                             pred.cam2world, unit, root)
         written.append(str(scene_path.parent / "cameras.json"))
     elif cameras in (Cameras.colmap, Cameras.colmap_text):
         from heads.sfm import write_colmap
 
         to_world = (placed["sfm_scale"], np.array(placed["to_output"])) if placed["cameras"] == "sfm" else None
-        write_colmap(scene_path.parent / "sparse" / "0", pred.images, cam_sizes, pred.K_original, pred.cam2world,
+        write_colmap(scene_path.parent / "sparse" / "0", image_names, cam_sizes, pred.K_original, pred.cam2world,
                      sfm_cameras if to_world else None, to_world, text=cameras == Cameras.colmap_text)
         written.append(str(scene_path.parent / "sparse" / "0"))
     if preview is not None:
         write_image(preview, preview_picture(points, point_colours, pred))
         written.append(str(preview))
     record = {"scene": str(scene_path), "outputs": written, "frames": len(frames), "failed": summary.failed,
+              "image_root": root,
               "points": int(len(points)), "cleaning": counts, "scale": pred.scale, "unit": unit,
               "size": [int(frames[0].shape[1]), int(frames[0].shape[0])], "chunks": chunks,
               "cameras": {k: v for k, v in placed.items() if k != "to_output"},
@@ -246,6 +250,18 @@ def recon3d(
                f"{scene_path}: {len(points)} points, unit {unit}, failed {summary.failed}", err=True)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _image_names(labels: list[str], items: list) -> tuple[str, list[str]]:
+    """The folder the frames lie in and each frame's name relative to it, as COLMAP and the cameras
+    file name images (COLMAP, given that folder, finds every one); a video's frames are <video>#frame<N>."""
+    import os
+
+    paths = [os.path.abspath(it.path) for it in items]
+    root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+    names = [os.path.relpath(p, root) + (f"#frame{it.frame}" if it.frame is not None else "")
+             for p, it in zip(paths, items)]
+    return root, names
 
 
 def _start_sfm(items: list, Ks, matching: "Matching", seed: int):
