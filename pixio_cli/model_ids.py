@@ -20,9 +20,11 @@ HUB_MODELS: dict[str, tuple[str, str, str]] = {
     for s in ("b", "l", "h", "1b", "5b")
 }
 
-# Public point-map models (MapAnything on a Pixio encoder): model id -> (repo, file).
+# Public point-map models (MapAnything on a Pixio encoder): model id -> (repo, file). The official
+# loader (facebookresearch/pixio, map_anything/model.py) asks the hub for model.pth; a safetensors copy, if
+# the repo holds one, is taken first (no pickle).
 POINTMAP_MODELS: dict[str, tuple[str, str]] = {
-    "pixio-vith16-mapanything": ("facebook/pixio-vith16-mapanything", "model.safetensors"),
+    "pixio-vith16-mapanything": ("facebook/pixio-vith16-mapanything", "model.safetensors|model.pth"),
 }
 
 # Bundled small models shipped inside the package (see README, "Bundled weights").
@@ -75,8 +77,9 @@ def resolve(source: str) -> Path:
     raise CheckpointError(f"no such model file or id: {source!r} (known ids: {known})")
 
 
-def _download(repo: str, filename: str) -> Path:
-    """Fetch a public checkpoint into the Hugging Face cache (once).
+def _download(repo: str, filenames: str) -> Path:
+    """Fetch a public checkpoint into the Hugging Face cache (once). ``filenames``: one name, or names
+    separated by ``|`` tried in order (the first the repo holds is taken).
 
     Offline, an uncached file fails at once with one line (no retries, no hub
     warnings): the cache is looked up first, then the hub is probed once.
@@ -85,20 +88,26 @@ def _download(repo: str, filename: str) -> Path:
 
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
-    cached = try_to_load_from_cache(repo, filename)
-    if isinstance(cached, str):
-        return Path(cached)
-    hint = (f"download it where there is network (hf download {repo} {filename}) "
+    names = filenames.split("|")
+    for filename in names:
+        cached = try_to_load_from_cache(repo, filename)
+        if isinstance(cached, str):
+            return Path(cached)
+    hint = (f"download it where there is network (hf download {repo} {names[-1]}) "
             "and pass the file's path with --model")
     if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
-        raise CheckpointError(f"{filename} of {repo} is not in the Hugging Face cache and the hub cannot be "
-                              f"reached; {hint}")
+        raise CheckpointError(f"{' or '.join(names)} of {repo} is not in the Hugging Face cache and the hub cannot "
+                              f"be reached; {hint}")
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-    try:
-        return Path(hf_hub_download(repo_id=repo, filename=filename))
-    except Exception as e:  # gated, removed, network lost midway, ...
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"could not get {filename} from {repo} ({first}); {hint}") from None
+    for i, filename in enumerate(names):
+        try:
+            return Path(hf_hub_download(repo_id=repo, filename=filename))
+        except Exception as e:  # gated, removed, network lost midway, ...
+            if type(e).__name__ == "EntryNotFoundError" and i + 1 < len(names):
+                continue  # the repo has not this name: the next one
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"could not get {filename} from {repo} ({first}); {hint}") from None
+    raise CheckpointError(f"none of {', '.join(names)} in {repo}; {hint}")
 
 
 def _reachable(url: str, timeout: float = 1.5) -> bool:

@@ -48,9 +48,10 @@ class CurationRules:
         """Keep-or-drop for one image's statistics ``rec`` and a uniform draw ``u``."""
         if rec is None or "error" in rec:
             return False
-        if self.min_entropy is not None and rec["histogram_score"] <= self.min_entropy:
+        # as the official loader: a threshold of 0 (falsy) turns its filter off
+        if self.min_entropy and rec["histogram_score"] <= self.min_entropy:
             return False
-        if self.min_size is not None and (rec["height"] < self.min_size or rec["width"] < self.min_size):
+        if self.min_size and (rec["height"] < self.min_size or rec["width"] < self.min_size):
             return False
         if self.soft_sampling and u > rec["mae_loss"]:
             return False

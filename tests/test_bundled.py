@@ -66,10 +66,25 @@ def test_bundled_pointmap_model_is_small_and_beats_its_untrained_self(shared_dat
 
     path = WEIGHTS_DIR / BUNDLED_POINTMAPS["pointmap-tiny"]
     assert path.stat().st_size < 15 * 2**20
-    model = load_pointmap("pointmap-tiny")
-    held_out = model.provenance["val_metrics"]
-    assert held_out["points_rel"] < 0.5 * model.provenance["untrained_val_metrics"]["points_rel"]
-    assert held_out["scale_rel"] < 0.1  # metric: the scale head learnt the kitchen's size
+    import copy
+
+    from heads.pointmap import PointMapModel
+    from heads.pointmap_eval import evaluate_pointmap
+    from heads.sequences import find_sequences
+    from pixio_cli.engine import Engine
+    from pixio_cli.images import ResizePolicy
+
+    model = load_pointmap("pointmap-tiny").eval()
+    torch.manual_seed(0)
+    untrained = PointMapModel(copy.deepcopy(model.encoder), model.cfg)  # fresh heads on the same frozen encoder
+    untrained.init_weights()
+    untrained.eval()
+    held_out = find_sequences("7scenes", shared_data / "rgbd-7scenes-redkitchen", "val")  # frames 800-996
+    engine = Engine("cpu", "fp32", batch_size=4, workers=0, progress=False)
+    scores = [evaluate_pointmap(m, held_out, engine, 4, 2, ResizePolicy(size=(256, 192)), limit=2)
+              for m in (model, untrained)]
+    assert scores[0]["points_rel"] < 0.5 * scores[1]["points_rel"], scores
+    assert scores[0]["scale_rel"] < 0.1, scores  # metric: the scale head learnt the kitchen's size
 
 
 def test_bundled_pointmap_chunked_run_agrees_with_one_pass(cli, tmp_path):

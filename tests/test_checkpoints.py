@@ -190,6 +190,27 @@ def test_model_id_downloads_through_huggingface_hub(monkeypatch, tmp_path):
     assert set(HUB_MODELS) == {f"pixio-vit{s}16" for s in ("b", "l", "h", "1b", "5b")}
 
 
+def test_the_point_map_model_falls_back_to_the_file_the_official_loader_takes(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    class EntryNotFoundError(Exception):
+        pass
+
+    asked = []
+
+    def fake_download(repo_id: str, filename: str, **kw) -> str:
+        asked.append(filename)
+        if filename == "model.safetensors":
+            raise EntryNotFoundError("404: no such file in the repo")
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(model_ids, "_reachable", lambda url: True)
+    assert model_ids.resolve("pixio-vith16-mapanything") == tmp_path / "model.pth"
+    assert asked == ["model.safetensors", "model.pth"]
+
+
 def test_offline_model_id_is_a_clear_error(monkeypatch):
     import huggingface_hub
 

@@ -10,7 +10,7 @@ from pixio_cli.encoder import SIZES, EncoderConfig, PixioEncoder, resize_pos_emb
 
 from .conftest import TINY, random_encoder
 
-SIZES_TO_CHECK = [(256, 256), (320, 448)]
+SIZES_TO_CHECK = [(256, 256), (320, 448), (160, 96)]  # (H, W), as the README states them
 
 
 def official_forward(sd: dict, cfg: EncoderConfig, x: torch.Tensor, blocks: list[int]) -> list[dict]:

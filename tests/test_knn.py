@@ -13,6 +13,8 @@ import torch
 
 from heads.knn import knn_classify
 
+from .conftest import write_rgb
+
 
 def test_weighted_vote_by_hand():
     train = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
@@ -91,12 +93,20 @@ def test_knn_list_files_and_bad_layouts(cli, tiny_encoder_file, tmp_path):
     assert code == 1 and "no training images" in err
 
 
-def test_official_pooling_is_the_raw_cls_mean(tiny_encoder):
-    """The official eval_knn.py pools `cls_tokens` (before the final norm): our default does the same."""
-    from heads.knn import pooled_features  # noqa: F401 (the function under test reads blocks with norm=False)
+def test_official_pooling_is_the_raw_cls_mean(tiny_encoder, tmp_path):
+    """The official eval_knn.py pools `cls_tokens` (before the final norm): pooled_features, by default,
+    gives the L2-normalised mean of the raw CLS tokens of the images as the engine feeds them."""
+    from heads.knn import pooled_features
+    from pixio_cli.engine import Engine
+    from pixio_cli.images import ResizePolicy, load_for_model
 
-    x = torch.randn(2, 3, 32, 32)
+    paths = [str(write_rgb(tmp_path / f"{i}.png", 40, 56, seed=i)) for i in range(2)]
+    engine = Engine("cpu", "fp32", batch_size=2, workers=0, progress=False)
+    got = pooled_features(engine, tiny_encoder, paths, tmp_path / "cache", {}, False, resolution=32)
+    x = engine.to_pixels([load_for_model(p, ResizePolicy(short=32, crop=32))[0] for p in paths])
     with torch.no_grad():
         raw = tiny_encoder.forward_blocks(x, [-1], norm=False)[0][:, :8].mean(1)
         normed = tiny_encoder.forward_blocks(x, [-1], norm=True)[0][:, :8].mean(1)
-    assert not torch.allclose(raw, normed)
+    assert torch.allclose(got, torch.nn.functional.normalize(raw, dim=1), atol=1e-5)
+    assert not torch.allclose(got, torch.nn.functional.normalize(normed, dim=1), atol=1e-3)
+

@@ -81,6 +81,33 @@ def test_public_layout_loads_strictly_and_gives_the_same_outputs(model, tmp_path
         assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
+def test_mapanything_pixio_checkpoint_key_list_maps_onto_our_model_exactly():
+    """The real names and shapes of MapAnything's Pixio-H checkpoint (852 tensors, as its own code builds the
+    model: facebookresearch/map-anything f7ebafb with uniception 0.1.7, safetensors' de-duplicated names),
+    not names derived from our mapping: every tensor lands in our model or is one of the unused encoders,
+    and nothing of the model is left without one."""
+    import gzip
+
+    from heads.pointmap import config_from_state_dict, from_mapanything, is_mapanything_layout
+    from pixio_cli.checkpoints import infer_config
+    from pixio_cli.encoder import PixioEncoder
+
+    rows = gzip.open(Path(__file__).parent / "data" / "mapanything_pixio_keys.tsv.gz", "rt").read().splitlines()
+    sd = {name: torch.empty([int(d) for d in shape.split("x")], device="meta")
+          for name, shape in (row.split("\t") for row in rows)}
+    assert len(sd) == 852 and is_mapanything_layout(sd)
+    ours, unused = from_mapanything(sd)
+    assert {u.split(".")[0] + "." for u in unused} == set(UNUSED_PREFIXES)
+    enc_cfg = infer_config({k[len("encoder."):]: v for k, v in ours.items() if k.startswith("encoder.")})
+    assert (enc_cfg.embed_dim, enc_cfg.depth, enc_cfg.patch_size, enc_cfg.n_cls_tokens) == (1280, 32, 16, 8)
+    cfg = config_from_state_dict(ours, enc_cfg.patch_size)
+    assert (cfg.dim, cfg.depth, cfg.taps, cfg.dpt_features) == (768, 24, [11, 17], 256)
+    with torch.device("meta"):
+        expected = PointMapModel(PixioEncoder(enc_cfg), cfg).state_dict()
+    assert set(ours) == set(expected)
+    assert [k for k in ours if ours[k].shape != expected[k].shape] == []
+
+
 def test_aliased_names_are_accepted_once(model, tmp_path):
     sd = to_mapanything(model.state_dict())
     sd["dpt_feature_head.scratch.layer2_rn.weight"] = sd["dense_head.0.input_process.1.1.weight"].clone()

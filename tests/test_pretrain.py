@@ -134,29 +134,35 @@ def _jpeg(seed: int, h: int = 40, w: int = 40) -> bytes:
     return cv2.imencode(".jpg", img)[1].tobytes()
 
 
-def official_keep(info: dict | None, hist, size, soft, u: float) -> bool:
-    """The official webdataset loader's rules, written from its source (for members in the JSON)."""
-    if info is None:
-        return False
-    if hist and info["histogram_score"] <= hist:
-        return False
-    if size and (info["height"] < size or info["width"] < size):
-        return False
-    if soft and u > info["mae_loss"]:
-        return False
-    return True
+def _rec(hs: float = 6.0, h: int = 400, w: int = 400, mae: float = 1.0) -> dict:
+    return {"histogram_score": hs, "height": h, "width": w, "mae_loss": mae}
 
 
-def test_curation_rules_match_official_and_drop_errors():
-    rng = np.random.default_rng(0)
-    rules = CurationRules(4.5, 320, True)
-    for _ in range(300):
-        rec = {"histogram_score": float(rng.uniform(3, 7)), "height": int(rng.integers(200, 500)),
-               "width": int(rng.integers(200, 500)), "mae_loss": float(rng.uniform())}
-        u = float(rng.uniform())
-        assert rules.keep(rec, u) == official_keep(rec, 4.5, 320, True, u)
-    assert not rules.keep({"error": "corrupt", "histogram_score": 9, "height": 999, "width": 999, "mae_loss": 1}, 0)
-    assert not CurationRules().keep(None, 0.0)
+# Decisions worked out by hand from the official webdataset loader's rules (facebookresearch/pixio,
+# pretraining/datasets/webdataset.py): drop if histogram_score <= the threshold, if height or width is
+# below the size, or (soft sampling) if u > mae_loss; a threshold of 0 turns its filter off; a member
+# missing from the JSON is dropped. Ours adds: a record with "error" is dropped.
+HAND_WORKED = [  # (rules, record, u, kept)
+    (CurationRules(4.5, 320, True), _rec(hs=4.5), 0.0, False),  # equal to the threshold: dropped
+    (CurationRules(4.5, 320, True), _rec(hs=4.5001), 0.0, True),
+    (CurationRules(4.5, 320, True), _rec(h=319, w=1000), 0.0, False),
+    (CurationRules(4.5, 320, True), _rec(h=1000, w=319), 0.0, False),
+    (CurationRules(4.5, 320, True), _rec(h=320, w=320), 0.0, True),  # equal to the size: kept
+    (CurationRules(4.5, 320, True), _rec(mae=0.3), 0.2, True),
+    (CurationRules(4.5, 320, True), _rec(mae=0.3), 0.3, True),  # u equal to the loss: kept
+    (CurationRules(4.5, 320, True), _rec(mae=0.3), 0.31, False),
+    (CurationRules(4.5, 320, True), _rec(mae=0.0), 0.0, True),
+    (CurationRules(4.5, 320, True), _rec(mae=0.0), 0.01, False),
+    (CurationRules(4.5, 320, False), _rec(mae=0.0), 0.99, True),  # no soft sampling: the loss is not read
+    (CurationRules(0.0, 0, False), _rec(hs=-1.0, h=1, w=1), 0.5, True),  # 0 turns a filter off
+    (CurationRules(4.5, 320, True), None, 0.0, False),  # not in the JSON
+    (CurationRules(), {"error": "corrupt", **_rec()}, 0.0, False),  # ours: a failed statistic
+]
+
+
+@pytest.mark.parametrize("rules, rec, u, kept", HAND_WORKED)
+def test_curation_rules_decide_as_the_official_loader(rules, rec, u, kept):
+    assert rules.keep(rec, u) == kept
 
 
 def test_shard_stream_applies_curation_json(tmp_path):
