@@ -74,6 +74,21 @@ def _fill_optional_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _non_finite_value(argv: list[str]) -> str | None:
+    """``--option nan`` (or inf): click's float ranges let NaN through every bound, and no option of
+    pixio means anything by it; the message, or None."""
+    for i, tok in enumerate(argv):
+        if tok.startswith("--") and "=" in tok:
+            name, value = tok.split("=", 1)
+        elif i and argv[i - 1].startswith("-") and argv[i - 1] != "-":
+            name, value = argv[i - 1], tok
+        else:
+            continue
+        if value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            return f"pixio: usage error: {name} {value}: expected a finite number (see 'pixio --help')"
+    return None
+
+
 def _usage_line(e: Exception) -> str:
     """Click's message for a bad command line, on one line, with the command it concerns."""
     ctx = getattr(e, "ctx", None)
@@ -124,6 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     """
     logging.basicConfig(level=logging.INFO, format="pixio: %(message)s", stream=sys.stderr)
     args = _fill_optional_values(list(sys.argv[1:] if argv is None else argv))
+    bad = _non_finite_value(args)
+    if bad:
+        typer.echo(bad, err=True)
+        sys.exit(2)
     sigterm_as_interrupt()  # a scheduler's SIGTERM stops a run as Ctrl-C does
     try:
         code = app(args=args, prog_name="pixio", standalone_mode=False)

@@ -716,3 +716,12 @@ def test_a_depth_scale_that_is_not_positive_is_refused(cli, pointmap_file, tmp_p
     code, _, err = cli(["evaluate", "pointmap", "--data", root, "--dataset", "generic-rgbd", "--depth-scale", scale,
                         "--model", pointmap_file, "--views", "2", "--gap", "1", "--resize", "32"])
     assert code == 2 and "expected a positive number" in err, err
+
+
+@pytest.mark.parametrize("args", [["recon3d", "x.jpg", "-o", "o.ply", "--voxel", "nan"],
+                                  ["recon3d", "x.jpg", "-o", "o.ply", "--conf-percentile=nan"],
+                                  ["depth", "x.jpg", "-o", "d.png", "--fov", "inf"],
+                                  ["pretrain", "--data", "d", "-o", "r", "--lr", "-inf"]])
+def test_a_number_option_that_is_not_finite_is_a_usage_error(cli, args):
+    code, _, err = cli(args)
+    assert code == 2 and "expected a finite number" in err and len(err.strip().splitlines()) == 1, err
