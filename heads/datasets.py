@@ -133,8 +133,13 @@ def find_layout(dataset: str, root: str | Path, split: str, depth_scale: float |
     """The pairs of a named layout: 7scenes, generic-rgbd, nyuv2, kitti, generic-depth; camvid, ade20k, voc,
     loveda, generic-segment. ``split`` is train or val. A split without pairs is an error naming the folder,
     the layout it expected and the split."""
-    if split not in ("train", "val"):
-        raise UsageError(f"--split {split}: expected train or val")
+    if split not in ("train", "val", "test"):
+        raise UsageError(f"--split {split}: expected train, val or test")
+    if split == "test":
+        if dataset in ("nyuv2", "7scenes"):  # their held-out split is the official test split
+            split = "val"
+        elif dataset != "camvid":
+            raise UsageError(f"--split test: the {dataset} layout has no test split here (train and val)")
     layout = _find_layout(dataset, root, split, depth_scale, classes_file)
     if not layout.pairs:
         raise InputError(f"--data {root}: no image/target pairs for the {split} split of the {dataset} layout "

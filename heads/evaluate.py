@@ -1,4 +1,5 @@
-"""Evaluation with the official protocol: sliding windows, metrics over the whole split."""
+"""Evaluation with the official protocol: sliding windows (blended without seams), metrics over the whole
+split, and the seam figure of what was predicted."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pixio_cli.errors import InputError, UsageError
 from pixio_cli.inputs import Item
 
 from .datasets import IGNORE, Layout
-from .metrics import ConfusionMatrix, DepthMeter
+from .metrics import ConfusionMatrix, DepthMeter, seam_ratio
 from .model import DenseModel
 from .predict import batch_fn, default_policy, depth_at, labels_at
 
@@ -31,8 +32,12 @@ def evaluate(model: DenseModel, layout: Layout, engine: Engine, limit: int | Non
     meter = DepthMeter(cfg.min_depth, cfg.max_depth) if cfg.task == "depth" else ConfusionMatrix(cfg.n_out, IGNORE)
     pairs = layout.pairs[:limit] if limit else layout.pairs
     items = [Item(str(img), str(i)) for i, (img, _) in enumerate(pairs)]
+    seams: list[float] = []
 
     def score(item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
+        seam = seam_ratio(out["out"].numpy(), cfg.crop)  # at the processing size, where the windows were
+        if np.isfinite(seam):
+            seams.append(seam)
         target = layout.read_target(pairs[int(item.key)][1])
         if target.shape != tuple(sample.orig_hw):  # two sensors: compare at the image's size
             target = cv2.resize(target, (sample.orig_hw[1], sample.orig_hw[0]), interpolation=cv2.INTER_NEAREST)
@@ -55,7 +60,10 @@ def evaluate(model: DenseModel, layout: Layout, engine: Engine, limit: int | Non
     if cfg.task == "depth" and meter.n == 0:
         raise InputError(f"no target of the {len(pairs)} image(s) has a valid depth (between {cfg.min_depth:g} and "
                          f"{cfg.max_depth:g} m): nothing to score; check the depth scale and the targets")
-    return meter.result() if cfg.task == "depth" else meter.result(cfg.classes)
+    result = meter.result() if cfg.task == "depth" else meter.result(cfg.classes)
+    # mean over images of the step across window borders / the median step (1.0: no seam; NaN: one window)
+    result["seam"] = float(np.mean(seams)) if seams else float("nan")
+    return result
 
 
 def baseline(layout_train: Layout, layout_val: Layout, task: str, min_depth: float, max_depth: float,

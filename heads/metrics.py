@@ -183,3 +183,23 @@ def trivial_cameras(n: int) -> dict[str, np.ndarray]:
     line = origin.copy()
     line[:, 0, 3] = np.arange(n)
     return {"origin": origin, "constant_velocity": line}
+
+
+def seam_ratio(prediction: np.ndarray, crop: int, stride: int | None = None) -> float:
+    """How much a map (H, W), or maps (C, H, W) such as class probabilities, at the processing size jumps across the borders of the sliding windows that
+    made it, relative to how it changes between neighbouring pixels anywhere: the mean absolute step
+    across the window-border columns and rows over the median step between neighbouring columns and rows
+    (each a mean over the line). 1.0: the borders are like any other line; a plain average of windows
+    that disagree scores tens. NaN when the map is one window."""
+    from pixio_cli.sliding import window_borders
+
+    d = np.asarray(prediction, np.float64)
+    d = d[None] if d.ndim == 2 else d  # (C, H, W): a step is the L1 distance between neighbours' C values
+    cols = np.abs(np.diff(d, axis=2)).sum(0).mean(0)  # step between column c-1 and c, for c = 1..W-1
+    rows = np.abs(np.diff(d, axis=1)).sum(0).mean(1)
+    at = [cols[c - 1] for c in window_borders(d.shape[1], crop, stride)] + \
+         [rows[r - 1] for r in window_borders(d.shape[0], crop, stride)]
+    typical = float(np.median(np.concatenate([cols, rows])))
+    if not at or typical <= 0:
+        return float("nan")
+    return float(np.mean(at)) / typical

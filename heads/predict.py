@@ -1,7 +1,7 @@
 """The one inference path of the dense heads, shared by `pixio depth|segment` and `pixio evaluate`.
 
 Images are brought to the head's training scale (or ``--resize``), predicted
-with sliding windows of the head's crop size (the official protocol; or one
+with sliding windows of the head's crop size blended without seams (or one
 whole-image pass), and the prediction is resized to the original image. What
 `pixio evaluate` measures is what `pixio depth` writes by default.
 """
@@ -39,7 +39,8 @@ def load_dense(engine: Engine, source: str, task: str) -> DenseModel:
 
 def batch_fn(model: DenseModel, tile: bool = True) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
     """Depth in metres or class probabilities at the input's resolution: sliding windows of the head's
-    crop (stride 2/3 of it, overlaps averaged) with ``tile``, else one whole-image pass."""
+    crop (stride 2/3 of it) blended without seams, each window's depth level aligned to its neighbours'
+    (:func:`pixio_cli.sliding.sliding_window`), with ``tile``; else one whole-image pass."""
     seg = model.cfg.task == "segment"
     if getattr(model, "whole_image", False):
         return model.outputs  # type: ignore[attr-defined]
@@ -49,7 +50,7 @@ def batch_fn(model: DenseModel, tile: bool = True) -> Callable[[torch.Tensor], d
         return out.softmax(1) if seg else out
 
     def fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"out": sliding_window(run, x, model.cfg.crop) if tile else run(x)}
+        return {"out": sliding_window(run, x, model.cfg.crop, align_scale=not seg) if tile else run(x)}
 
     return fn
 

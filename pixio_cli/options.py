@@ -37,8 +37,8 @@ Overwrite = Annotated[bool, typer.Option(
     "--overwrite", help="Redo everything, replacing outputs made with other settings (default: resume, and "
                         "refuse a folder made with other settings).")]
 Tile = Annotated[bool, typer.Option(
-    "--tile/--no-tile", help="Sliding windows of the head's crop size, averaged (what `pixio evaluate` measures); "
-                             "--no-tile: one whole-image pass (faster, other numbers).")]
+    "--tile/--no-tile", help="Sliding windows of the head's crop size, blended without seams (what `pixio "
+                             "evaluate` measures); --no-tile: one whole-image pass (faster, other numbers).")]
 HeadResize = Annotated[Optional[str], typer.Option(
     "--resize", help="Inference size: short side N, WxH or native (default: the head's training scale).",
     show_default=False)]

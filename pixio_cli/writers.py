@@ -124,6 +124,42 @@ def write_safetensors_np(path: str | os.PathLike, arrays: dict[str, np.ndarray],
     write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=meta))
 
 
+def write_video(path: str | os.PathLike, frames: Iterator[np.ndarray], fps: float) -> int:
+    """RGB frames as an MP4 (OpenCV's mp4v) at the first frame's size (others padded or cut to it), written
+    atomically: the file takes its name only once it reads back with every frame. Returns the number of
+    frames."""
+    import cv2
+
+    path = Path(path)
+    n = 0
+    with atomic_path(path, keep_suffix=True) as tmp:
+        writer = None
+        try:
+            for frame in frames:
+                if writer is None:
+                    h, w = frame.shape[:2]
+                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w - w % 2, h - h % 2))
+                    if not writer.isOpened():
+                        raise UsageError(f"OpenCV cannot write {path} (mp4v)")
+                if frame.shape[:2] != (h, w):  # a writer drops frames of another size without a word
+                    fit = np.full((h, w, 3), 255, np.uint8)
+                    fit[: min(h, frame.shape[0]), : min(w, frame.shape[1])] = frame[:h, :w]
+                    frame = fit
+                writer.write(cv2.cvtColor(np.ascontiguousarray(frame[: h - h % 2, : w - w % 2]), cv2.COLOR_RGB2BGR))
+                n += 1
+        finally:
+            if writer is not None:
+                writer.release()
+        cap = cv2.VideoCapture(str(tmp))
+        back = 0
+        while cap.grab():  # counted by reading: the container's own count can be off for short videos
+            back += 1
+        cap.release()
+        if back != n:
+            raise OSError(errno.EIO, f"wrote {n} frames but {back} read back (is the disk full?)", str(path))
+    return n
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray, palette: np.ndarray | None = None) -> None:
     """Encode an image by the file's extension (OpenCV; RGB input) and write it atomically.
 

@@ -79,7 +79,7 @@ def check_masking(grid_hw: tuple[int, int], grid: int, ratio: float) -> None:
     encoder would see nothing) or masks none."""
     n_blocks = mask_block_count(grid_hw, grid)
     keep = int(n_blocks * (1 - ratio))
-    if keep == 0 or keep == n_blocks:
+    if ratio > 0 and (keep == 0 or keep == n_blocks):  # a ratio of 0 asks for no masking (distillation's default)
         what = "leaves no patch visible to the encoder" if keep == 0 else "masks no patch"
         raise UsageError(f"the {grid_hw[0]}x{grid_hw[1]} patch grid holds {n_blocks} block(s) of --mask-grid {grid}, "
                          f"and masking {ratio:.0%} of them {what}: use a smaller --mask-grid or a larger --img-size")

@@ -21,10 +21,17 @@ class DepthFormat(str, Enum):
     npy = "npy"
 
 
+class Cmap(str, Enum):
+    turbo = "turbo"
+    grey = "grey"
+    inverse = "inverse"
+
+
 def depth(
     inputs: opt.Inputs,
     output: Annotated[Path, typer.Option(
-        "--output", "-o", help="Output folder, or a .png (png16) / .npy file for one input.")],
+        "--output", "-o", help="Output folder, a .png (png16) / .npy file for one input, or an .mp4 for a depth "
+                               "video of one input video.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Head checkpoint from `pixio train depth`, or a point-map "
                                                              "model (pixio-vith16-mapanything, a file): metric depth "
                                                              "and the camera from one image.")] = "depth-tiny",
@@ -32,6 +39,11 @@ def depth(
         "--format", "-f", help="png16: 16-bit PNG in millimetres; npy: float32 metres (default: png16, or what "
                                "the -o file's extension says).", show_default=False)] = None,
     vis: Annotated[bool, typer.Option("--vis", help="Also a coloured picture with a depth legend.")] = False,
+    cmap: Annotated[Cmap, typer.Option(
+        help="Colours of the pictures: turbo (near red, far blue), grey (near white), inverse (inverse depth in "
+             "inferno, Depth Anything's look).")] = Cmap.turbo,
+    side_by_side: Annotated[bool, typer.Option(
+        "--side-by-side", help="Pictures show the input and its depth side by side (implies --vis).")] = False,
     ply: Annotated[bool, typer.Option("--ply", help="Also a coloured point cloud (Open3D).")] = False,
     fov: Annotated[Optional[float], typer.Option(help="Horizontal field of view in degrees, for --ply.")] = None,
     fx: Annotated[Optional[float], typer.Option(help="Focal length in pixels of the input, for --ply.")] = None,
@@ -50,9 +62,10 @@ def depth(
     """Predict depth (metres) for every image; results at the input's original resolution.
 
     By default the path `pixio evaluate depth` measures: the head's training
-    scale, sliding windows of its crop size, averaged.
+    scale, sliding windows of its crop size blended without seams.
     """
     _check_camera(ply, fov, fx)
+    vis = vis or side_by_side
 
     import numpy as np
     import torch
@@ -68,6 +81,9 @@ def depth(
 
     # input
     items = collect(inputs, every=every, outputs=output_folder(output))  # not its own outputs
+    if output.suffix.lower() == ".mp4":  # a depth video of a video
+        return _depth_video(items, output, model, cmap.value, side_by_side, ply, format, resize, tile, every,
+                            Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None))
     dest, fmt = destination(output, items, FORMATS, format.value if format else None, "png16")
     tags = [dest.main] + (["_vis.png"] if vis else []) + ([".ply"] if ply else [])
     dest.check_unique(items, tags)
@@ -82,7 +98,9 @@ def depth(
     ledger = None if dest.single else Ledger(
         dest.folder, {"--model": model_identity(model), "--format": fmt, "--tile": tile,
                       "--resize": policy.describe(), "--precision": str(engine.dtype).removeprefix("torch.")},
-        overwrite, *dist_info()[:2], optional={"--ply camera": _camera_setting(fov, fx) if ply else None})
+        overwrite, *dist_info()[:2], optional={"--ply camera": _camera_setting(fov, fx) if ply else None,
+                                               "--vis picture": f"{cmap.value}{' side by side' if side_by_side else ''}"
+                                               if vis else None})
 
     # output
     def write(item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
@@ -103,7 +121,8 @@ def depth(
         if vis:
             from heads.visualize import depth_picture
 
-            write_image(dest.path(item, "_vis.png"), depth_picture(d))
+            write_image(dest.path(item, "_vis.png"),
+                        depth_picture(d, cmap=cmap.value, image=image if side_by_side else None))
         if ply:
             from heads.visualize import write_point_cloud
 
@@ -126,6 +145,56 @@ def depth(
 
     summary = engine.run(items, policy, batch_fn(net, tile), write, desc="depth", skip=done, split_ranks=True)
     finish(summary, "predicted")
+
+
+def _depth_video(items: list, output: Path, model: str, cmap: str, side_by_side: bool, ply: bool, format,
+                 resize: str | None, tile: bool, every: int, engine) -> None:
+    """``-o out.mp4``: the depth pictures of one video's frames as a video at its frame rate (over
+    ``--every``), every frame coloured over one range (the 1st to 99th percentile of all frames), so a
+    colour means the same depth throughout."""
+    import tempfile
+
+    import cv2
+    import numpy as np
+
+    from heads.predict import batch_fn, default_policy, depth_at, load_dense
+    from heads.visualize import depth_picture
+
+    from ..writers import check_writable, write_video
+    from .common import finish
+
+    videos = {it.path for it in items if it.frame is not None}
+    if len(videos) != 1 or any(it.frame is None and it.error is None for it in items):
+        raise UsageError(f"-o {output}: a depth video is made of one input video; give one video (or a folder of "
+                         "outputs for images)")
+    if ply or format is not None:
+        raise UsageError(f"-o {output}: a depth video holds pictures only; --ply and --format are for a folder of "
+                         "outputs")
+    check_writable(output.parent, f"-o {output}")
+    cap = cv2.VideoCapture(next(iter(videos)))
+    fps = (cap.get(cv2.CAP_PROP_FPS) or 25.0) / max(1, every)
+    cap.release()
+    net = load_dense(engine, model, "depth")
+    with tempfile.TemporaryDirectory(prefix="pixio-depth-video-") as tmp:
+        kept: list[int] = []
+
+        def keep(item, sample, out) -> None:  # float16 depth (and the frame) on disk until the range is known
+            h, w = sample.orig_hw
+            np.save(f"{tmp}/{item.frame:08d}.npy", depth_at(out["out"], (h, w)).astype(np.float16))
+            if side_by_side:
+                cv2.imwrite(f"{tmp}/{item.frame:08d}.png", cv2.resize(sample.image, (w, h))[:, :, ::-1])
+            kept.append(item.frame)
+
+        summary = engine.run(items, default_policy(resize, net), batch_fn(net, tile), keep, desc="depth")
+        kept.sort()
+        if kept:
+            sample = np.concatenate([np.load(f"{tmp}/{f:08d}.npy")[::4, ::4].ravel() for f in kept]).astype(np.float32)
+            lo, hi = float(np.percentile(sample, 1)), float(np.percentile(sample, 99))
+            frames = (depth_picture(np.load(f"{tmp}/{f:08d}.npy").astype(np.float32), lo, hi, cmap,
+                                    cv2.imread(f"{tmp}/{f:08d}.png")[:, :, ::-1] if side_by_side else None)
+                      for f in kept)
+            write_video(output, frames, fps)
+    finish(summary, f"wrote {output}: frames")
 
 
 def _check_camera(ply: bool, fov: float | None, fx: float | None) -> None:

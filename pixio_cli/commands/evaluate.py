@@ -38,12 +38,18 @@ def _run(task: str, model: str, data: Path, dataset: str, split: str, json_out: 
     for k, v in result.items():
         if k != "iou":
             typer.echo(f"{k:>10s}  {v:.4f}" if isinstance(v, float) else f"{k:>10s}  {v}", err=True)
+    if "iou" in result:  # per class, as the benchmark tables list them
+        width = max(map(len, result["iou"]))
+        typer.echo("IoU per class:", err=True)
+        for name, v in result["iou"].items():
+            typer.echo(f"  {name:<{width}s}  {v:.4f}", err=True)
     if json_out:
         typer.echo(json.dumps(result))
 
 
 Data = Annotated[Path, typer.Option(help="Dataset root folder.")]
-Split = Annotated[str, typer.Option(help="train or val.")]
+Split = Annotated[str, typer.Option(help="train, val or test (where the layout has a test split: camvid's "
+                                         "test/ + testannot/; nyuv2's and 7scenes' held-out split is their test split).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Metrics as JSON on stdout.")]
 Limit = Annotated[Optional[int], typer.Option(help="At most this many images.", min=1)]
 
