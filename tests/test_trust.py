@@ -259,7 +259,7 @@ def test_contradicting_options_are_refused(cli, tiny_encoder_file, tmp_path, ext
 @pytest.mark.parametrize("extra,expected", [
     (["--ply", "--fov", "-5"], "between 0 and 180"), (["--ply", "--fov", "60", "--fx", "500"], "give one"),
     (["--fov", "60"], "only used by --ply"), (["--fx", "300"], "only used by --ply"),
-    (["--ply", "--fx", "inf"], "positive number"), (["--ply", "--fx", "nan"], "positive number"),
+    (["--ply", "--fx", "inf"], "finite number"), (["--ply", "--fx", "nan"], "finite number"),
 ])
 def test_camera_options_must_fit(cli, depth_head, tmp_path, extra, expected):
     img = write_rgb(tmp_path / "i.jpg")
