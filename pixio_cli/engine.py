@@ -79,6 +79,11 @@ def pick_device(spec: str = "auto") -> torch.device:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX), where bf16 runs about
     twice as fast as fp32; elsewhere bf16 is emulated and slower."""
+    # kernels held below bf16 by the user (or to stand in for an AVX2-only CPU) are no native bf16
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower() in ("sse41", "avx", "avx2", "avx2_vnni", "avx512_core",
+                                                          "avx512_core_vnni") or \
+            os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2"):
+        return False
     try:
         flags = open("/proc/cpuinfo").read()
     except OSError:
