@@ -127,9 +127,11 @@ def main() -> None:
     batches = [torch.randn(args.batch, 3, args.img_size, args.img_size, generator=gen).to(device)
                for _ in range(args.warmup + args.iters)]
     flops = step_flops(cfg, args.batch)
-    timed = run_alternating({"reference": trainer(cfg, device, ref_dtype, False, False, False),
-                             "ours": trainer(cfg, device, dtype, True, args.compile, args.grad_checkpointing)},
-                            batches, device, args.warmup)
+    trainers = {"reference": trainer(cfg, device, ref_dtype, False, False, False),
+                "ours": trainer(cfg, device, dtype, True, args.compile, args.grad_checkpointing)}
+    if dtype != ref_dtype:  # also ours at the reference's precision: the same-precision ratio
+        trainers["ours_same_precision"] = trainer(cfg, device, ref_dtype, True, args.compile, args.grad_checkpointing)
+    timed = run_alternating(trainers, batches, device, args.warmup)
     (ref_s, ref_losses), (ours_s, ours_losses) = timed["reference"], timed["ours"]
     peak = matmul_peak(device, dtype)
     result = {"benchmark": "pretrain", **environment(device), "size": args.size, "img_size": args.img_size,
@@ -142,6 +144,10 @@ def main() -> None:
               "mfu_of_measured_peak": round(flops / ours_s / 1e12 / peak, 3),
               "reference_losses": [round(v, 4) for v in ref_losses], "ours_losses": [round(v, 4) for v in ours_losses],
               "max_loss_rel_diff": round(max(abs(a - b) / abs(a) for a, b in zip(ref_losses, ours_losses)), 4)}
+    if "ours_same_precision" in timed:
+        same_s = timed["ours_same_precision"][0]
+        result["ours_same_precision_img_s"] = round(args.batch / same_s, 2)
+        result["ratio_same_precision"] = round(ref_s / same_s, 3)
     if args.peak_tflops:
         result["mfu_of_datasheet_peak"] = round(flops / ours_s / 1e12 / args.peak_tflops, 4)
     emit(result)

@@ -88,6 +88,10 @@ def row(name: str, r: dict) -> str:
         ours = f"{r['extract_one_s']} s (help {r['help_s']} s, usage error {r['usage_error_s']} s)"
         ref = f"{r['import_torch_s']} s"
         limit = f"timm -> torchvision import {r['timm_torchvision_s']} s"
+    elif name == "curate" and "ratio_same_precision" in r:
+        ours = f"{r['ours_img_s']} img/s {r['precision']} ({r['ours_same_precision_img_s']} img/s {r['reference_precision']})"
+        ref = f"{r['reference_img_s']} img/s {r['reference_precision']}"
+        limit = (f"same precision {r['ratio_same_precision']}x; matmul peak {r['matmul_peak_tflop_s']} TFLOP/s")
     elif name == "extract_e2e":
         ours = f"{r['ours_s']} s {r['precision']} (fp32: {r['ours_fp32_s']} s, {r['ratio_fp32']}x)"
         ref = f"{r['reference_s']} s"
@@ -120,6 +124,8 @@ def row(name: str, r: dict) -> str:
             limit += f" ({r['mfu_of_datasheet_peak']:.0%} of the data sheet)"
         if "max_loss_rel_diff" in r:
             limit += f"; losses within {r['max_loss_rel_diff']:.2%}"
+        if "ratio_same_precision" in r:
+            limit += f"; at the reference's precision {r['ratio_same_precision']}x"
     return f"| {name} | {WHAT.get(name, '')} | {ours} | {ref} | **{r['ratio']}x** | {limit} |"
 
 
@@ -163,7 +169,12 @@ def main() -> None:
 def save(results: dict, cuda: bool, partial: bool) -> tuple[dict, str]:
     """Write ``benchmarks/results/<device>.json``; a partial run (--only) updates the benchmarks it ran."""
     first = next((r for r in results.values() if "device_name" in r), {})
-    kind = "cuda-" + re.sub(r"[^a-z0-9]+", "-", first.get("device_name", "gpu").lower()).strip("-") if cuda else "cpu"
+    if cuda:
+        kind = "cuda-" + re.sub(r"[^a-z0-9]+", "-", first.get("device_name", "gpu").lower()).strip("-")
+    else:  # CPUs with and without native bf16 run different defaults: their tables are kept apart
+        from pixio_cli.engine import cpu_has_native_bf16
+
+        kind = "cpu" if cpu_has_native_bf16() else "cpu-no-bf16"
     record = {"date": datetime.date.today().isoformat(), "device": first.get("device_name"),
               "cpus": first.get("cpus"), "torch": first.get("torch"), "results": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
