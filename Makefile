@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test install dev bench clean
+.PHONY: demo test install dev bench docs clean
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(VENV)
@@ -27,5 +27,8 @@ test: dev
 bench: dev
 	$(BIN)/python -m benchmarks.run_all
 
+docs: dev
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf out build *.egg-info
+	rm -rf out build site *.egg-info

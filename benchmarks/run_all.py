@@ -1,8 +1,7 @@
 """`make bench`: every benchmark at the sizes of this device, one results table.
 
 Writes ``benchmarks/results/<device>.json`` (every benchmark's full JSON) and
-the Markdown table between the ``bench`` markers of the README's performance
-section. On a CPU the whole run takes a few minutes; on a GPU it uses the
+the Markdown table between the ``bench`` markers of ``docs/performance.md``. On a CPU the whole run takes a few minutes; on a GPU it uses the
 sizes the issues name (h16 bf16 extraction, h16 pretraining MFU, b16 + DPT at
 512 px).
 
@@ -23,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
+README = ROOT / "docs" / "performance.md"  # the results tables live between its bench markers
 
 CPU = {
     "startup": ["benchmarks.startup", "--repeat", "3"],

@@ -25,7 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: flags read as flags, and no rich import on every start
     context_settings={"help_option_names": ["-h", "--help"]},
-    add_completion=False,
+    add_completion=True,  # pixio --install-completion (bash, zsh, fish, PowerShell)
 )
 
 # The exception classes of the click that typer uses (its own vendored copy in recent versions).
@@ -48,14 +48,42 @@ def _root(
     """Pixio vision encoder toolkit."""
 
 
+_METAVARS = {"str": "TEXT", "path": "PATH", "int": "N", "int range": "N", "float": "X", "float range": "X"}
+
+
+def _plain_metavars() -> None:
+    """Help that names values as people write them (``PATH``, ``N``, ``a|b``) instead of typer's own
+    ``<path>``, ``<int range>``, ``<a|b>``, and a required argument as ``INPUT...`` rather than in braces.
+    Options with a metavar of their own keep it. (The click typer vendors: pinned below 0.29 in pyproject.)"""
+    from typer import core
+
+    base = core.TyperOption.__mro__[1]  # the vendored click Option
+
+    def option_metavar(self, ctx, *args, **kwargs):
+        var = base.make_metavar(self, ctx, *args, **kwargs)
+        bare = var.removesuffix("...")
+        if bare.startswith("<") and bare.endswith(">"):
+            inner = bare[1:-1]
+            var = _METAVARS.get(inner, inner) + ("..." if var.endswith("...") else "")
+        return var
+
+    def argument_metavar(self, ctx, *, usage: bool = False):
+        var = self.metavar or (self.name or "").upper()
+        return var if self.required or not usage else f"[{var}]"
+
+    core.TyperOption.make_metavar = option_metavar
+    core.TyperArgument.make_metavar = argument_metavar
+
+
 def _register() -> None:
     # Each command module owns its registration; the order here is the order in --help.
-    from .commands import curate, depth, distill, evaluate, extract, pretrain, recon3d, segment, train
+    from .commands import curate, depth, distill, evaluate, extract, models, pretrain, recon3d, segment, train
 
-    for module in (pretrain, distill, curate, extract, depth, segment, recon3d, train, evaluate):
+    for module in (pretrain, distill, curate, extract, depth, segment, recon3d, train, evaluate, models):
         module.register(app)
 
 
+_plain_metavars()
 _register()
 
 
@@ -85,7 +113,7 @@ def _non_finite_value(argv: list[str]) -> str | None:
         else:
             continue
         if value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
-            return f"pixio: usage error: {name} {value}: expected a finite number (see 'pixio --help')"
+            return f"pixio: error: {name} {value}: expected a finite number (see 'pixio --help')"
     return None
 
 
@@ -94,7 +122,7 @@ def _usage_line(e: Exception) -> str:
     ctx = getattr(e, "ctx", None)
     where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
     message = " ".join(e.format_message().split()) if hasattr(e, "format_message") else str(e)
-    return f"pixio: usage error: {message}{where}"
+    return f"pixio: error: {message}{where}"
 
 
 def _os_error_line(e: OSError) -> str:

@@ -12,26 +12,27 @@ import typer
 from .model_ids import DEFAULT_MODEL
 
 Inputs = Annotated[list[str], typer.Argument(
-    help="Images, folders (recursive), globs, videos, or - to read paths from stdin.", show_default=False)]
+    metavar="INPUT...", help="Images, folders (recursive), globs, videos, or - to read paths from stdin.",
+    show_default=False)]
 Model = Annotated[str, typer.Option(
-    "--model", "-m", help="Model id (pixio-vitb16 ... pixio-vit5b16, pixio-tiny) or a checkpoint path.")]
+    "--model", "-m", metavar="ID|PATH", help="Model id (pixio-vitb16 ... pixio-vit5b16, pixio-tiny) or a checkpoint path.")]
 Size = Annotated[Optional[str], typer.Option(
-    help="Encoder size (t16, s16, b16, l16, h16, 1b16, 5b16) for checkpoints that do not say.")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+    metavar="SIZE", help="Encoder size (t16, s16, b16, l16, h16, 1b16, 5b16) for checkpoints that do not say.")]
+Device = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
 Precision = Annotated[Optional[str], typer.Option(
-    help="fp32, bf16 or fp16 (GPU only). Default: bf16 where the hardware does it natively (CUDA; CPUs with "
+    metavar="fp32|bf16|fp16", help="fp32, bf16 or fp16 (GPU only). Default: bf16 where the hardware does it natively (CUDA; CPUs with "
          "AVX-512 BF16 or AMX), else fp32. fp32 gives exactly the official numbers.", show_default=False)]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch (halved on out-of-memory).",
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", metavar="N", help="Images per batch (halved on out-of-memory).",
                                         min=1)]
 Workers = Annotated[Optional[int], typer.Option(
-    help="Decoding processes (0: in the main process; default: up to 4).", show_default=False, min=0)]
+    metavar="N", help="Decoding processes (0: in the main process; default: up to 4).", show_default=False, min=0)]
 Compile = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the model, for long runs: about 10 s up front, then faster (b16 on a 2-core "
                       "CPU: 1.2x, paying after ~1000 images).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Resize = Annotated[str, typer.Option(
-    help="Short side N, WIDTHxHEIGHT, or 'native'; always rounded to a multiple of 16.")]
-Every = Annotated[int, typer.Option(help="For videos: use every N-th frame.", min=1)]
+    metavar="N|WxH|native", help="Short side N, WIDTHxHEIGHT, or 'native'; always rounded to a multiple of 16.")]
+Every = Annotated[int, typer.Option(metavar="N", help="For videos: use every N-th frame.", min=1)]
 Json = Annotated[bool, typer.Option("--json", help="One JSON line per image on stdout.")]
 Overwrite = Annotated[bool, typer.Option(
     "--overwrite", help="Redo everything, replacing outputs made with other settings (default: resume, and "

@@ -114,4 +114,4 @@ def curate(
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help=curate.__doc__)(curate)
+    app.command(help=curate.__doc__, short_help='Curation statistics of images (entropy, size, MAE loss) and the keep/drop report.')(curate)

@@ -224,4 +224,4 @@ def _intrinsics(known: dict | None, w: int, h: int, fov: float | None, fx: float
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help=depth.__doc__)(depth)
+    app.command(help=depth.__doc__, short_help='Metric depth maps of images or videos (PNG/NPY, pictures, point clouds, videos).')(depth)

@@ -119,4 +119,4 @@ def distill(
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help=distill.__doc__)(distill)
+    app.command(help=distill.__doc__, short_help='Distil a frozen Pixio encoder into smaller students.')(distill)

@@ -204,4 +204,4 @@ def evaluate_pointmap(
 
 
 def register(root: typer.Typer) -> None:
-    root.add_typer(app, name="evaluate")
+    root.add_typer(app, name="evaluate", short_help='Official metrics of a head (depth, segment, pointmap) or an encoder (knn).')

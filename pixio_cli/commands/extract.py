@@ -200,4 +200,4 @@ def _pca_target(pca: str | None, dest, items):
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help=extract.__doc__)(extract)
+    app.command(help=extract.__doc__, short_help='Encoder features of images (CLS and patch tokens), resumable.')(extract)

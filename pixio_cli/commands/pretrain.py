@@ -92,4 +92,4 @@ def pretrain(
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help=pretrain.__doc__)(pretrain)
+    app.command(help=pretrain.__doc__, short_help='Pretrain a Pixio encoder (MAE with block masking) on folders, lists or tar shards.')(pretrain)

@@ -418,4 +418,4 @@ class _Parts:
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help=recon3d.__doc__)(recon3d)
+    app.command(help=recon3d.__doc__, short_help='One 3D scene (PLY, mesh, cameras, COLMAP) from frames or a video.')(recon3d)

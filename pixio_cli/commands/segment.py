@@ -98,4 +98,4 @@ def _palette(n: int) -> list[list[int]]:
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help=segment.__doc__)(segment)
+    app.command(help=segment.__doc__, short_help='Per-pixel class labels of images (palette PNGs, overlays).')(segment)

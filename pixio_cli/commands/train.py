@@ -142,4 +142,4 @@ def train_pointmap(
 
 
 def register(root: typer.Typer) -> None:
-    root.add_typer(app, name="train")
+    root.add_typer(app, name="train", short_help='Train a depth, segmentation or point-map head.')
