@@ -21,7 +21,9 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so'; then
   fi
 fi
 
+say() { echo "install: $*" >&2; }
 if [ ! -x "$venv/bin/python" ]; then
+  say "creating the virtual environment $venv"
   python3 -m venv "$venv"
 fi
 pip_install() {  # quiet unless pip fails; this machine's pip prints harmless index warnings
@@ -34,13 +36,17 @@ pip_install() {  # quiet unless pip fails; this machine's pip prints harmless in
   fi
   rm -f "$log"
 }
+say "upgrading pip"
 pip_install --upgrade pip
 if ! "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+  say "installing $torch_spec (the largest step: a few minutes)"
   # shellcheck disable=SC2086
   pip_install $torch_spec
 fi
 target="."
 [ -n "$extras" ] && target=".[$extras]"
+say "installing pixio${extras:+ with its $extras extras} and what it needs (timm, OpenCV, Open3D, pycolmap, ...)"
 pip_install -e "$target"
-"$venv/bin/python" -c "import torch, timm, cv2, typer, pixio_cli" \
+"$venv/bin/python" -c "import torch, timm, cv2, typer, pycolmap, pixio_cli" \
   || { echo "error: the installation in $venv is incomplete (see pip's messages above)" >&2; exit 1; }
+say "done: $venv/bin/pixio"
