@@ -94,7 +94,7 @@ def row(name: str, r: dict) -> str:
     elif name == "extract_e2e":
         ours = f"{r['ours_s']} s {r['precision']} (fp32: {r['ours_fp32_s']} s, {r['ratio_fp32']}x)"
         ref = f"{r['reference_s']} s"
-        limit = (f"{r['achieved_tflop_s']} of {r['matmul_peak_tflop_s']} TFLOP/s bf16 matmul peak "
+        limit = (f"{r['achieved_tflop_s']} of {r['matmul_peak_tflop_s']} TFLOP/s {r['precision']} matmul peak "
                  f"(fp32 peak {r['matmul_peak_fp32_tflop_s']}); cosine to fp32 {r['min_cosine_to_fp32']}")
     elif name == "recon3d":
         k = r["kitchen"]

@@ -24,7 +24,7 @@ def filter_table(records: list[dict], min_entropy: float, min_size: int) -> list
     rows.append(("soft sampling (expected)", round(sum(r["mae_loss"] for r in ok))))
     hard = CurationRules(min_entropy, min_size, False)
     passed = [r for r in ok if hard.keep(r, 0.0)]
-    rows.append(("all three (expected)", round(sum(r["mae_loss"] for r in passed))))
+    rows.append(("all filters together (expected)", round(sum(r["mae_loss"] for r in passed))))
     return [(name, k, k / n if n else 0.0) for name, k in rows]
 
 
@@ -49,7 +49,10 @@ def _panel(values: np.ndarray, title: str, threshold: float | None, lo: float, h
     if threshold is not None and hi > lo:
         x = MARGIN + int((threshold - lo) / (hi - lo) * plot_w)
         cv2.line(img, (x, MARGIN), (x, MARGIN + plot_h), (0, 0, 220), 2)
-        cv2.putText(img, f"{threshold:g}", (x + 4, MARGIN + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 220), 1)
+        label = f"threshold {threshold:g}"  # under the axis, clear of the bars
+        w = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0]
+        cv2.putText(img, label, (min(max(MARGIN, x - w // 2), MARGIN + plot_w - w), MARGIN + plot_h + 32),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 220), 1)
     cv2.putText(img, title, (MARGIN, MARGIN - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
     cv2.putText(img, f"{lo:g}", (MARGIN, MARGIN + plot_h + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
     label = f"{hi:g}"

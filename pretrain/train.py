@@ -391,7 +391,24 @@ class Trainer:
 
         orig, masked, rec = to_uint8(x), to_uint8(x * (1 - mask)), to_uint8(recon)
         rows = [np.concatenate([o, m, r], axis=1) for o, m, r in zip(orig, masked, rec)]
-        write_image(self.out / "recon" / f"step_{self.step:07d}.png", np.concatenate(rows, axis=0))
+        grid = np.concatenate(rows, axis=0)
+        write_image(self.out / "recon" / f"step_{self.step:07d}.png",
+                    np.concatenate([_titles(["original", "masked input", "reconstruction"], x.shape[-1]), grid]))
+
+
+def _titles(names: list[str], width: int) -> np.ndarray:
+    """A white strip with one title centred over each column of ``width`` pixels (RGB)."""
+    import cv2
+
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, float(np.clip(width / 260, 0.3, 0.6))
+    h = cv2.getTextSize("Ag", font, scale, 1)[0][1] + 10
+    strip = np.full((h, width * len(names), 3), 255, np.uint8)
+    for i, name in enumerate(names):
+        while name and cv2.getTextSize(name, font, scale, 1)[0][0] > width - 4:  # a narrow column: cut the name
+            name = name[:-1]
+        w = cv2.getTextSize(name, font, scale, 1)[0][0]
+        cv2.putText(strip, name, (i * width + (width - w) // 2, h - 5), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

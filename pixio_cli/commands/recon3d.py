@@ -230,7 +230,7 @@ def recon3d(
                      sfm_cameras if to_world else None, to_world, text=cameras == Cameras.colmap_text)
         written.append(str(scene_path.parent / "sparse" / "0"))
     if preview is not None:
-        write_image(preview, preview_picture(points, point_colours, pred))
+        write_image(preview, preview_picture(points, point_colours, pred, unit="m" if net.metric else "units"))
         written.append(str(preview))
     record = {"scene": str(scene_path), "outputs": written, "frames": len(frames), "failed": summary.failed,
               "image_root": root,
