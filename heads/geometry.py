@@ -393,25 +393,35 @@ def write_mesh(path, mesh) -> None:
             _check_ply(tmp, path)  # Open3D reports success on a full disk too
 
 
+_QUIET = __import__("threading").Lock()
+
+
 @contextlib.contextmanager
 def _quiet_open3d(o3d):
     """Open3D's own warnings and its PLY library's C-level messages (hundreds of "RPly: Failed writing"
     lines on a full disk) held back: the write is checked, and a failure is said in one line."""
     import os
     import sys
+    import threading
 
     level = o3d.utility.get_verbosity_level()
     o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
+    # the descriptor is the whole process's: redirected only from the main thread (never while a background
+    # writer's PLY would take the progress bar and warnings of the main thread with it), one at a time
+    redirect = threading.current_thread() is threading.main_thread() and _QUIET.acquire(blocking=False)
+    if redirect:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
     try:
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
+        if redirect:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(null)
+            _QUIET.release()
         o3d.utility.set_verbosity_level(level)
 
 

@@ -280,9 +280,20 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0) -> tuple[Predictions,
         per_view[v] = net[ok] / z[ok]
         ratios.append(per_view[v])
     ratios = np.concatenate(ratios) if ratios else np.zeros(0)
-    if len(ratios) < MIN_OBSERVATIONS:  # no usable points: cameras without depth agreement are no use
-        return _first_frame_world(pred), {"registered": 0, "unregistered": list(pred.images), "cameras": "network"}
-    scale = float(np.median(ratios))  # network units per reconstruction unit
+    if sfm.scale is not None:
+        scale = sfm.scale  # cameras in metres: the network's metres are theirs
+    elif len(ratios) >= MIN_OBSERVATIONS:
+        scale = float(np.median(ratios))  # network units per reconstruction unit
+    elif sfm.known:
+        from pixio_cli.errors import UsageError
+
+        raise UsageError("--known-cameras: the cameras' unit is not said (a cameras.json in metres) and there are "
+                         "no triangulated points to set it (a COLMAP model with its points3D)")
+    else:  # no usable points: cameras without depth agreement are no use
+        return _first_frame_world(pred), {
+            "registered": int(len(reg)), "unregistered": list(pred.images), "cameras": "network",
+            "reason": f"{len(ratios)} triangulated points with a depth from the network, too few to set the "
+                      "reconstruction's scale"}
 
     out = {f.name: np.array(getattr(pred, f.name), copy=True) for f in fields(Predictions)
            if f.name not in ("images", "scale", "metric")}
@@ -315,7 +326,8 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0) -> tuple[Predictions,
         for name in ("pts3d", "depth_z", "cam2world", "K", "K_original"):
             getattr(refined, name)[unreg] = getattr(moved, name)[unreg]
     world = _first_frame_world(refined)
-    return world, {"registered": int(len(reg)), "unregistered": [pred.images[v] for v in unreg], "cameras": "sfm",
+    return world, {"registered": int(len(reg)), "unregistered": [pred.images[v] for v in unreg],
+                   "cameras": "given" if sfm.known else "sfm",
                    "points": int(sfm.points), "reprojection_error_px": round(float(sfm.reprojection_error), 3),
                    "sfm_scale": round(scale, 6), "depth_scales": [round(float(d), 4) for d in depth_scales],
                    "to_output": invert_pose(refined.cam2world[0].astype(np.float64)).tolist()}

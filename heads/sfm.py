@@ -50,6 +50,8 @@ class SfmCameras:
     points: int  # triangulated points
     reprojection_error: float  # mean, in the written images' pixels
     error: str | None = None  # why there is no reconstruction, when COLMAP failed
+    scale: float | None = None  # network units per camera unit when known (cameras in metres: 1.0), else fitted
+    known: bool = False  # given by the user (--known-cameras), not found by matching
     reconstruction: object = None  # the pycolmap.Reconstruction, for export
     names: list[str] | None = None  # its image name of each frame
 
@@ -286,9 +288,13 @@ class SfmJob:
                ) -> SfmCameras:
         """The cameras of the inputs ``indices`` (positions in ``items``), in that order; ``on_wait(stage)``
         hears what COLMAP is doing while the caller waits."""
-        while self._thread.is_alive():
-            on_wait(self.stage)
-            self._thread.join(0.25)
+        try:
+            while self._thread.is_alive():
+                on_wait(self.stage)
+                self._thread.join(0.25)
+        except BaseException:  # Ctrl-C while waiting: COLMAP stops before its folder goes
+            self.cancel()
+            raise
         try:
             if self._error is not None and not isinstance(self._error, (RuntimeError, ValueError, OSError)):
                 raise self._error  # Ctrl-C, out of memory, or a bug: not a reason to go on
@@ -372,3 +378,69 @@ def write_colmap(folder: Path, labels: list[str], original_hw: np.ndarray, K: np
         (out.write_text if text else out.write_binary)(tmp)
         for f in sorted(Path(tmp).iterdir()):
             os.replace(f, folder / f.name)  # one rename per file: never half a file under its name
+
+
+def read_known_cameras(path: Path, names: list[str], original_hw: list[tuple[int, int]]) -> SfmCameras:
+    """Cameras given by the user for the frames ``names`` (relative to the frames' common folder, as
+    ``pixio recon3d`` names them): our ``cameras.json`` (its unit says whether they are in metres) or a
+    COLMAP model folder (its points, when it has them, set the scale). Every frame must be in the file."""
+    import json
+
+    from pixio_cli.errors import UsageError
+
+    from .geometry import scale_intrinsics
+
+    path = Path(path)
+    V = len(names)
+    if path.is_dir():
+        pycolmap = _pycolmap()
+        try:
+            rec = pycolmap.Reconstruction(str(path))
+        except Exception as e:  # pycolmap's reader says why in its own words
+            raise UsageError(f"--known-cameras {path}: not a COLMAP model folder ({str(e).strip()[:150]})") from None
+        by_name = {im.name: im for im in rec.images.values() if im.has_pose}
+        matched = [_match(n, by_name) for n in names]
+        _require_all(path, names, matched)
+        hws = [(by_name[m].camera.height, by_name[m].camera.width) for m in matched]
+        return replace(sfm_cameras(rec, matched, hws, original_hw), known=True)
+    try:
+        data = json.loads(path.read_text())
+        cams = {c["image"]: c for c in data["cameras"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"--known-cameras {path}: not a cameras.json of pixio's ({e})") from None
+    matched = [_match(n, cams) for n in names]
+    _require_all(path, names, matched)
+    out = SfmCameras(registered=np.ones(V, bool), cam2world=np.tile(np.eye(4), (V, 1, 1)), K=np.zeros((V, 3, 3)),
+                     cameras=[None] * V, written_hw=np.array(original_hw, np.int64),
+                     observations=[(np.zeros((0, 2)), np.zeros(0))] * V, points=0, reprojection_error=float("nan"),
+                     scale=1.0 if str(data.get("unit", "")).startswith("metre") else None, known=True)
+    pycolmap = _pycolmap()
+    for v, m in enumerate(matched):
+        c = cams[m]
+        T, K = np.array(c["cam2world"], np.float64), np.array(c["K"], np.float64)
+        if T.shape != (4, 4) or K.shape != (3, 3) or not (np.isfinite(T).all() and np.isfinite(K).all()):
+            raise UsageError(f"--known-cameras {path}: the camera of {m} is not a 4x4 cam2world and a 3x3 K")
+        K = scale_intrinsics(K, (int(c["height"]), int(c["width"])), tuple(original_hw[v]))
+        camera = pycolmap.Camera.create_from_model_name(v + 1, "PINHOLE", float(K[0, 0]), int(original_hw[v][1]),
+                                                        int(original_hw[v][0]))
+        camera.params = _colmap_params(K)
+        out.cam2world[v], out.K[v], out.cameras[v] = T, K, camera
+    return out
+
+
+def _match(name: str, known: dict) -> str | None:
+    """``name`` in ``known``, else the one entry with the same file name (cameras made from another folder)."""
+    if name in known:
+        return name
+    base = Path(name.split("#")[0]).name + ("#" + name.split("#", 1)[1] if "#" in name else "")
+    same = [k for k in known if Path(k.split("#")[0]).name + ("#" + k.split("#", 1)[1] if "#" in k else "") == base]
+    return same[0] if len(same) == 1 else None
+
+
+def _require_all(path: Path, names: list[str], matched: list[str | None]) -> None:
+    from pixio_cli.errors import UsageError
+
+    missing = [n for n, m in zip(names, matched) if m is None]
+    if missing:
+        raise UsageError(f"--known-cameras {path}: no camera for {len(missing)} of the {len(names)} frames (first: "
+                         f"{missing[0]})")

@@ -103,18 +103,44 @@ def _fill_optional_values(argv: list[str]) -> list[str]:
 
 
 def _non_finite_value(argv: list[str]) -> str | None:
-    """``--option nan`` (or inf): click's float ranges let NaN through every bound, and no option of
-    pixio means anything by it; the message, or None."""
+    """``--option nan`` (or inf) for a number option: click's float ranges let NaN through every bound, and
+    no option of pixio means anything by it; the message, or None. Paths or names that read "nan" are not
+    numbers and pass."""
+    def non_finite(value: str) -> bool:
+        return value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")
+
+    if not any(non_finite(tok.partition("=")[2] if tok.startswith("--") else tok) for tok in argv):
+        return None  # the usual case: no command is resolved
+    floats = _float_options(argv)
     for i, tok in enumerate(argv):
         if tok.startswith("--") and "=" in tok:
             name, value = tok.split("=", 1)
-        elif i and argv[i - 1].startswith("-") and argv[i - 1] != "-":
+        elif i:
             name, value = argv[i - 1], tok
         else:
             continue
-        if value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        if name in floats and non_finite(value):
             return f"pixio: error: {name} {value}: expected a finite number (see 'pixio --help')"
     return None
+
+
+def _float_options(argv: list[str]) -> set[str]:
+    """The names of the number (float) options of the (sub)command ``argv`` runs."""
+    import typer.main
+
+    command = typer.main.get_command(app)
+    for tok in argv:  # the command path: pixio [group] command
+        sub = getattr(command, "commands", {}).get(tok) if not tok.startswith("-") else None
+        if sub is None:
+            if not tok.startswith("-"):
+                break
+            continue
+        command = sub
+    names = set()
+    for p in getattr(command, "params", []):
+        if getattr(p.type, "name", "") in ("float", "float range"):
+            names.update(p.opts)
+    return names
 
 
 def _usage_line(e: Exception) -> str:

@@ -98,12 +98,16 @@ def _download(repo: str, filenames: str) -> Path:
     if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
         raise CheckpointError(f"{' or '.join(names)} of {repo} is not in the Hugging Face cache and the hub cannot "
                               f"be reached; {hint}")
+    from huggingface_hub import errors
+
+    # the repo lacks that file: RemoteEntryNotFoundError in huggingface_hub 1.x and later, EntryNotFoundError before
+    missing = getattr(errors, "RemoteEntryNotFoundError", None) or errors.EntryNotFoundError
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     for i, filename in enumerate(names):
         try:
             return Path(hf_hub_download(repo_id=repo, filename=filename))
         except Exception as e:  # gated, removed, network lost midway, ...
-            if type(e).__name__ == "EntryNotFoundError" and i + 1 < len(names):
+            if isinstance(e, missing) and i + 1 < len(names):
                 continue  # the repo has not this name: the next one
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"could not get {filename} from {repo} ({first}); {hint}") from None

@@ -100,7 +100,8 @@ def check_apart_from_inputs(items: list[Item], inputs: list[str], outputs: list[
     back as an input: one beside an input image, or anywhere inside an input folder, except in the run's
     own output folder ``skip`` (which walks leave out). ``outputs`` are (option, path) pairs, the path
     a file or a folder of pictures."""
-    inputs_at = {os.path.realpath(it.path): it.label for it in items if it.error is None and it.frame is None}
+    inputs_at = {os.path.realpath(it.path): it.path if it.frame is not None else it.label
+                 for it in items if it.error is None}  # videos too: no output may replace one
     beside = {os.path.dirname(p) for p in inputs_at}
     walked = [os.path.realpath(spec) for spec in inputs if spec != "-" and Path(spec).is_dir()]
     own = os.path.realpath(skip) if skip is not None else None

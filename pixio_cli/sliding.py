@@ -54,14 +54,15 @@ def _ramp(length: int, start: int, size: int, fade: int, device) -> torch.Tensor
     return w
 
 
-def _log_scales(outs: list[torch.Tensor], boxes: list[tuple[int, int]], crop: int) -> torch.Tensor:
-    """(B, n windows) log-scales that make overlapping windows' depths agree (mean zero per image)."""
+def _log_scales(outs: list[torch.Tensor], boxes: list[tuple[int, int]], crop: int, h: int, w: int) -> torch.Tensor:
+    """(B, n windows) log-scales that make overlapping windows' depths agree (mean zero per image), over
+    the image's own pixels (``h`` x ``w``: not the padding of an image smaller than a window)."""
     n, b = len(boxes), outs[0].shape[0]
     rows, rhs = [], []
     for i in range(n):
         for j in range(i + 1, n):
             (yi, xi), (yj, xj) = boxes[i], boxes[j]
-            y0, y1, x0, x1 = max(yi, yj), min(yi, yj) + crop, max(xi, xj), min(xi, xj) + crop
+            y0, y1, x0, x1 = max(yi, yj), min(min(yi, yj) + crop, h), max(xi, xj), min(min(xi, xj) + crop, w)
             if y1 - y0 < 2 or x1 - x0 < 2:
                 continue
             a = outs[i][:, :, y0 - yi:y1 - yi, x0 - xi:x1 - xi].clamp_min(1e-6).log()
@@ -91,22 +92,33 @@ def sliding_window(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
     hh, ww = x.shape[-2:]
     boxes = [(y, x0) for y in _starts(hh, crop, stride) for x0 in _starts(ww, crop, stride)]
     fade = crop - stride
-    outs: list[torch.Tensor] = []
+    align = align_scale and len(boxes) > 1
+    held: list[torch.Tensor] = []  # every window's output, only to align their levels (depth: one channel)
+    total = weight = None
     squeeze = False
+
+    def blend(box: tuple[int, int], o: torch.Tensor) -> None:
+        y, x0 = box
+        wt = torch.outer(_ramp(crop, y, hh, fade, x.device), _ramp(crop, x0, ww, fade, x.device))[None, None]
+        total[..., y:y + crop, x0:x0 + crop] += o * wt
+        weight[..., y:y + crop, x0:x0 + crop] += wt
+
     for i in range(0, len(boxes), max(1, max_batch // b)):
         part = boxes[i:i + max(1, max_batch // b)]
         got = fn(torch.cat([x[..., y:y + crop, x0:x0 + crop] for y, x0 in part]))
         squeeze = got.ndim == 3
         got = (got.unsqueeze(1) if squeeze else got).float()
-        outs += [got[j * b:(j + 1) * b] for j in range(len(part))]
-    if align_scale and len(boxes) > 1:
-        scales = _log_scales(outs, boxes, crop).exp().to(x.device)  # (b, n)
-        outs = [o * scales[:, k].view(b, 1, 1, 1) for k, o in enumerate(outs)]
-    total = torch.zeros(b, outs[0].shape[1], hh, ww, device=x.device, dtype=torch.float32)
-    weight = torch.zeros(1, 1, hh, ww, device=x.device)
-    for (y, x0), o in zip(boxes, outs):
-        wt = torch.outer(_ramp(crop, y, hh, fade, x.device), _ramp(crop, x0, ww, fade, x.device))[None, None]
-        total[..., y:y + crop, x0:x0 + crop] += o * wt
-        weight[..., y:y + crop, x0:x0 + crop] += wt
+        if total is None:
+            total = torch.zeros(b, got.shape[1], hh, ww, device=x.device, dtype=torch.float32)
+            weight = torch.zeros(1, 1, hh, ww, device=x.device)
+        for j, box in enumerate(part):
+            if align:
+                held.append(got[j * b:(j + 1) * b])
+            else:  # blended as they come: memory of one output, not of every window
+                blend(box, got[j * b:(j + 1) * b])
+    if align:
+        scales = _log_scales(held, boxes, crop, h, w).exp().to(x.device)  # (b, n)
+        for k, (box, o) in enumerate(zip(boxes, held)):
+            blend(box, o * scales[:, k].view(b, 1, 1, 1))
     out = (total / weight)[..., :h, :w]
     return out[:, 0] if squeeze else out

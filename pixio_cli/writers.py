@@ -124,6 +124,10 @@ def write_safetensors_np(path: str | os.PathLike, arrays: dict[str, np.ndarray],
     write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=meta))
 
 
+class EmptyVideo(ValueError):
+    """A video with no frame is not written."""
+
+
 def write_video(path: str | os.PathLike, frames: Iterator[np.ndarray], fps: float) -> int:
     """RGB frames as an MP4 (OpenCV's mp4v) at the first frame's size (others padded or cut to it), written
     atomically: the file takes its name only once it reads back with every frame. Returns the number of
@@ -150,6 +154,8 @@ def write_video(path: str | os.PathLike, frames: Iterator[np.ndarray], fps: floa
         finally:
             if writer is not None:
                 writer.release()
+        if n == 0:
+            raise EmptyVideo(f"no frame to write to {path}")  # nothing takes the name
         cap = cv2.VideoCapture(str(tmp))
         back = 0
         while cap.grab():  # counted by reading: the container's own count can be off for short videos

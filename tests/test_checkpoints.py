@@ -192,16 +192,15 @@ def test_model_id_downloads_through_huggingface_hub(monkeypatch, tmp_path):
 
 def test_the_point_map_model_falls_back_to_the_file_the_official_loader_takes(monkeypatch, tmp_path):
     import huggingface_hub
+    from huggingface_hub import errors
 
-    class EntryNotFoundError(Exception):
-        pass
-
+    missing = getattr(errors, "RemoteEntryNotFoundError", None) or errors.EntryNotFoundError  # what the hub raises
     asked = []
 
     def fake_download(repo_id: str, filename: str, **kw) -> str:
         asked.append(filename)
         if filename == "model.safetensors":
-            raise EntryNotFoundError("404: no such file in the repo")
+            raise missing.__new__(missing)  # the real class (its constructor wants an HTTP response)
         return str(tmp_path / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)

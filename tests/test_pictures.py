@@ -89,3 +89,6 @@ def test_a_depth_video_of_a_video(cli, tmp_path):
     assert ok and frame.shape[1] > 2 * 96
     code, _, err = cli(["depth", tmp_path / "f0.png", "-o", tmp_path / "x.mp4"])
     assert code == 2 and "one input video" in err
+    before = (tmp_path / "depth.mp4").read_bytes()
+    code, _, err = cli(["depth", tmp_path / "depth.mp4", "-o", tmp_path / "depth.mp4"])
+    assert code == 2 and "is the input video itself" in err and (tmp_path / "depth.mp4").read_bytes() == before

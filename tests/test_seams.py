@@ -113,3 +113,17 @@ def test_evaluate_segment_on_the_test_split_reports_what_segment_writes(cli, tmp
     assert abs(cm.result()["miou"] - reported["miou"]) < 1e-9 and np.isfinite(reported["seam"])
     code, _, err = cli(["evaluate", "segment", "--data", root, "--split", "test", "--dataset", "voc"])
     assert code == 2 and "no test split" in err
+
+
+def test_an_image_narrower_than_a_window_is_levelled_on_its_own_pixels():
+    """A 20-pixel-high image padded to the window: the padding's output does not decide the levels."""
+    def two_levels(t: torch.Tensor) -> torch.Tensor:
+        u = t[:, 0]
+        level = torch.where(u[:, :1, :1] > 50, 1.5, 1.0)  # the second window sees the scene 1.5x deeper
+        out = 2.0 * level * torch.ones_like(u)
+        out[:, 20:] = 1.0  # what a head might say about the zero padding
+        return out
+
+    x = coordinates(20, 150)
+    out = sliding_window(two_levels, x, 64, align_scale=True)[0]
+    assert float(out.max() / out.min()) < 1.01, (out.min(), out.max())

@@ -264,3 +264,46 @@ def test_no_sfm_is_the_network_alone_in_the_first_cameras_frame(cli, tmp_path):
     assert json.loads(out.strip().splitlines()[-1])["cameras"]["cameras"] == "network"
     first = json.loads((tmp_path / "cameras.json").read_text())["cameras"][0]["cam2world"]
     assert np.allclose(first, np.eye(4), atol=1e-6)
+
+
+def test_known_cameras_are_used_as_given_from_our_json_and_from_a_colmap_model(cli, tmp_path):
+    paths, _ = kitchen(HELD_OUT[:5])
+    code, out, err = cli(["recon3d", *paths, "-o", tmp_path / "a", "--cameras", "json", "--json", "-q"])
+    assert code == 0, err
+    code, _, err = cli(["recon3d", *paths, "-o", tmp_path / "c", "--cameras", "colmap", "-q"])
+    assert code == 0, err
+    first = json.loads((tmp_path / "a" / "cameras.json").read_text())["cameras"]
+    rec = pycolmap.Reconstruction(str(tmp_path / "c" / "sparse" / "0"))
+    by_name = {im.name: im for im in rec.images.values()}
+    from_colmap = []
+    for c in first:  # the COLMAP run's own cameras (another SfM run: not the json run's to the millimetre)
+        w2c = np.eye(4)
+        w2c[:3] = by_name[c["image"]].cam_from_world().matrix()
+        K = by_name[c["image"]].camera.calibration_matrix()
+        K[:2, 2] -= 0.5
+        from_colmap.append({"image": c["image"], "cam2world": np.linalg.inv(w2c).tolist(), "K": K.tolist()})
+    for given, expected in ((tmp_path / "a" / "cameras.json", first), (tmp_path / "c" / "sparse" / "0", from_colmap)):
+        extra: list = []
+        code, out, err = cli(["recon3d", *paths, "-o", tmp_path / "b", "--known-cameras", given, "--cameras", "json",
+                              "--json", "-q", *extra])
+        assert code == 0 and "warning" not in err, err
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["cameras"]["cameras"] == "given" and summary["cameras"]["registered"] == 5
+        again = json.loads((tmp_path / "b" / "cameras.json").read_text())["cameras"]
+        # the cameras come back as they were given, in the first one's frame: exactly from a cameras.json in
+        # metres; from a COLMAP model up to the one scale its points set (the network, given the model's K,
+        # sees the frames a little differently than when it found K itself)
+        s = summary["cameras"]["sfm_scale"]
+        assert (s == 1.0) if given.suffix == ".json" else abs(s - 1) < 0.05, s
+        for a, b in zip(expected, again):
+            assert a["image"] == b["image"]
+            A, B = np.array(a["cam2world"]), np.array(b["cam2world"])
+            assert np.allclose(A[:3, :3], B[:3, :3], atol=1e-5), given
+            assert np.allclose(A[:3, 3] * s, B[:3, 3], atol=1e-4), given
+            assert np.allclose(a["K"], b["K"], rtol=1e-3), given
+    code, _, err = cli(["recon3d", *paths, "-o", tmp_path / "d", "--known-cameras", tmp_path / "a" / "cameras.json",
+                        "--intrinsics", tmp_path / "a" / "cameras.json"])
+    assert code == 2 and "give one of --known-cameras and --intrinsics" in err
+    code, _, err = cli(["recon3d", *paths, kitchen([996])[0][0], "-o", tmp_path / "e", "--known-cameras",
+                        tmp_path / "a" / "cameras.json"])
+    assert code == 2 and "no camera for 1 of the 6 frames" in err, err

@@ -402,11 +402,15 @@ def _alive(pid: int) -> bool:
 
 def test_help_reads_as_a_user_expects(cli):
     code, out, _ = cli(["--help"])
-    assert code == 0 and all(c in out for c in ("train", "evaluate", "recon3d", "extract"))
+    assert code == 0 and all(c in out for c in ("train", "evaluate", "recon3d", "extract", "models"))
+    assert "..." not in out.split("Commands:")[1]  # every command with its whole line
     code, out, _ = cli(["extract", "--help"])
     assert "<bool>" not in out and "--json " in out.replace("\n", " ") and "[required]" in out
     code, out, _ = cli(["depth", "--help"])
-    assert "--tile / --no-tile" in out and "--output <path>" in out and "[required]" in out
+    flat = " ".join(out.split())
+    assert "--tile / --no-tile" in flat and "--output PATH" in flat and "[required]" in flat
+    assert "Usage: pixio depth [OPTIONS] INPUT..." in out and "{" not in out.splitlines()[0]
+    assert "<" not in flat.replace("<=", "")  # PATH, N, X, a|b: no <path>, <int range>, <str>
 
 
 def test_the_command_line_starts_without_torch():

@@ -148,11 +148,14 @@ def depth(
 
 
 def _depth_video(items: list, output: Path, model: str, cmap: str, side_by_side: bool, ply: bool, format,
-                 resize: str | None, tile: bool, every: int, engine) -> None:
+                 resize: str | None, tile: bool, every: int, engine, warmup: int = 48) -> None:
     """``-o out.mp4``: the depth pictures of one video's frames as a video at its frame rate (over
-    ``--every``), every frame coloured over one range (the 1st to 99th percentile of all frames), so a
-    colour means the same depth throughout."""
-    import tempfile
+    ``--every``), every frame coloured over one range (the 1st to 99th percentile of the first ``warmup``
+    frames), so a colour means the same depth throughout. Frames stream to the file: memory and disk do
+    not grow with the video's length."""
+    import os
+    import queue
+    import threading
 
     import cv2
     import numpy as np
@@ -160,40 +163,67 @@ def _depth_video(items: list, output: Path, model: str, cmap: str, side_by_side:
     from heads.predict import batch_fn, default_policy, depth_at, load_dense
     from heads.visualize import depth_picture
 
-    from ..writers import check_writable, write_video
+    from ..writers import EmptyVideo, check_writable, write_video
     from .common import finish
 
     videos = {it.path for it in items if it.frame is not None}
     if len(videos) != 1 or any(it.frame is None and it.error is None for it in items):
         raise UsageError(f"-o {output}: a depth video is made of one input video; give one video (or a folder of "
                          "outputs for images)")
+    video = next(iter(videos))
+    if os.path.realpath(output) == os.path.realpath(video):
+        raise UsageError(f"-o {output} is the input video itself: name another file")
     if ply or format is not None:
         raise UsageError(f"-o {output}: a depth video holds pictures only; --ply and --format are for a folder of "
                          "outputs")
     check_writable(output.parent, f"-o {output}")
-    cap = cv2.VideoCapture(next(iter(videos)))
+    cap = cv2.VideoCapture(video)
     fps = (cap.get(cv2.CAP_PROP_FPS) or 25.0) / max(1, every)
     cap.release()
     net = load_dense(engine, model, "depth")
-    with tempfile.TemporaryDirectory(prefix="pixio-depth-video-") as tmp:
-        kept: list[int] = []
+    frames: queue.Queue = queue.Queue(maxsize=2 * warmup)
 
-        def keep(item, sample, out) -> None:  # float16 depth (and the frame) on disk until the range is known
-            h, w = sample.orig_hw
-            np.save(f"{tmp}/{item.frame:08d}.npy", depth_at(out["out"], (h, w)).astype(np.float16))
-            if side_by_side:
-                cv2.imwrite(f"{tmp}/{item.frame:08d}.png", cv2.resize(sample.image, (w, h))[:, :, ::-1])
-            kept.append(item.frame)
+    def pictures():
+        first = []
+        while len(first) < warmup and (got := frames.get()) is not None:
+            first.append(got)
+        if not first:
+            return
+        sample = np.concatenate([d[:: max(1, d.shape[0] // 64), :: max(1, d.shape[1] // 64)].ravel() for d, _ in first])
+        lo, hi = float(np.percentile(sample, 1)), float(np.percentile(sample, 99))
+        for d, image in first:
+            yield depth_picture(d, lo, hi, cmap, image)
+        if got is not None:
+            while (got := frames.get()) is not None:
+                yield depth_picture(got[0], lo, hi, cmap, got[1])
 
-        summary = engine.run(items, default_policy(resize, net), batch_fn(net, tile), keep, desc="depth")
-        kept.sort()
-        if kept:
-            sample = np.concatenate([np.load(f"{tmp}/{f:08d}.npy")[::4, ::4].ravel() for f in kept]).astype(np.float32)
-            lo, hi = float(np.percentile(sample, 1)), float(np.percentile(sample, 99))
-            frames = (depth_picture(np.load(f"{tmp}/{f:08d}.npy").astype(np.float32), lo, hi, cmap,
-                                    cv2.imread(f"{tmp}/{f:08d}.png")[:, :, ::-1] if side_by_side else None)
-                      for f in kept)
-            write_video(output, frames, fps)
+    def encode() -> None:
+        try:
+            written.append(write_video(output, pictures(), fps))
+        except EmptyVideo:  # every frame failed: they are reported, and no file is made
+            pass
+        except BaseException as e:  # handed to the main thread
+            failed.append(e)
+            while frames.get() is not None:  # let the producer finish
+                pass
+
+    written: list[int] = []
+    failed: list[BaseException] = []
+    encoder = threading.Thread(target=encode, name="pixio-depth-video", daemon=True)
+    encoder.start()
+
+    def add(item, sample, out) -> None:  # in frame order: the engine hands results over in input order
+        h, w = sample.orig_hw
+        image = cv2.resize(sample.image, (w, h)) if side_by_side else None
+        frames.put((depth_at(out["out"], (h, w)), image))
+
+    try:
+        summary = engine.run(items, default_policy(resize, net), batch_fn(net, tile), add, desc="depth")
+    finally:
+        frames.put(None)
+        encoder.join()
+    if failed:
+        raise failed[0]
     finish(summary, f"wrote {output}: frames")
 
 

@@ -39,6 +39,10 @@ def recon3d(
     intrinsics: Annotated[Optional[Path], typer.Option(
         help="Known camera: a 3x3 K (text, .npy or .json) for every image, or a JSON list of one K per image, "
              "in the original images' pixels.", show_default=False)] = None,
+    known_cameras: Annotated[Optional[Path], typer.Option(
+        "--known-cameras", help="Known cameras: a cameras.json of pixio's (in metres) or a COLMAP model folder "
+                                "(with its points, which set the scale): no matching; the network gives each "
+                                "view's depth on them.", show_default=False)] = None,
     sfm: Annotated[bool, typer.Option(
         "--sfm/--no-sfm", help="Cameras from feature matching and bundle adjustment (COLMAP, through pycolmap), "
                                "the network's depth fitted to them; --no-sfm: the network's cameras alone (fast, "
@@ -100,6 +104,10 @@ def recon3d(
     camera's frame (x right, y down, z forward; metres with a metric model)."""
     single_process("recon3d")
     scene_path = _check(output, save_predictions, preview, overlap, chunk, glb, mesh, every, fps, cameras)
+    if known_cameras is not None and intrinsics is not None:
+        raise UsageError("--known-cameras holds the intrinsics too: give one of --known-cameras and --intrinsics")
+    if known_cameras is not None and not known_cameras.exists():
+        raise UsageError(f"--known-cameras {known_cameras}: no such file or folder")
     started = time.perf_counter()
 
     import json
@@ -135,7 +143,7 @@ def recon3d(
         items = [items[i] for i in kept]
         Ks = [Ks[i] for i in kept] if Ks is not None else None
     engine = Engine(device, precision, 8, workers, progress=False if quiet else None)
-    job = _start_sfm(items, Ks, matching, seed) if sfm else None  # matching runs while the network works
+    job = _start_sfm(items, Ks, matching, seed) if sfm and known_cameras is None else None  # runs beside the network
     stages = Stages(["loading the model and decoding", "predicting", "cameras", "cleaning", "writing"], quiet,
                     "recon3d")
     try:
@@ -152,6 +160,13 @@ def recon3d(
         names = [items[s.index].label for s in samples]
         sizes = [s.orig_hw for s in samples]
         known = [Ks[s.index] for s in samples] if Ks is not None else None
+        given = None
+        if known_cameras is not None:  # the user's cameras; their K goes to the network as --intrinsics would
+            from heads.sfm import read_known_cameras
+
+            given = read_known_cameras(known_cameras, _image_names(names, [items[s.index] for s in samples])[1],
+                                       sizes)
+            known = list(given.K)
         loaded = time.perf_counter()
 
         # the views, in chunks aligned to each other
@@ -180,8 +195,8 @@ def recon3d(
         inferred = time.perf_counter()
 
         # the cameras: from matching where it registers a frame, else the network's
-        stages.next("from matching" if job is not None else "the network's")
-        sfm_cameras = job.result([s.index for s in samples], sizes, stages.detail) if job is not None else None
+        stages.next("from matching" if job is not None else "given" if given is not None else "the network's")
+        sfm_cameras = job.result([s.index for s in samples], sizes, stages.detail) if job is not None else given
         pred, placed = on_cameras(pred, sfm_cameras, seed)
         if job is not None:
             _warn_unplaced(placed, sfm_cameras, len(frames))
@@ -225,7 +240,8 @@ def recon3d(
     elif cameras in (Cameras.colmap, Cameras.colmap_text):
         from heads.sfm import write_colmap
 
-        to_world = (placed["sfm_scale"], np.array(placed["to_output"])) if placed["cameras"] == "sfm" else None
+        to_world = ((placed["sfm_scale"], np.array(placed["to_output"]))
+                    if placed["cameras"] in ("sfm", "given") and sfm_cameras.reconstruction is not None else None)
         write_colmap(scene_path.parent / "sparse" / "0", image_names, cam_sizes, pred.K_original, pred.cam2world,
                      sfm_cameras if to_world else None, to_world, text=cameras == Cameras.colmap_text)
         written.append(str(scene_path.parent / "sparse" / "0"))
@@ -281,6 +297,10 @@ def _warn_unplaced(placed: dict, cams, n_views: int) -> None:
         return
     if placed["cameras"] == "network":
         why = f" ({cams.error})" if cams is not None and cams.error else ""
+        if "reason" in placed:
+            typer.echo(f"pixio: warning: matching registered {placed['registered']} of the {n_views} frames, but "
+                       f"{placed['reason']}: the cameras are the network's, as with --no-sfm", err=True)
+            return
         typer.echo(f"pixio: warning: matching registered {'none' if not placed['registered'] else 'too few'} of the "
                    f"{n_views} frames{why}: the cameras are the network's, as with --no-sfm", err=True)
         return
