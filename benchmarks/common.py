@@ -126,3 +126,34 @@ def environment(device: torch.device) -> dict:
 def emit(result: dict) -> None:
     """Print a benchmark's result as one JSON line (what `make bench` collects)."""
     print(json.dumps(result), flush=True)
+
+
+def run_timed(cmd: list[str], stdin: str | None = None) -> tuple[float, float, str, str]:
+    """(seconds, peak memory GiB, stdout, stderr) of ``cmd`` run as a fresh process from the repository root,
+    ``stdin`` fed to it; a failure stops the benchmark with the command's last words."""
+    import subprocess
+    import threading
+
+    root = Path(__file__).resolve().parents[1]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=root, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    streams: dict[str, str] = {}
+    threads = [threading.Thread(target=lambda n=n, f=f: streams.__setitem__(n, f.read()))
+               for n, f in (("out", proc.stdout), ("err", proc.stderr))]
+    if stdin is not None:
+        def feed() -> None:
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+        threads.append(threading.Thread(target=feed))
+    for t in threads:
+        t.start()
+    _, status, usage = os.wait4(proc.pid, 0)  # its own peak memory, which Popen.wait would not give
+    seconds = time.perf_counter() - start
+    for t in threads:
+        t.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {streams['err'].strip()[-500:]}")
+    return seconds, usage.ru_maxrss / 2**20, streams["out"], streams["err"]

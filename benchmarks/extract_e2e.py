@@ -14,11 +14,8 @@ hardware limit (model FLOPs per image against the measured matmul rate).
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +24,13 @@ import torch
 from pixio_cli.encoder import size_config
 from pixio_cli.engine import default_precision
 
-from .common import emit, environment, matmul_peak, photos, save_transformers_weights, vit_flops
+from .common import emit, environment, matmul_peak, photos, run_timed, save_transformers_weights, vit_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(cmd: list[str], stdin: str | None = None) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, input=stdin, text=True, check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return time.perf_counter() - start
+    return run_timed(cmd, stdin)[0]
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,49 +38,29 @@ import numpy as np
 
 from heads.metrics import camera_metrics, trivial_cameras
 
-from .common import emit
+from .common import emit, run_timed
 
 ROOT = Path(__file__).resolve().parents[1]
 KITCHEN = ROOT.parent / "shared" / "data" / "rgbd-7scenes-redkitchen"
 
 
-def timed(cmd: list[str]) -> tuple[float, float, str, str]:
-    """(seconds, peak memory GiB, stdout, stderr) of a fresh process."""
-    import threading
-
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    streams = {}
-    readers = [threading.Thread(target=lambda n=n, f=f: streams.__setitem__(n, f.read()))
-               for n, f in (("out", proc.stdout), ("err", proc.stderr))]
-    for r in readers:
-        r.start()
-    _, status, usage = os.wait4(proc.pid, 0)  # its own peak memory, which Popen.wait would not give
-    seconds = time.perf_counter() - start
-    for r in readers:
-        r.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {streams['err'].strip()[-500:]}")
-    return seconds, usage.ru_maxrss / 2**20, streams["out"], streams["err"]
-
-
-def colmap_alone(folder: str, out: str) -> None:
-    """pycolmap's SfM at its defaults on the images in ``folder``; prints stage seconds and each image's
-    camera-to-world as JSON (run in its own process by :func:`main`)."""
+def colmap_poses(folder: str | Path, out: str | Path) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """pycolmap's SfM at its defaults (what a user would otherwise run) on the images in ``folder``, seeded:
+    each registered image's camera-to-world, and the seconds of each stage."""
     import pycolmap
 
     pycolmap.logging.minloglevel = 3
     pycolmap.set_random_seed(0)
     db, sparse = Path(out) / "database.db", Path(out) / "sparse"
     sparse.mkdir(parents=True)
+    options = pycolmap.IncrementalPipelineOptions()
+    options.random_seed = 0
     t0 = time.perf_counter()
     pycolmap.extract_features(db, folder, device=pycolmap.Device.cpu)
     t1 = time.perf_counter()
     pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
     t2 = time.perf_counter()
-    models = pycolmap.incremental_mapping(db, folder, sparse)
+    models = pycolmap.incremental_mapping(db, folder, sparse, options)
     t3 = time.perf_counter()
     rec = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
     poses = {}
@@ -89,9 +68,14 @@ def colmap_alone(folder: str, out: str) -> None:
         if image.has_pose:
             w2c = np.eye(4)
             w2c[:3] = image.cam_from_world().matrix()
-            poses[image.name] = np.linalg.inv(w2c).tolist()
-    print(json.dumps({"seconds": {"features": t1 - t0, "matching": t2 - t1, "mapping": t3 - t2},
-                      "poses": poses}))
+            poses[image.name] = np.linalg.inv(w2c)
+    return poses, {"features": t1 - t0, "matching": t2 - t1, "mapping": t3 - t2}
+
+
+def colmap_alone(folder: str, out: str) -> None:
+    """:func:`colmap_poses` as JSON on stdout (run in its own process by :func:`main`, to be timed)."""
+    poses, seconds = colmap_poses(folder, out)
+    print(json.dumps({"seconds": seconds, "poses": {k: v.tolist() for k, v in poses.items()}}))
 
 
 def score(poses: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict:
@@ -111,7 +95,7 @@ def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra:
         (folder / p.name).symlink_to(p.resolve())
     result = {"frames": len(images)}
     for name, flags in (("ours", []), ("ours_no_sfm", ["--no-sfm"])):
-        seconds, peak, out, err = timed([sys.executable, "-m", "pixio_cli", "recon3d", str(folder), "-o",
+        seconds, peak, out, err = run_timed([sys.executable, "-m", "pixio_cli", "recon3d", str(folder), "-o",
                                          str(work / name / "scene.ply"), "--cameras", "json", "--json", "-q",
                                          *flags, *extra])
         summary = json.loads(out.strip().splitlines()[-1])
@@ -124,7 +108,7 @@ def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra:
             result[name]["registered_by_sfm"] = summary["cameras"]["registered"]
             result[name]["score_registered_only"] = score(
                 {k: v for k, v in poses.items() if k not in unplaced}, truth)
-    seconds, peak, out, _ = timed([sys.executable, "-m", "benchmarks.recon3d", "--colmap-alone", str(folder),
+    seconds, peak, out, _ = run_timed([sys.executable, "-m", "benchmarks.recon3d", "--colmap-alone", str(folder),
                                    str(work / "colmap")])
     colmap = json.loads(out.strip().splitlines()[-1])
     result["colmap"] = {**score({k: np.array(v) for k, v in colmap["poses"].items()}, truth),

@@ -295,8 +295,8 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0) -> tuple[Predictions,
             "reason": f"{len(ratios)} triangulated points with a depth from the network, too few to set the "
                       "reconstruction's scale"}
 
-    out = {f.name: np.array(getattr(pred, f.name), copy=True) for f in fields(Predictions)
-           if f.name not in ("images", "scale", "metric")}
+    placed = ("pts3d", "depth_z", "cam2world", "K", "K_original")  # what the cameras change; the rest is shared
+    out = {name: np.array(getattr(pred, name), copy=True) for name in placed}
     depth_scales = np.ones(V)
     rays_cache: dict[int, np.ndarray] = {}
     for v in reg:
@@ -323,7 +323,7 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0) -> tuple[Predictions,
         s, R, t, _ = align_to(refined, pred, [(int(v), int(v)) for v in reg], with_scale=not pred.metric,
                               seed=seed)
         moved = transformed(pred, s, R, t)
-        for name in ("pts3d", "depth_z", "cam2world", "K", "K_original"):
+        for name in placed:
             getattr(refined, name)[unreg] = getattr(moved, name)[unreg]
     world = _first_frame_world(refined)
     return world, {"registered": int(len(reg)), "unregistered": [pred.images[v] for v in unreg],

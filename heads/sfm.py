@@ -11,6 +11,7 @@ original images' pixels).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -71,10 +72,12 @@ def write_frame(folder: Path, index: int, image: np.ndarray) -> tuple[str, tuple
     exactly; returns its name and its (h, w)."""
     import cv2
 
+    from pixio_cli.images import resize_image
+
     h, w = image.shape[:2]
     s = MAX_SIDE / max(h, w)
     if s < 1:
-        image = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        image = resize_image(image, (max(1, round(h * s)), max(1, round(w * s))))
     name = f"{index:06d}.png"
     if not cv2.imwrite(str(folder / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]):
         raise OSError(f"cannot write {folder / name}")
@@ -231,6 +234,18 @@ def normalised_coordinates(camera, written_hw: tuple[int, int], hw: tuple[int, i
 
 
 
+def _remove_orphans() -> None:
+    """Frame folders left by runs that were killed (kill -9 gives no time to clean up): those whose
+    process is gone."""
+    import shutil
+    import tempfile
+
+    for folder in Path(tempfile.gettempdir()).glob("pixio-sfm-*-*"):
+        pid = folder.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 class SfmJob:
     """:func:`run_sfm` on a background thread over the inputs at their own size (decoded again, apart from
     the network's smaller copies), so matching runs while the model loads and predicts; COLMAP's calls
@@ -241,7 +256,8 @@ class SfmJob:
         import threading
 
         self.items, self.options, self.video = items, options, video
-        self._tmp = tempfile.TemporaryDirectory(prefix="pixio-sfm-")
+        _remove_orphans()
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"pixio-sfm-{os.getpid()}-")
         self.folder = Path(self._tmp.name)
         self._token = _pycolmap().CancellationToken()
         self._out = None

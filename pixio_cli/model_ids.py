@@ -77,6 +77,18 @@ def resolve(source: str) -> Path:
     raise CheckpointError(f"no such model file or id: {source!r} (known ids: {known})")
 
 
+def cached(repo: str, filenames: str) -> Path | None:
+    """The local copy of a public checkpoint in the Hugging Face cache (``filenames`` as for
+    :func:`_download`: the first one cached), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames.split("|"):
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
 def _download(repo: str, filenames: str) -> Path:
     """Fetch a public checkpoint into the Hugging Face cache (once). ``filenames``: one name, or names
     separated by ``|`` tried in order (the first the repo holds is taken).
@@ -86,13 +98,12 @@ def _download(repo: str, filenames: str) -> Path:
     """
     import logging
 
-    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import constants, hf_hub_download
 
     names = filenames.split("|")
-    for filename in names:
-        cached = try_to_load_from_cache(repo, filename)
-        if isinstance(cached, str):
-            return Path(cached)
+    found = cached(repo, filenames)
+    if found is not None:
+        return found
     hint = (f"download it where there is network (hf download {repo} {names[-1]}) "
             "and pass the file's path with --model")
     if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from heads import geometry as G
+from heads.metrics import camera_metrics
 from heads.scene import Predictions, on_cameras, transformed
 
 pycolmap = pytest.importorskip("pycolmap")
@@ -28,33 +29,20 @@ def kitchen(frames: list[int]) -> tuple[list[Path], np.ndarray]:
 
 
 def camera_errors(c2w: np.ndarray, gt: np.ndarray) -> tuple[float, float, float]:
-    """Mean camera-centre error after a similarity alignment (ATE, metres), its scale (1 = metric), and the
-    mean error of the relative rotation of every pair of frames (degrees)."""
-    s, R, t = G.umeyama(c2w[:, :3, 3], gt[:, :3, 3], with_scale=True)
-    ate = np.linalg.norm(s * c2w[:, :3, 3] @ R.T + t - gt[:, :3, 3], axis=1).mean()
-    return float(ate), s, float(G.relative_pose_errors(c2w, gt)[0].mean())
+    """ATE (mean, metres), the alignment's scale (1 = metric) and the mean relative rotation error (degrees)."""
+    m = camera_metrics(c2w, gt)
+    return m["ate_mean"], m["scale"], m["rotation_error_deg"]
 
 
 def colmap_alone(images: list[Path], folder: Path) -> np.ndarray:
-    """Camera-to-world of each image by pycolmap's own SfM at its defaults (what a user would run)."""
-    pycolmap.logging.minloglevel = 3
+    """Camera-to-world of each image by pycolmap's own SfM at its defaults (the benchmark's reference)."""
+    from benchmarks.recon3d import colmap_poses
+
     (folder / "images").mkdir(parents=True)
     for p in images:
         (folder / "images" / p.name).symlink_to(p)
-    pycolmap.set_random_seed(0)
-    pycolmap.extract_features(folder / "db.db", folder / "images", device=pycolmap.Device.cpu)
-    pycolmap.match_exhaustive(folder / "db.db", device=pycolmap.Device.cpu)
-    (folder / "sparse").mkdir()
-    options = pycolmap.IncrementalPipelineOptions()
-    options.random_seed = 0
-    rec = max(pycolmap.incremental_mapping(folder / "db.db", folder / "images", folder / "sparse", options).values(),
-              key=lambda r: r.num_reg_images())
-    out = np.full((len(images), 4, 4), np.nan)
-    for image in rec.images.values():
-        w2c = np.eye(4)
-        w2c[:3] = image.cam_from_world().matrix()
-        out[[p.name for p in images].index(image.name)] = np.linalg.inv(w2c)
-    return out
+    poses, _ = colmap_poses(folder / "images", folder)
+    return np.stack([poses.get(p.name, np.full((4, 4), np.nan)) for p in images])
 
 
 # ---------------------------------------------------------------------------- on ground truth
@@ -156,7 +144,7 @@ def test_without_enough_registered_frames_the_network_cameras_stay(truth):
 @pytest.fixture(scope="module")
 def kitchen_sfm():
     """pycolmap's reconstruction of 5 held-out kitchen frames, read as SfmCameras, and the true poses."""
-    from heads.sfm import SfmJob, SfmOptions, sfm_cameras  # noqa: F401
+    from heads.sfm import SfmJob, SfmOptions
     from pixio_cli.inputs import collect
 
     paths, poses = kitchen([800, 824, 848, 872, 896])

@@ -21,7 +21,7 @@ def _rows() -> list[dict]:
                      "source": "bundled", "path": m.WEIGHTS_DIR / file})
     for name, (repo, file, size) in m.HUB_MODELS.items():
         rows.append({"id": name, "kind": "encoder", "for": f"official Pixio {size}", "source": f"hub {repo}",
-                     "path": _cached(repo, file)})
+                     "path": m.cached(repo, file)})
     for name, file in m.BUNDLED_HEADS.items():
         task = "depth" if name.startswith("depth") else "segment"
         rows.append({"id": name, "kind": f"{task} head", "for": f"pixio {task} (bundled toy)", "source": "bundled",
@@ -31,18 +31,8 @@ def _rows() -> list[dict]:
                      "source": "bundled", "path": m.WEIGHTS_DIR / file})
     for name, (repo, files) in m.POINTMAP_MODELS.items():
         rows.append({"id": name, "kind": "point-map model", "for": "recon3d, depth (MapAnything on Pixio-H, metric)",
-                     "source": f"hub {repo}", "path": next((p for f in files.split("|") if (p := _cached(repo, f))),
-                                                           None)})
+                     "source": f"hub {repo}", "path": m.cached(repo, files)})
     return rows
-
-
-def _cached(repo: str, filename: str):
-    from pathlib import Path
-
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo, filename)
-    return Path(found) if isinstance(found, str) else None
 
 
 @app.callback()
@@ -67,7 +57,7 @@ def models(ctx: typer.Context,
         return
     cols = [("id", "id"), ("kind", "kind"), ("for", "for"), ("here", "here"), ("size", "size"), ("source", "source")]
     width = {k: max(len(title), *(len(str(r[k])) for r in rows)) for k, title in cols}
-    typer.echo("  ".join(title.ljust(width[k]) for k, title in cols))
+    typer.echo("  ".join(title.ljust(width[k]) for k, title in cols).rstrip())
     for r in rows:
         typer.echo("  ".join(str(r[k]).ljust(width[k]) for k, _ in cols).rstrip())
 

@@ -49,7 +49,7 @@ def recon3d(
                                "for a model whose cameras hold on your frames).")] = True,
     matching: Annotated[Matching, typer.Option(
         help="Which frame pairs are matched: exhaustive (every pair), sequential (each frame with the next "
-             f"few, for video and ordered frames), or auto (exhaustive up to 40 frames, else sequential; "
+             "few, for video and ordered frames), or auto (exhaustive up to 40 frames, else sequential; "
              "sequential for video).")] = Matching.auto,
     chunk: Annotated[int, typer.Option(
         help="Views per model pass; longer sequences go in overlapping chunks aligned to each other.", min=2)] = 32,
@@ -296,13 +296,13 @@ def _warn_unplaced(placed: dict, cams, n_views: int) -> None:
         typer.echo("pixio: warning: one frame has nothing to match: its camera is the network's", err=True)
         return
     if placed["cameras"] == "network":
-        why = f" ({cams.error})" if cams is not None and cams.error else ""
         if "reason" in placed:
-            typer.echo(f"pixio: warning: matching registered {placed['registered']} of the {n_views} frames, but "
-                       f"{placed['reason']}: the cameras are the network's, as with --no-sfm", err=True)
-            return
-        typer.echo(f"pixio: warning: matching registered {'none' if not placed['registered'] else 'too few'} of the "
-                   f"{n_views} frames{why}: the cameras are the network's, as with --no-sfm", err=True)
+            what = f"{placed['registered']} of the {n_views} frames, but {placed['reason']}"
+        else:
+            why = f" ({cams.error})" if cams is not None and cams.error else ""
+            what = f"{'none' if not placed['registered'] else 'too few'} of the {n_views} frames{why}"
+        typer.echo(f"pixio: warning: matching registered {what}: the cameras are the network's, as with --no-sfm",
+                   err=True)
         return
     more = f" and {len(unplaced) - 3} more" if len(unplaced) > 3 else ""
     typer.echo(f"pixio: warning: matching did not register {len(unplaced)} of {n_views} frames "
