@@ -295,3 +295,17 @@ def test_known_cameras_are_used_as_given_from_our_json_and_from_a_colmap_model(c
     code, _, err = cli(["recon3d", *paths, kitchen([996])[0][0], "-o", tmp_path / "e", "--known-cameras",
                         tmp_path / "a" / "cameras.json"])
     assert code == 2 and "no camera for 1 of the 6 frames" in err, err
+
+
+def test_frame_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    import tempfile
+
+    from heads.sfm import _remove_orphans
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead, live = tmp_path / "pixio-sfm-999999999-abc", tmp_path / f"pixio-sfm-{__import__('os').getpid()}-def"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "000000.png").write_bytes(b"x")
+    _remove_orphans()
+    assert not dead.exists() and live.exists()
