@@ -3,7 +3,9 @@
 Both models get the same random weights (made by transformers, read by our
 checkpoint reader), the same device, precision, batch and images (real photos
 from ../shared/data/photos when present, random pixels otherwise). Prints the
-ratio ours / transformers.
+ratio ours / transformers; on a CPU also ``--precision int8``'s rate against the
+same reference, and its features' smallest token cosine to ours in fp32 over
+every batch.
 
     python -m benchmarks.extract --size b16 --device cpu --batch 8 --iters 5
     python -m benchmarks.extract --size h16 --device cuda --precision bf16 --batch 64
@@ -12,12 +14,14 @@ ratio ours / transformers.
 from __future__ import annotations
 
 import argparse
+import copy
 
 import numpy as np
 import torch
 
 from pixio_cli.engine import Engine
 from pixio_cli.images import ResizePolicy, load_for_model
+from pixio_cli.int8 import available as int8_available, min_cosine
 
 from .common import PHOTOS, emit, environment, paired_rates, matmul_peak, same_weights
 
@@ -65,11 +69,28 @@ def main() -> None:
                 - engine.infer(hf_run, batches[0])["patches"].float()).abs().max().item()
     ours_ips, hf_ips = paired_rates(lambda b: engine.infer(ours_run, b), lambda b: engine.infer(hf_run, b),
                                     batches, args.iters, engine.device)
+    int8 = {}
+    if engine.device.type == "cpu" and engine.dtype == torch.float32 and int8_available() and not args.compile:
+        # --precision int8: the same model with int8 linear layers, against the same reference
+        engine8 = Engine(args.device, "int8", args.batch, workers=0, int8=True)
+        ours8 = engine8.prepare(copy.deepcopy(ours))
+
+        def ours8_fn(x):
+            t = ours8.forward_blocks(x, [-1])[0]
+            return {"cls": t[:, :8], "patches": t[:, 8:]}
+
+        with torch.no_grad():
+            cos = min(min_cosine(engine8.infer(ours8_fn, b)["patches"], engine.infer(ours_run, b)["patches"])
+                      for b in batches)
+        int8_ips, hf8_ips = paired_rates(lambda b: engine8.infer(ours8_fn, b), lambda b: engine.infer(hf_run, b),
+                                         batches, args.iters, engine.device)
+        int8 = {"ours_int8_img_s": round(int8_ips, 2), "reference_same_pass_img_s": round(hf8_ips, 2),
+                "ratio_int8": round(int8_ips / hf8_ips, 3), "int8_min_cosine_to_fp32": round(cos, 6)}
     emit({"benchmark": "extract", **environment(engine.device), "size": args.size,
           "precision": str(engine.dtype).replace("torch.", ""), "batch": args.batch, "side": args.side,
           "compile": args.compile, "reference": "transformers.PixioModel, same weights, precision and batches",
           "ours_img_s": round(ours_ips, 2), "reference_img_s": round(hf_ips, 2), "ratio": round(ours_ips / hf_ips, 3),
-          "max_abs_diff": diff, "matmul_peak_tflop_s": round(matmul_peak(engine.device, engine.dtype), 3)})
+          "max_abs_diff": diff, **int8, "matmul_peak_tflop_s": round(matmul_peak(engine.device, engine.dtype), 3)})
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 The reference is `benchmarks.plain_extract`: transformers.PixioModel in fp32,
 OpenCV decoding, batches of 16, np.savez. Ours runs as a user runs it, at its
-default precision and forced to fp32. Both read the same random weights (saved
+default precision, forced to fp32 and, on a CPU, with ``--precision int8``
+(its features compared with fp32 on every image). Both read the same random weights (saved
 by transformers) and the same photos, run as separate processes, alternating,
 ``--repeat`` times; the best wall time of each counts. Also reported: how close
 our default-precision features are to fp32 (cosine of patch tokens), and the
@@ -23,6 +24,7 @@ import torch
 
 from pixio_cli.encoder import size_config
 from pixio_cli.engine import default_precision
+from pixio_cli.int8 import available as int8_available
 
 from .common import emit, environment, matmul_peak, photos, run_timed, save_transformers_weights, vit_flops
 
@@ -64,6 +66,10 @@ def main() -> None:
                                           str(tmp / f"fp32{k}"), "-m", str(weights), "--resize", "256x256", "-q",
                                           "--precision", "fp32"], listing),
         }
+        if device.type == "cpu" and int8_available():
+            runs["ours_int8"] = lambda k: timed([sys.executable, "-m", "pixio_cli", "extract", "-", "-o",
+                                                 str(tmp / f"int8{k}"), "-m", str(weights), "--resize", "256x256",
+                                                 "-q", "--precision", "int8"], listing)
         times: dict[str, list[float]] = {name: [] for name in runs}
         for k in range(args.repeat):  # interleaved: a machine that drifts slows every command alike
             for name, run in runs.items():
@@ -73,6 +79,12 @@ def main() -> None:
         plain = np.load(tmp / "plain0" / f"{stem}.npz")["patch_tokens"]
         ours = np.load(tmp / "ours0" / f"{stem}.npz")["patch_tokens"][0]
         fp32 = np.load(tmp / "fp320" / f"{stem}.npz")["patch_tokens"][0]
+        int8 = {}
+        if "ours_int8" in best:  # every image, not only the first ones the run itself checks
+            pairs = [(np.load(tmp / "fp320" / f"{f.stem}.npz")["patch_tokens"][0],
+                      np.load(tmp / "int80" / f"{f.stem}.npz")["patch_tokens"][0]) for f in files]
+            int8 = {"ours_int8_s": round(best["ours_int8"], 2), "ratio_int8": round(best["plain"] / best["ours_int8"], 3),
+                    "int8_min_cosine_to_fp32": round(min(cosine(b, a) for a, b in pairs), 6)}
     cfg = size_config(args.size)
     gflop = vit_flops(cfg.embed_dim, cfg.depth, 8 + 256) / 1e9
     peak = matmul_peak(device, torch.bfloat16 if precision == "bf16" else torch.float32)
@@ -83,6 +95,7 @@ def main() -> None:
           "ours_fp32_s": round(best["ours_fp32"], 2), "ratio": round(best["plain"] / best["ours"], 3),
           "ratio_fp32": round(best["plain"] / best["ours_fp32"], 3),
           "min_cosine_to_fp32": round(cosine(ours, fp32), 6), "max_abs_diff_fp32_vs_plain": float(np.abs(fp32 - plain).max()),
+          **int8,
           "gflop_per_image": round(gflop, 1),
           "achieved_tflop_s": round(gflop * args.images / best["ours"] / 1e3, 3),
           "matmul_peak_tflop_s": round(peak, 3), "matmul_peak_fp32_tflop_s": round(peak32, 3)})

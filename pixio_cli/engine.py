@@ -315,6 +315,7 @@ class Summary:
     done: int = 0
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    int8_cosine: float | None = None  # with --precision int8: measured on the first images, against fp32
 
     @property
     def failed(self) -> int:
@@ -329,9 +330,25 @@ class Engine:
     """Runs a batch function over many images. One instance per command invocation."""
 
     def __init__(self, device: str = "auto", precision: str | None = None, batch_size: int = 16,
-                 workers: int | None = None, compile: bool = False, progress: bool | None = None) -> None:
+                 workers: int | None = None, compile: bool = False, progress: bool | None = None,
+                 int8: bool = False) -> None:
+        """``int8``: the command offers ``--precision int8`` (its outputs are feature vectors, which
+        :class:`~pixio_cli.int8.Int8Check` can hold to a cosine bound)."""
         self.device = pick_device(device)
-        self.dtype = pick_dtype(precision, self.device)
+        self.int8 = precision == "int8"
+        if self.int8 and not int8:
+            raise UsageError("--precision int8 is offered by pixio extract only (its features are checked against "
+                             "fp32); use fp32 or bf16")
+        if self.int8 and self.device.type != "cpu":
+            raise UsageError("--precision int8 is for CPUs; on a GPU use bf16")
+        if self.int8:
+            from .int8 import available
+
+            if not available():
+                raise UsageError("--precision int8 needs oneDNN's int8 kernels, which this PyTorch build lacks; "
+                                 "use fp32")
+        self.dtype = pick_dtype("fp32" if self.int8 else precision, self.device)
+        self._int8_check = None
         if batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
         self.batch_size = batch_size
@@ -353,8 +370,21 @@ class Engine:
         return self.prepare(load_encoder(source, size=size))
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model on this engine's device and precision, frozen (see :func:`prepare_for_inference`)."""
-        return prepare_for_inference(model, self.device, self.dtype)
+        """The model on this engine's device and precision, frozen (see :func:`prepare_for_inference`);
+        with int8, its linear layers in int8 and checked on the first batch."""
+        model = prepare_for_inference(model, self.device, self.dtype)
+        if self.int8:
+            from .int8 import Int8Check, quantise_linears
+
+            quantise_linears(model)
+            self._int8_check = self._int8_check or Int8Check([])
+            self._int8_check.models.append(model)
+        return model
+
+    @property
+    def precision(self) -> str:
+        """What decides the numbers, as resume ledgers record it: the dtype's name, or int8."""
+        return "int8" if self.int8 else str(self.dtype).removeprefix("torch.")
 
     def maybe_compile(self, fn: Callable) -> Callable:
         return torch.compile(fn, dynamic=None) if self.compile else fn
@@ -377,7 +407,10 @@ class Engine:
         """``fn(pixels)`` under inference mode and autocast; halves the batch on CUDA out-of-memory."""
         try:
             with torch.inference_mode(), autocast(self.device, self.dtype):
-                return fn(pixels)
+                out = fn(pixels)
+                if self._int8_check is not None:
+                    self._int8_check(fn, pixels, out)
+                return out
         except torch.cuda.OutOfMemoryError:
             n = pixels.shape[0]
             torch.cuda.empty_cache()
@@ -474,4 +507,5 @@ class Engine:
         finally:
             bar.close()
             writer.close()  # finish what is queued, also on Ctrl-C: each write is atomic
+        summary.int8_cosine = self._int8_check.cosine if self._int8_check is not None else None
         return summary

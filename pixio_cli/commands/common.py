@@ -72,6 +72,8 @@ def finish(summary, verb: str) -> None:
     if summary.skipped:
         parts.append(f"skipped {summary.skipped} already done")
     parts.append(f"failed {summary.failed}")
+    if summary.int8_cosine is not None:
+        parts.append(f"int8 within cosine {summary.int8_cosine:.5f} of fp32 on the first images")
     typer.echo(", ".join(parts), err=True)
     if summary.failed:
         raise typer.Exit(1)

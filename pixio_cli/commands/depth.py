@@ -97,7 +97,7 @@ def depth(
     policy = default_policy(resize, net)
     ledger = None if dest.single else Ledger(
         dest.folder, {"--model": model_identity(model), "--format": fmt, "--tile": tile,
-                      "--resize": policy.describe(), "--precision": str(engine.dtype).removeprefix("torch.")},
+                      "--resize": policy.describe(), "--precision": engine.precision},
         overwrite, *dist_info()[:2], optional={"--ply camera": _camera_setting(fov, fx) if ply else None,
                                                "--vis picture": f"{cmap.value}{' side by side' if side_by_side else ''}"
                                                if vis else None})

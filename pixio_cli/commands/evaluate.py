@@ -145,7 +145,7 @@ def evaluate_knn(
     engine = Engine(device, precision, batch_size, workers, progress=False if quiet else None)
     encoder = engine.load_encoder(model, size)
     settings = {"--model": model_identity(model), "--size": size, "--resolution": resolution, "--normed": normed,
-                "--precision": str(engine.dtype).removeprefix("torch.")}
+                "--precision": engine.precision}
     with tempfile.TemporaryDirectory() as tmp:
         root = cache if cache is not None else Path(tmp)
         feats = {name: pooled_features(engine, encoder, split.paths, root / name, settings, overwrite, resolution,

@@ -51,7 +51,7 @@ def extract(
     every: opt.Every = 1,
     overwrite: opt.Overwrite = False,
     device: opt.Device = "auto",
-    precision: opt.Precision = None,
+    precision: opt.PrecisionInt8 = None,
     batch_size: opt.BatchSize = 16,
     workers: opt.Workers = None,
     compile: opt.Compile = False,
@@ -96,7 +96,7 @@ def extract(
     rank, world, _ = dist_info()
 
     # engine and model
-    engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None)
+    engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None, int8=True)
     encoder = engine.load_encoder(model, size)
     block_ids = parse_blocks(blocks, encoder.depth)
     n_cls = encoder.n_cls_tokens
@@ -108,7 +108,7 @@ def extract(
     if folder is not None:
         settings = {"--model": model_identity(model), "--size": size, "--blocks": block_ids, "--raw": raw,
                     "--pool": pool.value, "--format": fmt, "--shards": shards, "--resize": policy.describe(),
-                    "--precision": str(engine.dtype).removeprefix("torch.")}
+                    "--precision": engine.precision}
         if overwrite and shards and world == 1:
             for old in [*folder.glob("index*.jsonl"), *folder.glob("shard-*")]:
                 old.unlink()

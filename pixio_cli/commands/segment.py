@@ -60,7 +60,7 @@ def segment(
     policy = default_policy(resize, net)
     ledger = None if dest.single else Ledger(
         dest.folder, {"--model": model_identity(model), "--tile": tile, "--resize": policy.describe(),
-                      "--precision": str(engine.dtype).removeprefix("torch.")}, overwrite, *dist_info()[:2])
+                      "--precision": engine.precision}, overwrite, *dist_info()[:2])
 
     # output
     def write(item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:

@@ -1,0 +1,107 @@
+"""`--precision int8`: int8 linear layers close to fp32, per-token scales, the first-images check, the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pixio_cli.errors import PixioError
+from pixio_cli.int8 import COSINE_BOUND, Int8Check, Int8Linear, exact, min_cosine, quantise_linears
+
+from .conftest import random_encoder, write_rgb
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / a.norm())
+
+
+@pytest.mark.parametrize("shape,bias", [((3, 20, 96), True), ((7, 64), False), ((1, 1, 192), True)])
+def test_int8_linear_is_close_to_fp32_and_exact_is_fp32(shape, bias):
+    torch.manual_seed(0)
+    lin = nn.Linear(shape[-1], 80, bias=bias)
+    q = Int8Linear(lin)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        ref, out = lin(x), q(x)
+        assert out.shape == ref.shape
+        assert 0 < rel_err(ref, out) < 0.02  # rounded, and only a little
+        with exact([q]):
+            assert torch.equal(q(x), ref)
+        assert not torch.equal(q(x), ref)  # back to int8 after the block
+
+
+def test_each_token_has_its_own_scale():
+    """A token 1000x larger than the others does not coarsen their steps (a per-tensor scale would zero them)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    x = torch.randn(8, 64)
+    x[0] *= 1000
+    with torch.no_grad():
+        ref, out = lin(x), Int8Linear(lin)(x)
+        alone = Int8Linear(lin)(x[3:4])
+    assert min_cosine(ref, out) > 0.999
+    assert torch.allclose(out[3:4], alone, rtol=1e-6, atol=1e-6)  # a token's result ignores its batch
+
+
+def test_encoder_features_stay_within_the_bound():
+    enc = random_encoder()
+    q = random_encoder()
+    assert quantise_linears(q) == 4 * len(q.blocks)  # qkv, proj, fc1, fc2 of every block
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref, out = enc(x), q(x)
+    assert COSINE_BOUND < min_cosine(ref, out) < 1
+
+
+def test_check_refuses_features_below_the_bound():
+    """Small inputs beside one huge coordinate round to zero; a layer that reads only them loses everything."""
+    lin = nn.Linear(16, 4, bias=False)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.weight[:, 1:] = torch.randn(4, 15)
+    model = nn.Sequential(lin)
+    quantise_linears(model)
+    x = torch.full((2, 16), 1e-3)
+    x[:, 0] = 10.0
+
+    def fn(pixels):
+        return {"features": model(pixels)}
+
+    check = Int8Check([model])
+    with torch.no_grad(), pytest.raises(PixioError, match="cosine"):
+        check(fn, x, fn(x))
+    assert check.cosine < COSINE_BOUND
+
+    fine = Int8Check([model])
+    y = torch.randn(2, 16)
+    with torch.no_grad():
+        fine(fn, y, fn(y))
+    assert fine.cosine > COSINE_BOUND
+
+
+def test_extract_int8_end_to_end(cli, tiny_encoder_file, tmp_path):
+    img = write_rgb(tmp_path / "in" / "a.jpg", 64, 96, seed=4)
+    base = ["extract", str(img), "--model", str(tiny_encoder_file), "--workers", "0", "-q", "--resize", "64"]
+    code, _, err = cli([*base, "-o", tmp_path / "f32", "--precision", "fp32"])
+    assert code == 0, err
+    code, _, err = cli([*base, "-o", tmp_path / "i8", "--precision", "int8"])
+    assert code == 0, err
+    assert "int8 within cosine 0.99" in err
+    a = np.load(tmp_path / "f32" / "a.npz")["patch_tokens"]
+    b = np.load(tmp_path / "i8" / "a.npz")["patch_tokens"]
+    assert COSINE_BOUND < min_cosine(torch.from_numpy(a), torch.from_numpy(b)) < 1
+    # int8 and fp32 features are not mixed in one folder
+    code, _, err = cli([*base, "-o", tmp_path / "i8", "--precision", "fp32"])
+    assert code == 2 and "--precision" in err
+
+
+def test_int8_is_refused_where_it_is_not_offered(cli, tiny_encoder_file, tmp_path):
+    img = write_rgb(tmp_path / "a.jpg", 64, 64)
+    code, _, err = cli(["depth", str(img), "-o", tmp_path / "d.png", "--precision", "int8", "-q"])
+    assert code == 2 and "pixio extract only" in err and "Traceback" not in err
+    if not torch.cuda.is_available():
+        code, _, err = cli(["extract", str(img), "-o", tmp_path / "f", "--model", str(tiny_encoder_file),
+                            "--precision", "int8", "--device", "cuda", "-q"])
+        assert code == 2 and err.count("\n") == 1
