@@ -96,6 +96,9 @@ def row(name: str, r: dict) -> str:
         ref = f"{r['reference_s']} s"
         limit = (f"{r['achieved_tflop_s']} of {r['matmul_peak_tflop_s']} TFLOP/s {r['precision']} matmul peak "
                  f"(fp32 peak {r['matmul_peak_fp32_tflop_s']}); cosine to fp32 {r['min_cosine_to_fp32']}")
+        if "ratio_int8" in r:
+            ours += f"; `--precision int8` {r['ours_int8_s']} s, **{r['ratio_int8']}x**"
+            limit += f"; int8 cosine to fp32 {r['int8_min_cosine_to_fp32']} (every image)"
     elif name == "recon3d":
         k = r["kitchen"]
         ours = (f"{r['ours_s']} s; ATE {r['ate_cm']} cm, scale {k['ours']['scale']:.3f}, rot {k['ours']['rotation_error_deg']:.2f} deg, "
@@ -117,6 +120,9 @@ def row(name: str, r: dict) -> str:
         ours = f"{r.get('ours_img_s')} {unit} {prec}"
         ref = f"{r.get('reference_img_s', r.get('transformers_img_s'))} {unit} {r.get('reference_precision', prec)}"
         limit = f"matmul peak {r.get('matmul_peak_tflop_s', '?')} TFLOP/s"
+        if "ratio_int8" in r:
+            ours += f"; `--precision int8` {r['ours_int8_img_s']} {unit}, **{r['ratio_int8']}x**"
+            limit += f"; int8 cosine to fp32 {r['int8_min_cosine_to_fp32']}"
         if "mfu_of_measured_peak" in r:
             limit += f"; MFU {r['mfu_of_measured_peak']:.0%} of it"
         if "mfu_of_datasheet_peak" in r:

@@ -341,6 +341,9 @@ class Engine:
                              "fp32); use fp32 or bf16")
         if self.int8 and self.device.type != "cpu":
             raise UsageError("--precision int8 is for CPUs; on a GPU use bf16")
+        if self.int8 and compile:
+            raise UsageError("--compile and --precision int8 do not go together (int8 runs its own kernels); "
+                             "drop one")
         if self.int8:
             from .int8 import available
 

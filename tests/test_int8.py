@@ -101,6 +101,9 @@ def test_int8_is_refused_where_it_is_not_offered(cli, tiny_encoder_file, tmp_pat
     img = write_rgb(tmp_path / "a.jpg", 64, 64)
     code, _, err = cli(["depth", str(img), "-o", tmp_path / "d.png", "--precision", "int8", "-q"])
     assert code == 2 and "pixio extract only" in err and "Traceback" not in err
+    code, _, err = cli(["extract", str(img), "-o", tmp_path / "f", "--model", str(tiny_encoder_file),
+                        "--precision", "int8", "--compile", "-q"])
+    assert code == 2 and "--compile" in err and not (tmp_path / "f").exists()
     if not torch.cuda.is_available():
         code, _, err = cli(["extract", str(img), "-o", tmp_path / "f", "--model", str(tiny_encoder_file),
                             "--precision", "int8", "--device", "cuda", "-q"])
