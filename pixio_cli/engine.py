@@ -348,8 +348,8 @@ class Engine:
             from .int8 import available
 
             if not available():
-                raise UsageError("--precision int8 needs oneDNN's int8 kernels, which this PyTorch build lacks; "
-                                 "use fp32")
+                raise UsageError("--precision int8 needs oneDNN's int8 kernels on an x86 CPU with VNNI "
+                                 "(AVX512-VNNI, AVX-VNNI or AMX), which this machine lacks; use fp32")
         self.dtype = pick_dtype("fp32" if self.int8 else precision, self.device)
         self._int8_check = None
         if batch_size < 1:

@@ -18,6 +18,7 @@ falls below :data:`COSINE_BOUND`.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -30,9 +31,30 @@ from .errors import PixioError
 COSINE_BOUND = 0.999
 
 
+# oneDNN kernels held below VNNI (by the user, or to stand in for an older CPU)
+_BELOW_VNNI = ("sse41", "avx", "avx2", "avx512_core")
+
+
+class BelowBound(PixioError):
+    """The int8 features of the first images missed the cosine bound."""
+
+
 def available() -> bool:
-    """Whether this PyTorch has oneDNN's int8 linear kernel (x86 builds)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
+    """Whether int8 is exact here: oneDNN's int8 linear kernel on a CPU with VNNI (or AMX).
+
+    Without VNNI, oneDNN adds pairs of uint8 x int8 products in 16 bits, which
+    overflow with the full 8-bit activations used here: results would be wrong,
+    not only slow. Read from /proc/cpuinfo (Linux); elsewhere int8 is not offered.
+    """
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")):
+        return False
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower() in _BELOW_VNNI:
+        return False
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return any(f" {flag}" in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 class Int8Linear(nn.Module):
@@ -98,7 +120,9 @@ def exact(models: list[nn.Module]) -> Iterator[None]:
 def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """The smallest cosine between matching vectors (along the last dimension) of ``a`` and ``b``."""
     a, b = a.reshape(-1, a.shape[-1]).double(), b.reshape(-1, b.shape[-1]).double()
-    return float(F.cosine_similarity(a, b, dim=1, eps=1e-30).min())
+    cos = F.cosine_similarity(a, b, dim=1, eps=1e-30)
+    both_zero = (a.abs().amax(1) == 0) & (b.abs().amax(1) == 0)  # equal, though they have no direction
+    return float(torch.where(both_zero, torch.ones_like(cos), cos).min())  # NaN when any vector is
 
 
 class Int8Check:
@@ -122,7 +146,7 @@ class Int8Check:
         with exact(self.models):
             ref = fn(pixels[:n])
         self.cosine = min(min_cosine(out[k][:n].float(), ref[k].float()) for k in out)
-        if self.cosine < COSINE_BOUND:
-            raise PixioError(f"--precision int8: on the first images a feature is only within cosine "
+        if not self.cosine >= COSINE_BOUND:  # NaN fails too
+            raise BelowBound(f"--precision int8: on the first images a feature is only within cosine "
                              f"{self.cosine:.5f} of fp32, below the {COSINE_BOUND} this option promises; this model "
                              f"needs --precision fp32")

@@ -24,7 +24,7 @@ Precision = Annotated[Optional[str], typer.Option(
          "AVX-512 BF16 or AMX), else fp32. fp32 gives exactly the official numbers.", show_default=False)]
 PrecisionInt8 = Annotated[Optional[str], typer.Option(
     "--precision", metavar="fp32|bf16|fp16|int8", help="fp32, bf16, fp16 (GPU only) or int8 (CPU only: "
-    "linear layers in int8, 1.4-1.6x fp32 for b16 on a CPU without native bf16; the first images are checked against "
+    "linear layers in int8, about 1.4x fp32 for b16 on an x86 CPU with VNNI; the first images are checked against "
     "fp32 and the job stops if a token is below cosine 0.999). Default: bf16 where the hardware does it natively, else "
     "fp32, exactly the official numbers.", show_default=False)]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", metavar="N", help="Images per batch (halved on out-of-memory).",

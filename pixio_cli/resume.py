@@ -93,6 +93,7 @@ class Ledger:
                 except ValueError:  # a line cut by a kill: that output is redone
                     continue
                 self.finished[rec["key"]] = rec["input"]
+        self.new = mine is None
         if mine is None:
             write_text(self.path, json.dumps({"settings": self.settings}) + "\n")
         elif {**mine, **self.settings} != mine:  # an optional setting asked for the first time: recorded
@@ -108,6 +109,13 @@ class Ledger:
             if ledger not in this_run:
                 ledger.unlink(missing_ok=True)  # the other ranks may be removing it too
         write_text(self.path, json.dumps({"settings": self.settings}) + "\n")
+        self.new = True
+
+    def withdraw(self) -> None:
+        """Remove this ledger if this run started it and finished nothing: a run stopped before its first
+        output leaves the folder as it found it, free for other settings."""
+        if self.new and not self.finished:
+            self.path.unlink(missing_ok=True)
 
     def _mismatch(self, before: dict | None, now: dict) -> str:
         if before is None:

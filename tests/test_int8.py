@@ -8,15 +8,19 @@ import torch
 from torch import nn
 
 from pixio_cli.errors import PixioError
-from pixio_cli.int8 import COSINE_BOUND, Int8Check, Int8Linear, exact, min_cosine, quantise_linears
+from pixio_cli.int8 import COSINE_BOUND, Int8Check, Int8Linear, available, exact, min_cosine, quantise_linears
 
 from .conftest import random_encoder, write_rgb
+
+# int8 is exact only with VNNI: elsewhere it is refused (the last test), not run
+needs_int8 = pytest.mark.skipif(not available(), reason="no oneDNN int8 with VNNI on this CPU")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / a.norm())
 
 
+@needs_int8
 @pytest.mark.parametrize("shape,bias", [((3, 20, 96), True), ((7, 64), False), ((1, 1, 192), True)])
 def test_int8_linear_is_close_to_fp32_and_exact_is_fp32(shape, bias):
     torch.manual_seed(0)
@@ -32,6 +36,7 @@ def test_int8_linear_is_close_to_fp32_and_exact_is_fp32(shape, bias):
         assert not torch.equal(q(x), ref)  # back to int8 after the block
 
 
+@needs_int8
 def test_each_token_has_its_own_scale():
     """A token 1000x larger than the others does not coarsen their steps (a per-tensor scale would zero them)."""
     torch.manual_seed(0)
@@ -45,6 +50,7 @@ def test_each_token_has_its_own_scale():
     assert torch.allclose(out[3:4], alone, rtol=1e-6, atol=1e-6)  # a token's result ignores its batch
 
 
+@needs_int8
 def test_encoder_features_stay_within_the_bound():
     enc = random_encoder()
     q = random_encoder()
@@ -55,6 +61,7 @@ def test_encoder_features_stay_within_the_bound():
     assert COSINE_BOUND < min_cosine(ref, out) < 1
 
 
+@needs_int8
 def test_check_refuses_features_below_the_bound():
     """Small inputs beside one huge coordinate round to zero; a layer that reads only them loses everything."""
     lin = nn.Linear(16, 4, bias=False)
@@ -81,6 +88,7 @@ def test_check_refuses_features_below_the_bound():
     assert fine.cosine > COSINE_BOUND
 
 
+@needs_int8
 def test_extract_int8_end_to_end(cli, tiny_encoder_file, tmp_path):
     img = write_rgb(tmp_path / "in" / "a.jpg", 64, 96, seed=4)
     base = ["extract", str(img), "--model", str(tiny_encoder_file), "--workers", "0", "-q", "--resize", "64"]
@@ -97,14 +105,35 @@ def test_extract_int8_end_to_end(cli, tiny_encoder_file, tmp_path):
     assert code == 2 and "--precision" in err
 
 
-def test_int8_is_refused_where_it_is_not_offered(cli, tiny_encoder_file, tmp_path):
+def test_int8_is_refused_where_it_is_not_offered(cli, tiny_encoder_file, tmp_path, monkeypatch):
     img = write_rgb(tmp_path / "a.jpg", 64, 64)
     code, _, err = cli(["depth", str(img), "-o", tmp_path / "d.png", "--precision", "int8", "-q"])
     assert code == 2 and "pixio extract only" in err and "Traceback" not in err
-    code, _, err = cli(["extract", str(img), "-o", tmp_path / "f", "--model", str(tiny_encoder_file),
-                        "--precision", "int8", "--compile", "-q"])
+    base = ["extract", str(img), "--model", str(tiny_encoder_file), "--precision", "int8", "-q"]
+    code, _, err = cli([*base, "-o", tmp_path / "f", "--compile"])
     assert code == 2 and "--compile" in err and not (tmp_path / "f").exists()
-    if not torch.cuda.is_available():
-        code, _, err = cli(["extract", str(img), "-o", tmp_path / "f", "--model", str(tiny_encoder_file),
-                            "--precision", "int8", "--device", "cuda", "-q"])
-        assert code == 2 and err.count("\n") == 1
+    # oneDNN held below VNNI stands in for a CPU without it, where its int8 sums would overflow
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not available()
+    code, _, err = cli([*base, "-o", tmp_path / "g"])
+    assert code == 2 and "VNNI" in err and err.count("\n") == 1
+
+
+def test_min_cosine_of_zero_and_nan_vectors():
+    z = torch.zeros(2, 4)
+    assert min_cosine(z, z) == 1.0  # equal vectors, though without direction
+    nan = z.clone()
+    nan[0, 0] = float("nan")
+    assert np.isnan(min_cosine(nan, z))  # and a check compares with >= so NaN fails
+
+
+@needs_int8
+def test_a_job_below_the_bound_stops_and_leaves_the_folder_to_fp32(cli, tiny_encoder_file, tmp_path, monkeypatch):
+    img = write_rgb(tmp_path / "in" / "a.jpg", 64, 96, seed=4)
+    base = ["extract", str(img), "--model", str(tiny_encoder_file), "--workers", "0", "-q", "-o", tmp_path / "f"]
+    monkeypatch.setattr("pixio_cli.int8.COSINE_BOUND", 1.5)  # no feature can meet it
+    code, _, err = cli([*base, "--precision", "int8"])
+    assert code == 2 and "below the 1.5" in err and err.count("\n") == 1, err
+    assert not list((tmp_path / "f").rglob("*.npz")) and not list((tmp_path / "f").glob(".pixio-run*"))
+    code, _, err = cli([*base, "--precision", "fp32"])  # what the message recommends, in the same folder
+    assert code == 0 and (tmp_path / "f" / "a.npz").exists(), err

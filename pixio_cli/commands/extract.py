@@ -74,6 +74,7 @@ def extract(
     from ..features import FileStore, ShardStore
     from ..images import ResizePolicy
     from ..inputs import Item, collect
+    from ..int8 import BelowBound
     from ..outputs import check_apart_from_inputs, destination, output_folder
     from ..pca import pca_rgb
     from ..resume import Ledger, model_identity
@@ -166,6 +167,10 @@ def extract(
 
     try:
         summary = engine.run(items, policy, features, write, desc="extract", skip=done, split_ranks=True)
+    except BelowBound:
+        if ledger is not None:
+            ledger.withdraw()  # nothing was written: a rerun in fp32 may use the folder
+        raise
     finally:
         if store is not None:
             store.close()
