@@ -26,7 +26,7 @@ README = ROOT / "docs" / "performance.md"  # the results tables live between its
 
 CPU = {
     "startup": ["benchmarks.startup", "--repeat", "3"],
-    "extract_e2e": ["benchmarks.extract_e2e", "--size", "b16", "--images", "96", "--repeat", "2"],
+    "extract_e2e": ["benchmarks.extract_e2e", "--size", "b16", "--images", "96", "--repeat", "3"],
     "extract": ["benchmarks.extract", "--size", "b16", "--device", "cpu", "--batch", "16", "--images", "32",
                 "--iters", "3"],
     "pretrain": ["benchmarks.pretrain", "--size", "t16", "--img-size", "128", "--batch", "32", "--device", "cpu",
