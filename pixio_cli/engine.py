@@ -340,7 +340,7 @@ class Engine:
             raise UsageError("--precision int8 is offered by pixio extract only (its features are checked against "
                              "fp32); use fp32 or bf16")
         if self.int8 and self.device.type != "cpu":
-            raise UsageError("--precision int8 is for CPUs; on a GPU use bf16")
+            raise UsageError("--precision int8 is for CPUs: add --device cpu, or use bf16 on the GPU")
         if self.int8 and compile:
             raise UsageError("--compile and --precision int8 do not go together (int8 runs its own kernels); "
                              "drop one")

@@ -58,7 +58,12 @@ def available() -> bool:
 
 
 class Int8Linear(nn.Module):
-    """An ``nn.Linear`` computed in int8; keeps the float weight for :func:`exact` runs."""
+    """An ``nn.Linear`` computed in int8; keeps the float weight for :func:`exact` runs.
+
+    For inference on the CPU: made from a layer already there, and not moved,
+    copied or saved after (the packed weight is oneDNN's own tensor). Outputs are
+    float32 whatever the input's dtype; no gradient flows through it.
+    """
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
