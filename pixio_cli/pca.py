@@ -21,9 +21,11 @@ def pca_rgb(patch_tokens: torch.Tensor, out_hw: tuple[int, int]) -> np.ndarray:
     # torch.linalg.svd is exact and fast enough at these sizes (a few thousand x D)
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
     comps = (x @ vh[:k].T).float()
-    # fix each component's sign so the picture does not flip between runs or images
-    signs = torch.sign(comps.sum(0, keepdim=True) + 1e-12)
-    comps = comps * signs
+    # the SVD's sign of each component is arbitrary (and the centred components sum to zero, so their sum
+    # cannot choose it): turn each so its long tail, the rarer side, is bright, and the colours hold
+    # between runs, precisions and images
+    signs = torch.where((comps.double() ** 3).sum(0, keepdim=True) < 0, -1.0, 1.0)
+    comps = comps * signs.float()
     if k < 3:
         comps = torch.cat([comps, torch.zeros(comps.shape[0], 3 - k)], 1)
     lo = torch.quantile(comps, 0.01, dim=0, keepdim=True)
