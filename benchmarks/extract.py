@@ -54,9 +54,13 @@ def main() -> None:
     imgs = images(args.images, args.side)
     batches = [engine.to_pixels(imgs[i:i + args.batch]) for i in range(0, len(imgs), args.batch)]
 
-    def ours_fn(x):  # what `pixio extract` runs per batch (last block, normed, split into CLS/patches)
-        t = ours.forward_blocks(x, [-1])[0]
-        return {"cls": t[:, :8], "patches": t[:, 8:]}
+    def tokens_of(model):  # what `pixio extract` runs per batch (last block, normed, split into CLS/patches)
+        def fn(x):
+            t = model.forward_blocks(x, [-1])[0]
+            return {"cls": t[:, :8], "patches": t[:, 8:]}
+        return fn
+
+    ours_fn = tokens_of(ours)
 
     def hf_fn(x):
         t = hf(pixel_values=x).last_hidden_state
@@ -73,11 +77,7 @@ def main() -> None:
     if engine.device.type == "cpu" and engine.dtype == torch.float32 and int8_available() and not args.compile:
         # --precision int8: the same model with int8 linear layers, against the same reference
         engine8 = Engine(args.device, "int8", args.batch, workers=0, int8=True)
-        ours8 = engine8.prepare(copy.deepcopy(ours))
-
-        def ours8_fn(x):
-            t = ours8.forward_blocks(x, [-1])[0]
-            return {"cls": t[:, :8], "patches": t[:, 8:]}
+        ours8_fn = tokens_of(engine8.prepare(copy.deepcopy(ours)))
 
         with torch.no_grad():
             cos = min(min_cosine(engine8.infer(ours8_fn, b)["patches"], engine.infer(ours_run, b)["patches"])

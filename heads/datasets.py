@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from pixio_cli.errors import InputError, UsageError
 from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD, is_image, read_image
 
-from .sequences import depth_from_raw
+from .sequences import depth_from_raw, require_depth_scale
 
 IGNORE = 255
 
@@ -208,10 +208,7 @@ def _find_layout(dataset: str, root: str | Path, split: str, depth_scale: float 
         return Layout(pairs, "segment", label_map={11: IGNORE}, classes=CAMVID_CLASSES, palette=CAMVID_PALETTE)
     if dataset == "generic-depth":
         imgs, targets = _stems(root / "images"), _stems(root / "depth")
-        if depth_scale is None:
-            raise UsageError("--dataset generic-depth needs --depth-scale (stored value per metre, e.g. 1000 for mm)")
-        if not (np.isfinite(depth_scale) and depth_scale > 0):
-            raise UsageError(f"--depth-scale {depth_scale:g}: expected a positive number of stored values per metre")
+        require_depth_scale(depth_scale, "generic-depth")
         found = [(imgs[s], targets[s]) for s in sorted(imgs) if s in targets]
         return Layout(_split_pairs(root, split, found), "depth", depth_scale)
     if dataset == "generic-segment":

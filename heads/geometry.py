@@ -11,6 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import os
+import struct
+import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -350,8 +356,6 @@ def write_ply(path, points: np.ndarray, colours: np.ndarray, normals_towards: np
     """Coloured points (N, 3) and colours (N, 3) uint8 as a PLY file, with Open3D, atomically. With
     ``normals_towards`` (a 3D point, e.g. a camera centre) normals are estimated and oriented towards it;
     ``unit`` goes into the header as a ``comment units: ...`` line."""
-    from pathlib import Path
-
     from pixio_cli.errors import UsageError
     from pixio_cli.writers import atomic_path
 
@@ -376,8 +380,6 @@ def write_mesh(path, mesh) -> None:
     from pixio_cli.errors import UsageError
     from pixio_cli.writers import atomic_path
 
-    from pathlib import Path
-
     o3d = _open3d()
     glb = Path(path).suffix.lower() == ".glb"
     with atomic_path(path, keep_suffix=True) as tmp, _quiet_open3d(o3d):
@@ -393,17 +395,13 @@ def write_mesh(path, mesh) -> None:
             _check_ply(tmp, path)  # Open3D reports success on a full disk too
 
 
-_QUIET = __import__("threading").Lock()
+_QUIET = threading.Lock()
 
 
 @contextlib.contextmanager
 def _quiet_open3d(o3d):
     """Open3D's own warnings and its PLY library's C-level messages (hundreds of "RPly: Failed writing"
     lines on a full disk) held back: the write is checked, and a failure is said in one line."""
-    import os
-    import sys
-    import threading
-
     level = o3d.utility.get_verbosity_level()
     o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
     # the descriptor is the whole process's: redirected only from the main thread (never while a background
@@ -431,8 +429,6 @@ _PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort"
 
 def _check_ply(tmp, path) -> None:
     """A binary PLY is whole when its body has the size its header promises (faces: triangles)."""
-    from pathlib import Path
-
     data = Path(tmp).read_bytes()
     end = data.find(b"end_header\n")
     whole = end > 0
@@ -458,10 +454,6 @@ def _check_ply(tmp, path) -> None:
 def _check_glb(tmp, path) -> None:
     """A GLB is whole when its header's length is the file's, its chunks fit in it and it has its binary
     chunk."""
-    import json
-    import struct
-    from pathlib import Path
-
     data = Path(tmp).read_bytes()
     ok = len(data) >= 20 and data[:4] == b"glTF"
     if ok:
@@ -478,8 +470,6 @@ def _check_glb(tmp, path) -> None:
 
 def _ply_comment(path, text: str) -> None:
     """Insert a comment line into a PLY header, after its format line (the header is ASCII)."""
-    from pathlib import Path
-
     data = Path(path).read_bytes()
     at = data.index(b"\n", data.index(b"\nformat ") + 1) + 1
     Path(path).write_bytes(data[:at] + f"comment {text}\n".encode("ascii") + data[at:])
@@ -490,8 +480,6 @@ def write_cameras_json(path, images: list[str], sizes: np.ndarray, K: np.ndarray
     """``cameras.json``: per image its name (relative to ``image_root`` when given), width, height, K
     (original pixels) and camera-to-world (OpenCV axes: x right, y down, z forward), and the unit of
     lengths."""
-    import json
-
     from pixio_cli.writers import write_text
 
     cams = [{"image": name, "width": int(hw[1]), "height": int(hw[0]), "K": np.asarray(k, float).tolist(),

@@ -285,8 +285,6 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0) -> tuple[Predictions,
     elif len(ratios) >= MIN_OBSERVATIONS:
         scale = float(np.median(ratios))  # network units per reconstruction unit
     elif sfm.known:
-        from pixio_cli.errors import UsageError
-
         raise UsageError("--known-cameras: the cameras' unit is not said (a cameras.json in metres) and there are "
                          "no triangulated points to set it (a COLMAP model with its points3D)")
     else:  # no usable points: cameras without depth agreement are no use

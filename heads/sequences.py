@@ -147,14 +147,19 @@ def sevenscenes(root: Path, split: str) -> list[Sequence]:
     return [Sequence(root.name, frames, 1000.0, SEVENSCENES_INVALID)] if frames else []
 
 
+def require_depth_scale(depth_scale: float | None, dataset: str) -> None:
+    """A usage error unless a generic layout's --depth-scale is given and a positive number."""
+    if depth_scale is None:
+        raise UsageError(f"--dataset {dataset} needs --depth-scale (stored value per metre, e.g. 1000 for mm)")
+    if not (np.isfinite(depth_scale) and depth_scale > 0):
+        raise UsageError(f"--depth-scale {depth_scale:g}: expected a positive number of stored values per metre")
+
+
 def generic_rgbd(root: Path, split: str, depth_scale: float | None) -> list[Sequence]:
     """``images/ depth/ poses/ K.txt`` under ``<root>/<split>/`` or ``<root>/``, or one such folder per
     sequence under either. With ``train/`` or ``val/`` folders only the asked split's is read; without,
     ``<root>`` serves any split (the trainers refuse a held-out split that is their training data)."""
-    if depth_scale is None:
-        raise UsageError("--dataset generic-rgbd needs --depth-scale (stored value per metre, e.g. 1000 for mm)")
-    if not (np.isfinite(depth_scale) and depth_scale > 0):
-        raise UsageError(f"--depth-scale {depth_scale:g}: expected a positive number of stored values per metre")
+    require_depth_scale(depth_scale, "generic-rgbd")
     if any((root / s).is_dir() for s in ("train", "val")):  # split folders: only this split's, never the other's
         base = root / split
         if not base.is_dir():

@@ -56,6 +56,16 @@ class SfmCameras:
     reconstruction: object = None  # the pycolmap.Reconstruction, for export
     names: list[str] | None = None  # its image name of each frame
 
+    @classmethod
+    def empty(cls, hw: list[tuple[int, int]], **kwargs) -> "SfmCameras":
+        """No camera for any of the frames of sizes ``hw`` (fields in ``kwargs`` set otherwise)."""
+        V = len(hw)
+        return cls(**{"registered": np.zeros(V, bool), "cam2world": np.tile(np.eye(4), (V, 1, 1)),
+                      "K": np.zeros((V, 3, 3)), "cameras": [None] * V,
+                      "written_hw": np.array(hw, np.int64).reshape(V, 2),
+                      "observations": [(np.zeros((0, 2)), np.zeros(0))] * V, "points": 0,
+                      "reprojection_error": float("nan"), **kwargs})
+
 
 def _pycolmap():
     try:
@@ -186,10 +196,7 @@ def sfm_cameras(rec, names: list[str], written_hw: list[tuple[int, int]], origin
     """The reconstruction ``rec`` (or None) read per frame, frames named ``names`` in order."""
     from .geometry import scale_intrinsics
 
-    V = len(names)
-    out = SfmCameras(registered=np.zeros(V, bool), cam2world=np.tile(np.eye(4), (V, 1, 1)), K=np.zeros((V, 3, 3)),
-                     cameras=[None] * V, written_hw=np.array(written_hw, np.int64), observations=[
-                         (np.zeros((0, 2)), np.zeros(0))] * V, points=0, reprojection_error=float("nan"))
+    out = SfmCameras.empty(written_hw)
     if rec is None:
         return out
     position = {name: i for i, name in enumerate(names)}
@@ -209,9 +216,8 @@ def sfm_cameras(rec, names: list[str], written_hw: list[tuple[int, int]], origin
             if p2d.has_point3D():
                 xy.append(p2d.xy)
                 z.append((w2c[:3, :3] @ rec.points3D[p2d.point3D_id].xyz + w2c[:3, 3])[2])
-        xy = np.array(xy, np.float64).reshape(-1, 2) - 0.5
         sy, sx = original_hw[i][0] / written_hw[i][0], original_hw[i][1] / written_hw[i][1]
-        xy = np.stack([(xy[:, 0] + 0.5) * sx - 0.5, (xy[:, 1] + 0.5) * sy - 0.5], 1)
+        xy = np.array(xy, np.float64).reshape(-1, 2) * [sx, sy] - 0.5  # COLMAP's pixels, rescaled, to ours
         out.registered[i] = True
         out.cam2world[i] = c2w
         out.K[i] = scale_intrinsics(K, written_hw[i], original_hw[i])
@@ -345,20 +351,20 @@ def write_colmap(folder: Path, labels: list[str], original_hw: np.ndarray, K: np
     pixels) and no points. Each file is written atomically.
     """
     pycolmap = _pycolmap()
-    import os
     import tempfile
 
     from .geometry import invert_pose
 
     out = pycolmap.Reconstruction()
     old = sfm.reconstruction if sfm is not None and sfm.registered.any() else None
+    old_images = {im.name: im for im in old.images.values()} if old is not None else {}
     image_of: dict[int, int] = {}  # the reconstruction's image id -> ours
     cameras: dict[int, int] = {}  # the reconstruction's camera id -> ours
     for v, label in enumerate(labels):
         w2c = invert_pose(np.asarray(cam2world[v], np.float64))
         w, h = int(original_hw[v][1]), int(original_hw[v][0])
         if old is not None and sfm.registered[v]:
-            src = next(im for im in old.images.values() if im.name == sfm.names[v])
+            src = old_images[sfm.names[v]]
             if src.camera_id not in cameras:
                 got = old.cameras[src.camera_id]
                 camera = pycolmap.Camera.create_from_model_name(len(out.cameras) + 1, got.model_name, 1.0,
@@ -402,12 +408,9 @@ def read_known_cameras(path: Path, names: list[str], original_hw: list[tuple[int
     COLMAP model folder (its points, when it has them, set the scale). Every frame must be in the file."""
     import json
 
-    from pixio_cli.errors import UsageError
-
     from .geometry import scale_intrinsics
 
     path = Path(path)
-    V = len(names)
     if path.is_dir():
         pycolmap = _pycolmap()
         try:
@@ -426,10 +429,8 @@ def read_known_cameras(path: Path, names: list[str], original_hw: list[tuple[int
         raise UsageError(f"--known-cameras {path}: not a cameras.json of pixio's ({e})") from None
     matched = [_match(n, cams) for n in names]
     _require_all(path, names, matched)
-    out = SfmCameras(registered=np.ones(V, bool), cam2world=np.tile(np.eye(4), (V, 1, 1)), K=np.zeros((V, 3, 3)),
-                     cameras=[None] * V, written_hw=np.array(original_hw, np.int64),
-                     observations=[(np.zeros((0, 2)), np.zeros(0))] * V, points=0, reprojection_error=float("nan"),
-                     scale=1.0 if str(data.get("unit", "")).startswith("metre") else None, known=True)
+    out = SfmCameras.empty(original_hw, registered=np.ones(len(names), bool), known=True,
+                           scale=1.0 if str(data.get("unit", "")).startswith("metre") else None)
     pycolmap = _pycolmap()
     for v, m in enumerate(matched):
         c = cams[m]
@@ -448,14 +449,17 @@ def _match(name: str, known: dict) -> str | None:
     """``name`` in ``known``, else the one entry with the same file name (cameras made from another folder)."""
     if name in known:
         return name
-    base = Path(name.split("#")[0]).name + ("#" + name.split("#", 1)[1] if "#" in name else "")
-    same = [k for k in known if Path(k.split("#")[0]).name + ("#" + k.split("#", 1)[1] if "#" in k else "") == base]
+    same = [k for k in known if _file_key(k) == _file_key(name)]
     return same[0] if len(same) == 1 else None
 
 
-def _require_all(path: Path, names: list[str], matched: list[str | None]) -> None:
-    from pixio_cli.errors import UsageError
+def _file_key(name: str) -> str:
+    """An image name without its folders: ``a/b/c.png`` -> ``c.png``, ``v/clip.mp4#frame3`` -> ``clip.mp4#frame3``."""
+    path, sep, frame = name.partition("#")
+    return Path(path).name + sep + frame
 
+
+def _require_all(path: Path, names: list[str], matched: list[str | None]) -> None:
     missing = [n for n, m in zip(names, matched) if m is None]
     if missing:
         raise UsageError(f"--known-cameras {path}: no camera for {len(missing)} of the {len(names)} frames (first: "

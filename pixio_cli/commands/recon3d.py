@@ -160,12 +160,12 @@ def recon3d(
         names = [items[s.index].label for s in samples]
         sizes = [s.orig_hw for s in samples]
         known = [Ks[s.index] for s in samples] if Ks is not None else None
+        root, image_names = _image_names([items[s.index] for s in samples])
         given = None
         if known_cameras is not None:  # the user's cameras; their K goes to the network as --intrinsics would
             from heads.sfm import read_known_cameras
 
-            given = read_known_cameras(known_cameras, _image_names(names, [items[s.index] for s in samples])[1],
-                                       sizes)
+            given = read_known_cameras(known_cameras, image_names, sizes)
             known = list(given.K)
         loaded = time.perf_counter()
 
@@ -227,7 +227,6 @@ def recon3d(
         written += _write_mesh(pred, colours, scene_path, mesh_voxel, glb,
                                None if use_mask else np.ones(pred.mask.shape, bool))
     cam_sizes = np.array(pred.original_hw)
-    root, image_names = _image_names(pred.images, [items[s.index] for s in samples])
     flipped = [name for name, K in zip(pred.images, pred.K_original) if not (K[0, 0] > 0 and K[1, 1] > 0)]
     if cameras is not None and flipped:  # written as predicted, but said: no pinhole camera has them
         typer.echo(f"pixio: warning: the predicted camera of {len(flipped)} view(s) (first: {flipped[0]}) has a "
@@ -268,7 +267,7 @@ def recon3d(
         raise typer.Exit(1)
 
 
-def _image_names(labels: list[str], items: list) -> tuple[str, list[str]]:
+def _image_names(items: list) -> tuple[str, list[str]]:
     """The folder the frames lie in and each frame's name relative to it, as COLMAP and the cameras
     file name images (COLMAP, given that folder, finds every one); a video's frames are <video>#frame<N>."""
     import os
