@@ -29,9 +29,9 @@ CPU = {
     "extract_e2e": ["benchmarks.extract_e2e", "--size", "b16", "--images", "96", "--repeat", "3"],
     "extract": ["benchmarks.extract", "--size", "b16", "--device", "cpu", "--batch", "16", "--images", "32",
                 "--iters", "3"],
-    "pretrain": ["benchmarks.pretrain", "--size", "t16", "--img-size", "128", "--batch", "32", "--device", "cpu",
-                 "--decoder-depth", "3", "--decoder-dim", "192", "--decoder-heads", "6", "--mask-grid", "2",
-                 "--iters", "6", "--warmup", "2"],
+    "pretrain_compiled": ["benchmarks.pretrain", "--size", "t16", "--img-size", "128", "--batch", "32", "--device",
+                          "cpu", "--decoder-depth", "3", "--decoder-dim", "192", "--decoder-heads", "6", "--mask-grid",
+                          "2", "--iters", "10", "--warmup", "2", "--compile"],
     "depth": ["benchmarks.depth", "--size", "t16", "--side", "256", "--device", "cpu", "--batch", "4",
               "--features", "64", "--head-channels", "48,96,192,192", "--iters", "3"],
     "curate": ["benchmarks.curate", "--size", "t16", "--images", "64", "--device", "cpu"],
@@ -59,8 +59,9 @@ WHAT = {
     "extract_e2e": "`pixio extract` 96 photos b16 256 px end to end vs a plain transformers fp32 script",
     "extract": "`pixio extract`'s model path vs `transformers.PixioModel`",
     "extract_compiled": "the same, with `--compile`",
-    "pretrain": "a pretraining step vs a plain MAE step (official precision, for-loop AdamW)",
-    "pretrain_compiled": "the same, with `--compile`",
+    "pretrain": "a pretraining step, eager (runs under 2000 steps, FSDP), vs a plain MAE step (official precision, "
+                "for-loop AdamW)",
+    "pretrain_compiled": "the same, compiled: `pixio pretrain`'s default for runs of 2000 steps or more",
     "depth": "`pixio depth`'s model path vs transformers hidden states + the same DPT head",
     "curate": "`pixio curate`'s MAE-loss statistic vs a plain loop",
     "pointmap": "the point-map model (MapAnything-Pixio-H shape) at the default precision vs the same in fp32",
@@ -99,6 +100,8 @@ def row(name: str, r: dict) -> str:
         if "ratio_int8" in r:
             ours += f"; `--precision int8` {r['ours_int8_s']} s, **{r['ratio_int8']}x**"
             limit += f"; int8 cosine to fp32 {r['int8_min_cosine_to_fp32']} (every image)"
+        if "int8_refused" in r:
+            ours += f"; `--precision int8` stopped by its check: {r['int8_refused']}"
     elif name == "recon3d":
         k = r["kitchen"]
         ours = (f"{r['ours_s']} s; ATE {r['ate_cm']} cm, scale {k['ours']['scale']:.3f}, rot {k['ours']['rotation_error_deg']:.2f} deg, "
@@ -123,12 +126,16 @@ def row(name: str, r: dict) -> str:
         if "ratio_int8" in r:
             ours += f"; `--precision int8` {r['ours_int8_img_s']} {unit}, **{r['ratio_int8']}x**"
             limit += f"; int8 cosine to fp32 {r['int8_min_cosine_to_fp32']}"
+        if "int8_refused" in r:
+            ours += f"; `--precision int8` stopped by its check: {r['int8_refused']}"
         if "mfu_of_measured_peak" in r:
             limit += f"; MFU {r['mfu_of_measured_peak']:.0%} of it"
         if "mfu_of_datasheet_peak" in r:
             limit += f" ({r['mfu_of_datasheet_peak']:.0%} of the data sheet)"
         if "max_loss_rel_diff" in r:
             limit += f"; losses within {r['max_loss_rel_diff']:.2%}"
+        if "ratio_eager" in r:
+            limit += f"; eager {r['ratio_eager']}x in the same run"
         if "ratio_same_precision" in r:
             limit += f"; at the reference's precision {r['ratio_same_precision']}x"
     return f"| {name} | {WHAT.get(name, '')} | {ours} | {ref} | **{r['ratio']}x** | {limit} |"

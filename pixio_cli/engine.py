@@ -344,12 +344,14 @@ class Engine:
         if self.int8 and compile:
             raise UsageError("--compile and --precision int8 do not go together (int8 runs its own kernels); "
                              "drop one")
+        self.int8_bits = None  # of the int8 weights: 8, or 7 on CPUs without VNNI
         if self.int8:
-            from .int8 import available
+            from .int8 import weight_bits
 
-            if not available():
-                raise UsageError("--precision int8 needs oneDNN's int8 kernels on an x86 CPU with VNNI "
-                                 "(AVX512-VNNI, AVX-VNNI or AMX), which this machine lacks; use fp32")
+            self.int8_bits = weight_bits()
+            if self.int8_bits is None:
+                raise UsageError("--precision int8 needs oneDNN's int8 kernels on an x86 CPU with AVX2 or newer, "
+                                 "which this machine lacks; use fp32")
         self.dtype = pick_dtype("fp32" if self.int8 else precision, self.device)
         self._int8_check = None
         if batch_size < 1:
@@ -379,15 +381,18 @@ class Engine:
         if self.int8:
             from .int8 import Int8Check, quantise_linears
 
-            quantise_linears(model)
+            quantise_linears(model, self.int8_bits)
             self._int8_check = self._int8_check or Int8Check([])
             self._int8_check.models.append(model)
         return model
 
     @property
     def precision(self) -> str:
-        """What decides the numbers, as resume ledgers record it: the dtype's name, or int8."""
-        return "int8" if self.int8 else str(self.dtype).removeprefix("torch.")
+        """What decides the numbers, as resume ledgers record it: the dtype's name, or int8 (with the weights'
+        bits where they are not 8, so that a folder is never finished on a CPU of the other kind)."""
+        if self.int8:
+            return "int8" if self.int8_bits == 8 else f"int8 ({self.int8_bits}-bit weights)"
+        return str(self.dtype).removeprefix("torch.")
 
     def maybe_compile(self, fn: Callable) -> Callable:
         return torch.compile(fn, dynamic=None) if self.compile else fn

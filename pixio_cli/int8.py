@@ -2,7 +2,8 @@
 
 On CPUs without native bf16 the fp32 forward already runs at the machine's fp32
 matmul rate, so the only way to a faster forward is fewer bits. Here each
-linear layer's weight is rounded to int8 with one scale per output channel,
+linear layer's weight is rounded to int8 (7 bits on CPUs without VNNI, see
+:func:`weight_bits`) with one scale per output channel,
 and each input row (one token) is rounded at run time with its own scale: a
 per-tensor scale would let the few tokens of very large norm (the CLS tokens,
 activation outliers) set the step for all others. The product is oneDNN's
@@ -31,30 +32,48 @@ from .errors import PixioError
 COSINE_BOUND = 0.999
 
 
-# oneDNN kernels held below VNNI (by the user, or to stand in for an older CPU)
-_BELOW_VNNI = ("sse41", "avx", "avx2", "avx512_core")
+# oneDNN kernels held (by the user, or to stand in for an older CPU) below AVX2, or at AVX2 / AVX-512 without VNNI
+_BELOW_AVX2 = ("sse41", "avx")
+_NO_VNNI = ("avx2", "avx512_core")
 
 
 class BelowBound(PixioError):
     """The int8 features of the first images missed the cosine bound."""
 
 
-def available() -> bool:
-    """Whether int8 is exact here: oneDNN's int8 linear kernel on a CPU with VNNI (or AMX).
+def weight_bits() -> int | None:
+    """The bits of int8 weights that keep oneDNN's int8 matmul exact on this CPU; None where int8 is not offered.
 
-    Without VNNI, oneDNN adds pairs of uint8 x int8 products in 16 bits, which
-    overflow with the full 8-bit activations used here: results would be wrong,
-    not only slow. Read from /proc/cpuinfo (Linux); elsewhere int8 is not offered.
+    With VNNI (or AMX) oneDNN sums uint8 x int8 products in 32 bits: 8-bit weights.
+    Without it (AVX2, AVX-512 before VNNI) it adds pairs of products in 16 bits
+    with saturation, and 2 x 255 x 127 overflows (features at cosine 0.79-0.90 of
+    fp32): weights keep 7 bits there, |q| <= 63, so a pair is at most 32130 and
+    the sum stays exact. Below AVX2 int8 is not offered. Read from /proc/cpuinfo
+    (Linux); elsewhere int8 is not offered.
     """
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")):
-        return False
-    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower() in _BELOW_VNNI:
-        return False
+        return None
+    flags = _cpu_flags()
+    if flags is None:
+        return None
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower()
+    if " avx2" not in flags or isa in _BELOW_AVX2:
+        return None
+    vnni = any(f" {flag}" in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8")) and isa not in _NO_VNNI
+    return 8 if vnni else 7
+
+
+def _cpu_flags() -> str | None:
     try:
-        flags = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            return f.read()
     except OSError:
-        return False
-    return any(f" {flag}" in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+        return None
+
+
+def available() -> bool:
+    """Whether ``--precision int8`` is offered here (see :func:`weight_bits`)."""
+    return weight_bits() is not None
 
 
 class Int8Linear(nn.Module):
@@ -65,12 +84,12 @@ class Int8Linear(nn.Module):
     float32 whatever the input's dtype; no gradient flows through it.
     """
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, bits: int = 8) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # the same parameters: no copy of the float weight
         w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127
+        scale = w.abs().amax(dim=1).clamp_min(1e-12) / (2 ** (bits - 1) - 1)
         qweight = (w / scale[:, None]).round().to(torch.int8)
         self.qweight = torch.ops.onednn.qlinear_prepack(qweight, None)  # oneDNN's own layout, once
         self.register_buffer("wscale", scale, persistent=False)
@@ -97,15 +116,16 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def quantise_linears(model: nn.Module) -> int:
-    """Replace every ``nn.Linear`` of ``model`` by an :class:`Int8Linear`; returns how many."""
+def quantise_linears(model: nn.Module, bits: int = 8) -> int:
+    """Replace every ``nn.Linear`` of ``model`` by an :class:`Int8Linear` with ``bits``-bit weights; returns how
+    many."""
     n = 0
     for name, child in model.named_children():
         if isinstance(child, nn.Linear):
-            setattr(model, name, Int8Linear(child))
+            setattr(model, name, Int8Linear(child, bits))
             n += 1
         else:
-            n += quantise_linears(child)
+            n += quantise_linears(child, bits)
     return n
 
 

@@ -23,10 +23,11 @@ Precision = Annotated[Optional[str], typer.Option(
     metavar="fp32|bf16|fp16", help="fp32, bf16 or fp16 (GPU only). Default: bf16 where the hardware does it natively (CUDA; CPUs with "
          "AVX-512 BF16 or AMX), else fp32. fp32 gives exactly the official numbers.", show_default=False)]
 PrecisionInt8 = Annotated[Optional[str], typer.Option(
-    "--precision", metavar="fp32|bf16|fp16|int8", help="fp32, bf16, fp16 (GPU only) or int8 (CPU only: "
-    "linear layers in int8, about 1.4x fp32 for b16 on an x86 CPU with VNNI; the first images are checked against "
-    "fp32 and the job stops if a token is below cosine 0.999). Default: bf16 where the hardware does it natively, else "
-    "fp32, exactly the official numbers.", show_default=False)]
+    "--precision", metavar="fp32|bf16|fp16|int8", help="fp32, bf16, fp16 (GPU only) or int8 (CPU only: linear layers "
+    "in int8, about 1.4x fp32 for b16 on an x86 CPU with VNNI, 1.3x with AVX2 only (7-bit weights, which fewer models "
+    "hold to the bound); the first images are checked against fp32 and the job stops if a token is below cosine "
+    "0.999). Default: bf16 where the hardware does it natively, else fp32, exactly the official numbers.",
+    show_default=False)]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", metavar="N", help="Images per batch (halved on out-of-memory).",
                                         min=1)]
 Workers = Annotated[Optional[int], typer.Option(
@@ -34,6 +35,10 @@ Workers = Annotated[Optional[int], typer.Option(
 Compile = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the model, for long runs: about 10 s up front, then faster (b16 on a 2-core "
                       "CPU: 1.2x, paying after ~1000 images).")]
+CompileAuto = Annotated[Optional[bool], typer.Option(
+    "--compile/--no-compile", help="torch.compile the training step. Default: on for runs of "
+    "2000 steps or more (the compile takes a minute or two and pays for itself long before), off for shorter "
+    "ones and under --fsdp.", show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Resize = Annotated[str, typer.Option(
     metavar="N|WxH|native", help="Short side N, WIDTHxHEIGHT, or 'native'; always rounded to a multiple of 16.")]

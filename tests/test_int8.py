@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +17,8 @@ from pixio_cli.int8 import COSINE_BOUND, Int8Check, Int8Linear, available, exact
 
 from .conftest import random_encoder, write_rgb
 
-# int8 is exact only with VNNI: elsewhere it is refused (the last test), not run
-needs_int8 = pytest.mark.skipif(not available(), reason="no oneDNN int8 with VNNI on this CPU")
+# int8 needs oneDNN's kernels on AVX2 or newer: elsewhere it is refused (a test below), not run
+needs_int8 = pytest.mark.skipif(not available(), reason="no oneDNN int8 on this CPU")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -112,11 +117,48 @@ def test_int8_is_refused_where_it_is_not_offered(cli, tiny_encoder_file, tmp_pat
     base = ["extract", str(img), "--model", str(tiny_encoder_file), "--precision", "int8", "-q"]
     code, _, err = cli([*base, "-o", tmp_path / "f", "--compile"])
     assert code == 2 and "--compile" in err and not (tmp_path / "f").exists()
-    # oneDNN held below VNNI stands in for a CPU without it, where its int8 sums would overflow
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    # oneDNN held below AVX2 stands in for a CPU without it
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX")
     assert not available()
     code, _, err = cli([*base, "-o", tmp_path / "g"])
-    assert code == 2 and "VNNI" in err and err.count("\n") == 1
+    assert code == 2 and "AVX2" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flags,isa,bits", [
+    ("fpu avx2 avx512f avx512_vnni", "", 8), ("fpu avx2 avx_vnni", "", 8), ("fpu avx2 amx_int8", "", 8),
+    ("fpu avx2 fma", "", 7), ("fpu avx2 avx512f", "", 7),  # AVX2 / AVX-512 without VNNI
+    ("fpu avx2 avx512_vnni", "AVX2", 7), ("fpu avx2 avx512_vnni", "avx512_core", 7),  # held below VNNI
+    ("fpu avx2 avx512_vnni", "AVX", None), ("fpu sse4_2 avx", "", None), (None, "", None)])
+def test_weight_bits_follow_the_cpu(monkeypatch, flags, isa, bits):
+    import pixio_cli.int8 as int8
+
+    monkeypatch.setattr(int8, "_cpu_flags", lambda: flags)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    assert int8.weight_bits() == bits
+
+
+_SATURATION = """
+import torch
+from torch import nn
+from pixio_cli.int8 import Int8Linear
+lin = nn.Linear(64, 8, bias=False)
+with torch.no_grad():
+    lin.weight.fill_(1.0)  # the largest int8 weights, by the largest activations: the pairs oneDNN adds overflow
+    print(float((Int8Linear(lin, 7)(torch.ones(4, 64)) - 64).abs().max()),
+          float((Int8Linear(lin, 8)(torch.ones(4, 64)) - 64).abs().max()))
+"""
+
+
+@pytest.mark.skipif(" avx2" not in (open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""),
+                    reason="no AVX2 here")
+def test_seven_bit_weights_are_exact_without_vnni():
+    """oneDNN's AVX2 int8 kernel (oneDNN held to AVX2 stands in for such a CPU) adds pairs of products in 16 bits:
+    8-bit weights saturate them, 7-bit ones do not."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", _SATURATION], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    err7, err8 = map(float, out.stdout.split())
+    assert err7 < 1e-4 and err8 > 10
 
 
 def test_min_cosine_of_zero_and_nan_vectors():
