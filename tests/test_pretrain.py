@@ -419,3 +419,33 @@ def test_fused_adamw_on_cpu_matches_the_official_for_loop_update():
             opt.step()
     for a, b in zip(ours_p, ref_p):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_compile_is_chosen_for_long_runs_only(monkeypatch):
+    from pretrain import train
+
+    monkeypatch.setattr(train, "_has_cxx", lambda: True)
+    assert train.compile_choice(None, train.AUTO_COMPILE_STEPS, fsdp=False)
+    assert not train.compile_choice(None, train.AUTO_COMPILE_STEPS - 1, fsdp=False)
+    assert not train.compile_choice(None, 10 ** 6, fsdp=True)  # FSDP2 recompiles per block
+    assert train.compile_choice(True, 1, fsdp=True) and not train.compile_choice(False, 10 ** 6, fsdp=False)
+    monkeypatch.setattr(train, "_has_cxx", lambda: False)
+    assert not train.compile_choice(None, 10 ** 6, fsdp=False)
+
+
+def test_a_long_pretraining_run_is_compiled_and_a_short_one_is_not(tmp_path, monkeypatch):
+    import torch._dynamo
+
+    from pretrain import train
+
+    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)  # restored after the test
+    monkeypatch.setattr(train, "_has_cxx", lambda: True)
+    data = _photos(tmp_path / "photos", 2)
+    kinds = {}
+    for steps in (3, train.AUTO_COMPILE_STEPS):
+        cfg = train.TrainConfig(mae=CFG, data=[str(data)], output=str(tmp_path / f"r{steps}"), steps=steps, workers=0,
+                                device="cpu", compile=None)
+        trainer = train.Trainer(cfg)  # compiling itself waits for the first step
+        kinds[steps] = (trainer.compiled, isinstance(trainer._forward, torch._dynamo.eval_frame.OptimizedModule))
+    assert kinds == {3: (False, False), train.AUTO_COMPILE_STEPS: (True, True)}
+    assert torch._dynamo.config.suppress_errors  # auto: a compiler that fails falls back to eager

@@ -51,7 +51,7 @@ def pretrain(
     resume: t.Resume = None,
     fsdp: t.Fsdp = False,
     grad_checkpointing: t.GradCkpt = False,
-    compile: opt.Compile = False,
+    compile: opt.CompileAuto = None,
     device: opt.Device = "auto",
     precision: opt.Precision = None,
     workers: t.Workers = 4,
