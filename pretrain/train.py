@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch._dynamo.exc import TorchDynamoException
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -126,7 +127,8 @@ AUTO_COMPILE_STEPS = 2000
 
 def compile_choice(setting: bool | None, steps_left: int, fsdp: bool) -> bool:
     """Whether to torch.compile the training step: as asked, else (``None``, auto) for runs of
-    ``AUTO_COMPILE_STEPS`` steps or more where a C++ compiler is found, except under FSDP.
+    ``AUTO_COMPILE_STEPS`` steps or more where a C++ compiler is found, except under FSDP. A compile
+    that fails anyway stops the run with :class:`CompileFailed`, which names ``--no-compile``.
 
     The compile costs a minute or two once (a t16 on 2 CPU cores: ~30 s); each step
     after it runs 1.1x (t16, 2-core Xeon, fp32) to 1.3x (h16 bf16, H200) faster, so it
@@ -147,6 +149,10 @@ def _has_cxx() -> bool:
 
 class NonFiniteLoss(PixioError):
     """The loss became NaN or infinite."""
+
+
+class CompileFailed(PixioError):
+    """torch.compile could not compile the training step."""
 
 
 class Trainer:
@@ -183,10 +189,6 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed + 1000 * self.rank)  # per-rank masks and drop-path
         self.compiled = compile_choice(cfg.compile, cfg.steps - self.step, cfg.fsdp)
-        if self.compiled and cfg.compile is None:
-            import torch._dynamo as dynamo
-
-            dynamo.config.suppress_errors = True  # chosen for the user: a failed compile runs eager
         self._forward = torch.compile(self.model) if self.compiled else self.model
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
@@ -376,6 +378,12 @@ class Trainer:
                     self._recon_grid(x, res)
                 if self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save()
+        except TorchDynamoException as e:  # not Dynamo's suppress_errors: it would swallow a Ctrl-C as well
+            cause = getattr(e, "inner_exception", None) or e
+            why = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+            kept = f"; the last checkpoint in {out} is kept" if (out / CHECKPOINT).exists() else ""
+            raise CompileFailed(f"torch.compile failed on the training step ({why}): rerun with --no-compile{kept}") \
+                from e
         except KeyboardInterrupt:
             if self.world == 1:  # save progress; with several ranks the collectives may already be gone
                 with interrupts_deferred():  # a second Ctrl-C or SIGTERM must not cut the save short

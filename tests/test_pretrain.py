@@ -438,7 +438,6 @@ def test_a_long_pretraining_run_is_compiled_and_a_short_one_is_not(tmp_path, mon
 
     from pretrain import train
 
-    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)  # restored after the test
     monkeypatch.setattr(train, "_has_cxx", lambda: True)
     data = _photos(tmp_path / "photos", 2)
     kinds = {}
@@ -448,4 +447,18 @@ def test_a_long_pretraining_run_is_compiled_and_a_short_one_is_not(tmp_path, mon
         trainer = train.Trainer(cfg)  # compiling itself waits for the first step
         kinds[steps] = (trainer.compiled, isinstance(trainer._forward, torch._dynamo.eval_frame.OptimizedModule))
     assert kinds == {3: (False, False), train.AUTO_COMPILE_STEPS: (True, True)}
-    assert torch._dynamo.config.suppress_errors  # auto: a compiler that fails falls back to eager
+
+
+def test_a_failed_compile_stops_in_one_line_naming_no_compile(cli, tmp_path, monkeypatch):
+    from pretrain import train
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    real = torch.compile
+    monkeypatch.setattr(train.torch, "compile", lambda model: real(model, backend=broken))
+    data = _photos(tmp_path / "photos", 4)
+    code, _, err = cli(["pretrain", *SMOKE, "--steps", "2", "--data", data, "-o", tmp_path / "r", "--workers", "0",
+                        "--compile"])
+    last = err.strip().splitlines()[-1]  # after the line that says it compiles
+    assert code == 2 and "--no-compile" in last and "(no compiler here)" in last and err.count("\n") == 2, err
