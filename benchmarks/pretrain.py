@@ -60,7 +60,7 @@ def trainer(cfg: MAEConfig, device: torch.device, dtype: torch.dtype, ours: bool
     model = PixioMAE(cfg).to(device).train()
     model.grad_checkpointing = grad_checkpointing
     if ours:
-        set_fused_attention(model, device, dtype, training=True)
+        set_fused_attention(model, device, dtype, training=True, compiled=compile)
     if ours:  # what pretrain/train.py does
         opt = adamw(param_groups(model, 0.05), device, lr=1e-4, betas=(0.9, 0.95))
     else:  # the official loop: AdamW's default for-loop update

@@ -174,7 +174,6 @@ class Trainer:
         else:
             self.core = PixioMAE(cfg.mae, drop_path=cfg.drop_path).to(self.device)
         self.core.grad_checkpointing = cfg.grad_checkpointing
-        set_fused_attention(self.core, self.device, self.dtype, training=True)
         self.model = self._wrap(self.core)
         self.peak_lr = cfg.peak_lr(self.world)
         self.optimizer = adamw(param_groups(self.model, cfg.weight_decay), self.device, lr=self.peak_lr,
@@ -189,6 +188,7 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed + 1000 * self.rank)  # per-rank masks and drop-path
         self.compiled = compile_choice(cfg.compile, cfg.steps - self.step, cfg.fsdp)
+        set_fused_attention(self.core, self.device, self.dtype, training=True, compiled=self.compiled)
         self._forward = torch.compile(self.model) if self.compiled else self.model
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255

@@ -154,14 +154,16 @@ def test_state_dict_keys_are_official():
     assert enc.state_dict()["pos_embed"].shape == (1, 264, 32)
 
 
-@pytest.mark.parametrize("dtype,training,fused", [
-    (torch.float32, False, True), (torch.float32, True, True),  # fp32: the official kernel, always
-    (torch.bfloat16, False, True),  # CPU inference: the fused kernel is the faster one
-    (torch.bfloat16, True, False),  # CPU training at bf16: the fused kernel's backward is the slow part
+@pytest.mark.parametrize("dtype,training,compiled,fused", [
+    (torch.float32, False, False, True), (torch.float32, True, False, True),  # fp32 eager: the official kernel
+    (torch.float32, False, True, True),  # inference: the fused kernel, compiled or not
+    (torch.bfloat16, False, False, True),  # CPU inference: the fused kernel is the faster one
+    (torch.bfloat16, True, False, False),  # CPU training at bf16: the fused kernel's backward is the slow part
+    (torch.float32, True, True, False),  # and compiled CPU training at fp32
 ])
-def test_attention_kernel_policy(dtype, training, fused):
+def test_attention_kernel_policy(dtype, training, compiled, fused):
     from pixio_cli.encoder import set_fused_attention
 
     model = random_encoder(TINY)
-    set_fused_attention(model, torch.device("cpu"), dtype, training=training)
+    set_fused_attention(model, torch.device("cpu"), dtype, training=training, compiled=compiled)
     assert {b.attn.fused_attn for b in model.blocks} == {fused}
