@@ -381,9 +381,8 @@ class Trainer:
         except TorchDynamoException as e:  # not Dynamo's suppress_errors: it would swallow a Ctrl-C as well
             cause = getattr(e, "inner_exception", None) or e
             why = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
-            kept = f"; the last checkpoint in {out} is kept" if (out / CHECKPOINT).exists() else ""
-            raise CompileFailed(f"torch.compile failed on the training step ({why}): rerun with --no-compile{kept}") \
-                from e
+            again = f"--resume {out} --no-compile" if (out / CHECKPOINT).exists() else "--no-compile"
+            raise CompileFailed(f"torch.compile failed on the training step ({why}): rerun with {again}") from e
         except KeyboardInterrupt:
             if self.world == 1:  # save progress; with several ranks the collectives may already be gone
                 with interrupts_deferred():  # a second Ctrl-C or SIGTERM must not cut the save short

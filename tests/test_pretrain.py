@@ -462,3 +462,13 @@ def test_a_failed_compile_stops_in_one_line_naming_no_compile(cli, tmp_path, mon
                         "--compile"])
     last = err.strip().splitlines()[-1]  # after the line that says it compiles
     assert code == 2 and "--no-compile" in last and "(no compiler here)" in last and err.count("\n") == 2, err
+    # what it says works; and a run that has a checkpoint is told to resume, where --no-compile may be given
+    code, _, err = cli(["pretrain", *SMOKE, "--steps", "2", "--data", data, "-o", tmp_path / "r", "--workers", "0",
+                        "--no-compile"])
+    assert code == 0, err
+    code, _, err = cli(["pretrain", "--resume", tmp_path / "r", "--steps", "3", "--compile"])
+    assert code == 2 and f"rerun with --resume {tmp_path / 'r'} --no-compile" in err, err
+    code, _, err = cli(["pretrain", "--resume", tmp_path / "r", "--steps", "3", "--no-compile"])
+    assert code == 0, err
+    code, _, err = cli(["pretrain", "--resume", tmp_path / "r", "--steps", "4", "--batch-size", "8"])
+    assert code == 2 and "--batch-size" in err  # settings that change the numbers still cannot change

@@ -76,16 +76,18 @@ def shared_settings(data: list[str] | None, output: Path | None, steps: int | No
 
 
 def resume_run(ctx: typer.Context, folder: Path, steps: int | None) -> None:
-    """Continue the run in ``folder`` exactly with its own settings (``--steps`` may extend it); other
-    options given beside ``--resume`` are refused rather than ignored."""
+    """Continue the run in ``folder`` exactly with its own settings (``--steps`` may extend it, and
+    ``--compile/--no-compile``, which changes the speed and not the numbers, may change); other options
+    given beside ``--resume`` are refused rather than ignored."""
     from pretrain.train import Trainer, read_run
 
     from ..resume import model_identity
 
     cfg, done = read_run(folder)
     started = cfg.command_line or {}
-    given = [p for p in ctx.command.params if p.name not in ("resume", "steps")  # the source by name: typer
-             and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]  # vendors click
+    given = [p for p in ctx.command.params if p.name not in ("resume", "steps", "compile")
+             # the source by name: typer vendors click
+             and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]
     changed = [p.opts[0] for p in given if p.name not in started or command_line({p.name: ctx.params[p.name]})
                != {p.name: started[p.name]}]  # the command that started the run, plus --resume, is fine
     if changed:
@@ -96,6 +98,8 @@ def resume_run(ctx: typer.Context, folder: Path, steps: int | None) -> None:
         made_by = "distill" if cfg.distill is not None else "pretrain"
         raise UsageError(f"--resume {folder}: a `pixio {made_by}` run; continue it with `pixio {made_by} --resume`")
     cfg.output = str(folder)  # where it is now (a copied or moved run continues in its own folder)
+    if getattr(ctx.get_parameter_source("compile"), "name", None) == "COMMANDLINE":
+        cfg.compile = ctx.params["compile"]
     if cfg.distill is not None and cfg.distill.teacher_identity not in (None, model_identity(cfg.distill.teacher)):
         why = ("is not found" if cfg.distill.teacher_identity != cfg.distill.teacher
                and not Path(cfg.distill.teacher).expanduser().exists() else
