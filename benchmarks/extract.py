@@ -81,8 +81,8 @@ def main() -> None:
 
         try:
             with torch.no_grad():
-                cos = min(min_cosine(engine8.infer(ours8_fn, b)[k], engine.infer(ours_run, b)[k])
-                          for b in batches for k in ("patches", "cls"))
+                pairs = [(engine8.infer(ours8_fn, b), engine.infer(ours_run, b)) for b in batches]
+            cos = min(min_cosine(q[k], f[k]) for q, f in pairs for k in ("patches", "cls"))
         except BelowBound as e:  # the job's own check stopped it, as `pixio extract` would: say so
             int8 = {"int8_refused": str(e)}
         else:

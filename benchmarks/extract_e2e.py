@@ -81,8 +81,8 @@ def main() -> None:
                 try:
                     times[name].append(run(k))
                 except SystemExit as e:
-                    if name != "ours_int8":
-                        raise
+                    if name != "ours_int8" or "exited 2" not in str(e) or "cosine" not in str(e):
+                        raise  # only the int8 check's own stop is a result; anything else is a failure
                     int8_refused = str(e).splitlines()[-1][-300:]  # the run's check stopped it: say so, go on
                     del runs[name], times[name]
         best = {name: min(t) for name, t in times.items()}

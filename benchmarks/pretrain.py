@@ -28,7 +28,7 @@ import torch
 from pixio_cli.encoder import set_fused_attention, size_config
 from pixio_cli.engine import adamw, autocast, pick_device, pick_dtype
 from pretrain.mae import MAEConfig, PixioMAE
-from pretrain.train import param_groups
+from pretrain.train import compile_step, param_groups
 
 from .common import emit, environment, matmul_peak, sync
 
@@ -65,7 +65,7 @@ def trainer(cfg: MAEConfig, device: torch.device, dtype: torch.dtype, ours: bool
         opt = adamw(param_groups(model, 0.05), device, lr=1e-4, betas=(0.9, 0.95))
     else:  # the official loop: AdamW's default for-loop update
         opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), foreach=False)
-    fwd = torch.compile(model) if compile else model
+    fwd = compile_step(model) if compile else model
 
     def step(x: torch.Tensor) -> float:
         with autocast(device, dtype):

@@ -6,7 +6,7 @@ sizes the issues name (h16 bf16 extraction, h16 pretraining MFU, b16 + DPT at
 512 px).
 
     python -m benchmarks.run_all            # all, on this machine's device
-    python -m benchmarks.run_all --only extract,pretrain
+    python -m benchmarks.run_all --only extract,pretrain_compiled
 """
 
 from __future__ import annotations

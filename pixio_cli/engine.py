@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from . import cpu
 from .errors import InputError, PixioError, UsageError
 from .images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, decode_for_model, read_bytes
 from .inputs import Item
@@ -79,17 +80,11 @@ def pick_device(spec: str = "auto") -> torch.device:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX), where bf16 runs about
     twice as fast as fp32; elsewhere bf16 is emulated and slower."""
-    # kernels held below bf16 by the user (or to stand in for an AVX2-only CPU) are no native bf16
-    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower() in ("sse41", "avx", "avx2", "avx2_vnni", "avx512_core",
-                                                          "avx512_core_vnni") or \
-            os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2"):
+    # ATen held to AVX2 or below (by the user, or to stand in for an older CPU) runs no native bf16
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2"):
         return False
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        flags = ""
-    if " avx512_bf16" in flags or " amx_bf16" in flags:
-        return True
+    if cpu.flags() is not None:  # Linux: the flags, under oneDNN's cap
+        return cpu.usable("avx512_bf16", "amx_bf16")
     probe = getattr(torch._C, "_cpu", None)  # other systems: ask PyTorch's own CPU probe
     try:
         return bool(probe and (probe._is_avx512_bf16_supported() or probe._is_amx_tile_supported()))

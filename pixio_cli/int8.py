@@ -27,14 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu
 from .errors import PixioError
 
 COSINE_BOUND = 0.999
-
-
-# oneDNN kernels held (by the user, or to stand in for an older CPU) below AVX2, or at AVX2 / AVX-512 without VNNI
-_BELOW_AVX2 = ("sse41", "avx")
-_NO_VNNI = ("avx2", "avx512_core")
 
 
 class BelowBound(PixioError):
@@ -45,30 +41,17 @@ def weight_bits() -> int | None:
     """The bits of int8 weights that keep oneDNN's int8 matmul exact on this CPU; None where int8 is not offered.
 
     With VNNI (or AMX) oneDNN sums uint8 x int8 products in 32 bits: 8-bit weights.
-    Without it (AVX2, AVX-512 before VNNI) it adds pairs of products in 16 bits
-    with saturation, and 2 x 255 x 127 overflows (features at cosine 0.79-0.90 of
-    fp32): weights keep 7 bits there, |q| <= 63, so a pair is at most 32130 and
-    the sum stays exact. Below AVX2 int8 is not offered. Read from /proc/cpuinfo
-    (Linux); elsewhere int8 is not offered.
+    Without it (AVX2, AVX-512 before VNNI, or oneDNN capped below the CPU's VNNI)
+    it adds pairs of products in 16 bits with saturation, and 2 x 255 x 127
+    overflows (features at cosine 0.79-0.90 of fp32): weights keep 7 bits there,
+    |q| <= 63, so a pair is at most 32130 and the sum stays exact. Below AVX2, and
+    where the CPU's flags cannot be read (not Linux), int8 is not offered.
     """
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")):
         return None
-    flags = _cpu_flags()
-    if flags is None:
+    if not cpu.usable("avx2"):
         return None
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower()
-    if " avx2" not in flags or isa in _BELOW_AVX2:
-        return None
-    vnni = any(f" {flag}" in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8")) and isa not in _NO_VNNI
-    return 8 if vnni else 7
-
-
-def _cpu_flags() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return f.read()
-    except OSError:
-        return None
+    return 8 if cpu.usable("avx512_vnni", "avx_vnni", "amx_int8") else 7
 
 
 def available() -> bool:
@@ -86,7 +69,7 @@ class Int8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear, bits: int = 8) -> None:
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.in_features, self.out_features, self.bits = linear.in_features, linear.out_features, bits
         self.weight, self.bias = linear.weight, linear.bias  # the same parameters: no copy of the float weight
         w = linear.weight.detach().float()
         scale = w.abs().amax(dim=1).clamp_min(1e-12) / (2 ** (bits - 1) - 1)
@@ -172,6 +155,8 @@ class Int8Check:
             ref = fn(pixels[:n])
         self.cosine = min(min_cosine(out[k][:n].float(), ref[k].float()) for k in out)
         if not self.cosine >= COSINE_BOUND:  # NaN fails too
+            bits = {m.bits for model in self.models for m in model.modules() if isinstance(m, Int8Linear)}
+            coarse = " (this CPU has no VNNI, so the weights keep 7 bits)" if bits == {7} else ""
             raise BelowBound(f"--precision int8: on the first images a feature is only within cosine "
-                             f"{self.cosine:.5f} of fp32, below the {COSINE_BOUND} this option promises; this model "
-                             f"needs --precision fp32")
+                             f"{self.cosine:.5f} of fp32, below the {COSINE_BOUND} this option promises{coarse}; "
+                             f"this model needs --precision fp32")

@@ -36,9 +36,12 @@ Compile = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the model, for long runs: about 10 s up front, then faster (b16 on a 2-core "
                       "CPU: 1.2x, paying after ~1000 images).")]
 CompileAuto = Annotated[Optional[bool], typer.Option(
-    "--compile/--no-compile", help="torch.compile the training step. Default: on for runs of "
-    "2000 steps or more (the compile takes a minute or two and pays for itself long before), off for shorter "
-    "ones and under --fsdp.", show_default=False)]
+    "--compile/--no-compile", help="torch.compile the training step. Default: on for runs of 2000 steps or more "
+    "(the compile takes a minute or two and pays for itself long before), off for shorter ones, under --fsdp and "
+    "where no C++ compiler is found.", show_default=False)]
+CompileTraining = Annotated[Optional[bool], typer.Option(
+    "--compile/--no-compile", help="torch.compile the training step (a minute or two up front, then faster "
+    "steps).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Resize = Annotated[str, typer.Option(
     metavar="N|WxH|native", help="Short side N, WIDTHxHEIGHT, or 'native'; always rounded to a multiple of 16.")]

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch._dynamo.exc import TorchDynamoException
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -125,26 +124,41 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 AUTO_COMPILE_STEPS = 2000
 
 
-def compile_choice(setting: bool | None, steps_left: int, fsdp: bool) -> bool:
+def compile_choice(setting: bool | None, steps_left: int, fsdp: bool, device: torch.device) -> bool:
     """Whether to torch.compile the training step: as asked, else (``None``, auto) for runs of
-    ``AUTO_COMPILE_STEPS`` steps or more where a C++ compiler is found, except under FSDP. A compile
-    that fails anyway stops the run with :class:`CompileFailed`, which names ``--no-compile``.
+    ``AUTO_COMPILE_STEPS`` steps or more on a CPU or CUDA where Inductor's C++ compiler is found, except
+    under FSDP. A compile that fails anyway stops the run with :class:`CompileFailed`, which names
+    ``--no-compile``.
 
     The compile costs a minute or two once (a t16 on 2 CPU cores: ~30 s); each step
-    after it runs 1.1x (t16, 2-core Xeon, fp32) to 1.3x (h16 bf16, H200) faster, so it
-    pays after some hundreds of steps. Under FSDP2 Dynamo recompiles once per block
-    and gives up after 8, so auto leaves it off there.
+    after it runs 1.1-1.2x (t16, 2-core Xeon, fp32) to 1.3x (h16 bf16, H200) faster,
+    so it pays after some hundreds of steps. Under FSDP2 Dynamo recompiles once per
+    block and gives up after 8, so auto leaves it off there.
     """
     if setting is not None:
         return setting
-    return steps_left >= AUTO_COMPILE_STEPS and not fsdp and _has_cxx()
+    return steps_left >= AUTO_COMPILE_STEPS and not fsdp and device.type in ("cpu", "cuda") and _has_cxx()
 
 
 def _has_cxx() -> bool:
-    """Inductor builds its kernels with a C++ compiler (on every device: its CPU code and the GPU launchers)."""
+    """Whether the C++ compiler Inductor will call is there (it builds CPU kernels and the GPU launchers)."""
     import shutil
 
-    return any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "g++", "clang++", "c++"))
+    import torch._inductor.config as inductor
+
+    configured = [c for c in inductor.cpp.cxx if c]  # (None, "g++"): $CXX first where it is set
+    cxx = (os.environ.get("CXX") or (configured[-1] if configured else "g++")).split()
+    return bool(cxx) and shutil.which(cxx[0]) is not None
+
+
+def compile_step(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` for training, with random numbers (masks, drop-path) drawn by PyTorch's own
+    generator as in eager mode: compiled and eager runs of one seed see the same masks, and a run
+    resumed either way continues from the same random state."""
+    import torch._inductor.config as inductor
+
+    inductor.fallback_random = True
+    return torch.compile(model)
 
 
 class NonFiniteLoss(PixioError):
@@ -187,9 +201,10 @@ class Trainer:
             self._load()
         else:
             torch.manual_seed(cfg.seed + 1000 * self.rank)  # per-rank masks and drop-path
-        self.compiled = compile_choice(cfg.compile, cfg.steps - self.step, cfg.fsdp)
+        self.compiled = compile_choice(cfg.compile, cfg.steps - self.step, cfg.fsdp, self.device)
+        cfg.compile = self.compiled  # stored as decided: a resumed run keeps the kernels it started with
         set_fused_attention(self.core, self.device, self.dtype, training=True, compiled=self.compiled)
-        self._forward = torch.compile(self.model) if self.compiled else self.model
+        self._forward = compile_step(self.model) if self.compiled else self.model
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
 
@@ -378,7 +393,11 @@ class Trainer:
                     self._recon_grid(x, res)
                 if self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save()
-        except TorchDynamoException as e:  # not Dynamo's suppress_errors: it would swallow a Ctrl-C as well
+        except Exception as e:  # a failed compile; not Dynamo's suppress_errors: it would swallow a Ctrl-C too
+            from torch._dynamo.exc import TorchDynamoException
+
+            if not (self.compiled and isinstance(e, TorchDynamoException)):
+                raise
             cause = getattr(e, "inner_exception", None) or e
             why = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
             again = f"--resume {out} --no-compile" if (out / CHECKPOINT).exists() else "--no-compile"

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from pixio_cli.cpu import flags as cpu_flags
 from pixio_cli.errors import PixioError
 from pixio_cli.int8 import COSINE_BOUND, Int8Check, Int8Linear, available, exact, min_cosine, quantise_linears
 
@@ -19,6 +20,7 @@ from .conftest import random_encoder, write_rgb
 
 # int8 needs oneDNN's kernels on AVX2 or newer: elsewhere it is refused (a test below), not run
 needs_int8 = pytest.mark.skipif(not available(), reason="no oneDNN int8 on this CPU")
+has_onednn_int8 = torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -126,15 +128,37 @@ def test_int8_is_refused_where_it_is_not_offered(cli, tiny_encoder_file, tmp_pat
 
 @pytest.mark.parametrize("flags,isa,bits", [
     ("fpu avx2 avx512f avx512_vnni", "", 8), ("fpu avx2 avx_vnni", "", 8), ("fpu avx2 amx_int8", "", 8),
+    ("fpu avx2 avx512_vnni", "ALL", 8), ("fpu avx2 avx512_vnni", "avx512_core_bf16", 8),
     ("fpu avx2 fma", "", 7), ("fpu avx2 avx512f", "", 7),  # AVX2 / AVX-512 without VNNI
     ("fpu avx2 avx512_vnni", "AVX2", 7), ("fpu avx2 avx512_vnni", "avx512_core", 7),  # held below VNNI
+    ("fpu avx2 avx512_vnni", "avx2_vnni", 7),  # a cap naming a VNNI this CPU lacks: oneDNN runs plain AVX2
+    ("fpu avx2 avx_vnni", "avx512_core_vnni", 7),  # the same the other way round
+    ("fpu avx2 avx512_vnni", "some_future_isa", None),  # a cap we do not know: not offered
     ("fpu avx2 avx512_vnni", "AVX", None), ("fpu sse4_2 avx", "", None), (None, "", None)])
 def test_weight_bits_follow_the_cpu(monkeypatch, flags, isa, bits):
+    import pixio_cli.cpu as cpu
     import pixio_cli.int8 as int8
 
-    monkeypatch.setattr(int8, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(cpu, "flags", lambda: None if flags is None else set(flags.split()))
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
-    assert int8.weight_bits() == bits
+    assert int8.weight_bits() == (bits if has_onednn_int8 else None)
+
+
+@pytest.mark.parametrize("flags,env,native", [
+    ("avx2 avx512f avx512_bf16", {}, True), ("avx2 amx_bf16", {}, True), ("avx2 avx512f avx512_vnni", {}, False),
+    ("avx2 avx512_bf16", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, False),
+    ("avx2 avx512_bf16", {"DNNL_MAX_CPU_ISA": "avx2"}, False),  # oneDNN's older name for the cap
+    ("avx2 avx512_bf16", {"ATEN_CPU_CAPABILITY": "avx2"}, False)])
+def test_native_bf16_follows_the_cpu(monkeypatch, flags, env, native):
+    import pixio_cli.cpu as cpu
+    from pixio_cli.engine import cpu_has_native_bf16
+
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(cpu, "flags", lambda: set(flags.split()))
+    assert cpu_has_native_bf16() is native
 
 
 _SATURATION = """
@@ -149,8 +173,8 @@ with torch.no_grad():
 """
 
 
-@pytest.mark.skipif(" avx2" not in (open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""),
-                    reason="no AVX2 here")
+@pytest.mark.skipif(not has_onednn_int8 or "avx2" not in (cpu_flags() or set()),
+                    reason="no oneDNN int8 kernels or no AVX2 here")
 def test_seven_bit_weights_are_exact_without_vnni():
     """oneDNN's AVX2 int8 kernel (oneDNN held to AVX2 stands in for such a CPU) adds pairs of products in 16 bits:
     8-bit weights saturate them, 7-bit ones do not."""
@@ -179,3 +203,14 @@ def test_a_job_below_the_bound_stops_and_leaves_the_folder_to_fp32(cli, tiny_enc
     assert not list((tmp_path / "f").rglob("*.npz")) and not list((tmp_path / "f").glob(".pixio-run*"))
     code, _, err = cli([*base, "--precision", "fp32"])  # what the message recommends, in the same folder
     assert code == 0 and (tmp_path / "f" / "a.npz").exists(), err
+
+
+@needs_int8
+@pytest.mark.parametrize("bits", [8, 7])
+def test_a_stop_says_when_the_weights_kept_7_bits(monkeypatch, bits):
+    monkeypatch.setattr("pixio_cli.int8.COSINE_BOUND", 1.5)  # no feature can meet it
+    model = nn.Sequential(nn.Linear(16, 8))
+    quantise_linears(model, bits)
+    with torch.no_grad(), pytest.raises(PixioError) as e:
+        Int8Check([model])(lambda x: {"f": model(x)}, torch.randn(2, 16), {"f": model(torch.randn(2, 16))})
+    assert ("7 bits" in str(e.value)) == (bits == 7)

@@ -424,13 +424,46 @@ def test_fused_adamw_on_cpu_matches_the_official_for_loop_update():
 def test_compile_is_chosen_for_long_runs_only(monkeypatch):
     from pretrain import train
 
+    cpu, mps = torch.device("cpu"), torch.device("mps")
     monkeypatch.setattr(train, "_has_cxx", lambda: True)
-    assert train.compile_choice(None, train.AUTO_COMPILE_STEPS, fsdp=False)
-    assert not train.compile_choice(None, train.AUTO_COMPILE_STEPS - 1, fsdp=False)
-    assert not train.compile_choice(None, 10 ** 6, fsdp=True)  # FSDP2 recompiles per block
-    assert train.compile_choice(True, 1, fsdp=True) and not train.compile_choice(False, 10 ** 6, fsdp=False)
+    assert train.compile_choice(None, train.AUTO_COMPILE_STEPS, False, cpu)
+    assert not train.compile_choice(None, train.AUTO_COMPILE_STEPS - 1, False, cpu)
+    assert not train.compile_choice(None, 10 ** 6, True, cpu)  # FSDP2 recompiles per block
+    assert not train.compile_choice(None, 10 ** 6, False, mps)
+    assert train.compile_choice(True, 1, True, cpu) and not train.compile_choice(False, 10 ** 6, False, cpu)
     monkeypatch.setattr(train, "_has_cxx", lambda: False)
-    assert not train.compile_choice(None, 10 ** 6, fsdp=False)
+    assert not train.compile_choice(None, 10 ** 6, False, cpu)
+
+
+def test_cxx_is_the_one_inductor_calls(monkeypatch, tmp_path):
+    from pretrain import train
+
+    monkeypatch.setenv("CXX", str(tmp_path / "missing-g++"))  # set but not there: no fallback to another one
+    assert not train._has_cxx()
+    monkeypatch.setenv("CXX", f"{sys.executable} --version")  # a command with arguments: its program counts
+    assert train._has_cxx()
+
+
+def test_compiled_and_eager_steps_draw_the_same_masks():
+    """Inductor's own generator would draw other masks and drop-paths than eager PyTorch from one seed; a run
+    resumed (or benchmarked) the other way would then train on other masks."""
+    import torch._dynamo
+
+    from pretrain.train import compile_step
+
+    torch.manual_seed(0)
+    model = PixioMAE(CFG, drop_path=0.2).train()
+    x = torch.randn(3, 3, 32, 32)
+    torch.manual_seed(5)
+    eager = model(x)
+    try:
+        compiled = compile_step(model)
+        torch.manual_seed(5)
+        out = compiled(x)
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(eager.mask, out.mask)
+    assert torch.allclose(eager.loss, out.loss, rtol=1e-5)
 
 
 def test_a_long_pretraining_run_is_compiled_and_a_short_one_is_not(tmp_path, monkeypatch):
@@ -445,8 +478,10 @@ def test_a_long_pretraining_run_is_compiled_and_a_short_one_is_not(tmp_path, mon
         cfg = train.TrainConfig(mae=CFG, data=[str(data)], output=str(tmp_path / f"r{steps}"), steps=steps, workers=0,
                                 device="cpu", compile=None)
         trainer = train.Trainer(cfg)  # compiling itself waits for the first step
-        kinds[steps] = (trainer.compiled, isinstance(trainer._forward, torch._dynamo.eval_frame.OptimizedModule))
-    assert kinds == {3: (False, False), train.AUTO_COMPILE_STEPS: (True, True)}
+        kinds[steps] = (trainer.compiled, isinstance(trainer._forward, torch._dynamo.eval_frame.OptimizedModule),
+                        cfg.compile)
+    # the choice is stored as made: a resume with fewer steps left keeps it
+    assert kinds == {3: (False, False, False), train.AUTO_COMPILE_STEPS: (True, True, True)}
 
 
 def test_a_failed_compile_stops_in_one_line_naming_no_compile(cli, tmp_path, monkeypatch):
@@ -455,20 +490,31 @@ def test_a_failed_compile_stops_in_one_line_naming_no_compile(cli, tmp_path, mon
     def broken(gm, example_inputs):
         raise RuntimeError("no compiler here")
 
+    import torch._dynamo
+
     real = torch.compile
     monkeypatch.setattr(train.torch, "compile", lambda model: real(model, backend=broken))
     data = _photos(tmp_path / "photos", 4)
-    code, _, err = cli(["pretrain", *SMOKE, "--steps", "2", "--data", data, "-o", tmp_path / "r", "--workers", "0",
-                        "--compile"])
+    try:
+        code, _, err = cli(["pretrain", *SMOKE, "--steps", "2", "--data", data, "-o", tmp_path / "r", "--workers",
+                            "0", "--compile"])
+    finally:
+        torch._dynamo.reset()  # no compiled code of this model left for later tests
     last = err.strip().splitlines()[-1]  # after the line that says it compiles
-    assert code == 2 and "--no-compile" in last and "(no compiler here)" in last and err.count("\n") == 2, err
+    assert code == 2 and last == "pixio: error: torch.compile failed on the training step (no compiler here): " \
+                                  "rerun with --no-compile" and "Traceback" not in err, err
     # what it says works; and a run that has a checkpoint is told to resume, where --no-compile may be given
     code, _, err = cli(["pretrain", *SMOKE, "--steps", "2", "--data", data, "-o", tmp_path / "r", "--workers", "0",
                         "--no-compile"])
     assert code == 0, err
-    code, _, err = cli(["pretrain", "--resume", tmp_path / "r", "--steps", "3", "--compile"])
+    try:
+        code, _, err = cli(["pretrain", "--resume", tmp_path / "r", "--steps", "3", "--compile"])
+    finally:
+        torch._dynamo.reset()
     assert code == 2 and f"rerun with --resume {tmp_path / 'r'} --no-compile" in err, err
     code, _, err = cli(["pretrain", "--resume", tmp_path / "r", "--steps", "3", "--no-compile"])
     assert code == 0, err
     code, _, err = cli(["pretrain", "--resume", tmp_path / "r", "--steps", "4", "--batch-size", "8"])
     assert code == 2 and "--batch-size" in err  # settings that change the numbers still cannot change
+    code, out, _ = cli(["distill", "--help"])  # distill's runs are told the same, so it takes the option too
+    assert code == 0 and "--no-compile" in out

@@ -65,7 +65,7 @@ def distill(
     resume: t.Resume = None,
     fsdp: t.Fsdp = False,
     grad_checkpointing: t.GradCkpt = False,
-    compile: opt.Compile = False,
+    compile: opt.CompileTraining = False,
     device: opt.Device = "auto",
     precision: opt.Precision = None,
     workers: t.Workers = 4,
