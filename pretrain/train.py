@@ -172,8 +172,10 @@ class CompileFailed(PixioError):
 class Trainer:
     """Owns the model, optimizer, data and bookkeeping of one pretraining run."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> None:
+        """``quiet``: no progress bar (the log lines and metrics.jsonl are kept)."""
         self.cfg = cfg
+        self.quiet = quiet
         self.out = Path(cfg.output)
         self.rank, self.world, _ = dist_info()
         self.device = pick_device(cfg.device)
@@ -336,7 +338,7 @@ class Trainer:
         board = _tensorboard(out) if self.rank == 0 else None
         batches = iter(self.loader())
         bar = tqdm(total=cfg.steps, initial=self.step, desc="pretrain", unit="step", file=sys.stderr,
-                   disable=self.rank != 0 or None, dynamic_ncols=True)
+                   disable=True if self.rank != 0 or self.quiet else None, dynamic_ncols=True)
         if self.compiled and self.rank == 0:
             tqdm.write("pixio: compiling the training step (a minute or two before the first step"
                        + ("; --no-compile to skip)" if self.cfg.compile is None else ")"), file=sys.stderr)

@@ -518,3 +518,20 @@ def test_a_failed_compile_stops_in_one_line_naming_no_compile(cli, tmp_path, mon
     assert code == 2 and "--batch-size" in err  # settings that change the numbers still cannot change
     code, out, _ = cli(["distill", "--help"])  # distill's runs are told the same, so it takes the option too
     assert code == 0 and "--no-compile" in out
+
+
+def test_quiet_hides_the_bar_and_may_be_given_to_a_resume(cli, tmp_path, monkeypatch):
+    from pretrain import train
+
+    asked = []
+    real = train.tqdm
+    monkeypatch.setattr(train, "tqdm", lambda *a, **k: asked.append(k["disable"]) or real(*a, **k))
+    data = _photos(tmp_path / "photos", 4)
+    base = ["pretrain", *SMOKE, "--data", data, "-o", tmp_path / "r", "--workers", "0"]
+    code, _, err = cli([*base, "--steps", "1", "-q"])
+    assert code == 0, err
+    code, _, err = cli(["pretrain", "--resume", tmp_path / "r", "--steps", "2"])  # a bar where stderr is a terminal
+    assert code == 0, err
+    code, _, err = cli(["pretrain", "--resume", tmp_path / "r", "--steps", "3", "-q"])
+    assert code == 0, err
+    assert asked == [True, None, True]

@@ -69,6 +69,7 @@ def distill(
     device: opt.Device = "auto",
     precision: opt.Precision = None,
     workers: t.Workers = 4,
+    quiet: opt.Quiet = False,
 ) -> None:
     """Distil a frozen Pixio encoder into one or more smaller students (the official recipe).
 
@@ -78,7 +79,7 @@ def distill(
     the end, <out>/<student>/encoder.pth (official layout) for each student.
     """
     if resume is not None:
-        t.resume_run(ctx, resume, steps)
+        t.resume_run(ctx, resume, steps, quiet)
         return
     if not teacher or not students:
         raise UsageError("distill needs --teacher and --students (or --resume DIR)")
@@ -115,7 +116,7 @@ def distill(
         clip_grad=clip_grad, drop_path=drop_path, crop_scale_min=crop_scale_min, seed=seed, save_every=save_every,
         log_every=log_every, recon_every=0, workers=workers, device=device, precision=precision, compile=compile,
         grad_checkpointing=grad_checkpointing, fsdp=fsdp, command_line=t.command_line(ctx.params))
-    t.report(Trainer(cfg).run(), cfg)
+    t.report(Trainer(cfg, quiet=quiet).run(), cfg)
 
 
 def register(app: typer.Typer) -> None:

@@ -55,6 +55,7 @@ def pretrain(
     device: opt.Device = "auto",
     precision: opt.Precision = None,
     workers: t.Workers = 4,
+    quiet: opt.Quiet = False,
 ) -> None:
     """Pretrain a Pixio encoder (masked autoencoder with block masking and 8 CLS tokens).
 
@@ -62,7 +63,7 @@ def pretrain(
     end, encoder.pth (official layout) and mae.safetensors (encoder and decoder).
     """
     if resume is not None:
-        t.resume_run(ctx, resume, steps)
+        t.resume_run(ctx, resume, steps, quiet)
         return
     if not 0 < mask_ratio < 1:
         raise UsageError(f"--mask-ratio {mask_ratio:g}: the fraction of mask blocks hidden lies between 0 and 1 "
@@ -88,7 +89,7 @@ def pretrain(
         crop_scale_min=crop_scale_min, seed=seed, save_every=save_every, log_every=log_every,
         recon_every=recon_every, workers=workers, device=device, precision=precision, compile=compile,
         grad_checkpointing=grad_checkpointing, fsdp=fsdp, command_line=t.command_line(ctx.params))
-    t.report(Trainer(cfg).run(), cfg)
+    t.report(Trainer(cfg, quiet=quiet).run(), cfg)
 
 
 def register(app: typer.Typer) -> None:

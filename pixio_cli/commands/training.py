@@ -75,7 +75,7 @@ def shared_settings(data: list[str] | None, output: Path | None, steps: int | No
             "rules": rules}
 
 
-def resume_run(ctx: typer.Context, folder: Path, steps: int | None) -> None:
+def resume_run(ctx: typer.Context, folder: Path, steps: int | None, quiet: bool = False) -> None:
     """Continue the run in ``folder`` exactly with its own settings (``--steps`` may extend it, and
     ``--compile/--no-compile``, which changes the speed and not the numbers, may change); other options
     given beside ``--resume`` are refused rather than ignored."""
@@ -85,7 +85,7 @@ def resume_run(ctx: typer.Context, folder: Path, steps: int | None) -> None:
 
     cfg, done = read_run(folder)
     started = cfg.command_line or {}
-    given = [p for p in ctx.command.params if p.name not in ("resume", "steps", "compile")
+    given = [p for p in ctx.command.params if p.name not in ("resume", "steps", "compile", "quiet")
              # the source by name: typer vendors click
              and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]
     changed = [p.opts[0] for p in given if p.name not in started or command_line({p.name: ctx.params[p.name]})
@@ -111,7 +111,7 @@ def resume_run(ctx: typer.Context, folder: Path, steps: int | None) -> None:
             raise UsageError(f"--steps {steps}: the run in {folder} is already at step {done}")
         cfg.steps = steps
     if done >= cfg.steps:
-        trainer = Trainer(cfg, resume=True)
+        trainer = Trainer(cfg, resume=True, quiet=quiet)
         missing = [p for p in trainer.exports() if not p.exists()]
         if missing:  # the run ended but its export did not (a full disk, a kill): write it now
             trainer.export()
@@ -121,7 +121,7 @@ def resume_run(ctx: typer.Context, folder: Path, steps: int | None) -> None:
         typer.echo(f"pixio: the run in {folder} already finished at step {done}; give --steps N (more than {done}) "
                    "with --resume to train further", err=True)
         return
-    report(Trainer(cfg, resume=True).run(), cfg)
+    report(Trainer(cfg, resume=True, quiet=quiet).run(), cfg)
 
 
 def command_line(params: dict) -> dict:
