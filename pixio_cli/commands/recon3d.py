@@ -247,6 +247,7 @@ def recon3d(
     if preview is not None:
         write_image(preview, preview_picture(points, point_colours, pred, unit="m" if net.metric else "units"))
         written.append(str(preview))
+    _warn_stale(scene_path, written, known_cameras)
     record = {"scene": str(scene_path), "outputs": written, "frames": len(frames), "failed": summary.failed,
               "image_root": root,
               "points": int(len(points)), "cleaning": counts, "scale": pred.scale, "unit": unit,
@@ -265,6 +266,17 @@ def recon3d(
                f"{scene_path}: {len(points)} points, unit {unit}, failed {summary.failed}", err=True)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _warn_stale(scene: Path, written: list[str], known_cameras: Path | None) -> None:
+    """One warning line for cameras an earlier run left beside the scene, which this run did not rewrite:
+    they belong to another scene (left in place: they may be kept on purpose)."""
+    given = known_cameras.resolve() if known_cameras is not None else None
+    stale = [p for p in (scene.parent / "cameras.json", scene.parent / "sparse" / "0")
+             if p.exists() and str(p) not in written and p.resolve() != given]
+    if stale:
+        typer.echo(f"pixio: warning: {' and '.join(map(str, stale))} beside {scene} come from an earlier run, not "
+                   "this one (--cameras json/colmap rewrites them)", err=True)
 
 
 def _image_names(items: list) -> tuple[str, list[str]]:
