@@ -131,7 +131,7 @@ def compile_choice(setting: bool | None, steps_left: int, fsdp: bool, device: to
     ``--no-compile``.
 
     The compile costs a minute or two once (a t16 on 2 CPU cores: ~30 s); each step
-    after it runs 1.1-1.2x (t16, 2-core Xeon, fp32) to 1.3x (h16 bf16, H200) faster,
+    after it runs 1.15-1.27x (t16, 2-core Xeon, fp32) to 1.3x (h16 bf16, H200) faster,
     so it pays after some hundreds of steps. Under FSDP2 Dynamo recompiles once per
     block and gives up after 8, so auto leaves it off there.
     """
