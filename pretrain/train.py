@@ -340,8 +340,8 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc="pretrain", unit="step", file=sys.stderr,
                    disable=True if self.rank != 0 or self.quiet else None, dynamic_ncols=True)
         if self.compiled and self.rank == 0:
-            tqdm.write("pixio: compiling the training step (a minute or two before the first step"
-                       + ("; --no-compile to skip)" if self.cfg.compile is None else ")"), file=sys.stderr)
+            tqdm.write("pixio: compiling the training step (a minute or two before the first step; --no-compile "
+                       "to skip)", file=sys.stderr)
         t0, images_since, last, unfinished = time.perf_counter(), 0, {}, None
         self.model.train()
         try:

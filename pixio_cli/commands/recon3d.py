@@ -275,8 +275,9 @@ def _warn_stale(scene: Path, written: list[str], known_cameras: Path | None) -> 
     stale = [p for p in (scene.parent / "cameras.json", scene.parent / "sparse" / "0")
              if p.exists() and str(p) not in written and p.resolve() != given]
     if stale:
-        typer.echo(f"pixio: warning: {' and '.join(map(str, stale))} beside {scene} come from an earlier run, not "
-                   "this one (--cameras json/colmap rewrites them)", err=True)
+        verb, them = ("come", "them") if len(stale) > 1 else ("comes", "it")
+        typer.echo(f"pixio: warning: {' and '.join(map(str, stale))} beside {scene} {verb} from an earlier run, not "
+                   f"this one (--cameras json/colmap rewrites {them})", err=True)
 
 
 def _image_names(items: list) -> tuple[str, list[str]]:

@@ -92,7 +92,8 @@ def resume_run(ctx: typer.Context, folder: Path, steps: int | None, quiet: bool 
                != {p.name: started[p.name]}]  # the command that started the run, plus --resume, is fine
     if changed:
         raise UsageError(f"--resume continues the run with the settings it was started with: {', '.join(changed)} "
-                         "cannot change (only --steps can, to train further)")
+                         "cannot change (--steps can, to train further, and --compile/--no-compile and -q, which "
+                         "change no number)")
     command = ctx.command.name
     if (cfg.distill is not None) != (command == "distill"):
         made_by = "distill" if cfg.distill is not None else "pretrain"
