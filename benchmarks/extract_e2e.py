@@ -2,7 +2,7 @@
 
 The reference is `benchmarks.plain_extract`: transformers.PixioModel in fp32,
 OpenCV decoding, batches of 16, np.savez. Ours runs as a user runs it, at its
-default precision, forced to fp32 and, on a CPU with VNNI, with
+default precision, forced to fp32 and, where int8 is offered, with
 ``--precision int8`` (its patch and CLS tokens compared with fp32 on every
 image). Where the default is fp32 it is timed once, as the fp32 run. Both read
 the same random weights (saved by transformers) and the same photos, run as

@@ -81,6 +81,20 @@ def run(module_args: list[str], timeout: float | None = None) -> dict:
     return json.loads(lines[-1])
 
 
+def int8_cells(r: dict) -> tuple[str, str]:
+    """What a row adds to its ours and limit cells for ``--precision int8``: its time or rate and ratio, or
+    that its check stopped it."""
+    ours = limit = ""
+    if "ratio_int8" in r:
+        value = f"{r['ours_int8_s']} s" if "ours_int8_s" in r else f"{r['ours_int8_img_s']} img/s"
+        ours = f"; `--precision int8` {value}, **{r['ratio_int8']}x**"
+        limit = (f"; int8 cosine to fp32 {r['int8_min_cosine_to_fp32']}"
+                 + (" (every image)" if "ours_int8_s" in r else ""))
+    if "int8_refused" in r:
+        ours += f"; `--precision int8` stopped by its check: {r['int8_refused']}"
+    return ours, limit
+
+
 def row(name: str, r: dict) -> str:
     if "error" in r:
         return f"| {name} | {WHAT.get(name, '')} | failed: {r['error']} | | | |"
@@ -97,11 +111,8 @@ def row(name: str, r: dict) -> str:
         ref = f"{r['reference_s']} s"
         limit = (f"{r['achieved_tflop_s']} of {r['matmul_peak_tflop_s']} TFLOP/s {r['precision']} matmul peak "
                  f"(fp32 peak {r['matmul_peak_fp32_tflop_s']}); cosine to fp32 {r['min_cosine_to_fp32']}")
-        if "ratio_int8" in r:
-            ours += f"; `--precision int8` {r['ours_int8_s']} s, **{r['ratio_int8']}x**"
-            limit += f"; int8 cosine to fp32 {r['int8_min_cosine_to_fp32']} (every image)"
-        if "int8_refused" in r:
-            ours += f"; `--precision int8` stopped by its check: {r['int8_refused']}"
+        more_ours, more_limit = int8_cells(r)
+        ours, limit = ours + more_ours, limit + more_limit
     elif name == "recon3d":
         k = r["kitchen"]
         ours = (f"{r['ours_s']} s; ATE {r['ate_cm']} cm, scale {k['ours']['scale']:.3f}, rot {k['ours']['rotation_error_deg']:.2f} deg, "
@@ -123,11 +134,8 @@ def row(name: str, r: dict) -> str:
         ours = f"{r.get('ours_img_s')} {unit} {prec}"
         ref = f"{r.get('reference_img_s', r.get('transformers_img_s'))} {unit} {r.get('reference_precision', prec)}"
         limit = f"matmul peak {r.get('matmul_peak_tflop_s', '?')} TFLOP/s"
-        if "ratio_int8" in r:
-            ours += f"; `--precision int8` {r['ours_int8_img_s']} {unit}, **{r['ratio_int8']}x**"
-            limit += f"; int8 cosine to fp32 {r['int8_min_cosine_to_fp32']}"
-        if "int8_refused" in r:
-            ours += f"; `--precision int8` stopped by its check: {r['int8_refused']}"
+        more_ours, more_limit = int8_cells(r)
+        ours, limit = ours + more_ours, limit + more_limit
         if "mfu_of_measured_peak" in r:
             limit += f"; MFU {r['mfu_of_measured_peak']:.0%} of it"
         if "mfu_of_datasheet_peak" in r:

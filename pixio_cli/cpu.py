@@ -44,8 +44,7 @@ def isa_cap() -> str:
     return ""
 
 
-def usable(*wanted: str, cpu_flags: set[str] | None = None) -> bool:
+def usable(*wanted: str) -> bool:
     """Whether oneDNN may use any of the ``wanted`` flags here: the CPU has it and the cap allows it."""
-    have = flags() if cpu_flags is None else cpu_flags
-    cap = isa_cap()
+    have, cap = flags(), isa_cap()
     return bool(have) and any(f in have and cap in _ALLOWED_BY[f] for f in wanted)

@@ -19,7 +19,6 @@ falls below :data:`COSINE_BOUND`.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from typing import Iterator
 

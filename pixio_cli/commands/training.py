@@ -77,17 +77,16 @@ def shared_settings(data: list[str] | None, output: Path | None, steps: int | No
 
 def resume_run(ctx: typer.Context, folder: Path, steps: int | None, quiet: bool = False) -> None:
     """Continue the run in ``folder`` exactly with its own settings (``--steps`` may extend it, and
-    ``--compile/--no-compile``, which changes the speed and not the numbers, may change); other options
-    given beside ``--resume`` are refused rather than ignored."""
+    ``--compile/--no-compile`` and ``-q``, which change no number, may change); other options given beside
+    ``--resume`` are refused rather than ignored."""
     from pretrain.train import Trainer, read_run
 
     from ..resume import model_identity
 
     cfg, done = read_run(folder)
     started = cfg.command_line or {}
-    given = [p for p in ctx.command.params if p.name not in ("resume", "steps", "compile", "quiet")
-             # the source by name: typer vendors click
-             and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]
+    given = [p for p in ctx.command.params
+             if p.name not in ("resume", "steps", "compile", "quiet") and _on_command_line(ctx, p.name)]
     changed = [p.opts[0] for p in given if p.name not in started or command_line({p.name: ctx.params[p.name]})
                != {p.name: started[p.name]}]  # the command that started the run, plus --resume, is fine
     if changed:
@@ -99,7 +98,7 @@ def resume_run(ctx: typer.Context, folder: Path, steps: int | None, quiet: bool 
         made_by = "distill" if cfg.distill is not None else "pretrain"
         raise UsageError(f"--resume {folder}: a `pixio {made_by}` run; continue it with `pixio {made_by} --resume`")
     cfg.output = str(folder)  # where it is now (a copied or moved run continues in its own folder)
-    if getattr(ctx.get_parameter_source("compile"), "name", None) == "COMMANDLINE":
+    if _on_command_line(ctx, "compile"):
         cfg.compile = ctx.params["compile"]
     if cfg.distill is not None and cfg.distill.teacher_identity not in (None, model_identity(cfg.distill.teacher)):
         why = ("is not found" if cfg.distill.teacher_identity != cfg.distill.teacher
@@ -123,6 +122,11 @@ def resume_run(ctx: typer.Context, folder: Path, steps: int | None, quiet: bool 
                    "with --resume to train further", err=True)
         return
     report(Trainer(cfg, resume=True, quiet=quiet).run(), cfg)
+
+
+def _on_command_line(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given on the command line (its source by name: typer vendors click)."""
+    return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
 
 
 def command_line(params: dict) -> dict:
