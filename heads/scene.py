@@ -19,6 +19,7 @@ import torch
 
 from pixio_cli.errors import UsageError
 
+from .depth_fit import FieldFit, fit_depth_field
 from .geometry import scale_intrinsics
 from .pointmap import PointMapModel, intrinsics, rays_from_intrinsics
 
@@ -125,11 +126,10 @@ class Cleaning:
     seed: int = 0
 
 
-def clean_points(pred: Predictions, colours: np.ndarray, c: Cleaning
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
-    """The kept points (N, 3), their colours (N, 3) uint8, where each came from (N, 3: view, x, y in
-    the original image's pixels), and how many points each stage left."""
-    from .geometry import confidence_keep, depth_edges, statistical_inliers, voxel_representatives
+def pixel_mask(pred: Predictions, c: Cleaning) -> tuple[np.ndarray, dict[str, int]]:
+    """The pixels (V, H, W) the per-pixel stages keep (a finite point in front of its camera, then the
+    model's mask, confidence and depth edges, as ``c`` asks) and how many each stage left."""
+    from .geometry import confidence_keep, depth_edges
 
     counts = {"pixels": int(pred.mask.size)}
     keep = np.isfinite(pred.pts3d).all(-1) & (pred.depth_z > 0)
@@ -142,6 +142,19 @@ def clean_points(pred: Predictions, colours: np.ndarray, c: Cleaning
     if c.edge_rtol:
         keep &= ~np.stack([depth_edges(d, c.edge_rtol) for d in pred.depth_z])
         counts["after_edges"] = int(keep.sum())
+    return keep, counts
+
+
+def clean_points(pred: Predictions, colours: np.ndarray, c: Cleaning, keep: np.ndarray | None = None,
+                 counts: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """The kept points (N, 3), their colours (N, 3) uint8, where each came from (N, 3: view, x, y in
+    the original image's pixels), and how many points each stage left. ``keep`` (V, H, W): the pixels
+    to start from (default: :func:`pixel_mask`'s, whose ``counts`` then come along)."""
+    from .geometry import statistical_inliers, voxel_representatives
+
+    if keep is None:
+        keep, counts = pixel_mask(pred, c)
+    counts = dict(counts or {})
     view, y, x = np.nonzero(keep)
     points, cols = pred.pts3d[view, y, x].astype(np.float64), colours[view, y, x]
     idx = np.arange(len(points))
@@ -158,6 +171,47 @@ def clean_points(pred: Predictions, colours: np.ndarray, c: Cleaning
     sy, sx = pred.original_hw[view[idx], 0] / h, pred.original_hw[view[idx], 1] / w
     obs = np.stack([view[idx], (x[idx] + 0.5) * sx - 0.5, (y[idx] + 0.5) * sy - 0.5], 1)
     return points[idx], cols[idx], obs, counts
+
+
+def camera_rays(pred: Predictions) -> np.ndarray:
+    """Each pixel's normalised coordinates x/z, y/z (V, H, W, 2) in its camera, as its point says (through
+    the camera's own model where the points were placed through one); NaN where there is no point."""
+    c2w = pred.cam2world.astype(np.float64)
+    cam = np.einsum("vhwk,vkj->vhwj", pred.pts3d.astype(np.float64) - c2w[:, None, None, :3, 3], c2w[:, :3, :3])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rays = cam[..., :2] / cam[..., 2:]
+    rays[~(cam[..., 2] > 0)] = np.nan
+    return rays
+
+
+def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None
+         ) -> tuple[Predictions, np.ndarray, np.ndarray, dict]:
+    """The views' depths checked against each other, refined by matching the images ``colours`` (V, H, W, 3)
+    and averaged where they agree (:func:`heads.fusion.fuse_views` with options ``f``), starting from the
+    ``valid`` pixels. Returns the predictions with those depths and points; the pixels other views confirm
+    (what a TSDF should average); of those, the ones to keep as points (each surface once); and a report:
+    views checked, the names of those that could not be, the fraction of pixels matching the images
+    moved, and the pixels left by the check and by keeping each surface once."""
+    import cv2
+
+    from .fusion import Fusion, fuse_views, world_points
+
+    f = f or Fusion()
+    rays = camera_rays(pred)
+    valid = valid & np.isfinite(rays).all(-1)
+    grays = np.stack([cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY) for c in colours]
+                     ).astype(np.float32) / 255
+    c2w = pred.cam2world.astype(np.float64)
+    out = fuse_views(pred.depth_z.astype(np.float64), np.nan_to_num(rays), c2w, pred.K.astype(np.float64), valid,
+                     grays, f)
+    pts = np.stack([world_points(d, r, T) for d, r, T in zip(out.depth, np.nan_to_num(rays), c2w)])
+    fused = replace(pred, depth_z=np.where(valid, out.depth, pred.depth_z).astype(np.float32),
+                    pts3d=np.where(valid[..., None], pts, pred.pts3d).astype(np.float32))
+    report = {"checked": int(out.checked.sum()),
+              "unchecked": [pred.images[v] for v in np.flatnonzero(~out.checked) if valid[v].any()],
+              "refined_by_matching": round(out.refined, 4),
+              "after_views": int(out.keep.sum()), "after_once": int(out.first.sum())}
+    return fused, out.keep, out.first, report
 
 
 # ---------------------------------------------------------------------------- long sequences
@@ -249,15 +303,17 @@ def predict_in_chunks(run, n: int, size: int, overlap: int, done: dict | None = 
 MIN_OBSERVATIONS = 20  # triangulated points a frame needs for its own depth scale (else the scene's)
 
 
-def on_cameras(pred: Predictions, sfm=None, seed: int = 0) -> tuple[Predictions, dict]:
+def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None = FieldFit()
+               ) -> tuple[Predictions, dict]:
     """The network's depth on the cameras of structure from motion (:class:`heads.sfm.SfmCameras`), or
     on the network's own cameras when ``sfm`` is None.
 
     The reconstruction's scale is set so that its triangulated points have the
     network's depths (the median ratio over every observation: metres for a metric
-    model); each registered frame's depth is then scaled to agree with its own
-    points (the median ratio again) and placed on its refined camera, through the
-    camera's own model. Frames the reconstruction left out keep the network's
+    model); each registered frame's depth is then fitted to its own points (a smooth
+    correction field, :func:`heads.depth_fit.fit_depth_field`; with ``fit`` None one
+    scale, their median ratio; with under 20 points none) and placed on its refined camera,
+    through the camera's own model. Frames the reconstruction left out keep the network's
     camera and depth, mapped onto the rest by a fit over the registered frames'
     points. The world is the first frame's camera. Returns the new predictions and
     a report (frames registered, the names of those that were not, scales).
@@ -272,13 +328,12 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0) -> tuple[Predictions,
     if len(reg) < 2:
         return _first_frame_world(pred), {"registered": int(len(reg)), "unregistered": list(pred.images),
                                           "cameras": "network"}
-    ratios, per_view = [], {}
+    ratios = []
     for v in reg:
         xy, z = sfm.observations[v]
         net = _depth_at(pred.depth_z[v], xy, pred.original_hw[v])
         ok = np.isfinite(net) & (net > 0) & (z > 0)
-        per_view[v] = net[ok] / z[ok]
-        ratios.append(per_view[v])
+        ratios.append(net[ok] / z[ok])
     ratios = np.concatenate(ratios) if ratios else np.zeros(0)
     if sfm.scale is not None:
         scale = sfm.scale  # cameras in metres: the network's metres are theirs
@@ -295,17 +350,23 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0) -> tuple[Predictions,
 
     placed = ("pts3d", "depth_z", "cam2world", "K", "K_original")  # what the cameras change; the rest is shared
     out = {name: np.array(getattr(pred, name), copy=True) for name in placed}
-    depth_scales = np.ones(V)
+    depth_scales, residuals = np.ones(V), []
     rays_cache: dict[int, np.ndarray] = {}
     for v in reg:
-        r = per_view[v]
-        depth_scales[v] = scale / float(np.median(r)) if len(r) >= MIN_OBSERVATIONS else 1.0
+        xy_obs, z_obs = sfm.observations[v]
+        oh, ow = pred.original_hw[v]
+        uv = (xy_obs + 0.5) * [W / ow, H / oh] - 0.5  # original pixels -> processing pixels
+        field, fitted = fit_depth_field(pred.depth_z[v].astype(np.float64), uv, z_obs * scale,
+                                        fit or FieldFit(grid=(1, 1)))
+        depth_scales[v] = float(np.median(field))  # the correction's typical size, as one scale would be
+        if "residual_after" in fitted:
+            residuals.append((fitted["tracks"], fitted["residual_before"], fitted["residual_after"]))
         cam = sfm.cameras[v]
         key = id(cam)
         if key not in rays_cache:
             rays_cache[key] = normalised_coordinates(cam, tuple(sfm.written_hw[v]), (H, W))
         xy = rays_cache[key]
-        z = pred.depth_z[v].astype(np.float64) * depth_scales[v]
+        z = pred.depth_z[v].astype(np.float64) * field
         cam_pts = np.concatenate([xy * z[..., None], z[..., None]], -1)
         T = sfm.cam2world[v].copy()
         T[:3, 3] *= scale
@@ -328,7 +389,19 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0) -> tuple[Predictions,
                    "cameras": "given" if sfm.known else "sfm",
                    "points": int(sfm.points), "reprojection_error_px": round(float(sfm.reprojection_error), 3),
                    "sfm_scale": round(scale, 6), "depth_scales": [round(float(d), 4) for d in depth_scales],
+                   "depth_fit": _fit_report(residuals),
                    "to_output": invert_pose(refined.cam2world[0].astype(np.float64)).tolist()}
+
+
+def _fit_report(residuals: list[tuple[int, float, float]]) -> dict | None:
+    """The median over views of their tracks and of how far (in %) their depth was from them before and
+    after the fit."""
+    if not residuals:
+        return None
+    n, before, after = np.array(residuals).T
+    return {"views": len(residuals), "tracks_per_view": int(np.median(n)),
+            "off_before_pct": round(100 * float(np.expm1(np.median(before))), 2),
+            "off_after_pct": round(100 * float(np.expm1(np.median(after))), 2)}
 
 
 def _depth_at(depth: np.ndarray, xy: np.ndarray, original_hw) -> np.ndarray:

@@ -96,22 +96,25 @@ def _legend(image: np.ndarray, K: np.ndarray, w2c: np.ndarray, points: np.ndarra
 def tsdf_mesh(pred: Predictions, colours: np.ndarray, voxel: float | None = None, keep: np.ndarray | None = None):
     """A coloured triangle mesh (Open3D, legacy) by TSDF fusion of every view's depth (where ``keep``,
     default the model's mask), colour and pose in Open3D's hashed voxel-block grid (its scalable TSDF
-    volume); the voxel side defaults to 1/256 of the scene's extent, the truncation is 4 voxels, surfaces
-    seen once are kept. Vertices and triangles come in a fixed order, so one input gives one file."""
+    volume); the voxel side defaults to 1.5 pixel footprints at the kept pixels' median depth (between
+    1/1024 and 1/64 of the scene's extent), the truncation is 4 voxels, surfaces seen once are kept. Vertices and triangles come in a fixed order, so one input gives one file."""
     from .geometry import _open3d, invert_pose
 
     o3d = _open3d()
     import open3d.core as o3c
 
-    finite = pred.pts3d[np.isfinite(pred.pts3d).all(-1)]
+    keep = (pred.mask if keep is None else keep) & np.isfinite(pred.depth_z) & (pred.depth_z > 0)
+    finite = pred.pts3d[keep & np.isfinite(pred.pts3d).all(-1)]
     extent = float(np.linalg.norm(np.percentile(finite, 98, 0) - np.percentile(finite, 2, 0))) if len(finite) else 1.0
-    voxel = voxel or max(extent / 256, 1e-6)
-    depth_max = float(np.nanmax(pred.depth_z)) * 1.01 + 1e-6
+    if not voxel:  # about a pixel's footprint at the scene's typical depth (the data's own resolution)
+        footprint = float(np.median(pred.depth_z[keep] / np.repeat(pred.K[:, 0, 0], keep.sum((1, 2))))) \
+            if keep.any() else extent / 256
+        voxel = max(min(1.5 * footprint, extent / 64), extent / 1024, 1e-6)
+    depth_max = float(np.nanmax(np.where(keep, pred.depth_z, 0))) * 1.01 + 1e-6
     grid = o3d.t.geometry.VoxelBlockGrid(
         attr_names=("tsdf", "weight", "color"), attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
         attr_channels=((1), (1), (3)), voxel_size=voxel, block_resolution=16,
         block_count=max(1000, int(pred.mask.sum() // 64)), device=o3c.Device("CPU:0"))
-    keep = (pred.mask if keep is None else keep) & np.isfinite(pred.depth_z) & (pred.depth_z > 0)
     for i in range(len(pred.images)):
         if not keep[i].any():
             continue

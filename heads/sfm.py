@@ -205,12 +205,9 @@ def sfm_cameras(rec, names: list[str], written_hw: list[tuple[int, int]], origin
             continue
         i = position[image.name]
         cam = image.camera
-        w2c = np.eye(4)
-        w2c[:3] = image.cam_from_world().matrix()
-        c2w = np.linalg.inv(w2c)
-        K = cam.calibration_matrix().astype(np.float64)
-        K[0, 2] -= 0.5  # COLMAP's pixel centres are at +0.5
-        K[1, 2] -= 0.5
+        c2w = image_cam2world(image)
+        w2c = np.linalg.inv(c2w)
+        K = camera_K(cam)
         xy, z = [], []
         for p2d in image.points2D:
             if p2d.has_point3D():
@@ -227,6 +224,35 @@ def sfm_cameras(rec, names: list[str], written_hw: list[tuple[int, int]], origin
     out.points = rec.num_points3D()
     out.reprojection_error = float(rec.compute_mean_reprojection_error()) if out.points else float("nan")
     return out
+
+
+def image_cam2world(image) -> np.ndarray:
+    """A registered pycolmap image's camera-to-world (4, 4), OpenCV axes as COLMAP's."""
+    w2c = np.eye(4)
+    w2c[:3] = image.cam_from_world().matrix()
+    return np.linalg.inv(w2c)
+
+
+def camera_K(camera) -> np.ndarray:
+    """The pinhole part (3, 3) of a pycolmap camera, in our pixels (COLMAP puts pixel centres at +0.5)."""
+    K = camera.calibration_matrix().astype(np.float64)
+    K[0, 2] -= 0.5
+    K[1, 2] -= 0.5
+    return K
+
+
+def read_colmap_model(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """A COLMAP model folder's registered images: names, K (V, 3, 3) in their cameras' pixels, camera-to-world
+    (V, 4, 4), in image-name order, and its triangulated points (N, 3)."""
+    pycolmap = _pycolmap()
+    try:
+        rec = pycolmap.Reconstruction(str(folder))
+    except Exception as e:  # pycolmap's reader says why in its own words
+        raise UsageError(f"{folder}: not a COLMAP model folder ({str(e).strip()[:150]})") from None
+    images = sorted((im for im in rec.images.values() if im.has_pose), key=lambda im: im.name)
+    points = np.array([p.xyz for p in rec.points3D.values()], np.float64).reshape(-1, 3)
+    return ([im.name for im in images], np.array([camera_K(im.camera) for im in images]).reshape(-1, 3, 3),
+            np.array([image_cam2world(im) for im in images]).reshape(-1, 4, 4), points)
 
 
 def normalised_coordinates(camera, written_hw: tuple[int, int], hw: tuple[int, int]) -> np.ndarray:

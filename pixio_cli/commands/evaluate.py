@@ -203,5 +203,55 @@ def evaluate_pointmap(
         typer.echo(json.dumps(result))
 
 
+@app.command("recon3d")
+def evaluate_recon3d(
+        scene: Annotated[Path, typer.Argument(
+            help="A `pixio recon3d` output: its .ply, or the folder holding scene.ply, with its cameras beside it "
+                 "(cameras.json, or sparse/0 whose points are scored too).", show_default=False)],
+        data: Data,
+        dataset: Annotated[str, typer.Option(help="7scenes or generic-rgbd (depth and poses per frame).")] = "7scenes",
+        depth_scale: Annotated[Optional[float], typer.Option(help="Stored value per metre (generic-rgbd).")] = None,
+        sensor_offset: Annotated[bool, typer.Option(
+            "--sensor-offset/--no-sensor-offset", help="Solve for an offset between the camera of the truth's poses "
+                                                       "and the scene's (7-Scenes' depth camera sits beside its "
+                                                       "colour camera) when aligning the camera paths.")] = True,
+        voxel: Annotated[float, typer.Option(help="Both clouds thinned to one point per voxel of this side (m).",
+                                             min=0.001)] = 0.01,
+        json_out: JsonOut = False) -> None:
+    """The geometry of a reconstructed scene against the recorded depth of its frames.
+
+    The scene is aligned by its camera path (a similarity of the camera centres onto the recorded ones),
+    then by the rigid transform that puts the recorded depth, placed on the scene's cameras, onto the truth;
+    its own geometry is never fitted. Scores per cloud: accuracy and completeness (median distances),
+    precision, recall and F-score within 5 and 10 cm; beside the scene (and its mesh, and the COLMAP
+    model's points when beside it) the ceiling the cameras allow (the recorded depth on them) and a
+    trivial baseline (one constant depth on them). ATE beside every camera at the origin."""
+    import json
+
+    from heads.scene_eval import evaluate_scene
+    from heads.sequences import find_sequences
+
+    frames = {}
+    for split in ("train", "val"):
+        for seq in find_sequences(dataset, data, split, depth_scale):
+            for f in seq.frames:
+                frames.setdefault(str(f.image), (f, seq))
+    if not frames:
+        raise InputError(f"--data {data}: no frames with depth in the {dataset} layout")
+    reader = {id(f): seq for f, seq in frames.values()}
+    result = evaluate_scene(scene, [f for f, _ in frames.values()], lambda f: reader[id(f)].read_depth(f), voxel,
+                            sensor_offset)
+    typer.echo(f"{result['frames']} frames; ATE {100 * result['ate']:.2f} cm (every camera at the origin: "
+               f"{100 * result['ate_origin']:.2f} cm); path scale {result['scale']:.4f}", err=True)
+    typer.echo(f"{'cloud':<28s} {'points':>8s} {'acc cm':>7s} {'comp cm':>8s} {'P@5':>6s} {'R@5':>6s} {'F@5':>6s} "
+               f"{'F@10':>6s}", err=True)
+    for name, row in result["rows"].items():
+        typer.echo(f"{name:<28s} {row['points']:>8d} {100 * row['accuracy']:>7.1f} {100 * row['completeness']:>8.1f} "
+                   f"{row['precision@0.05']:>6.3f} {row['recall@0.05']:>6.3f} {row['f@0.05']:>6.3f} "
+                   f"{row['f@0.1']:>6.3f}", err=True)
+    if json_out:
+        typer.echo(json.dumps(result))
+
+
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="evaluate", short_help='Official metrics of a head (depth, segment, pointmap) or an encoder (knn).')

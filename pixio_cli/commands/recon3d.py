@@ -54,6 +54,11 @@ def recon3d(
     chunk: Annotated[int, typer.Option(
         help="Views per model pass; longer sequences go in overlapping chunks aligned to each other.", min=2)] = 32,
     overlap: Annotated[int, typer.Option(help="Views each chunk shares with the previous one.", min=1)] = 4,
+    fusion: Annotated[bool, typer.Option(
+        "--fusion/--no-fusion", help="Check each pixel's depth against the other views that see it, refine it by "
+                                     "matching the images, average the depths that agree and keep each surface "
+                                     "once; --no-fusion: every view's pixels as placed (views stack in layers).")
+    ] = True,
     use_mask: Annotated[bool, typer.Option(
         "--mask/--no-mask", help="Keep only the pixels the model's mask marks as unambiguous.")] = True,
     conf_percentile: Annotated[Optional[float], typer.Option(
@@ -72,7 +77,8 @@ def recon3d(
     normals: Annotated[bool, typer.Option("--normals", help="Estimate normals (oriented to the cameras).")] = False,
     mesh: Annotated[bool, typer.Option("--mesh", help="Also <name>_mesh.ply by TSDF fusion of the depths.")] = False,
     mesh_voxel: Annotated[Optional[float], typer.Option(
-        help="TSDF voxel side (default: 1/256 of the scene's extent).", min=0, show_default=False)] = None,
+        help="TSDF voxel side (default: 1.5 pixels' footprint at the scene's median depth).", min=0,
+        show_default=False)] = None,
     glb: Annotated[bool, typer.Option("--glb", help="Also <name>.glb of the mesh (needs --mesh).")] = False,
     cameras: Annotated[Optional[Cameras], typer.Option(
         help="Also the cameras: json (cameras.json), colmap (a COLMAP model in sparse/0/, binary, with the "
@@ -117,7 +123,8 @@ def recon3d(
 
     from heads import geometry as G
     from heads.pointmap import load_pointmap, prepare_pointmap
-    from heads.scene import Cleaning, clean_points, on_cameras, predict, predict_in_chunks, read_intrinsics
+    from heads.scene import (Cleaning, clean_points, fuse, on_cameras, pixel_mask, predict, predict_in_chunks,
+                             read_intrinsics)
     from heads.scene_export import preview_picture
 
     from ..engine import Engine, Summary, autocast
@@ -144,8 +151,8 @@ def recon3d(
         Ks = [Ks[i] for i in kept] if Ks is not None else None
     engine = Engine(device, precision, 8, workers, progress=False if quiet else None)
     job = _start_sfm(items, Ks, matching, seed) if sfm and known_cameras is None else None  # runs beside the network
-    stages = Stages(["loading the model and decoding", "predicting", "cameras", "cleaning", "writing"], quiet,
-                    "recon3d")
+    stages = Stages(["loading the model and decoding", "predicting", "cameras", "fusing the views", "writing"],
+                    quiet, "recon3d")
     try:
         stages.next()
         net = prepare_pointmap(engine, load_pointmap(model))
@@ -215,7 +222,14 @@ def recon3d(
         parts.clear()
     colours = np.stack(frames)
     cleaning = Cleaning(use_mask, conf_percentile, conf_min, edge_rtol or None, outliers, voxel, max_points, seed)
-    points, point_colours, _, counts = clean_points(pred, colours, cleaning)
+    keep, counts = pixel_mask(pred, cleaning)
+    surface, fused = keep, None  # what the mesh averages, and what fusion said
+    if fusion:
+        pred, surface, keep, fused = fuse(pred, colours, keep)
+        counts.update(after_views=fused["after_views"], after_once=fused["after_once"])
+        _warn_unchecked(fused["unchecked"], len(frames))
+    fusing_done = time.perf_counter()
+    points, point_colours, _, counts = clean_points(pred, colours, cleaning, keep, counts)
     if not len(points):
         raise PixioError(f"no points to write: cleaning removed every pixel of {len(frames)} views ({counts}); "
                          "loosen it (--no-mask, --edge-rtol 0, no --conf-*)")
@@ -224,8 +238,7 @@ def recon3d(
     G.write_ply(scene_path, points, point_colours, pred.cam2world[0, :3, 3] if normals else None, unit)
     written = [str(scene_path)]
     if mesh:
-        written += _write_mesh(pred, colours, scene_path, mesh_voxel, glb,
-                               None if use_mask else np.ones(pred.mask.shape, bool))
+        written += _write_mesh(pred, colours, scene_path, mesh_voxel, glb, surface)
     cam_sizes = np.array(pred.original_hw)
     flipped = [name for name, K in zip(pred.images, pred.K_original) if not (K[0, 0] > 0 and K[1, 1] > 0)]
     if cameras is not None and flipped:  # written as predicted, but said: no pinhole camera has them
@@ -253,10 +266,13 @@ def recon3d(
               "points": int(len(points)), "cleaning": counts, "scale": pred.scale, "unit": unit,
               "size": [int(frames[0].shape[1]), int(frames[0].shape[0])], "chunks": chunks,
               "cameras": {k: v for k, v in placed.items() if k != "to_output"},
+              "fusion": {k: v for k, v in fused.items() if k != "unchecked"} | {"unchecked": len(fused["unchecked"])}
+              if fused else None,
               "frame": "the first view's camera: x right, y down, z forward",
               "predictions": str(save_predictions) if save_predictions else None,
               "seconds": {"load_and_decode": round(loaded - started, 2), "inference": round(inferred - loaded, 2),
                           "cameras": round(solved - inferred, 2), "sfm_thread": round(job.seconds, 2) if job else None,
+                          "fusion": round(fusing_done - solved, 2),
                           "total": round(time.perf_counter() - started, 2)}}
     stages.close()
     if json_summary:
@@ -278,6 +294,20 @@ def _warn_stale(scene: Path, written: list[str], known_cameras: Path | None) -> 
         verb, them = ("come", "them") if len(stale) > 1 else ("comes", "it")
         typer.echo(f"pixio: warning: {' and '.join(map(str, stale))} beside {scene} {verb} from an earlier run, not "
                    f"this one (--cameras json/colmap rewrites {them})", err=True)
+
+
+def _warn_unchecked(unchecked: list[str], n_views: int) -> None:
+    """One warning line for views whose depth no other view could check (one view, unrelated photos,
+    cameras too far off): their pixels are kept as the network placed them."""
+    if not unchecked:
+        return
+    if n_views == 1:
+        typer.echo("pixio: warning: one view: its depth could not be checked against another view", err=True)
+        return
+    more = f" and {len(unchecked) - 3} more" if len(unchecked) > 3 else ""
+    typer.echo(f"pixio: warning: the depth of {len(unchecked)} of {n_views} views ({', '.join(unchecked[:3])}{more}) "
+               "could not be checked against other views (none sees the same surfaces from these cameras): "
+               "their pixels are kept unchecked", err=True)
 
 
 def _image_names(items: list) -> tuple[str, list[str]]:

@@ -1,0 +1,197 @@
+"""Many views' depth maps made into one surface: each pixel checked against the views that see it, its
+depth refined by matching images and averaged with the depths that agree, and each surface kept once.
+
+Plain functions on arrays, in these conventions: V z-depth maps (V, h, w) at the
+processing size; ``rays`` (V, h, w, 2) the normalised coordinates x/z, y/z of
+each pixel centre (through each camera's own model); ``K`` (V, 3, 3) the pinhole
+part, used to project into a view; camera-to-world poses (V, 4, 4), OpenCV axes.
+
+The steps (:func:`fuse_views`), as COLMAP's stereo fusion checks its depth maps:
+
+1. neighbours: for each view, the views that see most of it with parallax
+   (:func:`choose_neighbours`);
+2. refinement: each depth map matched against its neighbours' images
+   (:mod:`heads.stereo`);
+3. agreement: a pixel's point, projected into a neighbour, must land on a depth
+   within ``rtol``; its depth becomes the mean of those that agree
+   (:func:`average_agreeing`), and a pixel no neighbour agrees with is dropped;
+4. once: a pixel an earlier view already holds is left out (:func:`first_seen`),
+   so ten views of a wall give one layer of points, not ten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .stereo import Sweep, refine_depth
+
+
+@dataclass
+class Fusion:
+    """How views check, refine and merge each other's depths."""
+
+    neighbours: int = 4  # views each view is checked against
+    min_angle: float = 3.0  # degrees of parallax under which a neighbour counts for less
+    sample: int = 8  # every n-th pixel (each way) of a view ranks its neighbours
+    window: int | None = 32  # with more than 2 x this many views, neighbours come from within this many frames
+    rtol: float = 0.03  # two depths agree when they differ by at most this fraction
+    min_agreeing: float = 0.05  # a view whose pixels its neighbours confirm less than this is left unchecked
+    stereo: Sweep | None = field(default_factory=Sweep)  # None: no refinement by matching images
+
+
+def world_points(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray) -> np.ndarray:
+    """World points (..., 3) of z-depths (...) along ``rays`` (..., 2) of a camera at ``cam2world``."""
+    cam = np.concatenate([rays * depth[..., None], depth[..., None]], -1)
+    return cam @ cam2world[:3, :3].T + cam2world[:3, 3]
+
+
+def project(points: np.ndarray, K: np.ndarray, cam2world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels (n, 2) and z-depths (n,) of world points (n, 3) in a pinhole camera (NaN pixels behind it)."""
+    cam = (points - cam2world[:3, 3]) @ cam2world[:3, :3]
+    z = cam[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = np.stack([K[0, 0] * cam[:, 0] / z + K[0, 2], K[1, 1] * cam[:, 1] / z + K[1, 2]], 1)
+    uv[~(z > 0)] = np.nan
+    return uv, z
+
+
+def _landing(X: np.ndarray, K: np.ndarray, cam2world: np.ndarray, hw: tuple[int, int]
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For world points X (n, 3) seen from a view of size hw: which land in it (indices), the pixel each
+    lands on (rows, columns) and the depth it has there."""
+    h, w = hw
+    uv, z = project(X, K, cam2world)
+    with np.errstate(invalid="ignore"):
+        u, r = np.rint(uv[:, 0]), np.rint(uv[:, 1])
+        i = np.flatnonzero((z > 0) & (u >= 0) & (u < w) & (r >= 0) & (r < h))
+    return i, r[i].astype(np.int64), u[i].astype(np.int64), z[i]
+
+
+def choose_neighbours(points: np.ndarray, valid: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
+                      f: Fusion = Fusion()) -> list[list[int]]:
+    """For each view, up to ``neighbours`` views to check it against, chosen greedily: each next one sees
+    most of the view's points (a sample) that fewer than two chosen views see yet, a point counting in
+    full only where the parallax is at least ``min_angle`` (a view from the same place confirms nothing).
+    A view that sees under 10 % of the points, or adds under 2 %, is not taken."""
+    V, h, w = valid.shape
+    centres = cam2world[:, :3, 3]
+    out = []
+    for v in range(V):
+        sample = points[v, ::f.sample, ::f.sample][valid[v, ::f.sample, ::f.sample]]
+        candidates = range(V) if f.window is None or V <= 2 * f.window else \
+            range(max(0, v - f.window), min(V, v + f.window + 1))
+        sees, worth = {}, {}
+        for n in candidates:
+            if n == v or not len(sample):
+                continue
+            i, _, _, _ = _landing(sample, K[n], cam2world[n], (h, w))
+            if len(i) < 0.1 * len(sample):
+                continue
+            seen = np.zeros(len(sample))
+            seen[i] = 1.0
+            a, b = sample - centres[v], sample - centres[n]
+            cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+            angle = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+            sees[n], worth[n] = seen, seen * np.minimum(1.0, angle / f.min_angle)
+        covered = np.zeros(len(sample))
+        chosen: list[int] = []
+        while len(chosen) < f.neighbours:
+            gain = {n: float((worth[n] * (covered < 2)).sum()) for n in sees if n not in chosen}
+            if not gain:
+                break
+            best = max(gain, key=lambda n: (gain[n], -abs(n - v)))
+            if gain[best] <= 0.02 * len(sample):
+                break
+            chosen.append(best)
+            covered += sees[best]
+        out.append(chosen)
+    return out
+
+
+def average_agreeing(depth: np.ndarray, points: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
+                     valid: np.ndarray, neighbours: list[list[int]], rtol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each valid pixel's depth replaced by the mean of its own and of the neighbours' that agree with it
+    (their points' depths in its camera), and how many neighbours agreed (V, h, w)."""
+    V, h, w = depth.shape
+    count = np.zeros((V, h, w), np.int16)
+    out = depth.astype(np.float64, copy=True)
+    for v in range(V):
+        ys, xs = np.nonzero(valid[v])
+        X = points[v, ys, xs]
+        total = depth[v, ys, xs].astype(np.float64)
+        n_agree = np.zeros(len(X), np.int16)
+        for n in neighbours[v]:
+            i, r, u, z = _landing(X, K[n], cam2world[n], (h, w))
+            d = depth[n, r, u]
+            ok = valid[n, r, u] & (np.abs(z - d) <= rtol * d)
+            i, r, u = i[ok], r[ok], u[ok]
+            total[i] += ((points[n, r, u] - cam2world[v][:3, 3]) @ cam2world[v][:3, :3])[:, 2]
+            n_agree[i] += 1
+        out[v, ys, xs] = total / (1 + n_agree)
+        count[v, ys, xs] = n_agree
+    return out, count
+
+
+def first_seen(depth: np.ndarray, points: np.ndarray, K: np.ndarray, cam2world: np.ndarray, valid: np.ndarray,
+               neighbours: list[list[int]], rtol: float) -> np.ndarray:
+    """The valid pixels (V, h, w) that no earlier view (a neighbour of lower index) holds already: their
+    point lands on a valid pixel of that view at the same depth (within ``rtol``)."""
+    V, h, w = depth.shape
+    first = valid.copy()
+    for v in range(V):
+        ys, xs = np.nonzero(valid[v])
+        X = points[v, ys, xs]
+        held = np.zeros(len(X), bool)
+        for n in neighbours[v]:
+            if n > v:
+                continue
+            i, r, u, z = _landing(X, K[n], cam2world[n], (h, w))
+            d = depth[n, r, u]
+            held[i[valid[n, r, u] & (np.abs(z - d) <= rtol * d)]] = True
+        first[v, ys[held], xs[held]] = False
+    return first
+
+
+@dataclass
+class FusedViews:
+    """What :func:`fuse_views` gives: the refined depths and which pixels to keep."""
+
+    depth: np.ndarray  # (V, h, w) z-depths: refined, then averaged with the neighbours that agree
+    keep: np.ndarray  # (V, h, w) valid pixels a neighbour confirms (all valid ones of an unchecked view)
+    first: np.ndarray  # (V, h, w) of those, the ones no earlier view holds: each surface once
+    checked: np.ndarray  # (V,) whether a view's depth could be checked against other views
+    neighbours: list[list[int]]
+    refined: float  # fraction of valid pixels whose depth matching the images changed
+
+
+def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np.ndarray, valid: np.ndarray,
+               grays: np.ndarray | None, f: Fusion = Fusion()) -> FusedViews:
+    """The steps of the module's docstring on V views; ``grays`` (V, h, w) float32 0-1, the images at the
+    depth maps' size (None: no refinement by matching). A view with no neighbour, or whose neighbours
+    confirm under ``min_agreeing`` of its pixels (cameras or depths too far off), keeps its valid pixels
+    unchecked (``checked`` False)."""
+    V = len(depth)
+    depth = depth.astype(np.float64)
+    points = np.stack([world_points(depth[v], rays[v], cam2world[v]) for v in range(V)])
+    neighbours = choose_neighbours(points, valid, K, cam2world, f)
+    refined = 0.0
+    if f.stereo is not None and grays is not None:
+        changed = 0
+        new = depth.copy()
+        for v in range(V):
+            others = [(grays[n], K[n], cam2world[n]) for n in neighbours[v][:f.stereo.neighbours]]
+            new[v], moved = refine_depth(depth[v], rays[v], cam2world[v], grays[v], others, f.stereo)
+            changed += int((moved & valid[v]).sum())
+        depth = np.where(valid, new, depth)
+        refined = changed / max(int(valid.sum()), 1)
+        points = np.stack([world_points(depth[v], rays[v], cam2world[v]) for v in range(V)])
+    averaged, count = average_agreeing(depth, points, K, cam2world, valid, neighbours, f.rtol)
+    checked = np.array([bool(neighbours[v]) and (count[v][valid[v]] > 0).mean() >= f.min_agreeing
+                        if valid[v].any() else False for v in range(V)])
+    depth = np.where(checked[:, None, None], averaged, depth)
+    keep = valid & ((count > 0) | ~checked[:, None, None])
+    points = np.stack([world_points(depth[v], rays[v], cam2world[v]) for v in range(V)])
+    first = first_seen(depth, points, K, cam2world, keep, neighbours, f.rtol)
+    return FusedViews(depth, keep, first, checked, neighbours, refined)
