@@ -3,7 +3,7 @@
 A network's depth is wrong at low spatial frequency (tilts and bends) in ways
 one scale per view cannot fix. :func:`fit_depth_field` fits a smooth
 multiplicative correction: a log-ratio on a coarse bilinear grid over the
-image, robust (Cauchy weights), pulled towards the view's median ratio and
+image, robust (Cauchy weights, scaled to the residuals' own spread), pulled towards the view's median ratio and
 towards a plane (second differences), so a view with few tracks gets back one
 scale and a view with many gets its tilts and bends corrected.
 """
@@ -22,7 +22,8 @@ class FieldFit:
     grid: tuple[int, int] = (6, 8)  # nodes of the bilinear correction grid (rows, columns); (1, 1): one scale
     smooth: float = 0.1  # weight of the second differences between nodes (bending)
     prior: float = 0.05  # weight pulling each node towards the view's median log-ratio
-    scale: float = 0.2  # Cauchy scale of the residuals, in log-ratio
+    spread: float = 2.5  # Cauchy scale of the residuals: this many robust standard deviations of the last ones,
+    min_scale: float = 0.02  # ... and at least this (log-ratio)
     iterations: int = 6  # reweighting rounds
     min_tracks: int = 20  # fewer tracks: no correction (too few to trust even their median)
 
@@ -113,6 +114,8 @@ def fit_depth_field(depth: np.ndarray, uv: np.ndarray, z: np.ndarray, fit: Field
     for _ in range(fit.iterations):
         W = robust / robust.sum()  # the data term as a weighted mean: the penalties mean the same for any n
         g = np.linalg.solve(A.T @ (A * W[:, None]) + penalty, A.T @ (W * r) + fit.prior * m / n_nodes)
-        robust = 1.0 / (1.0 + ((r - A @ g) / fit.scale) ** 2)
+        res = r - A @ g
+        scale = max(fit.min_scale, fit.spread * 1.4826 * float(np.median(np.abs(res))))
+        robust = 1.0 / (1.0 + (res / scale) ** 2)
     report["residual_after"] = float(np.median(np.abs(r - A @ g)))
     return field_image(g.reshape(fit.grid), (h, w)), report

@@ -15,8 +15,8 @@ The steps (:func:`fuse_views`), as COLMAP's stereo fusion checks its depth maps:
 3. agreement: a pixel's point, projected into a neighbour, must land on a depth
    within ``rtol``; its depth becomes the mean of those that agree
    (:func:`average_agreeing`), and a pixel no neighbour agrees with is dropped;
-4. once: a pixel an earlier view already holds is left out (:func:`first_seen`),
-   so ten views of a wall give one layer of points, not ten.
+4. once: a pixel another view sees in more detail (or as much, and earlier) is left
+   out (:func:`finest_view`), so ten views of a wall give one layer of points, not ten.
 """
 
 from __future__ import annotations
@@ -70,14 +70,15 @@ def _landing(X: np.ndarray, K: np.ndarray, cam2world: np.ndarray, hw: tuple[int,
 
 
 def choose_neighbours(points: np.ndarray, valid: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
-                      f: Fusion = Fusion()) -> list[list[int]]:
+                      f: Fusion = Fusion()) -> tuple[list[list[int]], list[list[int]]]:
     """For each view, up to ``neighbours`` views to check it against, chosen greedily: each next one sees
     most of the view's points (a sample) that fewer than two chosen views see yet, a point counting in
     full only where the parallax is at least ``min_angle`` (a view from the same place confirms nothing).
-    A view that sees under 10 % of the points, or adds under 2 %, is not taken."""
+    A view that sees under 10 % of the points, or adds under 2 %, is not taken. Also, for each view, every
+    view that sees at least 10 % of it, most first (parallax or not: what may hold the same surface)."""
     V, h, w = valid.shape
     centres = cam2world[:, :3, 3]
-    out = []
+    out, overlapping = [], []
     for v in range(V):
         sample = points[v, ::f.sample, ::f.sample][valid[v, ::f.sample, ::f.sample]]
         candidates = range(V) if f.window is None or V <= 2 * f.window else \
@@ -95,6 +96,7 @@ def choose_neighbours(points: np.ndarray, valid: np.ndarray, K: np.ndarray, cam2
             cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
             angle = np.degrees(np.arccos(np.clip(cos, -1, 1)))
             sees[n], worth[n] = seen, seen * np.minimum(1.0, angle / f.min_angle)
+        overlapping.append(sorted(sees, key=lambda n: (-sees[n].sum(), abs(n - v))))
         covered = np.zeros(len(sample))
         chosen: list[int] = []
         while len(chosen) < f.neighbours:
@@ -107,7 +109,7 @@ def choose_neighbours(points: np.ndarray, valid: np.ndarray, K: np.ndarray, cam2
             chosen.append(best)
             covered += sees[best]
         out.append(chosen)
-    return out
+    return out, overlapping
 
 
 def average_agreeing(depth: np.ndarray, points: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
@@ -134,24 +136,28 @@ def average_agreeing(depth: np.ndarray, points: np.ndarray, K: np.ndarray, cam2w
     return out, count
 
 
-def first_seen(depth: np.ndarray, points: np.ndarray, K: np.ndarray, cam2world: np.ndarray, valid: np.ndarray,
-               neighbours: list[list[int]], rtol: float) -> np.ndarray:
-    """The valid pixels (V, h, w) that no earlier view (a neighbour of lower index) holds already: their
-    point lands on a valid pixel of that view at the same depth (within ``rtol``)."""
+def finest_view(depth: np.ndarray, points: np.ndarray, K: np.ndarray, cam2world: np.ndarray, valid: np.ndarray,
+                overlapping: list[list[int]], rtol: float, most: int = 8, tie: float = 0.05) -> np.ndarray:
+    """The valid pixels (V, h, w) that no other view holds at a finer resolution: a pixel is held by one
+    of the ``most`` views that overlap its view most when its point lands on a valid pixel there at the
+    same depth (within ``rtol``) and that pixel's footprint (depth / focal) is smaller, or the same
+    within ``tie`` and the view comes first. Each surface is then kept once, from the view that sees it
+    in most detail."""
     V, h, w = depth.shape
-    first = valid.copy()
+    own = valid.copy()
     for v in range(V):
         ys, xs = np.nonzero(valid[v])
         X = points[v, ys, xs]
+        footprint = depth[v, ys, xs] / K[v, 0, 0]
         held = np.zeros(len(X), bool)
-        for n in neighbours[v]:
-            if n > v:
-                continue
+        for n in overlapping[v][:most]:
             i, r, u, z = _landing(X, K[n], cam2world[n], (h, w))
             d = depth[n, r, u]
-            held[i[valid[n, r, u] & (np.abs(z - d) <= rtol * d)]] = True
-        first[v, ys[held], xs[held]] = False
-    return first
+            ratio = (d / K[n, 0, 0]) / footprint[i]
+            finer = (ratio < 1 - tie) | ((ratio <= 1 + tie) & (n < v))
+            held[i[valid[n, r, u] & (np.abs(z - d) <= rtol * d) & finer]] = True
+        own[v, ys[held], xs[held]] = False
+    return own
 
 
 @dataclass
@@ -160,7 +166,7 @@ class FusedViews:
 
     depth: np.ndarray  # (V, h, w) z-depths: refined, then averaged with the neighbours that agree
     keep: np.ndarray  # (V, h, w) valid pixels a neighbour confirms (all valid ones of an unchecked view)
-    first: np.ndarray  # (V, h, w) of those, the ones no earlier view holds: each surface once
+    first: np.ndarray  # (V, h, w) of those, the ones no other view holds in more detail: each surface once
     checked: np.ndarray  # (V,) whether a view's depth could be checked against other views
     neighbours: list[list[int]]
     refined: float  # fraction of valid pixels whose depth matching the images changed
@@ -175,7 +181,7 @@ def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np
     V = len(depth)
     depth = depth.astype(np.float64)
     points = np.stack([world_points(depth[v], rays[v], cam2world[v]) for v in range(V)])
-    neighbours = choose_neighbours(points, valid, K, cam2world, f)
+    neighbours, overlapping = choose_neighbours(points, valid, K, cam2world, f)
     refined = 0.0
     if f.stereo is not None and grays is not None:
         changed = 0
@@ -193,5 +199,5 @@ def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np
     depth = np.where(checked[:, None, None], averaged, depth)
     keep = valid & ((count > 0) | ~checked[:, None, None])
     points = np.stack([world_points(depth[v], rays[v], cam2world[v]) for v in range(V)])
-    first = first_seen(depth, points, K, cam2world, keep, neighbours, f.rtol)
+    first = finest_view(depth, points, K, cam2world, keep, overlapping, f.rtol)
     return FusedViews(depth, keep, first, checked, neighbours, refined)
