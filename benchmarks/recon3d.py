@@ -1,4 +1,4 @@
-"""`pixio recon3d` cameras and time against COLMAP's own structure from motion, in one run.
+"""`pixio recon3d` cameras, geometry and time against COLMAP's own structure from motion, in one run.
 
 On 7-Scenes red-kitchen frames the bundled model never saw (800-992, every 8th
 by default: 25 frames, 1.25 m and 31 degrees of motion), against their recorded
@@ -13,8 +13,12 @@ poses:
 
 Each is scored by ATE (camera centres after a similarity alignment), the
 alignment's scale (1.0 = metric), the relative rotation error of every pair and
-pose AUC@5/@30. Every run is a fresh process, timed end to end with its peak
-memory. ``ratio`` = COLMAP's seconds / ours (above 1: we are faster).
+pose AUC@5/@30. The geometry is scored against the recorded depth as
+``pixio evaluate recon3d`` does (:mod:`heads.scene_eval`): our cloud and mesh,
+the cloud of ``--no-fusion`` (every view's pixels as placed), COLMAP's sparse
+points, and on our cameras the recorded depth (the ceiling) and one constant
+depth (the trivial baseline). Every run is a fresh process, timed end to end
+with its peak memory. ``ratio`` = COLMAP's seconds / ours (above 1: we are faster).
 
 ``--middlebury DIR`` also scores an orbit set in the Middlebury multi-view
 layout (``*.png`` with a ``*_par.txt`` of K, R, t per image; e.g. templeSparseRing),
@@ -37,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from heads.metrics import camera_metrics, trivial_cameras
+from heads.sfm import image_cam2world
 
 from .common import emit, run_timed
 
@@ -44,9 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 KITCHEN = ROOT.parent / "shared" / "data" / "rgbd-7scenes-redkitchen"
 
 
-def colmap_poses(folder: str | Path, out: str | Path) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def colmap_poses(folder: str | Path, out: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, float]]:
     """pycolmap's SfM at its defaults (what a user would otherwise run) on the images in ``folder``, seeded:
-    each registered image's camera-to-world, and the seconds of each stage."""
+    each registered image's camera-to-world, the triangulated points, and the seconds of each stage."""
     import pycolmap
 
     pycolmap.logging.minloglevel = 3
@@ -63,19 +68,16 @@ def colmap_poses(folder: str | Path, out: str | Path) -> tuple[dict[str, np.ndar
     models = pycolmap.incremental_mapping(db, folder, sparse, options)
     t3 = time.perf_counter()
     rec = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
-    poses = {}
-    for image in (rec.images.values() if rec else []):
-        if image.has_pose:
-            w2c = np.eye(4)
-            w2c[:3] = image.cam_from_world().matrix()
-            poses[image.name] = np.linalg.inv(w2c)
-    return poses, {"features": t1 - t0, "matching": t2 - t1, "mapping": t3 - t2}
+    poses = {image.name: image_cam2world(image) for image in (rec.images.values() if rec else []) if image.has_pose}
+    points = np.array([p.xyz for p in rec.points3D.values()]).reshape(-1, 3) if rec else np.zeros((0, 3))
+    return poses, points, {"features": t1 - t0, "matching": t2 - t1, "mapping": t3 - t2}
 
 
 def colmap_alone(folder: str, out: str) -> None:
     """:func:`colmap_poses` as JSON on stdout (run in its own process by :func:`main`, to be timed)."""
-    poses, seconds = colmap_poses(folder, out)
-    print(json.dumps({"seconds": seconds, "poses": {k: v.tolist() for k, v in poses.items()}}))
+    poses, points, seconds = colmap_poses(folder, out)
+    print(json.dumps({"seconds": seconds, "poses": {k: v.tolist() for k, v in poses.items()},
+                      "points": points.tolist()}))
 
 
 def score(poses: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict:
@@ -87,33 +89,51 @@ def score(poses: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict:
     return {"registered": len(names), **{k: round(v, 4) for k, v in m.items()}}
 
 
-def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra: list[str]) -> dict:
-    """Ours (default and --no-sfm), COLMAP alone and the trivial cameras on one set of frames."""
+OURS = {  # run name: flags (the default run writes the COLMAP model, for its points, and the mesh)
+    "ours": ["--cameras", "colmap", "--mesh"],
+    "ours_stacked": ["--no-fusion", "--cameras", "colmap"],
+    "ours_no_sfm": ["--no-sfm", "--cameras", "json"],
+}
+
+
+def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra: list[str], rgbd=None) -> dict:
+    """Ours (default, --no-fusion and --no-sfm), COLMAP alone and the trivial cameras on one set of frames;
+    with ``rgbd`` (frames, depth reader) the geometry of each too."""
+    from heads.scene_eval import SceneCameras, evaluate_clouds, evaluate_scene, read_scene_cameras
+
     folder = work / "images"
     folder.mkdir(parents=True)
     for p in images:
         (folder / p.name).symlink_to(p.resolve())
-    result = {"frames": len(images)}
-    for name, flags in (("ours", []), ("ours_no_sfm", ["--no-sfm"])):
+    result, geometry = {"frames": len(images)}, {}
+    for name, flags in OURS.items():
         seconds, peak, out, err = run_timed([sys.executable, "-m", "pixio_cli", "recon3d", str(folder), "-o",
-                                         str(work / name / "scene.ply"), "--cameras", "json", "--json", "-q",
-                                         *flags, *extra])
+                                             str(work / name / "scene.ply"), "--json", "-q", *flags, *extra])
         summary = json.loads(out.strip().splitlines()[-1])
-        cams = json.loads((work / name / "cameras.json").read_text())["cameras"]
-        poses = {Path(c["image"]).name: np.array(c["cam2world"]) for c in cams}
+        cams = read_scene_cameras(work / name)
+        poses = {Path(n).name: T for n, T in zip(cams.names, cams.cam2world)}
         unplaced = {Path(p).name for p in summary["cameras"].get("unregistered", [])}
         result[name] = {**score(poses, truth), "seconds": round(seconds, 2), "peak_memory_gib": round(peak, 2),
-                        "stages": summary["seconds"], "warnings": [l for l in err.splitlines() if "warning" in l]}
+                        "stages": summary["seconds"], "warnings": [l for l in err.splitlines() if "warning" in l],
+                        "points": summary["points"]}
         if name == "ours":
             result[name]["registered_by_sfm"] = summary["cameras"]["registered"]
             result[name]["score_registered_only"] = score(
                 {k: v for k, v in poses.items() if k not in unplaced}, truth)
+        if rgbd is not None and name != "ours_no_sfm":
+            geometry[name] = evaluate_scene(work / name, *rgbd)
     seconds, peak, out, _ = run_timed([sys.executable, "-m", "benchmarks.recon3d", "--colmap-alone", str(folder),
-                                   str(work / "colmap")])
+                                       str(work / "colmap")])
     colmap = json.loads(out.strip().splitlines()[-1])
     result["colmap"] = {**score({k: np.array(v) for k, v in colmap["poses"].items()}, truth),
                         "seconds": round(seconds, 2), "peak_memory_gib": round(peak, 2),
                         "stages": {k: round(v, 2) for k, v in colmap["seconds"].items()}}
+    if rgbd is not None and len(colmap["poses"]) >= 3:
+        names = sorted(colmap["poses"])
+        cams = SceneCameras(names, np.zeros((len(names), 3, 3)), np.array([colmap["poses"][n] for n in names]))
+        geometry["colmap"] = evaluate_clouds(cams, {"colmap_points": np.array(colmap["points"])}, *rgbd)
+    if geometry:
+        result["geometry"] = geometry
     names = sorted(truth)
     for kind, poses in trivial_cameras(len(names)).items():
         result[kind] = score(dict(zip(names, poses)), truth)
@@ -150,8 +170,13 @@ def main() -> None:
     ids = range(args.first, args.last + 1, args.step)
     images = [KITCHEN / f"frame-{i:06d}.color.jpg" for i in ids]
     truth = {p.name: np.loadtxt(KITCHEN / p.name.replace("color.jpg", "pose.txt")) for p in images}
+    from heads.sequences import find_sequences
+
+    frames = [f for split in ("train", "val") for seq in find_sequences("7scenes", KITCHEN, split)
+              for f in seq.frames if f.image.name in truth]
+    reader = find_sequences("7scenes", KITCHEN, "val")[0]  # one depth format for the folder
     with tempfile.TemporaryDirectory() as tmp:
-        kitchen = run_set(images, truth, Path(tmp) / "kitchen", extra)
+        kitchen = run_set(images, truth, Path(tmp) / "kitchen", extra, (frames, reader.read_depth))
         orbit = None
         if args.middlebury:
             orbit = run_set(*middlebury(args.middlebury), Path(tmp) / "orbit", extra)

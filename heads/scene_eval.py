@@ -207,24 +207,24 @@ def scene_files(scene: Path) -> tuple[Path, Path]:
     return ply, ply.parent
 
 
-def evaluate_scene(scene: Path, frames: list, read_depth, voxel: float = VOXEL, offset: bool = True) -> dict:
-    """The geometry of a ``pixio recon3d`` output (its .ply or folder) against RGB-D ground truth.
+def evaluate_clouds(cameras: SceneCameras, clouds: dict[str, np.ndarray], frames: list, read_depth,
+                    voxel: float = VOXEL, offset: bool = True) -> dict:
+    """Clouds (name -> points (N, 3) in the frame of ``cameras``) scored against RGB-D ground truth.
 
     ``frames`` are the layout's frames (:class:`heads.sequences.Frame`, with poses and K), matched to the
-    scene's cameras by file name; ``read_depth(frame)`` gives metres. Returns the alignment's figures
-    (ATE, and that of every camera at the origin) and one row of scores per cloud: the scene, its mesh
-    (points spread on it) when there is one, the COLMAP model's points when there are some, and two
-    references on the scene's own cameras: the recorded depth (the ceiling: what the cameras allow) and
-    one constant depth for every pixel (the truth's median: a flat picture per view, the trivial baseline).
+    cameras by file name; ``read_depth(frame)`` gives metres. Returns the alignment's figures (ATE, and
+    that of every camera at the origin) and one row of scores per cloud, followed by two references on
+    the same cameras: the recorded depth (the ceiling: what the cameras allow) and one constant depth for
+    every pixel (the truth's median: a flat picture per view, the trivial baseline).
     """
-    ply, folder = scene_files(scene)
-    cameras = read_scene_cameras(folder)
+    from .geometry import apply_sim3_to_poses
+
     by_name = {Path(f.image).name: f for f in frames}
     pairs = [(i, by_name[Path(n.partition("#")[0]).name]) for i, n in enumerate(cameras.names)
              if Path(n.partition("#")[0]).name in by_name]
     if len(pairs) < 3:
-        raise InputError(f"{folder}: {len(pairs)} of the scene's {len(cameras.names)} cameras name a frame of the "
-                         "data (matched by file name); at least 3 are needed to align the scene")
+        raise InputError(f"{len(pairs)} of the scene's {len(cameras.names)} cameras name a frame of the data "
+                         "(matched by file name); at least 3 are needed to align the scene")
     idx = [i for i, _ in pairs]
     cameras = SceneCameras([cameras.names[i] for i in idx], cameras.K[idx], cameras.cam2world[idx], cameras.points)
     matched = [f for _, f in pairs]
@@ -233,21 +233,33 @@ def evaluate_scene(scene: Path, frames: list, read_depth, voxel: float = VOXEL, 
     truth_c2w = np.stack([np.asarray(f.cam2world, np.float64) for f in matched])
     truth = truth_cloud(depths, Ks, truth_c2w, voxel)
     alignment, placed = align_scene(cameras, truth_c2w, depths, Ks, offset)
-    centres = truth_c2w[:, :3, 3]
-    rows = {"scene": cloud_scores(thin(alignment.apply(read_cloud(ply)), voxel), truth)}
-    mesh = ply.with_name(ply.stem + "_mesh.ply")
-    if mesh.exists():
-        rows["mesh"] = cloud_scores(thin(alignment.apply(mesh_points(mesh)), voxel), truth)
-    if cameras.points is not None and len(cameras.points):
-        rows["colmap_points"] = cloud_scores(thin(alignment.apply(cameras.points), voxel), truth)
+    rows = {name: cloud_scores(thin(alignment.apply(points), voxel), truth) for name, points in clouds.items()}
     rows["recorded_depth_on_cameras"] = cloud_scores(thin(np.concatenate(placed), voxel), truth)
     flat = float(np.median(np.concatenate([d[d > 0] for d in depths])))
-    from .geometry import apply_sim3_to_poses
-
     aligned = apply_sim3_to_poses(cameras.cam2world, alignment.s, alignment.R, alignment.t)
     rows["constant_depth_on_cameras"] = cloud_scores(thin(np.concatenate([
         back_project(np.full(d.shape, flat, np.float32), K, T, 4) for d, K, T in zip(depths, Ks, aligned)]), voxel),
         truth)
+    centres = truth_c2w[:, :3, 3]
     return {"frames": len(matched), "ate": alignment.ate,
             "ate_origin": float(np.sqrt(((centres - centres.mean(0)) ** 2).sum(1).mean())),
-            "scale": alignment.s, "offset": alignment.offset.tolist(), "voxel": voxel, "truth_points": int(len(truth)), "rows": rows}
+            "scale": alignment.s, "offset": alignment.offset.tolist(), "voxel": voxel,
+            "truth_points": int(len(truth)), "rows": rows}
+
+
+def evaluate_scene(scene: Path, frames: list, read_depth, voxel: float = VOXEL, offset: bool = True) -> dict:
+    """:func:`evaluate_clouds` of a ``pixio recon3d`` output (its .ply or folder): the scene, its mesh
+    (points spread on it) when there is one, and the COLMAP model's points when its cameras are a COLMAP
+    model with points."""
+    ply, folder = scene_files(scene)
+    cameras = read_scene_cameras(folder)
+    clouds = {"scene": read_cloud(ply)}
+    mesh = ply.with_name(ply.stem + "_mesh.ply")
+    if mesh.exists():
+        clouds["mesh"] = mesh_points(mesh)
+    if cameras.points is not None and len(cameras.points):
+        clouds["colmap_points"] = cameras.points
+    try:
+        return evaluate_clouds(cameras, clouds, frames, read_depth, voxel, offset)
+    except InputError as e:
+        raise InputError(f"{folder}: {e}") from None

@@ -237,8 +237,10 @@ def recon3d(
     stages.next(str(scene_path))
     G.write_ply(scene_path, points, point_colours, pred.cam2world[0, :3, 3] if normals else None, unit)
     written = [str(scene_path)]
+    meshed = time.perf_counter()
     if mesh:
         written += _write_mesh(pred, colours, scene_path, mesh_voxel, glb, surface)
+    meshed = time.perf_counter() - meshed
     cam_sizes = np.array(pred.original_hw)
     flipped = [name for name, K in zip(pred.images, pred.K_original) if not (K[0, 0] > 0 and K[1, 1] > 0)]
     if cameras is not None and flipped:  # written as predicted, but said: no pinhole camera has them
@@ -272,7 +274,7 @@ def recon3d(
               "predictions": str(save_predictions) if save_predictions else None,
               "seconds": {"load_and_decode": round(loaded - started, 2), "inference": round(inferred - loaded, 2),
                           "cameras": round(solved - inferred, 2), "sfm_thread": round(job.seconds, 2) if job else None,
-                          "fusion": round(fusing_done - solved, 2),
+                          "fusion": round(fusing_done - solved, 2), "mesh": round(meshed, 2) if mesh else None,
                           "total": round(time.perf_counter() - started, 2)}}
     stages.close()
     if json_summary:
