@@ -43,7 +43,7 @@ import numpy as np
 from heads.metrics import camera_metrics, trivial_cameras
 from heads.sfm import image_cam2world
 
-from .common import emit, run_timed
+from .common import emit, environment, run_timed
 
 ROOT = Path(__file__).resolve().parents[1]
 KITCHEN = ROOT.parent / "shared" / "data" / "rgbd-7scenes-redkitchen"
@@ -180,10 +180,10 @@ def main() -> None:
         orbit = None
         if args.middlebury:
             orbit = run_set(*middlebury(args.middlebury), Path(tmp) / "orbit", extra)
-    import platform
+    import torch
 
-    result = {"benchmark": "recon3d", "device_name": platform.processor() or platform.machine(),
-              "cpus": os.cpu_count(), "frames": f"7-Scenes redkitchen {args.first}-{args.last} every {args.step}",
+    result = {"benchmark": "recon3d", **environment(torch.device("cpu")),
+              "frames": f"7-Scenes redkitchen {args.first}-{args.last} every {args.step}",
               "kitchen": kitchen, "orbit": orbit,
               "ours_s": kitchen["ours"]["seconds"], "reference_s": kitchen["colmap"]["seconds"],
               "ratio": round(kitchen["colmap"]["seconds"] / kitchen["ours"]["seconds"], 3),

@@ -222,17 +222,22 @@ def save(results: dict, cuda: bool, partial: bool) -> tuple[dict, str]:
     first = next((r for r in results.values() if "device_name" in r), {})
     if cuda:
         kind = "cuda-" + re.sub(r"[^a-z0-9]+", "-", first.get("device_name", "gpu").lower()).strip("-")
-    else:  # CPUs with and without native bf16 run different defaults: their tables are kept apart
+    else:  # CPUs with and without native bf16, and without AVX-512, run different kernels: tables kept apart
+        from pixio_cli import cpu
         from pixio_cli.engine import cpu_has_native_bf16
 
-        kind = "cpu" if cpu_has_native_bf16() else "cpu-no-bf16"
+        kind = "cpu" if cpu_has_native_bf16() else "cpu-no-bf16" if "avx512f" in (cpu.flags() or ()) else "cpu-avx2"
     record = {"date": datetime.date.today().isoformat(), "device": first.get("device_name"),
               "cpus": first.get("cpus"), "torch": first.get("torch"), "results": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{kind}.json"
     if path.exists() and partial:
         old = json.loads(path.read_text())
-        record["results"] = {**old.get("results", {}), **results}
+        if old.get("device") not in (None, record["device"]):  # one table, one machine: its header says which
+            raise SystemExit(f"{path} holds figures of {old['device']}, not of this {record['device']}: run every "
+                             "benchmark here (no --only) to make this machine's table")
+        record = {**record, "date": f"{old.get('date')} to {record['date']}" if old.get("date") != record["date"]
+                  else record["date"], "results": {**old.get("results", {}), **results}}
     path.write_text(json.dumps(record, indent=1) + "\n")
     return record, kind
 

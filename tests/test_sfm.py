@@ -41,7 +41,7 @@ def colmap_alone(images: list[Path], folder: Path) -> np.ndarray:
     (folder / "images").mkdir(parents=True)
     for p in images:
         (folder / "images" / p.name).symlink_to(p)
-    poses, _ = colmap_poses(folder / "images", folder)
+    poses, _, _ = colmap_poses(folder / "images", folder)
     return np.stack([poses.get(p.name, np.full((4, 4), np.nan)) for p in images])
 
 
