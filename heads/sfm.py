@@ -11,13 +11,14 @@ original images' pixels).
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from pixio_cli.errors import UsageError
+from pixio_cli.errors import PixioError, UsageError
 
 MAX_SIDE = 1600  # SIFT sees images at most this large (COLMAP's own default for matching is 1600-3200)
 EXHAUSTIVE_UP_TO = 40  # more frames than this are matched sequentially (780 pairs at 40)
@@ -89,8 +90,11 @@ def write_frame(folder: Path, index: int, image: np.ndarray) -> tuple[str, tuple
     if s < 1:
         image = resize_image(image, (max(1, round(h * s)), max(1, round(w * s))))
     name = f"{index:06d}.png"
-    if not cv2.imwrite(str(folder / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]):
-        raise OSError(f"cannot write {folder / name}")
+    # encoded in memory and written by Python: cv2.imwrite only says False on a full disk (and libpng prints)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError(f"OpenCV cannot encode frame {index} as PNG")
+    (folder / name).write_bytes(data.tobytes())
     return name, image.shape[:2]
 
 
@@ -278,6 +282,9 @@ def _remove_orphans() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+_DISK_ERRORS = {getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EIO") if hasattr(errno, n)}
+
+
 class SfmJob:
     """:func:`run_sfm` on a background thread over the inputs at their own size (decoded again, apart from
     the network's smaller copies), so matching runs while the model loads and predicts; COLMAP's calls
@@ -346,6 +353,9 @@ class SfmJob:
         try:
             if self._error is not None and not isinstance(self._error, (RuntimeError, ValueError, OSError)):
                 raise self._error  # Ctrl-C, out of memory, or a bug: not a reason to go on
+            if isinstance(self._error, OSError) and self._error.errno in _DISK_ERRORS:  # the machine, not matching
+                raise PixioError(f"cannot write the frames for matching in {self.folder.parent}: "
+                                 f"{self._error.strerror} (set TMPDIR to a folder with room, or --no-sfm)") from None
             names = [self.written.get(i, (f"missing-{i}",))[0] for i in indices]
             hws = [self.written[i][1] if i in self.written else hw for i, hw in zip(indices, original_hw)]
             out = sfm_cameras(self._out, names, hws, original_hw)
@@ -377,6 +387,7 @@ def write_colmap(folder: Path, labels: list[str], original_hw: np.ndarray, K: np
     pixels) and no points. Each file is written atomically.
     """
     pycolmap = _pycolmap()
+    import shutil
     import tempfile
 
     from .geometry import invert_pose
@@ -420,12 +431,36 @@ def write_colmap(folder: Path, labels: list[str], original_hw: np.ndarray, K: np
                     track.add_element(image_of[el.image_id], el.point2D_idx)
             if track.length() >= 2:
                 out.add_point3D(s * T[:3, :3] @ point.xyz + T[:3, 3], track, point.color)
+    out.update_point_3d_errors()  # each point's reprojection error (pycolmap leaves -1 on points it is given)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".colmap-*"):  # what a killed write left: no live write shares the folder
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".colmap-") as tmp:
         (out.write_text if text else out.write_binary)(tmp)
+        _check_model(Path(tmp), out, folder)  # pycolmap's writer says nothing of a full disk
         for f in sorted(Path(tmp).iterdir()):
             os.replace(f, folder / f.name)  # one rename per file: never half a file under its name
+        other = ".bin" if text else ".txt"  # the folder holds this run's model only: COLMAP reads .bin first
+        for name in MODEL_FILES:
+            (folder / (name + other)).unlink(missing_ok=True)
+
+
+MODEL_FILES = ("cameras", "images", "points3D", "rigs", "frames")  # a COLMAP model's files, without extension
+
+
+def _check_model(tmp: Path, model, folder: Path) -> None:
+    """An OSError unless the model written in ``tmp`` reads back with as many cameras, images and points."""
+    pycolmap = _pycolmap()
+    try:
+        back = pycolmap.Reconstruction(str(tmp))
+        whole = (back.num_cameras(), back.num_images(), back.num_points3D()) == \
+            (model.num_cameras(), model.num_images(), model.num_points3D())
+    except Exception:  # pycolmap's reader fails on a truncated file in its own words
+        whole = False
+    if not whole:
+        raise OSError(errno.EIO, "the COLMAP model written is not whole (is the disk full?)", str(folder))
 
 
 def read_known_cameras(path: Path, names: list[str], original_hw: list[tuple[int, int]]) -> SfmCameras:

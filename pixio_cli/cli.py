@@ -7,6 +7,8 @@ Open3D or huggingface_hub: each command imports what it needs when it runs, so
 
 from __future__ import annotations
 
+import math
+
 import logging
 import os
 import sys
@@ -107,7 +109,10 @@ def _non_finite_value(argv: list[str]) -> str | None:
     no option of pixio means anything by it; the message, or None. Paths or names that read "nan" are not
     numbers and pass."""
     def non_finite(value: str) -> bool:
-        return value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")
+        try:
+            return not math.isfinite(float(value))  # "nan", "inf", and "1e400", which parses to inf
+        except ValueError:
+            return False
 
     if not any(non_finite(tok.partition("=")[2] if tok.startswith("--") else tok) for tok in argv):
         return None  # the usual case: no command is resolved

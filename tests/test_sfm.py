@@ -236,11 +236,14 @@ def test_unrelated_photos_and_a_single_frame_keep_the_networks_cameras_with_a_wa
                           "--cameras", "json", "--json", "-q"])
     assert code == 0, err
     warnings = [line for line in err.splitlines() if "warning" in line]
-    assert len(warnings) == 2 and "matching registered none of the 2 frames" in warnings[0], err
-    assert "the depth of 2 of 2 views" in warnings[1] and "could not be checked" in warnings[1], err
+    assert len(warnings) == 1 and "the 2 photos do not form one scene" in warnings[0], err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["cameras"]["cameras"] == "network"
     assert len(json.loads((tmp_path / "cameras.json").read_text())["cameras"]) == 2
+    # a COLMAP model of them would be two photos in one frame with nothing in common: not written
+    code, out, err = cli(["recon3d", street, room, "-o", tmp_path / "m", "--cameras", "colmap", "-q"])
+    assert code == 1 and "no COLMAP model written: the photos do not form one scene" in err, err
+    assert (tmp_path / "m" / "scene.ply").exists() and not (tmp_path / "m" / "sparse").exists()
     code, out, err = cli(["recon3d", samples / "photos" / "beagle.jpg", "-o", tmp_path / "b.ply", "--json", "-q"])
     assert code == 0 and "one frame has nothing to match" in err
     assert "one view: its depth could not be checked" in err and json.loads(out)["points"] > 0, err

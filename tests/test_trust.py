@@ -724,8 +724,17 @@ def test_a_depth_scale_that_is_not_positive_is_refused(cli, pointmap_file, tmp_p
 
 @pytest.mark.parametrize("args", [["recon3d", "x.jpg", "-o", "o.ply", "--voxel", "nan"],
                                   ["recon3d", "x.jpg", "-o", "o.ply", "--conf-percentile=nan"],
+                                  ["recon3d", "x.jpg", "-o", "o.ply", "--voxel", "1e400"],  # inf once parsed
+                                  ["recon3d", "x.jpg", "-o", "o.ply", "--conf-min=-1e400"],
                                   ["depth", "x.jpg", "-o", "d.png", "--fov", "inf"],
                                   ["pretrain", "--data", "d", "-o", "r", "--lr", "-inf"]])
 def test_a_number_option_that_is_not_finite_is_a_usage_error(cli, args):
     code, _, err = cli(args)
     assert code == 2 and "expected a finite number" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999"])
+def test_a_seed_out_of_range_is_a_usage_error(cli, seed):
+    """pycolmap takes a 32-bit seed: past it the run ended in a TypeError (exit 3)."""
+    code, _, err = cli(["recon3d", "x.jpg", "-o", "o.ply", "--seed", seed])
+    assert code == 2 and "--seed" in err and len(err.strip().splitlines()) <= 2, err

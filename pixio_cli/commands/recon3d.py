@@ -99,7 +99,8 @@ def recon3d(
     max_frames: Annotated[Optional[int], typer.Option(
         help="At most this many frames, evenly spread over the input.", min=1, show_default=False)] = None,
     json_summary: Annotated[bool, typer.Option("--json", help="A JSON summary on stdout.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the random choices (RANSAC, --max-points).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the random choices (RANSAC, --max-points).", min=0,
+                                      max=2 ** 31 - 1)] = 0,
     device: opt.Device = "auto",
     precision: opt.Precision = None,
     workers: opt.Workers = None,
@@ -114,6 +115,8 @@ def recon3d(
         raise UsageError("--known-cameras holds the intrinsics too: give one of --known-cameras and --intrinsics")
     if known_cameras is not None and not known_cameras.exists():
         raise UsageError(f"--known-cameras {known_cameras}: no such file or folder")
+    if known_cameras is not None and cameras is not None:
+        _check_given_apart(known_cameras, scene_path, cameras)
     started = time.perf_counter()
 
     import json
@@ -142,6 +145,12 @@ def recon3d(
         ("-o", scene_path), ("--preview", preview), ("--save-predictions", save_predictions),
         ("--mesh", scene_path.with_name(scene_path.stem + "_mesh.ply") if mesh else None),
         ("--glb", scene_path.with_suffix(".glb") if glb else None)], skip=own)
+    if cameras == Cameras.colmap_text:
+        spaced = [n for n in _image_names([it for it in items if it.error is None])[1] if any(c.isspace() for c in n)]
+        if spaced:
+            raise UsageError(f"--cameras colmap-text: COLMAP's text format ends an image's line with its name, and "
+                             f"'{spaced[0]}' holds a space, which would read back as another name: use --cameras "
+                             "colmap (binary), or names without spaces")
     Ks = read_intrinsics(intrinsics, len(items)) if intrinsics is not None else None  # one per input, in order
     good = [i for i, it in enumerate(items) if it.error is None]
     if max_frames and len(good) > max_frames:  # frames, not failed inputs, are what is counted
@@ -205,8 +214,6 @@ def recon3d(
         stages.next("from matching" if job is not None else "given" if given is not None else "the network's")
         sfm_cameras = job.result([s.index for s in samples], sizes, stages.detail) if job is not None else given
         pred, placed = on_cameras(pred, sfm_cameras, seed)
-        if job is not None:
-            _warn_unplaced(placed, sfm_cameras, len(frames))
         solved = time.perf_counter()
     except BaseException:
         stages.close()
@@ -227,7 +234,18 @@ def recon3d(
     if fusion:
         pred, surface, keep, fused = fuse(pred, colours, keep)
         counts.update(after_views=fused["after_views"], after_once=fused["after_once"])
-        _warn_unchecked(fused["unchecked"], len(frames))
+    # photos with nothing in common: matching registered none and no view sees what another sees
+    apart = (job is not None and len(frames) > 1 and placed["registered"] == 0 and fused is not None
+             and len(fused["unchecked"]) == len(frames))
+    if apart:
+        typer.echo(f"pixio: warning: the {len(frames)} photos do not form one scene: matching found nothing in common "
+                   "between them and no view sees what another sees; each keeps the network's camera and depth, "
+                   "unchecked", err=True)
+    else:
+        if job is not None:
+            _warn_unplaced(placed, sfm_cameras, len(frames))
+        if fused is not None:
+            _warn_unchecked(fused["unchecked"], len(frames))
     fusing_done = time.perf_counter()
     points, point_colours, _, counts = clean_points(pred, colours, cleaning, keep, counts)
     if not len(points):
@@ -243,15 +261,20 @@ def recon3d(
     meshed = time.perf_counter() - meshed
     cam_sizes = np.array(pred.original_hw)
     flipped = [name for name, K in zip(pred.images, pred.K_original) if not (K[0, 0] > 0 and K[1, 1] > 0)]
-    if cameras is not None and flipped:  # written as predicted, but said: no pinhole camera has them
+    if cameras == Cameras.json and flipped:  # written as predicted, but said: no pinhole camera has them
         typer.echo(f"pixio: warning: the predicted camera of {len(flipped)} view(s) (first: {flipped[0]}) has a "
-                   "non-positive focal length, as for frames far from the model's training data; the "
-                   f"{cameras.value} cameras hold it as predicted, and COLMAP will not accept it", err=True)
+                   "non-positive focal length, as for frames far from the model's training data; cameras.json "
+                   "holds it as predicted", err=True)
+    unusable = cameras in (Cameras.colmap, Cameras.colmap_text) and (flipped or apart)
+    if unusable:  # a model no tool can use is not written: said as an error, and the run exits 1
+        why = (f"the predicted camera of {len(flipped)} view(s) (first: {flipped[0]}) has a non-positive focal "
+               "length, which COLMAP cannot hold" if flipped else "the photos do not form one scene")
+        typer.echo(f"pixio: error: no COLMAP model written: {why}", err=True)
     if cameras == Cameras.json:
         G.write_cameras_json(scene_path.parent / "cameras.json", image_names, cam_sizes, pred.K_original,
                              pred.cam2world, unit, root)
         written.append(str(scene_path.parent / "cameras.json"))
-    elif cameras in (Cameras.colmap, Cameras.colmap_text):
+    elif cameras in (Cameras.colmap, Cameras.colmap_text) and not unusable:
         from heads.sfm import write_colmap
 
         to_world = ((placed["sfm_scale"], np.array(placed["to_output"]))
@@ -282,8 +305,20 @@ def recon3d(
     report_failures(summary)
     typer.echo(f"reconstructed {len(frames)} views ({len(chunks)} chunk{'s' if len(chunks) > 1 else ''}) into "
                f"{scene_path}: {len(points)} points, unit {unit}, failed {summary.failed}", err=True)
-    if summary.failed:
+    if summary.failed or unusable:
         raise typer.Exit(1)
+
+
+def _check_given_apart(given: Path, scene: Path, cameras: "Cameras") -> None:
+    """A usage error when the cameras given as input are where ``--cameras`` would write: a file given to a
+    run is never one of its outputs."""
+    import os
+
+    target = scene.parent / ("cameras.json" if cameras == Cameras.json else os.path.join("sparse", "0"))
+    given_at, target_at = os.path.realpath(given), os.path.realpath(target)
+    if given_at == target_at or (cameras != Cameras.json and given_at.startswith(target_at + os.sep)):
+        raise UsageError(f"--known-cameras {given} is where --cameras {cameras.value} would write this run's "
+                         f"cameras ({target}), an output: copy it elsewhere or choose another -o")
 
 
 def _warn_stale(scene: Path, written: list[str], known_cameras: Path | None) -> None:

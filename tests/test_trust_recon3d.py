@@ -1,0 +1,181 @@
+"""Trust on recon3d's newer surfaces: given files are never outputs, COLMAP models are whole and owned,
+odd values are refused in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from heads.sfm import write_colmap
+
+ROOM = Path(__file__).resolve().parents[1] / "samples" / "room"
+FRAMES = sorted(ROOM.glob("*.color.jpg"))
+K = np.array([[585.0, 0, 320], [0, 585.0, 240], [0, 0, 1]])
+
+
+def poses(n: int) -> np.ndarray:
+    out = np.tile(np.eye(4), (n, 1, 1))
+    out[:, 0, 3] = 0.1 * np.arange(n)
+    return out
+
+
+def cameras_json(path: Path, names: list[str], **head) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cams = [{"image": n, "width": 640, "height": 480, "K": K.tolist(), "cam2world": T.tolist()}
+            for n, T in zip(names, poses(len(names)))]
+    path.write_text(json.dumps({"unit": "metres", **head, "cameras": cams}))
+    return path
+
+
+def colmap_model(folder: Path, names: list[str], text: bool = False) -> Path:
+    write_colmap(folder, names, np.array([(480, 640)] * len(names)), np.repeat(K[None], len(names), 0),
+                 poses(len(names)), text=text)
+    return folder
+
+
+def model_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# ---------------------------------------------------------------------------- a given file is never an output
+
+
+def test_known_cameras_that_an_output_would_replace_are_refused(cli, tmp_path):
+    names = [p.name for p in FRAMES[:2]]
+    given = cameras_json(tmp_path / "out" / "cameras.json", names)
+    before = given.read_bytes()
+    code, _, err = cli(["recon3d", *FRAMES[:2], "-o", tmp_path / "out", "--known-cameras", given,
+                        "--cameras", "json", "-q"])
+    assert code == 2 and "--known-cameras" in err and "output" in err, err
+    assert given.read_bytes() == before and not (tmp_path / "out" / "scene.ply").exists()
+    model = colmap_model(tmp_path / "proj" / "sparse" / "0", names)
+    files = {p.name: p.read_bytes() for p in model.iterdir()}
+    code, _, err = cli(["recon3d", *FRAMES[:2], "-o", tmp_path / "proj", "--known-cameras", model,
+                        "--cameras", "colmap", "-q"])
+    assert code == 2 and "--known-cameras" in err and "output" in err, err
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == files
+
+
+# ---------------------------------------------------------------------------- COLMAP models
+
+
+def test_a_model_folder_holds_one_model_of_the_run_that_wrote_it(tmp_path):
+    """A text model written over an earlier binary one (or back) leaves no file of the other: COLMAP would
+    read the stale one first."""
+    folder = tmp_path / "sparse" / "0"
+    colmap_model(folder, ["a.jpg", "b.jpg", "c.jpg"])
+    assert {"cameras.bin", "images.bin", "points3D.bin"} <= set(model_files(folder))
+    colmap_model(folder, ["a.jpg", "b.jpg"], text=True)
+    assert not [f for f in model_files(folder) if f.endswith(".bin")], model_files(folder)
+    colmap_model(folder, ["a.jpg", "b.jpg", "c.jpg"])
+    assert not [f for f in model_files(folder) if f.endswith(".txt")], model_files(folder)
+    (folder / "notes.md").write_text("mine")  # not a model file: left alone
+    colmap_model(folder, ["a.jpg"], text=True)
+    assert (folder / "notes.md").read_text() == "mine"
+
+
+def test_a_temporary_folder_left_by_a_killed_write_goes_on_the_next(tmp_path):
+    folder = tmp_path / "sparse" / "0"
+    stale = folder / ".colmap-dead"
+    stale.mkdir(parents=True)
+    (stale / "points3D.bin").write_bytes(b"half")
+    colmap_model(folder, ["a.jpg", "b.jpg"])
+    assert not any(p.name.startswith(".colmap-") for p in folder.iterdir()), model_files(folder)
+
+
+def test_a_model_that_cannot_be_read_back_is_not_left_under_its_names(tmp_path, monkeypatch):
+    """pycolmap's writer reports no error on a full disk: the files are read back before they take their
+    names (here the writer is made to truncate one, as a full disk does)."""
+    import pycolmap
+
+    folder = tmp_path / "sparse" / "0"
+    colmap_model(folder, ["a.jpg", "b.jpg"])
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real = pycolmap.Reconstruction.write_binary
+
+    def truncating(self, path):
+        real(self, path)
+        (Path(path) / "images.bin").write_bytes(b"")
+
+    monkeypatch.setattr(pycolmap.Reconstruction, "write_binary", truncating)
+    with pytest.raises(OSError, match="not whole"):
+        colmap_model(folder, ["a.jpg", "b.jpg", "c.jpg"])
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the earlier model, untouched
+
+
+def test_text_models_name_images_with_spaces_as_given_or_are_refused(cli, tmp_path):
+    """COLMAP's text format ends an image's line with its name: a space in it reads back as another name."""
+    spaced = tmp_path / "in" / "my frame 1.jpg"
+    spaced.parent.mkdir()
+    spaced.write_bytes(FRAMES[0].read_bytes())
+    code, _, err = cli(["recon3d", spaced, FRAMES[1], "-o", tmp_path / "out", "--cameras", "colmap-text", "-q"])
+    assert code == 2 and "space" in err and "--cameras colmap" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_exported_points_carry_their_reprojection_error(tmp_path):
+    """Points of a COLMAP model that come from matching keep a real error (not -1), so the model's mean
+    reprojection error means something."""
+    import pycolmap
+
+    from heads.sfm import SfmCameras
+
+    rec = pycolmap.Reconstruction()
+    cam = pycolmap.Camera.create_from_model_name(1, "PINHOLE", 585.0, 640, 480)
+    cam.params = [585.0, 585.0, 320.5, 240.5]
+    rec.add_camera_with_trivial_rig(cam)
+    T = poses(2)
+    X = np.array([[0.2, -0.1, 2.0], [-0.3, 0.2, 3.0], [0.1, 0.3, 2.5]])
+    for v in range(2):
+        w2c = np.linalg.inv(T[v])
+        cam_pts = X @ w2c[:3, :3].T + w2c[:3, 3]
+        uv = cam_pts[:, :2] / cam_pts[:, 2:] * 585.0 + [320.5, 240.5] + 0.7  # 0.7 px off in x and y
+        image = pycolmap.Image(name=f"{v}.jpg", keypoints=uv, camera_id=1, image_id=v + 1)
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(w2c[:3]))
+    for i, x in enumerate(X):
+        track = pycolmap.Track()
+        track.add_element(1, i)
+        track.add_element(2, i)
+        rec.add_point3D(x, track, np.zeros(3, np.uint8))
+    sfm = SfmCameras.empty([(480, 640)] * 2, registered=np.ones(2, bool), reconstruction=rec,
+                           names=["0.jpg", "1.jpg"])
+    folder = tmp_path / "sparse" / "0"
+    write_colmap(folder, ["0.jpg", "1.jpg"], np.array([(480, 640)] * 2), np.repeat(K[None], 2, 0), T, sfm,
+                 (1.0, np.eye(4)))
+    back = pycolmap.Reconstruction(str(folder))
+    errors = [p.error for p in back.points3D.values()]
+    assert len(errors) == 3 and all(abs(e - 0.7 * np.sqrt(2)) < 1e-3 for e in errors), errors
+
+
+def test_a_full_disk_under_matching_is_an_error_not_a_matching_result(cli, tmp_path, monkeypatch):
+    """Matching writes each frame to a temporary folder; a disk that refuses them stops the run in one line
+    (exit 2) instead of reading as 'matching registered none'."""
+    import errno
+
+    import heads.sfm
+
+    def full(folder, index, image):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / f"{index:06d}.png"))
+
+    monkeypatch.setattr(heads.sfm, "write_frame", full)
+    code, _, err = cli(["recon3d", *FRAMES[:2], "-o", tmp_path / "out", "-q"])
+    assert code == 2 and "No space left on device" in err and "TMPDIR" in err, err
+    assert "matching registered" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out" / "scene.ply").exists()
+
+
+def test_frames_for_matching_are_written_without_opencv_messages_and_report_their_errors(tmp_path):
+    """cv2.imwrite says False on a full disk (and libpng prints its own line): the frame is encoded in memory
+    and written by Python, whose error names the cause."""
+    import heads.sfm
+
+    image = np.zeros((48, 64, 3), np.uint8)
+    name, hw = heads.sfm.write_frame(tmp_path, 3, image)
+    assert name == "000003.png" and hw == (48, 64) and (tmp_path / name).stat().st_size > 0
+    with pytest.raises(OSError) as e:
+        heads.sfm.write_frame(tmp_path / "missing", 4, image)
+    assert e.value.errno is not None
