@@ -37,14 +37,23 @@ class Destination:
             return self.target if tag == self.main else self.target.with_name(self.target.stem + tag)
         return self.target / f"{item.key}{tag}"
 
-    def check_unique(self, items: list[Item], tags: list[str]) -> None:
-        """Refuse, before any work, two outputs of this run that would land in one file, and pictures
-        written beside the input images (the next run would read them as inputs)."""
+    def check_unique(self, items: list[Item], tags: list[str], options: dict[str, str] | None = None) -> None:
+        """Refuse, before any work, two outputs of this run that would land in one file, an output that is
+        an input (a picture named after -o, such as ``_vis.png``, included), and pictures written beside the
+        input images (the next run would read them as inputs). ``options`` names the option that asks for
+        each tag, for the message."""
         owner: dict[Path, str] = {}
         pictures = [tag for tag in tags if is_image(Path(f"x{tag}"))] if not self.single else []
+        inputs_at = {os.path.realpath(it.path): it.label for it in items if it.error is None}
         for it in items:
             if it.error is not None:
                 continue
+            for tag in tags:
+                real = os.path.realpath(self.path(it, tag))
+                if real in inputs_at:
+                    what = (options or {}).get(tag, "-o")
+                    raise UsageError(f"{what} would write {self.path(it, tag)}, which is the input "
+                                     f"{inputs_at[real]}: name another -o")
             if pictures and it.frame is None and _same(Path(it.path).parent, self.path(it, pictures[0]).parent):
                 raise UsageError(f"-o {self.target} would put pictures beside the input images ({it.label}), where "
                                  "the next run would read them as inputs: choose a folder apart from the inputs")

@@ -229,6 +229,29 @@ def test_outputs_never_become_inputs(cli, depth_head, tmp_path):
     assert (src / "b.png").read_bytes() == before
 
 
+def test_a_picture_beside_a_single_output_never_replaces_an_input(cli, depth_head, seg_head, tmp_path):
+    """--vis and --overlay name their picture after -o: where that is the input, the photo would become the
+    picture (exit 0 before); refused before any work, the input untouched."""
+    photo = write_rgb(tmp_path / "g_vis.png")
+    before = photo.read_bytes()
+    code, _, err = cli(["depth", photo, "--model", depth_head, "-q", "-o", tmp_path / "g.png", "--vis"])
+    assert code == 2 and "--vis" in err and "g_vis.png" in err and "input" in err, err
+    other = write_rgb(tmp_path / "h_overlay.png")
+    code, _, err = cli(["segment", other, "--model", seg_head, "-q", "-o", tmp_path / "h.png", "--overlay"])
+    assert code == 2 and "--overlay" in err and "h_overlay.png" in err, err
+    assert photo.read_bytes() == before and not (tmp_path / "g.png").exists() and not (tmp_path / "h.png").exists()
+
+
+def test_depth_says_what_it_wrote_and_how_to_see_it(cli, depth_head, tmp_path):
+    """A 16-bit millimetre PNG looks black in every viewer: the final line says what the file holds and how to
+    get a picture (it said only 'predicted 1')."""
+    photo = write_rgb(tmp_path / "a.jpg")
+    code, _, err = cli(["depth", photo, "--model", depth_head, "-q", "-o", tmp_path / "d.png"])
+    assert code == 0 and "millimetres" in err and "--vis" in err and str(tmp_path / "d.png") in err, err
+    code, _, err = cli(["depth", photo, "--model", depth_head, "-q", "-o", tmp_path / "e.png", "--vis"])
+    assert code == 0 and "nearly black" not in err, err
+
+
 def test_one_process_commands_refuse_torchrun(cli, tmp_path, monkeypatch):
     """recon3d and evaluate do their whole job in one process: under torchrun every rank would redo it
     and write the same files."""

@@ -65,10 +65,11 @@ def report_failures(summary) -> None:
     echo_failures(summary.failures)
 
 
-def finish(summary, verb: str) -> None:
-    """Report a run on stderr; exit 1 when any input failed."""
+def finish(summary, verb: str, what: str | None = None) -> None:
+    """Report a run on stderr (``what``: what the outputs hold, said after the count); exit 1 when any input
+    failed."""
     report_failures(summary)
-    parts = [f"{verb} {summary.done}"]
+    parts = [f"{verb} {summary.done}" + (f" ({what})" if what and summary.done else "")]
     if summary.skipped:
         parts.append(f"skipped {summary.skipped} already done")
     parts.append(f"failed {summary.failed}")

@@ -86,7 +86,7 @@ def depth(
                             Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None))
     dest, fmt = destination(output, items, FORMATS, format.value if format else None, "png16")
     tags = [dest.main] + (["_vis.png"] if vis else []) + ([".ply"] if ply else [])
-    dest.check_unique(items, tags)
+    dest.check_unique(items, tags, {"_vis.png": "--vis", ".ply": "--ply"})
 
     # engine and model
     engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None)
@@ -144,7 +144,11 @@ def depth(
         return ledger is not None and ledger.done_item(it) and all(dest.path(it, t).exists() for t in tags)
 
     summary = engine.run(items, policy, batch_fn(net, tile), write, desc="depth", skip=done, split_ranks=True)
-    finish(summary, "predicted")
+    where = dest.target if dest.single else f"{dest.target}/*{dest.main}"
+    what = (f"{where}: depth in millimetres, 16-bit PNG, which viewers show nearly black; --vis also writes a "
+            "picture" if fmt == "png16" and not vis else f"{where}: depth in metres, float32 .npy" if fmt == "npy"
+            else None)
+    finish(summary, "predicted", what)
 
 
 def _depth_video(items: list, output: Path, model: str, cmap: str, side_by_side: bool, ply: bool, format,

@@ -50,7 +50,7 @@ def segment(
     items = collect(inputs, every=every, outputs=output_folder(output))  # not its own outputs
     dest, _ = destination(output, items, FORMATS, None, "png")
     tags = [".png"] + (["_overlay.png"] if overlay else [])
-    dest.check_unique(items, tags)
+    dest.check_unique(items, tags, {"_overlay.png": "--overlay"})
 
     # engine and model
     engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None)
