@@ -8,7 +8,9 @@ extras=${2:-}
 torch_spec=${PIXIO_TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 
 # Open3D (point clouds) links against libusb-1.0, which slim Debian/Ubuntu images lack.
-if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so'; then
+# shellcheck source=scripts/libusb.sh
+source "$(dirname "$0")/libusb.sh"
+if ! have_libusb; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "installing libusb-1.0 for Open3D" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 >/dev/null
