@@ -195,3 +195,29 @@ def video_items(path: Path, key: str, every: int = 1) -> list[Item]:
     if n == 0:
         raise InputError(f"{path}: the video has no frames")
     return [Item(str(path), f"{key}/{i:06d}", i) for i in range(0, n, max(1, every))]
+
+
+_DEPTH_FOLDERS = {"depth": ("rgb", "color", "colour", "image", "images")}  # TUM, ScanNet exports
+
+
+def rgbd_depth_images(items: list[Item]) -> list[int]:
+    """Positions of the items that are the depth half of an RGB-D sequence: ``x.depth.png`` beside an
+    ``x.color.*`` (7-Scenes), ``x_depth.*`` beside ``x_color.*``, or any image in a ``depth/`` folder beside an
+    ``rgb/`` or ``color/`` one (TUM, ScanNet exports). Their colour frames are the views; they are not."""
+    out = []
+    for i, it in enumerate(items):
+        if it.frame is not None:
+            continue
+        path = Path(it.path)
+        name = path.name.lower()
+        for depth, colour in ((".depth.", ".color."), ("_depth.", "_color.")):
+            if depth in name:
+                stem = path.name[:name.index(depth)]
+                if any(path.parent.glob(f"{glob.escape(stem)}{colour}*")):
+                    out.append(i)
+                    break
+        else:
+            siblings = _DEPTH_FOLDERS.get(path.parent.name.lower(), ())
+            if any((path.parent.parent / s).is_dir() for s in siblings):
+                out.append(i)
+    return out

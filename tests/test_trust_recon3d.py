@@ -179,3 +179,31 @@ def test_frames_for_matching_are_written_without_opencv_messages_and_report_thei
     with pytest.raises(OSError) as e:
         heads.sfm.write_frame(tmp_path / "missing", 4, image)
     assert e.value.errno is not None
+
+
+def test_an_rgbd_folder_gives_its_colour_frames_as_views(cli, tmp_path):
+    """A 7-Scenes folder holds frame-N.color.jpg beside frame-N.depth.png (16-bit): the depth images were
+    taken as more photos (twice the views, half of them black). The colour frames are the views, said in a
+    line; TUM's rgb/ + depth/ the same."""
+    import cv2
+
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    for i, frame in enumerate(FRAMES[:3]):
+        (folder / f"frame-{i:06d}.color.jpg").write_bytes(frame.read_bytes())
+        cv2.imwrite(str(folder / f"frame-{i:06d}.depth.png"), np.full((480, 640), 1500, np.uint16))
+        (folder / f"frame-{i:06d}.pose.txt").write_text(" ".join(map(str, np.eye(4).ravel())))
+    code, out, err = cli(["recon3d", folder, "-o", tmp_path / "out", "--no-sfm", "--cameras", "json", "-q",
+                          "--json"])
+    assert code == 0, err
+    names = [c["image"] for c in json.loads((tmp_path / "out" / "cameras.json").read_text())["cameras"]]
+    assert names == [f"frame-{i:06d}.color.jpg" for i in range(3)], names
+    assert "RGB-D" in err and "3 depth images" in err, err
+    tum = tmp_path / "tum"
+    (tum / "rgb").mkdir(parents=True)
+    (tum / "depth").mkdir()
+    for i, frame in enumerate(FRAMES[:2]):
+        (tum / "rgb" / f"{i}.png").write_bytes(cv2.imencode(".png", cv2.imread(str(frame)))[1].tobytes())
+        cv2.imwrite(str(tum / "depth" / f"{i}.png"), np.full((480, 640), 5000, np.uint16))
+    code, out, err = cli(["recon3d", tum, "-o", tmp_path / "out2", "--no-sfm", "--json", "-q"])
+    assert code == 0 and json.loads(out)["frames"] == 2 and "2 depth images" in err, err

@@ -133,7 +133,7 @@ def recon3d(
     from ..engine import Engine, Summary, autocast
     from ..errors import PixioError
     from ..images import ResizePolicy
-    from ..inputs import collect
+    from ..inputs import collect, rgbd_depth_images
     from ..outputs import check_apart_from_inputs
     from ..resume import item_identity, model_identity
     from ..writers import write_image
@@ -141,6 +141,11 @@ def recon3d(
     # input, engine and model (whose training scale is the default processing size)
     own = output if not output.suffix else None  # a folder of outputs: walks leave it out
     items = collect(inputs, every=_every(inputs, every, fps), outputs=own)
+    depth_images = set(rgbd_depth_images(items))
+    if depth_images:  # an RGB-D sequence: its colour frames are the views
+        items = [it for i, it in enumerate(items) if i not in depth_images]
+        typer.echo(f"pixio: an RGB-D sequence: its {len(items)} colour frames are the views, its "
+                   f"{len(depth_images)} depth images are left out", err=True)
     check_apart_from_inputs(items, inputs, [
         ("-o", scene_path), ("--preview", preview), ("--save-predictions", save_predictions),
         ("--mesh", scene_path.with_name(scene_path.stem + "_mesh.ply") if mesh else None),
