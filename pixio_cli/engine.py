@@ -321,6 +321,9 @@ BatchFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 ResultFn = Callable[[Item, Sample, dict[str, torch.Tensor]], None]
 
 
+PREFETCH = 256  # decoded images waiting at most, over all workers
+
+
 class Engine:
     """Runs a batch function over many images. One instance per command invocation."""
 
@@ -433,8 +436,11 @@ class Engine:
         ``warn_enlarged``: name the first image enlarged more than 4x (and count the others), for
         commands whose --resize can avoid it."""
         stream = ImageStream(items, policy)
+        # images decoded ahead: a few batches' worth, never more than there are images nor than PREFETCH (a
+        # batch size of a million once queued four million requests before the first image)
+        ahead = max(2, min(4 * self.batch_size, len(items), PREFETCH) // max(self.workers, 1))
         loader = DataLoader(stream, batch_size=None, num_workers=self.workers, collate_fn=_collate_one,
-                            prefetch_factor=4 * self.batch_size if self.workers else None,
+                            prefetch_factor=ahead if self.workers else None,
                             persistent_workers=False, worker_init_fn=worker_init)
         pending: dict[tuple[int, int], list[Sample]] = {}
         held = enlarged = 0

@@ -761,3 +761,18 @@ def test_a_seed_out_of_range_is_a_usage_error(cli, seed):
     """pycolmap takes a 32-bit seed: past it the run ended in a TypeError (exit 3)."""
     code, _, err = cli(["recon3d", "x.jpg", "-o", "o.ply", "--seed", seed])
     assert code == 2 and "--seed" in err and len(err.strip().splitlines()) <= 2, err
+
+
+def test_a_huge_batch_size_bounds_memory_not_the_decoding_queue(tmp_path):
+    """-b 100000000 on one image never finished (the loader queued 4 x batch requests per worker first)."""
+    import subprocess
+    import sys
+    import time
+
+    photo = write_rgb(tmp_path / "a.jpg")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "pixio_cli", "extract", str(photo), "-o", str(tmp_path / "f"),
+                          "-b", "100000000", "--workers", "1", "-q", "--resize", "32"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "extracted 1" in out.stderr, out.stderr
+    assert time.perf_counter() - start < 60
