@@ -89,6 +89,30 @@ def cached(repo: str, filenames: str) -> Path | None:
     return None
 
 
+def whole(path: Path) -> bool:
+    """Whether a checkpoint file is as long as its own format says: a safetensors file's header names where
+    its last tensor ends, and a PyTorch zip (.pth, .pt, .bin) ends with its central directory."""
+    import json
+    import struct
+    import zipfile
+
+    try:
+        size = path.stat().st_size
+        if path.suffix == ".safetensors":
+            with open(path, "rb") as f:
+                n = struct.unpack("<Q", f.read(8))[0]
+                header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
+            if not isinstance(header, dict):
+                return False
+            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+            return size == 8 + n + max(ends, default=0)
+        if path.suffix in (".pth", ".pt", ".bin"):
+            return zipfile.is_zipfile(path)
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return False
+    return True
+
+
 def _download(repo: str, filenames: str) -> Path:
     """Fetch a public checkpoint into the Hugging Face cache (once). ``filenames``: one name, or names
     separated by ``|`` tried in order (the first the repo holds is taken).
@@ -102,11 +126,16 @@ def _download(repo: str, filenames: str) -> Path:
 
     names = filenames.split("|")
     found = cached(repo, filenames)
-    if found is not None:
+    if found is not None and whole(found):
         return found
     hint = (f"download it where there is network (hf download {repo} {names[-1]}) "
             "and pass the file's path with --model")
+    cut = found is not None  # a cached file cut short (a disk that filled, a copied cache): fetched again
     if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
+        if cut:
+            raise CheckpointError(f"the cached {found.name} of {repo} ({found}, {found.stat().st_size} bytes) is "
+                                  "cut short and the hub cannot be reached to fetch it again; remove it, and "
+                                  f"{hint}")
         raise CheckpointError(f"{' or '.join(names)} of {repo} is not in the Hugging Face cache and the hub cannot "
                               f"be reached; {hint}")
     from huggingface_hub import errors
@@ -116,13 +145,66 @@ def _download(repo: str, filenames: str) -> Path:
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     for i, filename in enumerate(names):
         try:
-            return Path(hf_hub_download(repo_id=repo, filename=filename))
+            got = _within_deadline(lambda: Path(hf_hub_download(repo_id=repo, filename=filename, force_download=cut)),
+                                   _cache_folder(repo), f"{constants.ENDPOINT} ({repo})")
+            if not whole(got):
+                raise CheckpointError(f"{got} is cut short ({got.stat().st_size} bytes) after the download")
+            return got
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; {hint}") from None
         except Exception as e:  # gated, removed, network lost midway, ...
             if isinstance(e, missing) and i + 1 < len(names):
                 continue  # the repo has not this name: the next one
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"could not get {filename} from {repo} ({first}); {hint}") from None
     raise CheckpointError(f"none of {', '.join(names)} in {repo}; {hint}")
+
+
+STALL = 30.0  # seconds a download may go without a byte before it is given up (PIXIO_HUB_STALL to change)
+
+
+def _cache_folder(repo: str) -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
+
+
+def _within_deadline(fetch, folder: Path, where: str, stall: float | None = None):
+    """``fetch()`` on a thread, given up with one line when ``folder`` (where the download lands) has not
+    grown for ``stall`` seconds: a proxy or firewall that accepts the connection and never answers held
+    huggingface_hub for minutes (its metadata request retries five times at 60 s each)."""
+    import threading
+    import time
+
+    import os
+
+    stall = float(os.environ.get("PIXIO_HUB_STALL", STALL)) if stall is None else stall
+    result: list = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fetch())
+        except BaseException as e:  # handed to the caller
+            failure.append(e)
+
+    def size() -> int:
+        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
+
+    thread = threading.Thread(target=run, daemon=True)  # left behind on a stall: the process ends anyway
+    thread.start()
+    last, moved = size(), time.monotonic()
+    while thread.is_alive():
+        thread.join(0.5)
+        now = size()
+        if now != last:
+            last, moved = now, time.monotonic()
+        elif time.monotonic() - moved > stall:
+            raise CheckpointError(f"{where} sent nothing for {stall:.0f} s (a proxy or firewall that holds the "
+                                  "connection?); set HF_ENDPOINT, or try again")
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 def _reachable(url: str, timeout: float = 1.5) -> bool:

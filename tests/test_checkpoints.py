@@ -196,6 +196,7 @@ def test_the_point_map_model_falls_back_to_the_file_the_official_loader_takes(mo
 
     missing = getattr(errors, "RemoteEntryNotFoundError", None) or errors.EntryNotFoundError  # what the hub raises
     asked = []
+    torch.save({}, tmp_path / "model.pth")  # what the fallback name fetches
 
     def fake_download(repo_id: str, filename: str, **kw) -> str:
         asked.append(filename)
@@ -300,3 +301,64 @@ def test_loading_skips_random_init_and_leaves_nothing_unfilled(tiny_encoder, tmp
     half.load_state_dict({"0.weight": torch.ones(2, 2), "0.bias": torch.ones(2)}, strict=False, assign=True)
     with pytest.raises(CheckpointError, match="no weights for 1.weight, 1.bias"):
         require_filled(half, "part.safetensors")
+
+
+def test_a_hub_that_never_answers_is_given_up_in_one_line(tmp_path):
+    """A proxy or firewall that accepts the connection and sends nothing held `pixio models download` for
+    minutes (huggingface_hub retries its metadata request five times at 60 s each)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])  # and never a byte back
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0",
+           "HF_ENDPOINT": f"http://127.0.0.1:{server.getsockname()[1]}", "PIXIO_HUB_STALL": "5"}
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "pixio_cli", "models", "download", "pixio-vitb16"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    server.close()
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and "sent nothing for 5 s" in lines[0], run.stderr
+    assert time.perf_counter() - start < 30
+
+
+def test_a_cached_checkpoint_cut_short_is_not_a_success(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    from pixio_cli.checkpoints import save_encoder
+
+    save_encoder(build_encoder(EncoderConfig(48, 2, 3)), tmp_path / "whole.safetensors")
+    data = (tmp_path / "whole.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-100])
+    assert model_ids.whole(tmp_path / "whole.safetensors") and not model_ids.whole(tmp_path / "cut.safetensors")
+    torch.save({"w": torch.zeros(1000)}, tmp_path / "whole.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:-50])
+    assert model_ids.whole(tmp_path / "whole.pth") and not model_ids.whole(tmp_path / "cut.pth")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: str(tmp_path / "cut.pth"))
+    monkeypatch.setattr(model_ids, "_reachable", lambda url: False)  # offline: it cannot be fetched again
+    with pytest.raises(CheckpointError, match="cut short"):
+        model_ids.resolve("pixio-vitb16")
+    fetched = []
+
+    def fake_download(repo_id: str, filename: str, force_download: bool = False, **kw) -> str:
+        fetched.append(force_download)
+        return str(tmp_path / "whole.pth")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(model_ids, "_reachable", lambda url: True)  # online: fetched again, in full
+    assert model_ids.resolve("pixio-vitb16") == tmp_path / "whole.pth" and fetched == [True]
