@@ -92,3 +92,36 @@ def test_a_depth_video_of_a_video(cli, tmp_path):
     before = (tmp_path / "depth.mp4").read_bytes()
     code, _, err = cli(["depth", tmp_path / "depth.mp4", "-o", tmp_path / "depth.mp4"])
     assert code == 2 and "is the input video itself" in err and (tmp_path / "depth.mp4").read_bytes() == before
+
+
+@pytest.mark.parametrize("when", ["end", "start"])
+def test_a_depth_video_whose_writer_fails_ends_the_run(cli, tmp_path, monkeypatch, when):
+    """On a full disk the video writer fails; the run hung for ever (0 % CPU) when that came after the last
+    frame, the encoder waiting for an end marker it had already taken. It ends now, in one line, exit 2."""
+    import errno
+    import threading
+
+    import pixio_cli.writers as writers
+
+    video = tmp_path / "walk.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (96, 64))
+    for i in range(6):
+        writer.write(cv2.imread(str(write_rgb(tmp_path / f"f{i}.png", 64, 96, seed=i))))
+    writer.release()
+
+    def full(path, frames, fps):
+        if when == "end":
+            for _ in frames:  # every frame taken, the end marker too
+                pass
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(writers, "write_video", full)
+    result = []
+    run = threading.Thread(target=lambda: result.append(cli(["depth", video, "-o", tmp_path / "d.mp4", "-q",
+                                                              "--workers", "0"])), daemon=True)
+    run.start()
+    run.join(120)
+    assert not run.is_alive(), "the run hangs"
+    code, _, err = result[0]
+    assert code == 2 and "No space left on device" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "d.mp4").exists()

@@ -187,9 +187,17 @@ def _depth_video(items: list, output: Path, model: str, cmap: str, side_by_side:
     net = load_dense(engine, model, "depth")
     frames: queue.Queue = queue.Queue(maxsize=2 * warmup)
 
+    ended = threading.Event()  # the end marker has been taken off the queue
+
+    def take():
+        got = frames.get()
+        if got is None:
+            ended.set()
+        return got
+
     def pictures():
         first = []
-        while len(first) < warmup and (got := frames.get()) is not None:
+        while len(first) < warmup and (got := take()) is not None:
             first.append(got)
         if not first:
             return
@@ -198,7 +206,7 @@ def _depth_video(items: list, output: Path, model: str, cmap: str, side_by_side:
         for d, image in first:
             yield depth_picture(d, lo, hi, cmap, image)
         if got is not None:
-            while (got := frames.get()) is not None:
+            while (got := take()) is not None:
                 yield depth_picture(got[0], lo, hi, cmap, got[1])
 
     def encode() -> None:
@@ -208,8 +216,8 @@ def _depth_video(items: list, output: Path, model: str, cmap: str, side_by_side:
             pass
         except BaseException as e:  # handed to the main thread
             failed.append(e)
-            while frames.get() is not None:  # let the producer finish
-                pass
+            while not ended.is_set():  # let the producer finish, up to the end marker (once)
+                take()
 
     written: list[int] = []
     failed: list[BaseException] = []
@@ -217,6 +225,8 @@ def _depth_video(items: list, output: Path, model: str, cmap: str, side_by_side:
     encoder.start()
 
     def add(item, sample, out) -> None:  # in frame order: the engine hands results over in input order
+        if failed:  # the writer has stopped: no more frames to predict
+            raise failed[0]
         h, w = sample.orig_hw
         image = cv2.resize(sample.image, (w, h)) if side_by_side else None
         frames.put((depth_at(out["out"], (h, w)), image))
