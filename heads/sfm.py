@@ -374,9 +374,12 @@ class SfmJob:
         self._tmp.cleanup()
 
 
+UNIT_FILE = "unit.txt"  # beside a model pixio writes: the unit of its lengths, when it is one (COLMAP ignores it)
+
+
 def write_colmap(folder: Path, labels: list[str], original_hw: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
                  sfm: SfmCameras | None = None, sfm_to_world: tuple[float, np.ndarray] | None = None,
-                 text: bool = False) -> None:
+                 text: bool = False, unit: str | None = None) -> None:
     """A COLMAP model of the scene in ``folder`` (binary as COLMAP writes it, or text), through pycolmap.
 
     Every frame is an image named by its input ``labels`` with pose ``cam2world``.
@@ -384,7 +387,8 @@ def write_colmap(folder: Path, labels: list[str], original_hw: np.ndarray, K: np
     to the original pixels) and their keypoints, and its points come along with
     their multi-view tracks, mapped into the scene's world by ``sfm_to_world`` =
     (scale, 4x4 rigid). Every other frame gets a PINHOLE camera of its ``K`` (original
-    pixels) and no points. Each file is written atomically.
+    pixels) and no points. Each file is written atomically; with ``unit`` a length (the scene's, e.g.
+    ``metres``) a ``unit.txt`` beside the model says it, so the model given back as known cameras keeps it.
     """
     pycolmap = _pycolmap()
     import shutil
@@ -445,6 +449,12 @@ def write_colmap(folder: Path, labels: list[str], original_hw: np.ndarray, K: np
         other = ".bin" if text else ".txt"  # the folder holds this run's model only: COLMAP reads .bin first
         for name in MODEL_FILES:
             (folder / (name + other)).unlink(missing_ok=True)
+    if unit in LENGTHS:
+        from pixio_cli.writers import write_text
+
+        write_text(folder / UNIT_FILE, unit + "\n")
+    else:
+        (folder / UNIT_FILE).unlink(missing_ok=True)
 
 
 MODEL_FILES = ("cameras", "images", "points3D", "rigs", "frames")  # a COLMAP model's files, without extension
@@ -466,9 +476,8 @@ def _check_model(tmp: Path, model, folder: Path) -> None:
 def read_known_cameras(path: Path, names: list[str], original_hw: list[tuple[int, int]]) -> SfmCameras:
     """Cameras given by the user for the frames ``names`` (relative to the frames' common folder, as
     ``pixio recon3d`` names them): our ``cameras.json`` (its unit says whether they are in metres) or a
-    COLMAP model folder (its points, when it has them, set the scale). Every frame must be in the file."""
-    import json
-
+    COLMAP model folder (in metres when pixio wrote it so, as its ``unit.txt`` says; else its points, when it
+    has them, set the scale). Every frame must be in the file, and each camera taken once."""
     from .geometry import scale_intrinsics
 
     path = Path(path)
@@ -481,29 +490,93 @@ def read_known_cameras(path: Path, names: list[str], original_hw: list[tuple[int
         by_name = {im.name: im for im in rec.images.values() if im.has_pose}
         matched = [_match(n, by_name) for n in names]
         _require_all(path, names, matched)
+        _require_one_each(path, names, matched)
         hws = [(by_name[m].camera.height, by_name[m].camera.width) for m in matched]
-        return replace(sfm_cameras(rec, matched, hws, original_hw), known=True)
-    try:
-        data = json.loads(path.read_text())
-        cams = {c["image"]: c for c in data["cameras"]}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"--known-cameras {path}: not a cameras.json of pixio's ({e})") from None
+        unit = (path / UNIT_FILE).read_text().strip().lower() if (path / UNIT_FILE).is_file() else ""
+        scale = LENGTHS.get(unit)
+        cams = replace(sfm_cameras(rec, matched, hws, original_hw), known=True)
+        if scale is not None:  # in a unit of length: metres, exactly, and the points need not set it
+            cams.cam2world[:, :3, 3] *= scale
+            cams.observations = [(xy, z * scale) for xy, z in cams.observations]
+            cams.scale = 1.0
+        return cams
+    scale, cams = read_cameras_json(path)
     matched = [_match(n, cams) for n in names]
     _require_all(path, names, matched)
-    out = SfmCameras.empty(original_hw, registered=np.ones(len(names), bool), known=True,
-                           scale=1.0 if str(data.get("unit", "")).startswith("metre") else None)
+    _require_one_each(path, names, matched)
+    out = SfmCameras.empty(original_hw, registered=np.ones(len(names), bool), known=True, scale=1.0 if scale else None)
     pycolmap = _pycolmap()
     for v, m in enumerate(matched):
-        c = cams[m]
-        T, K = np.array(c["cam2world"], np.float64), np.array(c["K"], np.float64)
-        if T.shape != (4, 4) or K.shape != (3, 3) or not (np.isfinite(T).all() and np.isfinite(K).all()):
-            raise UsageError(f"--known-cameras {path}: the camera of {m} is not a 4x4 cam2world and a 3x3 K")
-        K = scale_intrinsics(K, (int(c["height"]), int(c["width"])), tuple(original_hw[v]))
-        camera = pycolmap.Camera.create_from_model_name(v + 1, "PINHOLE", float(K[0, 0]), int(original_hw[v][1]),
-                                                        int(original_hw[v][0]))
+        K, T, (h, w) = cams[m]
+        oh, ow = original_hw[v]
+        if abs((w / h) / (ow / oh) - 1) > 0.01:
+            raise UsageError(f"--known-cameras {path}: {m} is {w}x{h} there, but the image is {ow}x{oh} (another "
+                             "shape: not this image's camera)")
+        K = scale_intrinsics(K, (h, w), (oh, ow))
+        T = T.copy()
+        T[:3, 3] *= scale or 1.0  # metres
+        camera = pycolmap.Camera.create_from_model_name(v + 1, "PINHOLE", float(K[0, 0]), int(ow), int(oh))
         camera.params = _colmap_params(K)
         out.cam2world[v], out.K[v], out.cameras[v] = T, K, camera
     return out
+
+
+LENGTHS = {"m": 1.0, "metre": 1.0, "metres": 1.0, "meter": 1.0, "meters": 1.0, "cm": 0.01, "centimetres": 0.01,
+           "centimeters": 0.01, "mm": 0.001, "millimetres": 0.001, "millimeters": 0.001}  # metres per unit
+
+
+def read_cameras_json(path: Path) -> tuple[float | None, dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int]]]]:
+    """A ``cameras.json`` (pixio's layout), checked: metres per unit of its translations (None where the unit
+    is not said, or is pixio's 'unknown'), and per image name its K (3, 3), camera-to-world (4, 4) and
+    (height, width). A :class:`UsageError` naming the file and the camera for anything else."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--known-cameras {path}: not a cameras.json ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cameras"), list):
+        raise UsageError(f"--known-cameras {path}: not a cameras.json of pixio's (no list 'cameras')")
+    unit = str(data.get("unit", "")).strip().lower()
+    if unit and unit not in LENGTHS and not unit.startswith("unknown"):
+        raise UsageError(f"--known-cameras {path}: unit {data['unit']!r} is not a length (m, cm or mm)")
+    scale = LENGTHS.get(unit)
+    out: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int]]] = {}
+    for i, c in enumerate(data["cameras"]):
+        name = c.get("image") if isinstance(c, dict) else None
+        where = f"--known-cameras {path}: camera {i}" + (f" ({name})" if isinstance(name, str) else "")
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"{where}: 'image' must name the image file")
+        if name in out:
+            raise UsageError(f"{where}: a second camera for the same image")
+        size = [c.get("height"), c.get("width")]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 10 ** 6 for v in size):
+            raise UsageError(f"{where}: 'width' and 'height' must be positive whole numbers of pixels")
+        try:
+            K, T = np.array(c["K"], np.float64), np.array(c["cam2world"], np.float64)
+        except (KeyError, ValueError, TypeError):
+            raise UsageError(f"{where}: 'K' must be a 3x3 and 'cam2world' a 4x4 matrix of numbers") from None
+        if K.shape != (3, 3) or T.shape != (4, 4) or not (np.isfinite(K).all() and np.isfinite(T).all()):
+            raise UsageError(f"{where}: 'K' must be a 3x3 and 'cam2world' a 4x4 matrix of finite numbers")
+        if not (K[0, 0] > 0 and K[1, 1] > 0 and np.allclose(K[2], [0, 0, 1]) and K[1, 0] == 0):
+            raise UsageError(f"{where}: K is not a pinhole camera (positive fx and fy, last row 0 0 1)")
+        R = T[:3, :3]
+        if not (np.allclose(R.T @ R, np.eye(3), atol=1e-4) and np.linalg.det(R) > 0 and np.allclose(T[3], [0, 0, 0, 1])):
+            raise UsageError(f"{where}: cam2world is not a rigid pose (a rotation, a translation, last row 0 0 0 1)")
+        if np.abs(T[:3, 3]).max() > 1e6:
+            raise UsageError(f"{where}: the camera is {np.abs(T[:3, 3]).max():.3g} units from the origin")
+        out[name] = (K, T, (size[0], size[1]))
+    return scale, out
+
+
+def _require_one_each(path: Path, names: list[str], matched: list[str]) -> None:
+    """Two frames matched to one camera (the same file name in two folders) are refused."""
+    seen: dict[str, str] = {}
+    for n, m in zip(names, matched):
+        if m in seen:
+            raise UsageError(f"--known-cameras {path}: {seen[m]} and {n} both take the camera of {m} (the same file "
+                             "name in two folders): name the images by their path relative to the frames' folder")
+        seen[m] = n
 
 
 def _match(name: str, known: dict) -> str | None:

@@ -207,3 +207,79 @@ def test_an_rgbd_folder_gives_its_colour_frames_as_views(cli, tmp_path):
         cv2.imwrite(str(tum / "depth" / f"{i}.png"), np.full((480, 640), 5000, np.uint16))
     code, out, err = cli(["recon3d", tum, "-o", tmp_path / "out2", "--no-sfm", "--json", "-q"])
     assert code == 0 and json.loads(out)["frames"] == 2 and "2 depth images" in err, err
+
+
+def _camera(**override) -> dict:
+    c = {"image": "a.jpg", "width": 640, "height": 480, "K": K.tolist(), "cam2world": np.eye(4).tolist()}
+    c.update(override)
+    return c
+
+
+def _flipped() -> list:
+    T = np.eye(4)
+    T[0, 0] = -1  # a reflection, not a rotation
+    return T.tolist()
+
+
+@pytest.mark.parametrize("camera,says", [
+    (_camera(height="480"), "whole numbers of pixels"),
+    ({"image": "a.jpg", "height": 480, "K": K.tolist(), "cam2world": np.eye(4).tolist()}, "whole numbers"),
+    (_camera(image=5), "'image' must name"),
+    (_camera(width=0), "whole numbers"),
+    (_camera(K="K"), "3x3"),
+    (_camera(cam2world=np.zeros((4, 4)).tolist()), "not a rigid pose"),
+    (_camera(cam2world=(np.eye(4) * 2).tolist()), "not a rigid pose"),
+    (_camera(cam2world=_flipped()), "not a rigid pose"),
+    (_camera(K=[[-585.0, 0, 320], [0, 585.0, 240], [0, 0, 1]]), "not a pinhole"),
+    (_camera(cam2world=[[1, 0, 0, 1e300], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]), "from the origin"),
+])
+def test_a_cameras_json_is_checked_camera_by_camera(tmp_path, camera, says):
+    """Each of these ended in exit 3 (ValueError, KeyError, ZeroDivisionError) or was taken as a scene."""
+    from heads.sfm import read_cameras_json
+    from pixio_cli.errors import UsageError
+
+    path = tmp_path / "cameras.json"
+    path.write_text(json.dumps({"unit": "metres", "cameras": [camera]}))
+    with pytest.raises(UsageError, match=says) as e:
+        read_cameras_json(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_cameras_json_says_its_unit_and_each_image_once(tmp_path):
+    from heads.sfm import read_cameras_json, read_known_cameras
+    from pixio_cli.errors import UsageError
+
+    path = tmp_path / "cameras.json"
+    for unit, scale in (("m", 1.0), ("meters", 1.0), ("mm", 0.001), ("unknown (the model is not metric)", None)):
+        path.write_text(json.dumps({"unit": unit, "cameras": [_camera()]}))
+        assert read_cameras_json(path)[0] == scale
+    path.write_text(json.dumps({"unit": "seconds", "cameras": [_camera()]}))
+    with pytest.raises(UsageError, match="not a length"):
+        read_cameras_json(path)
+    path.write_text(json.dumps({"unit": "m", "cameras": [_camera(), _camera()]}))
+    with pytest.raises(UsageError, match="a second camera for the same image"):
+        read_cameras_json(path)
+    path.write_text(json.dumps({"unit": "m", "cameras": [_camera(width=480, height=640)]}))  # another shape
+    with pytest.raises(UsageError, match="is 480x640 there, but the image is 640x480"):
+        read_known_cameras(path, ["a.jpg"], [(480, 640)])
+    path.write_text(json.dumps({"unit": "mm", "cameras": [_camera(cam2world=[[1, 0, 0, 500], [0, 1, 0, 0],
+                                                                             [0, 0, 1, 0], [0, 0, 0, 1]])]}))
+    cams = read_known_cameras(path, ["a.jpg"], [(960, 1280)])  # a larger copy of the image: K follows
+    assert cams.scale == 1.0 and cams.cam2world[0][0, 3] == pytest.approx(0.5) and cams.K[0][0, 0] == 1170
+    path.write_text(json.dumps({"unit": "m", "cameras": [_camera()]}))
+    with pytest.raises(UsageError, match="both take the camera of a.jpg"):
+        read_known_cameras(path, ["x/a.jpg", "y/a.jpg"], [(480, 640)] * 2)
+
+
+def test_pixios_own_colmap_export_in_metres_is_taken_back_in_metres(tmp_path):
+    """A model pixio wrote from the network's cameras has no points to set a scale; it says its unit."""
+    from heads.sfm import read_known_cameras
+
+    folder = tmp_path / "sparse" / "0"
+    write_colmap(folder, ["a.jpg", "b.jpg"], np.array([(480, 640)] * 2), np.repeat(K[None], 2, 0), poses(2),
+                 unit="metres")
+    cams = read_known_cameras(folder, ["a.jpg", "b.jpg"], [(480, 640)] * 2)
+    assert cams.scale == 1.0 and cams.cam2world[1][0, 3] == pytest.approx(0.1)
+    write_colmap(folder, ["a.jpg", "b.jpg"], np.array([(480, 640)] * 2), np.repeat(K[None], 2, 0), poses(2))
+    assert not (folder / "unit.txt").exists()  # not metric: not said
+    assert read_known_cameras(folder, ["a.jpg", "b.jpg"], [(480, 640)] * 2).scale is None

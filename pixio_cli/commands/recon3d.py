@@ -285,7 +285,8 @@ def recon3d(
         to_world = ((placed["sfm_scale"], np.array(placed["to_output"]))
                     if placed["cameras"] in ("sfm", "given") and sfm_cameras.reconstruction is not None else None)
         write_colmap(scene_path.parent / "sparse" / "0", image_names, cam_sizes, pred.K_original, pred.cam2world,
-                     sfm_cameras if to_world else None, to_world, text=cameras == Cameras.colmap_text)
+                     sfm_cameras if to_world else None, to_world, text=cameras == Cameras.colmap_text,
+                     unit="metres" if net.metric else None)
         written.append(str(scene_path.parent / "sparse" / "0"))
     if preview is not None:
         write_image(preview, preview_picture(points, point_colours, pred, unit="m" if net.metric else "units"))
