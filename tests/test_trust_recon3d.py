@@ -283,3 +283,29 @@ def test_pixios_own_colmap_export_in_metres_is_taken_back_in_metres(tmp_path):
     write_colmap(folder, ["a.jpg", "b.jpg"], np.array([(480, 640)] * 2), np.repeat(K[None], 2, 0), poses(2))
     assert not (folder / "unit.txt").exists()  # not metric: not said
     assert read_known_cameras(folder, ["a.jpg", "b.jpg"], [(480, 640)] * 2).scale is None
+
+
+def test_a_videos_colmap_model_names_images_that_exist(cli, tmp_path):
+    """A video's frames were named walk.avi#frame0, which no tool can open: the frames used are written
+    beside the model (images/), and the model and cameras.json name them there."""
+    import cv2
+    import pycolmap
+
+    video = tmp_path / "walk.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    for i in range(6):
+        writer.write(cv2.resize(cv2.imread(str(FRAMES[i % len(FRAMES)])), (160, 120)))
+    writer.release()
+    out = tmp_path / "out"
+    code, _, err = cli(["recon3d", video, "-o", out, "--every", "2", "--no-sfm", "--cameras", "colmap", "-q"])
+    assert code == 0, err
+    rec = pycolmap.Reconstruction(str(out / "sparse" / "0"))
+    names = sorted(im.name for im in rec.images.values())
+    assert len(names) == 3 and all("#" not in n for n in names), names
+    for n in names:
+        image = cv2.imread(str(out / "images" / n))
+        assert image is not None and image.shape[:2] == (120, 160), n
+    code, _, err = cli(["recon3d", video, "-o", tmp_path / "j", "--every", "2", "--no-sfm", "--cameras", "json",
+                        "-q"])
+    cams = json.loads((tmp_path / "j" / "cameras.json").read_text())
+    assert code == 0 and all((Path(cams["image_root"]) / c["image"]).is_file() for c in cams["cameras"]), cams

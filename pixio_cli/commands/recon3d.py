@@ -146,8 +146,11 @@ def recon3d(
         items = [it for i, it in enumerate(items) if i not in depth_images]
         typer.echo(f"pixio: an RGB-D sequence: its {len(items)} colour frames are the views, its "
                    f"{len(depth_images)} depth images are left out", err=True)
+    video = any(it.frame is not None for it in items)
+    frames_folder = scene_path.parent / "images" if video and cameras is not None else None  # for COLMAP to find
     check_apart_from_inputs(items, inputs, [
         ("-o", scene_path), ("--preview", preview), ("--save-predictions", save_predictions),
+        ("--cameras (a video's frames)", frames_folder),
         ("--mesh", scene_path.with_name(scene_path.stem + "_mesh.ply") if mesh else None),
         ("--glb", scene_path.with_suffix(".glb") if glb else None)], skip=own)
     if cameras == Cameras.colmap_text:
@@ -181,7 +184,8 @@ def recon3d(
         names = [items[s.index].label for s in samples]
         sizes = [s.orig_hw for s in samples]
         known = [Ks[s.index] for s in samples] if Ks is not None else None
-        root, image_names = _image_names([items[s.index] for s in samples])
+        view_items = [items[s.index] for s in samples]
+        root, image_names = _image_names(view_items)
         given = None
         if known_cameras is not None:  # the user's cameras; their K goes to the network as --intrinsics would
             from heads.sfm import read_known_cameras
@@ -271,6 +275,10 @@ def recon3d(
                    "non-positive focal length, as for frames far from the model's training data; cameras.json "
                    "holds it as predicted", err=True)
     unusable = cameras in (Cameras.colmap, Cameras.colmap_text) and (flipped or apart)
+    if frames_folder is not None and not unusable:  # a video's frames, where the cameras can name them
+        image_names = _write_views(view_items, frames_folder)
+        root = str(frames_folder.resolve())
+        written.append(str(frames_folder))
     if unusable:  # a model no tool can use is not written: said as an error, and the run exits 1
         why = (f"the predicted camera of {len(flipped)} view(s) (first: {flipped[0]}) has a non-positive focal "
                "length, which COLMAP cannot hold" if flipped else "the photos do not form one scene")
@@ -363,6 +371,32 @@ def _image_names(items: list) -> tuple[str, list[str]]:
     names = [os.path.relpath(p, root) + (f"#frame{it.frame}" if it.frame is not None else "")
              for p, it in zip(paths, items)]
     return root, names
+
+
+def _write_views(items: list, folder: Path) -> list[str]:
+    """The views' images at their own size in ``folder`` (a video's frames as ``<video>_<frame>.jpg``, an image
+    file copied as it is), atomically, for the cameras to name; returns their names in ``folder``."""
+    import os
+
+    from ..engine import ImageStream
+    from ..images import ResizePolicy
+    from ..writers import write_bytes, write_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    for it in items:
+        base = f"{Path(it.path).stem}_{it.frame:06d}.jpg" if it.frame is not None else os.path.basename(it.path)
+        name, k = base, 1
+        while name in names:  # two inputs of one name in different folders
+            name, k = f"{Path(base).stem}_{k}{Path(base).suffix}", k + 1
+        names.append(name)
+    for sample in ImageStream(items, ResizePolicy(short=None, multiple=1)):
+        it = items[sample.index]
+        if it.frame is not None:
+            write_image(folder / names[sample.index], sample.image)
+        else:
+            write_bytes(folder / names[sample.index], Path(it.path).read_bytes())
+    return names
 
 
 def _start_sfm(items: list, Ks, matching: "Matching", seed: int):
