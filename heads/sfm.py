@@ -33,7 +33,6 @@ class SfmOptions:
     one_camera: bool = True  # one set of intrinsics shared by every frame (frames of one camera)
     known_K: list[np.ndarray] | None = None  # per frame, in the written images' pixels: held fixed
     seed: int = 0
-    threads: int = -1  # -1: every core
     # SIFT's first octave: 0 (the image as it is), -1 (doubled first, COLMAP's default: finer detail, 3x the
     # time), or None: 0, then -1 again if the first pass leaves frames out
     first_octave: int | None = None
@@ -144,7 +143,7 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
     mode = pycolmap.CameraMode.SINGLE if (options.one_camera and (options.known_K is None or same_K)) \
         else pycolmap.CameraMode.PER_IMAGE
     extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = options.threads
+    extraction.num_threads = 1  # with more, images reach the database in another order each run: other cameras
     extraction.sift.first_octave = options.first_octave
     on_stage(f"SIFT features of {len(names)} frames")
     pycolmap.extract_features(db, folder, image_names=names, camera_mode=mode, reader_options=reader,
@@ -163,17 +162,20 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
     if matching == "auto":
         matching = "sequential" if video or len(names) > EXHAUSTIVE_UP_TO else "exhaustive"
     on_stage(f"{matching} matching")
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.ransac.random_seed = options.seed  # COLMAP's default (-1) draws a seed: other cameras each run
     if matching == "exhaustive":
-        pycolmap.match_exhaustive(db, device=cpu, cancellation_token=cancel)
+        pycolmap.match_exhaustive(db, verification_options=verification, device=cpu, cancellation_token=cancel)
     else:
         pairing = pycolmap.SequentialPairingOptions()
         pairing.overlap = options.overlap
         pairing.quadratic_overlap = True
-        pycolmap.match_sequential(db, pairing_options=pairing, device=cpu, cancellation_token=cancel)
+        pycolmap.match_sequential(db, pairing_options=pairing, verification_options=verification, device=cpu,
+                                  cancellation_token=cancel)
 
     mapping = pycolmap.IncrementalPipelineOptions()
     mapping.random_seed = options.seed
-    mapping.num_threads = options.threads
+    mapping.num_threads = 1  # bundle adjustment over threads sums in another order each run: other cameras
     mapping.min_model_size = 2  # a model of any size: frames it leaves out keep the network's cameras
     mapping.init_num_trials = 20  # COLMAP's 200 tries at the first pair took half the mapping time here, for
     mapping.mapper.init_min_tri_angle = 8.0  # the same cameras (7-Scenes, Middlebury rings); 16 deg rejects most pairs

@@ -314,3 +314,19 @@ def test_frame_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_path, m
         (d / "000000.png").write_bytes(b"x")
     _remove_orphans()
     assert not dead.exists() and live.exists()
+
+
+def test_the_same_frames_give_the_same_cameras(cli, tmp_path):
+    """Five frames, twice, with the network running beside matching as in any run: COLMAP's threads made the
+    focal length 604-812 px from run to run (SIFT's images reached the database in another order, and
+    verification drew its own RANSAC seed)."""
+    paths, _ = kitchen([800, 808, 816, 824, 832])
+    runs = []
+    for k in range(3):
+        code, out, err = cli(["recon3d", *paths, "-o", tmp_path / f"r{k}", "--cameras", "json", "--json", "-q",
+                              "--no-fusion"])
+        assert code == 0, err
+        runs.append(json.loads((tmp_path / f"r{k}" / "cameras.json").read_text())["cameras"])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert np.array_equal(a["K"], b["K"]) and np.array_equal(a["cam2world"], b["cam2world"]), (a, b)
