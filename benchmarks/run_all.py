@@ -169,7 +169,7 @@ def geometry_table(r: dict) -> list[str]:
     out = ["", f"`recon3d`'s geometry on the same {g['ours']['frames']} frames against their recorded depth "
            f"(`pixio evaluate recon3d`: aligned by the camera path, ATE {100 * g['ours']['ate']:.2f} cm; "
            "accuracy and completeness are median distances; precision, recall and F-score within 5 cm):", "",
-           "| cloud | points | accuracy | completeness | P@5cm | R@5cm | **F@5cm** | F@10cm |",
+           "| cloud | 1 cm voxels | accuracy | completeness | P@5cm | R@5cm | **F@5cm** | F@10cm |",
            "|---|---|---|---|---|---|---|---|"]
     for name, x in rows:
         if x:

@@ -104,10 +104,9 @@ def run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool = F
     most frames, or None when none could be started (too few matches).
 
     With ``first_octave`` None, a fast pass on the images as they are comes first and COLMAP's
-    default (each image doubled) runs only when that pass leaves a frame out: on 7-Scenes frames both
-    give the same cameras (1.8 cm) at a third of the time, while on small objects in 640x480 photos
-    (Middlebury's temple ring) the doubled images register 13 frames of 16 where the fast pass
-    registers 4.
+    default (each image doubled) runs only when that pass leaves a frame out: on room-sized scenes both
+    give the same cameras at a third of the time, while small objects in small photos need the doubled
+    images (docs/recon3d.md has the measurements).
     """
     if options.first_octave is not None:
         return _run_sfm(folder, names, options, video, cancel, on_stage)

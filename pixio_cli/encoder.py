@@ -192,13 +192,10 @@ def set_fused_attention(model: nn.Module, device: torch.device, dtype: torch.dty
 
     PyTorch's fused attention everywhere except when training on a CPU at
     bf16/fp16, or compiled: there the backward of its CPU flash kernel is slower
-    than that of two batched matmuls and a softmax (measured on 2-core Xeons: a
-    t16 MAE step at 128 px 1.7x faster unfused at bf16 with AMX; compiled at fp32,
-    1.23-1.26x a plain step unfused against 1.18x fused, same runs). Eager fp32
-    training keeps it (1.11x against 1.09x unfused). In inference the fused kernel
-    wins on the same CPU (b16 at 256 px 1.08x, at 512 px 1.7x) and never holds the
-    full attention matrix; fp32 inference therefore gives the official forward's
-    numbers.
+    than that of two batched matmuls and a softmax (the figures are in
+    docs/performance.md). Eager fp32 training keeps it. In inference the fused
+    kernel is the faster and never holds the full attention matrix; fp32
+    inference therefore gives the official forward's numbers.
     """
     fused = not (training and device.type == "cpu" and (dtype != torch.float32 or compiled))
     for m in model.modules():

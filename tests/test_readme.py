@@ -22,6 +22,14 @@ def doc_examples() -> list[str]:
     return [c for page in sorted((ROOT / "docs").glob("*.md")) for c in _marked(page, "runs")]
 
 
+def claims(command: str) -> str:
+    """The README's text after an example, up to the next section: what it says the command writes."""
+    text = (ROOT / "README.md").read_text()
+    at = text.index(command) + len(command)
+    end = text.find("\n**", at)
+    return text[at:end if end > 0 else None]
+
+
 def _marked(page: Path, marker: str) -> list[str]:
     blocks = re.findall(rf"<!-- {marker} -->\s*```[a-z]*\n(.*?)```", page.read_text(), flags=re.S)
     return [line.strip() for block in blocks for line in block.splitlines() if line.strip().startswith("pixio ")]
@@ -47,6 +55,26 @@ def test_a_readme_example_runs_as_written(cli, command, tmp_path, monkeypatch):
     assert out.exists() and (out.is_file() or any(out.iterdir())), out
     written = out.stat().st_size if out.is_file() else sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     assert written < TOY_BYTES, (command, written)
+    if command in examples():
+        _holds_what_the_readme_says(command, out)
+
+
+def _holds_what_the_readme_says(command: str, out: Path) -> None:
+    """Every file the README names after an example exists (`out/...`, or a bare name inside -o), and every
+    array it gives a shape has that shape."""
+    import numpy as np
+
+    text = claims(command)
+    folder = out if out.is_dir() else out.parent
+    named = re.findall(r"`((?:out/)?[\w.-]+\.(?:npz|png|ply|json|pth|jsonl|mp4|safetensors))`", text)
+    assert named, f"the README says nothing of what {command} writes"
+    for name in named:
+        path = Path(name) if name.startswith("out/") else folder / name
+        assert path.exists(), f"the README names {name} after '{command}', which wrote no such file"
+    for npz in [n for n in named if n.endswith(".npz")]:
+        with np.load(npz if npz.startswith("out/") else folder / npz) as z:
+            for key, shape in re.findall(r"`(\w+)` \(([\d, ]+)\)", text):
+                assert key in z.files and z[key].shape == tuple(int(v) for v in shape.split(",")), (key, z[key].shape)
 
 
 @pytest.mark.parametrize("command", doc_examples(), ids=lambda c: shlex.split(c)[1])
