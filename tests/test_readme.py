@@ -66,14 +66,14 @@ def _holds_what_the_readme_says(command: str, out: Path) -> None:
 
     text = claims(command)
     folder = out if out.is_dir() else out.parent
-    named = re.findall(r"`((?:out/)?[\w.-]+\.(?:npz|png|ply|json|pth|jsonl|mp4|safetensors))`", text)
+    named = re.findall(r"`((?:out/[\w./-]+|\w[\w.-]*)\.(?:npz|png|ply|json|pth|jsonl|mp4|safetensors|csv))`", text)
     assert named, f"the README says nothing of what {command} writes"
     for name in named:
         path = Path(name) if name.startswith("out/") else folder / name
         assert path.exists(), f"the README names {name} after '{command}', which wrote no such file"
     for npz in [n for n in named if n.endswith(".npz")]:
         with np.load(npz if npz.startswith("out/") else folder / npz) as z:
-            for key, shape in re.findall(r"`(\w+)` \(([\d, ]+)\)", text):
+            for key, shape in re.findall(r"`(\w+)`\s+\(([\d, ]+)\)", text):
                 assert key in z.files and z[key].shape == tuple(int(v) for v in shape.split(",")), (key, z[key].shape)
 
 
