@@ -22,6 +22,8 @@ from pixio_cli.errors import PixioError, UsageError
 
 MAX_SIDE = 1600  # SIFT sees images at most this large (COLMAP's own default for matching is 1600-3200)
 EXHAUSTIVE_UP_TO = 40  # more frames than this are matched sequentially (780 pairs at 40)
+HOLD_FOCAL_BELOW = 3  # frames: two cannot fix a focal length; more may not either (see _unfixed_focal)
+CHECK_FOCAL_UP_TO = 40  # frames: whether they fix the focal length is checked up to this many (three more BAs)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class SfmCameras:
     known: bool = False  # given by the user (--known-cameras), not found by matching
     reconstruction: object = None  # the pycolmap.Reconstruction, for export
     names: list[str] | None = None  # its image name of each frame
+    focal_held: str | None = None  # what the focal length was held at, and why, when few frames could not fix it
 
     @classmethod
     def empty(cls, hw: list[tuple[int, int]], **kwargs) -> "SfmCameras":
@@ -101,7 +104,9 @@ def run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool = F
             on_stage=lambda stage: None):
     """COLMAP on the images ``names`` in ``folder``: SIFT features, matching (see :class:`SfmOptions`),
     geometric verification and incremental mapping. Returns the reconstruction that registers the
-    most frames, or None when none could be started (too few matches).
+    most frames, or None when none could be started (too few matches), and why its focal length was
+    held at the camera's prior rather than fitted (fewer than ``HOLD_FOCAL_BELOW`` frames, or a fit the
+    frames do not fix: :func:`_unfixed_focal`), or None when it was fitted or known.
 
     With ``first_octave`` None, a fast pass on the images as they are comes first and COLMAP's
     default (each image doubled) runs only when that pass leaves a frame out: on room-sized scenes both
@@ -111,11 +116,11 @@ def run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool = F
     if options.first_octave is not None:
         return _run_sfm(folder, names, options, video, cancel, on_stage)
     fast = _run_sfm(folder, names, replace(options, first_octave=0), video, cancel, on_stage)
-    if fast is not None and fast.num_reg_images() == len(names):
+    if fast[0] is not None and fast[0].num_reg_images() == len(names):
         return fast
     fine = _run_sfm(folder, names, replace(options, first_octave=-1), video, cancel,
                     lambda stage: on_stage(f"{stage}, again on doubled images"))
-    if fast is None or (fine is not None and fine.num_reg_images() >= fast.num_reg_images()):
+    if fast[0] is None or (fine[0] is not None and fine[0].num_reg_images() >= fast[0].num_reg_images()):
         return fine
     return fast
 
@@ -127,10 +132,8 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
     pycolmap.set_random_seed(options.seed)
     db = folder / "database.db"
     sparse = folder / f"sparse{options.first_octave}"
-    shutil.rmtree(sparse, ignore_errors=True)
     if db.exists():
         db.unlink()
-    sparse.mkdir()
     cpu = pycolmap.Device.cpu if not pycolmap.has_cuda else pycolmap.Device.auto
 
     reader = pycolmap.ImageReaderOptions()
@@ -147,15 +150,12 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
     on_stage(f"SIFT features of {len(names)} frames")
     pycolmap.extract_features(db, folder, image_names=names, camera_mode=mode, reader_options=reader,
                               extraction_options=extraction, device=cpu, cancellation_token=cancel)
+    hold = holds_focal(len(names), options)
     if options.known_K is not None and not same_K:  # one fixed camera per frame, in the database before mapping
-        base = pycolmap.Database.open(db)
-        try:
-            for image in base.read_all_images():
-                camera = base.read_camera(image.camera_id)
-                camera.params = _colmap_params(options.known_K[names.index(image.name)])
-                base.update_camera(camera)
-        finally:
-            base.close()
+        _set_cameras(db, lambda camera, image: setattr(
+            camera, "params", _colmap_params(options.known_K[names.index(image.name)])))
+    if hold:
+        _set_cameras(db, _held)
 
     matching = options.matching
     if matching == "auto":
@@ -172,23 +172,117 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
         pycolmap.match_sequential(db, pairing_options=pairing, verification_options=verification, device=cpu,
                                   cancellation_token=cancel)
 
+    on_stage("incremental mapping and bundle adjustment")
+    rec = _map(db, folder, sparse, options, hold, cancel)
+    if hold:
+        return rec, f"{len(names)} frames cannot fix a focal length"
+    why = _unfixed_focal(rec) if rec is not None and options.known_K is None else None
+    if why:
+        on_stage("mapping again, the focal length held")
+        _set_cameras(db, _held)
+        rec = _map(db, folder, sparse, options, True, cancel)
+    return rec, why
+
+
+def _set_cameras(db: Path, change) -> None:
+    """``change(camera, image)`` for every image's camera in the database, before mapping."""
+    base = _pycolmap().Database.open(db)
+    try:
+        for image in base.read_all_images():
+            camera = base.read_camera(image.camera_id)
+            change(camera, image)
+            base.update_camera(camera)
+    finally:
+        base.close()
+
+
+def _held(camera, image) -> None:
+    camera.has_prior_focal_length = True  # else COLMAP estimates the focal length as it registers each frame
+
+
+def _unfixed_focal(rec) -> str | None:
+    """Why the frames of ``rec`` do not fix the focal length it fitted, or None when they do.
+
+    A fit no lens has (distortion beyond 0.3, a focal length beyond 0.4-2.5x COLMAP's prior of 1.2x the
+    long side) is not fixed. Up to ``CHECK_FOCAL_UP_TO`` frames, neither is a focal length that can be
+    20 % off either way for little cost: held there (distortion dropped) with everything else adjusted
+    again, the mean reprojection error must rise by more than a third (frames a few apart: 5 %).
+    """
+    camera = next(iter(rec.cameras.values()))
+    f, extra = camera.mean_focal_length(), np.abs(np.asarray(camera.params)[camera.extra_params_idxs()])
+    fitted = f"{f:.0f} px" + (f", distortion {', '.join(f'{v:.2f}' for v in extra)}" if extra.size else "")
+    if len(rec.cameras) == 1 and (not 0.4 < f / (1.2 * max(camera.width, camera.height)) < 2.5
+                                  or extra.max(initial=0) > 0.3):
+        return f"the fitted camera ({fitted}) is one no lens has"
+    if len(rec.cameras) != 1 or rec.num_reg_images() > CHECK_FOCAL_UP_TO:
+        return None
+    base, off = _error_held_at(rec, 1.0), min(_error_held_at(rec, 0.8), _error_held_at(rec, 1.25))
+    if base > 0 and off > 1.35 * base:
+        return None
+    return (f"these {rec.num_reg_images()} frames do not fix a focal length ({fitted}; 20 % off, the "
+            f"reprojection error rises x{off / base if base > 0 else float('nan'):.2f})")
+
+
+def _error_held_at(rec, factor: float) -> float:
+    """Mean reprojection error of ``rec`` adjusted again with its focal length held at ``factor`` x its own
+    (distortion dropped unless ``factor`` is 1)."""
+    pycolmap = _pycolmap()
+    rec = pycolmap.Reconstruction(rec)
+    if factor != 1.0:
+        for camera in rec.cameras.values():
+            params = np.array(camera.params)
+            params[camera.focal_length_idxs()] *= factor
+            params[camera.extra_params_idxs()] = 0.0
+            camera.params = params
+    ba = pycolmap.BundleAdjustmentOptions()
+    ba.refine_focal_length = ba.refine_extra_params = ba.refine_principal_point = False
+    ba.print_summary = False
+    pycolmap.bundle_adjustment(rec, ba)
+    rec.update_point_3d_errors()
+    return float(rec.compute_mean_reprojection_error()) if rec.num_points3D() else 0.0
+
+
+def _map(db: Path, folder: Path, sparse: Path, options: SfmOptions, hold: bool, cancel):
+    """COLMAP's incremental mapping on the matched database: the model that registers the most frames."""
+    import shutil
+
+    pycolmap = _pycolmap()
+    shutil.rmtree(sparse, ignore_errors=True)
+    sparse.mkdir()
     mapping = pycolmap.IncrementalPipelineOptions()
     mapping.random_seed = options.seed
     mapping.num_threads = 1  # bundle adjustment over threads sums in another order each run: other cameras
     mapping.min_model_size = 2  # a model of any size: frames it leaves out keep the network's cameras
     mapping.init_num_trials = 20  # COLMAP's 200 tries at the first pair took half the mapping time here, for
     mapping.mapper.init_min_tri_angle = 8.0  # the same cameras (7-Scenes, Middlebury rings); 16 deg rejects most pairs
-    if options.known_K is not None:
+    if options.known_K is not None or hold:  # held: at the camera's prior, EXIF or COLMAP's
         mapping.ba_refine_focal_length = False
         mapping.ba_refine_principal_point = False
         mapping.ba_refine_extra_params = False
-    on_stage("incremental mapping and bundle adjustment")
+        mapping.mapper.abs_pose_refine_focal_length = False
+        mapping.mapper.abs_pose_refine_extra_params = False
     models = pycolmap.incremental_mapping(db, folder, sparse, mapping, cancellation_token=cancel)
     if cancel is not None and cancel.is_cancelled:
         raise KeyboardInterrupt
     if not models:
         return None
     return max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+
+
+def holds_focal(n_frames: int, options: SfmOptions) -> bool:
+    """Whether mapping holds the focal length (and distortion) at the camera's prior from the start: with
+    fewer than ``HOLD_FOCAL_BELOW`` frames and no known intrinsics."""
+    return options.known_K is None and n_frames < HOLD_FOCAL_BELOW
+
+
+def held_focal_note(rec, why: str) -> str:
+    """One line for the user: why and at what the reconstruction ``rec`` held its focal length."""
+    camera = next(iter(rec.cameras.values()))
+    default = 1.2 * max(camera.width, camera.height)  # what COLMAP assumes of a photo without EXIF
+    source = ("no EXIF: COLMAP's prior, 1.2 x the long side" if abs(camera.mean_focal_length() - default) < 1e-6
+              else "the photos' EXIF")
+    return (f"{why}: the focal length is held at {camera.mean_focal_length():.0f} px ({source}); "
+            "give --intrinsics if you know it")
 
 
 def _colmap_params(K: np.ndarray) -> list[float]:
@@ -301,6 +395,7 @@ class SfmJob:
         self.folder = Path(self._tmp.name)
         self._token = _pycolmap().CancellationToken()
         self._out = None
+        self._held: str | None = None
         self._error: BaseException | None = None
         self.written: dict[int, tuple[str, tuple[int, int], tuple[int, int]]] = {}  # index -> name, written, original
         self.seconds = 0.0
@@ -333,7 +428,7 @@ class SfmJob:
             opts = replace(self.options, one_camera=self.options.one_camera and len(
                 {self.written[i][2] for i in order}) == 1, known_K=None if known is None else [
                 scale_intrinsics(known[i], self.written[i][2], self.written[i][1]) for i in order])
-            self._out = run_sfm(self.folder, names, opts, self.video, self._token,
+            self._out, self._held = run_sfm(self.folder, names, opts, self.video, self._token,
                                 lambda stage: setattr(self, "stage", stage))
         except BaseException as e:  # handed to the caller by result()
             self._error = e
@@ -360,6 +455,8 @@ class SfmJob:
             names = [self.written.get(i, (f"missing-{i}",))[0] for i in indices]
             hws = [self.written[i][1] if i in self.written else hw for i, hw in zip(indices, original_hw)]
             out = sfm_cameras(self._out, names, hws, original_hw)
+            if self._out is not None and self._held:
+                out.focal_held = held_focal_note(self._out, self._held)
             if self._error is not None:  # COLMAP failing is no reason to lose the network's scene
                 out.error = f"{type(self._error).__name__}: {str(self._error).strip().splitlines()[-1][:200]}"
             return out

@@ -118,6 +118,12 @@ class Stages:
     def detail(self, text: str) -> None:
         self.bar.set_postfix_str(text, refresh=True)
 
+    def say(self, line: str) -> None:
+        """A line on stderr that stays, above the stage line (also under -q, as warnings are)."""
+        import sys
+
+        self.bar.write(line, file=sys.stderr)
+
     def close(self) -> None:
         if self.at >= 0:
             self.bar.update(1)

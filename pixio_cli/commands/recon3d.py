@@ -222,6 +222,8 @@ def recon3d(
         # the cameras: from matching where it registers a frame, else the network's
         stages.next("from matching" if job is not None else "given" if given is not None else "the network's")
         sfm_cameras = job.result([s.index for s in samples], sizes, stages.detail) if job is not None else given
+        if sfm_cameras is not None and sfm_cameras.focal_held:
+            stages.say(f"pixio: note: {sfm_cameras.focal_held}")
         pred, placed = on_cameras(pred, sfm_cameras, seed)
         solved = time.perf_counter()
     except BaseException:
