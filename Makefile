@@ -7,7 +7,7 @@ DEMO_OUT ?= out/demo
 .PHONY: demo test install dev bench docs clean
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
-	bash scripts/install.sh $(VENV)
+	bash scripts/install.sh $(VENV) view
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml scripts/install.sh

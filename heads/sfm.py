@@ -77,6 +77,9 @@ def _pycolmap():
         raise UsageError(f"cameras from the images need pycolmap ({e}); install it (pip install pycolmap) or "
                          "pass --no-sfm for the network's cameras") from None
     pycolmap.logging.minloglevel = 3  # its INFO lines would bury ours; its errors come back as exceptions or in our warning
+    from pixio_cli.interrupts import sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # glog's crash handler took SIGTERM on import: a stack dump and death, not a stop
     return pycolmap
 
 

@@ -79,9 +79,9 @@ def _plain_metavars() -> None:
 
 def _register() -> None:
     # Each command module owns its registration; the order here is the order in --help.
-    from .commands import curate, depth, distill, evaluate, extract, models, pretrain, recon3d, segment, train
+    from .commands import curate, depth, distill, evaluate, extract, models, pretrain, recon3d, segment, train, view
 
-    for module in (pretrain, distill, curate, extract, depth, segment, recon3d, train, evaluate, models):
+    for module in (pretrain, distill, curate, extract, depth, segment, recon3d, view, train, evaluate, models):
         module.register(app)
 
 

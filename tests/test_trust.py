@@ -438,7 +438,7 @@ def test_help_reads_as_a_user_expects(cli):
 
 def test_the_command_line_starts_without_torch():
     code = ("import sys, pixio_cli.cli; "
-            "heavy = [m for m in ('torch', 'timm', 'cv2', 'open3d', 'huggingface_hub', 'transformers') "
+            "heavy = [m for m in ('torch', 'timm', 'cv2', 'open3d', 'huggingface_hub', 'transformers', 'viser') "
             "if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
 

@@ -99,6 +99,9 @@ def recon3d(
     max_frames: Annotated[Optional[int], typer.Option(
         help="At most this many frames, evenly spread over the input.", min=1, show_default=False)] = None,
     json_summary: Annotated[bool, typer.Option("--json", help="A JSON summary on stdout.")] = False,
+    view: Annotated[bool, typer.Option(
+        "--view", help="Then look at the scene in the browser (pixio view); writes cameras.json for it when "
+                       "--cameras is not given.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random choices (RANSAC, --max-points).", min=0,
                                       max=2 ** 31 - 1)] = 0,
     device: opt.Device = "auto",
@@ -110,6 +113,11 @@ def recon3d(
     depth from the network fitted to them, cleaned and fused into one coloured point cloud in the first
     camera's frame (x right, y down, z forward; metres with a metric model)."""
     single_process("recon3d")
+    if view:
+        from .view import require_viewer
+
+        require_viewer()  # before the run, not after it
+        cameras = cameras or Cameras.json  # the viewer shows the cameras it finds beside the scene
     scene_path = _check(output, save_predictions, preview, overlap, chunk, glb, mesh, every, fps, cameras)
     if known_cameras is not None and intrinsics is not None:
         raise UsageError("--known-cameras holds the intrinsics too: give one of --known-cameras and --intrinsics")
@@ -323,6 +331,10 @@ def recon3d(
                f"{scene_path}: {len(points)} points, unit {unit}, failed {summary.failed}", err=True)
     if summary.failed or unusable:
         raise typer.Exit(1)
+    if view:
+        from .view import show
+
+        show(scene_path)
 
 
 def _check_given_apart(given: Path, scene: Path, cameras: "Cameras") -> None:

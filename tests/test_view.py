@@ -1,0 +1,222 @@
+"""`pixio view`: the scene in a real headless browser, as a person would see it, and one line for each thing
+that cannot be shown."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("viser")
+
+RED, BLUE = (220, 30, 30), (30, 60, 220)
+
+
+def write_ply(path: Path, points: np.ndarray, colours: np.ndarray | None) -> None:
+    """An ASCII PLY of ``points`` (N, 3), with uint8 ``colours`` (N, 3) when given."""
+    head = ["ply", "format ascii 1.0", f"element vertex {len(points)}", "property float x", "property float y",
+            "property float z"]
+    if colours is not None:
+        head += ["property uchar red", "property uchar green", "property uchar blue"]
+    rows = [" ".join(f"{v:.4f}" for v in p) + ("" if colours is None else " " + " ".join(str(int(c)) for c in col))
+            for p, col in zip(points, colours if colours is not None else [None] * len(points))]
+    path.write_text("\n".join(head + ["end_header"] + rows) + "\n")
+
+
+def red_room(folder: Path, n: int = 40_000) -> Path:
+    """A scene as `pixio recon3d` writes it: a red wall 2 m in front of two cameras (their frames blue), and
+    a grey floor, in OpenCV axes; its folder."""
+    rng = np.random.default_rng(0)
+    wall = np.c_[rng.uniform(-1.2, 1.2, n), rng.uniform(-0.9, 0.6, n), np.full(n, 2.0)]
+    floor = np.c_[rng.uniform(-1.2, 1.2, n // 4), np.full(n // 4, 0.6), rng.uniform(0.5, 2.0, n // 4)]
+    colours = np.r_[np.tile(RED, (n, 1)), np.full((n // 4, 3), 120)]
+    folder.mkdir(parents=True)
+    write_ply(folder / "scene.ply", np.r_[wall, floor], colours)
+    frame = np.zeros((48, 64, 3), np.uint8)
+    frame[:] = BLUE[::-1]
+    cv2.imwrite(str(folder / "view0.png"), frame)
+    cv2.imwrite(str(folder / "view1.png"), frame)
+    K = [[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]]
+    cams = [{"image": f"view{i}.png", "width": 64, "height": 48, "K": K,
+             "cam2world": [[1, 0, 0, 0.3 * i], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]} for i in range(2)]
+    (folder / "cameras.json").write_text(json.dumps({"unit": "metres", "image_root": str(folder), "cameras": cams}))
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Viewer:
+    """`pixio view ARGS` in its own process; its stderr lines gathered as they come."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "pixio_cli", "view", *args, "--no-browser"],
+                                     stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     cwd=Path(__file__).resolve().parents[1])
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stderr.readline, "")), daemon=True).start()
+
+    def read(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 90) -> re.Match:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            found = re.search(pattern, self.read())
+            if found:
+                return found
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no {pattern!r} from pixio view: {self.read()}")
+
+    def stop(self) -> tuple[int, float]:
+        """SIGTERM; the exit code and the seconds it took to end."""
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        seconds = time.monotonic() - start
+        time.sleep(0.2)  # the last lines
+        return code, seconds
+
+
+def chromium() -> str | None:
+    found = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if found is None and os.environ.get("PIXIO_REQUIRE_BROWSER"):
+        pytest.fail("no chromium here, and PIXIO_REQUIRE_BROWSER says this run must look at the page")
+    return found
+
+
+def screenshot(browser: str, url: str, path: Path) -> np.ndarray:
+    """The page at ``url`` as headless Chromium draws it (WebGL in software), after it has had time to load."""
+    subprocess.run([browser, "--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+                    "--hide-scrollbars", "--window-size=1024,768", "--virtual-time-budget=15000",
+                    "--run-all-compositor-stages-before-draw",  # else the picture may be taken mid fade-in
+                    f"--screenshot={path}", url], capture_output=True, timeout=120, cwd=path.parent)
+    shot = cv2.imread(str(path))
+    assert shot is not None, "chromium wrote no screenshot"
+    return shot[:, :, ::-1]
+
+
+def test_the_scene_shows_in_a_real_browser_and_the_viewer_stops_on_sigterm(tmp_path):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no chromium (Debian's chromium package) to look at the page with")
+    scene = red_room(tmp_path / "room")
+    viewer = Viewer(str(scene), "--port", str(free_port()))
+    try:
+        url = viewer.wait_for(r"viewing 50,000 points, 2 cameras at (http://\S+)").group(1)
+        shot = screenshot(browser, url, tmp_path / "shot.png")
+        viewer.wait_for("a browser connected")  # the page talked to the server, not a cached or error page
+    finally:
+        code, seconds = viewer.stop()
+    h, w = shot.shape[:2]
+    middle = shot[h // 3: 2 * h // 3, w // 3: 2 * w // 3].astype(np.int64)
+    red = (middle[..., 0] > middle[..., 1] + 60) & (middle[..., 0] > middle[..., 2] + 60)
+    assert red.mean() > 0.3, f"the red wall covers {red.mean():.0%} of the middle third"  # the scene, in view
+    corner = shot[: h // 8, w // 3: 2 * w // 3].astype(np.float64)
+    assert middle.std() > 3 * corner.std() + 10  # not a blank page: the middle holds a picture
+    pixels = shot.astype(np.int64)
+    blue = (pixels[..., 2] > pixels[..., 0] + 60) & (pixels[..., 2] > pixels[..., 1] + 60)
+    assert blue.sum() > 2000  # the cameras, showing their frames
+    assert code == 0 and seconds < 2.0 and "viewer stopped" in viewer.read(), (code, seconds, viewer.read())
+
+
+def test_a_taken_port_is_said_and_the_next_one_served(tmp_path):
+    scene = red_room(tmp_path / "room", n=2000)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        viewer = Viewer(str(scene), "--port", str(port))
+        try:
+            served = int(viewer.wait_for(r"at http://127\.0\.0\.1:(\d+)").group(1))
+            assert served != port and f"port {port} is taken: serving on {served}" in viewer.read()
+        finally:
+            code, seconds = viewer.stop()
+    assert code == 0 and seconds < 2.0
+
+
+@pytest.mark.parametrize("case", ["not a ply", "empty", "missing", "folder without a scene"])
+def test_what_cannot_be_shown_is_one_line_and_exit_1(cli, tmp_path, case):
+    if case == "not a ply":
+        target = tmp_path / "notes.ply"
+        target.write_text("these are my notes\n")
+    elif case == "empty":
+        target = tmp_path / "empty.ply"
+        write_ply(target, np.zeros((0, 3)), np.zeros((0, 3)))
+    elif case == "missing":
+        target = tmp_path / "nothing.ply"
+    else:
+        target = tmp_path / "folder"
+        target.mkdir()
+    code, out, err = cli(["view", target, "--no-browser"])
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (code, err)
+    assert str(target.name) in err
+
+
+def test_a_huge_or_colourless_cloud_is_shown_and_said(tmp_path):
+    """Beyond --max-points a random subset (said); a PLY without colours is coloured by height (said)."""
+    from heads.scene_view import read_scene
+
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(30_000, 3))
+    write_ply(tmp_path / "grey.ply", points, None)
+    scene = read_scene(tmp_path / "grey.ply", max_points=10_000)
+    assert len(scene.points) == 10_000 and len(np.unique(scene.points, axis=0)) == 10_000
+    assert any("30,000 points: showing a random 10,000" in n for n in scene.notes)
+    assert any("no colours: shown by height" in n for n in scene.notes)
+    high, low = scene.points[:, 1] < -1, scene.points[:, 1] > 1  # y down: -y is up
+    assert np.abs(scene.colours[high].mean(0) - scene.colours[low].mean(0)).sum() > 100
+
+
+def test_the_mesh_and_cameras_beside_the_scene_are_found(tmp_path):
+    import open3d as o3d
+
+    from heads.scene_view import read_scene
+
+    scene = red_room(tmp_path / "room", n=2000)
+    box = o3d.geometry.TriangleMesh.create_box()
+    o3d.io.write_triangle_mesh(str(scene / "scene_mesh.ply"), box)
+    shown = read_scene(scene, max_points=10_000)
+    assert shown.mesh is not None and len(shown.mesh[1]) == 12
+    assert [c.name for c in shown.cameras] == ["view0.png", "view1.png"]
+    assert shown.cameras[1].thumb.shape == (48, 64, 3) and (shown.cameras[1].thumb[0, 0] == BLUE).all()
+    assert np.allclose(shown.cameras[1].cam2world[0, 3], 0.3)
+
+
+def test_recon3d_view_opens_the_viewer_on_what_it_wrote(tmp_path):
+    """And SIGTERM stops it cleanly: pycolmap's glog had taken SIGTERM for its crash handler (a stack dump
+    and exit -15)."""
+    room = Path(__file__).resolve().parents[1] / "samples" / "room"
+    viewer = Viewer.__new__(Viewer)
+    viewer.proc = subprocess.Popen([sys.executable, "-m", "pixio_cli", "recon3d", str(room), "-o", str(tmp_path / "out"),
+                                    "--view", "--no-fusion", "--workers", "0"], stderr=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    viewer.lines = []
+    threading.Thread(target=lambda: viewer.lines.extend(iter(viewer.proc.stderr.readline, "")), daemon=True).start()
+    try:
+        viewer.wait_for(r"viewing [\d,]+ points, 4 cameras at http://127\.0\.0\.1:\d+", timeout=240)
+    finally:
+        code, seconds = viewer.stop()
+    assert code == 0 and seconds < 2.0
+    assert (tmp_path / "out" / "cameras.json").is_file()  # written for the viewer, which found it
