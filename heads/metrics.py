@@ -186,20 +186,28 @@ def trivial_cameras(n: int) -> dict[str, np.ndarray]:
 
 
 def seam_ratio(prediction: np.ndarray, crop: int, stride: int | None = None) -> float:
-    """How much a map (H, W), or maps (C, H, W) such as class probabilities, at the processing size jumps across the borders of the sliding windows that
-    made it, relative to how it changes between neighbouring pixels anywhere: the mean absolute step
-    across the window-border columns and rows over the median step between neighbouring columns and rows
-    (each a mean over the line). 1.0: the borders are like any other line; a plain average of windows
-    that disagree scores tens. NaN when the map is one window."""
+    """How steep the steepest line near each border of the sliding windows is, relative to a typical line.
+
+    ``prediction``: a map (H, W), or maps (C, H, W) such as class probabilities, at the processing size
+    where the windows were. A line's step is the mean absolute change between neighbouring columns (or
+    rows), summed over channels. For each window border, the steepest step within one overlap (crop -
+    stride) of it on either side, where a blend of windows that disagree passes from one to the next,
+    over the median step of the whole map; then the mean over borders. A blend that jumps anywhere in
+    that band scores high wherever the jump sits; a map with no windows scores what its own edges give
+    there (compare with the whole-image pass of the same image). NaN when the map is one window."""
     from pixio_cli.sliding import window_borders
 
+    if crop <= 0:  # no windows (a whole-image model)
+        return float("nan")
+    stride = stride or max(1, crop * 2 // 3)
+    band = max(1, crop - stride)
     d = np.asarray(prediction, np.float64)
-    d = d[None] if d.ndim == 2 else d  # (C, H, W): a step is the L1 distance between neighbours' C values
+    d = d[None] if d.ndim == 2 else d
     cols = np.abs(np.diff(d, axis=2)).sum(0).mean(0)  # step between column c-1 and c, for c = 1..W-1
     rows = np.abs(np.diff(d, axis=1)).sum(0).mean(1)
-    at = [cols[c - 1] for c in window_borders(d.shape[1], crop, stride)] + \
-         [rows[r - 1] for r in window_borders(d.shape[0], crop, stride)]
     typical = float(np.median(np.concatenate([cols, rows])))
-    if not at or typical <= 0:
+    steepest = [steps[max(0, b - 1 - band):b - 1 + band].max(initial=0.0)
+                for steps, size in ((cols, d.shape[2]), (rows, d.shape[1])) for b in window_borders(size, crop, stride)]
+    if not steepest or typical <= 0:
         return float("nan")
-    return float(np.mean(at)) / typical
+    return float(np.mean(steepest)) / typical

@@ -4,7 +4,10 @@ Each window's output is weighted by a ramp that falls towards the window's
 edges inside the image (not at the image's own borders) and leaves out the
 window's outermost pixels there, where a dense head's own border effects are,
 so where windows overlap the blend passes smoothly from one to the next
-instead of jumping at a window's edge. With ``align_scale`` (depth), each window's depth level is first
+over the whole overlap instead of jumping at a window's edge. The image's own
+borders would show those border effects too (a frame a few pixels wide), so
+:func:`reflect_border` lets a caller mirror the image outwards first and crop
+the prediction back. With ``align_scale`` (depth), each window's depth level is first
 brought into agreement with its neighbours': one log-scale per window, fitted to
 the overlaps by least squares with their mean held at zero, so the scene's
 overall level is the windows' average, as a plain average of the windows gives.
@@ -39,12 +42,12 @@ def window_borders(size: int, crop: int, stride: int | None = None) -> list[int]
 
 def _ramp(length: int, start: int, size: int, fade: int, device) -> torch.Tensor:
     """Weights along one side of a window at ``start``: 1 inside; towards an edge that lies inside the
-    image, (almost) nothing over the outer third of ``fade`` pixels, where a window's own border effects
+    image, (almost) nothing over the outer tenth of ``fade`` pixels, where a window's own border effects
     sit, then a raised cosine up to 1. Another window covers that edge in full, so no pixel goes without."""
     w = torch.ones(length, device=device)
     if fade <= 0:
         return w
-    skip = fade // 3
+    skip = fade // 10  # the worst border pixels; the rest of the overlap is the cross-fade
     t = (torch.arange(fade, device=device, dtype=torch.float32) - skip + 0.5).clamp_min(0) / (fade - skip)
     rise = 1e-6 + (1 - 1e-6) * 0.5 * (1 - torch.cos(torch.pi * t))
     if start > 0:
@@ -76,6 +79,18 @@ def _log_scales(outs: list[torch.Tensor], boxes: list[tuple[int, int]], crop: in
     A = torch.cat([torch.stack(rows), torch.ones(1, n)])  # the last row holds the mean at zero
     B = torch.cat([torch.stack(rhs, 1).cpu().float(), torch.zeros(b, 1)], 1)  # (b, pairs + 1)
     return torch.linalg.lstsq(A, B.T).solution.T  # (b, n)
+
+
+def reflect_border(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``fn`` on ``x`` (B, C, H, W) mirrored outwards by ``pad`` pixels on every side (less where the image
+    is smaller), cropped back to (H, W): the image's border pixels then lie inside what ``fn`` sees, away
+    from a dense head's own border effects (its zero padding)."""
+    h, w = x.shape[-2:]
+    p = min(pad, h - 1, w - 1)
+    if p <= 0:
+        return fn(x)
+    out = fn(F.pad(x, (p, p, p, p), mode="reflect"))
+    return out[..., p:p + h, p:p + w]
 
 
 def sliding_window(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, crop: int = 256,

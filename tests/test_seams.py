@@ -67,15 +67,71 @@ def test_a_plain_average_of_disagreeing_windows_scores_a_seam():
 
 def test_default_depth_is_seamless_and_as_accurate_as_the_plain_average(cli, tmp_path):
     """The bundled depth head on held-out 7-Scenes frames: the default (tiled) path is at least as good as
-    the plain average of windows was (abs_rel 0.181, d1 0.675 on frames 800-996; measured: 0.148, 0.730),
-    and its seam figure is near 1 (was about 31)."""
+    the plain average of windows it replaced (abs_rel 0.181, d1 0.675 on frames 800-996), and no line
+    near a window border is much steeper than a typical one (the old blend, with its border frame: 10+)."""
     if not (SHARED / "rgbd-7scenes-redkitchen").exists():
         pytest.skip("shared data not present")
     code, out, err = cli(["evaluate", "depth", "--data", SHARED / "rgbd-7scenes-redkitchen", "--limit", "6",
                           "--json", "--workers", "0"])
     assert code == 0, err
     r = json.loads(out.strip().splitlines()[-1])
-    assert r["seam"] < 1.5 and r["abs_rel"] < 0.2 and r["d1"] > 0.6, r
+    assert r["seam"] < 4 and r["abs_rel"] < 0.2 and r["d1"] > 0.6, r
+
+
+def held_out_frames(n: int) -> list[tuple[torch.Tensor, np.ndarray]]:
+    """``n`` held-out 7-Scenes frames (800 on) as normalised (1, 3, 480, 640) tensors, with their depth (m)."""
+    files = sorted((SHARED / "rgbd-7scenes-redkitchen").rglob("frame-*.color.*"))
+    files = [f for f in files if int(f.name[6:12]) >= 800][::12][:n]
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    out = []
+    for f in files:
+        rgb = torch.from_numpy(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB)).permute(2, 0, 1).float() / 255
+        depth = cv2.imread(str(f).replace(".color.jpg", ".depth.png").replace(".color.png", ".depth.png"), -1)
+        out.append((((rgb - mean) / std)[None], depth.astype(np.float32) / 1000))
+    return out
+
+
+def test_depth_pictures_have_no_frame_and_no_line_where_a_window_ends():
+    """Look at a depth picture at 100 %: the outermost pixels are as right as the inside (no dark or bright
+    frame from the head's zero padding), and the steepest line near each window border is about what a
+    whole-image pass, which has no windows, has there (no straight line where a window's level ends)."""
+    from heads.model import load_head
+    from heads.predict import batch_fn
+
+    if not (SHARED / "rgbd-7scenes-redkitchen").exists():
+        pytest.skip("shared data not present")
+    model = load_head("depth-tiny").float()
+    tiled, whole = batch_fn(model, tile=True), batch_fn(model, tile=False)
+    edge_err, inner_err = [], []
+    for x, gt in held_out_frames(8):
+        with torch.no_grad():
+            d, w = tiled(x)["out"][0].numpy(), whole(x)["out"][0].numpy()
+        assert seam_ratio(d, 256) < 1.5 * seam_ratio(w, 256)
+        err = np.abs(d - gt) / np.maximum(gt, 1e-3)
+        valid = (gt > 0.1) & (gt < 10)
+        edge = np.zeros_like(valid)
+        edge[:3], edge[-3:], edge[:, :3], edge[:, -3:] = True, True, True, True
+        edge_err.append(err[valid & edge].mean())
+        inner_err.append(err[valid & ~edge].mean())
+    assert np.mean(edge_err) < 1.15 * np.mean(inner_err), (edge_err, inner_err)
+
+
+def test_the_image_border_is_predicted_inside_what_the_head_sees():
+    """A head that is wrong on the outer 3 pixels of whatever it is given (as zero padding makes it): with
+    the image mirrored outwards first, no output pixel comes from those, on the image's border either."""
+    from pixio_cli.sliding import reflect_border
+
+    def wrong_at_its_border(t: torch.Tensor) -> torch.Tensor:
+        out = torch.ones_like(t[:, 0])
+        out[:, :3], out[:, -3:], out[:, :, :3], out[:, :, -3:] = 0.0, 0.0, 0.0, 0.0
+        return out
+
+    x = torch.rand(1, 3, 300, 420)
+    assert float(sliding_window(wrong_at_its_border, x, 128).min()) == 0.0  # the frame, without mirroring
+    out = reflect_border(lambda t: sliding_window(wrong_at_its_border, t, 128), x, 16)
+    assert out.shape == (1, 300, 420) and float(out.min()) > 0.999
+    tiny = reflect_border(lambda t: t[:, 0] * 2, torch.rand(1, 3, 5, 7), 16)  # smaller than the mirror
+    assert tiny.shape == (1, 5, 7)
 
 
 def test_evaluate_segment_on_the_test_split_reports_what_segment_writes(cli, tmp_path):
@@ -127,3 +183,35 @@ def test_an_image_narrower_than_a_window_is_levelled_on_its_own_pixels():
     x = coordinates(20, 150)
     out = sliding_window(two_levels, x, 64, align_scale=True)[0]
     assert float(out.max() / out.min()) < 1.01, (out.min(), out.max())
+
+
+def patch_pattern(depth: np.ndarray, patch: int = 16) -> float:
+    """The share of a map's fine detail (the map minus a 31-pixel box blur) that lies at the patch period and
+    its first harmonics, in both directions: what a checkerboard of patch-sized squares adds."""
+    r = depth - cv2.blur(depth, (31, 31))
+    power = np.abs(np.fft.fft2(r)) ** 2
+    h, w = depth.shape
+    band = np.zeros_like(power, bool)
+    for m in (1, 2, 3):
+        for ky in (0, m * h // patch, -m * h // patch):
+            for kx in (0, m * w // patch, -m * w // patch):
+                if ky or kx:
+                    band[np.ix_([(ky + o) % h for o in (-1, 0, 1)], [(kx + o) % w for o in (-1, 0, 1)])] = True
+    return float(power[band].sum() / power.sum())
+
+
+def test_the_bundled_depth_heads_pictures_show_little_checkerboard():
+    """The 500-step head put 3.9 % of its pictures' fine detail in a patch-sized checkerboard; the bundled
+    one (1500 steps) 1.4 %. A map with no such pattern (the recorded depth) scores well under either."""
+    from heads.model import load_head
+    from heads.predict import batch_fn
+
+    if not (SHARED / "rgbd-7scenes-redkitchen").exists():
+        pytest.skip("shared data not present")
+    fn = batch_fn(load_head("depth-tiny").float(), tile=True)
+    ours, recorded = [], []
+    for x, gt in held_out_frames(8):
+        with torch.no_grad():
+            ours.append(patch_pattern(fn(x)["out"][0].numpy()))
+        recorded.append(patch_pattern(gt))
+    assert np.mean(ours) < 0.025 and np.mean(recorded) < 0.01, (ours, recorded)
