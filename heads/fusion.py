@@ -173,11 +173,11 @@ class FusedViews:
 
 
 def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np.ndarray, valid: np.ndarray,
-               grays: np.ndarray | None, f: Fusion = Fusion()) -> FusedViews:
+               grays: np.ndarray | None, f: Fusion = Fusion(), fixed: np.ndarray | None = None) -> FusedViews:
     """The steps of the module's docstring on V views; ``grays`` (V, h, w) float32 0-1, the images at the
     depth maps' size (None: no refinement by matching). A view with no neighbour, or whose neighbours
     confirm under ``min_agreeing`` of its pixels (cameras or depths too far off), keeps its valid pixels
-    unchecked (``checked`` False)."""
+    unchecked (``checked`` False). ``fixed`` (V, h, w): measured depths, which refinement leaves as they are."""
     V = len(depth)
     depth = depth.astype(np.float64)
     points = np.stack([world_points(depth[v], rays[v], cam2world[v]) for v in range(V)])
@@ -186,11 +186,12 @@ def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np
     if f.stereo is not None and grays is not None:
         changed = 0
         new = depth.copy()
+        movable = valid if fixed is None else valid & ~fixed
         for v in range(V):
             others = [(grays[n], K[n], cam2world[n]) for n in neighbours[v][:f.stereo.neighbours]]
             new[v], moved = refine_depth(depth[v], rays[v], cam2world[v], grays[v], others, f.stereo)
-            changed += int((moved & valid[v]).sum())
-        depth = np.where(valid, new, depth)
+            changed += int((moved & movable[v]).sum())
+        depth = np.where(movable, new, depth)
         refined = changed / max(int(valid.sum()), 1)
         points = np.stack([world_points(depth[v], rays[v], cam2world[v]) for v in range(V)])
     averaged, count = average_agreeing(depth, points, K, cam2world, valid, neighbours, f.rtol)
@@ -198,6 +199,8 @@ def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np
                         if valid[v].any() else False for v in range(V)])
     depth = np.where(checked[:, None, None], averaged, depth)
     keep = valid & ((count > 0) | ~checked[:, None, None])
+    if fixed is not None:  # measured depth needs no other view to confirm it
+        keep |= valid & fixed
     points = np.stack([world_points(depth[v], rays[v], cam2world[v]) for v in range(V)])
     first = finest_view(depth, points, K, cam2world, keep, overlapping, f.rtol)
     return FusedViews(depth, keep, first, checked, neighbours, refined)

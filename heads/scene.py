@@ -184,14 +184,15 @@ def camera_rays(pred: Predictions) -> np.ndarray:
     return rays
 
 
-def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None
+def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, fixed: np.ndarray | None = None
          ) -> tuple[Predictions, np.ndarray, np.ndarray, dict]:
     """The views' depths checked against each other, refined by matching the images ``colours`` (V, H, W, 3)
     and averaged where they agree (:func:`heads.fusion.fuse_views` with options ``f``), starting from the
     ``valid`` pixels. Returns the predictions with those depths and points; the pixels other views confirm
     (what a TSDF should average); of those, the ones to keep as points (each surface once); and a report:
     views checked, the names of those that could not be, the fraction of pixels matching the images
-    moved, and the pixels left by the check and by keeping each surface once."""
+    moved, and the pixels left by the check and by keeping each surface once. ``fixed`` (V, H, W) bool:
+    pixels whose depth was measured (known depth), which matching the images does not move."""
     import cv2
 
     from .fusion import Fusion, fuse_views, world_points
@@ -203,7 +204,7 @@ def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None
                      ).astype(np.float32) / 255
     c2w = pred.cam2world.astype(np.float64)
     out = fuse_views(pred.depth_z.astype(np.float64), np.nan_to_num(rays), c2w, pred.K.astype(np.float64), valid,
-                     grays, f)
+                     grays, f, fixed)
     pts = np.stack([world_points(d, r, T) for d, r, T in zip(out.depth, np.nan_to_num(rays), c2w)])
     fused = replace(pred, depth_z=np.where(valid, out.depth, pred.depth_z).astype(np.float32),
                     pts3d=np.where(valid[..., None], pts, pred.pts3d).astype(np.float32))
@@ -303,8 +304,8 @@ def predict_in_chunks(run, n: int, size: int, overlap: int, done: dict | None = 
 MIN_OBSERVATIONS = 20  # triangulated points a frame needs for its own depth scale (else the scene's)
 
 
-def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None = FieldFit()
-               ) -> tuple[Predictions, dict]:
+def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None = FieldFit(),
+               given_depth: np.ndarray | None = None) -> tuple[Predictions, dict]:
     """The network's depth on the cameras of structure from motion (:class:`heads.sfm.SfmCameras`), or
     on the network's own cameras when ``sfm`` is None.
 
@@ -315,7 +316,9 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None 
     scale, their median ratio; with under 20 points none) and placed on its refined camera,
     through the camera's own model. Frames the reconstruction left out keep the network's
     camera and depth, mapped onto the rest by a fit over the registered frames'
-    points. The world is the first frame's camera. Returns the new predictions and
+    points. Frames whose depth was given (``given_depth`` (V,) bool: known depth, in metres) keep it as it
+    is: it sets the reconstruction's scale and is not fitted to the points. The world is the first frame's
+    camera. Returns the new predictions and
     a report (frames registered, the names of those that were not, scales).
     """
     from .geometry import invert_pose
@@ -356,8 +359,11 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None 
         xy_obs, z_obs = sfm.observations[v]
         oh, ow = pred.original_hw[v]
         uv = (xy_obs + 0.5) * [W / ow, H / oh] - 0.5  # original pixels -> processing pixels
-        field, fitted = fit_depth_field(pred.depth_z[v].astype(np.float64), uv, z_obs * scale,
-                                        fit or FieldFit(grid=(1, 1)))
+        if given_depth is not None and given_depth[v]:  # measured: the points are fitted to it, not it to them
+            field, fitted = np.ones((H, W)), {}
+        else:
+            field, fitted = fit_depth_field(pred.depth_z[v].astype(np.float64), uv, z_obs * scale,
+                                            fit or FieldFit(grid=(1, 1)))
         depth_scales[v] = float(np.median(field))  # the correction's typical size, as one scale would be
         if "residual_after" in fitted:
             residuals.append((fitted["tracks"], fitted["residual_before"], fitted["residual_after"]))

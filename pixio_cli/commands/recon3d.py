@@ -39,6 +39,17 @@ def recon3d(
     intrinsics: Annotated[Optional[Path], typer.Option(
         help="Known camera: a 3x3 K (text, .npy or .json) for every image, or a JSON list of one K per image, "
              "in the original images' pixels.", show_default=False)] = None,
+    known_depth: Annotated[Optional[Path], typer.Option(
+        "--known-depth", help="A folder of known depth per image, by file name: <stem>.npy (z-depth in metres) or "
+                              "16-bit <stem>.png (millimetres); 0 = unknown. Needs --intrinsics or "
+                              "--known-cameras. It replaces the network's depth where known.",
+        show_default=False)] = None,
+    depth_scale: Annotated[Optional[float], typer.Option(
+        "--depth-scale", help="Stored depth values per metre (default: 1000 for PNG, 1 for .npy).", min=1e-9,
+        show_default=False)] = None,
+    depth_input: Annotated[bool, typer.Option(
+        "--depth-input/--no-depth-input", help="An RGB-D folder's depth images as known depth, or left out.")
+    ] = True,
     known_cameras: Annotated[Optional[Path], typer.Option(
         "--known-cameras", help="Known cameras: a cameras.json of pixio's (in metres) or a COLMAP model folder "
                                 "(with its points, which set the scale): no matching; the network gives each "
@@ -152,8 +163,6 @@ def recon3d(
     depth_images = set(rgbd_depth_images(items))
     if depth_images:  # an RGB-D sequence: its colour frames are the views
         items = [it for i, it in enumerate(items) if i not in depth_images]
-        typer.echo(f"pixio: an RGB-D sequence: its {len(items)} colour frames are the views, its "
-                   f"{len(depth_images)} depth images are left out", err=True)
     video = any(it.frame is not None for it in items)
     frames_folder = scene_path.parent / "images" if video and cameras is not None else None  # for COLMAP to find
     check_apart_from_inputs(items, inputs, [
@@ -168,12 +177,15 @@ def recon3d(
                              f"'{spaced[0]}' holds a space, which would read back as another name: use --cameras "
                              "colmap (binary), or names without spaces")
     Ks = read_intrinsics(intrinsics, len(items)) if intrinsics is not None else None  # one per input, in order
+    depth_files, Ks = _known_depth(items, known_depth, depth_scale, depth_input and bool(depth_images),
+                                   len(depth_images), Ks, known_cameras is not None)
     good = [i for i, it in enumerate(items) if it.error is None]
     if max_frames and len(good) > max_frames:  # frames, not failed inputs, are what is counted
         picks = {good[int(i)] for i in np.linspace(0, len(good) - 1, max_frames).round()}
         kept = [i for i in range(len(items)) if i in picks or items[i].error is not None]
         items = [items[i] for i in kept]
         Ks = [Ks[i] for i in kept] if Ks is not None else None
+        depth_files = [depth_files[i] for i in kept] if depth_files is not None else None
     engine = Engine(device, precision, 8, workers, progress=False if quiet else None)
     job = _start_sfm(items, Ks, matching, seed) if sfm and known_cameras is None else None  # runs beside the network
     stages = Stages(["loading the model and decoding", "predicting", "cameras", "fusing the views", "writing"],
@@ -232,7 +244,15 @@ def recon3d(
         sfm_cameras = job.result([s.index for s in samples], sizes, stages.detail) if job is not None else given
         if sfm_cameras is not None and sfm_cameras.focal_held:
             stages.say(f"pixio: note: {sfm_cameras.focal_held}")
-        pred, placed = on_cameras(pred, sfm_cameras, seed)
+        held, depth_report = None, None
+        if depth_files is not None:  # measured depth in place of the network's where known
+            from heads.known_depth import put_known_depth, read_depth
+
+            files = [depth_files[s.index] for s in samples]
+            pred, held, depth_report = put_known_depth(pred, [
+                read_depth(f, hw, depth_scale) if f is not None else None for f, hw in zip(files, sizes)])
+        pred, placed = on_cameras(pred, sfm_cameras, seed,
+                                  given_depth=held.any((1, 2)) if held is not None else None)
         solved = time.perf_counter()
     except BaseException:
         stages.close()
@@ -251,7 +271,7 @@ def recon3d(
     keep, counts = pixel_mask(pred, cleaning)
     surface, fused = keep, None  # what the mesh averages, and what fusion said
     if fusion:
-        pred, surface, keep, fused = fuse(pred, colours, keep)
+        pred, surface, keep, fused = fuse(pred, colours, keep, fixed=held)
         counts.update(after_views=fused["after_views"], after_once=fused["after_once"])
     # photos with nothing in common: matching registered none and no view sees what another sees
     apart = (job is not None and len(frames) > 1 and placed["registered"] == 0 and fused is not None
@@ -318,7 +338,7 @@ def recon3d(
               "fusion": {k: v for k, v in fused.items() if k != "unchecked"} | {"unchecked": len(fused["unchecked"])}
               if fused else None,
               "frame": "the first view's camera: x right, y down, z forward",
-              "predictions": str(save_predictions) if save_predictions else None,
+              "predictions": str(save_predictions) if save_predictions else None, "known_depth": depth_report,
               "seconds": {"load_and_decode": round(loaded - started, 2), "inference": round(inferred - loaded, 2),
                           "cameras": round(solved - inferred, 2), "sfm_thread": round(job.seconds, 2) if job else None,
                           "fusion": round(fusing_done - solved, 2), "mesh": round(meshed, 2) if mesh else None,
@@ -411,6 +431,46 @@ def _write_views(items: list, folder: Path) -> list[str]:
         else:
             write_bytes(folder / names[sample.index], Path(it.path).read_bytes())
     return names
+
+
+def _known_depth(items: list, folder: Optional[Path], per_metre: Optional[float], rgbd: bool, n_depth: int,
+                 Ks, given_cameras: bool):
+    """Each input's known-depth file (None where it has none), or None when no depth is given; and the K
+    for it (an RGB-D folder's ``camera-intrinsics.txt`` when no other is given). Every file is read and
+    checked now, before any work; said in one line."""
+    import cv2
+
+    from heads.known_depth import check_known_depth
+    from heads.scene import read_intrinsics
+
+    if folder is None and not rgbd:
+        if n_depth:
+            typer.echo(f"pixio: an RGB-D sequence: its {len(items)} colour frames are the views, its {n_depth} "
+                       "depth images are left out (--no-depth-input)", err=True)
+        return None, Ks
+    if folder is not None and not folder.is_dir():
+        raise UsageError(f"--known-depth {folder}: not a folder (of <stem>.npy or 16-bit <stem>.png files)")
+    if any(it.frame is not None for it in items):
+        raise UsageError("known depth is for image files, not video frames")
+    what = f"--known-depth {folder}" if folder is not None else f"the RGB-D sequence's {n_depth} depth images"
+    if Ks is None and not given_cameras:
+        found = {Path(it.path).parent / "camera-intrinsics.txt" for it in items}
+        if folder is None and len(found) == 1 and next(iter(found)).is_file():
+            Ks = read_intrinsics(next(iter(found)), len(items))
+        elif folder is None:  # the folder as it is still runs: on the colour frames alone, said
+            typer.echo(f"pixio: an RGB-D sequence: its {len(items)} colour frames are the views, its {n_depth} "
+                       "depth images are left out: known depth needs the camera's K (--intrinsics)", err=True)
+            return None, Ks
+        else:
+            raise UsageError(f"{what}: known depth needs the camera's K (--intrinsics or --known-cameras)")
+    sizes = []
+    for it in items:  # the images' own sizes, which each depth map must have
+        image = cv2.imread(it.path, cv2.IMREAD_COLOR) if it.error is None else None  # EXIF-turned, as decoded
+        sizes.append(image.shape[:2] if image is not None else (0, 0))
+    files = check_known_depth([Path(it.path) for it in items], sizes, folder, per_metre, required=folder is not None)
+    typer.echo(f"pixio: known depth for {sum(f is not None for f in files)} of {len(items)} views from {what}"
+               + (" (the colour frames are the views)" if folder is None else ""), err=True)
+    return files, Ks
 
 
 def _start_sfm(items: list, Ks, matching: "Matching", seed: int):

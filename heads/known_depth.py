@@ -1,0 +1,136 @@
+"""Depth the user already has (an RGB-D camera, a phone's LiDAR) in place of the network's.
+
+Each view's depth file is found by the image's name (:func:`depth_file_for`), read and checked before any
+work (:func:`read_depth`), and put in place of the network's depth where it is known; where it is not
+(0: no return), the network's depth fills in, fitted to the known depth around it by the same smooth
+correction field as on matched points (:func:`put_known_depth`). Known depth is z-depth in the image's own
+pixels and camera, so it needs the camera's K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from pixio_cli.errors import UsageError
+
+from .depth_fit import FieldFit, fit_depth_field
+
+PER_METRE = {".png": 1000.0, ".npy": 1.0}  # stored value per metre unless --depth-scale says otherwise
+FIT_SAMPLES = 4000  # known pixels the network's depth is fitted to, per view
+
+
+def _partners(image: Path) -> list[Path]:
+    """Where an RGB-D layout keeps the depth of colour frame ``image``: ``x.depth.png`` beside ``x.color.*``
+    (7-Scenes), ``x_depth.png`` beside ``x_color.*``, ``depth/<stem>.png`` beside ``rgb|color/<name>``."""
+    name, out = image.name, []
+    for colour, depth in ((".color.", ".depth."), ("_color.", "_depth.")):
+        if colour in name.lower():
+            i = name.lower().index(colour)
+            out.append(image.with_name(f"{name[:i]}{depth}png"))
+    if image.parent.name.lower() in ("rgb", "color", "colour", "image", "images"):
+        out.append(image.parent.parent / "depth" / f"{image.stem}.png")
+    return out
+
+
+def depth_file_for(image: Path, folder: Path | None) -> Path | None:
+    """The depth file of ``image``: in ``folder`` (``--known-depth``) the file named after the image's stem
+    (``.npy`` or ``.png``, also with ``.color``/``_color`` read as ``.depth``/``_depth``); without a folder,
+    its RGB-D partner beside it. None where there is none."""
+    if folder is None:
+        return next((p for p in _partners(image) if p.is_file()), None)
+    stems = [image.stem] + [p.name.rsplit(".", 1)[0] for p in _partners(image)]
+    for stem in stems:
+        for suffix in (".npy", ".png"):
+            if (folder / f"{stem}{suffix}").is_file():
+                return folder / f"{stem}{suffix}"
+    return None
+
+
+def read_depth(path: Path, hw: tuple[int, int], per_metre: float | None = None) -> np.ndarray:
+    """z-depth in metres (H, W) float32 from ``path`` (``.npy`` in metres, 16-bit ``.png`` in millimetres, or
+    ``per_metre`` stored values per metre), 0 where unknown; checked against the image's size ``hw``. A
+    :class:`UsageError` naming the file for anything else."""
+    import cv2
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            raw = np.load(path, allow_pickle=False)
+        elif suffix == ".png":
+            raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if raw is None:
+                raise ValueError("not a readable PNG")
+            if raw.dtype != np.uint16 or raw.ndim != 2:
+                raise ValueError(f"a {raw.dtype} PNG with {1 if raw.ndim == 2 else raw.shape[2]} channel(s), not "
+                                 "one 16-bit channel")
+        else:
+            raise ValueError("not a .npy or 16-bit .png depth file")
+    except (OSError, ValueError) as e:
+        raise UsageError(f"known depth {path}: {str(e).splitlines()[0][:150]}") from None
+    if raw.ndim != 2 or not np.issubdtype(raw.dtype, np.number):
+        raise UsageError(f"known depth {path}: expected one depth map (H, W) of numbers, got {raw.dtype} {raw.shape}")
+    if tuple(raw.shape) != tuple(hw):
+        raise UsageError(f"known depth {path}: {raw.shape[1]}x{raw.shape[0]}, but its image is {hw[1]}x{hw[0]}")
+    depth = raw.astype(np.float64) / (per_metre or PER_METRE[suffix])
+    if not np.isfinite(depth).all():
+        raise UsageError(f"known depth {path}: {int((~np.isfinite(depth)).sum())} values are not finite (NaN or "
+                         "inf); write 0 where the depth is unknown")
+    if (depth < 0).any():
+        raise UsageError(f"known depth {path}: {int((depth < 0).sum())} negative values; write 0 where the depth "
+                         "is unknown")
+    return depth.astype(np.float32)
+
+
+def put_known_depth(pred, depths: list[np.ndarray | None]):
+    """``pred`` (:class:`heads.scene.Predictions`) with each view's known depth (original pixels, metres, 0
+    unknown; None: no file) in place of the network's where it is known, the network's fitted to it
+    elsewhere, and the points moved with it. Returns the predictions, which pixels hold known depth
+    (V, H, W) bool, and a report (views with depth, the share of their pixels it covers)."""
+    import cv2
+
+    V, H, W = pred.depth_z.shape
+    held = np.zeros((V, H, W), bool)
+    depth_z = pred.depth_z.astype(np.float64).copy()
+    rng = np.random.default_rng(0)
+    for v, known in enumerate(depths):
+        if known is None:
+            continue
+        small = cv2.resize(known, (W, H), interpolation=cv2.INTER_NEAREST)  # no mixing across edges
+        ok = small > 0
+        if ok.any():
+            vv, uu = np.nonzero(ok)
+            pick = rng.choice(len(vv), min(len(vv), FIT_SAMPLES), replace=False)
+            field, _ = fit_depth_field(depth_z[v], np.stack([uu[pick], vv[pick]], 1).astype(np.float64),
+                                       small[vv[pick], uu[pick]].astype(np.float64), FieldFit())
+            depth_z[v] = np.where(ok, small, depth_z[v] * field)
+        held[v] = ok
+    K = pred.K.astype(np.float64)  # the given K, at the processing size: known depth comes with one
+    v_, u_ = np.mgrid[0:H, 0:W].astype(np.float64)
+    rays = np.stack([(u_[None] - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None],
+                     (v_[None] - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None]], -1)
+    c2w = pred.cam2world.astype(np.float64)
+    cam = np.concatenate([rays * depth_z[..., None], depth_z[..., None]], -1)
+    pts = np.einsum("vhwk,vjk->vhwj", cam, c2w[:, :3, :3]) + c2w[:, None, None, :3, 3]
+    with_depth = [v for v, d in enumerate(depths) if d is not None]
+    report = {"views": len(with_depth),
+              "covered": round(float(held[with_depth].mean()), 4) if with_depth else 0.0}
+    return replace(pred, depth_z=depth_z.astype(np.float32), pts3d=pts.astype(np.float32)), held, report
+
+
+def check_known_depth(images: list[Path], sizes: list[tuple[int, int]], folder: Path | None,
+                      per_metre: float | None, required: bool) -> list[Path | None]:
+    """Each image's depth file, every one read and checked now (before any work). With ``required`` (a
+    ``--known-depth`` folder) an image without one is an error naming the file looked for."""
+    files = []
+    for image, hw in zip(images, sizes):
+        found = depth_file_for(image, folder)
+        if found is None and required:
+            raise UsageError(f"--known-depth {folder}: no depth file for {image.name} "
+                             f"(looked for {image.stem}.npy or {image.stem}.png)")
+        if found is not None:
+            read_depth(found, hw, per_metre)
+        files.append(found)
+    return files
