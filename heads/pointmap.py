@@ -52,6 +52,7 @@ class PointMapConfig:
     pose_dim: int | None = None  # pose head width; MapAnything's is 4 x patch^2 (1024)
     scale_hidden: int = 196
     ray_dims: list[int] = field(default_factory=lambda: [588, 768, 1024])
+    geometric_inputs: bool = False  # MapAnything's encoders of known depth, poses and their scales
 
     @classmethod
     def from_dict(cls, d: dict) -> "PointMapConfig":
@@ -78,8 +79,9 @@ class ResidualBlock(nn.Module):
 
 
 class RayEncoder(nn.Module):
-    """Per-pixel camera rays (B, 3, H, W) -> one token per patch (B, H/p * W/p, D): pixel-unshuffle,
-    convolutions, LayerNorm (UniCeption's dense representation encoder, no position embedding)."""
+    """Per-pixel inputs (B, C, H, W): camera rays (C 3) or depth (C 1) -> one token per patch (B, H/p * W/p, D):
+    pixel-unshuffle, convolutions, LayerNorm (UniCeption's dense representation encoder, no position
+    embedding)."""
 
     def __init__(self, patch: int, dims: list[int], embed_dim: int, in_chans: int = 3) -> None:
         super().__init__()
@@ -93,6 +95,22 @@ class RayEncoder(nn.Module):
     def forward(self, rays: torch.Tensor) -> torch.Tensor:
         x = self.encoder(self.conv_in(self.unshuffle(rays)))
         return self.norm_layer(x.flatten(2).transpose(1, 2))
+
+
+class GlobalEncoder(nn.Module):
+    """One vector per view (B, C) -> (B, D): Linear-GELU x 3, Linear, LayerNorm (UniCeption's global
+    representation encoder, nested as it nests them, so the checkpoint's names fit)."""
+
+    def __init__(self, in_chans: int, embed_dim: int, dims: tuple[int, ...] = (128, 256, 512)) -> None:
+        super().__init__()
+        encoder: nn.Module = nn.Sequential(nn.Linear(in_chans, dims[0]), nn.GELU())
+        for a, b in zip(dims[:-1], dims[1:]):
+            encoder = nn.Sequential(encoder, nn.Linear(a, b), nn.GELU())
+        self.encoder = nn.Sequential(encoder, nn.Linear(dims[-1], embed_dim))
+        self.norm_layer = LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_layer(self.encoder(x))
 
 
 class MultiViewTransformer(nn.Module):
@@ -242,6 +260,12 @@ class PointMapModel(nn.Module):
         self.pose_head = PoseHead(cfg.dim, cfg.pose_dim or 4 * p * p, cfg.pose_blocks)
         self.scale_head = ScaleHead(cfg.dim, cfg.scale_hidden)
         self.ray_dirs_encoder = RayEncoder(p, cfg.ray_dims, d)
+        if cfg.geometric_inputs:
+            self.depth_encoder = RayEncoder(p, cfg.ray_dims, d, in_chans=1)
+            self.depth_scale_encoder = GlobalEncoder(1, d)
+            self.cam_rot_encoder = GlobalEncoder(4, d)
+            self.cam_trans_encoder = GlobalEncoder(3, d)
+            self.cam_trans_scale_encoder = GlobalEncoder(1, d)
 
     def init_weights(self) -> None:
         """Random initialisation for training from scratch (the encoder is left as it is)."""
@@ -257,19 +281,33 @@ class PointMapModel(nn.Module):
     def float32_parts(self) -> list[nn.Module]:
         """The modules MapAnything runs in float32 whatever the precision of the rest (geometric
         inputs and their fusion, and the heads)."""
-        return [self.ray_dirs_encoder, self.fusion_norm_layer, self.dpt, self.regressor, self.pose_head,
-                self.scale_head]
+        parts = [self.ray_dirs_encoder, self.fusion_norm_layer, self.dpt, self.regressor, self.pose_head,
+                 self.scale_head]
+        if self.cfg.geometric_inputs:
+            parts += [self.depth_encoder, self.depth_scale_encoder, self.cam_rot_encoder, self.cam_trans_encoder,
+                      self.cam_trans_scale_encoder]
+        return parts
 
-    def forward(self, images: torch.Tensor, rays: torch.Tensor | None = None) -> PointMapOutput:
-        """``rays``: known unit ray directions (B, V, H, W, 3) of each view's camera, or None."""
+    def forward(self, images: torch.Tensor, rays: torch.Tensor | None = None, depth_ray: torch.Tensor | None = None,
+                cam2world: torch.Tensor | None = None, metric: bool = True) -> PointMapOutput:
+        """Known inputs, each optional: ``rays`` unit ray directions (B, V, H, W, 3) of each view's camera;
+        with a model that has MapAnything's encoders of them, ``depth_ray`` depth along those rays (B, V, H,
+        W), 0 where unknown, and ``cam2world`` poses (B, V, 4, 4), OpenCV axes, in metres when ``metric``.
+        The outputs are in the first view's camera frame, as MapAnything's."""
         B, V, _, H, W = images.shape
         p, n_cls = self.encoder.patch_size, self.encoder.n_cls_tokens
         h, w = H // p, W // p
+        if (depth_ray is not None or cam2world is not None) and not self.cfg.geometric_inputs:
+            raise CheckpointError("this point-map model has no encoders of known depth or poses (MapAnything's do)")
         tokens = self.encoder(images.reshape(B * V, 3, H, W))[:, n_cls:]
         with torch.autocast(images.device.type, enabled=False):
             tokens = tokens.float()
             if rays is not None:
                 tokens = tokens + self.ray_dirs_encoder(rays.reshape(B * V, H, W, 3).permute(0, 3, 1, 2).float())
+            if depth_ray is not None:
+                tokens = tokens + self._depth_tokens(depth_ray.reshape(B * V, H, W).float(), metric)
+            if cam2world is not None:
+                tokens = tokens + self._pose_tokens(cam2world.float(), metric).reshape(B * V, 1, -1)
             fused = self.fusion_norm_layer(tokens)  # (BV, hw, D)
         extra = self.scale_token.to(fused.dtype).expand(B, 1, -1)
         layers = self.info_sharing(fused.reshape(B, V, h * w, -1), extra)
@@ -288,6 +326,77 @@ class PointMapModel(nn.Module):
             pose = self.pose_head(maps(layers[-1]))
             scale = self.scale_head(layers[-1][:, -1].float()).exp().clamp(min=1e-8)  # (B,)
         return decode(dense.reshape(B, V, H, W, 6), pose.reshape(B, V, 7), scale)
+
+
+    def _depth_tokens(self, depth: torch.Tensor, metric: bool) -> torch.Tensor:
+        """Known depth along the rays (N, H, W) -> tokens (N, hw, D) (see :func:`depth_inputs`)."""
+        rel, log_norm, given = depth_inputs(depth)
+        out = self.depth_encoder(rel[:, None])
+        if metric:
+            out = out + self.depth_scale_encoder(log_norm[:, None])[:, None]
+        return out * given[:, None, None]  # a view with no depth is given none
+
+    def _pose_tokens(self, cam2world: torch.Tensor, metric: bool) -> torch.Tensor:
+        """Known poses (B, V, 4, 4) -> one vector per view (B, V, D) (see :func:`pose_inputs`)."""
+        rel_q, rel_t, log_factor = pose_inputs(cam2world)
+        out = self.cam_rot_encoder(rel_q) + self.cam_trans_encoder(rel_t)
+        if metric:
+            out = out + self.cam_trans_scale_encoder(log_factor[:, None, None].expand(-1, rel_q.shape[1], 1))
+        return out
+
+
+def depth_inputs(depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What MapAnything's depth encoders see of known depth along the rays (N, H, W), 0 unknown: each view's
+    depth over its mean known depth, log1p (N, H, W); the log of that mean (N,), for the scale encoder; and
+    which views hold any depth (N,)."""
+    known = depth > 0
+    norm = ((depth * known).sum((1, 2)) / (known.sum((1, 2)) + 1e-8)).clamp(min=1e-8)
+    return torch.log1p(depth / norm[:, None, None]), torch.log(norm + 1e-8), known.flatten(1).any(1)
+
+
+def pose_inputs(cam2world: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What MapAnything's pose encoders see of known poses (B, V, 4, 4): each camera relative to the first,
+    its rotation as a quaternion (B, V, 4) (x, y, z, w) and its translation over the mean length of the
+    non-zero relative translations (B, V, 3); and the log of that mean (B,), for the scale encoder."""
+    q = matrix_to_quaternion(cam2world[..., :3, :3])
+    q0_inv = q[:, :1] * torch.tensor([-1.0, -1.0, -1.0, 1.0], device=q.device) / (q[:, :1] ** 2).sum(-1, keepdim=True)
+    rel_q = quaternion_multiply(q0_inv.expand_as(q), q)
+    R0_inv = quaternion_to_matrix(q0_inv)  # (B, 1, 3, 3)
+    t = cam2world[..., :3, 3]
+    rel_t = torch.einsum("bvij,bvj->bvi", R0_inv.expand(-1, t.shape[1], -1, -1), t - t[:, :1])
+    lengths = rel_t.norm(dim=-1)
+    factor = (lengths.sum(1) / ((lengths > 0).sum(1) + 1e-8)).clamp(min=1e-8)
+    return rel_q, rel_t / factor[:, None, None], torch.log(factor + 1e-8)
+
+
+def matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions (..., 4) in (x, y, z, w) order with w >= 0 from rotation matrices (..., 3, 3)."""
+    m = R.reshape(-1, 3, 3)
+    trace = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
+    cands = torch.stack([  # 4 |q_i| ** 2 for i = w, x, y, z; the largest is the stable one to divide by
+        1 + trace, 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], 1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2],
+        1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1)
+    best = cands.argmax(-1)
+    q = torch.empty(len(m), 4, dtype=m.dtype, device=m.device)  # x, y, z, w
+    for i, (a, b, c, d) in enumerate([  # w, x, y, z times 4 * q_i for each choice of i
+        (cands[:, 0], m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]),
+        (m[:, 2, 1] - m[:, 1, 2], cands[:, 1], m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0]),
+        (m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], cands[:, 2], m[:, 1, 2] + m[:, 2, 1]),
+        (m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1], cands[:, 3])]):
+        sel = best == i
+        k = 0.5 / cands[sel, i].clamp(min=1e-12).sqrt()
+        q[sel] = torch.stack([b[sel] * k, c[sel] * k, d[sel] * k, a[sel] * k], -1)
+    q = q / q.norm(dim=-1, keepdim=True)
+    q = torch.where(q[:, 3:] < 0, -q, q)
+    return q.reshape(*R.shape[:-2], 4)
+
+
+def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The Hamilton product a b of quaternions (..., 4) in (x, y, z, w) order."""
+    ax, ay, az, aw = a.unbind(-1)
+    bx, by, bz, bw = b.unbind(-1)
+    return torch.stack([aw * bx + ax * bw + ay * bz - az * by, aw * by - ax * bz + ay * bw + az * bx,
+                        aw * bz + ax * by - ay * bx + az * bw, aw * bw - ax * bx - ay * by - az * bz], -1)
 
 
 def decode(dense: torch.Tensor, pose: torch.Tensor, scale: torch.Tensor) -> PointMapOutput:
@@ -334,10 +443,7 @@ def rays_from_intrinsics(K: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- MapAnything's checkpoint
 
-# MapAnything's encoders for inputs this model does not take (depth, poses, scales): in the public
-# checkpoint, not used by the images(-and-intrinsics) path.
-UNUSED_PREFIXES = ("depth_encoder.", "depth_scale_encoder.", "cam_rot_encoder.", "cam_trans_encoder.",
-                   "cam_trans_scale_encoder.")
+UNUSED_PREFIXES: tuple[str, ...] = ()  # every tensor of MapAnything's checkpoint is used
 
 _ALIASES = [  # modules MapAnything reaches under two names; the file keeps one of them
     (r"^dpt_feature_head\.", "dense_head.0."),
@@ -394,7 +500,7 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], patch: int) -> PointMapC
                           dpt_channels=dpt_channels, dpt_features=sd["dpt.scratch.layer1_rn.weight"].shape[0],
                           pose_blocks=pose_blocks, pose_dim=None if sd["pose_head.proj.weight"].shape[0] == 4 * patch * patch
                           else sd["pose_head.proj.weight"].shape[0], scale_hidden=sd["scale_head.proj.weight"].shape[0],
-                          ray_dims=ray_dims)
+                          ray_dims=ray_dims, geometric_inputs="depth_encoder.conv_in.weight" in sd)
 
 
 def intrinsics(rays: np.ndarray) -> np.ndarray:

@@ -55,26 +55,42 @@ class Predictions:
 
 
 def predict(model: PointMapModel, pixels: torch.Tensor, names: list[str], original_hw: list[tuple[int, int]],
-            K_original: list[np.ndarray] | None = None) -> Predictions:
+            K_original: list[np.ndarray] | None = None, depth_z: list[np.ndarray | None] | None = None,
+            cam2world: np.ndarray | None = None) -> Predictions:
     """Run ``model`` on V views (V, 3, H, W) (normalised, on the model's device; caller sets precision).
 
     ``K_original``: known intrinsics per view in its original pixels; they are
     given to the model (as MapAnything takes them) and reported as they are.
+    A model with MapAnything's encoders of them also takes known ``depth_z`` per
+    view (H, W) in metres at the processing size, 0 unknown (None: none for that
+    view), and known ``cam2world`` (V, 4, 4) in metres; its outputs, in the
+    first view's frame, are then put in the frame of the given cameras.
     """
     V, _, H, W = pixels.shape
-    rays = None
+    rays = depth_ray = poses = None
     if K_original is not None:
         K_proc = np.stack([scale_intrinsics(k, hw, (H, W)) for k, hw in zip(K_original, original_hw)])
         rays = rays_from_intrinsics(torch.from_numpy(K_proc).float().to(pixels.device), H, W)[None]
-    out = model(pixels[None], rays)
+    if depth_z is not None and any(d is not None for d in depth_z):
+        z = torch.from_numpy(np.stack([d if d is not None else np.zeros((H, W), np.float32) for d in depth_z]))
+        depth_ray = (z.to(pixels.device) * (rays[0] / rays[0][..., 2:]).norm(dim=-1))[None]
+    if cam2world is not None:
+        poses = torch.from_numpy(np.asarray(cam2world, np.float32)).to(pixels.device)[None]
+    out = model(pixels[None], rays, depth_ray, poses) if (depth_ray is not None or poses is not None) \
+        else model(pixels[None], rays)
+    pts3d, c2w = out.pts3d[0].float().cpu().numpy(), out.cam2world[0].float().cpu().numpy()
+    if poses is not None:  # from the first view's frame to the given cameras'
+        T = np.asarray(cam2world[0], np.float64)
+        pts3d = (pts3d.astype(np.float64) @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+        c2w = (T @ c2w.astype(np.float64)).astype(np.float32)
     pred_rays = out.rays[0].float().cpu().numpy()
     K = intrinsics(pred_rays) if K_original is None else K_proc
     K_orig = np.stack([scale_intrinsics(k, (H, W), hw) for k, hw in zip(K, original_hw)]) \
         if K_original is None else np.stack(K_original)
     return Predictions(
-        images=list(names), pts3d=out.pts3d[0].float().cpu().numpy(), depth_z=out.depth_z[0].float().cpu().numpy(),
+        images=list(names), pts3d=pts3d, depth_z=out.depth_z[0].float().cpu().numpy(),
         conf=out.conf[0].float().cpu().numpy(), mask=(out.mask_logits[0] > 0).cpu().numpy(),
-        cam2world=out.cam2world[0].float().cpu().numpy(), K=K.astype(np.float32), K_original=K_orig.astype(np.float32),
+        cam2world=c2w, K=K.astype(np.float32), K_original=K_orig.astype(np.float32),
         original_hw=np.array(original_hw, np.int64), scale=float(out.scale[0]), metric=model.metric)
 
 
@@ -390,13 +406,14 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None 
         moved = transformed(pred, s, R, t)
         for name in placed:
             getattr(refined, name)[unreg] = getattr(moved, name)[unreg]
-    world = _first_frame_world(refined)
+    world = refined if sfm.known else _first_frame_world(refined)  # given cameras: the user's frame
     return world, {"registered": int(len(reg)), "unregistered": [pred.images[v] for v in unreg],
                    "cameras": "given" if sfm.known else "sfm",
                    "points": int(sfm.points), "reprojection_error_px": round(float(sfm.reprojection_error), 3),
                    "sfm_scale": round(scale, 6), "depth_scales": [round(float(d), 4) for d in depth_scales],
                    "depth_fit": _fit_report(residuals),
-                   "to_output": invert_pose(refined.cam2world[0].astype(np.float64)).tolist()}
+                   "to_output": (np.eye(4) if sfm.known else invert_pose(refined.cam2world[0].astype(np.float64))
+                                 ).tolist()}
 
 
 def _fit_report(residuals: list[tuple[int, float, float]]) -> dict | None:

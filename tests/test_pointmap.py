@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from heads import geometry as G
-from heads.pointmap import (UNUSED_PREFIXES, PointMapConfig, PointMapModel, load_pointmap, quaternion_to_matrix,
+from heads.pointmap import (PointMapConfig, PointMapModel, load_pointmap, quaternion_to_matrix,
                             rays_from_intrinsics, save_pointmap)
 from heads.scene import Predictions
 from pixio_cli.encoder import size_config
@@ -50,9 +50,6 @@ def to_mapanything(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         k2 = re.sub(r"^dpt\.scratch\.", "dense_head.0.scratch.", k2)
         k2 = re.sub(r"^regressor\.", "dense_head.1.", k2)
         out[k2] = v.clone()
-    # MapAnything's encoders of other geometric inputs: present in the file, not used by images
-    for prefix in UNUSED_PREFIXES:
-        out[prefix + "norm_layer.weight"] = torch.randn(192)
     return out
 
 
@@ -84,8 +81,8 @@ def test_public_layout_loads_strictly_and_gives_the_same_outputs(model, tmp_path
 def test_mapanything_pixio_checkpoint_key_list_maps_onto_our_model_exactly():
     """The real names and shapes of MapAnything's Pixio-H checkpoint (852 tensors, as its own code builds the
     model: facebookresearch/map-anything f7ebafb with uniception 0.1.7, safetensors' de-duplicated names),
-    not names derived from our mapping: every tensor lands in our model or is one of the unused encoders,
-    and nothing of the model is left without one."""
+    not names derived from our mapping: every tensor lands in our model, the encoders of known depth and
+    poses included, and nothing of the model is left without one."""
     import gzip
 
     from heads.pointmap import config_from_state_dict, from_mapanything, is_mapanything_layout
@@ -97,11 +94,11 @@ def test_mapanything_pixio_checkpoint_key_list_maps_onto_our_model_exactly():
           for name, shape in (row.split("\t") for row in rows)}
     assert len(sd) == 852 and is_mapanything_layout(sd)
     ours, unused = from_mapanything(sd)
-    assert {u.split(".")[0] + "." for u in unused} == set(UNUSED_PREFIXES)
+    assert unused == []
     enc_cfg = infer_config({k[len("encoder."):]: v for k, v in ours.items() if k.startswith("encoder.")})
     assert (enc_cfg.embed_dim, enc_cfg.depth, enc_cfg.patch_size, enc_cfg.n_cls_tokens) == (1280, 32, 16, 8)
     cfg = config_from_state_dict(ours, enc_cfg.patch_size)
-    assert (cfg.dim, cfg.depth, cfg.taps, cfg.dpt_features) == (768, 24, [11, 17], 256)
+    assert (cfg.dim, cfg.depth, cfg.taps, cfg.dpt_features, cfg.geometric_inputs) == (768, 24, [11, 17], 256, True)
     with torch.device("meta"):
         expected = PointMapModel(PixioEncoder(enc_cfg), cfg).state_dict()
     assert set(ours) == set(expected)
@@ -475,3 +472,49 @@ def test_train_pointmap_on_two_ddp_processes(tiny_encoder_file, frames, tmp_path
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout.strip().splitlines()[-1])["batch_size"] == 2
     assert load_pointmap(str(out / "pointmap.safetensors")).provenance["steps"] == 3
+
+
+def test_known_poses_and_depth_reach_the_encoders_as_mapanythings_code_makes_them():
+    """tests/data/mapanything_geometric_inputs.npz was written by scripts/mapanything_inputs_fixture.py with
+    MapAnything's own functions (facebookresearch/map-anything f7ebafb): relative quaternions, normalised
+    translations and depths, and the logs of their scales, for 2 x 4 random poses and 3 depth maps (one
+    empty)."""
+    from heads.pointmap import depth_inputs, pose_inputs
+
+    ref = np.load(Path(__file__).parent / "data" / "mapanything_geometric_inputs.npz")
+    rel_q, rel_t, log_factor = pose_inputs(torch.from_numpy(ref["cam2world"]))
+    assert torch.allclose(rel_q, torch.from_numpy(ref["rel_q"]), atol=1e-5)
+    assert torch.allclose(rel_t, torch.from_numpy(ref["rel_t"]), atol=1e-5)
+    assert torch.allclose(log_factor, torch.from_numpy(ref["log_pose_factor"]), atol=1e-5)
+    rel, log_norm, given = depth_inputs(torch.from_numpy(ref["depth"]))
+    assert torch.allclose(rel, torch.from_numpy(ref["log_depth"]), atol=1e-6)
+    assert torch.allclose(log_norm, torch.from_numpy(ref["log_depth_factor"]), atol=1e-5)
+    assert given.tolist() == [True, True, False]
+
+
+def test_known_poses_in_any_world_frame_give_the_same_scene_in_that_frame():
+    """Only poses relative to the first camera enter the model: the same cameras moved by a rigid transform
+    give the same depths, and the points and cameras come out moved by it (outputs in the given frame)."""
+    from heads.scene import predict
+
+    cfg = PointMapConfig(**{**SMALL.to_dict(), "geometric_inputs": True})
+    torch.manual_seed(0)
+    net = PointMapModel(small_model().encoder, cfg)
+    net.init_weights()
+    net.eval()
+    x = images(3, 32, 48)[0]
+    K = [np.array([[40.0, 0, 24], [0, 40.0, 16], [0, 0, 1]])] * 3
+    poses = np.tile(np.eye(4), (3, 1, 1))
+    poses[:, 0, 3] = [0.0, 0.3, 0.6]
+    move = np.eye(4)
+    move[:3, :3] = quaternion_to_matrix(torch.tensor([0.2, -0.1, 0.3, 0.9]) / torch.tensor([0.2, -0.1, 0.3, 0.9]).norm()).numpy()
+    move[:3, 3] = [5.0, -2.0, 1.0]
+    depth = [np.full((32, 48), 2.0, np.float32)] * 3
+    with torch.no_grad():
+        a = predict(net, x, ["a", "b", "c"], [(32, 48)] * 3, K, depth, poses)
+        b = predict(net, x, ["a", "b", "c"], [(32, 48)] * 3, K, depth, move @ poses)
+        c = predict(net, x, ["a", "b", "c"], [(32, 48)] * 3, K)
+    assert np.allclose(a.depth_z, b.depth_z, rtol=1e-4)
+    assert np.allclose(b.pts3d, a.pts3d @ move[:3, :3].T + move[:3, 3], atol=1e-3)
+    assert np.allclose(b.cam2world, move @ a.cam2world, atol=1e-4)
+    assert not np.allclose(a.depth_z, c.depth_z)  # the depth and poses were used

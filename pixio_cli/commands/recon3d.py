@@ -217,15 +217,25 @@ def recon3d(
         # the views, in chunks aligned to each other
         stages.next(f"{len(frames)} views")
 
+        # a model with MapAnything's encoders of them takes known depth and metric cameras as inputs
+        takes = net.cfg.geometric_inputs
+        model_depth = _depth_at_size(depth_files, samples, sizes, depth_scale, frames[0].shape[:2]) \
+            if takes and depth_files is not None else None
+        model_poses = given.cam2world if takes and given is not None and given.scale is not None else None
+
         def run(views: list[int]):
             with torch.inference_mode(), autocast(engine.device, engine.dtype):
                 return predict(net, engine.to_pixels([frames[i] for i in views]), [names[i] for i in views],
-                               [sizes[i] for i in views], [known[i] for i in views] if known else None)
+                               [sizes[i] for i in views], [known[i] for i in views] if known else None,
+                               [model_depth[i] for i in views] if model_depth is not None else None,
+                               model_poses[views] if model_poses is not None else None)
 
         parts = _Parts(save_predictions, {  # what decides a chunk's numbers: an edited input or model redoes it
             "model": model_identity(model), "size": list(frames[0].shape[:2]), "chunk": chunk, "overlap": overlap,
             "images": names, "inputs": [item_identity(items[s.index]) for s in samples],
-            "intrinsics": [k.tolist() for k in known] if known else None, "precision": str(engine.dtype)})
+            "intrinsics": [k.tolist() for k in known] if known else None, "precision": str(engine.dtype),
+            "known_depth": [str(f) for f in depth_files] if model_depth is not None else None,
+            "known_poses": model_poses.tolist() if model_poses is not None else None})
         try:
             pred, chunks = predict_in_chunks(run, len(frames), chunk, overlap, parts.done(), parts.save, seed)
         except torch.cuda.OutOfMemoryError:
@@ -245,14 +255,21 @@ def recon3d(
         if sfm_cameras is not None and sfm_cameras.focal_held:
             stages.say(f"pixio: note: {sfm_cameras.focal_held}")
         held, depth_report = None, None
-        if depth_files is not None:  # measured depth in place of the network's where known
+        if model_poses is not None:  # the model took the cameras: its outputs are in their frame already
+            sfm_cameras = None
+        if depth_files is not None and model_depth is None:  # measured depth in place of the network's
             from heads.known_depth import put_known_depth, read_depth
 
             files = [depth_files[s.index] for s in samples]
             pred, held, depth_report = put_known_depth(pred, [
                 read_depth(f, hw, depth_scale) if f is not None else None for f, hw in zip(files, sizes)])
-        pred, placed = on_cameras(pred, sfm_cameras, seed,
-                                  given_depth=held.any((1, 2)) if held is not None else None)
+        if model_depth is not None:
+            depth_report = {"views": sum(d is not None for d in model_depth), "given_to_the_model": True}
+        if model_poses is not None:
+            placed = {"cameras": "given to the model", "registered": len(frames), "unregistered": []}
+        else:
+            pred, placed = on_cameras(pred, sfm_cameras, seed,
+                                      given_depth=held.any((1, 2)) if held is not None else None)
         solved = time.perf_counter()
     except BaseException:
         stages.close()
@@ -471,6 +488,21 @@ def _known_depth(items: list, folder: Optional[Path], per_metre: Optional[float]
     typer.echo(f"pixio: known depth for {sum(f is not None for f in files)} of {len(items)} views from {what}"
                + (" (the colour frames are the views)" if folder is None else ""), err=True)
     return files, Ks
+
+
+def _depth_at_size(files: list, samples: list, sizes: list, per_metre, hw: tuple[int, int]) -> list:
+    """Each view's known depth (None where it has none) at the processing size ``hw`` (nearest: no mixing
+    across edges), in metres, for a model that takes depth as an input."""
+    import cv2
+
+    from heads.known_depth import read_depth
+
+    out = []
+    for s, size in zip(samples, sizes):
+        f = files[s.index]
+        out.append(None if f is None else cv2.resize(read_depth(f, size, per_metre), (hw[1], hw[0]),
+                                                     interpolation=cv2.INTER_NEAREST))
+    return out
 
 
 def _start_sfm(items: list, Ks, matching: "Matching", seed: int):
