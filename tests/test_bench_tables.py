@@ -1,0 +1,27 @@
+"""The benchmark tables say what a ratio is: bold only for ours against a reference at the same precision,
+in the reference's best mode."""
+
+from __future__ import annotations
+
+from benchmarks.run_all import ratio_cell
+
+
+def test_a_ratio_across_precisions_is_not_bold_and_says_so():
+    r = {"precision": "bfloat16", "reference_precision": "float32", "ratio": 1.69}
+    cell = ratio_cell("depth", r, {})
+    assert "**" not in cell and "not measured at fp32" in cell and "precision gain (bf16 against fp32)" in cell
+    same = ratio_cell("extract_e2e", {"precision": "bf16", "ratio": 1.83, "ratio_fp32": 1.11}, {})
+    assert same.startswith("**1.11x** at fp32")
+    assert ratio_cell("depth", {"precision": "float32", "reference_precision": "float32", "ratio": 1.09}, {}) == "**1.09x**"
+
+
+def test_our_model_against_itself_in_fp32_is_labelled_a_precision_ratio():
+    cell = ratio_cell("pointmap", {"precision": "bfloat16", "reference_precision": "float32", "ratio": 9.2}, {})
+    assert "**" not in cell and "precision ratio" in cell
+
+
+def test_a_compiled_run_is_measured_against_the_references_best_mode():
+    table = {"extract": {"reference_img_s": 1158.63}}
+    r = {"precision": "bfloat16", "ours_img_s": 1365.11, "reference_img_s": 768.07, "ratio": 1.777}
+    cell = ratio_cell("extract_compiled", r, table)
+    assert cell.startswith("**1.178x** against transformers' best mode (1158.63 img/s)")
