@@ -9,6 +9,7 @@ pixels and camera, so it needs the camera's K.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,12 +20,54 @@ from pixio_cli.errors import UsageError
 from .depth_fit import FieldFit, fit_depth_field
 
 PER_METRE = {".png": 1000.0, ".npy": 1.0}  # stored value per metre unless --depth-scale says otherwise
+TUM_PER_METRE = 5000.0  # TUM RGB-D's depth PNGs
+TUM_MAX_GAP = 0.02  # seconds: TUM's associate.py pairs colour and depth frames at most this far apart
 FIT_SAMPLES = 4000  # known pixels the network's depth is fitted to, per view
+
+
+def per_metre_of(path: Path) -> float:
+    """Stored depth values per metre of a depth file, as its layout has them: TUM's (a ``depth/`` folder
+    beside its ``depth.txt``) 5000, other PNGs 1000 (millimetres), ``.npy`` 1 (metres)."""
+    if path.suffix.lower() == ".png" and path.parent.name == "depth" and (path.parent.parent / "depth.txt").is_file():
+        return TUM_PER_METRE
+    return PER_METRE[path.suffix.lower()]
+
+
+@functools.lru_cache(maxsize=8)
+def _stamped(folder: Path) -> tuple[np.ndarray, tuple[Path, ...]]:
+    """The PNGs of a TUM ``depth/`` folder, named by their timestamps, in time order."""
+    files = []
+    for p in folder.glob("*.png"):
+        try:
+            files.append((float(p.stem), p))
+        except ValueError:
+            continue
+    files.sort()
+    return np.array([t for t, _ in files]), tuple(p for _, p in files)
+
+
+def _nearest_in_time(image: Path) -> Path | None:
+    """TUM's ``rgb/<time>.png`` has its depth in ``depth/`` at another time: the nearest, within
+    ``TUM_MAX_GAP`` seconds (as TUM's associate.py pairs them)."""
+    folder = image.parent.parent / "depth"
+    if image.parent.name != "rgb" or not folder.is_dir():
+        return None
+    try:
+        t = float(image.stem)
+    except ValueError:
+        return None
+    times, paths = _stamped(folder)
+    if not len(times):
+        return None
+    i = int(np.clip(np.searchsorted(times, t), 1, len(times) - 1)) if len(times) > 1 else 0
+    best = min((j for j in (i - 1, i) if 0 <= j < len(times)), key=lambda j: abs(times[j] - t))
+    return paths[best] if abs(times[best] - t) <= TUM_MAX_GAP else None
 
 
 def _partners(image: Path) -> list[Path]:
     """Where an RGB-D layout keeps the depth of colour frame ``image``: ``x.depth.png`` beside ``x.color.*``
-    (7-Scenes), ``x_depth.png`` beside ``x_color.*``, ``depth/<stem>.png`` beside ``rgb|color/<name>``."""
+    (7-Scenes), ``x_depth.png`` beside ``x_color.*``, ``depth/<stem>.png`` beside ``rgb|color/<name>``
+    (ScanNet exports), or for TUM's ``rgb/<time>.png`` the ``depth/`` frame nearest in time."""
     name, out = image.name, []
     for colour, depth in ((".color.", ".depth."), ("_color.", "_depth.")):
         if colour in name.lower():
@@ -32,7 +75,8 @@ def _partners(image: Path) -> list[Path]:
             out.append(image.with_name(f"{name[:i]}{depth}png"))
     if image.parent.name.lower() in ("rgb", "color", "colour", "image", "images"):
         out.append(image.parent.parent / "depth" / f"{image.stem}.png")
-    return out
+    tum = _nearest_in_time(image)
+    return out + ([tum] if tum is not None else [])
 
 
 def depth_file_for(image: Path, folder: Path | None) -> Path | None:
@@ -50,8 +94,8 @@ def depth_file_for(image: Path, folder: Path | None) -> Path | None:
 
 
 def read_depth(path: Path, hw: tuple[int, int], per_metre: float | None = None) -> np.ndarray:
-    """z-depth in metres (H, W) float32 from ``path`` (``.npy`` in metres, 16-bit ``.png`` in millimetres, or
-    ``per_metre`` stored values per metre), 0 where unknown; checked against the image's size ``hw``. A
+    """z-depth in metres (H, W) float32 from ``path`` (``.npy`` in metres, 16-bit ``.png`` in millimetres, TUM's
+    in fifths of a millimetre, or ``per_metre`` stored values per metre), 0 where unknown; checked against the image's size ``hw``. A
     :class:`UsageError` naming the file for anything else."""
     import cv2
 
@@ -74,7 +118,7 @@ def read_depth(path: Path, hw: tuple[int, int], per_metre: float | None = None) 
         raise UsageError(f"known depth {path}: expected one depth map (H, W) of numbers, got {raw.dtype} {raw.shape}")
     if tuple(raw.shape) != tuple(hw):
         raise UsageError(f"known depth {path}: {raw.shape[1]}x{raw.shape[0]}, but its image is {hw[1]}x{hw[0]}")
-    depth = raw.astype(np.float64) / (per_metre or PER_METRE[suffix])
+    depth = raw.astype(np.float64) / (per_metre or per_metre_of(path))
     if not np.isfinite(depth).all():
         raise UsageError(f"known depth {path}: {int((~np.isfinite(depth)).sum())} values are not finite (NaN or "
                          "inf); write 0 where the depth is unknown")

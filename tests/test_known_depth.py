@@ -102,3 +102,24 @@ def test_recorded_depth_in_gives_a_cloud_on_the_recorded_surface(cli, tmp_path):
     assert code == 0, err
     scores = json.loads(out.strip().splitlines()[-1])["rows"]["scene"]
     assert scores["f@0.05"] > 0.85, scores
+
+
+def test_a_tum_sequence_pairs_colour_and_depth_by_time_and_reads_its_depth_scale(cli, tmp_path):
+    """TUM RGB-D: rgb/<time>.png and depth/<time>.png at other times, depth in 1/5000 m: each colour frame
+    takes the depth frame nearest in time within 0.02 s (TUM's associate.py), read at 5000 per metre."""
+    tum = tmp_path / "rgbd_dataset_freiburg1_xyz"
+    (tum / "rgb").mkdir(parents=True)
+    (tum / "depth").mkdir()
+    (tum / "depth.txt").write_text("# depth maps\n")
+    colour_times, depth_times = ["1305031102.175304", "1305031102.211214", "1305031102.275326"], \
+        ["1305031102.160407", "1305031102.226738", "1305031102.322800"]  # the last colour frame: 0.047 s off
+    for t, frame in zip(colour_times, FRAMES):
+        cv2.imwrite(str(tum / "rgb" / f"{t}.png"), cv2.imread(str(frame)))
+    for t in depth_times:
+        cv2.imwrite(str(tum / "depth" / f"{t}.png"), np.full((480, 640), 7500, np.uint16))
+    code, out, err = cli(["recon3d", tum, "-o", tmp_path / "out", "--no-sfm", "--intrinsics", K_FILE, "--json", "-q",
+                          "--save-predictions", tmp_path / "p.npz"])
+    assert code == 0, err
+    assert "known depth for 2 of 3 views" in err and json.loads(out)["frames"] == 3, err
+    with np.load(tmp_path / "p.npz") as p:
+        assert np.allclose(p["depth_z"][:2], 1.5) and not np.allclose(p["depth_z"][2], 1.5)
