@@ -152,6 +152,7 @@ class MultiViewTransformer(nn.Module):
 
 
 MAX_UPSAMPLED = 2**31 - 1  # elements one bilinear upsampling may write on CUDA
+DENSE_VIEWS = 8  # views through the dense head at once: MapAnything's memory-efficient inference
 
 
 class PixelRegressor(nn.Module):
@@ -320,7 +321,7 @@ class PointMapModel(nn.Module):
             taps = [fused_map] + [maps(t) for t in layers]
             # Views go through the dense head in groups: CUDA's bilinear upsampling refuses an output of
             # 2**31 elements or more (64 views of 512 px do), and peak memory falls with the group.
-            group = max(1, MAX_UPSAMPLED // (self.regressor.conv1.out_channels * H * W))
+            group = max(1, min(DENSE_VIEWS, MAX_UPSAMPLED // (self.regressor.conv1.out_channels * H * W)))
             dense = torch.cat([self.regressor(self.dpt([t[i:i + group] for t in taps]), (H, W))
                                for i in range(0, B * V, group)]).permute(0, 2, 3, 1)  # (BV, H, W, 6)
             pose = self.pose_head(maps(layers[-1]))
