@@ -80,6 +80,25 @@ def colmap_alone(folder: str, out: str) -> None:
                       "points": points.tolist()}))
 
 
+def colmap_our_settings(folder: str, out: str) -> None:
+    """pycolmap with pixio's SfM settings (:func:`heads.sfm.run_sfm`: SIFT on the images as they are first,
+    one thread, 20 initial-pair trials at 8 degrees, the focal-length check), as JSON on stdout with the
+    seconds of each stage, run in its own process by :func:`main` like :func:`colmap_alone`."""
+    from heads.sfm import SfmOptions, run_sfm
+
+    work = Path(out) / "images"
+    work.mkdir(parents=True)
+    names = sorted(p.name for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    for n in names:
+        (work / n).symlink_to((Path(folder) / n).resolve())
+    marks: list[tuple[str, float]] = []
+    rec, held = run_sfm(work, names, SfmOptions(), on_stage=lambda stage: marks.append((stage, time.perf_counter())))
+    marks.append(("end", time.perf_counter()))
+    seconds = {a: round(t1 - t0, 2) for (a, t0), (_, t1) in zip(marks, marks[1:])}
+    poses = {im.name: image_cam2world(im).tolist() for im in (rec.images.values() if rec else []) if im.has_pose}
+    print(json.dumps({"seconds": seconds, "poses": poses, "focal_held": held}))
+
+
 def score(poses: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict:
     """camera_metrics over the frames with a camera, and how many they are."""
     names = [n for n in truth if n in poses]
@@ -128,6 +147,12 @@ def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra:
     result["colmap"] = {**score({k: np.array(v) for k, v in colmap["poses"].items()}, truth),
                         "seconds": round(seconds, 2), "peak_memory_gib": round(peak, 2),
                         "stages": {k: round(v, 2) for k, v in colmap["seconds"].items()}}
+    seconds, peak, out, _ = run_timed([sys.executable, "-m", "benchmarks.recon3d", "--colmap-our-settings",
+                                       str(folder), str(work / "colmap_ours")])
+    ours_settings = json.loads(out.strip().splitlines()[-1])
+    result["colmap_our_settings"] = {**score({k: np.array(v) for k, v in ours_settings["poses"].items()}, truth),
+                                     "seconds": round(seconds, 2), "peak_memory_gib": round(peak, 2),
+                                     "stages": ours_settings["seconds"], "focal_held": ours_settings["focal_held"]}
     if rgbd is not None and len(colmap["poses"]) >= 3:
         names = sorted(colmap["poses"])
         cams = SceneCameras(names, np.zeros((len(names), 3, 3)), np.array([colmap["poses"][n] for n in names]))
@@ -162,9 +187,12 @@ def main() -> None:
     ap.add_argument("--step", type=int, default=8)
     ap.add_argument("--middlebury", type=Path, default=None)
     ap.add_argument("--colmap-alone", nargs=2, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--colmap-our-settings", nargs=2, default=None, help=argparse.SUPPRESS)
     args, extra = ap.parse_known_args()
     if args.colmap_alone:
         return colmap_alone(*args.colmap_alone)
+    if args.colmap_our_settings:
+        return colmap_our_settings(*args.colmap_our_settings)
     if not KITCHEN.exists():
         raise SystemExit(f"{KITCHEN} is missing: this benchmark needs ../shared/data")
     ids = range(args.first, args.last + 1, args.step)

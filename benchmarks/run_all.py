@@ -150,7 +150,14 @@ def row(name: str, r: dict, table: dict | None = None) -> str:
         ours = (f"{r['ours_s']} s; ATE {r['ate_cm']} cm, scale {k['ours']['scale']:.3f}, rot {k['ours']['rotation_error_deg']:.2f} deg, "
                 f"{k['ours']['registered_by_sfm']}/{k['frames']} registered")
         ref = (f"{r['reference_s']} s; ATE {r['colmap_ate_cm']} cm, rot {k['colmap']['rotation_error_deg']:.2f} deg, "
-               f"{k['colmap']['registered']}/{k['frames']} registered")
+               f"{k['colmap']['registered']}/{k['frames']} registered (COLMAP's defaults; stages "
+               + ", ".join(f"{a} {b:.1f} s" for a, b in k["colmap"].get("stages", {}).items()) + ")")
+        if "colmap_our_settings" in k:
+            c = k["colmap_our_settings"]
+            ref += (f"; COLMAP at pixio's settings (SIFT on the images as they are, 20 initial-pair trials at 8 deg, "
+                    f"one thread): {c['seconds']} s, ATE {100 * c.get('ate_mean', float('nan')):.2f} cm, "
+                    f"{c['registered']}/{k['frames']} registered; stages "
+                    + ", ".join(f"{a.split(' of ')[0]} {b:.1f} s" for a, b in c["stages"].items()))
         limit = (f"baselines: cameras at the origin {100 * k['origin']['ate_mean']:.1f} cm, constant velocity "
                  f"{100 * k['constant_velocity']['ate_mean']:.1f} cm, --no-sfm {100 * k['ours_no_sfm']['ate_mean']:.1f} cm; "
                  f"peak memory {k['ours']['peak_memory_gib']} GiB vs {k['colmap']['peak_memory_gib']} GiB")
