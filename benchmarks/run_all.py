@@ -37,6 +37,7 @@ CPU = {
     "curate": ["benchmarks.curate", "--size", "t16", "--images", "64", "--device", "cpu"],
     "pointmap": ["benchmarks.pointmap", "--size", "h16", "--views", "2", "--side", "256", "--device", "cpu"],
     "recon3d": ["benchmarks.recon3d"],
+    "growth": ["benchmarks.growth", "--frames", "25,50,100,250", "--images", "24,96,384"],
 }
 GPU = {  # eager runs first, compiled ones last: a short lease keeps the most figures
     "extract": ["benchmarks.extract", "--size", "h16", "--device", "cuda", "--batch", "64", "--images", "256",
@@ -192,6 +193,25 @@ def row(name: str, r: dict, table: dict | None = None) -> str:
     return f"| {name} | {WHAT.get(name, '')} | {ours} | {ref} | {ratio_cell(name, r, table or {})} | {limit} |"
 
 
+def growth_table(r: dict) -> list[str]:
+    """How time and memory grow with the work (the growth benchmark), when it ran."""
+    if not r or "recon3d" not in r:
+        return []
+    out = ["", "How cost grows with the work (`benchmarks/growth.py`): `pixio recon3d` on the first N 7-Scenes "
+           "frames (every 4th) against pycolmap's SfM at its defaults (exhaustive matching up to 50 frames, "
+           "sequential beyond), and `pixio extract` (t16) against the plain transformers script.", "",
+           "| frames | pixio recon3d | peak memory | ATE | COLMAP | peak memory | ATE | registered (ours, COLMAP) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for row in r["recon3d"]:
+        o, c = row["ours"], row["colmap"]
+        ate = lambda x: f"{100 * x['ate_mean']:.1f} cm" if "ate_mean" in x else "n/a"  # noqa: E731
+        out.append(f"| {row['frames']} | {o['seconds']} s | {o['peak_memory_gib']} GiB | {ate(o)} | {c['seconds']} s "
+                   f"({c['matching']}) | {c['peak_memory_gib']} GiB | {ate(c)} | {o['registered']}, {c['registered']} |")
+    out += ["", "| images | pixio extract | plain script | ratio |", "|---|---|---|---|"]
+    out += [f"| {e['images']} | {e['ours_s']} s | {e['reference_s']} s | {e['ratio']}x |" for e in r["extract"]]
+    return out
+
+
 def geometry_table(r: dict) -> list[str]:
     """The recon3d benchmark's geometry against the recorded depth, one row per cloud, as Markdown."""
     g = r.get("kitchen", {}).get("geometry")
@@ -253,8 +273,9 @@ def write_table(record: dict, kind: str, no_readme: bool = False) -> None:
              f"`benchmarks/results/{kind}.json`.", "",
              "| benchmark | what | ours | reference (same run) | ratio (bold: same precision) | hardware limit |",
              "|---|---|---|---|---|---|"]
-    table += [row(name, r, record["results"]) for name, r in record["results"].items()]
+    table += [row(name, r, record["results"]) for name, r in record["results"].items() if name != "growth"]
     table += geometry_table(record["results"].get("recon3d", {}))
+    table += growth_table(record["results"].get("growth", {}))
     print("\n".join(table))
     if not no_readme and README.exists():
         text = README.read_text()

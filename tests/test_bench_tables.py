@@ -25,3 +25,15 @@ def test_a_compiled_run_is_measured_against_the_references_best_mode():
     r = {"precision": "bfloat16", "ours_img_s": 1365.11, "reference_img_s": 768.07, "ratio": 1.777}
     cell = ratio_cell("extract_compiled", r, table)
     assert cell.startswith("**1.178x** against transformers' best mode (1158.63 img/s)")
+
+
+def test_the_growth_table_shows_each_size_beside_colmap():
+    from benchmarks.run_all import growth_table
+
+    r = {"recon3d": [{"frames": 25, "ours": {"seconds": 24.0, "peak_memory_gib": 1.7, "registered": 25,
+                                             "ate_mean": 0.0178},
+                      "colmap": {"seconds": 19.0, "peak_memory_gib": 0.3, "matching": "exhaustive", "registered": 0}}],
+         "extract": [{"images": 24, "ours_s": 6.6, "reference_s": 8.1, "ratio": 1.23}]}
+    lines = growth_table(r)
+    assert "| 25 | 24.0 s | 1.7 GiB | 1.8 cm | 19.0 s (exhaustive) | 0.3 GiB | n/a | 25, 0 |" in lines
+    assert "| 24 | 6.6 s | 8.1 s | 1.23x |" in lines and growth_table({}) == []

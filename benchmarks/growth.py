@@ -1,0 +1,110 @@
+"""How cost grows with the work: `pixio recon3d` against COLMAP at 25 to 250 frames, and `pixio extract` against
+the plain transformers script at 1x, 4x and 16x the images.
+
+recon3d: the first N of the 7-Scenes frames in ``../shared`` (every 4th frame of the sequence), default
+options, against pycolmap's SfM at its defaults (exhaustive matching up to 50 frames, sequential beyond,
+as a user would choose), each a fresh process: wall time, peak memory and ATE against the recorded poses.
+extract: ``benchmarks.extract_e2e`` at the bundled encoder's size (t16), the same photos repeated.
+
+    python -m benchmarks.growth --frames 25,50,100,250 --images 24,96,384
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import emit, environment, run_timed
+from .recon3d import KITCHEN, score
+
+
+def colmap_growth(folder: str, out: str, sequential: str) -> None:
+    """pycolmap at its defaults on the images in ``folder``: camera-to-world per registered image, as JSON."""
+    import pycolmap
+
+    from heads.sfm import image_cam2world
+
+    pycolmap.logging.minloglevel = 3
+    pycolmap.set_random_seed(0)
+    db, sparse = Path(out) / "database.db", Path(out) / "sparse"
+    sparse.mkdir(parents=True)
+    options = pycolmap.IncrementalPipelineOptions()
+    options.random_seed = 0
+    pycolmap.extract_features(db, folder, device=pycolmap.Device.cpu)
+    if sequential == "1":
+        pycolmap.match_sequential(db, device=pycolmap.Device.cpu)
+    else:
+        pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
+    models = pycolmap.incremental_mapping(db, folder, sparse, options)
+    rec = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
+    poses = {im.name: image_cam2world(im).tolist() for im in (rec.images.values() if rec else []) if im.has_pose}
+    print(json.dumps({"poses": poses}))
+
+
+def recon3d_growth(counts: list[int]) -> list[dict]:
+    frames = sorted(KITCHEN.glob("frame-*.color.jpg"))
+    rows = []
+    for n in counts:
+        chosen = frames[:n]
+        truth = {p.name: np.loadtxt(KITCHEN / p.name.replace("color.jpg", "pose.txt")) for p in chosen}
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "images"
+            folder.mkdir()
+            for p in chosen:  # colour frames only: not the RGB-D folder, whose depth would be known depth
+                (folder / p.name).symlink_to(p.resolve())
+            seconds, peak, out, _ = run_timed([sys.executable, "-m", "pixio_cli", "recon3d", str(folder), "-o",
+                                               str(Path(tmp) / "ours"), "--cameras", "json", "--json", "-q"])
+            cams = json.loads((Path(tmp) / "ours" / "cameras.json").read_text())["cameras"]
+            ours = {"seconds": round(seconds, 1), "peak_memory_gib": round(peak, 2),
+                    **score({c["image"]: np.array(c["cam2world"]) for c in cams}, truth)}
+            sequential = n > 50
+            seconds, peak, out, _ = run_timed([sys.executable, "-m", "benchmarks.growth", "--colmap", str(folder),
+                                               str(Path(tmp) / "colmap"), "1" if sequential else "0"])
+            poses = json.loads(out.strip().splitlines()[-1])["poses"]
+            colmap = {"seconds": round(seconds, 1), "peak_memory_gib": round(peak, 2),
+                      "matching": "sequential" if sequential else "exhaustive",
+                      **score({k: np.array(v) for k, v in poses.items()}, truth)}
+        rows.append({"frames": n, "ours": ours, "colmap": colmap})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def extract_growth(counts: list[int]) -> list[dict]:
+    rows = []
+    for n in counts:
+        _, _, out, _ = run_timed([sys.executable, "-m", "benchmarks.extract_e2e", "--size", "t16", "--images", str(n),
+                                  "--repeat", "1"])
+        r = json.loads(out.strip().splitlines()[-1])
+        rows.append({"images": n, "ours_s": r["ours_s"], "reference_s": r["reference_s"], "ratio": r["ratio"]})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", default="25,50,100,250")
+    ap.add_argument("--images", default="24,96,384")
+    ap.add_argument("--colmap", nargs=3, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.colmap:
+        return colmap_growth(*args.colmap)
+    if not KITCHEN.exists():
+        raise SystemExit(f"{KITCHEN} is missing: this benchmark needs ../shared/data")
+    start = time.perf_counter()
+    import torch
+
+    result = {"benchmark": "growth", **environment(torch.device("cpu")),
+              "recon3d": recon3d_growth([int(v) for v in args.frames.split(",")]),
+              "extract": extract_growth([int(v) for v in args.images.split(",")]),
+              "seconds": round(time.perf_counter() - start, 1)}
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
