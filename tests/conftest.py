@@ -122,3 +122,28 @@ def head_training_stopped_at(step: int, in_update: bool = False):
         mp.setattr(train_mod, "lr_factor", stop)
         mp.setattr(torch.optim.AdamW, "step", update)
         yield
+
+
+@pytest.fixture
+def torchrun_failure():
+    """``torchrun_failure(stderr)``: what a failed torchrun said, for an assertion message: the lines of every
+    worker that name an error (they come long before the launcher's summary) and the summary's tail."""
+    import re
+
+    def lines(stderr: str, tail: int = 1500) -> str:
+        hits = [ln for ln in stderr.splitlines()
+                if re.search(r"Error|error:|Abort|abort|Traceback|Check failed|terminate called|Signal", ln)]
+        return "\n".join(hits[:40]) + "\n...\n" + stderr[-tail:]
+
+    return lines
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port nothing on this machine listens on now, for a torchrun rendezvous (a port derived from the
+    process id can be one the system handed out meanwhile, or the last test's)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

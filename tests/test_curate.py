@@ -195,7 +195,7 @@ def test_resume_after_kill_and_corrupt_images(mae_file, tmp_path, monkeypatch, c
     assert settings["masks"] == 2 and settings["resolution"] == 64 and settings["histogram"]["log_base"] == 2
 
 
-def test_torchrun_two_cpu_processes_match_one(mae_file, tmp_path, cli):
+def test_torchrun_two_cpu_processes_match_one(mae_file, tmp_path, cli, free_port):
     import os
     import subprocess
     import sys
@@ -207,7 +207,7 @@ def test_torchrun_two_cpu_processes_match_one(mae_file, tmp_path, cli):
     code, _, err = cli([*args, "-o", tmp_path / "one"])
     assert code == 1, err
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(32000 + os.getpid() % 1000), "-m", "pixio_cli", *args, "-o", str(tmp_path / "two")]
+           str(free_port), "-m", "pixio_cli", *args, "-o", str(tmp_path / "two")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode != 0 and "zz_corrupt.jpg" in res.stderr, res.stderr[-2000:]
     assert "curated 5 images now (1 unreadable), 6 in all" in res.stderr  # the counts of both ranks

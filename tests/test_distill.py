@@ -130,16 +130,16 @@ def test_distill_usage_errors(cli, tmp_path, tiny_encoder_file):
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_distill_two_cpu_processes(tmp_path, mode, tiny_encoder_file):
+def test_distill_two_cpu_processes(tmp_path, mode, tiny_encoder_file, torchrun_failure, free_port):
     data = _photos(tmp_path / "photos", 8)
     out = tmp_path / mode
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(28500 + (os.getpid() % 1000) + (mode == "fsdp")), "-m", "pixio_cli",
+           str(free_port), "-m", "pixio_cli",
            *[str(a) for a in args(tiny_encoder_file, data, "32x2", steps=2)], "-o", str(out), "--workers", "0",
            "--device", "cpu"]
     if mode == "fsdp":
         cmd.append("--fsdp")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, torchrun_failure(res.stderr)
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert load_encoder(str(out / "32x2")).cfg.depth == 2

@@ -214,7 +214,7 @@ def test_head_training_resumes_exactly(cli, tiny_encoder_file, tmp_path):
     assert code == 2 and "bad.safetensors.ckpt is not a readable checkpoint" in err and len(err.strip().splitlines()) == 1
 
 
-def test_head_training_ddp_two_cpu_processes(tiny_encoder_file, tmp_path):
+def test_head_training_ddp_two_cpu_processes(tiny_encoder_file, tmp_path, torchrun_failure, free_port):
     import os
     import subprocess
     import sys
@@ -223,9 +223,9 @@ def test_head_training_ddp_two_cpu_processes(tiny_encoder_file, tmp_path):
     out = tmp_path / "ddp.safetensors"
     args = [str(a) for a in _train_args(tiny_encoder_file, data, out, 2)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(31000 + os.getpid() % 1000), "-m", "pixio_cli", *args, "--head", "linear", "--device", "cpu", "--eval-limit", "4"]
+           str(free_port), "-m", "pixio_cli", *args, "--head", "linear", "--device", "cpu", "--eval-limit", "4"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, torchrun_failure(res.stderr)
     model = load_head(str(out))
     assert type(model.head[0]) is torch.nn.BatchNorm2d  # (on CUDA SyncBatchNorm is turned back for saving)
     provenance = json.loads(res.stdout.strip().splitlines()[-1])

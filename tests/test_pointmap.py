@@ -457,19 +457,19 @@ def test_train_pointmap_resumes_exactly(cli, tiny_encoder_file, frames, tmp_path
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_train_pointmap_on_two_ddp_processes(tiny_encoder_file, frames, tmp_path):
+def test_train_pointmap_on_two_ddp_processes(tiny_encoder_file, frames, tmp_path, torchrun_failure, free_port):
     import os
     import subprocess
     import sys
 
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(32000 + os.getpid() % 1000), "-m", "pixio_cli", "train", "pointmap", "--encoder", str(tiny_encoder_file),
+           str(free_port), "-m", "pixio_cli", "train", "pointmap", "--encoder", str(tiny_encoder_file),
            "--data", str(KITCHEN), "-o", str(out), "--steps", "3", "--batch-size", "1", "--views", "2", "--width", "64",
            "--height", "48", "--dim", "48", "--depth", "4", "--num-heads", "1", "--dpt-features", "16",
            "--dpt-channels", "8,16,24,32", "--eval-limit", "1", "--workers", "0", "--device", "cpu"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, torchrun_failure(res.stderr)
     assert json.loads(res.stdout.strip().splitlines()[-1])["batch_size"] == 2
     assert load_pointmap(str(out / "pointmap.safetensors")).provenance["steps"] == 3
 

@@ -381,17 +381,17 @@ def test_non_finite_loss_stops_with_step(cli, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_cpu_processes(tmp_path, mode):
+def test_two_cpu_processes(tmp_path, mode, torchrun_failure, free_port):
     data = _photos(tmp_path / "photos", 8)
     out = tmp_path / mode
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(29500 + (os.getpid() % 1000) + (mode == "fsdp")), "-m", "pixio_cli", "pretrain", *SMOKE,
+           str(free_port), "-m", "pixio_cli", "pretrain", *SMOKE,
            "--steps", "2", "--data", str(data), "-o", str(out), "--workers", "0", "--device", "cpu"]
     if mode == "fsdp":
         cmd.append("--fsdp")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, torchrun_failure(res.stderr)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2]  # rank 0 logs, once per step
     assert lines[0]["images_per_s"] > 0
