@@ -21,30 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from .common import emit, environment, run_timed
-from .recon3d import KITCHEN, score
+from .recon3d import KITCHEN, colmap_poses, score
 
 
 def colmap_growth(folder: str, out: str, sequential: str) -> None:
-    """pycolmap at its defaults on the images in ``folder``: camera-to-world per registered image, as JSON."""
-    import pycolmap
-
-    from heads.sfm import image_cam2world
-
-    pycolmap.logging.minloglevel = 3
-    pycolmap.set_random_seed(0)
-    db, sparse = Path(out) / "database.db", Path(out) / "sparse"
-    sparse.mkdir(parents=True)
-    options = pycolmap.IncrementalPipelineOptions()
-    options.random_seed = 0
-    pycolmap.extract_features(db, folder, device=pycolmap.Device.cpu)
-    if sequential == "1":
-        pycolmap.match_sequential(db, device=pycolmap.Device.cpu)
-    else:
-        pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
-    models = pycolmap.incremental_mapping(db, folder, sparse, options)
-    rec = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
-    poses = {im.name: image_cam2world(im).tolist() for im in (rec.images.values() if rec else []) if im.has_pose}
-    print(json.dumps({"poses": poses}))
+    """:func:`benchmarks.recon3d.colmap_poses` (COLMAP's defaults) as JSON, in its own process to be timed."""
+    poses, _, _ = colmap_poses(folder, out, sequential == "1")
+    print(json.dumps({"poses": {k: v.tolist() for k, v in poses.items()}}))
 
 
 def recon3d_growth(counts: list[int]) -> list[dict]:

@@ -49,9 +49,11 @@ ROOT = Path(__file__).resolve().parents[1]
 KITCHEN = ROOT.parent / "shared" / "data" / "rgbd-7scenes-redkitchen"
 
 
-def colmap_poses(folder: str | Path, out: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, float]]:
-    """pycolmap's SfM at its defaults (what a user would otherwise run) on the images in ``folder``, seeded:
-    each registered image's camera-to-world, the triangulated points, and the seconds of each stage."""
+def colmap_poses(folder: str | Path, out: str | Path, sequential: bool = False
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, float]]:
+    """pycolmap's SfM at its defaults (what a user would otherwise run) on the images in ``folder``, seeded,
+    matching every pair (or, ``sequential``, each frame with the next few): each registered image's
+    camera-to-world, the triangulated points, and the seconds of each stage."""
     import pycolmap
 
     pycolmap.logging.minloglevel = 3
@@ -63,7 +65,7 @@ def colmap_poses(folder: str | Path, out: str | Path) -> tuple[dict[str, np.ndar
     t0 = time.perf_counter()
     pycolmap.extract_features(db, folder, device=pycolmap.Device.cpu)
     t1 = time.perf_counter()
-    pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
+    (pycolmap.match_sequential if sequential else pycolmap.match_exhaustive)(db, device=pycolmap.Device.cpu)
     t2 = time.perf_counter()
     models = pycolmap.incremental_mapping(db, folder, sparse, options)
     t3 = time.perf_counter()
