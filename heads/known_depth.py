@@ -22,15 +22,23 @@ from .depth_fit import FieldFit, fit_depth_field
 PER_METRE = {".png": 1000.0, ".npy": 1.0}  # stored value per metre unless --depth-scale says otherwise
 TUM_PER_METRE = 5000.0  # TUM RGB-D's depth PNGs
 TUM_MAX_GAP = 0.02  # seconds: TUM's associate.py pairs colour and depth frames at most this far apart
+NO_RETURN = 65535  # a 16-bit PNG's "no measurement" (7-Scenes, Kinect tools), read as unknown like 0
 FIT_SAMPLES = 4000  # known pixels the network's depth is fitted to, per view
 
 
 def per_metre_of(path: Path) -> float:
     """Stored depth values per metre of a depth file, as its layout has them: TUM's (a ``depth/`` folder
-    beside its ``depth.txt``) 5000, other PNGs 1000 (millimetres), ``.npy`` 1 (metres)."""
-    if path.suffix.lower() == ".png" and path.parent.name == "depth" and (path.parent.parent / "depth.txt").is_file():
+    beside its ``depth.txt``, or of files named by decimal timestamps) 5000, other PNGs 1000 (millimetres), ``.npy`` 1 (metres)."""
+    if path.suffix.lower() == ".png" and path.parent.name == "depth" and (
+            (path.parent.parent / "depth.txt").is_file() or _is_timestamp(path.stem)):
         return TUM_PER_METRE
     return PER_METRE[path.suffix.lower()]
+
+
+def _is_timestamp(stem: str) -> bool:
+    """TUM names its frames by seconds with a fraction (``1305031102.175304``); ScanNet's are whole numbers."""
+    whole, dot, fraction = stem.partition(".")
+    return bool(dot) and whole.isdigit() and fraction.isdigit()
 
 
 @functools.lru_cache(maxsize=8)
@@ -95,14 +103,21 @@ def depth_file_for(image: Path, folder: Path | None) -> Path | None:
 
 def read_depth(path: Path, hw: tuple[int, int], per_metre: float | None = None) -> np.ndarray:
     """z-depth in metres (H, W) float32 from ``path`` (``.npy`` in metres, 16-bit ``.png`` in millimetres, TUM's
-    in fifths of a millimetre, or ``per_metre`` stored values per metre), 0 where unknown; checked against the image's size ``hw``. A
-    :class:`UsageError` naming the file for anything else."""
+    in fifths of a millimetre, or ``per_metre`` stored values per metre), 0 where unknown (0, and 65535 in a
+    PNG); checked against the image's size ``hw``. A :class:`UsageError` naming the file for anything else,
+    an integer ``.npy`` without ``per_metre`` included (its unit cannot be metres)."""
     import cv2
 
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            raw = np.load(path, allow_pickle=False)
+            try:
+                raw = np.load(path, allow_pickle=False)
+            except ValueError:
+                raise ValueError("not a readable .npy array") from None
+            if np.issubdtype(raw.dtype, np.integer) and per_metre is None:
+                raise ValueError(f"holds integers ({raw.dtype}), which are not metres: give --depth-scale, the "
+                                 "stored values per metre (1000 for millimetres)")
         elif suffix == ".png":
             raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if raw is None:
@@ -118,7 +133,10 @@ def read_depth(path: Path, hw: tuple[int, int], per_metre: float | None = None) 
         raise UsageError(f"known depth {path}: expected one depth map (H, W) of numbers, got {raw.dtype} {raw.shape}")
     if tuple(raw.shape) != tuple(hw):
         raise UsageError(f"known depth {path}: {raw.shape[1]}x{raw.shape[0]}, but its image is {hw[1]}x{hw[0]}")
-    depth = raw.astype(np.float64) / (per_metre or per_metre_of(path))
+    depth = raw.astype(np.float64)
+    if suffix == ".png":
+        depth[raw == NO_RETURN] = 0  # the sensor's "no measurement", not 65 m
+    depth /= per_metre or per_metre_of(path)
     if not np.isfinite(depth).all():
         raise UsageError(f"known depth {path}: {int((~np.isfinite(depth)).sum())} values are not finite (NaN or "
                          "inf); write 0 where the depth is unknown")
@@ -164,12 +182,16 @@ def put_known_depth(pred, depths: list[np.ndarray | None]):
     return replace(pred, depth_z=depth_z.astype(np.float32), pts3d=pts.astype(np.float32)), held, report
 
 
-def check_known_depth(images: list[Path], sizes: list[tuple[int, int]], folder: Path | None,
+def check_known_depth(images: list[Path], sizes: list[tuple[int, int] | None], folder: Path | None,
                       per_metre: float | None, required: bool) -> list[Path | None]:
-    """Each image's depth file, every one read and checked now (before any work). With ``required`` (a
-    ``--known-depth`` folder) an image without one is an error naming the file looked for."""
+    """Each image's depth file, every one read and checked now (before any work); None for an image of
+    size None (unreadable). With ``required`` (a ``--known-depth`` folder) an image without one is an error
+    naming the file looked for."""
     files = []
     for image, hw in zip(images, sizes):
+        if hw is None:  # an unreadable image: it fails as an input, not as its depth's
+            files.append(None)
+            continue
         found = depth_file_for(image, folder)
         if found is None and required:
             raise UsageError(f"--known-depth {folder}: no depth file for {image.name} "

@@ -3,7 +3,8 @@
 The truth is the recorded depth of the scene's frames back-projected with the
 recorded poses. A scene is put in the truth's frame by two fits, neither of
 which looks at its own geometry: the similarity that maps its camera centres
-onto the recorded ones, then the rigid transform that puts the *recorded*
+onto the recorded ones (a rigid fit for a scene in metres when asked: a short
+camera path fixes a scale poorly, and a metric scene's scale is to be judged), then the rigid transform that puts the *recorded*
 depth, placed on those same (aligned) cameras, onto the truth (this absorbs an
 offset between the depth and colour sensors, which the scene's cameras, found
 from colour, carry). Each cloud is then thinned to one point per voxel and
@@ -149,18 +150,19 @@ class Alignment:
         return self.s * points @ self.R.T + self.t
 
 
-def similarity_with_offset(centres: np.ndarray, truth_c2w: np.ndarray, offset: bool = True, iterations: int = 100
-                           ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+def similarity_with_offset(centres: np.ndarray, truth_c2w: np.ndarray, offset: bool = True, iterations: int = 100,
+                           scale: bool = True) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """(s, R, t, x): the similarity x -> s R x + t that maps camera centres (V, 3) onto the truth's, where the
     truth's camera sits at ``x`` (3,) in each truth camera's frame (a lever arm: the truth's poses may be those
     of another sensor, as 7-Scenes' depth camera beside its colour camera). Solved by alternating Umeyama and
-    the least-squares lever arm; ``offset=False`` holds x at 0 (the plain similarity of the centres)."""
+    the least-squares lever arm; ``offset=False`` holds x at 0 (the plain similarity of the centres);
+    ``scale=False`` holds s at 1 (a rigid fit: for a scene in metres, whose scale is judged, not fitted)."""
     from .geometry import umeyama
 
     gt, Rg = truth_c2w[:, :3, 3], truth_c2w[:, :3, :3]
     x = np.zeros(3)
     for _ in range(iterations if offset else 1):
-        s, R, t = umeyama(centres, gt + Rg @ x, with_scale=True)
+        s, R, t = umeyama(centres, gt + Rg @ x, with_scale=scale)
         if not offset:
             break
         x_new = np.einsum("nji,nj->ni", Rg, s * centres @ R.T + t - gt).mean(0)
@@ -171,13 +173,13 @@ def similarity_with_offset(centres: np.ndarray, truth_c2w: np.ndarray, offset: b
 
 
 def align_scene(cameras: SceneCameras, truth_c2w: np.ndarray, depths: list[np.ndarray], depth_K: list[np.ndarray],
-                offset: bool = True, stride: int = 2) -> tuple[Alignment, list[np.ndarray]]:
+                offset: bool = True, stride: int = 2, scale: bool = True) -> tuple[Alignment, list[np.ndarray]]:
     """The alignment of a scene to the truth (see the module's docstring), and the recorded depth placed on
     the scene's aligned cameras (per view, world points in the truth's frame, every ``stride``-th pixel)."""
     from .geometry import apply_sim3_to_poses, transform, umeyama
 
     ours = cameras.cam2world[:, :3, 3]
-    s, R, t, x = similarity_with_offset(ours, truth_c2w, offset)
+    s, R, t, x = similarity_with_offset(ours, truth_c2w, offset, scale=scale)
     gt = truth_c2w[:, :3, 3] + truth_c2w[:, :3, :3] @ x
     ate = float(np.sqrt(((s * ours @ R.T + t - gt) ** 2).sum(1).mean()))
     aligned = apply_sim3_to_poses(cameras.cam2world, s, R, t)
@@ -208,7 +210,7 @@ def scene_files(scene: Path) -> tuple[Path, Path]:
 
 
 def evaluate_clouds(cameras: SceneCameras, clouds: dict[str, np.ndarray], frames: list, read_depth,
-                    voxel: float = VOXEL, offset: bool = True) -> dict:
+                    voxel: float = VOXEL, offset: bool = True, scale: bool = True) -> dict:
     """Clouds (name -> points (N, 3) in the frame of ``cameras``) scored against RGB-D ground truth.
 
     ``frames`` are the layout's frames (:class:`heads.sequences.Frame`, with poses and K), matched to the
@@ -232,7 +234,7 @@ def evaluate_clouds(cameras: SceneCameras, clouds: dict[str, np.ndarray], frames
     Ks = [np.asarray(f.K, np.float64) for f in matched]
     truth_c2w = np.stack([np.asarray(f.cam2world, np.float64) for f in matched])
     truth = truth_cloud(depths, Ks, truth_c2w, voxel)
-    alignment, placed = align_scene(cameras, truth_c2w, depths, Ks, offset)
+    alignment, placed = align_scene(cameras, truth_c2w, depths, Ks, offset, scale=scale)
     rows = {name: cloud_scores(thin(alignment.apply(points), voxel), truth) for name, points in clouds.items()}
     rows["recorded_depth_on_cameras"] = cloud_scores(thin(np.concatenate(placed), voxel), truth)
     flat = float(np.median(np.concatenate([d[d > 0] for d in depths])))
@@ -247,7 +249,8 @@ def evaluate_clouds(cameras: SceneCameras, clouds: dict[str, np.ndarray], frames
             "truth_points": int(len(truth)), "rows": rows}
 
 
-def evaluate_scene(scene: Path, frames: list, read_depth, voxel: float = VOXEL, offset: bool = True) -> dict:
+def evaluate_scene(scene: Path, frames: list, read_depth, voxel: float = VOXEL, offset: bool = True,
+                   scale: bool = True) -> dict:
     """:func:`evaluate_clouds` of a ``pixio recon3d`` output (its .ply or folder): the scene, its mesh
     (points spread on it) when there is one, and the COLMAP model's points when its cameras are a COLMAP
     model with points."""
@@ -260,6 +263,6 @@ def evaluate_scene(scene: Path, frames: list, read_depth, voxel: float = VOXEL, 
     if cameras.points is not None and len(cameras.points):
         clouds["colmap_points"] = cameras.points
     try:
-        return evaluate_clouds(cameras, clouds, frames, read_depth, voxel, offset)
+        return evaluate_clouds(cameras, clouds, frames, read_depth, voxel, offset, scale)
     except InputError as e:
         raise InputError(f"{folder}: {e}") from None

@@ -70,9 +70,21 @@ def read_scene(path: Path, max_points: int, seed: int = 0) -> SceneToView:
     ply = scene_file(path)
     points, colours, notes = _read_cloud(ply, max_points, seed)
     mesh_path = ply.with_name(f"{ply.stem}_mesh.ply")
-    mesh = _read_mesh(mesh_path, notes) if mesh_path.is_file() else None
+    mesh = None
+    if mesh_path.is_file() and _older(mesh_path, ply):  # recon3d writes it after the cloud: an earlier run's
+        notes.append(f"{mesh_path.name} not shown: it is older than {ply.name}, from an earlier run")
+    elif mesh_path.is_file():
+        mesh = _read_mesh(mesh_path, notes)
     cameras = _read_cameras(ply.parent, notes)
+    for companion in (ply.parent / "cameras.json", ply.parent / "sparse" / "0"):
+        if cameras and companion.exists() and _older(companion, ply):
+            notes.append(f"{companion.name} is older than {ply.name}: its cameras may be an earlier run's")
+            break
     return SceneToView(points, colours, mesh, cameras, notes)
+
+
+def _older(path: Path, than: Path) -> bool:
+    return path.stat().st_mtime < than.stat().st_mtime
 
 
 def _read_cloud(ply: Path, max_points: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import io
 import json
 import os
@@ -32,12 +33,15 @@ def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
 
     A run killed mid-write leaves at most a hidden ``.tmp`` file, never a truncated
-    output under the real name, so "output exists" means "output is complete".
+    output under the real name, so "output exists" means "output is complete"; the
+    next write of the same output removes it.
     ``keep_suffix`` ends the temporary name with ``path``'s extension too, for
     writers that pick the format from it (Open3D).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for left in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):  # a killed run's, for this same output
+        left.unlink(missing_ok=True)
     suffix = ".tmp" + (path.suffix if keep_suffix else "")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)

@@ -271,7 +271,7 @@ def test_recon3d_of_one_frame_is_monocular(cli, model_file, tmp_path):
         pytest.skip("shared data not present")
     code, out, err = cli(["recon3d", KITCHEN / "frame-000000.color.jpg", "-o", tmp_path / "one.ply", "--model",
                           model_file, "--resize", "64", "--no-mask", "--cameras", "json", "--json", "-q",
-                          "--workers", "0"])
+                          "--workers", "0", "--mesh"])
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["frames"] == 1
     cams = json.loads((tmp_path / "cameras.json").read_text())["cameras"]
@@ -280,4 +280,6 @@ def test_recon3d_of_one_frame_is_monocular(cli, model_file, tmp_path):
     # the same folder again without --cameras: the cameras left there belong to the earlier scene, and it says so
     code, _, err = cli(["recon3d", KITCHEN / "frame-000000.color.jpg", "-o", tmp_path / "one.ply", "--model",
                         model_file, "--resize", "64", "--no-mask", "-q", "--workers", "0"])
-    assert code == 0 and f"{tmp_path / 'cameras.json'} beside {tmp_path / 'one.ply'} comes from an earlier run" in err
+    assert code == 0 and (f"{tmp_path / 'cameras.json'} and {tmp_path / 'one_mesh.ply'} beside "
+                          f"{tmp_path / 'one.ply'} come from an earlier run") in err, err
+    assert "(--cameras json and --mesh rewrite them)" in err

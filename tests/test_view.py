@@ -225,3 +225,20 @@ def test_recon3d_view_opens_the_viewer_on_what_it_wrote(tmp_path):
         viewer.proc.kill()
     assert code == 0 and stopped < 2.0, (code, stopped)
     assert (tmp_path / "out" / "cameras.json").is_file()  # written for the viewer, which found it
+
+
+def test_a_mesh_older_than_the_scene_is_an_earlier_run_s_and_not_shown(tmp_path):
+    import os
+
+    import open3d as o3d
+
+    from heads.scene_view import read_scene
+
+    scene = red_room(tmp_path / "room", n=2000)
+    mesh = scene / "scene_mesh.ply"
+    o3d.io.write_triangle_mesh(str(mesh), o3d.geometry.TriangleMesh.create_box())
+    for older in (mesh, scene / "cameras.json"):  # a rerun rewrote the cloud only
+        os.utime(older, (os.path.getmtime(scene / "scene.ply") - 60,) * 2)
+    shown = read_scene(scene, max_points=10_000)
+    assert shown.mesh is None and any("scene_mesh.ply not shown: it is older than scene.ply" in n for n in shown.notes)
+    assert len(shown.cameras) == 2 and any("cameras.json is older than scene.ply" in n for n in shown.notes)

@@ -67,3 +67,14 @@ def test_outputs_get_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(os.stat(tmp_path / "a.npz").st_mode) == 0o666 & ~mask
+
+
+def test_a_killed_run_s_hidden_temporary_file_goes_with_the_next_write(tmp_path):
+    left = tmp_path / ".scene.ply.abc123.tmp.ply"  # what kill -9 mid-write leaves
+    left.write_bytes(b"half")
+    other = tmp_path / ".other.ply.abc123.tmp.ply"
+    other.write_bytes(b"not ours")
+    with atomic_path(tmp_path / "scene.ply", keep_suffix=True) as tmp:
+        tmp.write_bytes(b"whole")
+    assert (tmp_path / "scene.ply").read_bytes() == b"whole"
+    assert not left.exists() and other.exists()

@@ -215,12 +215,17 @@ def evaluate_recon3d(
             "--sensor-offset/--no-sensor-offset", help="Solve for an offset between the camera of the truth's poses "
                                                        "and the scene's (7-Scenes' depth camera sits beside its "
                                                        "colour camera) when aligning the camera paths.")] = True,
+        scale: Annotated[bool, typer.Option(
+            "--scale/--no-scale", help="Fit the scene's scale with the camera path (a similarity); --no-scale: a "
+                                       "rigid fit, for a scene in metres (known depth, a metric model), whose scale "
+                                       "is then judged, not fitted.")] = True,
         voxel: Annotated[float, typer.Option(help="Both clouds thinned to one point per voxel of this side (m).",
                                              min=0.001)] = 0.01,
         json_out: JsonOut = False) -> None:
     """The geometry of a reconstructed scene against the recorded depth of its frames.
 
-    The scene is aligned by its camera path (a similarity of the camera centres onto the recorded ones),
+    The scene is aligned by its camera path (a similarity of the camera centres onto the recorded ones, or
+    with --no-scale a rigid fit),
     then by the rigid transform that puts the recorded depth, placed on the scene's cameras, onto the truth;
     its own geometry is never fitted. Scores per cloud: accuracy and completeness (median distances),
     precision, recall and F-score within 5 and 10 cm; beside the scene (and its mesh, and the COLMAP
@@ -240,7 +245,7 @@ def evaluate_recon3d(
         raise InputError(f"--data {data}: no frames with depth in the {dataset} layout")
     reader = {id(f): seq for f, seq in frames.values()}
     result = evaluate_scene(scene, [f for f, _ in frames.values()], lambda f: reader[id(f)].read_depth(f), voxel,
-                            sensor_offset)
+                            sensor_offset, scale)
     typer.echo(f"{result['frames']} frames; ATE {100 * result['ate']:.2f} cm (every camera at the origin: "
                f"{100 * result['ate_origin']:.2f} cm); path scale {result['scale']:.4f}", err=True)
     typer.echo(f"{'cloud':<28s} {'points':>8s} {'acc cm':>7s} {'comp cm':>8s} {'P@5':>6s} {'R@5':>6s} {'F@5':>6s} "

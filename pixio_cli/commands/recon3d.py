@@ -41,15 +41,21 @@ def recon3d(
              "in the original images' pixels.", show_default=False)] = None,
     known_depth: Annotated[Optional[Path], typer.Option(
         "--known-depth", help="A folder of known depth per image, by file name: <stem>.npy (z-depth in metres) or "
-                              "16-bit <stem>.png (millimetres); 0 = unknown. Needs --intrinsics or "
-                              "--known-cameras. It replaces the network's depth where known.",
+                              "16-bit <stem>.png (millimetres), at the image's own size (.npy first when both "
+                              "exist); 0 = unknown, and 65535 in a PNG. Needs --intrinsics or --known-cameras. "
+                              "It replaces the network's depth where known.",
         show_default=False)] = None,
     depth_scale: Annotated[Optional[float], typer.Option(
-        "--depth-scale", help="Stored depth values per metre (default: 1000 for PNG, 1 for .npy).", min=1e-9,
-        show_default=False)] = None,
+        "--depth-scale", help="Stored depth values per metre, for --known-depth and RGB-D folders alike (default: "
+                              "1000 for PNG, 5000 for TUM's, 1 for .npy).", min=1e-9, show_default=False)] = None,
     depth_input: Annotated[bool, typer.Option(
-        "--depth-input/--no-depth-input", help="An RGB-D folder's depth images as known depth, or left out.")
+        "--depth-input/--no-depth-input", help="An RGB-D folder's depth images as known depth (with the folder's "
+                                               "camera-intrinsics.txt as K when no other is given), or left out.")
     ] = True,
+    depth_cameras: Annotated[bool, typer.Option(
+        "--depth-cameras/--no-depth-cameras", help="With known depth, move the matched cameras until the views' "
+                                                   "depths agree (ICP between views that overlap, one pose graph); "
+                                                   "given cameras are never moved.")] = True,
     known_cameras: Annotated[Optional[Path], typer.Option(
         "--known-cameras", help="Known cameras: a cameras.json of pixio's (in metres) or a COLMAP model folder "
                                 "(with its points, which set the scale): no matching; the network gives each "
@@ -270,6 +276,10 @@ def recon3d(
         else:
             pred, placed = on_cameras(pred, sfm_cameras, seed,
                                       given_depth=held.any((1, 2)) if held is not None else None)
+        if held is not None and depth_cameras and placed["cameras"] in ("sfm", "network") and len(frames) > 1:
+            from heads.depth_poses import register_views
+
+            pred, placed["depth_registration"] = register_views(pred, held)
         solved = time.perf_counter()
     except BaseException:
         stages.close()
@@ -386,16 +396,21 @@ def _check_given_apart(given: Path, scene: Path, cameras: "Cameras") -> None:
                          f"cameras ({target}), an output: copy it elsewhere or choose another -o")
 
 
+_WRITTEN_BY = {".json": "--cameras json", "": "--cameras colmap", ".ply": "--mesh", ".glb": "--glb"}
+
+
 def _warn_stale(scene: Path, written: list[str], known_cameras: Path | None) -> None:
-    """One warning line for cameras an earlier run left beside the scene, which this run did not rewrite:
-    they belong to another scene (left in place: they may be kept on purpose)."""
+    """One warning line for cameras or a mesh an earlier run left beside the scene, which this run did not
+    rewrite: they belong to another scene (left in place: they may be kept on purpose)."""
     given = known_cameras.resolve() if known_cameras is not None else None
-    stale = [p for p in (scene.parent / "cameras.json", scene.parent / "sparse" / "0")
+    stale = [p for p in (scene.parent / "cameras.json", scene.parent / "sparse" / "0",
+                         scene.with_name(scene.stem + "_mesh.ply"), scene.with_suffix(".glb"))
              if p.exists() and str(p) not in written and p.resolve() != given]
     if stale:
         verb, them = ("come", "them") if len(stale) > 1 else ("comes", "it")
+        options = list(dict.fromkeys(_WRITTEN_BY[p.suffix] for p in stale))
         typer.echo(f"pixio: warning: {' and '.join(map(str, stale))} beside {scene} {verb} from an earlier run, not "
-                   f"this one (--cameras json/colmap rewrites {them})", err=True)
+                   f"this one ({' and '.join(options)} rewrite{'' if len(options) > 1 else 's'} {them})", err=True)
 
 
 def _warn_unchecked(unchecked: list[str], n_views: int) -> None:
@@ -453,13 +468,13 @@ def _write_views(items: list, folder: Path) -> list[str]:
 def _known_depth(items: list, folder: Optional[Path], per_metre: Optional[float], rgbd: bool, n_depth: int,
                  Ks, given_cameras: bool):
     """Each input's known-depth file (None where it has none), or None when no depth is given; and the K
-    for it (an RGB-D folder's ``camera-intrinsics.txt`` when no other is given). Every file is read and
-    checked now, before any work; said in one line."""
+    for it (an RGB-D folder's ``camera-intrinsics.txt`` when no other is given, its depth used or not). Every file is read and checked now, before any work; said in one line."""
     import cv2
 
     from heads.known_depth import check_known_depth
-    from heads.scene import read_intrinsics
 
+    if Ks is None and not given_cameras and folder is None and n_depth:
+        Ks = _folder_intrinsics(items)
     if folder is None and not rgbd:
         if n_depth:
             typer.echo(f"pixio: an RGB-D sequence: its {len(items)} colour frames are the views, its {n_depth} "
@@ -471,23 +486,34 @@ def _known_depth(items: list, folder: Optional[Path], per_metre: Optional[float]
         raise UsageError("known depth is for image files, not video frames")
     what = f"--known-depth {folder}" if folder is not None else f"the RGB-D sequence's {n_depth} depth images"
     if Ks is None and not given_cameras:
-        found = {Path(it.path).parent / "camera-intrinsics.txt" for it in items}
-        if folder is None and len(found) == 1 and next(iter(found)).is_file():
-            Ks = read_intrinsics(next(iter(found)), len(items))
-        elif folder is None:  # the folder as it is still runs: on the colour frames alone, said
-            typer.echo(f"pixio: an RGB-D sequence: its {len(items)} colour frames are the views, its {n_depth} "
-                       "depth images are left out: known depth needs the camera's K (--intrinsics)", err=True)
-            return None, Ks
-        else:
-            raise UsageError(f"{what}: known depth needs the camera's K (--intrinsics or --known-cameras)")
+        if folder is not None:
+            near = _folder_intrinsics(items) is not None
+            raise UsageError(f"{what}: known depth needs the camera's K (--intrinsics or --known-cameras"
+                             + (", e.g. --intrinsics with the images' camera-intrinsics.txt)" if near else ")"))
+        typer.echo(f"pixio: an RGB-D sequence: its {len(items)} colour frames are the views, its {n_depth} "
+                   "depth images are left out: known depth needs the camera's K (--intrinsics)", err=True)
+        return None, Ks  # the folder as it is still runs: on the colour frames alone, said
     sizes = []
-    for it in items:  # the images' own sizes, which each depth map must have
+    for it in items:  # the images' own sizes, which each depth map must have; an unreadable image fails later
         image = cv2.imread(it.path, cv2.IMREAD_COLOR) if it.error is None else None  # EXIF-turned, as decoded
-        sizes.append(image.shape[:2] if image is not None else (0, 0))
+        sizes.append(image.shape[:2] if image is not None else None)
     files = check_known_depth([Path(it.path) for it in items], sizes, folder, per_metre, required=folder is not None)
+    without = [Path(it.path).name for it, f, hw in zip(items, files, sizes) if f is None and hw is not None]
     typer.echo(f"pixio: known depth for {sum(f is not None for f in files)} of {len(items)} views from {what}"
-               + (" (the colour frames are the views)" if folder is None else ""), err=True)
+               + (" (the colour frames are the views)" if folder is None else "")
+               + (f"; none for {', '.join(without[:3])}{' ...' if len(without) > 3 else ''}" if without else ""),
+               err=True)
     return files, Ks
+
+
+def _folder_intrinsics(items: list):
+    """One K per input from the ``camera-intrinsics.txt`` of the folder all inputs lie in, or None."""
+    from heads.scene import read_intrinsics
+
+    found = {Path(it.path).parent / "camera-intrinsics.txt" for it in items}
+    if len(found) == 1 and next(iter(found)).is_file():
+        return read_intrinsics(next(iter(found)), len(items))
+    return None
 
 
 def _depth_at_size(files: list, samples: list, sizes: list, per_metre, hw: tuple[int, int]) -> list:
