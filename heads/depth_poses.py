@@ -83,7 +83,8 @@ def refine_on_depth(depth: np.ndarray, rays: np.ndarray, valid: np.ndarray, cam2
     V = len(depth)
     clouds = []
     for v in range(V):
-        cam = np.concatenate([rays[v] * depth[v][..., None], depth[v][..., None]], -1)[valid[v]]
+        use = valid[v] & np.isfinite(rays[v]).all(-1) & (depth[v] > 0)
+        cam = np.concatenate([rays[v] * depth[v][..., None], depth[v][..., None]], -1)[use]
         clouds.append(_cloud(cam, r.voxel) if len(cam) else None)
     usable = [c is not None and len(c.points) >= r.min_points for c in clouds]
 
@@ -91,7 +92,7 @@ def refine_on_depth(depth: np.ndarray, rays: np.ndarray, valid: np.ndarray, cam2
     graph = reg.PoseGraph()
     for v in range(V):
         graph.nodes.append(reg.PoseGraphNode(cam2world[v].astype(np.float64)))
-    fitted, refused, joined = 0, 0, np.zeros(V, bool)
+    linked, refused, joined = set(), 0, np.zeros(V, bool)
     for i, j in pairs:
         if not (usable[i] and usable[j]):
             continue
@@ -106,10 +107,11 @@ def refine_on_depth(depth: np.ndarray, rays: np.ndarray, valid: np.ndarray, cam2
             continue
         info = reg.get_information_matrix_from_point_clouds(clouds[i], clouds[j], r.distance, fit)
         graph.edges.append(reg.PoseGraphEdge(i, j, fit, info, uncertain=j != i + 1))
+        linked.add((i, j))
         joined[[i, j]] = True
-        fitted += 1
+    fitted = len(linked)
     for v in range(V - 1):  # no fit to the next view: their given relative pose holds them, weakly
-        if not any(e.source_node_id == v and e.target_node_id == v + 1 for e in graph.edges):
+        if (v, v + 1) not in linked:
             graph.edges.append(reg.PoseGraphEdge(v, v + 1, np.linalg.inv(cam2world[v + 1]) @ cam2world[v],
                                                  np.eye(6), uncertain=False))
     if fitted:

@@ -11,7 +11,8 @@ import torch
 from pixio_cli.checkpoints import save_encoder
 from pixio_cli.encoder import EncoderConfig, PixioEncoder, build_encoder
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the real sample data, where present
+KITCHEN = SHARED_DATA / "rgbd-7scenes-redkitchen"
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 TINY = EncoderConfig(embed_dim=48, depth=4, num_heads=3)
 

@@ -4,7 +4,6 @@ and the scene scores that judge it."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +13,8 @@ from heads.depth_fit import FieldFit, fit_depth_field
 from heads.fusion import Fusion, fuse_views, world_points
 from heads.scene_eval import cloud_scores, similarity_with_offset, thin
 from heads.stereo import Sweep, refine_depth
+
+from .conftest import KITCHEN
 
 H, W = 96, 128
 K = np.array([[100.0, 0, 63.5], [0, 100.0, 47.5], [0, 0, 1]])
@@ -186,9 +187,6 @@ def test_alignment_solves_the_offset_between_two_sensors():
 
 
 # ---------------------------------------------------------------------------- end to end on real frames
-
-
-KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "rgbd-7scenes-redkitchen"
 
 
 def test_recon3d_on_held_out_frames_lies_on_the_recorded_surface(cli, tmp_path):

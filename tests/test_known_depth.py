@@ -11,10 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
+from .conftest import KITCHEN
+
 ROOT = Path(__file__).resolve().parents[1]
 ROOM = ROOT / "samples" / "room"
 FRAMES = sorted(ROOM.glob("*.color.jpg"))
-KITCHEN = ROOT.parent / "shared" / "data" / "rgbd-7scenes-redkitchen"
 K_FILE = ROOM / "camera-intrinsics.txt"
 
 

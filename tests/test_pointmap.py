@@ -20,7 +20,7 @@ from heads.scene import Predictions
 from pixio_cli.encoder import size_config
 from pixio_cli.errors import CheckpointError
 
-from .conftest import head_training_stopped_at, random_encoder
+from .conftest import KITCHEN, head_training_stopped_at, random_encoder
 
 SMALL = PointMapConfig(dim=64, depth=4, num_heads=1, taps=[1, 2], dpt_channels=[8, 16, 24, 32], dpt_features=16,
                        scale_hidden=8, ray_dims=[24, 32, 40])
@@ -202,7 +202,6 @@ def test_quaternion_convention_matches_geometry():
 
 # ---------------------------------------------------------------------------- commands
 
-KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "rgbd-7scenes-redkitchen"
 
 
 @pytest.fixture(scope="module")

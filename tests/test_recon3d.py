@@ -16,7 +16,8 @@ from heads.scene import Cleaning, Predictions, clean_points, predict_in_chunks
 from heads.scene_export import preview_picture
 from heads.sequences import find_sequences
 
-KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "rgbd-7scenes-redkitchen"
+from .conftest import KITCHEN
+
 HW = (120, 160)
 
 
@@ -97,7 +98,7 @@ def test_ground_truth_through_cleaning_and_export_matches_the_fused_cloud(truth,
 
 def test_colmap_model_of_the_network_cameras_round_trips_through_pycolmap(truth, tmp_path):
     pycolmap = pytest.importorskip("pycolmap")
-    from heads.sfm import write_colmap
+    from heads.sfm import image_cam2world, write_colmap
 
     pred, _ = truth
     write_colmap(tmp_path / "sparse", pred.images, pred.original_hw, pred.K_original.astype(np.float64),
@@ -106,9 +107,7 @@ def test_colmap_model_of_the_network_cameras_round_trips_through_pycolmap(truth,
     assert rec.num_reg_images() == 8 and rec.num_points3D() == 0  # no made-up one-view points
     for image in rec.images.values():
         i = pred.images.index(image.name)
-        w2c = np.eye(4)
-        w2c[:3] = image.cam_from_world().matrix()
-        assert np.allclose(np.linalg.inv(w2c), pred.cam2world[i], atol=1e-5)
+        assert np.allclose(image_cam2world(image), pred.cam2world[i], atol=1e-5)
         cam = rec.cameras[image.camera_id]
         assert (cam.width, cam.height) == (640, 480)
         K = cam.calibration_matrix()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 from heads.metrics import seam_ratio
 from pixio_cli.sliding import sliding_window, window_borders
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from .conftest import SHARED_DATA as SHARED
 
 
 def coordinates(h: int, w: int) -> torch.Tensor:

@@ -14,10 +14,12 @@ import pytest
 from heads import geometry as G
 from heads.metrics import camera_metrics
 from heads.scene import Predictions, on_cameras, transformed
+from heads.sfm import camera_K, image_cam2world
+
+from .conftest import KITCHEN
 
 pycolmap = pytest.importorskip("pycolmap")
 
-KITCHEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "rgbd-7scenes-redkitchen"
 HELD_OUT = [800 + 24 * i for i in range(9)]  # frames the bundled model never saw: 1.2 m and 30 degrees of motion
 
 
@@ -187,9 +189,7 @@ def test_colmap_export_keeps_the_tracks_and_adds_the_frames_matching_missed(kitc
     assert set(by_name) == set(labels)
     assert by_name[labels[4]].num_points3D == 0
     for label, want in zip(labels, c2w):
-        w2c = np.eye(4)
-        w2c[:3] = by_name[label].cam_from_world().matrix()
-        assert np.allclose(np.linalg.inv(w2c), want, atol=1e-6)
+        assert np.allclose(image_cam2world(by_name[label]), want, atol=1e-6)
     added = rec.cameras[by_name[labels[4]].camera_id]
     assert added.model_name == "PINHOLE" and np.allclose(added.params, [500, 510, 100.5, 80.5])
     assert rec.compute_mean_reprojection_error() < 1.5  # the points moved with the cameras
@@ -270,11 +270,8 @@ def test_known_cameras_are_used_as_given_from_our_json_and_from_a_colmap_model(c
     by_name = {im.name: im for im in rec.images.values()}
     from_colmap = []
     for c in first:  # the COLMAP run's own cameras (another SfM run: not the json run's to the millimetre)
-        w2c = np.eye(4)
-        w2c[:3] = by_name[c["image"]].cam_from_world().matrix()
-        K = by_name[c["image"]].camera.calibration_matrix()
-        K[:2, 2] -= 0.5
-        from_colmap.append({"image": c["image"], "cam2world": np.linalg.inv(w2c).tolist(), "K": K.tolist()})
+        from_colmap.append({"image": c["image"], "cam2world": image_cam2world(by_name[c["image"]]).tolist(),
+                            "K": camera_K(by_name[c["image"]].camera).tolist()})
     for given, expected in ((tmp_path / "a" / "cameras.json", first), (tmp_path / "c" / "sparse" / "0", from_colmap)):
         extra: list = []
         code, out, err = cli(["recon3d", *paths, "-o", tmp_path / "b", "--known-cameras", given, "--cameras", "json",
