@@ -5,7 +5,9 @@ fixed masks on the central crop. The reference is written here, apart from our
 code: the model called on each batch and each mask in turn, in fp32 (the
 official precision on a CPU; bf16 autocast on CUDA), under ``torch.no_grad``.
 Ours is the Curator through the engine at its default precision, and forced to
-the reference's precision (the same-precision ratio).
+the reference's precision (the same-precision ratio). The outside reference is
+the same statistic computed with transformers' ``ViTMAEForPreTraining`` of the
+same shape (its own random weights; the rate is compared, not the losses).
 
     python -m benchmarks.curate --size t16 --images 64
 """
@@ -25,6 +27,20 @@ from pretrain.curation import Curator, Settings
 from pretrain.mae import MAEConfig, PixioMAE
 
 from .common import emit, environment, paired_rates, matmul_peak, photos
+
+
+def transformers_mae(cfg: MAEConfig) -> torch.nn.Module:
+    """transformers' ``ViTMAEForPreTraining`` of the same shape (random weights), for inference."""
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    e = cfg.encoder
+    torch.manual_seed(0)
+    return ViTMAEForPreTraining(ViTMAEConfig(
+        hidden_size=e.embed_dim, num_hidden_layers=e.depth, num_attention_heads=e.num_heads,
+        intermediate_size=int(e.mlp_ratio * e.embed_dim), image_size=e.img_size, patch_size=e.patch_size,
+        decoder_hidden_size=cfg.decoder_dim, decoder_num_hidden_layers=cfg.decoder_depth,
+        decoder_num_attention_heads=cfg.decoder_heads, decoder_intermediate_size=4 * cfg.decoder_dim,
+        mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss)).eval()
 
 
 def main() -> None:
@@ -64,6 +80,27 @@ def main() -> None:
             total = sum(plain_model(crop, noise[k:k + 1].expand(x.shape[0], -1)).loss_per_image.float()
                         for k in range(args.masks))
         return {"mae_loss_raw": total / args.masks}
+    hf = transformers_mae(cfg).to(ours_engine.device)
+    hf_noise = torch.rand(args.masks, cfg.encoder.grid ** 2, generator=torch.Generator().manual_seed(0)
+                          ).to(ours_engine.device)
+
+    def with_transformers(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The same statistic as a user would compute it with transformers' ViTMAE: fixed noise per mask, the
+        per-image loss from its logits and mask."""
+        side = args.img_size
+        top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
+        crop = x[..., top:top + side, left:left + side]
+        total = 0.0
+        with torch.no_grad(), torch.autocast(ours_engine.device.type, torch.bfloat16,
+                                             enabled=ref_precision == "bf16"):
+            for k in range(args.masks):
+                out = hf(pixel_values=crop, noise=hf_noise[k:k + 1].expand(x.shape[0], -1))
+                target = hf.patchify(crop)
+                target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+                per_patch = ((out.logits.float() - target) ** 2).mean(-1)
+                total = total + (per_patch * out.mask).sum(1) / out.mask.sum(1)
+        return {"mae_loss_raw": total / args.masks}
+
     policy = ResizePolicy.parse(f"{args.img_size}x{args.img_size}")
     imgs = [load_for_model(f, policy)[0] for f in photos(args.images)]
     rng = np.random.default_rng(0)
@@ -76,6 +113,10 @@ def main() -> None:
                                      ours_engine.device)
     same_ips, ref2_ips = paired_rates(lambda x: same_engine.infer(same.losses, x), plain, batches, args.iters,
                                       ours_engine.device)
+    ours_t_ips, hf_ips = paired_rates(lambda x: ours_engine.infer(ours.losses, x), with_transformers, batches,
+                                      args.iters, ours_engine.device)
+    same_t_ips, hf2_ips = paired_rates(lambda x: same_engine.infer(same.losses, x), with_transformers, batches,
+                                       args.iters, ours_engine.device)
     emit({"benchmark": "curate", **environment(ours_engine.device), "size": args.size, "img_size": args.img_size,
           "masks": args.masks, "batch": args.batch, "precision": str(ours_engine.dtype).removeprefix("torch."),
           "reference": "a plain loop written in the benchmark, same MAE and masks, official precision",
@@ -84,6 +125,9 @@ def main() -> None:
           "ours_same_precision_img_s": round(same_ips, 2),
           "ratio_same_precision": round(same_ips / ref2_ips, 3),
           "max_rel_diff_loss": round(float(((a - b).abs() / b.abs()).max()), 5),
+          "transformers_img_s": round(hf_ips, 2), "transformers_precision": ref_precision,
+          "ratio_transformers": round(ours_t_ips / hf_ips, 3),
+          "ratio_transformers_same_precision": round(same_t_ips / hf2_ips, 3),
           "matmul_peak_tflop_s": round(matmul_peak(ours_engine.device, ours_engine.dtype), 3)})
 
 

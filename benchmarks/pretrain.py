@@ -1,4 +1,5 @@
-"""Steady-state pretraining steps: ours against a plain MAE step in the same run, and the loss curves.
+"""Steady-state pretraining steps: ours against a plain MAE step and transformers' ViTMAE in the same run, and
+the loss curves.
 
 The reference is the official recipe's step as it runs on this device: eager
 model, autocast only on CUDA (the official loop uses bf16 there, fp32 on a
@@ -8,6 +9,9 @@ AVX-512 BF16 / AMX included) with fused AdamW (CUDA and CPU); with --compile,
 compiled as `pixio pretrain` runs 2000 steps or more, and eager beside it.
 Both start from the same weights and see the same batches and masks; the loss
 of every step is printed, so "same curve within noise" is checked, not assumed.
+The outside reference, code a user would otherwise run, is transformers'
+``ViTMAEForPreTraining`` of the same shape with torch's AdamW at its defaults
+(its own weights and masks: its losses are not compared).
 
 MFU = model FLOPs per second / the measured matmul rate of the device at the
 precision used (and against --peak-tflops, the data-sheet figure, when given).
@@ -78,6 +82,26 @@ def trainer(cfg: MAEConfig, device: torch.device, dtype: torch.dtype, ours: bool
     return step
 
 
+def transformers_trainer(cfg: MAEConfig, device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor], float]:
+    """The step a user would otherwise write: transformers' ``ViTMAEForPreTraining`` of the same shape (one class
+    token, random patch masking at the same ratio, the pixel-normalised loss), torch's AdamW at its defaults,
+    at the device's usual precision."""
+    from .curate import transformers_mae
+
+    model = transformers_mae(cfg).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+
+    def step(x: torch.Tensor) -> float:
+        with autocast(device, dtype):
+            loss = model(pixel_values=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
 def run_alternating(steps: dict[str, Callable[[torch.Tensor], float]], batches: list[torch.Tensor],
                     device: torch.device, warmup: int) -> dict[str, tuple[float, list[float]]]:
     """Seconds per step after ``warmup`` and every step's loss, for each trainer.
@@ -129,7 +153,8 @@ def main() -> None:
                for _ in range(args.warmup + args.iters)]
     flops = step_flops(cfg, args.batch)
     trainers = {"reference": trainer(cfg, device, ref_dtype, False, False, False),
-                "ours": trainer(cfg, device, dtype, True, args.compile, args.grad_checkpointing)}
+                "ours": trainer(cfg, device, dtype, True, args.compile, args.grad_checkpointing),
+                "transformers": transformers_trainer(cfg, device, ref_dtype)}
     if args.compile:  # also ours eager (runs under 2000 steps, FSDP): what the compile adds, in the same run
         trainers["ours_eager"] = trainer(cfg, device, dtype, True, False, args.grad_checkpointing)
     if dtype != ref_dtype:  # also ours at the reference's precision: the same-precision ratio
@@ -147,6 +172,12 @@ def main() -> None:
               "mfu_of_measured_peak": round(flops / ours_s / 1e12 / peak, 3),
               "reference_losses": [round(v, 4) for v in ref_losses], "ours_losses": [round(v, 4) for v in ours_losses],
               "max_loss_rel_diff": round(max(abs(a - b) / abs(a) for a, b in zip(ref_losses, ours_losses)), 4)}
+    hf_s = timed["transformers"][0]
+    result["transformers_img_s"] = round(args.batch / hf_s, 2)
+    result["transformers_precision"] = str(ref_dtype).removeprefix("torch.")
+    result["ratio_transformers"] = round(hf_s / ours_s, 3)
+    if "ours_same_precision" in timed:
+        result["ratio_transformers_same_precision"] = round(hf_s / timed["ours_same_precision"][0], 3)
     if "ours_same_precision" in timed:
         same_s = timed["ours_same_precision"][0]
         result["ours_same_precision_img_s"] = round(args.batch / same_s, 2)

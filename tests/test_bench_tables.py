@@ -37,3 +37,29 @@ def test_the_growth_table_shows_each_size_beside_colmap():
     lines = growth_table(r)
     assert "| 25 | 24.0 s | 1.7 GiB | 1.8 cm | 19.0 s (exhaustive) | 0.3 GiB | n/a | 25, 0 |" in lines
     assert "| 24 | 6.6 s | 8.1 s | 1.23x |" in lines and growth_table({}) == []
+
+
+def test_the_known_depth_table_shows_each_run_under_both_alignments_beside_its_ceiling_and_baseline():
+    from benchmarks.run_all import known_depth_table
+
+    def scored(f: float, ate: float) -> dict:
+        rows = {"scene": {"f@0.05": f, "accuracy": 0.006, "completeness": 0.015},
+                "recorded_depth_on_cameras": {"f@0.05": 0.93}, "constant_depth_on_cameras": {"f@0.05": 0.23}}
+        return {"ate": ate, "ate_origin": 0.6, "scale": 1.0, "rows": rows}
+
+    r = {"frames": 250, "runs": {"default": {"seconds": 250.0, "peak_memory_gib": 3.3,
+                                             "similarity": scored(0.904, 0.0723), "rigid": scored(0.891, 0.0734)}}}
+    lines = known_depth_table(r)
+    assert ("| `pixio recon3d FOLDER` (depth in, cameras moved on it) | 250.0 s | 3.3 GiB | 7.23 cm, 7.34 cm | "
+            "**0.904** | 0.891 | 0.6 cm, 1.5 cm | 0.930 | 0.230 |") in lines, lines
+    assert "250 frames" in lines[1] and known_depth_table({}) == []
+
+
+def test_pretraining_is_bold_against_transformers_vitmae_at_the_same_precision():
+    r = {"precision": "bfloat16", "reference_precision": "float32", "ratio": 0.74, "transformers_precision": "float32",
+         "ratio_transformers": 0.69, "ratio_transformers_same_precision": 1.13}
+    cell = ratio_cell("pretrain_compiled", r, {})
+    assert cell.startswith("**1.13x** against transformers' ViTMAE at fp32") and "0.69x with the precision gain" in cell
+    assert "0.74x against the plain MAE step" in cell
+    r.update(precision="float32", ratio_transformers=1.1)
+    assert ratio_cell("pretrain", r, {}).startswith("**1.1x** against transformers' ViTMAE;")
