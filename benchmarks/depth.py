@@ -46,6 +46,7 @@ def main() -> None:
     head_cfg = HeadConfig(task="depth", features=args.features,
                           head_channels=[int(c) for c in args.head_channels.split(",")])
     ours = DenseModel(encoder, head_cfg)
+    unprepared = copy.deepcopy(ours)  # for ours at the reference's precision, cast from the same fp32 weights
     ref_head = ref_engine.prepare(copy.deepcopy(ours.head))
     ours = engine.prepare(ours)
     blocks = dpt_blocks(encoder.depth)
@@ -64,12 +65,23 @@ def main() -> None:
     def ours_fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"depth": ours(x)}
 
+    same = ref_engine.prepare(unprepared) if ref_engine.dtype != engine.dtype else None  # ours at its precision
+
+    def same_fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"depth": same(x)}
+
     ref_run, ours_run = ref_engine.maybe_compile(reference), engine.maybe_compile(ours_fn)
     x = torch.randn(args.batch, 3, args.side, args.side, device=engine.device)
     diff = (engine.infer(ours_run, x)["depth"].float() - ref_engine.infer(ref_run, x)["depth"].float()).abs().max()
     ours_ips, ref_ips = paired_rates(lambda b: engine.infer(ours_run, b), lambda b: ref_engine.infer(ref_run, b),
                                      [x], args.iters, engine.device)
-    emit({"benchmark": "depth", **environment(engine.device), "size": args.size, "side": args.side,
+    extra = {}
+    if same is not None:  # ours at the reference's precision: the same-precision ratio
+        same_run = ref_engine.maybe_compile(same_fn)
+        same_ips, ref2_ips = paired_rates(lambda b: ref_engine.infer(same_run, b),
+                                          lambda b: ref_engine.infer(ref_run, b), [x], args.iters, engine.device)
+        extra = {"ours_same_precision_img_s": round(same_ips, 2), "ratio_same_precision": round(same_ips / ref2_ips, 3)}
+    emit({**extra, "benchmark": "depth", **environment(engine.device), "size": args.size, "side": args.side,
           "precision": str(engine.dtype).replace("torch.", ""),
           "reference_precision": str(ref_engine.dtype).replace("torch.", ""), "batch": args.batch,
           "reference": "transformers.PixioModel hidden states + the same DPT head",

@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from .common import emit, environment, run_timed
 from .recon3d import KITCHEN
 
@@ -31,7 +33,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=250, help="the first N frames of the folder")
     args = ap.parse_args()
     frames = sorted(KITCHEN.glob("frame-*.color.jpg"))[:args.frames]
-    record = {"bench": "known_depth", **environment(), "frames": len(frames), "runs": {}}
+    record = {"benchmark": "known_depth", **environment(torch.device("cpu")), "frames": len(frames), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "seq"
         folder.mkdir()
