@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from heads import geometry as G
-from heads.depth_fit import FieldFit, fit_depth_field
-from heads.fusion import Fusion, fuse_views, world_points
-from heads.scene_eval import cloud_scores, similarity_with_offset, thin
-from heads.stereo import Sweep, refine_depth
+from heads.recon.depth_fit import FieldFit, fit_depth_field
+from heads.recon.fusion import Fusion, fuse_views, world_points
+from heads.recon.evaluate import cloud_scores, similarity_with_offset, thin
+from heads.recon.stereo import Sweep, refine_depth
 
 from .conftest import KITCHEN
 

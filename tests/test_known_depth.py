@@ -135,7 +135,7 @@ def test_a_tum_sequence_pairs_colour_and_depth_by_time_and_reads_its_depth_scale
 
 def test_a_png_s_65535_is_no_measurement_not_65_metres(tmp_path):
     """7-Scenes and Kinect tools write 65535 where the sensor saw nothing: unknown, as 0 is."""
-    from heads.known_depth import read_depth
+    from heads.recon.known_depth import read_depth
 
     raw = np.full((4, 6), 1500, np.uint16)
     raw[1, 2] = 65535
