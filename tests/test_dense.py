@@ -184,6 +184,11 @@ def test_alignment_solves_the_offset_between_two_sensors():
     assert s == pytest.approx(1.3, rel=1e-5) and np.allclose(x, lever, atol=1e-4)
     s_plain, *_ , x0 = similarity_with_offset(ours, truth, offset=False)
     assert np.all(x0 == 0) and abs(s_plain - 1.3) > 1e-3  # the plain similarity is biased by the offset
+    # a scene in metres is aligned rigidly: its scale is judged, not fitted
+    s_rigid, R_rigid, t_rigid, x1 = similarity_with_offset(centres @ R.T + [1.0, 2.0, -0.5], truth, scale=False)
+    assert s_rigid == 1.0 and np.allclose(x1, lever, atol=1e-4) and np.allclose(R_rigid, R.T, atol=1e-5)
+    s_short, *_ = similarity_with_offset(ours, truth, scale=False)
+    assert s_short == 1.0  # even where the sizes differ: the 1.3 stays in the score
 
 
 # ---------------------------------------------------------------------------- end to end on real frames
