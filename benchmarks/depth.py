@@ -19,8 +19,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from heads.features import dpt_blocks
-from heads.model import DenseModel, HeadConfig
+from heads.dense.encoder_features import dpt_blocks
+from heads.dense.model import DenseModel, HeadConfig
 from pixio_cli.engine import Engine
 
 from .common import emit, environment, paired_rates, matmul_peak, same_weights

@@ -17,7 +17,7 @@ import copy
 
 import torch
 
-from heads.pointmap import PointMapConfig, PointMapModel, prepare_pointmap
+from heads.pointmap.model import PointMapConfig, PointMapModel, prepare_pointmap
 from pixio_cli.encoder import build_encoder
 from pixio_cli.engine import Engine, autocast
 

@@ -21,8 +21,8 @@ import time
 def one(views: int, side: tuple[int, int], dense_views: int | None) -> dict:
     import torch
 
-    import heads.pointmap as P
-    from heads.pointmap import load_pointmap
+    import heads.pointmap.model as P
+    from heads.pointmap.model import load_pointmap
 
     if dense_views is not None:
         P.DENSE_VIEWS = dense_views

@@ -14,7 +14,7 @@ poses:
 Each is scored by ATE (camera centres after a similarity alignment), the
 alignment's scale (1.0 = metric), the relative rotation error of every pair and
 pose AUC@5/@30. The geometry is scored against the recorded depth as
-``pixio evaluate recon3d`` does (:mod:`heads.scene_eval`): our cloud and mesh,
+``pixio evaluate recon3d`` does (:mod:`heads.recon.evaluate`): our cloud and mesh,
 the cloud of ``--no-fusion`` (every view's pixels as placed), COLMAP's sparse
 points, and on our cameras the recorded depth (the ceiling) and one constant
 depth (the trivial baseline). Every run is a fresh process, timed end to end
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from heads.metrics import camera_metrics, trivial_cameras
-from heads.sfm import image_cam2world
+from heads.recon.sfm import image_cam2world
 
 from .common import emit, environment, run_timed
 
@@ -83,10 +83,10 @@ def colmap_alone(folder: str, out: str) -> None:
 
 
 def colmap_our_settings(folder: str, out: str) -> None:
-    """pycolmap with pixio's SfM settings (:func:`heads.sfm.run_sfm`: SIFT on the images as they are first,
+    """pycolmap with pixio's SfM settings (:func:`heads.recon.sfm.run_sfm`: SIFT on the images as they are first,
     one thread, 20 initial-pair trials at 8 degrees, the focal-length check), as JSON on stdout with the
     seconds of each stage, run in its own process by :func:`main` like :func:`colmap_alone`."""
-    from heads.sfm import SfmOptions, run_sfm
+    from heads.recon.sfm import SfmOptions, run_sfm
 
     work = Path(out) / "images"
     work.mkdir(parents=True)
@@ -120,7 +120,7 @@ OURS = {  # run name: flags (the default run writes the COLMAP model, for its po
 def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra: list[str], rgbd=None) -> dict:
     """Ours (default, --no-fusion and --no-sfm), COLMAP alone and the trivial cameras on one set of frames;
     with ``rgbd`` (frames, depth reader) the geometry of each too."""
-    from heads.scene_eval import SceneCameras, evaluate_clouds, evaluate_scene, read_scene_cameras
+    from heads.recon.evaluate import SceneCameras, evaluate_clouds, evaluate_scene, read_scene_cameras
 
     folder = work / "images"
     folder.mkdir(parents=True)

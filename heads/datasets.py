@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from pixio_cli.errors import InputError, UsageError
 from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD, is_image, read_image
 
-from .sequences import depth_from_raw, require_depth_scale
+from heads.sequences import depth_from_raw, require_depth_scale
 
 IGNORE = 255
 
@@ -184,7 +184,7 @@ def _find_layout(dataset: str, root: str | Path, split: str, depth_scale: float 
         return Layout(_split_pairs(root, split, found), "segment", label_shift=-1, label_map={0: IGNORE},
                       classes=LOVEDA_CLASSES)
     if dataset in ("7scenes", "generic-rgbd"):
-        from .sequences import find_sequences
+        from heads.sequences import find_sequences
 
         seqs = find_sequences(dataset, root, split, depth_scale)
         frames = [f for seq in seqs for f in seq.frames]

@@ -113,7 +113,7 @@ def pose_auc(rot_err: np.ndarray, trans_err: np.ndarray, max_threshold: int = 5)
 
 def ate_rmse(pred_centres: np.ndarray, gt_centres: np.ndarray) -> float:
     """RMSE of camera centres (V, 3) after a Sim(3) Umeyama alignment of the prediction to the truth."""
-    from .geometry import umeyama
+    from heads.geometry import umeyama
 
     if len(gt_centres) < 3:  # one or two cameras: the similarity aligns them exactly
         return 0.0
@@ -134,7 +134,7 @@ def pointmap_metrics(pred: dict, gt: dict, valid: np.ndarray) -> dict[str, float
     |s_pred - s_gt| / s_gt of the two normalisation factors (metric predictions only); ATE is the
     RMSE of the normalised camera centres after Sim(3) alignment.
     """
-    from .geometry import mean_norm, relative_pose_errors
+    from heads.geometry import mean_norm, relative_pose_errors
 
     views = range(len(valid))
     s_gt = mean_norm(list(gt["pts3d"]), list(valid))
@@ -167,7 +167,7 @@ def camera_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     ATE (mean and RMSE of the camera-centre error after a similarity alignment, in the truth's units),
     the similarity's scale (1.0: the prediction is in the truth's units), the mean error of the relative
     rotation of every pair (degrees) and pose AUC@5 / @30 over the pairs (MapAnything's)."""
-    from .geometry import relative_pose_errors, umeyama
+    from heads.geometry import relative_pose_errors, umeyama
 
     s, R, t = umeyama(pred[:, :3, 3], gt[:, :3, 3], with_scale=True)
     err = np.linalg.norm(s * pred[:, :3, 3] @ R.T + t - gt[:, :3, 3], axis=1)

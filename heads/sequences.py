@@ -27,10 +27,10 @@ import numpy as np
 from pixio_cli.errors import InputError, UsageError
 from pixio_cli.images import is_image
 
-from .known_depth import NO_RETURN
 
 SEVENSCENES_K = np.array([[585.0, 0, 320], [0, 585.0, 240], [0, 0, 1]])
 SEVENSCENES_HOLDOUT = 800  # flat folder: frames from this index on are the validation split
+NO_RETURN = 65535  # a 16-bit depth PNG's "no measurement" (7-Scenes, Kinect tools), unknown like 0
 SEVENSCENES_INVALID = NO_RETURN
 
 

@@ -1,6 +1,6 @@
 """Write tests/data/mapanything_geometric_inputs.npz: what MapAnything's own code makes of known poses and depth
 before its encoders (relative quaternions, normalised translations and their scale, normalised log depth and
-its scale), for fixed inputs, so a test can hold heads.pointmap's pose_inputs and depth_inputs to it without
+its scale), for fixed inputs, so a test can hold heads.pointmap.model's pose_inputs and depth_inputs to it without
 MapAnything's code. Run with the reference venv (../shared/tools/reference_env.sh):
 
     PY MA = $(../shared/tools/reference_env.sh); $PY scripts/mapanything_inputs_fixture.py $MA OUT.npz

@@ -103,7 +103,7 @@ def head_training_stopped_at(step: int, in_update: bool = False):
     import os
     import signal
 
-    import heads.train as train_mod
+    import heads.dense.train as train_mod
 
     real_lr, real_step, updates = train_mod.lr_factor, torch.optim.AdamW.step, []
 

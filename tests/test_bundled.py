@@ -41,7 +41,7 @@ def test_bundled_mae_beats_random_init_on_held_out_photos(shared_data):
 
 
 def test_bundled_depth_head_runs_offline(cli, tmp_path):
-    from heads.model import BUNDLED_HEADS
+    from heads.dense.model import BUNDLED_HEADS
 
     if not (WEIGHTS_DIR / BUNDLED_HEADS["depth-tiny"]).exists():
         pytest.skip("no bundled depth head")
@@ -61,15 +61,15 @@ def _kitchen_frames(first: int, last: int, step: int) -> list[str]:
 
 
 def test_bundled_pointmap_model_is_small_and_beats_its_untrained_self(shared_data):
-    from heads.pointmap import load_pointmap
+    from heads.pointmap.model import load_pointmap
     from pixio_cli.model_ids import BUNDLED_POINTMAPS
 
     path = WEIGHTS_DIR / BUNDLED_POINTMAPS["pointmap-tiny"]
     assert path.stat().st_size < 15 * 2**20
     import copy
 
-    from heads.pointmap import PointMapModel
-    from heads.pointmap_eval import evaluate_pointmap
+    from heads.pointmap.model import PointMapModel
+    from heads.pointmap.evaluate import evaluate_pointmap
     from heads.sequences import find_sequences
     from pixio_cli.engine import Engine
     from pixio_cli.images import ResizePolicy
@@ -92,7 +92,7 @@ def test_bundled_pointmap_chunked_run_agrees_with_one_pass(cli, tmp_path):
     camera centres agree to within 8 % (mean) and 15 % (max) of the trajectory's extent (measured: 4.9 %
     and 9.4 %; both are 3.2 cm from the ground truth on average)."""
     from heads import geometry as G
-    from heads.scene import Predictions
+    from heads.pointmap.predictions import Predictions
 
     frames = _kitchen_frames(800, 856, 4)
     for name, extra in (("one", []), ("chunks", ["--chunk", "6", "--overlap", "2"])):

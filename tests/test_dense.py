@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from heads import geometry as G
-from heads.depth_fit import FieldFit, fit_depth_field
-from heads.fusion import Fusion, fuse_views, world_points
-from heads.scene_eval import cloud_scores, similarity_with_offset, thin
-from heads.stereo import Sweep, refine_depth
+from heads.recon.depth_fit import FieldFit, fit_depth_field
+from heads.recon.fusion import Fusion, fuse_views, world_points
+from heads.recon.evaluate import cloud_scores, similarity_with_offset, thin
+from heads.recon.stereo import Sweep, refine_depth
 
 from .conftest import KITCHEN
 
@@ -184,6 +184,11 @@ def test_alignment_solves_the_offset_between_two_sensors():
     assert s == pytest.approx(1.3, rel=1e-5) and np.allclose(x, lever, atol=1e-4)
     s_plain, *_ , x0 = similarity_with_offset(ours, truth, offset=False)
     assert np.all(x0 == 0) and abs(s_plain - 1.3) > 1e-3  # the plain similarity is biased by the offset
+    # a scene in metres is aligned rigidly: its scale is judged, not fitted
+    s_rigid, R_rigid, t_rigid, x1 = similarity_with_offset(centres @ R.T + [1.0, 2.0, -0.5], truth, scale=False)
+    assert s_rigid == 1.0 and np.allclose(x1, lever, atol=1e-4) and np.allclose(R_rigid, R.T, atol=1e-5)
+    s_short, *_ = similarity_with_offset(ours, truth, scale=False)
+    assert s_short == 1.0  # even where the sizes differ: the 1.3 stays in the score
 
 
 # ---------------------------------------------------------------------------- end to end on real frames

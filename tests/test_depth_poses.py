@@ -1,4 +1,4 @@
-"""Cameras refined on measured depth (heads/depth_poses.py), tested on ground truth: a room with a box in it,
+"""Cameras refined on measured depth (heads/recon/depth_poses.py), tested on ground truth: a room with a box in it,
 depth rendered from known poses, the poses then drifted as matching drifts them."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from heads.depth_poses import pairs_to_register, refine_on_depth, register_views
-from heads.fusion import world_points
+from heads.recon.depth_poses import pairs_to_register, refine_on_depth, register_views
+from heads.recon.fusion import world_points
 from heads.geometry import rotation_angle_deg
-from heads.scene import Predictions
+from heads.pointmap.predictions import Predictions
 
 H, W, F = 96, 128, 100.0
 ROOM = (np.array([-2.0, -1.2, -1.0]), np.array([2.0, 1.2, 4.0]))  # the walls: seen from inside

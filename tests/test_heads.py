@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from heads.dpt import DPTHead, LinearHead
-from heads.features import dense_features, dpt_blocks
+from heads.dense.dpt import DPTHead, LinearHead
+from heads.dense.encoder_features import dense_features, dpt_blocks
 from heads.metrics import ConfusionMatrix, DepthMeter, depth_metrics
-from heads.model import DenseModel, HeadConfig, load_head, save_head
+from heads.dense.model import DenseModel, HeadConfig, load_head, save_head
 from pixio_cli.sliding import sliding_window
 
 from .conftest import TINY, head_training_stopped_at, random_encoder

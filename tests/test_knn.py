@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from heads.knn import knn_classify
+from pretrain.knn import knn_classify
 
 from .conftest import write_rgb
 
@@ -96,7 +96,7 @@ def test_knn_list_files_and_bad_layouts(cli, tiny_encoder_file, tmp_path):
 def test_official_pooling_is_the_raw_cls_mean(tiny_encoder, tmp_path):
     """The official eval_knn.py pools `cls_tokens` (before the final norm): pooled_features, by default,
     gives the L2-normalised mean of the raw CLS tokens of the images as the engine feeds them."""
-    from heads.knn import pooled_features
+    from pretrain.knn import pooled_features
     from pixio_cli.engine import Engine
     from pixio_cli.images import ResizePolicy, load_for_model
 

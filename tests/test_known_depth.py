@@ -27,6 +27,16 @@ def depth_folder(tmp_path: Path, maps: list[np.ndarray]) -> Path:
     return folder
 
 
+def rgbd_folder(folder: Path) -> Path:
+    """Three room frames laid out as 7-Scenes does, each with a flat depth of 1.8 m, and the K."""
+    folder.mkdir()
+    for frame in FRAMES[:3]:
+        shutil.copy(frame, folder / frame.name)
+        cv2.imwrite(str(folder / frame.name.replace(".color.jpg", ".depth.png")), np.full((480, 640), 1800, np.uint16))
+    shutil.copy(K_FILE, folder)
+    return folder
+
+
 def test_known_depth_is_the_depth_where_given_and_the_network_fills_the_rest(cli, tmp_path):
     """Two metres on the left half of each frame, unknown (0) on the right: the saved predictions hold
     exactly 2 m there, and the network's depth, fitted to it, elsewhere."""
@@ -72,12 +82,7 @@ def test_bad_known_depth_is_one_line_naming_the_file_before_any_work(cli, tmp_pa
 
 
 def test_an_rgbd_folder_with_its_intrinsics_gives_its_depth_as_known_depth(cli, tmp_path):
-    folder = tmp_path / "seq"
-    folder.mkdir()
-    for frame in FRAMES[:3]:
-        shutil.copy(frame, folder / frame.name)
-        cv2.imwrite(str(folder / frame.name.replace(".color.jpg", ".depth.png")), np.full((480, 640), 1800, np.uint16))
-    shutil.copy(K_FILE, folder)
+    folder = rgbd_folder(tmp_path / "seq")
     code, out, err = cli(["recon3d", folder, "-o", tmp_path / "a", "--no-sfm", "--json", "-q",
                           "--save-predictions", tmp_path / "p.npz"])
     assert code == 0, err
@@ -135,7 +140,7 @@ def test_a_tum_sequence_pairs_colour_and_depth_by_time_and_reads_its_depth_scale
 
 def test_a_png_s_65535_is_no_measurement_not_65_metres(tmp_path):
     """7-Scenes and Kinect tools write 65535 where the sensor saw nothing: unknown, as 0 is."""
-    from heads.known_depth import read_depth
+    from heads.recon.known_depth import read_depth
 
     raw = np.full((4, 6), 1500, np.uint16)
     raw[1, 2] = 65535
@@ -145,12 +150,7 @@ def test_a_png_s_65535_is_no_measurement_not_65_metres(tmp_path):
 
 
 def test_an_unreadable_colour_frame_fails_as_itself_not_as_its_depth(cli, tmp_path):
-    folder = tmp_path / "seq"
-    folder.mkdir()
-    for frame in FRAMES[:3]:
-        shutil.copy(frame, folder / frame.name)
-        cv2.imwrite(str(folder / frame.name.replace(".color.jpg", ".depth.png")), np.full((480, 640), 1800, np.uint16))
-    shutil.copy(K_FILE, folder)
+    folder = rgbd_folder(tmp_path / "seq")
     broken = folder / FRAMES[1].name
     broken.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes())
     code, out, err = cli(["recon3d", folder, "-o", tmp_path / "a", "--no-sfm", "--json", "-q"])

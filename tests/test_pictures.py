@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from heads.visualize import depth_picture, overlay_picture
+from heads.dense.visualize import depth_picture, overlay_picture
 
 from .conftest import write_rgb
 

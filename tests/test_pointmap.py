@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 from heads import geometry as G
-from heads.pointmap import (PointMapConfig, PointMapModel, load_pointmap, quaternion_to_matrix,
+from heads.pointmap.model import (PointMapConfig, PointMapModel, load_pointmap, quaternion_to_matrix,
                             rays_from_intrinsics, save_pointmap)
-from heads.scene import Predictions
+from heads.pointmap.predictions import Predictions
 from pixio_cli.encoder import size_config
 from pixio_cli.errors import CheckpointError
 
@@ -85,7 +85,7 @@ def test_mapanything_pixio_checkpoint_key_list_maps_onto_our_model_exactly():
     poses included, and nothing of the model is left without one."""
     import gzip
 
-    from heads.pointmap import config_from_state_dict, from_mapanything, is_mapanything_layout
+    from heads.pointmap.model import config_from_state_dict, from_mapanything, is_mapanything_layout
     from pixio_cli.checkpoints import infer_config
     from pixio_cli.encoder import PixioEncoder
 
@@ -159,7 +159,7 @@ def test_outputs_are_consistent_geometry(model):
 
 def test_views_through_the_dense_head_in_groups_give_the_same_outputs(model, monkeypatch):
     """Many large views go through the dense head a few at a time (CUDA's upsampling refuses 2**31 elements)."""
-    import heads.pointmap as pointmap
+    import heads.pointmap.model as pointmap
 
     x = images(3)
     with torch.no_grad():
@@ -310,7 +310,7 @@ def test_evaluation_scores_ground_truth_as_perfect(frames):
     """Predictions made from the ground truth (in another world frame) score perfectly: the evaluation's
     conventions (frames, poses, scaling of K) agree with the layout's."""
     from heads.metrics import pointmap_metrics
-    from heads.pointmap_eval import as_evaluated, ground_truth
+    from heads.pointmap.evaluate import as_evaluated, ground_truth
     from heads.sequences import find_sequences
 
     seq = find_sequences("7scenes", KITCHEN, "train")[0]
@@ -353,7 +353,7 @@ def test_trivial_camera_baselines_score_what_they_are():
     """A camera moving at constant speed along a line is scored perfectly by the constant-velocity
     baseline; the origin baseline's ATE is the cameras' spread."""
     from heads.metrics import camera_metrics, trivial_cameras
-    from heads.pointmap_eval import baseline_pose_metrics
+    from heads.pointmap.evaluate import baseline_pose_metrics
 
     R = G.rotation_from_quaternion(np.array([0.1, 0.2, 0.3, 0.9]))
     gt = np.tile(np.eye(4), (5, 1, 1))
@@ -373,7 +373,7 @@ def test_trivial_camera_baselines_score_what_they_are():
 
 
 def test_training_samples_carry_consistent_ground_truth():
-    from heads.pointmap_train import ViewSets
+    from heads.pointmap.train import ViewSets
     from heads.sequences import find_sequences
 
     if not KITCHEN.exists():
@@ -389,7 +389,7 @@ def test_training_samples_carry_consistent_ground_truth():
 
 
 def test_training_lowers_the_loss_on_one_sample():
-    from heads.pointmap_train import ViewSets, pointmap_loss
+    from heads.pointmap.train import ViewSets, pointmap_loss
     from heads.sequences import find_sequences
 
     if not KITCHEN.exists():
@@ -478,7 +478,7 @@ def test_known_poses_and_depth_reach_the_encoders_as_mapanythings_code_makes_the
     MapAnything's own functions (facebookresearch/map-anything f7ebafb): relative quaternions, normalised
     translations and depths, and the logs of their scales, for 2 x 4 random poses and 3 depth maps (one
     empty)."""
-    from heads.pointmap import depth_inputs, pose_inputs
+    from heads.pointmap.model import depth_inputs, pose_inputs
 
     ref = np.load(Path(__file__).parent / "data" / "mapanything_geometric_inputs.npz")
     rel_q, rel_t, log_factor = pose_inputs(torch.from_numpy(ref["cam2world"]))
@@ -494,7 +494,7 @@ def test_known_poses_and_depth_reach_the_encoders_as_mapanythings_code_makes_the
 def test_known_poses_in_any_world_frame_give_the_same_scene_in_that_frame():
     """Only poses relative to the first camera enter the model: the same cameras moved by a rigid transform
     give the same depths, and the points and cameras come out moved by it (outputs in the given frame)."""
-    from heads.scene import predict
+    from heads.pointmap.predictions import predict
 
     cfg = PointMapConfig(**{**SMALL.to_dict(), "geometric_inputs": True})
     torch.manual_seed(0)
@@ -522,7 +522,7 @@ def test_known_poses_in_any_world_frame_give_the_same_scene_in_that_frame():
 def test_views_go_through_the_dense_head_in_small_groups_with_the_same_outputs(model, monkeypatch):
     """MapAnything's memory-efficient inference: the dense head (the memory bottleneck) takes a few views at a
     time, so peak memory per view stays bounded as views grow; the outputs do not change."""
-    import heads.pointmap as P
+    import heads.pointmap.model as P
 
     x = images(5, 32, 48)
     with torch.no_grad():

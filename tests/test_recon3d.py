@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from heads import geometry as G
-from heads.scene import Cleaning, Predictions, clean_points, predict_in_chunks
-from heads.scene_export import preview_picture
+from heads.pointmap.predictions import Predictions
+from heads.recon.scene import Cleaning, clean_points, predict_in_chunks
+from heads.recon.export import preview_picture
 from heads.sequences import find_sequences
 
 from .conftest import KITCHEN
@@ -65,7 +66,7 @@ def test_chunks_moved_by_random_similarities_are_realigned(truth):
         part = _subset(pred, views)
         q = rng.normal(size=4)
         s, R, t = rng.uniform(0.5, 2), G.rotation_from_quaternion(q / np.linalg.norm(q)), rng.normal(size=3)
-        from heads.scene import transformed
+        from heads.recon.scene import transformed
 
         return replace(transformed(part, s, R, t), metric=False)  # a model up to scale: similarities
 
@@ -98,7 +99,7 @@ def test_ground_truth_through_cleaning_and_export_matches_the_fused_cloud(truth,
 
 def test_colmap_model_of_the_network_cameras_round_trips_through_pycolmap(truth, tmp_path):
     pycolmap = pytest.importorskip("pycolmap")
-    from heads.sfm import image_cam2world, write_colmap
+    from heads.recon.sfm import image_cam2world, write_colmap
 
     pred, _ = truth
     write_colmap(tmp_path / "sparse", pred.images, pred.original_hw, pred.K_original.astype(np.float64),
@@ -140,7 +141,7 @@ def test_depth_edges_mark_a_step_only():
 
 def test_tsdf_mesh_of_ground_truth_lies_on_the_cloud(truth):
     o3d = pytest.importorskip("open3d")
-    from heads.scene_export import tsdf_mesh
+    from heads.recon.export import tsdf_mesh
 
     pred, colours = truth
     mesh, voxel = tsdf_mesh(pred, colours, 0.02)
@@ -155,7 +156,7 @@ def test_tsdf_mesh_of_ground_truth_lies_on_the_cloud(truth):
 
 def test_fixed_order_keeps_the_surface_and_its_winding():
     o3d = pytest.importorskip("open3d")
-    from heads.scene_export import _in_fixed_order
+    from heads.recon.export import _in_fixed_order
 
     box = o3d.geometry.TriangleMesh.create_box()
     box.vertex_colors = o3d.utility.Vector3dVector(np.random.default_rng(0).random((8, 3)))
@@ -189,7 +190,7 @@ def test_chunk_parts_resume_only_with_the_same_settings(truth, tmp_path):
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    from heads.pointmap import save_pointmap
+    from heads.pointmap.model import save_pointmap
 
     from .test_pointmap import small_model
 

@@ -94,8 +94,8 @@ def test_depth_pictures_have_no_frame_and_no_line_where_a_window_ends():
     """Look at a depth picture at 100 %: the outermost pixels are as right as the inside (no dark or bright
     frame from the head's zero padding), and the steepest line near each window border is about what a
     whole-image pass, which has no windows, has there (no straight line where a window's level ends)."""
-    from heads.model import load_head
-    from heads.predict import batch_fn
+    from heads.dense.model import load_head
+    from heads.dense.predict import batch_fn
 
     if not (SHARED / "rgbd-7scenes-redkitchen").exists():
         pytest.skip("shared data not present")
@@ -154,7 +154,7 @@ def test_evaluate_segment_on_the_test_split_reports_what_segment_writes(cli, tmp
     assert "IoU per class" in err and "sky " in err  # per class in the human output too
     code, _, err = cli(["segment", root / "test", "-o", tmp_path / "labels", "-q", "--workers", "0"])
     assert code == 0, err
-    from heads.model import load_head
+    from heads.dense.model import load_head
 
     palette = np.array(load_head("segment-tiny").cfg.palette, np.int64)  # the PNGs are palette-indexed
     code_of = {int((r << 16) | (g << 8) | b): i for i, (r, g, b) in enumerate(palette)}
@@ -202,8 +202,8 @@ def patch_pattern(depth: np.ndarray, patch: int = 16) -> float:
 def test_the_bundled_depth_heads_pictures_show_little_checkerboard():
     """The 500-step head put 3.9 % of its pictures' fine detail in a patch-sized checkerboard; the bundled
     one (1500 steps) 1.4 %. A map with no such pattern (the recorded depth) scores well under either."""
-    from heads.model import load_head
-    from heads.predict import batch_fn
+    from heads.dense.model import load_head
+    from heads.dense.predict import batch_fn
 
     if not (SHARED / "rgbd-7scenes-redkitchen").exists():
         pytest.skip("shared data not present")

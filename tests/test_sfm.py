@@ -13,8 +13,9 @@ import pytest
 
 from heads import geometry as G
 from heads.metrics import camera_metrics
-from heads.scene import Predictions, on_cameras, transformed
-from heads.sfm import camera_K, image_cam2world
+from heads.pointmap.predictions import Predictions
+from heads.recon.scene import on_cameras, transformed
+from heads.recon.sfm import camera_K, image_cam2world
 
 from .conftest import KITCHEN
 
@@ -76,7 +77,7 @@ def truth():
 def fake_sfm(pred: Predictions, K: np.ndarray, sfm_scale: float, registered: list[bool], seed: int = 0):
     """What COLMAP would report for the true cameras: poses in a world of another scale and origin, one
     PINHOLE camera, and 200 observed points per frame with their true depths in that world."""
-    from heads.sfm import SfmCameras
+    from heads.recon.sfm import SfmCameras
 
     rng = np.random.default_rng(seed)
     world = np.eye(4)
@@ -146,7 +147,7 @@ def test_without_enough_registered_frames_the_network_cameras_stay(truth):
 @pytest.fixture(scope="module")
 def kitchen_sfm():
     """pycolmap's reconstruction of 5 held-out kitchen frames, read as SfmCameras, and the true poses."""
-    from heads.sfm import SfmJob, SfmOptions
+    from heads.recon.sfm import SfmJob, SfmOptions
     from pixio_cli.inputs import collect
 
     paths, poses = kitchen([800, 824, 848, 872, 896])
@@ -167,7 +168,7 @@ def test_matching_registers_real_frames_on_their_true_cameras(kitchen_sfm):
 
 @pytest.mark.parametrize("text", [False, True])
 def test_colmap_export_keeps_the_tracks_and_adds_the_frames_matching_missed(kitchen_sfm, tmp_path, text):
-    from heads.sfm import write_colmap
+    from heads.recon.sfm import write_colmap
 
     cams, _, paths = kitchen_sfm
     missed = replace(cams, registered=np.array([True, True, True, True, False]))  # as if the last had failed
@@ -302,7 +303,7 @@ def test_known_cameras_are_used_as_given_from_our_json_and_from_a_colmap_model(c
 def test_frame_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
     import tempfile
 
-    from heads.sfm import _remove_orphans
+    from heads.recon.sfm import _remove_orphans
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead, live = tmp_path / "pixio-sfm-999999999-abc", tmp_path / f"pixio-sfm-{__import__('os').getpid()}-def"
@@ -348,7 +349,7 @@ def test_a_focal_length_the_frames_do_not_fix_is_found_out(tmp_path):
     mapped again held; five frames 24 apart keep their fit (554 px)."""
     import shutil
 
-    from heads.sfm import SfmOptions, _unfixed_focal, run_sfm
+    from heads.recon.sfm import SfmOptions, _unfixed_focal, run_sfm
 
     for frames, expect in (([800 + 8 * i for i in range(6)], "do not fix a focal length"),
                            ([800 + 8 * i for i in range(8)], "is one no lens has"),

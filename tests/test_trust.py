@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from heads.model import DenseModel, HeadConfig, save_head
+from heads.dense.model import DenseModel, HeadConfig, save_head
 
 from .conftest import random_encoder, write_rgb
 
@@ -131,7 +131,7 @@ def test_output_extension_selects_the_format(cli, depth_head, seg_head, tmp_path
 
 
 def test_vis_legend_says_when_it_is_clipped(monkeypatch):
-    from heads import visualize
+    from heads.dense import visualize
 
     texts: list[str] = []
     real = cv2.putText
@@ -352,7 +352,7 @@ def test_empty_inputs_are_one_error_for_every_command(cli, tiny_encoder_file, tm
 
 
 def test_evaluation_without_images_is_an_error_and_defaults_to_the_bundled_head(cli, tmp_path):
-    from heads.model import BUNDLED_HEADS
+    from heads.dense.model import BUNDLED_HEADS
     from pixio_cli.checkpoints import WEIGHTS_DIR
 
     if not (WEIGHTS_DIR / BUNDLED_HEADS["depth-tiny"]).exists():
@@ -500,7 +500,7 @@ def test_zoo_every_image_command_on_good_corrupt_and_odd_images(cli, tiny_encode
 
 @pytest.fixture(scope="module")
 def pointmap_file(tmp_path_factory) -> Path:
-    from heads.pointmap import save_pointmap
+    from heads.pointmap.model import save_pointmap
 
     from .test_pointmap import small_model
 
@@ -561,7 +561,7 @@ def test_extract_pca_pictures_never_replace_or_join_the_inputs(cli, tiny_encoder
 
 
 def test_per_input_intrinsics_stay_with_their_input_when_one_is_missing(cli, pointmap_file, tmp_path):
-    from heads.scene import Predictions
+    from heads.pointmap.predictions import Predictions
 
     f = frames(tmp_path / "d")
     K = np.array([[60.0, 0, 31.5], [0, 60, 23.5], [0, 0, 1]])
@@ -665,12 +665,12 @@ def test_a_model_folder_is_identified_by_every_file_in_it(tmp_path):
 
 
 def test_recon3d_resume_redoes_a_chunk_whose_input_was_edited(cli, pointmap_file, tmp_path, monkeypatch):
-    import heads.scene
-    from heads.scene import Predictions
+    import heads.recon.scene
+    from heads.pointmap.predictions import Predictions
 
     f = frames(tmp_path / "d", 4)
     args = [*r3(pointmap_file), *f, "-o", tmp_path / "s.ply", "--chunk", "3", "--overlap", "1"]
-    real, calls = heads.scene.predict, []
+    real, calls = heads.recon.scene.predict, []
 
     def killed_after_the_first_chunk(*a, **k):
         calls.append(1)
@@ -679,7 +679,7 @@ def test_recon3d_resume_redoes_a_chunk_whose_input_was_edited(cli, pointmap_file
         return real(*a, **k)
 
     with monkeypatch.context() as m:
-        m.setattr(heads.scene, "predict", killed_after_the_first_chunk)
+        m.setattr(heads.recon.scene, "predict", killed_after_the_first_chunk)
         code, _, _ = cli([*args, "--save-predictions", tmp_path / "p.npz"])
     assert code == 130 and (tmp_path / "p.npz.parts" / "chunk-0000.npz").exists()
     write_rgb(f[0], 48, 64, seed=99)  # edited in place before the rerun

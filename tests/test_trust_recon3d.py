@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heads.sfm import write_colmap
+from heads.recon.sfm import write_colmap
 
 ROOM = Path(__file__).resolve().parents[1] / "samples" / "room"
 FRAMES = sorted(ROOM.glob("*.color.jpg"))
@@ -122,7 +122,7 @@ def test_exported_points_carry_their_reprojection_error(tmp_path):
     reprojection error means something."""
     import pycolmap
 
-    from heads.sfm import SfmCameras
+    from heads.recon.sfm import SfmCameras
 
     rec = pycolmap.Reconstruction()
     cam = pycolmap.Camera.create_from_model_name(1, "PINHOLE", 585.0, 640, 480)
@@ -156,12 +156,12 @@ def test_a_full_disk_under_matching_is_an_error_not_a_matching_result(cli, tmp_p
     (exit 2) instead of reading as 'matching registered none'."""
     import errno
 
-    import heads.sfm
+    import heads.recon.sfm
 
     def full(folder, index, image):
         raise OSError(errno.ENOSPC, "No space left on device", str(folder / f"{index:06d}.png"))
 
-    monkeypatch.setattr(heads.sfm, "write_frame", full)
+    monkeypatch.setattr(heads.recon.sfm, "write_frame", full)
     code, _, err = cli(["recon3d", *FRAMES[:2], "-o", tmp_path / "out", "-q"])
     assert code == 2 and "No space left on device" in err and "TMPDIR" in err, err
     assert "matching registered" not in err and len(err.strip().splitlines()) == 1, err
@@ -171,13 +171,13 @@ def test_a_full_disk_under_matching_is_an_error_not_a_matching_result(cli, tmp_p
 def test_frames_for_matching_are_written_without_opencv_messages_and_report_their_errors(tmp_path):
     """cv2.imwrite says False on a full disk (and libpng prints its own line): the frame is encoded in memory
     and written by Python, whose error names the cause."""
-    import heads.sfm
+    import heads.recon.sfm
 
     image = np.zeros((48, 64, 3), np.uint8)
-    name, hw = heads.sfm.write_frame(tmp_path, 3, image)
+    name, hw = heads.recon.sfm.write_frame(tmp_path, 3, image)
     assert name == "000003.png" and hw == (48, 64) and (tmp_path / name).stat().st_size > 0
     with pytest.raises(OSError) as e:
-        heads.sfm.write_frame(tmp_path / "missing", 4, image)
+        heads.recon.sfm.write_frame(tmp_path / "missing", 4, image)
     assert e.value.errno is not None
 
 
@@ -235,7 +235,7 @@ def _flipped() -> list:
 ])
 def test_a_cameras_json_is_checked_camera_by_camera(tmp_path, camera, says):
     """Each of these ended in exit 3 (ValueError, KeyError, ZeroDivisionError) or was taken as a scene."""
-    from heads.sfm import read_cameras_json
+    from heads.recon.sfm import read_cameras_json
     from pixio_cli.errors import UsageError
 
     path = tmp_path / "cameras.json"
@@ -246,7 +246,7 @@ def test_a_cameras_json_is_checked_camera_by_camera(tmp_path, camera, says):
 
 
 def test_a_cameras_json_says_its_unit_and_each_image_once(tmp_path):
-    from heads.sfm import read_cameras_json, read_known_cameras
+    from heads.recon.sfm import read_cameras_json, read_known_cameras
     from pixio_cli.errors import UsageError
 
     path = tmp_path / "cameras.json"
@@ -273,7 +273,7 @@ def test_a_cameras_json_says_its_unit_and_each_image_once(tmp_path):
 
 def test_pixios_own_colmap_export_in_metres_is_taken_back_in_metres(tmp_path):
     """A model pixio wrote from the network's cameras has no points to set a scale; it says its unit."""
-    from heads.sfm import read_known_cameras
+    from heads.recon.sfm import read_known_cameras
 
     folder = tmp_path / "sparse" / "0"
     write_colmap(folder, ["a.jpg", "b.jpg"], np.array([(480, 640)] * 2), np.repeat(K[None], 2, 0), poses(2),

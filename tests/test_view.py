@@ -176,7 +176,7 @@ def test_what_cannot_be_shown_is_one_line_and_exit_1(cli, tmp_path, case):
 
 def test_a_huge_or_colourless_cloud_is_shown_and_said(tmp_path):
     """Beyond --max-points a random subset (said); a PLY without colours is coloured by height (said)."""
-    from heads.scene_view import read_scene
+    from heads.recon.view import read_scene
 
     rng = np.random.default_rng(1)
     points = rng.normal(size=(30_000, 3))
@@ -192,7 +192,7 @@ def test_a_huge_or_colourless_cloud_is_shown_and_said(tmp_path):
 def test_the_mesh_and_cameras_beside_the_scene_are_found(tmp_path):
     import open3d as o3d
 
-    from heads.scene_view import read_scene
+    from heads.recon.view import read_scene
 
     scene = red_room(tmp_path / "room", n=2000)
     box = o3d.geometry.TriangleMesh.create_box()
@@ -232,7 +232,7 @@ def test_a_mesh_older_than_the_scene_is_an_earlier_run_s_and_not_shown(tmp_path)
 
     import open3d as o3d
 
-    from heads.scene_view import read_scene
+    from heads.recon.view import read_scene
 
     scene = red_room(tmp_path / "room", n=2000)
     mesh = scene / "scene_mesh.ply"

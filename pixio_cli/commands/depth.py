@@ -70,7 +70,7 @@ def depth(
     import numpy as np
     import torch
 
-    from heads.predict import batch_fn, default_policy, depth_at, load_dense
+    from heads.dense.predict import batch_fn, default_policy, depth_at, load_dense
 
     from ..engine import Engine, Sample, dist_info
     from ..inputs import Item, collect
@@ -119,12 +119,12 @@ def depth(
 
             image = cv2.resize(sample.image, (w, h), interpolation=cv2.INTER_LINEAR)
         if vis:
-            from heads.visualize import depth_picture
+            from heads.dense.visualize import depth_picture
 
             write_image(dest.path(item, "_vis.png"),
                         depth_picture(d, cmap=cmap.value, image=image if side_by_side else None))
         if ply:
-            from heads.visualize import write_point_cloud
+            from heads.dense.visualize import write_point_cloud
 
             if "K" in out and fov is None and fx is None:  # the camera the point-map model predicted
                 from heads.geometry import scale_intrinsics
@@ -164,8 +164,8 @@ def _depth_video(items: list, output: Path, model: str, cmap: str, side_by_side:
     import cv2
     import numpy as np
 
-    from heads.predict import batch_fn, default_policy, depth_at, load_dense
-    from heads.visualize import depth_picture
+    from heads.dense.predict import batch_fn, default_policy, depth_at, load_dense
+    from heads.dense.visualize import depth_picture
 
     from ..writers import EmptyVideo, check_writable, write_video
     from .common import finish

@@ -10,7 +10,7 @@ import typer
 
 from .. import options as opt
 from ..errors import UsageError
-from . import training as t
+from . import pretraining as t
 from .common import require_positive
 
 

@@ -26,8 +26,8 @@ def _run(task: str, model: str, data: Path, dataset: str, split: str, json_out: 
     import json
 
     from heads.datasets import find_layout
-    from heads.evaluate import evaluate
-    from heads.predict import load_dense
+    from heads.dense.evaluate import evaluate
+    from heads.dense.predict import load_dense
 
     from ..engine import Engine
 
@@ -120,7 +120,7 @@ def evaluate_knn(
 
     import torch
 
-    from heads.knn import find_splits, knn_classify, pooled_features
+    from pretrain.knn import find_splits, knn_classify, pooled_features
 
     from ..engine import Engine
     from ..resume import model_identity
@@ -183,8 +183,8 @@ def evaluate_pointmap(
     a straight line at constant speed), which a model's must beat to show skill."""
     import json
 
-    from heads.pointmap import load_pointmap, prepare_pointmap
-    from heads.pointmap_eval import evaluate_pointmap as run
+    from heads.pointmap.model import load_pointmap, prepare_pointmap
+    from heads.pointmap.evaluate import evaluate_pointmap as run
     from heads.sequences import find_sequences
 
     from ..engine import Engine
@@ -233,7 +233,7 @@ def evaluate_recon3d(
     trivial baseline (one constant depth on them). ATE beside every camera at the origin."""
     import json
 
-    from heads.scene_eval import evaluate_scene
+    from heads.recon.evaluate import evaluate_scene
     from heads.sequences import find_sequences
 
     frames = {}

@@ -71,7 +71,7 @@ def extract(
     import torch
 
     from ..engine import Engine, Sample, dist_info
-    from ..features import FileStore, ShardStore
+    from ..feature_stores import FileStore, ShardStore
     from ..images import ResizePolicy
     from ..inputs import Item, collect
     from ..int8 import BelowBound

@@ -8,7 +8,7 @@ import typer
 
 from .. import options as opt
 from ..errors import UsageError
-from . import training as t
+from . import pretraining as t
 from .common import require_positive
 
 # Official drop-path for the large models (H and up); the small ones train without it.

@@ -150,10 +150,10 @@ def recon3d(
     import torch
 
     from heads import geometry as G
-    from heads.pointmap import load_pointmap, prepare_pointmap
-    from heads.scene import (Cleaning, clean_points, fuse, on_cameras, pixel_mask, predict, predict_in_chunks,
-                             read_intrinsics)
-    from heads.scene_export import preview_picture
+    from heads.pointmap.model import load_pointmap, prepare_pointmap
+    from heads.pointmap.predictions import predict
+    from heads.recon.scene import Cleaning, clean_points, fuse, on_cameras, pixel_mask, predict_in_chunks, read_intrinsics
+    from heads.recon.export import preview_picture
 
     from ..engine import Engine, Summary, autocast
     from ..errors import PixioError
@@ -214,7 +214,7 @@ def recon3d(
         root, image_names = _image_names(view_items)
         given = None
         if known_cameras is not None:  # the user's cameras; their K goes to the network as --intrinsics would
-            from heads.sfm import read_known_cameras
+            from heads.recon.sfm import read_known_cameras
 
             given = read_known_cameras(known_cameras, image_names, sizes)
             known = list(given.K)
@@ -264,7 +264,7 @@ def recon3d(
         if model_poses is not None:  # the model took the cameras: its outputs are in their frame already
             sfm_cameras = None
         if depth_files is not None and model_depth is None:  # measured depth in place of the network's
-            from heads.known_depth import put_known_depth, read_depth
+            from heads.recon.known_depth import put_known_depth, read_depth
 
             files = [depth_files[s.index] for s in samples]
             pred, held, depth_report = put_known_depth(pred, [
@@ -277,7 +277,7 @@ def recon3d(
             pred, placed = on_cameras(pred, sfm_cameras, seed,
                                       given_depth=held.any((1, 2)) if held is not None else None)
         if held is not None and depth_cameras and placed["cameras"] in ("sfm", "network") and len(frames) > 1:
-            from heads.depth_poses import register_views
+            from heads.recon.depth_poses import register_views
 
             pred, placed["depth_registration"] = register_views(pred, held)
         solved = time.perf_counter()
@@ -345,7 +345,7 @@ def recon3d(
                              pred.cam2world, unit, root)
         written.append(str(scene_path.parent / "cameras.json"))
     elif cameras in (Cameras.colmap, Cameras.colmap_text) and not unusable:
-        from heads.sfm import write_colmap
+        from heads.recon.sfm import write_colmap
 
         to_world = ((placed["sfm_scale"], np.array(placed["to_output"]))
                     if placed["cameras"] in ("sfm", "given") and sfm_cameras.reconstruction is not None else None)
@@ -471,7 +471,7 @@ def _known_depth(items: list, folder: Optional[Path], per_metre: Optional[float]
     for it (an RGB-D folder's ``camera-intrinsics.txt`` when no other is given, its depth used or not). Every file is read and checked now, before any work; said in one line."""
     import cv2
 
-    from heads.known_depth import check_known_depth
+    from heads.recon.known_depth import check_known_depth
 
     if Ks is None and not given_cameras and folder is None and n_depth:
         Ks = _folder_intrinsics(items)
@@ -508,7 +508,7 @@ def _known_depth(items: list, folder: Optional[Path], per_metre: Optional[float]
 
 def _folder_intrinsics(items: list):
     """One K per input from the ``camera-intrinsics.txt`` of the folder all inputs lie in, or None."""
-    from heads.scene import read_intrinsics
+    from heads.recon.scene import read_intrinsics
 
     found = {Path(it.path).parent / "camera-intrinsics.txt" for it in items}
     if len(found) == 1 and next(iter(found)).is_file():
@@ -521,7 +521,7 @@ def _depth_at_size(files: list, samples: list, sizes: list, per_metre, hw: tuple
     across edges), in metres, for a model that takes depth as an input."""
     import cv2
 
-    from heads.known_depth import read_depth
+    from heads.recon.known_depth import read_depth
 
     out = []
     for s, size in zip(samples, sizes):
@@ -532,7 +532,7 @@ def _depth_at_size(files: list, samples: list, sizes: list, per_metre, hw: tuple
 
 
 def _start_sfm(items: list, Ks, matching: "Matching", seed: int):
-    from heads.sfm import SfmJob, SfmOptions
+    from heads.recon.sfm import SfmJob, SfmOptions
 
     return SfmJob(items, SfmOptions(matching=matching.value, known_K=Ks, seed=seed),
                   video=any(it.frame is not None for it in items))
@@ -633,7 +633,7 @@ def _one_size(images: list, labels: list[str]) -> list:
 def _write_mesh(pred, colours, scene_path: Path, voxel: Optional[float], glb: bool, keep=None) -> list[str]:
     """``<scene>_mesh.ply`` (and ``<scene>.glb``) by TSDF fusion; returns the files written."""
     from heads.geometry import write_mesh
-    from heads.scene_export import tsdf_mesh
+    from heads.recon.export import tsdf_mesh
 
     from ..errors import PixioError
 
@@ -661,7 +661,7 @@ class _Parts:
         self.settings = json.dumps(settings, sort_keys=True)
 
     def done(self) -> dict:
-        from heads.scene import Predictions
+        from heads.pointmap.predictions import Predictions
 
         if self.folder is None or not (self.folder / "settings.json").exists():
             return {}

@@ -37,7 +37,7 @@ def segment(
     import numpy as np
     import torch
 
-    from heads.predict import batch_fn, default_policy, labels_at, load_dense
+    from heads.dense.predict import batch_fn, default_policy, labels_at, load_dense
 
     from ..engine import Engine, Sample, dist_info
     from ..inputs import Item, collect
@@ -70,7 +70,7 @@ def segment(
         if overlay:
             import cv2
 
-            from heads.visualize import overlay_picture
+            from heads.dense.visualize import overlay_picture
 
             image = cv2.resize(sample.image, (w, h), interpolation=cv2.INTER_LINEAR)
             write_image(dest.path(item, "_overlay.png"), overlay_picture(image, labels, palette, classes))

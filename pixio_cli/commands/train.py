@@ -34,7 +34,7 @@ Resume = Annotated[bool, typer.Option("--resume", help="Continue from <output>.c
 
 
 def _run(task: str, resume: bool, **kw) -> None:
-    from heads.train import HeadTrainConfig, train_head
+    from heads.dense.train import HeadTrainConfig, train_head
 
     if kw["output"].suffix.lower() != ".safetensors":
         raise UsageError(f"-o {kw['output']}: a head is written as .safetensors")
@@ -123,8 +123,8 @@ def train_pointmap(
         = False) -> None:
     """Train a point-map model (MapAnything's architecture, small by default) on multi-view RGB-D sequences;
     scores the untrained and the trained model on the held-out split and stores both in the file."""
-    from heads.pointmap_train import PointMapTrainConfig
-    from heads.pointmap_train import train_pointmap as run
+    from heads.pointmap.train import PointMapTrainConfig
+    from heads.pointmap.train import train_pointmap as run
 
     channels = _widths(dpt_channels, "--dpt-channels")
     require_positive(lr=lr, depth_scale=depth_scale)

@@ -40,7 +40,7 @@ def show(scene: Path, *, host: str = "127.0.0.1", port: int = 8080, max_points: 
          browser: bool | None = None) -> None:
     """Read the scene at ``scene`` and serve it until Ctrl-C or SIGTERM (also for ``recon3d --view``)."""
     require_viewer()
-    from heads.scene_view import has_display, read_scene, serve
+    from heads.recon.view import has_display, read_scene, serve
 
     data = read_scene(scene, max_points)
 

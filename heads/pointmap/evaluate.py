@@ -8,8 +8,8 @@ import torch
 
 from pixio_cli.errors import InputError
 
-from .pointmap import PointMapModel
-from .scene import Predictions, predict
+from heads.pointmap.model import PointMapModel
+from heads.pointmap.predictions import Predictions, predict
 
 
 
@@ -25,7 +25,7 @@ def ground_truth(depths: list[np.ndarray], Ks: list[np.ndarray], cam2world: list
     images, of sizes ``image_hw`` (a depth map may be stored at another size)."""
     import cv2
 
-    from .geometry import depth_to_points, relative_to_first, scale_intrinsics, transform
+    from heads.geometry import depth_to_points, relative_to_first, scale_intrinsics, transform
 
     h, w = hw
     rel = relative_to_first(np.stack(cam2world).astype(np.float64))
@@ -41,7 +41,7 @@ def ground_truth(depths: list[np.ndarray], Ks: list[np.ndarray], cam2world: list
 
 def as_evaluated(pred: Predictions) -> dict:
     """Predictions in view 0's predicted frame, as the metrics take them."""
-    from .geometry import invert_pose, relative_to_first, transform
+    from heads.geometry import invert_pose, relative_to_first, transform
 
     T = pred.cam2world.astype(np.float64)
     to_first = invert_pose(T[0])
@@ -57,8 +57,8 @@ def evaluate_pointmap(model: PointMapModel, sequences: list, engine, views: int 
     from pixio_cli.engine import autocast
     from pixio_cli.images import ResizePolicy, load_for_model
 
-    from .metrics import pointmap_metrics
-    from .sequences import require_cameras
+    from heads.metrics import pointmap_metrics
+    from heads.sequences import require_cameras
 
     import sys
 
@@ -99,8 +99,8 @@ def baseline_pose_metrics(gt: dict, valid: np.ndarray) -> dict[str, float]:
     """Pose AUC@5/@30 and ATE (as :func:`heads.metrics.pointmap_metrics` defines them) of the trivial
     cameras (every one at the origin; a straight line at constant speed) on one view set: what the
     model's pose figures must beat to show skill."""
-    from .geometry import mean_norm, relative_pose_errors
-    from .metrics import ate_rmse, pose_auc, trivial_cameras
+    from heads.geometry import mean_norm, relative_pose_errors
+    from heads.metrics import ate_rmse, pose_auc, trivial_cameras
 
     if len(valid) < 2:
         return {}

@@ -24,9 +24,9 @@ from pixio_cli.images import read_image
 from pixio_cli.interrupts import interrupts_deferred
 from pixio_cli.writers import atomic_path
 
-from .datasets import IGNORE, TrainCrops, find_layout
-from .evaluate import baseline, evaluate
-from .model import DenseModel, HeadConfig, is_known_id, save_head
+from heads.datasets import IGNORE, TrainCrops, find_layout
+from heads.dense.evaluate import baseline, evaluate
+from heads.dense.model import DenseModel, HeadConfig, is_known_id, save_head
 
 log = logging.getLogger("pixio")
 

@@ -26,11 +26,11 @@ from pixio_cli.engine import Engine, adamw, autocast, dist_info, init_distribute
 from pixio_cli.errors import InputError, UsageError
 from pixio_cli.images import ResizePolicy, read_image, resize_image
 
-from . import geometry as G
-from .datasets import normalise
-from .pointmap import PointMapConfig, PointMapModel, PointMapOutput, save_pointmap
-from .sequences import Sequence, find_sequences, require_cameras, shared_frames
-from .train import StepCheckpoint, run_settings, run_steps, step_positions
+from heads import geometry as G
+from heads.datasets import normalise
+from heads.pointmap.model import PointMapConfig, PointMapModel, PointMapOutput, save_pointmap
+from heads.sequences import Sequence, find_sequences, require_cameras, shared_frames
+from heads.dense.train import StepCheckpoint, run_settings, run_steps, step_positions
 
 log = logging.getLogger("pixio")
 
@@ -163,7 +163,7 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
     on Ctrl-C in a single process); ``resume`` continues from it. Under torchrun
     the model is wrapped in DDP and rank 0 evaluates and saves.
     """
-    from .pointmap_eval import evaluate_pointmap
+    from heads.pointmap.evaluate import evaluate_pointmap
 
     rank, world, _ = dist_info()
     device = pick_device(cfg.device)
@@ -255,7 +255,7 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
                   "final_parts": {k: round(v, 4) for k, v in parts.items()}, "train_seconds": round(seconds, 1),
                   "encoder": cfg.encoder, "finetune": cfg.finetune, "val_metrics": trained,
                   "untrained_val_metrics": untrained, "val_shared_with_train": shared}
-    from .model import is_known_id
+    from heads.dense.model import is_known_id
 
     source = cfg.encoder if not cfg.finetune and is_known_id(cfg.encoder) else None
     save_pointmap(model.cpu(), Path(cfg.output) / "pointmap.safetensors", provenance,

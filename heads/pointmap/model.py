@@ -33,7 +33,7 @@ from pixio_cli.encoder import EncoderConfig, PixioEncoder
 from pixio_cli.errors import CheckpointError
 from pixio_cli.model_ids import POINTMAP_SHORT_SIDE
 
-from .dpt import DPTHead
+from heads.dense.dpt import DPTHead
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -506,7 +506,7 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], patch: int) -> PointMapC
 
 def intrinsics(rays: np.ndarray) -> np.ndarray:
     """K (..., 3, 3) from rays (..., H, W, 3) (MapAnything's least-squares fit, per view)."""
-    from .geometry import intrinsics_from_rays
+    from heads.geometry import intrinsics_from_rays
 
     flat = rays.reshape(-1, *rays.shape[-3:])
     return np.stack([intrinsics_from_rays(r) for r in flat]).reshape(*rays.shape[:-3], 3, 3)
@@ -607,7 +607,7 @@ class PointMapDepth(nn.Module):
 
     def __init__(self, model: PointMapModel) -> None:
         super().__init__()
-        from .model import HeadConfig
+        from heads.dense.model import HeadConfig
 
         self.model = model
         self.cfg = HeadConfig(task="depth", crop=0, infer_short=model.infer_short)

@@ -19,12 +19,12 @@ from pixio_cli.errors import UsageError
 from pixio_cli.images import ResizePolicy
 from pixio_cli.sliding import reflect_border, sliding_window
 
-from .model import DenseModel, load_head
+from heads.dense.model import DenseModel, load_head
 
 
 def load_dense(engine: Engine, source: str, task: str) -> DenseModel:
     """A head checkpoint of ``task`` on the engine's device (for depth, also a point-map model)."""
-    from .pointmap import PointMapDepth, is_pointmap_source, load_pointmap, prepare_pointmap
+    from heads.pointmap.model import PointMapDepth, is_pointmap_source, load_pointmap, prepare_pointmap
 
     if is_pointmap_source(source):
         if task != "depth":

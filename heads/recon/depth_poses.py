@@ -31,13 +31,13 @@ class DepthRegistration:
 
 
 def register_views(pred, measured: np.ndarray, r: DepthRegistration = DepthRegistration()):
-    """:class:`heads.scene.Predictions` whose cameras are moved so that their measured depth agrees
+    """:class:`heads.recon.scene.Predictions` whose cameras are moved so that their measured depth agrees
     (``measured`` (V, h, w) bool: the pixels whose depth was measured), every view's points placed on its
     moved camera; and the report of :func:`refine_on_depth`. Needs the depth in metres."""
     from dataclasses import replace
 
-    from .fusion import Fusion, choose_neighbours, world_points
-    from .scene import camera_rays
+    from heads.recon.fusion import Fusion, choose_neighbours, world_points
+    from heads.recon.scene import camera_rays
 
     c2w = pred.cam2world.astype(np.float64)
     _, overlapping = choose_neighbours(pred.pts3d, measured, pred.K, c2w, Fusion(window=r.window))

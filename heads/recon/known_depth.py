@@ -17,12 +17,12 @@ import numpy as np
 
 from pixio_cli.errors import UsageError
 
-from .depth_fit import FieldFit, fit_depth_field
+from heads.recon.depth_fit import FieldFit, fit_depth_field
+from heads.sequences import NO_RETURN
 
 PER_METRE = {".png": 1000.0, ".npy": 1.0}  # stored value per metre unless --depth-scale says otherwise
 TUM_PER_METRE = 5000.0  # TUM RGB-D's depth PNGs
 TUM_MAX_GAP = 0.02  # seconds: TUM's associate.py pairs colour and depth frames at most this far apart
-NO_RETURN = 65535  # a 16-bit PNG's "no measurement" (7-Scenes, Kinect tools), read as unknown like 0
 FIT_SAMPLES = 4000  # known pixels the network's depth is fitted to, per view
 
 
@@ -147,7 +147,7 @@ def read_depth(path: Path, hw: tuple[int, int], per_metre: float | None = None) 
 
 
 def put_known_depth(pred, depths: list[np.ndarray | None]):
-    """``pred`` (:class:`heads.scene.Predictions`) with each view's known depth (original pixels, metres, 0
+    """``pred`` (:class:`heads.recon.scene.Predictions`) with each view's known depth (original pixels, metres, 0
     unknown; None: no file) in place of the network's where it is known, the network's fitted to it
     elsewhere, and the points moved with it. Returns the predictions, which pixels hold known depth
     (V, H, W) bool, and a report (views with depth, the share of their pixels it covers)."""

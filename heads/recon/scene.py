@@ -1,12 +1,6 @@
-"""A point-map model over the views of one scene: its predictions as arrays (saved and read back by
-``pixio recon3d`` and evaluation), long sequences in chunks aligned to each other, and the points
-cleaning keeps.
-
-Every array is at the processing size (H, W) the model saw; ``K`` is in those
-pixels and ``K_original`` in each input image's own pixels. Poses are
-camera-to-world (OpenCV axes: x right, y down, z forward) in view 0's
-predicted frame; lengths are metres when the model is metric.
-"""
+"""A scene from a point-map model's predictions (:class:`heads.pointmap.predictions.Predictions`): long
+sequences in chunks aligned to each other, the network's depth placed on the cameras of matching, views
+fused, and the points cleaning keeps. Frames and units as the predictions'."""
 
 from __future__ import annotations
 
@@ -15,83 +9,12 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pixio_cli.errors import UsageError
 
-from .depth_fit import FieldFit, fit_depth_field
-from .geometry import scale_intrinsics
-from .pointmap import PointMapModel, intrinsics, rays_from_intrinsics
-
-
-@dataclass
-class Predictions:
-    images: list[str]  # the input files (or video#frameN), in view order
-    pts3d: np.ndarray  # (V, H, W, 3) float32
-    depth_z: np.ndarray  # (V, H, W) float32
-    conf: np.ndarray  # (V, H, W) float32, >= 1
-    mask: np.ndarray  # (V, H, W) bool: the model's non-ambiguous mask
-    cam2world: np.ndarray  # (V, 4, 4) float32
-    K: np.ndarray  # (V, 3, 3) float32, processing pixels
-    K_original: np.ndarray  # (V, 3, 3) float32, original pixels
-    original_hw: np.ndarray  # (V, 2) int
-    scale: float  # the model's metric scale (already applied to every length)
-    metric: bool
-
-    def save(self, path: str | Path) -> None:
-        """A .npz, atomically: raw predictions before any cleaning."""
-        from pixio_cli.writers import write_npz
-
-        arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("images", "scale", "metric")}
-        arrays.update(images=np.array(self.images), scale=np.float32(self.scale), metric=np.bool_(self.metric))
-        write_npz(path, arrays)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Predictions":
-        with np.load(path) as z:
-            d = {k: z[k] for k in z.files}
-        return cls(images=[str(s) for s in d.pop("images")], scale=float(d.pop("scale")),
-                   metric=bool(d.pop("metric")), **d)
-
-
-def predict(model: PointMapModel, pixels: torch.Tensor, names: list[str], original_hw: list[tuple[int, int]],
-            K_original: list[np.ndarray] | None = None, depth_z: list[np.ndarray | None] | None = None,
-            cam2world: np.ndarray | None = None) -> Predictions:
-    """Run ``model`` on V views (V, 3, H, W) (normalised, on the model's device; caller sets precision).
-
-    ``K_original``: known intrinsics per view in its original pixels; they are
-    given to the model (as MapAnything takes them) and reported as they are.
-    A model with MapAnything's encoders of them also takes known ``depth_z`` per
-    view (H, W) in metres at the processing size, 0 unknown (None: none for that
-    view), and known ``cam2world`` (V, 4, 4) in metres; its outputs, in the
-    first view's frame, are then put in the frame of the given cameras.
-    """
-    V, _, H, W = pixels.shape
-    rays = depth_ray = poses = None
-    if K_original is not None:
-        K_proc = np.stack([scale_intrinsics(k, hw, (H, W)) for k, hw in zip(K_original, original_hw)])
-        rays = rays_from_intrinsics(torch.from_numpy(K_proc).float().to(pixels.device), H, W)[None]
-    if depth_z is not None and any(d is not None for d in depth_z):
-        z = torch.from_numpy(np.stack([d if d is not None else np.zeros((H, W), np.float32) for d in depth_z]))
-        depth_ray = (z.to(pixels.device) * (rays[0] / rays[0][..., 2:]).norm(dim=-1))[None]
-    if cam2world is not None:
-        poses = torch.from_numpy(np.asarray(cam2world, np.float32)).to(pixels.device)[None]
-    out = model(pixels[None], rays, depth_ray, poses) if (depth_ray is not None or poses is not None) \
-        else model(pixels[None], rays)
-    pts3d, c2w = out.pts3d[0].float().cpu().numpy(), out.cam2world[0].float().cpu().numpy()
-    if poses is not None:  # from the first view's frame to the given cameras'
-        T = np.asarray(cam2world[0], np.float64)
-        pts3d = (pts3d.astype(np.float64) @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
-        c2w = (T @ c2w.astype(np.float64)).astype(np.float32)
-    pred_rays = out.rays[0].float().cpu().numpy()
-    K = intrinsics(pred_rays) if K_original is None else K_proc
-    K_orig = np.stack([scale_intrinsics(k, (H, W), hw) for k, hw in zip(K, original_hw)]) \
-        if K_original is None else np.stack(K_original)
-    return Predictions(
-        images=list(names), pts3d=pts3d, depth_z=out.depth_z[0].float().cpu().numpy(),
-        conf=out.conf[0].float().cpu().numpy(), mask=(out.mask_logits[0] > 0).cpu().numpy(),
-        cam2world=c2w, K=K.astype(np.float32), K_original=K_orig.astype(np.float32),
-        original_hw=np.array(original_hw, np.int64), scale=float(out.scale[0]), metric=model.metric)
+from heads.recon.depth_fit import FieldFit, fit_depth_field
+from heads.geometry import scale_intrinsics
+from heads.pointmap.predictions import Predictions
 
 
 def read_intrinsics(path: str | Path, n_views: int) -> list[np.ndarray]:
@@ -145,7 +68,7 @@ class Cleaning:
 def pixel_mask(pred: Predictions, c: Cleaning) -> tuple[np.ndarray, dict[str, int]]:
     """The pixels (V, H, W) the per-pixel stages keep (a finite point in front of its camera, then the
     model's mask, confidence and depth edges, as ``c`` asks) and how many each stage left."""
-    from .geometry import confidence_keep, depth_edges
+    from heads.geometry import confidence_keep, depth_edges
 
     counts = {"pixels": int(pred.mask.size)}
     keep = np.isfinite(pred.pts3d).all(-1) & (pred.depth_z > 0)
@@ -166,7 +89,7 @@ def clean_points(pred: Predictions, colours: np.ndarray, c: Cleaning, keep: np.n
     """The kept points (N, 3), their colours (N, 3) uint8, where each came from (N, 3: view, x, y in
     the original image's pixels), and how many points each stage left. ``keep`` (V, H, W): the pixels
     to start from (default: :func:`pixel_mask`'s, whose ``counts`` then come along)."""
-    from .geometry import statistical_inliers, voxel_representatives
+    from heads.geometry import statistical_inliers, voxel_representatives
 
     if keep is None:
         keep, counts = pixel_mask(pred, c)
@@ -203,7 +126,7 @@ def camera_rays(pred: Predictions) -> np.ndarray:
 def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, fixed: np.ndarray | None = None
          ) -> tuple[Predictions, np.ndarray, np.ndarray, dict]:
     """The views' depths checked against each other, refined by matching the images ``colours`` (V, H, W, 3)
-    and averaged where they agree (:func:`heads.fusion.fuse_views` with options ``f``), starting from the
+    and averaged where they agree (:func:`heads.recon.fusion.fuse_views` with options ``f``), starting from the
     ``valid`` pixels. Returns the predictions with those depths and points; the pixels other views confirm
     (what a TSDF should average); of those, the ones to keep as points (each surface once); and a report:
     views checked, the names of those that could not be, the fraction of pixels matching the images
@@ -211,7 +134,7 @@ def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, fixe
     pixels whose depth was measured (known depth), which matching the images does not move."""
     import cv2
 
-    from .fusion import Fusion, fuse_views, world_points
+    from heads.recon.fusion import Fusion, fuse_views, world_points
 
     f = f or Fusion()
     rays = camera_rays(pred)
@@ -257,7 +180,7 @@ def align_to(scene: Predictions, part: Predictions, shared: list[tuple[int, int]
     """(s, R, t, pixel pairs used) mapping ``part``'s frame onto ``scene``'s from the views both hold,
     given as (view in scene, view in part): the same pixel of the same view is a correspondence
     (Umeyama inside RANSAC on the confident ones)."""
-    from .geometry import ransac_umeyama
+    from heads.geometry import ransac_umeyama
 
     a = np.concatenate([scene.pts3d[i].reshape(-1, 3) for i, _ in shared])
     b = np.concatenate([part.pts3d[j].reshape(-1, 3) for _, j in shared])
@@ -276,7 +199,7 @@ def align_to(scene: Predictions, part: Predictions, shared: list[tuple[int, int]
 
 def transformed(pred: Predictions, s: float, R: np.ndarray, t: np.ndarray) -> Predictions:
     """``pred`` with its world mapped by x -> s R x + t (depths scale by s)."""
-    from .geometry import apply_sim3_to_poses
+    from heads.geometry import apply_sim3_to_poses
 
     return replace(pred, pts3d=(s * pred.pts3d.astype(np.float64) @ R.T + t).astype(np.float32),
                    depth_z=(pred.depth_z * s).astype(np.float32),
@@ -322,13 +245,13 @@ MIN_OBSERVATIONS = 20  # triangulated points a frame needs for its own depth sca
 
 def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None = FieldFit(),
                given_depth: np.ndarray | None = None) -> tuple[Predictions, dict]:
-    """The network's depth on the cameras of structure from motion (:class:`heads.sfm.SfmCameras`), or
+    """The network's depth on the cameras of structure from motion (:class:`heads.recon.sfm.SfmCameras`), or
     on the network's own cameras when ``sfm`` is None.
 
     The reconstruction's scale is set so that its triangulated points have the
     network's depths (the median ratio over every observation: metres for a metric
     model); each registered frame's depth is then fitted to its own points (a smooth
-    correction field, :func:`heads.depth_fit.fit_depth_field`; with ``fit`` None one
+    correction field, :func:`heads.recon.depth_fit.fit_depth_field`; with ``fit`` None one
     scale, their median ratio; with under 20 points none) and placed on its refined camera,
     through the camera's own model. Frames the reconstruction left out keep the network's
     camera and depth, mapped onto the rest by a fit over the registered frames'
@@ -337,8 +260,8 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None 
     camera. Returns the new predictions and
     a report (frames registered, the names of those that were not, scales).
     """
-    from .geometry import invert_pose
-    from .sfm import normalised_coordinates
+    from heads.geometry import invert_pose
+    from heads.recon.sfm import normalised_coordinates
 
     if sfm is None:
         return _first_frame_world(pred), {"cameras": "network", "registered": 0, "unregistered": []}
@@ -440,7 +363,7 @@ def _depth_at(depth: np.ndarray, xy: np.ndarray, original_hw) -> np.ndarray:
 
 def _first_frame_world(pred: Predictions) -> Predictions:
     """``pred`` with the first frame's camera as the world (its cam2world the identity)."""
-    from .geometry import invert_pose
+    from heads.geometry import invert_pose
 
     T = invert_pose(pred.cam2world[0].astype(np.float64))
     return transformed(pred, 1.0, T[:3, :3], T[:3, 3])

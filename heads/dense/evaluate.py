@@ -11,17 +11,17 @@ from pixio_cli.engine import Engine, Sample
 from pixio_cli.errors import InputError, UsageError
 from pixio_cli.inputs import Item
 
-from .datasets import IGNORE, Layout
-from .metrics import ConfusionMatrix, DepthMeter, seam_ratio
-from .model import DenseModel
-from .predict import batch_fn, default_policy, depth_at, labels_at
+from heads.datasets import IGNORE, Layout
+from heads.metrics import ConfusionMatrix, DepthMeter, seam_ratio
+from heads.dense.model import DenseModel
+from heads.dense.predict import batch_fn, default_policy, depth_at, labels_at
 
 
 def evaluate(model: DenseModel, layout: Layout, engine: Engine, limit: int | None = None) -> dict:
     """Depth metrics averaged per image, or mIoU from the summed confusion matrix.
 
     Predictions come from the same path as `pixio depth|segment` by default
-    (:mod:`heads.predict`): the head's training scale, sliding windows of its
+    (:mod:`heads.dense.predict`): the head's training scale, sliding windows of its
     crop, resized to the original image; the target is compared at its size.
     """
     cfg = model.cfg

@@ -16,8 +16,8 @@ from pixio_cli.encoder import PixioEncoder
 from pixio_cli.errors import CheckpointError
 from pixio_cli.model_ids import BUNDLED_HEADS, DEFAULT_HEAD, bundled_path  # noqa: F401 (DEFAULT_HEAD re-exported)
 
-from .dpt import DPTHead, LinearHead
-from .features import dense_features, dpt_blocks
+from heads.dense.dpt import DPTHead, LinearHead
+from heads.dense.encoder_features import dense_features, dpt_blocks
 
 
 

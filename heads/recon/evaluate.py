@@ -42,7 +42,7 @@ def read_scene_cameras(folder: Path) -> SceneCameras:
     triangulated points come along). Where both exist, COLMAP's (with its points) wins."""
     sparse, cams_json = folder / "sparse" / "0", folder / "cameras.json"
     if sparse.is_dir():
-        from .sfm import read_colmap_model
+        from heads.recon.sfm import read_colmap_model
 
         names, K, c2w, points = read_colmap_model(sparse)
         return SceneCameras(names, K, c2w, points)
@@ -59,7 +59,7 @@ def read_scene_cameras(folder: Path) -> SceneCameras:
 
 def back_project(depth: np.ndarray, K: np.ndarray, cam2world: np.ndarray, stride: int = 1) -> np.ndarray:
     """World points (n, 3) of the valid pixels (depth > 0) of one z-depth map, every ``stride``-th pixel."""
-    from .geometry import depth_to_points, transform
+    from heads.geometry import depth_to_points, transform
 
     pts = depth_to_points(depth.astype(np.float64), K)[::stride, ::stride]
     valid = depth[::stride, ::stride] > 0
@@ -81,7 +81,7 @@ def thin(points: np.ndarray, voxel: float = VOXEL) -> np.ndarray:
 
 def nearest_distances(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Distance (n,) of each query point to its nearest reference point (Open3D's k-d tree)."""
-    from .geometry import _open3d
+    from heads.geometry import _open3d
 
     o3d = _open3d()
     if not len(reference):
@@ -111,7 +111,7 @@ def cloud_scores(points: np.ndarray, truth: np.ndarray, taus: tuple[float, ...] 
 def mesh_points(path: Path, spacing: float = VOXEL / 2, seed: int = 0) -> np.ndarray:
     """Points spread evenly over a mesh's surface, about one per ``spacing`` squared (seeded: one mesh gives
     one set of points)."""
-    from .geometry import _open3d
+    from heads.geometry import _open3d
 
     o3d = _open3d()
     mesh = o3d.io.read_triangle_mesh(str(path))
@@ -129,7 +129,7 @@ def mesh_points(path: Path, spacing: float = VOXEL / 2, seed: int = 0) -> np.nda
 
 def read_cloud(path: Path) -> np.ndarray:
     """The points of a PLY point cloud."""
-    from .geometry import _open3d
+    from heads.geometry import _open3d
 
     o3d = _open3d()
     cloud = o3d.io.read_point_cloud(str(path))
@@ -157,7 +157,7 @@ def similarity_with_offset(centres: np.ndarray, truth_c2w: np.ndarray, offset: b
     of another sensor, as 7-Scenes' depth camera beside its colour camera). Solved by alternating Umeyama and
     the least-squares lever arm; ``offset=False`` holds x at 0 (the plain similarity of the centres);
     ``scale=False`` holds s at 1 (a rigid fit: for a scene in metres, whose scale is judged, not fitted)."""
-    from .geometry import umeyama
+    from heads.geometry import umeyama
 
     gt, Rg = truth_c2w[:, :3, 3], truth_c2w[:, :3, :3]
     x = np.zeros(3)
@@ -176,7 +176,7 @@ def align_scene(cameras: SceneCameras, truth_c2w: np.ndarray, depths: list[np.nd
                 offset: bool = True, stride: int = 2, scale: bool = True) -> tuple[Alignment, list[np.ndarray]]:
     """The alignment of a scene to the truth (see the module's docstring), and the recorded depth placed on
     the scene's aligned cameras (per view, world points in the truth's frame, every ``stride``-th pixel)."""
-    from .geometry import apply_sim3_to_poses, transform, umeyama
+    from heads.geometry import apply_sim3_to_poses, transform, umeyama
 
     ours = cameras.cam2world[:, :3, 3]
     s, R, t, x = similarity_with_offset(ours, truth_c2w, offset, scale=scale)
@@ -219,7 +219,7 @@ def evaluate_clouds(cameras: SceneCameras, clouds: dict[str, np.ndarray], frames
     the same cameras: the recorded depth (the ceiling: what the cameras allow) and one constant depth for
     every pixel (the truth's median: a flat picture per view, the trivial baseline).
     """
-    from .geometry import apply_sim3_to_poses
+    from heads.geometry import apply_sim3_to_poses
 
     by_name = {Path(f.image).name: f for f in frames}
     pairs = [(i, by_name[Path(n.partition("#")[0]).name]) for i, n in enumerate(cameras.names)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .scene import Predictions
+from heads.pointmap.predictions import Predictions
 
 
 
@@ -15,7 +15,7 @@ def preview_picture(points: np.ndarray, colours: np.ndarray, pred: Predictions, 
     track), a scale bar and a legend; RGB (h, w, 3), no display needed."""
     import cv2
 
-    from .geometry import frustum_segments, preview_camera, render_points, transform
+    from heads.geometry import frustum_segments, preview_camera, render_points, transform
 
     K, w2c = preview_camera(pred.cam2world.astype(np.float64), points, hw)
     centres = pred.cam2world[:, :3, 3].astype(np.float64)
@@ -46,7 +46,7 @@ def _framed(K: np.ndarray, w2c: np.ndarray, points: np.ndarray, centres: np.ndar
             ) -> np.ndarray:
     """K re-aimed and re-scaled so that most points (2nd-98th percentile) and every camera fill the picture
     with a small margin, instead of sitting in one part of it."""
-    from .geometry import transform
+    from heads.geometry import transform
 
     h, w = hw
     sample = points[:: max(1, len(points) // 20000)] if len(points) else centres
@@ -69,7 +69,7 @@ def _legend(image: np.ndarray, K: np.ndarray, w2c: np.ndarray, points: np.ndarra
     """A scale bar (a round length at the points' median depth) and what the colours mean, at the bottom."""
     import cv2
 
-    from .geometry import transform
+    from heads.geometry import transform
 
     h, w = image.shape[:2]
     depth = float(np.median(transform(points, w2c)[:, 2])) if len(points) else 1.0
@@ -98,7 +98,7 @@ def tsdf_mesh(pred: Predictions, colours: np.ndarray, voxel: float | None = None
     default the model's mask), colour and pose in Open3D's hashed voxel-block grid (its scalable TSDF
     volume); the voxel side defaults to 1.5 pixel footprints at the kept pixels' median depth (between
     1/1024 and 1/64 of the scene's extent), the truncation is 4 voxels, surfaces seen once are kept. Vertices and triangles come in a fixed order, so one input gives one file."""
-    from .geometry import _open3d, invert_pose
+    from heads.geometry import _open3d, invert_pose
 
     o3d = _open3d()
     import open3d.core as o3c

@@ -99,7 +99,7 @@ def overlay_picture(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, 
 def write_point_cloud(path: Path, depth: np.ndarray, image: np.ndarray, fx: float, fy: float,
                       cx: float, cy: float) -> None:
     """A coloured point cloud of one depth map (camera frame, metres)."""
-    from .geometry import depth_to_points, write_ply
+    from heads.geometry import depth_to_points, write_ply
 
     K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]])
     keep = depth.reshape(-1) > 0

@@ -11,7 +11,7 @@ The steps (:func:`fuse_views`), as COLMAP's stereo fusion checks its depth maps:
 1. neighbours: for each view, the views that see most of it with parallax
    (:func:`choose_neighbours`);
 2. refinement: each depth map matched against its neighbours' images
-   (:mod:`heads.stereo`);
+   (:mod:`heads.recon.stereo`);
 3. agreement: a pixel's point, projected into a neighbour, must land on a depth
    within ``rtol``; its depth becomes the mean of those that agree
    (:func:`average_agreeing`), and a pixel no neighbour agrees with is dropped;
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .stereo import Sweep, refine_depth
+from heads.recon.stereo import Sweep, refine_depth
 
 
 @dataclass

@@ -111,7 +111,7 @@ def pooled_features(engine, encoder, paths: list[str], folder: Path, settings: d
 
     import numpy as np
 
-    from pixio_cli.features import ShardStore
+    from pixio_cli.feature_stores import ShardStore
     from pixio_cli.images import ResizePolicy
     from pixio_cli.inputs import Item
     from pixio_cli.resume import Ledger

@@ -296,7 +296,7 @@ def _colmap_params(K: np.ndarray) -> list[float]:
 def sfm_cameras(rec, names: list[str], written_hw: list[tuple[int, int]], original_hw: list[tuple[int, int]]
                 ) -> SfmCameras:
     """The reconstruction ``rec`` (or None) read per frame, frames named ``names`` in order."""
-    from .geometry import scale_intrinsics
+    from heads.geometry import scale_intrinsics
 
     out = SfmCameras.empty(written_hw)
     if rec is None:
@@ -412,7 +412,7 @@ class SfmJob:
         from pixio_cli.engine import ImageStream
         from pixio_cli.images import ResizePolicy
 
-        from .geometry import scale_intrinsics
+        from heads.geometry import scale_intrinsics
 
         start = time.perf_counter()
         try:
@@ -495,7 +495,7 @@ def write_colmap(folder: Path, labels: list[str], original_hw: np.ndarray, K: np
     import shutil
     import tempfile
 
-    from .geometry import invert_pose
+    from heads.geometry import invert_pose
 
     out = pycolmap.Reconstruction()
     old = sfm.reconstruction if sfm is not None and sfm.registered.any() else None
@@ -579,7 +579,7 @@ def read_known_cameras(path: Path, names: list[str], original_hw: list[tuple[int
     ``pixio recon3d`` names them): our ``cameras.json`` (its unit says whether they are in metres) or a
     COLMAP model folder (in metres when pixio wrote it so, as its ``unit.txt`` says; else its points, when it
     has them, set the scale). Every frame must be in the file, and each camera taken once."""
-    from .geometry import scale_intrinsics
+    from heads.geometry import scale_intrinsics
 
     path = Path(path)
     if path.is_dir():
