@@ -56,10 +56,18 @@ def test_the_known_depth_table_shows_each_run_under_both_alignments_beside_its_c
 
 
 def test_pretraining_is_bold_against_transformers_vitmae_at_the_same_precision():
-    r = {"precision": "bfloat16", "reference_precision": "float32", "ratio": 0.74, "transformers_precision": "float32",
-         "ratio_transformers": 0.69, "ratio_transformers_same_precision": 1.13}
+    r = {"precision": "bfloat16", "reference_precision": "float32", "ratio": 2.15, "transformers_precision": "float32",
+         "ratio_transformers": 0.69, "ratio_transformers_same_precision": 1.13, "ratio_same_precision": 1.1}
     cell = ratio_cell("pretrain_compiled", r, {})
     assert cell.startswith("**1.13x** against transformers' ViTMAE at fp32") and "0.69x with the precision gain" in cell
-    assert "0.74x against the plain MAE step" in cell
-    r.update(precision="float32", ratio_transformers=1.1)
+    assert "1.1x against the plain MAE step at fp32" in cell and "2.15" not in cell  # no precision gain unlabelled
+    r.update(precision="float32", ratio_transformers=1.1, ratio=0.74)
     assert ratio_cell("pretrain", r, {}).startswith("**1.1x** against transformers' ViTMAE;")
+    assert "0.74x against the plain MAE step" in ratio_cell("pretrain", r, {})
+
+
+def test_a_row_measured_only_against_our_own_plain_loop_is_not_bold():
+    r = {"precision": "bfloat16", "reference_precision": "bfloat16", "ratio": 1.41}
+    cell = ratio_cell("pretrain", r, {})
+    assert "**" not in cell and cell.startswith("1.41x at bf16 against our own plain MAE step")
+    assert "**" not in ratio_cell("curate", {"precision": "float32", "reference_precision": "fp32", "ratio": 1.04}, {})

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pixio_cli import features
+from pixio_cli import feature_stores as features
 from pixio_cli.images import ResizePolicy, load_for_model
 from pixio_cli.writers import atomic_path
 

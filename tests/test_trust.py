@@ -665,12 +665,12 @@ def test_a_model_folder_is_identified_by_every_file_in_it(tmp_path):
 
 
 def test_recon3d_resume_redoes_a_chunk_whose_input_was_edited(cli, pointmap_file, tmp_path, monkeypatch):
-    import heads.recon.scene
+    import heads.pointmap.predictions
     from heads.pointmap.predictions import Predictions
 
     f = frames(tmp_path / "d", 4)
     args = [*r3(pointmap_file), *f, "-o", tmp_path / "s.ply", "--chunk", "3", "--overlap", "1"]
-    real, calls = heads.recon.scene.predict, []
+    real, calls = heads.pointmap.predictions.predict, []
 
     def killed_after_the_first_chunk(*a, **k):
         calls.append(1)
@@ -679,7 +679,7 @@ def test_recon3d_resume_redoes_a_chunk_whose_input_was_edited(cli, pointmap_file
         return real(*a, **k)
 
     with monkeypatch.context() as m:
-        m.setattr(heads.recon.scene, "predict", killed_after_the_first_chunk)
+        m.setattr(heads.pointmap.predictions, "predict", killed_after_the_first_chunk)
         code, _, _ = cli([*args, "--save-predictions", tmp_path / "p.npz"])
     assert code == 130 and (tmp_path / "p.npz.parts" / "chunk-0000.npz").exists()
     write_rgb(f[0], 48, 64, seed=99)  # edited in place before the rerun
