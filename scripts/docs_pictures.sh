@@ -22,5 +22,5 @@ chromium --headless=new --no-sandbox --use-angle=swiftshader --enable-unsafe-swi
   --screenshot="$PWD/$images/view-room.png" "$url" > /dev/null 2>&1
 kill "$viewer"
 "$pixio" extract samples/photos/beagle.jpg --pca "$images/extract-pca-beagle.png" -q
-"$pixio" curate samples/photos -o "$out/curate" --report "$images/curate-report.png" -q
+"$pixio" curate samples -o "$out/curate" --report "$images/curate-report.png" -q
 ls -l "$images"
