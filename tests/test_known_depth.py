@@ -89,8 +89,14 @@ def test_an_rgbd_folder_with_its_intrinsics_gives_its_depth_as_known_depth(cli, 
     assert "known depth for 3 of 3 views from the RGB-D sequence's 3 depth images" in err
     with np.load(tmp_path / "p.npz") as p:
         assert np.allclose(p["depth_z"], 1.8)
-    code, out, err = cli(["recon3d", folder, "-o", tmp_path / "b", "--no-sfm", "--json", "-q", "--no-depth-input"])
+    code, out, err = cli(["recon3d", folder, "-o", tmp_path / "b", "--no-sfm", "--json", "-q", "--no-depth-input",
+                          "--save-predictions", tmp_path / "q.npz"])
     assert code == 0 and json.loads(out)["known_depth"] is None and "left out (--no-depth-input)" in err
+    with np.load(tmp_path / "q.npz") as q:  # the folder's K still holds: only its depth is left out
+        assert np.allclose(q["K_original"][:, 0, 0], 585.0)
+    (folder / FRAMES[2].name.replace(".color.jpg", ".depth.png")).unlink()
+    code, out, err = cli(["recon3d", folder, "-o", tmp_path / "c", "--no-sfm", "--json", "-q"])
+    assert code == 0 and "known depth for 2 of 3 views" in err and f"none for {FRAMES[2].name}" in err, err
 
 
 def test_recorded_depth_in_gives_a_cloud_on_the_recorded_surface(cli, tmp_path):
