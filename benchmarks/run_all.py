@@ -123,9 +123,9 @@ def ratio_cell(name: str, r: dict, table: dict) -> str:
         best = max(r["reference_img_s"], table["extract"]["reference_img_s"])  # transformers eager or compiled
         return (f"**{r['ours_img_s'] / best:.3f}x** against transformers' best mode ({best} img/s); "
                 f"{r['ratio']}x against it compiled")
+    plain_name = "loop" if name == "curate" else "MAE step"  # pretrain's and curate's own plain reference
     if "ratio_transformers" in r:  # pretraining: transformers' ViTMAE is the outside reference
         t_p = PRECISION.get(r["transformers_precision"], r["transformers_precision"])
-        plain_name = "loop" if name == "curate" else "MAE step"
         plain = (f"; {r['ratio_same_precision']}x against the plain {plain_name} at {ref_p}"
                  if ours_p != ref_p and "ratio_same_precision" in r else f"; {r['ratio']}x against the plain {plain_name}")
         if t_p == ours_p:
@@ -135,7 +135,6 @@ def ratio_cell(name: str, r: dict, table: dict) -> str:
         return (f"**{same}x** against transformers' ViTMAE at {t_p}; {gain}" if same is not None
                 else f"not measured at {t_p}; {gain}") + plain
     if name in ("pretrain", "pretrain_compiled", "curate"):  # measured before transformers ran beside: not bold
-        plain_name = "loop" if name == "curate" else "MAE step"
         same = r.get("ratio_same_precision") if ours_p != ref_p else r["ratio"]
         at = f"{same}x at {ref_p}" if same is not None else f"{r['ratio']}x with the precision gain ({ours_p} against {ref_p})"
         return f"{at} against our own plain {plain_name} (no outside reference in this run)"

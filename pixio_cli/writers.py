@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import io
 import json
 import os
@@ -28,6 +27,25 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()  # what open() would give; mkstemp's own is 0o600
 
 
+_LEFT: dict[Path, list[str]] = {}  # per folder, the hidden temporary files it held when first written to
+_LEFT_LOCK = threading.Lock()
+
+
+def _leftovers(path: Path) -> list[Path]:
+    """The temporary files of ``path`` that earlier runs left. A folder is listed once per process, at its
+    first write (listing it at every write would make writing n files into it cost n squared)."""
+    with _LEFT_LOCK:
+        folder = path.parent.resolve()
+        if folder not in _LEFT:
+            with os.scandir(folder) as entries:
+                _LEFT[folder] = [e.name for e in entries if e.name.startswith(".") and ".tmp" in e.name]
+        names = _LEFT[folder]
+        mine = [n for n in names if n.startswith(f".{path.name}.")]
+        for n in mine:
+            names.remove(n)
+    return [folder / n for n in mine]
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
@@ -40,7 +58,7 @@ def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for left in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):  # a killed run's, for this same output
+    for left in _leftovers(path):  # a killed run's, for this same output
         left.unlink(missing_ok=True)
     suffix = ".tmp" + (path.suffix if keep_suffix else "")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)

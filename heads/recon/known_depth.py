@@ -28,7 +28,8 @@ FIT_SAMPLES = 4000  # known pixels the network's depth is fitted to, per view
 
 def per_metre_of(path: Path) -> float:
     """Stored depth values per metre of a depth file, as its layout has them: TUM's (a ``depth/`` folder
-    beside its ``depth.txt``, or of files named by decimal timestamps) 5000, other PNGs 1000 (millimetres), ``.npy`` 1 (metres)."""
+    beside its ``depth.txt``, or of files named by decimal timestamps) 5000, other PNGs 1000 (millimetres),
+    ``.npy`` 1 (metres)."""
     if path.suffix.lower() == ".png" and path.parent.name == "depth" and (
             (path.parent.parent / "depth.txt").is_file() or _is_timestamp(path.stem)):
         return TUM_PER_METRE

@@ -152,7 +152,8 @@ def recon3d(
     from heads import geometry as G
     from heads.pointmap.model import load_pointmap, prepare_pointmap
     from heads.pointmap.predictions import predict
-    from heads.recon.scene import Cleaning, clean_points, fuse, on_cameras, pixel_mask, predict_in_chunks, read_intrinsics
+    from heads.recon.scene import (Cleaning, clean_points, fuse, on_cameras, pixel_mask, predict_in_chunks,
+                                   read_intrinsics)
     from heads.recon.export import preview_picture
 
     from ..engine import Engine, Summary, autocast
@@ -468,7 +469,8 @@ def _write_views(items: list, folder: Path) -> list[str]:
 def _known_depth(items: list, folder: Optional[Path], per_metre: Optional[float], rgbd: bool, n_depth: int,
                  Ks, given_cameras: bool):
     """Each input's known-depth file (None where it has none), or None when no depth is given; and the K
-    for it (an RGB-D folder's ``camera-intrinsics.txt`` when no other is given, its depth used or not). Every file is read and checked now, before any work; said in one line."""
+    for it (an RGB-D folder's ``camera-intrinsics.txt`` when no other is given, its depth used or not).
+    Every file is read and checked now, before any work; said in one line."""
     import cv2
 
     from heads.recon.known_depth import check_known_depth
