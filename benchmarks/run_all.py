@@ -324,7 +324,7 @@ def write_table(record: dict, kind: str, no_readme: bool = False) -> None:
     """Print one machine's table and put it between its markers in docs/performance.md."""
     table = [f"Measured {record['date']} on {record['device']} ({record['cpus']} CPUs visible), torch "
              f"{record['torch']}; `python -m benchmarks.run_all` wrote it, with every figure in "
-             f"`benchmarks/results/{kind}.json`.", "",
+             f"`benchmarks/results/{kind}.json`." + _row_dates(record), "",
              "| benchmark | what | ours | reference (same run) | ratio (bold: same precision) | hardware limit |",
              "|---|---|---|---|---|---|"]
     table += [row(name, r, record["results"]) for name, r in record["results"].items()
@@ -344,6 +344,17 @@ def write_table(record: dict, kind: str, no_readme: bool = False) -> None:
         README.write_text(text)
 
 
+def _row_dates(record: dict) -> str:
+    """Which rows were measured when, for a table that --only runs updated on later days."""
+    first = str(record["date"]).split(" to ")[0]
+    days: dict[str, list[str]] = {}
+    for name, r in record["results"].items():
+        days.setdefault(r.get("date", first), []).append(name)
+    if len(days) < 2:
+        return ""
+    return " Rows by day: " + "; ".join(f"{day}: {', '.join(names)}" for day, names in sorted(days.items())) + "."
+
+
 def save(results: dict, cuda: bool, partial: bool) -> tuple[dict, str]:
     """Write ``benchmarks/results/<device>.json``; a partial run (--only) updates the benchmarks it ran."""
     first = next((r for r in results.values() if "device_name" in r), {})
@@ -354,7 +365,9 @@ def save(results: dict, cuda: bool, partial: bool) -> tuple[dict, str]:
         from pixio_cli.engine import cpu_has_native_bf16
 
         kind = "cpu" if cpu_has_native_bf16() else "cpu-no-bf16" if "avx512f" in (cpu.flags() or ()) else "cpu-avx2"
-    record = {"date": datetime.date.today().isoformat(), "device": first.get("device_name"),
+    today = datetime.date.today().isoformat()
+    results = {name: {"date": today, **r} for name, r in results.items()}  # rows of one table may differ in date
+    record = {"date": today, "device": first.get("device_name"),
               "cpus": first.get("cpus"), "torch": first.get("torch"), "results": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{kind}.json"
@@ -363,7 +376,8 @@ def save(results: dict, cuda: bool, partial: bool) -> tuple[dict, str]:
         if old.get("device") not in (None, record["device"]):  # one table, one machine: its header says which
             raise SystemExit(f"{path} holds figures of {old['device']}, not of this {record['device']}: run every "
                              "benchmark here (no --only) to make this machine's table")
-        record = {**record, "date": f"{old.get('date')} to {record['date']}" if old.get("date") != record["date"]
+        first_day = str(old.get("date", record["date"])).split(" to ")[0]  # saved after each benchmark
+        record = {**record, "date": f"{first_day} to {record['date']}" if first_day != record["date"]
                   else record["date"], "results": {**old.get("results", {}), **results}}
     path.write_text(json.dumps(record, indent=1) + "\n")
     return record, kind
