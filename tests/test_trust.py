@@ -116,6 +116,40 @@ def test_depth_writes_what_evaluate_measures(cli, depth_head, tmp_path):
     assert code == 0 and not np.allclose(np.load(tmp_path / "whole" / "f0.npy"), np.load(tmp_path / "pred" / "f0.npy"))
 
 
+def test_evaluate_scores_the_trivial_baseline_from_the_training_split(cli, depth_head, tmp_path):
+    """`evaluate depth` puts the training split's mean depth, everywhere, beside the model: scored on the
+    evaluated images, from the training targets only, and said not to be held out when the two are one set."""
+    from heads.metrics import DepthMeter
+
+    data = tmp_path / "data"
+    (data / "depth").mkdir(parents=True)
+    depths = {"t0": 1000, "t1": 3000, "v0": 1500, "v1": 2500}  # mm: train mean 2.0 m
+    for i, (name, mm) in enumerate(depths.items()):
+        write_rgb(data / "images" / f"{name}.png", 32, 48, seed=i)
+        cv2.imwrite(str(data / "depth" / f"{name}.png"), np.full((32, 48), mm, np.uint16))
+    for split, names in (("train", ["t0", "t1"]), ("val", ["v0", "v1"])):
+        (data / f"{split}.txt").write_text("".join(f"images/{n}.png depth/{n}.png\n" for n in names))
+    args = ["evaluate", "depth", "--model", depth_head, "--data", data, "--dataset", "generic-depth",
+            "--depth-scale", "1000", "--json", "--workers", "0"]
+    code, out, err = cli(args)
+    assert code == 0, err
+    trivial = json.loads(out)["baseline"]
+    assert trivial["mean_depth"] == pytest.approx(2.0) and trivial["train_targets"] == 2
+    meter = DepthMeter(1e-3, 10.0)
+    for mm in (1500, 2500):
+        gt = torch.full((32, 48), mm / 1000)
+        meter.update(torch.full_like(gt, 2.0), gt)
+    for k in ("abs_rel", "rmse", "d1"):
+        assert trivial[k] == pytest.approx(meter.result()[k], abs=1e-6), k
+    assert trivial["shares_images_with_val"] == 0 and "training-set mean depth, 2.000 m" in err
+    code, out, _ = cli(args + ["--no-baseline"])
+    assert code == 0 and "baseline" not in json.loads(out)
+    for split in ("train", "val"):  # no split files: train and val are the same images
+        (data / f"{split}.txt").unlink()
+    code, out, err = cli(args)
+    assert code == 0 and json.loads(out)["baseline"]["shares_images_with_val"] == 4 and "not held out" in err
+
+
 def test_output_extension_selects_the_format(cli, depth_head, seg_head, tmp_path):
     img = write_rgb(tmp_path / "one.jpg", 40, 56)
     code, _, err = cli(["depth", img, "-o", tmp_path / "d_one.npy", "--model", depth_head, "-q", "--workers", "0"])

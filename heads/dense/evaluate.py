@@ -43,12 +43,7 @@ def evaluate(model: DenseModel, layout: Layout, engine: Engine, limit: int | Non
             target = cv2.resize(target, (sample.orig_hw[1], sample.orig_hw[0]), interpolation=cv2.INTER_NEAREST)
         target = torch.from_numpy(target)
         if cfg.task == "depth":
-            valid = None
-            if layout.crop_box is not None:
-                t, b, l, r = layout.crop_box
-                valid = torch.zeros_like(target, dtype=torch.bool)
-                valid[t:b, l:r] = True
-            meter.update(torch.from_numpy(depth_at(out["out"], sample.orig_hw)), target, valid)
+            meter.update(torch.from_numpy(depth_at(out["out"], sample.orig_hw)), target, _scored(layout, target))
         else:
             meter.update(torch.from_numpy(labels_at(out["out"], sample.orig_hw)).long(), target)
 
@@ -66,14 +61,30 @@ def evaluate(model: DenseModel, layout: Layout, engine: Engine, limit: int | Non
     return result
 
 
+def _scored(layout: Layout, target: torch.Tensor) -> torch.Tensor | None:
+    """The pixels the benchmark scores: the layout's evaluation crop (KITTI's, NYUv2's), else all."""
+    if layout.crop_box is None:
+        return None
+    t, b, l, r = layout.crop_box
+    valid = torch.zeros_like(target, dtype=torch.bool)
+    valid[t:b, l:r] = True
+    return valid
+
+
 def baseline(layout_train: Layout, layout_val: Layout, task: str, min_depth: float, max_depth: float,
-             n_classes: int, limit: int | None = None) -> dict:
+             n_classes: int, limit: int | None = None, train_sample: int = 500) -> dict:
     """The trivial baselines: the training-set mean depth everywhere, or the majority class everywhere,
-    scored on the same (at most ``limit``) val images as :func:`evaluate`."""
+    scored on the same (at most ``limit``) val images as :func:`evaluate`.
+
+    The mean or the majority is read from at most ``train_sample`` training targets, evenly spaced over the
+    split, so that a large training set costs seconds, not a pass over it.
+    """
     val_pairs = layout_val.pairs[:limit] if limit else layout_val.pairs
+    step = max(1, -(-len(layout_train.pairs) // train_sample))
+    train_pairs = layout_train.pairs[::step]
     if task == "depth":
         vals = []
-        for _, t in layout_train.pairs:
+        for _, t in train_pairs:
             d = layout_train.read_target(t)
             vals.append(d[(d > min_depth) & (d < max_depth)])
         if not sum(v.size for v in vals):
@@ -83,10 +94,10 @@ def baseline(layout_train: Layout, layout_val: Layout, task: str, min_depth: flo
         meter = DepthMeter(min_depth, max_depth)
         for _, t in val_pairs:
             gt = torch.from_numpy(layout_val.read_target(t))
-            meter.update(torch.full_like(gt, mean), gt)
-        return {"mean_depth": mean, **meter.result()}
+            meter.update(torch.full_like(gt, mean), gt, _scored(layout_val, gt))
+        return {"mean_depth": mean, "train_targets": len(train_pairs), **meter.result()}
     counts = np.zeros(256, np.int64)
-    for _, t in layout_train.pairs:
+    for _, t in train_pairs:
         counts += np.bincount(layout_train.read_target(t).ravel(), minlength=256)
     counts[IGNORE] = 0
     majority = int(counts[:n_classes].argmax())
@@ -94,4 +105,4 @@ def baseline(layout_train: Layout, layout_val: Layout, task: str, min_depth: flo
     for _, t in val_pairs:
         gt = torch.from_numpy(layout_val.read_target(t))
         cm.update(torch.full_like(gt, majority), gt)
-    return {"majority_class": majority, **cm.result(layout_train.classes)}
+    return {"majority_class": majority, "train_targets": len(train_pairs), **cm.result(layout_train.classes)}

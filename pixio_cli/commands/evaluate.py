@@ -20,13 +20,13 @@ def _one_process() -> None:
     single_process("evaluate")
 
 
-def _run(task: str, model: str, data: Path, dataset: str, split: str, json_out: bool, device: str,
-         precision: str | None, limit: int | None, workers: int | None, depth_scale: float | None = None,
-         classes: str | None = None) -> None:
+def _run(task: str, model: str, data: Path, *, dataset: str, split: str, json_out: bool, device: str,
+         precision: str | None, limit: int | None, workers: int | None, with_baseline: bool,
+         depth_scale: float | None = None, classes: str | None = None) -> None:
     import json
 
     from heads.datasets import find_layout
-    from heads.dense.evaluate import evaluate
+    from heads.dense.evaluate import baseline, evaluate
     from heads.dense.predict import load_dense
 
     from ..engine import Engine
@@ -35,16 +35,42 @@ def _run(task: str, model: str, data: Path, dataset: str, split: str, json_out: 
     net = load_dense(engine, model, task)
     layout = find_layout(dataset, data, split, depth_scale, classes)
     result = evaluate(net, layout, engine, limit=limit)
+    _echo_metrics(result)
+    if with_baseline:
+        try:
+            train = find_layout(dataset, data, "train", depth_scale, classes)
+        except InputError as e:  # a set with no training split: nothing to take a mean or a majority from
+            typer.echo(f"pixio: no baseline: {e}", err=True)
+        else:
+            cfg = net.cfg
+            result["baseline"] = trivial = baseline(train, layout, task, cfg.min_depth, cfg.max_depth, cfg.n_out,
+                                                    limit)
+            if task == "depth":
+                what = f"the training-set mean depth, {trivial['mean_depth']:.3f} m, everywhere"
+            else:
+                names, i = cfg.classes or layout.classes or [], trivial["majority_class"]
+                what = f"the majority class, {names[i] if i < len(names) else i}, everywhere"
+            shared = {str(img) for img, _ in train.pairs} & {str(img) for img, _ in layout.pairs}
+            trivial["shares_images_with_val"] = len(shared)  # no split files: train and val are one set
+            leak = f"; {len(shared)} of them evaluated too, so it is not held out" if shared else ""
+            typer.echo(f"baseline ({what}; from {trivial['train_targets']} training targets{leak}):", err=True)
+            _echo_metrics({k: v for k, v in trivial.items()  # its per-class IoU: the majority's, zeros
+                           if k not in ("mean_depth", "majority_class", "train_targets", "iou",
+                                         "shares_images_with_val")})
+    if json_out:
+        typer.echo(json.dumps(result))
+
+
+def _echo_metrics(result: dict) -> None:
+    """One metric a line on stderr; IoU per class in a block, as the benchmark tables list them."""
     for k, v in result.items():
         if k != "iou":
             typer.echo(f"{k:>10s}  {v:.4f}" if isinstance(v, float) else f"{k:>10s}  {v}", err=True)
-    if "iou" in result:  # per class, as the benchmark tables list them
+    if "iou" in result:
         width = max(map(len, result["iou"]))
         typer.echo("IoU per class:", err=True)
         for name, v in result["iou"].items():
             typer.echo(f"  {name:<{width}s}  {v:.4f}", err=True)
-    if json_out:
-        typer.echo(json.dumps(result))
 
 
 Data = Annotated[Path, typer.Option(help="Dataset root folder.")]
@@ -52,6 +78,9 @@ Split = Annotated[str, typer.Option(help="train, val or test (where the layout h
                                          "test/ + testannot/; nyuv2's and 7scenes' held-out split is their test split).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Metrics as JSON on stdout.")]
 Limit = Annotated[Optional[int], typer.Option(help="At most this many images.", min=1)]
+Baseline = Annotated[bool, typer.Option(
+    "--baseline/--no-baseline", help="Score the trivial baseline beside the model (the training split's mean "
+                                     "depth, or its majority class, everywhere): a figure it matches shows no skill.")]
 
 
 @app.command("depth")
@@ -61,12 +90,14 @@ def evaluate_depth(
         dataset: Annotated[str, typer.Option(help="7scenes, nyuv2, kitti or generic-depth.")] = "7scenes",
         split: Split = "val",
         depth_scale: Annotated[Optional[float], typer.Option(help="Stored value per metre (generic-depth).")] = None,
-        json_out: JsonOut = False, device: opt.Device = "auto",
-        precision: opt.Precision = None, limit: Limit = None, workers: opt.Workers = None) -> None:
-    """d1, d2, d3, abs_rel, sq_rel, rmse, rmse_log, log10, silog (per image, averaged).
+        json_out: JsonOut = False, device: opt.Device = "auto", precision: opt.Precision = None,
+        limit: Limit = None, workers: opt.Workers = None, with_baseline: Baseline = True) -> None:
+    """d1, d2, d3, abs_rel, sq_rel, rmse, rmse_log, log10, silog (per image, averaged), beside the trivial
+    baseline.
 
     Measures exactly what `pixio depth` writes by default."""
-    _run("depth", model, data, dataset, split, json_out, device, precision, limit, workers, depth_scale)
+    _run("depth", model, data, dataset=dataset, split=split, json_out=json_out, device=device, precision=precision,
+         limit=limit, workers=workers, with_baseline=with_baseline, depth_scale=depth_scale)
 
 
 @app.command("segment")
@@ -76,12 +107,13 @@ def evaluate_segment(
         dataset: Annotated[str, typer.Option(help="camvid, ade20k, voc, loveda or generic-segment.")] = "camvid",
         split: Split = "val",
         classes: Annotated[Optional[str], typer.Option(help="Class-names file (generic-segment).")] = None,
-        json_out: JsonOut = False, device: opt.Device = "auto",
-        precision: opt.Precision = None, limit: Limit = None, workers: opt.Workers = None) -> None:
-    """mIoU and pixel accuracy from the confusion matrix over the whole split.
+        json_out: JsonOut = False, device: opt.Device = "auto", precision: opt.Precision = None,
+        limit: Limit = None, workers: opt.Workers = None, with_baseline: Baseline = True) -> None:
+    """mIoU and pixel accuracy from the confusion matrix over the whole split, beside the trivial baseline.
 
     Measures exactly what `pixio segment` writes by default."""
-    _run("segment", model, data, dataset, split, json_out, device, precision, limit, workers, classes=classes)
+    _run("segment", model, data, dataset=dataset, split=split, json_out=json_out, device=device,
+         precision=precision, limit=limit, workers=workers, with_baseline=with_baseline, classes=classes)
 
 
 _DEFAULT_K = "10,20,100,200"
