@@ -6,6 +6,9 @@ loaded, and that per view. ``--dense-views`` sets how many views go through the 
 (MapAnything's memory-efficient inference is 1 view at a time on CPU; pixio's default is DENSE_VIEWS).
 
     python -m benchmarks.pointmap_memory --views 8,32,128 --side 128x96
+
+Rows: pixio's default, the dense head given every view at once, and one view at a time at the largest
+count; each a fresh process.
 """
 
 from __future__ import annotations
@@ -51,15 +54,23 @@ def main() -> None:
     if args.one is not None:
         print(json.dumps(one(args.one, side, args.dense_views)))
         return
+    views = [int(s) for s in args.views.split(",")]
+    modes = {"default": (args.dense_views, views), "all_at_once": (10 ** 6, views),  # the dense head unsplit
+             "one_at_a_time": (1, views[-1:])}  # MapAnything's memory-efficient inference on a CPU
     rows = []
-    for v in (int(s) for s in args.views.split(",")):
-        cmd = [sys.executable, "-m", "benchmarks.pointmap_memory", "--one", str(v), "--side", args.side]
-        if args.dense_views is not None:
-            cmd += ["--dense-views", str(args.dense_views)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), flush=True)
+    for mode, (dense, counts) in modes.items():
+        for v in counts:
+            cmd = [sys.executable, "-m", "benchmarks.pointmap_memory", "--one", str(v), "--side", args.side]
+            if dense is not None:
+                cmd += ["--dense-views", str(dense)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            rows.append({"mode": mode, **json.loads(out.stdout.strip().splitlines()[-1])})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    import torch
 
+    from .common import emit, environment
+
+    emit({"benchmark": "pointmap_memory", **environment(torch.device("cpu")), "rows": rows})
 
 if __name__ == "__main__":
     main()

@@ -36,6 +36,7 @@ CPU = {
               "--features", "64", "--head-channels", "48,96,192,192", "--iters", "3"],
     "curate": ["benchmarks.curate", "--size", "t16", "--images", "64", "--device", "cpu"],
     "pointmap": ["benchmarks.pointmap", "--size", "h16", "--views", "2", "--side", "256", "--device", "cpu"],
+    "pointmap_memory": ["benchmarks.pointmap_memory", "--views", "8,32,128", "--side", "128x96"],
     "recon3d": ["benchmarks.recon3d"],
     "growth": ["benchmarks.growth", "--frames", "25,50,100,250", "--images", "24,96,384"],
     "known_depth": ["benchmarks.known_depth", "--frames", "250"],
@@ -72,6 +73,7 @@ WHAT = {
               "shape (where measured), and a plain loop over our MAE",
     "pointmap": "the point-map model (MapAnything-Pixio-H shape) at the default precision vs our same model in "
                 "fp32 (MapAnything's precision; its own code is not run here): a precision ratio",
+    "pointmap_memory": "peak memory of one point-map forward as the views grow",
     "recon3d": "`pixio recon3d` on 25 held-out 7-Scenes frames (bundled model) vs pycolmap's own SfM, end to end "
                "(geometry below)",
 }
@@ -238,6 +240,26 @@ def growth_table(r: dict) -> list[str]:
     return out
 
 
+def pointmap_memory_table(r: dict) -> list[str]:
+    """Peak memory of one point-map forward as the views grow, with the dense head split three ways."""
+    if not r or "rows" not in r:
+        return []
+    dense = next((x["dense_views"] for x in r["rows"] if x["mode"] == "default"), "?")
+    names = {"default": f"pixio's default ({dense} views at a time through the dense head)",
+             "all_at_once": "every view at once through the dense head",
+             "one_at_a_time": "one view at a time (MapAnything's memory-efficient inference on a CPU)"}
+    counts = sorted({x["views"] for x in r["rows"]})
+    out = ["", f"Memory of many views (`benchmarks/pointmap_memory.py`): peak memory of one forward of the bundled "
+           f"point-map model above the loaded model, fp32, {r['rows'][0]['side']} px, a fresh process each, "
+           "and the forward's time:", "",
+           "| dense head | " + " | ".join(f"{v} views" for v in counts) + " |", "|---" * (len(counts) + 1) + "|"]
+    for mode, name in names.items():
+        cell = {x["views"]: f"{x['peak_above_model_mib']:.0f} MiB, {x['forward_s']} s"
+                for x in r["rows"] if x["mode"] == mode}
+        out.append(f"| {name} | " + " | ".join(cell.get(v, "") for v in counts) + " |")
+    return out
+
+
 def known_depth_table(r: dict) -> list[str]:
     """The known-depth benchmark: the RGB-D folder as it is, with and without moving the cameras on the depth,
     and without the depth, scored against the recorded depth."""
@@ -328,10 +350,11 @@ def write_table(record: dict, kind: str, no_readme: bool = False) -> None:
              "| benchmark | what | ours | reference (same run) | ratio (bold: same precision) | hardware limit |",
              "|---|---|---|---|---|---|"]
     table += [row(name, r, record["results"]) for name, r in record["results"].items()
-              if name not in ("growth", "known_depth")]
+              if name not in ("growth", "known_depth", "pointmap_memory")]
     table += geometry_table(record["results"].get("recon3d", {}))
     table += growth_table(record["results"].get("growth", {}))
     table += known_depth_table(record["results"].get("known_depth", {}))
+    table += pointmap_memory_table(record["results"].get("pointmap_memory", {}))
     print("\n".join(table))
     if not no_readme and README.exists():
         text = README.read_text()

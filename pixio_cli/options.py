@@ -24,8 +24,8 @@ Precision = Annotated[Optional[str], typer.Option(
          "AVX-512 BF16 or AMX), else fp32. fp32 gives exactly the official numbers.", show_default=False)]
 PrecisionInt8 = Annotated[Optional[str], typer.Option(
     "--precision", metavar="fp32|bf16|fp16|int8", help="fp32, bf16, fp16 (GPU only) or int8 (CPU only: linear layers "
-    "in int8, about 1.4x fp32 for b16 on an x86 CPU with VNNI, 1.3x with AVX2 only (7-bit weights, which fewer models "
-    "hold to the bound); the first images are checked against fp32 and the job stops if a token is below cosine "
+    "in int8, faster than fp32 on x86 CPUs, most with VNNI; without it the weights keep 7 bits and fewer models "
+    "hold to the bound; docs/performance.md has the measured ratios); the first images are checked against fp32 and the job stops if a token is below cosine "
     "0.999). Default: bf16 where the hardware does it natively, else fp32, exactly the official numbers.",
     show_default=False)]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", metavar="N", help="Images per batch (halved on out-of-memory).",
@@ -33,8 +33,8 @@ BatchSize = Annotated[int, typer.Option("--batch-size", "-b", metavar="N", help=
 Workers = Annotated[Optional[int], typer.Option(
     metavar="N", help="Decoding processes (0: in the main process; default: up to 4).", show_default=False, min=0)]
 Compile = Annotated[bool, typer.Option(
-    "--compile", help="torch.compile the model, for long runs: about 10 s up front, then faster (b16 on a 2-core "
-                      "CPU: 1.2x, paying after ~1000 images).")]
+    "--compile", help="torch.compile the model, for long runs: seconds up front at the first batch, then "
+                      "faster (docs/performance.md has the measured ratios).")]
 CompileAuto = Annotated[Optional[bool], typer.Option(
     "--compile/--no-compile", help="torch.compile the training step. Default: on for runs of 2000 steps or more "
     "(the compile takes a minute or two and pays for itself long before), off for shorter ones, under --fsdp and "

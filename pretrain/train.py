@@ -130,10 +130,10 @@ def compile_choice(setting: bool | None, steps_left: int, fsdp: bool, device: to
     under FSDP. A compile that fails anyway stops the run with :class:`CompileFailed`, which names
     ``--no-compile``.
 
-    The compile costs a minute or two once (a t16 on 2 CPU cores: ~30 s); each step
-    after it runs 1.15-1.27x (t16, 2-core Xeon, fp32) to 1.3x (h16 bf16, H200) faster,
-    so it pays after some hundreds of steps. Under FSDP2 Dynamo recompiles once per
-    block and gives up after 8, so auto leaves it off there.
+    The compile costs up to a few minutes once; each step after it is faster (the
+    pretrain_compiled rows of docs/performance.md), so it pays long before
+    ``AUTO_COMPILE_STEPS``. Under FSDP2 Dynamo recompiles once per block and gives
+    up after 8, so auto leaves it off there.
     """
     if setting is not None:
         return setting

@@ -3,6 +3,9 @@ in the reference's best mode."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from benchmarks.run_all import ratio_cell
 
 
@@ -71,3 +74,28 @@ def test_a_row_measured_only_against_our_own_plain_loop_is_not_bold():
     cell = ratio_cell("pretrain", r, {})
     assert "**" not in cell and cell.startswith("1.41x at bf16 against our own plain MAE step")
     assert "**" not in ratio_cell("curate", {"precision": "float32", "reference_precision": "fp32", "ratio": 1.04}, {})
+
+
+def test_the_tables_in_the_docs_are_what_the_results_files_render(tmp_path, monkeypatch):
+    """Every figure in the generated tables comes from a results file: rendering them again from
+    benchmarks/results changes nothing in docs/performance.md or docs/models.md (a hand edit, or a results
+    file changed without rendering, fails here)."""
+    import importlib.util
+    import shutil
+
+    from benchmarks import run_all
+
+    root = Path(__file__).resolve().parents[1]
+    for page in ("performance.md", "models.md"):
+        shutil.copy(root / "docs" / page, tmp_path / page)
+    monkeypatch.setattr(run_all, "README", tmp_path / "performance.md")
+    for path in sorted(run_all.RESULTS.glob("*.json")):
+        if path.stem != "bundled-models":
+            run_all.write_table(json.loads(path.read_text()), path.stem)
+    spec = importlib.util.spec_from_file_location("model_card", root / "scripts" / "model_card.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    monkeypatch.setattr(card, "DOC", tmp_path / "models.md")
+    card.write(json.loads(card.RESULTS.read_text()))
+    for page in ("performance.md", "models.md"):
+        assert (tmp_path / page).read_text() == (root / "docs" / page).read_text(), page

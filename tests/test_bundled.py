@@ -89,8 +89,7 @@ def test_bundled_pointmap_model_is_small_and_beats_its_untrained_self(shared_dat
 
 def test_bundled_pointmap_chunked_run_agrees_with_one_pass(cli, tmp_path):
     """15 held-out kitchen frames at once, and in chunks of 6 sharing 2: after a similarity alignment the
-    camera centres agree to within 8 % (mean) and 15 % (max) of the trajectory's extent (measured: 4.9 %
-    and 9.4 %; both are 3.2 cm from the ground truth on average)."""
+    camera centres agree to within 8 % (mean) and 15 % (max) of the trajectory's extent."""
     from heads import geometry as G
     from heads.pointmap.predictions import Predictions
 

@@ -47,6 +47,26 @@ def test_windows_at_different_levels_blend_into_one_seamless_map():
     assert steps.max() < 5 * np.median(steps)  # no line where one window's level jumps to another's
 
 
+def test_the_default_depth_path_levels_its_windows():
+    """What `pixio depth` and `evaluate depth` run (heads.dense.predict.batch_fn, tiled): windows of a head
+    that each see the scene at their own level come out as one map at one level; without the levelling
+    the ratio to the scene varies by tens of percent across the image."""
+    from types import SimpleNamespace
+
+    from heads.dense.predict import batch_fn
+
+    class LevelPerWindow(torch.nn.Module):
+        cfg = SimpleNamespace(task="depth", crop=256)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return windows_at_their_own_level(x)[:, None]
+
+    x = coordinates(480, 640)
+    out = batch_fn(LevelPerWindow())(x)["out"][0, 0]
+    ratio = out / scene(x[0, 0], x[0, 1])
+    assert float(ratio.std() / ratio.mean()) < 0.01, float(ratio.std() / ratio.mean())
+
+
 def test_the_blend_keeps_what_every_window_agrees_on_exactly():
     x = torch.rand(2, 3, 300, 420)
     out = sliding_window(lambda t: t * 2, x, 128)
@@ -65,8 +85,9 @@ def test_a_plain_average_of_disagreeing_windows_scores_a_seam():
 
 
 def test_default_depth_is_seamless_and_as_accurate_as_the_plain_average(cli, tmp_path):
-    """The bundled depth head on held-out 7-Scenes frames: the default (tiled) path is at least as good as
-    the plain average of windows it replaced (abs_rel 0.181, d1 0.675 on frames 800-996), and no line
+    """The bundled depth head on six held-out 7-Scenes frames: the default (tiled) path is better than the
+    plain average of windows it replaced (abs_rel 0.181, d1 0.675 on frames 800-996) and than the same
+    blend without levelling each window to its neighbours (which misses both bounds here), and no line
     near a window border is much steeper than a typical one (the old blend, with its border frame: 10+)."""
     if not (SHARED / "rgbd-7scenes-redkitchen").exists():
         pytest.skip("shared data not present")
@@ -74,7 +95,7 @@ def test_default_depth_is_seamless_and_as_accurate_as_the_plain_average(cli, tmp
                           "--json", "--workers", "0"])
     assert code == 0, err
     r = json.loads(out.strip().splitlines()[-1])
-    assert r["seam"] < 4 and r["abs_rel"] < 0.2 and r["d1"] > 0.6, r
+    assert r["seam"] < 4 and r["abs_rel"] < 0.135 and r["d1"] > 0.83, r
 
 
 def held_out_frames(n: int) -> list[tuple[torch.Tensor, np.ndarray]]:

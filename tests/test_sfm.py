@@ -315,8 +315,8 @@ def test_frame_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_path, m
 
 
 def test_the_same_frames_give_the_same_cameras(cli, tmp_path):
-    """Five frames, twice, with the network running beside matching as in any run: COLMAP's threads made the
-    focal length 604-812 px from run to run (SIFT's images reached the database in another order, and
+    """Five frames, three times, with the network running beside matching as in any run: COLMAP's threads
+    gave another focal length from run to run (SIFT's images reached the database in another order, and
     verification drew its own RANSAC seed)."""
     paths, _ = kitchen([800, 808, 816, 824, 832])
     runs = []
@@ -331,10 +331,9 @@ def test_the_same_frames_give_the_same_cameras(cli, tmp_path):
 
 
 def test_frames_that_cannot_fix_a_focal_length_hold_it_and_say_so(cli, tmp_path):
-    """Frames close together do not fix a focal length: COLMAP fitted anything from 384 to 1344 px (with
-    distortion up to 0.99) for this camera (about 530 px, which 5 frames 24 apart fit), depending on
-    which frames (these five: 894 px). Such a fit is mapped again with the focal length held at the camera's prior (no EXIF
-    here: COLMAP's 1.2 x the long side) and the run says so."""
+    """Frames close together do not fix a focal length: COLMAP's fit for this camera (about 530 px) wanders
+    with the frames chosen. Such a fit is mapped again with the focal length held at the camera's prior (no
+    EXIF here: COLMAP's 1.2 x the long side) and the run says so."""
     paths, _ = kitchen([800, 808, 816, 824, 832])
     code, out, err = cli(["recon3d", *paths, "-o", tmp_path / "few", "--cameras", "json", "--no-fusion"])
     assert code == 0, err
@@ -344,9 +343,9 @@ def test_frames_that_cannot_fix_a_focal_length_hold_it_and_say_so(cli, tmp_path)
 
 
 def test_a_focal_length_the_frames_do_not_fix_is_found_out(tmp_path):
-    """Six frames 8 apart fit 1003 px: held 20 % off either way, the reprojection error hardly rises
-    (x1.01; frames that fix it: x1.5 or more). Eight fit 1298 px with distortion 0.87: no lens. Both are
-    mapped again held; five frames 24 apart keep their fit (554 px)."""
+    """Six frames 8 apart fit a focal length that, held 20 % off either way, hardly raises the reprojection
+    error; eight fit one with a distortion no lens has. Both are mapped again held; five frames 24 apart
+    keep their fit, within 30 px of the camera's."""
     import shutil
 
     from heads.recon.sfm import SfmOptions, _unfixed_focal, run_sfm

@@ -209,7 +209,7 @@ def _unfixed_focal(rec) -> str | None:
     A fit no lens has (distortion beyond 0.3, a focal length beyond 0.4-2.5x COLMAP's prior of 1.2x the
     long side) is not fixed. Up to ``CHECK_FOCAL_UP_TO`` frames, neither is a focal length that can be
     20 % off either way for little cost: held there (distortion dropped) with everything else adjusted
-    again, the mean reprojection error must rise by more than a third (frames a few apart: 5 %).
+    again, the mean reprojection error must rise by more than a third.
     """
     camera = next(iter(rec.cameras.values()))
     f, extra = camera.mean_focal_length(), np.abs(np.asarray(camera.params)[camera.extra_params_idxs()])
