@@ -21,6 +21,8 @@ def test_a_ratio_across_precisions_is_not_bold_and_says_so():
 def test_our_model_against_itself_in_fp32_is_labelled_a_precision_ratio():
     cell = ratio_cell("pointmap", {"precision": "bfloat16", "reference_precision": "float32", "ratio": 9.2}, {})
     assert "**" not in cell and "precision ratio" in cell
+    cell = ratio_cell("pointmap", {"precision": "float32", "reference_precision": "float32", "ratio": 0.9}, {})
+    assert "**" not in cell and "no outside reference" in cell  # same precision, still not a reference
 
 
 def test_a_compiled_run_is_measured_against_the_references_best_mode():
