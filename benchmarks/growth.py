@@ -1,12 +1,12 @@
 """How cost grows with the work: `pixio recon3d` against COLMAP at 25 to 250 frames, and `pixio extract` against
 the plain transformers script at 1x, 4x and 16x the images.
 
-recon3d: the first N of the 7-Scenes frames in ``../shared`` (every 4th frame of the sequence), default
-options, against pycolmap's SfM at its defaults (exhaustive matching up to 50 frames, sequential beyond,
+recon3d: the first N of the 7-Scenes frames in ``../shared`` (every 4th frame of the sequence; beyond the
+250 there are, the walk there and back again, as a video whose camera returns), default options, against pycolmap's SfM at its defaults (exhaustive matching up to 50 frames, sequential beyond,
 as a user would choose), each a fresh process: wall time, peak memory and ATE against the recorded poses.
 extract: ``benchmarks.extract_e2e`` at the bundled encoder's size (t16), the same photos repeated.
 
-    python -m benchmarks.growth --frames 25,50,100,250 --images 24,96,384
+    python -m benchmarks.growth --frames 25,50,100,250,500,1000 --images 24,96,384
 """
 
 from __future__ import annotations
@@ -30,17 +30,28 @@ def colmap_growth(folder: str, out: str, sequential: str) -> None:
     print(json.dumps({"poses": {k: v.tolist() for k, v in poses.items()}}))
 
 
+def there_and_back(frames: list[Path], n: int) -> list[Path]:
+    """The first ``n`` frames of the recorded walk, walked there and back as often as ``n`` needs: a longer
+    video from the same frames, whose camera returns to where it was (the frames at the turns are not
+    repeated)."""
+    if len(frames) < 2:
+        return frames[:n]
+    cycle = frames + frames[-2:0:-1]
+    return [cycle[i % len(cycle)] for i in range(n)]
+
+
 def recon3d_growth(counts: list[int]) -> list[dict]:
     frames = sorted(KITCHEN.glob("frame-*.color.jpg"))
     rows = []
     for n in counts:
-        chosen = frames[:n]
-        truth = {p.name: np.loadtxt(KITCHEN / p.name.replace("color.jpg", "pose.txt")) for p in chosen}
+        chosen = there_and_back(frames, n)
+        names = [f"{i:05d}-{p.name}" for i, p in enumerate(chosen)]  # a video's frames: one file each
+        truth = {name: np.loadtxt(KITCHEN / p.name.replace("color.jpg", "pose.txt")) for name, p in zip(names, chosen)}
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "images"
             folder.mkdir()
-            for p in chosen:  # colour frames only: not the RGB-D folder, whose depth would be known depth
-                (folder / p.name).symlink_to(p.resolve())
+            for name, p in zip(names, chosen):  # colour frames only: not the RGB-D folder (known depth)
+                (folder / name).symlink_to(p.resolve())
             seconds, peak, out, _ = run_timed([sys.executable, "-m", "pixio_cli", "recon3d", str(folder), "-o",
                                                str(Path(tmp) / "ours"), "--cameras", "json", "--json", "-q"])
             cams = json.loads((Path(tmp) / "ours" / "cameras.json").read_text())["cameras"]
@@ -53,7 +64,7 @@ def recon3d_growth(counts: list[int]) -> list[dict]:
             colmap = {"seconds": round(seconds, 1), "peak_memory_gib": round(peak, 2),
                       "matching": "sequential" if sequential else "exhaustive",
                       **score({k: np.array(v) for k, v in poses.items()}, truth)}
-        rows.append({"frames": n, "ours": ours, "colmap": colmap})
+        rows.append({"frames": n, "distinct_frames": len(set(chosen)), "ours": ours, "colmap": colmap})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -71,7 +82,7 @@ def extract_growth(counts: list[int]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", default="25,50,100,250")
+    ap.add_argument("--frames", default="25,50,100,250,500,1000")
     ap.add_argument("--images", default="24,96,384")
     ap.add_argument("--colmap", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -250,7 +250,11 @@ def test_recon3d_takes_a_video_by_frame_rate(cli, model_file, tmp_path):
             "--workers", "0", "--precision", "fp32"]
     code, out, err = cli([*args, "--fps", "5"])
     assert code == 0, err
-    assert json.loads(out.strip().splitlines()[-1])["frames"] == 10  # 10 fps -> every 2nd frame
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["frames"] == 10  # 10 fps -> every 2nd frame
+    peaks = summary["peak_memory_gib"]  # where memory grows: the process's peak by the end of each stage
+    assert list(peaks) == ["loading the model and decoding", "predicting", "cameras", "fusing the views", "writing"]
+    assert all(0 < a <= b for a, b in zip(list(peaks.values()), list(peaks.values())[1:])), peaks
     code, out, err = cli([*args, "--max-frames", "4"])
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["frames"] == 4

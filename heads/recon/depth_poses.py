@@ -40,12 +40,15 @@ def register_views(pred, measured: np.ndarray, r: DepthRegistration = DepthRegis
     from heads.recon.scene import camera_rays
 
     c2w = pred.cam2world.astype(np.float64)
-    _, overlapping = choose_neighbours(pred.pts3d, measured, pred.K, c2w, Fusion(window=r.window))
+    f = Fusion(window=r.window)
+    samples = [pred.pts3d[v, ::f.sample, ::f.sample][measured[v, ::f.sample, ::f.sample]] for v in range(len(c2w))]
+    _, overlapping = choose_neighbours(samples, measured.shape[1:], pred.K, c2w, f)
     rays = camera_rays(pred)
     moved, report = refine_on_depth(pred.depth_z, rays, measured, c2w, pairs_to_register(overlapping, r.neighbours),
                                     r)
-    pts3d = np.stack([world_points(pred.depth_z[v].astype(np.float64), rays[v], moved[v])
-                      for v in range(len(moved))]).astype(np.float32)
+    pts3d = np.empty_like(pred.pts3d, dtype=np.float32)
+    for v in range(len(moved)):
+        pts3d[v] = world_points(pred.depth_z[v].astype(np.float64), rays[v].astype(np.float64), moved[v])
     return replace(pred, pts3d=pts3d, cam2world=moved.astype(np.float32)), report
 
 

@@ -5,6 +5,8 @@ Plain functions on arrays, in these conventions: V z-depth maps (V, h, w) at the
 processing size; ``rays`` (V, h, w, 2) the normalised coordinates x/z, y/z of
 each pixel centre (through each camera's own model); ``K`` (V, 3, 3) the pinhole
 part, used to project into a view; camera-to-world poses (V, 4, 4), OpenCV axes.
+World points are computed per view when needed, never held for every view at
+once, so memory grows with the depth maps alone (float32 is enough to store them).
 
 The steps (:func:`fuse_views`), as COLMAP's stereo fusion checks its depth maps:
 
@@ -47,6 +49,22 @@ def world_points(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray) -> 
     return cam @ cam2world[:3, :3].T + cam2world[:3, 3]
 
 
+def points_at(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, v: int, ys: np.ndarray,
+              xs: np.ndarray) -> np.ndarray:
+    """World points (n, 3) of view ``v``'s pixels (ys, xs), in float64 whatever the maps are stored in."""
+    return world_points(depth[v, ys, xs].astype(np.float64), rays[v, ys, xs].astype(np.float64), cam2world[v])
+
+
+def sample_points(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, valid: np.ndarray, step: int
+                  ) -> list[np.ndarray]:
+    """Each view's world points (n_v, 3) on every ``step``-th valid pixel each way: what ranks neighbours."""
+    out = []
+    for v in range(len(depth)):
+        ys, xs = np.nonzero(valid[v, ::step, ::step])
+        out.append(points_at(depth, rays, cam2world, v, ys * step, xs * step))
+    return out
+
+
 def project(points: np.ndarray, K: np.ndarray, cam2world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pixels (n, 2) and z-depths (n,) of world points (n, 3) in a pinhole camera (NaN pixels behind it)."""
     cam = (points - cam2world[:3, 3]) @ cam2world[:3, :3]
@@ -69,18 +87,19 @@ def _landing(X: np.ndarray, K: np.ndarray, cam2world: np.ndarray, hw: tuple[int,
     return i, r[i].astype(np.int64), u[i].astype(np.int64), z[i]
 
 
-def choose_neighbours(points: np.ndarray, valid: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
+def choose_neighbours(samples: list[np.ndarray], hw: tuple[int, int], K: np.ndarray, cam2world: np.ndarray,
                       f: Fusion = Fusion()) -> tuple[list[list[int]], list[list[int]]]:
     """For each view, up to ``neighbours`` views to check it against, chosen greedily: each next one sees
-    most of the view's points (a sample) that fewer than two chosen views see yet, a point counting in
-    full only where the parallax is at least ``min_angle`` (a view from the same place confirms nothing).
-    A view that sees under 10 % of the points, or adds under 2 %, is not taken. Also, for each view, every
-    view that sees at least 10 % of it, most first (parallax or not: what may hold the same surface)."""
-    V, h, w = valid.shape
+    most of the view's points (``samples``, as :func:`sample_points` gives them) that fewer than two chosen
+    views see yet, a point counting in full only where the parallax is at least ``min_angle`` (a view from
+    the same place confirms nothing). A view that sees under 10 % of the points, or adds under 2 %, is not
+    taken. Also, for each view, every view that sees at least 10 % of it, most first (parallax or not: what
+    may hold the same surface). ``hw``: the views' size."""
+    V, (h, w) = len(samples), hw
     centres = cam2world[:, :3, 3]
     out, overlapping = [], []
     for v in range(V):
-        sample = points[v, ::f.sample, ::f.sample][valid[v, ::f.sample, ::f.sample]]
+        sample = samples[v]
         candidates = range(V) if f.window is None or V <= 2 * f.window else \
             range(max(0, v - f.window), min(V, v + f.window + 1))
         sees, worth = {}, {}
@@ -112,16 +131,16 @@ def choose_neighbours(points: np.ndarray, valid: np.ndarray, K: np.ndarray, cam2
     return out, overlapping
 
 
-def average_agreeing(depth: np.ndarray, points: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
+def average_agreeing(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
                      valid: np.ndarray, neighbours: list[list[int]], rtol: float) -> tuple[np.ndarray, np.ndarray]:
     """Each valid pixel's depth replaced by the mean of its own and of the neighbours' that agree with it
     (their points' depths in its camera), and how many neighbours agreed (V, h, w)."""
     V, h, w = depth.shape
     count = np.zeros((V, h, w), np.int16)
-    out = depth.astype(np.float64, copy=True)
+    out = depth.astype(np.float32, copy=True)
     for v in range(V):
         ys, xs = np.nonzero(valid[v])
-        X = points[v, ys, xs]
+        X = points_at(depth, rays, cam2world, v, ys, xs)
         total = depth[v, ys, xs].astype(np.float64)
         n_agree = np.zeros(len(X), np.int16)
         for n in neighbours[v]:
@@ -129,14 +148,15 @@ def average_agreeing(depth: np.ndarray, points: np.ndarray, K: np.ndarray, cam2w
             d = depth[n, r, u]
             ok = valid[n, r, u] & (np.abs(z - d) <= rtol * d)
             i, r, u = i[ok], r[ok], u[ok]
-            total[i] += ((points[n, r, u] - cam2world[v][:3, 3]) @ cam2world[v][:3, :3])[:, 2]
+            total[i] += ((points_at(depth, rays, cam2world, n, r, u) - cam2world[v][:3, 3]) @ cam2world[v][:3, :3]
+                         )[:, 2]
             n_agree[i] += 1
         out[v, ys, xs] = total / (1 + n_agree)
         count[v, ys, xs] = n_agree
     return out, count
 
 
-def finest_view(depth: np.ndarray, points: np.ndarray, K: np.ndarray, cam2world: np.ndarray, valid: np.ndarray,
+def finest_view(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2world: np.ndarray, valid: np.ndarray,
                 overlapping: list[list[int]], rtol: float, most: int = 8, tie: float = 0.05) -> np.ndarray:
     """The valid pixels (V, h, w) that no other view holds at a finer resolution: a pixel is held by one
     of the ``most`` views that overlap its view most when its point lands on a valid pixel there at the
@@ -147,7 +167,7 @@ def finest_view(depth: np.ndarray, points: np.ndarray, K: np.ndarray, cam2world:
     own = valid.copy()
     for v in range(V):
         ys, xs = np.nonzero(valid[v])
-        X = points[v, ys, xs]
+        X = points_at(depth, rays, cam2world, v, ys, xs)
         footprint = depth[v, ys, xs] / K[v, 0, 0]
         held = np.zeros(len(X), bool)
         for n in overlapping[v][:most]:
@@ -164,7 +184,7 @@ def finest_view(depth: np.ndarray, points: np.ndarray, K: np.ndarray, cam2world:
 class FusedViews:
     """What :func:`fuse_views` gives: the refined depths and which pixels to keep."""
 
-    depth: np.ndarray  # (V, h, w) z-depths: refined, then averaged with the neighbours that agree
+    depth: np.ndarray  # (V, h, w) float32 z-depths: refined, then averaged with the neighbours that agree
     keep: np.ndarray  # (V, h, w) valid pixels a neighbour confirms (all valid ones of an unchecked view)
     first: np.ndarray  # (V, h, w) of those, the ones no other view holds in more detail: each surface once
     checked: np.ndarray  # (V,) whether a view's depth could be checked against other views
@@ -179,28 +199,31 @@ def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np
     confirm under ``min_agreeing`` of its pixels (cameras or depths too far off), keeps its valid pixels
     unchecked (``checked`` False). ``fixed`` (V, h, w): measured depths, which refinement leaves as they are."""
     V = len(depth)
-    depth = depth.astype(np.float64)
-    points = np.stack([world_points(depth[v], rays[v], cam2world[v]) for v in range(V)])
-    neighbours, overlapping = choose_neighbours(points, valid, K, cam2world, f)
+    depth, rays = depth.astype(np.float32), rays.astype(np.float32, copy=False)  # stored; computed in float64
+    samples = sample_points(depth, rays, cam2world, valid, f.sample)
+    neighbours, overlapping = choose_neighbours(samples, depth.shape[1:], K, cam2world, f)
+    del samples
     refined = 0.0
     if f.stereo is not None and grays is not None:
         changed = 0
-        new = depth.copy()
         movable = valid if fixed is None else valid & ~fixed
+        new = depth.copy()
         for v in range(V):
             others = [(grays[n], K[n], cam2world[n]) for n in neighbours[v][:f.stereo.neighbours]]
-            new[v], moved = refine_depth(depth[v], rays[v], cam2world[v], grays[v], others, f.stereo)
+            d, moved = refine_depth(depth[v].astype(np.float64), rays[v].astype(np.float64), cam2world[v],
+                                    grays[v], others, f.stereo)
+            new[v] = np.where(movable[v], d, depth[v])
             changed += int((moved & movable[v]).sum())
-        depth = np.where(movable, new, depth)
+        depth = new
         refined = changed / max(int(valid.sum()), 1)
-        points = np.stack([world_points(depth[v], rays[v], cam2world[v]) for v in range(V)])
-    averaged, count = average_agreeing(depth, points, K, cam2world, valid, neighbours, f.rtol)
+    averaged, count = average_agreeing(depth, rays, K, cam2world, valid, neighbours, f.rtol)
     checked = np.array([bool(neighbours[v]) and (count[v][valid[v]] > 0).mean() >= f.min_agreeing
                         if valid[v].any() else False for v in range(V)])
-    depth = np.where(checked[:, None, None], averaged, depth)
+    for v in np.flatnonzero(checked):
+        depth[v] = averaged[v]
+    del averaged
     keep = valid & ((count > 0) | ~checked[:, None, None])
     if fixed is not None:  # measured depth needs no other view to confirm it
         keep |= valid & fixed
-    points = np.stack([world_points(depth[v], rays[v], cam2world[v]) for v in range(V)])
-    first = finest_view(depth, points, K, cam2world, keep, overlapping, f.rtol)
+    first = finest_view(depth, rays, K, cam2world, keep, overlapping, f.rtol)
     return FusedViews(depth, keep, first, checked, neighbours, refined)

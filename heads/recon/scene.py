@@ -116,10 +116,12 @@ def camera_rays(pred: Predictions) -> np.ndarray:
     """Each pixel's normalised coordinates x/z, y/z (V, H, W, 2) in its camera, as its point says (through
     the camera's own model where the points were placed through one); NaN where there is no point."""
     c2w = pred.cam2world.astype(np.float64)
-    cam = np.einsum("vhwk,vkj->vhwj", pred.pts3d.astype(np.float64) - c2w[:, None, None, :3, 3], c2w[:, :3, :3])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rays = cam[..., :2] / cam[..., 2:]
-    rays[~(cam[..., 2] > 0)] = np.nan
+    rays = np.empty(pred.pts3d.shape[:3] + (2,), np.float32)  # a view at a time: float64 only for one
+    for v, T in enumerate(c2w):
+        cam = (pred.pts3d[v].astype(np.float64) - T[:3, 3]) @ T[:3, :3]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rays[v] = cam[..., :2] / cam[..., 2:]
+        rays[v][~(cam[..., 2] > 0)] = np.nan
     return rays
 
 
@@ -139,14 +141,20 @@ def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, fixe
     f = f or Fusion()
     rays = camera_rays(pred)
     valid = valid & np.isfinite(rays).all(-1)
-    grays = np.stack([cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY) for c in colours]
-                     ).astype(np.float32) / 255
+    np.nan_to_num(rays, copy=False)
+    grays = np.empty(pred.depth_z.shape, np.float32)
+    for v, c in enumerate(colours):
+        grays[v] = cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY) / np.float32(255)
     c2w = pred.cam2world.astype(np.float64)
-    out = fuse_views(pred.depth_z.astype(np.float64), np.nan_to_num(rays), c2w, pred.K.astype(np.float64), valid,
-                     grays, f, fixed)
-    pts = np.stack([world_points(d, r, T) for d, r, T in zip(out.depth, np.nan_to_num(rays), c2w)])
-    fused = replace(pred, depth_z=np.where(valid, out.depth, pred.depth_z).astype(np.float32),
-                    pts3d=np.where(valid[..., None], pts, pred.pts3d).astype(np.float32))
+    out = fuse_views(pred.depth_z, rays, c2w, pred.K.astype(np.float64), valid, grays, f, fixed)
+    del grays
+    depth_z, pts3d = pred.depth_z.astype(np.float32, copy=True), pred.pts3d.astype(np.float32, copy=True)
+    for v in range(len(depth_z)):  # the fused depths and their points where valid, the predictions elsewhere
+        ys, xs = np.nonzero(valid[v])
+        depth_z[v, ys, xs] = out.depth[v, ys, xs]
+        pts3d[v, ys, xs] = world_points(out.depth[v, ys, xs].astype(np.float64),
+                                        rays[v, ys, xs].astype(np.float64), c2w[v])
+    fused = replace(pred, depth_z=depth_z, pts3d=pts3d)
     report = {"checked": int(out.checked.sum()),
               "unchecked": [pred.images[v] for v in np.flatnonzero(~out.checked) if valid[v].any()],
               "refined_by_matching": round(out.refined, 4),
@@ -201,16 +209,15 @@ def transformed(pred: Predictions, s: float, R: np.ndarray, t: np.ndarray) -> Pr
     """``pred`` with its world mapped by x -> s R x + t (depths scale by s)."""
     from heads.geometry import apply_sim3_to_poses
 
-    return replace(pred, pts3d=(s * pred.pts3d.astype(np.float64) @ R.T + t).astype(np.float32),
-                   depth_z=(pred.depth_z * s).astype(np.float32),
+    pts3d = np.empty(pred.pts3d.shape, np.float32)
+    for v, p in enumerate(pred.pts3d):  # float64 for one view at a time, not for all
+        pts3d[v] = s * p.astype(np.float64) @ R.T + t
+    return replace(pred, pts3d=pts3d, depth_z=(pred.depth_z * s).astype(np.float32),
                    cam2world=apply_sim3_to_poses(pred.cam2world.astype(np.float64), s, R, t).astype(np.float32))
 
 
-def merge(scene: Predictions, part: Predictions, new: list[int]) -> Predictions:
-    """``scene`` followed by the views ``new`` (positions in ``part``) of an aligned ``part``."""
-    per_view = {f.name: np.concatenate([getattr(scene, f.name), getattr(part, f.name)[new]])
-                for f in fields(Predictions) if f.name not in ("images", "scale", "metric")}
-    return replace(scene, images=scene.images + [part.images[i] for i in new], **per_view)
+def _per_view(pred: Predictions) -> list[str]:
+    return [f.name for f in fields(Predictions) if f.name not in ("images", "scale", "metric")]
 
 
 def predict_in_chunks(run, n: int, size: int, overlap: int, done: dict | None = None, on_chunk=None,
@@ -218,22 +225,32 @@ def predict_in_chunks(run, n: int, size: int, overlap: int, done: dict | None = 
     """One scene from ``run(view_indices) -> Predictions`` over chunks of the sequence, each aligned to the
     scene so far on its overlap (a similarity, or rigid for a metric model; RANSAC seeded by ``seed``).
     ``done`` maps chunk number -> Predictions already made (resuming); ``on_chunk(k, pred)`` sees each
-    new one."""
+    new one. The scene's arrays are made once for all ``n`` views and filled chunk by chunk, so memory
+    holds the scene and one chunk, not copies of the scene."""
     ranges = chunk_ranges(n, size, overlap)
-    scene, report = None, []
+    scene, report, have = None, [], 0
     for k, views in enumerate(ranges):
         part = done[k] if done and k in done else run(views)
         if on_chunk is not None and not (done and k in done):
             on_chunk(k, part)
         if scene is None:
-            scene = part
+            if len(ranges) == 1:
+                return part, [{"views": [views[0], views[-1]], "scale": 1.0}]
+            scene = replace(part, images=[""] * n, **{name: np.empty((n,) + getattr(part, name).shape[1:],
+                                                                      getattr(part, name).dtype)
+                                                       for name in _per_view(part)})
             report.append({"views": [views[0], views[-1]], "scale": 1.0})
-            continue
-        have = len(scene.images)  # the scene holds views 0..have-1, in order
-        shared = [(i, j) for j, i in enumerate(views) if i < have]
-        s, R, t, pairs = align_to(scene, part, shared, with_scale=not part.metric, seed=seed)
-        scene = merge(scene, transformed(part, s, R, t), [j for j, i in enumerate(views) if i >= have])
-        report.append({"views": [views[0], views[-1]], "scale": round(float(s), 5), "pairs": pairs})
+        else:  # the scene holds views 0..have-1, in order
+            shared = [(i, j) for j, i in enumerate(views) if i < have]
+            s, R, t, pairs = align_to(scene, part, shared, with_scale=not part.metric, seed=seed)
+            part = transformed(part, s, R, t)
+            report.append({"views": [views[0], views[-1]], "scale": round(float(s), 5), "pairs": pairs})
+        new = [j for j, i in enumerate(views) if i >= have]
+        for name in _per_view(part):
+            getattr(scene, name)[[views[j] for j in new]] = getattr(part, name)[new]
+        for j in new:
+            scene.images[views[j]] = part.images[j]
+        have = views[-1] + 1
     return scene, report
 
 

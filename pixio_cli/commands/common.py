@@ -104,12 +104,14 @@ class Stages:
         from tqdm import tqdm
 
         self.names, self.command, self.at = names, command, -1
+        self.peak_gib: dict[str, float] = {}  # the process's peak memory by the end of each stage
         self.bar = tqdm(total=len(names), file=sys.stderr, disable=True if quiet else None, dynamic_ncols=True,
                         bar_format="{desc} [{n_fmt}/{total_fmt}, {elapsed}]{postfix}")
 
     def next(self, detail: str = "") -> None:
         """The next stage begins."""
         if self.at >= 0:
+            self._peak()
             self.bar.update(1)
         self.at += 1
         self.bar.set_description_str(f"{self.command}: {self.names[self.at]}", refresh=False)
@@ -125,6 +127,14 @@ class Stages:
         self.bar.write(line, file=sys.stderr)
 
     def close(self) -> None:
-        if self.at >= 0:
+        if self.at >= 0 and self.names[self.at] not in self.peak_gib:
+            self._peak()
             self.bar.update(1)
         self.bar.close()
+
+    def _peak(self) -> None:
+        import resource
+        import sys
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
+        self.peak_gib[self.names[self.at]] = round(kib / 2 ** 20, 3)

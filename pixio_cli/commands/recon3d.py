@@ -372,6 +372,7 @@ def recon3d(
                           "fusion": round(fusing_done - solved, 2), "mesh": round(meshed, 2) if mesh else None,
                           "total": round(time.perf_counter() - started, 2)}}
     stages.close()
+    record["peak_memory_gib"] = stages.peak_gib  # by the end of each stage: where memory grows
     if json_summary:
         typer.echo(json.dumps(record))
     report_failures(summary)
