@@ -176,7 +176,7 @@ def test_fixed_order_keeps_the_surface_and_its_winding():
 
 
 def test_chunk_parts_resume_only_with_the_same_settings(truth, tmp_path):
-    from pixio_cli.commands.recon3d import _Parts
+    from heads.recon.pipeline import _Parts
 
     pred, _ = truth
     parts = _Parts(tmp_path / "p.npz", {"model": "a", "images": pred.images})

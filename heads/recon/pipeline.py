@@ -1,0 +1,482 @@
+"""The reconstruction `pixio recon3d` runs, top to bottom: the views decoded, the model's predictions in chunks,
+the cameras (matching, given, or the network's), known depth put in place (:func:`reconstruct`); then the
+scene cleaned, fused and written (:func:`write_scene`). The command parses, checks and reports; this module
+makes the scene. Messages for the user go through ``say`` (one line each); errors are
+:mod:`pixio_cli.errors` exceptions."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from pixio_cli.errors import PixioError, UsageError
+
+from heads.pointmap.predictions import Predictions
+from heads.recon.scene import Cleaning
+
+
+@dataclass
+class SceneInputs:
+    """What the scene is made of: the inputs in order (failed ones included) and what is known of them."""
+
+    items: list  # pixio_cli.inputs.Item
+    Ks: Optional[list] = None  # one K (original pixels) per item
+    depth_files: Optional[list] = None  # one known-depth file (or None) per item
+    depth_scale: Optional[float] = None  # stored depth values per metre
+    known_cameras: Optional[Path] = None  # a cameras.json or a COLMAP model: no matching
+
+
+@dataclass
+class SceneOptions:
+    """How the scene is made."""
+
+    model: str
+    resize: Optional[str] = None  # processing size (default: the model's)
+    chunk: int = 32  # views per model pass
+    overlap: int = 4  # views each chunk shares with the previous one
+    sfm: bool = True  # cameras from matching
+    matching: str = "auto"
+    depth_cameras: bool = True  # with known depth, move the matched cameras until the depths agree
+    fusion: bool = True
+    seed: int = 0
+    save_predictions: Optional[Path] = None
+
+
+@dataclass
+class SceneOutputs:
+    """What is written, and where."""
+
+    scene_path: Path
+    cleaning: Cleaning
+    mesh: bool = False
+    mesh_voxel: Optional[float] = None
+    glb: bool = False
+    cameras: Optional[str] = None  # json, colmap or colmap-text
+    preview: Optional[Path] = None
+    normals: bool = False
+    frames_folder: Optional[Path] = None  # a video's frames, for the cameras to name
+
+
+@dataclass
+class Scene:
+    """A reconstructed scene before cleaning: the predictions on their cameras and what made them."""
+
+    pred: Predictions
+    frames: list  # (H, W, 3) uint8 views at the processing size
+    view_items: list  # the items the views came from, in order
+    root: str  # the folder the views' names are relative to
+    image_names: list[str]
+    placed: dict  # how the cameras were placed (on_cameras' report)
+    sfm_cameras: object  # heads.recon.sfm.SfmCameras, or None
+    held: Optional[np.ndarray]  # (V, H, W) bool: pixels whose depth was measured
+    depth_report: Optional[dict]
+    chunks: list[dict]
+    metric: bool
+    seconds: dict = field(default_factory=dict)
+    sfm_seconds: Optional[float] = None
+
+
+def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, stages, summary) -> Optional[Scene]:
+    """Decode the views, predict them in chunks aligned to each other and place them on their cameras;
+    None when no view could be decoded (``summary`` lists why). ``stages`` is the command's progress line
+    (next, detail, say)."""
+    from heads.pointmap.model import load_pointmap, prepare_pointmap
+    from pixio_cli.images import ResizePolicy
+
+    started = time.perf_counter()
+    items = inputs.items
+    job = _start_sfm(inputs, options) if options.sfm and inputs.known_cameras is None else None
+    try:
+        stages.next()
+        net = prepare_pointmap(engine, load_pointmap(options.model))
+        policy = ResizePolicy.parse(options.resize) if options.resize else ResizePolicy(short=net.infer_short)
+        samples = sorted((s for b in engine.batches(items, policy, summary) for s in b.samples),
+                         key=lambda s: s.index)
+        if not samples:
+            return None
+        views = _Views(items, samples, inputs)
+        loaded = time.perf_counter()
+        stages.next(f"{len(views.frames)} views")
+        pred, chunks, model_poses = _predict(net, engine, views, inputs, options)
+        inferred = time.perf_counter()
+        stages.next("from matching" if job is not None else "given" if views.given is not None else "the network's")
+        sfm_cameras = job.result([s.index for s in samples], views.sizes, stages.detail) if job is not None \
+            else views.given
+        if sfm_cameras is not None and sfm_cameras.focal_held:
+            stages.say(f"pixio: note: {sfm_cameras.focal_held}")
+        pred, placed, held, depth_report = _place(pred, sfm_cameras, model_poses, views, inputs, options)
+        solved = time.perf_counter()
+    finally:
+        if job is not None:
+            job.cancel()  # nothing once it has finished; stops COLMAP on an error or Ctrl-C
+    if options.save_predictions is not None:
+        pred.save(options.save_predictions)
+        views.parts.clear()
+    return Scene(pred, views.frames, views.items, views.root, views.image_names, placed,
+                 None if model_poses is not None else sfm_cameras, held, depth_report, chunks, net.metric,
+                 {"load_and_decode": round(loaded - started, 2), "inference": round(inferred - loaded, 2),
+                  "cameras": round(solved - inferred, 2)}, round(job.seconds, 2) if job else None)
+
+
+class _Views:
+    """The decoded views at one processing size, their names, sizes and known cameras."""
+
+    def __init__(self, items: list, samples: list, inputs: SceneInputs) -> None:
+        self.samples = samples
+        self.frames = _one_size([s.image for s in samples], [items[s.index].label for s in samples])
+        self.names = [items[s.index].label for s in samples]
+        self.sizes = [s.orig_hw for s in samples]
+        self.known = [inputs.Ks[s.index] for s in samples] if inputs.Ks is not None else None
+        self.items = [items[s.index] for s in samples]
+        self.root, self.image_names = image_names(self.items)
+        self.given = None
+        if inputs.known_cameras is not None:  # the user's cameras; their K goes to the network as --intrinsics would
+            from heads.recon.sfm import read_known_cameras
+
+            self.given = read_known_cameras(inputs.known_cameras, self.image_names, self.sizes)
+            self.known = list(self.given.K)
+        self.parts: _Parts = _Parts(None, {})
+
+
+def _predict(net, engine, views: _Views, inputs: SceneInputs, options: SceneOptions):
+    """The predictions of every view, in chunks aligned to each other; with a model that takes them
+    (MapAnything's encoders), known depth and metric cameras go in as inputs."""
+    import torch
+
+    from heads.pointmap.predictions import predict
+    from heads.recon.scene import predict_in_chunks
+    from pixio_cli.engine import autocast
+    from pixio_cli.resume import item_identity, model_identity
+
+    frames, names, sizes, known = views.frames, views.names, views.sizes, views.known
+    takes = net.cfg.geometric_inputs
+    model_depth = _depth_at_size(inputs.depth_files, views.samples, sizes, inputs.depth_scale, frames[0].shape[:2]) \
+        if takes and inputs.depth_files is not None else None
+    given = views.given
+    model_poses = given.cam2world if takes and given is not None and given.scale is not None else None
+
+    def run(chosen: list[int]):
+        with torch.inference_mode(), autocast(engine.device, engine.dtype):
+            return predict(net, engine.to_pixels([frames[i] for i in chosen]), [names[i] for i in chosen],
+                           [sizes[i] for i in chosen], [known[i] for i in chosen] if known else None,
+                           [model_depth[i] for i in chosen] if model_depth is not None else None,
+                           model_poses[chosen] if model_poses is not None else None)
+
+    views.parts = _Parts(options.save_predictions, {  # what decides a chunk's numbers: an edited input redoes it
+        "model": model_identity(options.model), "size": list(frames[0].shape[:2]), "chunk": options.chunk,
+        "overlap": options.overlap, "images": names,
+        "inputs": [item_identity(inputs.items[s.index]) for s in views.samples],
+        "intrinsics": [k.tolist() for k in known] if known else None, "precision": str(engine.dtype),
+        "known_depth": [str(f) for f in inputs.depth_files] if model_depth is not None else None,
+        "known_poses": model_poses.tolist() if model_poses is not None else None})
+    try:
+        pred, chunks = predict_in_chunks(run, len(frames), options.chunk, options.overlap, views.parts.done(),
+                                         views.parts.save, options.seed)
+    except torch.cuda.OutOfMemoryError:
+        raise PixioError(f"out of GPU memory on chunks of {min(options.chunk, len(frames))} views of "
+                         f"{frames[0].shape[1]}x{frames[0].shape[0]}: use a smaller --chunk or --resize") from None
+    except RuntimeError as e:
+        if "alloc" not in str(e):
+            raise
+        raise PixioError(f"out of memory on chunks of {min(options.chunk, len(frames))} views: use a smaller "
+                         "--chunk or --resize") from None
+    if model_depth is not None:
+        views.depth_report = {"views": sum(d is not None for d in model_depth), "given_to_the_model": True}
+    return pred, chunks, model_poses
+
+
+def _place(pred: Predictions, sfm_cameras, model_poses, views: _Views, inputs: SceneInputs, options: SceneOptions):
+    """The predictions on their cameras, with measured depth in place of the network's where known: the
+    cameras' report, the measured pixels and the known-depth report."""
+    from heads.recon.scene import on_cameras
+
+    held, depth_report = None, getattr(views, "depth_report", None)
+    if model_poses is not None:  # the model took the cameras: its outputs are in their frame already
+        sfm_cameras = None
+    if inputs.depth_files is not None and depth_report is None:  # measured depth in place of the network's
+        from heads.recon.known_depth import put_known_depth, read_depth
+
+        files = [inputs.depth_files[s.index] for s in views.samples]
+        pred, held, depth_report = put_known_depth(pred, [
+            read_depth(f, hw, inputs.depth_scale) if f is not None else None for f, hw in zip(files, views.sizes)])
+    if model_poses is not None:
+        placed = {"cameras": "given to the model", "registered": len(views.frames), "unregistered": []}
+    else:
+        pred, placed = on_cameras(pred, sfm_cameras, options.seed,
+                                  given_depth=held.any((1, 2)) if held is not None else None)
+    if held is not None and options.depth_cameras and placed["cameras"] in ("sfm", "network") and len(views.frames) > 1:
+        from heads.recon.depth_poses import register_views
+
+        pred, placed["depth_registration"] = register_views(pred, held)
+    return pred, placed, held, depth_report
+
+
+def write_scene(scene: Scene, options: SceneOptions, out: SceneOutputs, say: Callable[[str], None],
+                progress: Callable[[str], None] = lambda what: None) -> dict:
+    """Clean and fuse the scene and write every output asked for; returns the summary record (its
+    ``outputs``, and ``unusable``: a COLMAP model that could not be written, said as an error line)."""
+    from heads import geometry as G
+    from heads.recon.scene import clean_points, fuse, pixel_mask
+
+    started = time.perf_counter()
+    pred, n = scene.pred, len(scene.frames)
+    colours = np.stack(scene.frames)
+    keep, counts = pixel_mask(pred, out.cleaning)
+    surface, fused = keep, None  # what the mesh averages, and what fusion said
+    if options.fusion:
+        pred, surface, keep, fused = fuse(pred, colours, keep, fixed=scene.held)
+        counts.update(after_views=fused["after_views"], after_once=fused["after_once"])
+    # photos with nothing in common: matching registered none and no view sees what another sees
+    apart = (scene.sfm_seconds is not None and n > 1 and scene.placed["registered"] == 0 and fused is not None
+             and len(fused["unchecked"]) == n)
+    if apart:
+        say(f"pixio: warning: the {n} photos do not form one scene: matching found nothing in common between "
+            "them and no view sees what another sees; each keeps the network's camera and depth, unchecked")
+    else:
+        if scene.sfm_seconds is not None:
+            _warn_unplaced(scene.placed, scene.sfm_cameras, n, say)
+        if fused is not None:
+            _warn_unchecked(fused["unchecked"], n, say)
+    fusing_done = time.perf_counter()
+    points, point_colours, _, counts = clean_points(pred, colours, out.cleaning, keep, counts)
+    if not len(points):
+        raise PixioError(f"no points to write: cleaning removed every pixel of {n} views ({counts}); loosen it "
+                         "(--no-mask, --edge-rtol 0, no --conf-*)")
+    unit = "metres" if scene.metric else "unknown (the model is not metric)"
+    progress(str(out.scene_path))
+    G.write_ply(out.scene_path, points, point_colours, pred.cam2world[0, :3, 3] if out.normals else None, unit)
+    written = [str(out.scene_path)]
+    meshed = time.perf_counter()
+    if out.mesh:
+        written += _write_mesh(pred, colours, out.scene_path, out.mesh_voxel, out.glb, surface)
+    meshed = time.perf_counter() - meshed
+    unusable, root = _write_cameras(scene, pred, out, apart, unit, written, say)
+    if out.preview is not None:
+        from heads.recon.export import preview_picture
+        from pixio_cli.writers import write_image
+
+        write_image(out.preview, preview_picture(points, point_colours, pred, unit="m" if scene.metric else "units"))
+        written.append(str(out.preview))
+    return {"scene": str(out.scene_path), "outputs": written, "frames": n, "image_root": root,
+            "points": int(len(points)), "cleaning": counts, "scale": pred.scale, "unit": unit,
+            "size": [int(scene.frames[0].shape[1]), int(scene.frames[0].shape[0])], "chunks": scene.chunks,
+            "cameras": {k: v for k, v in scene.placed.items() if k != "to_output"},
+            "fusion": {k: v for k, v in fused.items() if k != "unchecked"} | {"unchecked": len(fused["unchecked"])}
+            if fused else None,
+            "frame": "the first view's camera: x right, y down, z forward",
+            "predictions": str(options.save_predictions) if options.save_predictions else None,
+            "known_depth": scene.depth_report, "unusable": unusable,
+            "seconds": {**scene.seconds, "sfm_thread": scene.sfm_seconds,
+                        "fusion": round(fusing_done - started, 2), "mesh": round(meshed, 2) if out.mesh else None}}
+
+
+def _write_cameras(scene: Scene, pred: Predictions, out: SceneOutputs, apart: bool, unit: str, written: list[str],
+                   say: Callable[[str], None]) -> tuple[bool, str]:
+    """cameras.json or the COLMAP model (and a video's frames for them to name); whether a COLMAP model
+    asked for could not be written, and the folder the cameras name the images from."""
+    from heads import geometry as G
+
+    cam_sizes = np.array(pred.original_hw)
+    flipped = [name for name, K in zip(pred.images, pred.K_original) if not (K[0, 0] > 0 and K[1, 1] > 0)]
+    if out.cameras == "json" and flipped:  # written as predicted, but said: no pinhole camera has them
+        say(f"pixio: warning: the predicted camera of {len(flipped)} view(s) (first: {flipped[0]}) has a "
+            "non-positive focal length, as for frames far from the model's training data; cameras.json holds it "
+            "as predicted")
+    unusable = out.cameras in ("colmap", "colmap-text") and bool(flipped or apart)
+    root, image_names = scene.root, scene.image_names
+    if out.frames_folder is not None and not unusable:  # a video's frames, where the cameras can name them
+        image_names = write_views(scene.view_items, out.frames_folder)
+        root = str(out.frames_folder.resolve())
+        written.append(str(out.frames_folder))
+    if unusable:  # a model no tool can use is not written: said as an error, and the run exits 1
+        why = (f"the predicted camera of {len(flipped)} view(s) (first: {flipped[0]}) has a non-positive focal "
+               "length, which COLMAP cannot hold" if flipped else "the photos do not form one scene")
+        say(f"pixio: error: no COLMAP model written: {why}")
+    if out.cameras == "json":
+        G.write_cameras_json(out.scene_path.parent / "cameras.json", image_names, cam_sizes, pred.K_original,
+                             pred.cam2world, unit, root)
+        written.append(str(out.scene_path.parent / "cameras.json"))
+    elif out.cameras in ("colmap", "colmap-text") and not unusable:
+        from heads.recon.sfm import write_colmap
+
+        placed, sfm = scene.placed, scene.sfm_cameras
+        to_world = ((placed["sfm_scale"], np.array(placed["to_output"]))
+                    if placed["cameras"] in ("sfm", "given") and sfm.reconstruction is not None else None)
+        write_colmap(out.scene_path.parent / "sparse" / "0", image_names, cam_sizes, pred.K_original, pred.cam2world,
+                     sfm if to_world else None, to_world, text=out.cameras == "colmap-text",
+                     unit="metres" if scene.metric else None)
+        written.append(str(out.scene_path.parent / "sparse" / "0"))
+    return unusable, root
+
+
+def _warn_unchecked(unchecked: list[str], n_views: int, say: Callable[[str], None]) -> None:
+    """One warning line for views whose depth no other view could check (one view, unrelated photos,
+    cameras too far off): their pixels are kept as the network placed them."""
+    if not unchecked:
+        return
+    if n_views == 1:
+        say("pixio: warning: one view: its depth could not be checked against another view")
+        return
+    more = f" and {len(unchecked) - 3} more" if len(unchecked) > 3 else ""
+    say(f"pixio: warning: the depth of {len(unchecked)} of {n_views} views ({', '.join(unchecked[:3])}{more}) could "
+        "not be checked against other views (none sees the same surfaces from these cameras): their pixels are kept "
+        "unchecked")
+
+
+def image_names(items: list) -> tuple[str, list[str]]:
+    """The folder the frames lie in and each frame's name relative to it, as COLMAP and the cameras
+    file name images (COLMAP, given that folder, finds every one); a video's frames are <video>#frame<N>."""
+    import os
+
+    paths = [os.path.abspath(it.path) for it in items]
+    root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+    names = [os.path.relpath(p, root) + (f"#frame{it.frame}" if it.frame is not None else "")
+             for p, it in zip(paths, items)]
+    return root, names
+
+
+def write_views(items: list, folder: Path) -> list[str]:
+    """The views' images at their own size in ``folder`` (a video's frames as ``<video>_<frame>.jpg``, an image
+    file copied as it is), atomically, for the cameras to name; returns their names in ``folder``."""
+    import os
+
+    from pixio_cli.engine import ImageStream
+    from pixio_cli.images import ResizePolicy
+    from pixio_cli.writers import write_bytes, write_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    for it in items:
+        base = f"{Path(it.path).stem}_{it.frame:06d}.jpg" if it.frame is not None else os.path.basename(it.path)
+        name, k = base, 1
+        while name in names:  # two inputs of one name in different folders
+            name, k = f"{Path(base).stem}_{k}{Path(base).suffix}", k + 1
+        names.append(name)
+    for sample in ImageStream(items, ResizePolicy(short=None, multiple=1)):
+        it = items[sample.index]
+        if it.frame is not None:
+            write_image(folder / names[sample.index], sample.image)
+        else:
+            write_bytes(folder / names[sample.index], Path(it.path).read_bytes())
+    return names
+
+
+def _depth_at_size(files: list, samples: list, sizes: list, per_metre, hw: tuple[int, int]) -> list:
+    """Each view's known depth (None where it has none) at the processing size ``hw`` (nearest: no mixing
+    across edges), in metres, for a model that takes depth as an input."""
+    import cv2
+
+    from heads.recon.known_depth import read_depth
+
+    out = []
+    for s, size in zip(samples, sizes):
+        f = files[s.index]
+        out.append(None if f is None else cv2.resize(read_depth(f, size, per_metre), (hw[1], hw[0]),
+                                                     interpolation=cv2.INTER_NEAREST))
+    return out
+
+
+def _start_sfm(inputs: SceneInputs, options: SceneOptions):
+    """Matching on a thread of its own, beside the network (heads.recon.sfm.SfmJob)."""
+    from heads.recon.sfm import SfmJob, SfmOptions
+
+    return SfmJob(inputs.items, SfmOptions(matching=options.matching, known_K=inputs.Ks, seed=options.seed),
+                  video=any(it.frame is not None for it in inputs.items))
+
+
+def _warn_unplaced(placed: dict, cams, n_views: int, say: Callable[[str], None]) -> None:
+    """One warning line when matching left frames on the network's cameras (all of them, or some)."""
+    unplaced = placed["unregistered"]
+    if not unplaced:
+        return
+    if n_views == 1:
+        say("pixio: warning: one frame has nothing to match: its camera is the network's")
+        return
+    if placed["cameras"] == "network":
+        if "reason" in placed:
+            what = f"{placed['registered']} of the {n_views} frames, but {placed['reason']}"
+        else:
+            why = f" ({cams.error})" if cams is not None and cams.error else ""
+            what = f"{'none' if not placed['registered'] else 'too few'} of the {n_views} frames{why}"
+        say(f"pixio: warning: matching registered {what}: the cameras are the network's, as with --no-sfm")
+        return
+    more = f" and {len(unplaced) - 3} more" if len(unplaced) > 3 else ""
+    say(f"pixio: warning: matching did not register {len(unplaced)} of {n_views} frames "
+        f"({', '.join(unplaced[:3])}{more}): they keep the network's cameras, aligned to the rest")
+
+
+def _one_size(images: list, labels: list[str]) -> list:
+    """Frames at one processing size (the first frame's); others of the same aspect (within 5 %) are
+    resized to it, others refused."""
+    from pixio_cli.images import resize_image
+
+    h, w = images[0].shape[:2]
+    out = []
+    for img, label in zip(images, labels):
+        if img.shape[:2] != (h, w):
+            if abs((img.shape[1] / img.shape[0]) / (w / h) - 1) > 0.05:
+                raise UsageError(f"{label} is processed at {img.shape[1]}x{img.shape[0]} but the first frame at "
+                                 f"{w}x{h}: the views of one scene must share an aspect ratio (within 5 %)")
+            img = resize_image(img, (h, w))
+        out.append(img)
+    return out
+
+
+def _write_mesh(pred, colours, scene_path: Path, voxel: Optional[float], glb: bool, keep=None) -> list[str]:
+    """``<scene>_mesh.ply`` (and ``<scene>.glb``) by TSDF fusion; returns the files written."""
+    from heads.geometry import write_mesh
+    from heads.recon.export import tsdf_mesh
+
+    try:
+        tri, _ = tsdf_mesh(pred, colours, voxel, keep)
+    except RuntimeError as e:  # Open3D's own checks, e.g. a voxel too small for the memory
+        raise PixioError(f"TSDF fusion failed: {str(e).strip().splitlines()[-1][:200]}") from None
+    if len(tri.triangles) == 0:
+        raise PixioError("TSDF fusion made no surface (too few or inconsistent depths); leave out --mesh")
+    tri.compute_vertex_normals()
+    targets = [scene_path.with_name(scene_path.stem + "_mesh.ply")] + ([scene_path.with_suffix(".glb")] if glb else [])
+    for target in targets:
+        write_mesh(target, tri)
+    return [str(t) for t in targets]
+
+
+class _Parts:
+    """Chunk predictions kept beside --save-predictions while a chunked run goes, so a rerun with the same
+    settings and frames resumes from the chunks it finished."""
+
+    def __init__(self, target: Optional[Path], settings: dict) -> None:
+        import json
+
+        self.folder = None if target is None else target.with_name(target.name + ".parts")
+        self.settings = json.dumps(settings, sort_keys=True)
+
+    def done(self) -> dict:
+        from heads.pointmap.predictions import Predictions
+
+        if self.folder is None or not (self.folder / "settings.json").exists():
+            return {}
+        if (self.folder / "settings.json").read_text() != self.settings:
+            return {}  # other settings or frames: start afresh
+        return {int(p.stem.split("-")[1]): Predictions.load(p) for p in sorted(self.folder.glob("chunk-*.npz"))}
+
+    def save(self, k: int, pred) -> None:
+        if self.folder is None:
+            return
+        from pixio_cli.writers import write_text
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not (self.folder / "settings.json").exists() or (self.folder / "settings.json").read_text() != self.settings:
+            for old in self.folder.glob("chunk-*.npz"):
+                old.unlink()
+            write_text(self.folder / "settings.json", self.settings)
+        pred.save(self.folder / f"chunk-{k:04d}.npz")
+
+    def clear(self) -> None:
+        import shutil
+
+        if self.folder is not None and self.folder.exists():
+            shutil.rmtree(self.folder)
