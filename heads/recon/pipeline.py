@@ -29,6 +29,12 @@ class SceneInputs:
     depth_scale: Optional[float] = None  # stored depth values per metre
     known_cameras: Optional[Path] = None  # a cameras.json or a COLMAP model: no matching
 
+    def keep(self, positions: list[int]) -> "SceneInputs":
+        """The inputs at ``positions`` (in order), with what is known of each."""
+        pick = lambda xs: [xs[i] for i in positions] if xs is not None else None  # noqa: E731
+        return SceneInputs(pick(self.items), pick(self.Ks), pick(self.depth_files), self.depth_scale,
+                           self.known_cameras)
+
 
 @dataclass
 class SceneOptions:

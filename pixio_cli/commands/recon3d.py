@@ -115,6 +115,10 @@ def recon3d(
         help="For videos: frames per second to take (instead of --every).", min=0.001, show_default=False)] = None,
     max_frames: Annotated[Optional[int], typer.Option(
         help="At most this many frames, evenly spread over the input.", min=1, show_default=False)] = None,
+    keyframes: Annotated[Optional[float], typer.Option(
+        help="Keep only frames that moved this fraction of the image width (median of tracked corners) since "
+             "the last frame kept, e.g. 0.05: a long video's standing and creeping frames are left out before any "
+             "work.", min=0, show_default=False)] = None,
     json_summary: Annotated[bool, typer.Option("--json", help="A JSON summary on stdout.")] = False,
     view: Annotated[bool, typer.Option(
         "--view", help="Then look at the scene in the browser (pixio view); writes cameras.json for it when "
@@ -152,7 +156,8 @@ def recon3d(
     from ..engine import Engine, Summary
 
     inputs, frames_folder = _inputs(inputs, output, scene_path, intrinsics, known_depth, depth_scale, depth_input,
-                                    known_cameras, every=every, fps=fps, max_frames=max_frames, cameras=cameras,
+                                    known_cameras, every=every, fps=fps, max_frames=max_frames,
+                                    keyframes=keyframes, cameras=cameras,
                                     preview=preview, save_predictions=save_predictions, mesh=mesh, glb=glb)
     options = SceneOptions(model=model, resize=resize, chunk=chunk, overlap=overlap, sfm=sfm,
                            matching=matching.value, depth_cameras=depth_cameras, fusion=fusion, seed=seed,
@@ -197,7 +202,8 @@ def recon3d(
 
 def _inputs(specs: list[str], output: Path, scene_path: Path, intrinsics: Optional[Path], known_depth: Optional[Path],
             depth_scale: Optional[float], depth_input: bool, known_cameras: Optional[Path], *, every: int,
-            fps: Optional[float], max_frames: Optional[int], cameras: Optional["Cameras"], preview: Optional[Path],
+            fps: Optional[float], max_frames: Optional[int], keyframes: Optional[float], cameras: Optional["Cameras"],
+            preview: Optional[Path],
             save_predictions: Optional[Path], mesh: bool, glb: bool):
     """The views and what is known of them, checked before any work (heads.recon.pipeline.SceneInputs), and
     the folder a video's frames go to for the cameras to name (or None)."""
@@ -230,14 +236,25 @@ def _inputs(specs: list[str], output: Path, scene_path: Path, intrinsics: Option
     Ks = read_intrinsics(intrinsics, len(items)) if intrinsics is not None else None  # one per input, in order
     depth_files, Ks = _known_depth(items, known_depth, depth_scale, depth_input and bool(depth_images),
                                    len(depth_images), Ks, known_cameras is not None)
+    scene = SceneInputs(items, Ks, depth_files, depth_scale, known_cameras)
     good = [i for i, it in enumerate(items) if it.error is None]
     if max_frames and len(good) > max_frames:  # frames, not failed inputs, are what is counted
         picks = {good[int(i)] for i in np.linspace(0, len(good) - 1, max_frames).round()}
-        kept = [i for i in range(len(items)) if i in picks or items[i].error is not None]
-        items = [items[i] for i in kept]
-        Ks = [Ks[i] for i in kept] if Ks is not None else None
-        depth_files = [depth_files[i] for i in kept] if depth_files is not None else None
-    return SceneInputs(items, Ks, depth_files, depth_scale, known_cameras), frames_folder
+        scene = scene.keep([i for i in range(len(items)) if i in picks or items[i].error is not None])
+    if keyframes is not None:
+        from heads.recon.keyframes import KeyframeRule, select_keyframes
+
+        from ..engine import ImageStream
+        from ..images import ResizePolicy
+
+        rule = KeyframeRule(motion=keyframes)
+        decoded = (None if s.error else s.image for s in ImageStream(scene.items, ResizePolicy(short=rule.width,
+                                                                                                 multiple=1)))
+        before = len(scene.items)
+        scene = scene.keep(select_keyframes(decoded, rule))
+        typer.echo(f"pixio: {len(scene.items)} of {before} frames kept as keyframes (moved at least {keyframes:g} "
+                   "of the width since the last one kept)", err=True)
+    return scene, frames_folder
 
 
 def _check_given_apart(given: Path, scene: Path, cameras: "Cameras") -> None:
