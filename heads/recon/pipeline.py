@@ -145,7 +145,8 @@ class _Views:
 
             self.given = read_known_cameras(inputs.known_cameras, self.image_names, self.sizes)
             self.known = list(self.given.K)
-        self.parts: _Parts = _Parts(None, {})
+        self.parts: _Parts = _Parts(None, {})  # chunks kept beside --save-predictions, set when predicting
+        self.depth_report: Optional[dict] = None  # known depth given to the model as an input, when it was
 
 
 def _predict(net, engine, views: _Views, inputs: SceneInputs, options: SceneOptions):
@@ -200,7 +201,7 @@ def _place(pred: Predictions, sfm_cameras, model_poses, views: _Views, inputs: S
     cameras' report, the measured pixels and the known-depth report."""
     from heads.recon.scene import on_cameras
 
-    held, depth_report = None, getattr(views, "depth_report", None)
+    held, depth_report = None, views.depth_report
     if model_poses is not None:  # the model took the cameras: its outputs are in their frame already
         sfm_cameras = None
     if inputs.depth_files is not None and depth_report is None:  # measured depth in place of the network's
