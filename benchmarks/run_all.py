@@ -38,7 +38,7 @@ CPU = {
     "pointmap": ["benchmarks.pointmap", "--size", "h16", "--views", "2", "--side", "256", "--device", "cpu"],
     "pointmap_memory": ["benchmarks.pointmap_memory", "--views", "8,32,128", "--side", "128x96"],
     "recon3d": ["benchmarks.recon3d"],
-    "growth": ["benchmarks.growth", "--frames", "25,50,100,250,500,1000", "--images", "24,96,384"],
+    "growth": ["benchmarks.growth", "--frames", "25,50,100,250", "--images", "24,96,384"],
     "known_depth": ["benchmarks.known_depth", "--frames", "250"],
 }
 GPU = {  # eager runs first, compiled ones last: a short lease keeps the most figures
