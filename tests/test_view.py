@@ -126,7 +126,11 @@ def test_the_scene_shows_in_a_real_browser_and_the_viewer_stops_on_sigterm(tmp_p
     try:
         url = viewer.wait_for(r"viewing 50,000 points, 2 cameras at (http://\S+)").group(1)
         shot = screenshot(browser, url, tmp_path / "shot.png")
-        viewer.wait_for("a browser connected")  # the page talked to the server, not a cached or error page
+        try:  # the page talked to the server, not a cached or error page
+            viewer.wait_for("a browser connected", timeout=20)
+        except AssertionError:  # a loaded machine can run out chromium's virtual time before the socket opens
+            shot = screenshot(browser, url, tmp_path / "shot.png")
+            viewer.wait_for("a browser connected")
     finally:
         code, seconds = viewer.stop()
     h, w = shot.shape[:2]
