@@ -58,9 +58,9 @@ def main() -> None:
                     decoder_dim=192, decoder_heads=6, mask_grid=2)
     torch.manual_seed(0)
     mae = PixioMAE(cfg).eval()
-    ours_engine = Engine(args.device, None, args.batch, workers=0)
+    ours_engine = Engine(args.device, None, batch_size=args.batch, workers=0)
     ref_precision = "bf16" if ours_engine.device.type == "cuda" else "fp32"
-    same_engine = Engine(args.device, ref_precision, args.batch, workers=0)
+    same_engine = Engine(args.device, ref_precision, batch_size=args.batch, workers=0)
     settings = Settings(model="random", model_config=cfg.to_dict(), resolution=args.img_size, masks=args.masks,
                         seed=0, precision="")
     ours = Curator(ours_engine.prepare(mae), ours_engine, settings, ".")

@@ -39,8 +39,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
 
-    engine = Engine(args.device, args.precision, args.batch, workers=0, compile=args.compile)
-    ref_engine = Engine(args.device, "bf16" if engine.device.type == "cuda" else "fp32", args.batch, workers=0,
+    engine = Engine(args.device, args.precision, batch_size=args.batch, workers=0, compile=args.compile)
+    ref_engine = Engine(args.device, "bf16" if engine.device.type == "cuda" else "fp32", batch_size=args.batch, workers=0,
                         compile=args.compile)
     hf, encoder = same_weights(args.size, ref_engine)
     head_cfg = HeadConfig(task="depth", features=args.features,

@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
 
-    engine = Engine(args.device, args.precision, args.batch, workers=0, compile=args.compile)
+    engine = Engine(args.device, args.precision, batch_size=args.batch, workers=0, compile=args.compile)
     hf, ours = same_weights(args.size, engine)
     ours = engine.prepare(ours)
 
@@ -76,7 +76,7 @@ def main() -> None:
     int8 = {}
     if engine.device.type == "cpu" and engine.dtype == torch.float32 and int8_available() and not args.compile:
         # --precision int8: the same model with int8 linear layers, against the same reference
-        engine8 = Engine(args.device, "int8", args.batch, workers=0, int8=True)
+        engine8 = Engine(args.device, "int8", batch_size=args.batch, workers=0, int8=True)
         ours8_fn = tokens_of(engine8.prepare(copy.deepcopy(ours)))
 
         try:

@@ -34,8 +34,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=2, help="alternating timed calls of each model; the best counts")
     args = ap.parse_args()
 
-    engine = Engine(args.device, args.precision, args.views, workers=0)
-    ref_engine = Engine(args.device, "fp32", args.views, workers=0)
+    engine = Engine(args.device, args.precision, batch_size=args.views, workers=0)
+    ref_engine = Engine(args.device, "fp32", batch_size=args.views, workers=0)
     torch.manual_seed(0)
     model = PointMapModel(build_encoder(args.size), PointMapConfig())
     model.init_weights()

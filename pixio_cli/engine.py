@@ -327,7 +327,7 @@ PREFETCH = 256  # decoded images waiting at most, over all workers
 class Engine:
     """Runs a batch function over many images. One instance per command invocation."""
 
-    def __init__(self, device: str = "auto", precision: str | None = None, batch_size: int = 16,
+    def __init__(self, device: str = "auto", precision: str | None = None, *, batch_size: int = 16,
                  workers: int | None = None, compile: bool = False, progress: bool | None = None,
                  int8: bool = False) -> None:
         """``int8``: the command offers ``--precision int8`` (its outputs are feature vectors, which

@@ -63,7 +63,7 @@ def curate(
         check_writable(report.parent, f"--report {report}")
 
     # engine and model
-    engine = Engine(device, precision, batch_size, workers, progress=False if quiet else None)
+    engine = Engine(device, precision, batch_size=batch_size, workers=workers, progress=False if quiet else None)
     mae = engine.prepare(load_mae(model))
     side = resolution or mae.mae_cfg.encoder.img_size
     settings = Settings(model=model, model_config=mae.mae_cfg.to_dict(), resolution=side, masks=masks, seed=seed,

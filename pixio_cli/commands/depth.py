@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -67,83 +66,45 @@ def depth(
     _check_camera(ply, fov, fx)
     vis = vis or side_by_side
 
-    import numpy as np
-    import torch
+    from heads.dense.depth_outputs import DepthFiles, DepthOutputs, camera_from
+    from heads.dense.predict import batch_fn, default_policy, load_dense
 
-    from heads.dense.predict import batch_fn, default_policy, depth_at, load_dense
-
-    from ..engine import Engine, Sample, dist_info
-    from ..inputs import Item, collect
+    from ..engine import Engine, dist_info
+    from ..inputs import collect
     from ..outputs import destination, output_folder
     from ..resume import Ledger, model_identity
-    from ..writers import write_bytes, write_image
     from .common import finish, write_json_line
 
     # input
     items = collect(inputs, every=every, outputs=output_folder(output))  # not its own outputs
+    engine = Engine(device, precision, batch_size=batch_size, workers=workers, compile=compile,
+                    progress=False if quiet else None)
     if output.suffix.lower() == ".mp4":  # a depth video of a video
-        return _depth_video(items, output, model, cmap.value, side_by_side, ply, format, resize, tile, every,
-                            Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None))
+        return _depth_video(items, output, engine, model=model, cmap=cmap.value, side_by_side=side_by_side,
+                            ply=ply, format=format, resize=resize, tile=tile, every=every)
     dest, fmt = destination(output, items, FORMATS, format.value if format else None, "png16")
-    tags = [dest.main] + (["_vis.png"] if vis else []) + ([".ply"] if ply else [])
-    dest.check_unique(items, tags, {"_vis.png": "--vis", ".ply": "--ply"})
+    dest.check_unique(items, [dest.main] + (["_vis.png"] if vis else []) + ([".ply"] if ply else []),
+                      {"_vis.png": "--vis", ".ply": "--ply"})
 
-    # engine and model
-    engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None)
+    # model
     net = load_dense(engine, model, "depth")
-    predicts_camera = getattr(net, "whole_image", False)
-    if ply and fov is None and fx is None and not net.cfg.intrinsics and not predicts_camera:
+    camera = None if getattr(net, "whole_image", False) and fov is None and fx is None else camera_from(
+        getattr(getattr(net, "cfg", None), "intrinsics", None), fov=fov, fx=fx)  # None: the point-map model predicts the camera
+    if ply and camera is None and not getattr(net, "whole_image", False):
         raise UsageError("--ply needs the camera: give --fov or --fx (this head does not carry intrinsics)")
     policy = default_policy(resize, net)
+
+    # output
     ledger = None if dest.single else Ledger(
         dest.folder, {"--model": model_identity(model), "--format": fmt, "--tile": tile,
                       "--resize": policy.describe(), "--precision": engine.precision},
         overwrite, *dist_info()[:2], optional={"--ply camera": _camera_setting(fov, fx) if ply else None,
                                                "--vis picture": f"{cmap.value}{' side by side' if side_by_side else ''}"
                                                if vis else None})
-
-    # output
-    def write(item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
-        h, w = sample.orig_hw
-        d = depth_at(out["out"], (h, w))
-        if fmt == "png16":
-            write_image(dest.path(item, dest.main), np.clip(d * 1000 + 0.5, 0, 65535).astype(np.uint16))
-        else:
-            import io
-
-            buf = io.BytesIO()
-            np.save(buf, d)
-            write_bytes(dest.path(item, dest.main), buf.getvalue())
-        if vis or ply:
-            import cv2
-
-            image = cv2.resize(sample.image, (w, h), interpolation=cv2.INTER_LINEAR)
-        if vis:
-            from heads.dense.visualize import depth_picture
-
-            write_image(dest.path(item, "_vis.png"),
-                        depth_picture(d, cmap=cmap.value, image=image if side_by_side else None))
-        if ply:
-            from heads.dense.visualize import write_point_cloud
-
-            if "K" in out and fov is None and fx is None:  # the camera the point-map model predicted
-                from heads.geometry import scale_intrinsics
-
-                K = scale_intrinsics(out["K"].numpy(), sample.image.shape[:2], (h, w))
-                camera = (K[0, 0], K[1, 1], K[0, 2], K[1, 2])
-            else:
-                camera = _intrinsics(net.cfg.intrinsics, w, h, fov, fx)
-            write_point_cloud(dest.path(item, ".ply"), d, image, *camera)
-        if ledger is not None:
-            ledger.record_item(item)
-        if json_lines:
-            write_json_line({"path": item.label, "output": str(dest.path(item, dest.main)), "min_m": float(d.min()),
-                             "median_m": float(np.median(d)), "max_m": float(d.max())})
-
-    def done(it: Item) -> bool:
-        return ledger is not None and ledger.done_item(it) and all(dest.path(it, t).exists() for t in tags)
-
-    summary = engine.run(items, policy, batch_fn(net, tile), write, desc="depth", skip=done, split_ranks=True)
+    files = DepthFiles(fmt=fmt, vis=vis, cmap=cmap.value, side_by_side=side_by_side, ply=ply, camera=camera)
+    outputs = DepthOutputs(dest, files, ledger=ledger, on_record=write_json_line if json_lines else None)
+    summary = engine.run(items, policy, batch_fn(net, tile), outputs.write, desc="depth", skip=outputs.done,
+                         split_ranks=True)
     where = dest.target if dest.single else f"{dest.target}/*{dest.main}"
     what = (f"{where}: depth in millimetres, 16-bit PNG, which viewers show nearly black; --vis also writes a "
             "picture" if fmt == "png16" and not vis else f"{where}: depth in metres, float32 .npy" if fmt == "npy"
@@ -151,23 +112,18 @@ def depth(
     finish(summary, "predicted", what)
 
 
-def _depth_video(items: list, output: Path, model: str, cmap: str, side_by_side: bool, ply: bool, format,
-                 resize: str | None, tile: bool, every: int, engine, warmup: int = 48) -> None:
-    """``-o out.mp4``: the depth pictures of one video's frames as a video at its frame rate (over
-    ``--every``), every frame coloured over one range (the 1st to 99th percentile of the first ``warmup``
-    frames), so a colour means the same depth throughout. Frames stream to the file: memory and disk do
-    not grow with the video's length."""
+def _depth_video(items: list, output: Path, engine, *, model: str, cmap: str, side_by_side: bool, ply: bool,
+                 format, resize: str | None, tile: bool, every: int) -> None:
+    """``-o out.mp4``: the depth pictures of one video's frames as a video at its frame rate (over ``--every``),
+    as :class:`heads.dense.depth_outputs.DepthVideo` writes it."""
     import os
-    import queue
-    import threading
 
     import cv2
-    import numpy as np
 
-    from heads.dense.predict import batch_fn, default_policy, depth_at, load_dense
-    from heads.dense.visualize import depth_picture
+    from heads.dense.depth_outputs import DepthVideo
+    from heads.dense.predict import batch_fn, default_policy, load_dense
 
-    from ..writers import EmptyVideo, check_writable, write_video
+    from ..writers import check_writable
     from .common import finish
 
     videos = {it.path for it in items if it.frame is not None}
@@ -185,59 +141,13 @@ def _depth_video(items: list, output: Path, model: str, cmap: str, side_by_side:
     fps = (cap.get(cv2.CAP_PROP_FPS) or 25.0) / max(1, every)
     cap.release()
     net = load_dense(engine, model, "depth")
-    frames: queue.Queue = queue.Queue(maxsize=2 * warmup)
-
-    ended = threading.Event()  # the end marker has been taken off the queue
-
-    def take():
-        got = frames.get()
-        if got is None:
-            ended.set()
-        return got
-
-    def pictures():
-        first = []
-        while len(first) < warmup and (got := take()) is not None:
-            first.append(got)
-        if not first:
-            return
-        sample = np.concatenate([d[:: max(1, d.shape[0] // 64), :: max(1, d.shape[1] // 64)].ravel() for d, _ in first])
-        lo, hi = float(np.percentile(sample, 1)), float(np.percentile(sample, 99))
-        for d, image in first:
-            yield depth_picture(d, lo, hi, cmap, image)
-        if got is not None:
-            while (got := take()) is not None:
-                yield depth_picture(got[0], lo, hi, cmap, got[1])
-
-    def encode() -> None:
-        try:
-            written.append(write_video(output, pictures(), fps))
-        except EmptyVideo:  # every frame failed: they are reported, and no file is made
-            pass
-        except BaseException as e:  # handed to the main thread
-            failed.append(e)
-            while not ended.is_set():  # let the producer finish, up to the end marker (once)
-                take()
-
-    written: list[int] = []
-    failed: list[BaseException] = []
-    encoder = threading.Thread(target=encode, name="pixio-depth-video", daemon=True)
-    encoder.start()
-
-    def add(item, sample, out) -> None:  # in frame order: the engine hands results over in input order
-        if failed:  # the writer has stopped: no more frames to predict
-            raise failed[0]
-        h, w = sample.orig_hw
-        image = cv2.resize(sample.image, (w, h)) if side_by_side else None
-        frames.put((depth_at(out["out"], (h, w)), image))
-
+    writer = DepthVideo(output, fps=fps, cmap=cmap, side_by_side=side_by_side)
     try:
-        summary = engine.run(items, default_policy(resize, net), batch_fn(net, tile), add, desc="depth")
+        summary = engine.run(items, default_policy(resize, net), batch_fn(net, tile), writer.add, desc="depth")
     finally:
-        frames.put(None)
-        encoder.join()
-    if failed:
-        raise failed[0]
+        writer.close()
+    if writer.failed:
+        raise writer.failed[0]
     finish(summary, f"wrote {output}: frames")
 
 
@@ -255,16 +165,6 @@ def _check_camera(ply: bool, fov: float | None, fx: float | None) -> None:
 def _camera_setting(fov: float | None, fx: float | None) -> str:
     """How the point clouds' camera was chosen, for the run ledger."""
     return f"--fov {fov:g}" if fov is not None else f"--fx {fx:g}" if fx is not None else "the model's"
-
-
-def _intrinsics(known: dict | None, w: int, h: int, fov: float | None, fx: float | None):
-    """(fx, fy, cx, cy) for an image of w x h: --fx, --fov, or the training camera scaled to this size."""
-    if fx is None and fov is not None:
-        fx = w / 2 / math.tan(math.radians(fov) / 2)
-    if fx is not None:
-        return fx, fx, w / 2, h / 2
-    sx, sy = w / known["width"], h / known["height"]
-    return known["fx"] * sx, known["fy"] * sy, known["cx"] * sx, known["cy"] * sy
 
 
 def register(app: typer.Typer) -> None:

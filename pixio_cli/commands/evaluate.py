@@ -174,7 +174,7 @@ def evaluate_knn(
             raise UsageError(f"-k {max(ks)}: there are only {len(train.paths)} training images to vote")
         ks = [kk for kk in ks if kk <= len(train.paths)] or [len(train.paths)]  # the default, cut to the data
         typer.echo(f"pixio: only {len(train.paths)} training images: k = {','.join(map(str, ks))}", err=True)
-    engine = Engine(device, precision, batch_size, workers, progress=False if quiet else None)
+    engine = Engine(device, precision, batch_size=batch_size, workers=workers, progress=False if quiet else None)
     encoder = engine.load_encoder(model, size)
     settings = {"--model": model_identity(model), "--size": size, "--resolution": resolution, "--normed": normed,
                 "--precision": engine.precision}

@@ -67,18 +67,13 @@ def extract(
 
     resolve(model)  # a model that cannot be had fails now, before the slow imports
 
-    import numpy as np
-    import torch
-
-    from ..engine import Engine, Sample, dist_info
-    from ..feature_stores import FileStore, ShardStore
+    from ..engine import Engine, dist_info
+    from ..extraction import ExtractOutputs, TokenOptions, open_ledger, token_features
     from ..images import ResizePolicy
-    from ..inputs import Item, collect
+    from ..inputs import collect
     from ..int8 import BelowBound
     from ..outputs import check_apart_from_inputs, destination, output_folder
-    from ..pca import pca_rgb
-    from ..resume import Ledger, model_identity
-    from ..writers import write_image
+    from ..resume import model_identity
     from .common import finish, parse_blocks, write_json_line
 
     if output is None and pca is None:
@@ -97,86 +92,34 @@ def extract(
     rank, world, _ = dist_info()
 
     # engine and model
-    engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None, int8=True)
+    engine = Engine(device, precision, batch_size=batch_size, workers=workers, compile=compile,
+                    progress=False if quiet else None, int8=True)
     encoder = engine.load_encoder(model, size)
-    block_ids = parse_blocks(blocks, encoder.depth)
-    n_cls = encoder.n_cls_tokens
+    tokens = TokenOptions(parse_blocks(blocks, encoder.depth), raw=raw, pool=pool.value, pca=pca_path is not None)
 
-    # resume: what decides the numbers, kept beside the outputs
+    # output, and what decides the numbers kept beside it for a rerun
     folder = dest.folder if dest is not None and not dest.single else (
         Path(pca) if pca and pca_path is not None and (not Path(pca).suffix or Path(pca).is_dir()) else None)
-    ledger = None
-    if folder is not None:
-        settings = {"--model": model_identity(model), "--size": size, "--blocks": block_ids, "--raw": raw,
-                    "--pool": pool.value, "--format": fmt, "--shards": shards, "--resize": policy.describe(),
-                    "--precision": engine.precision}
-        if overwrite and shards and world == 1:
-            for old in [*folder.glob("index*.jsonl"), *folder.glob("shard-*")]:
-                old.unlink()
-        ledger = Ledger(folder, settings, overwrite, rank, world)
-
-    def finished(done: list[Item]) -> None:
-        if ledger is not None:
-            for it in done:
-                ledger.record_item(it)
-
-    store = None
-    if dest is not None:
-        store = (ShardStore(dest.folder, fmt, shards, pool != Pool.none, finished, rank, world) if shards
-                 else FileStore(dest, fmt, finished))
-
-    def features(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        grid = (x.shape[-2] // encoder.patch_size, x.shape[-1] // encoder.patch_size)
-        tokens = torch.stack(encoder.forward_blocks(x, block_ids, norm=not raw), dim=1)  # (B, nb, N, D)
-        cls, patches = tokens[:, :, :n_cls], tokens[:, :, n_cls:]
-        patches = patches.reshape(*patches.shape[:2], *grid, patches.shape[-1])
-        out = {}
-        if pool == Pool.cls:
-            out["features"] = cls.mean(2)
-        elif pool == Pool.mean:
-            out["features"] = patches.mean((2, 3))
-        else:
-            out["cls_tokens"], out["patch_tokens"] = cls, patches
-        if pca_path is not None:
-            out["_pca"] = patches[:, -1]
-        return out
-
-    # output: an image is finished once all its outputs are in place (a shard row: once its shard is)
-    def write(item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
-        record: dict = {"path": item.label}
-        arrays = {k: v.numpy().astype(np.float32) for k, v in out.items() if not k.startswith("_")}
-        if pca_path is not None:
-            target = pca_path(item)
-            write_image(target, pca_rgb(out["_pca"], sample.orig_hw))
-            record["pca"] = str(target)
-        if store is not None:
-            arrays["blocks"] = np.asarray(block_ids, np.int64)
-            arrays["input_hw"] = np.asarray(sample.image.shape[:2], np.int64)
-            record.update(store.write(item, arrays))
-        else:
-            finished([item])
-        if json_lines:
-            if store is not None:  # shapes of what was written, and only then
-                record["shapes"] = {k: list(v.shape) for k, v in arrays.items() if k not in ("blocks", "input_hw")}
-            write_json_line(record)
-
-    def done(it: Item) -> bool:
-        if ledger is None or not ledger.done_item(it):
-            return False
-        return (store is None or store.holds(it)) and (pca_path is None or pca_path(it).exists())
-
+    settings = {"--model": model_identity(model), "--size": size, "--blocks": tokens.blocks, "--raw": raw,
+                "--pool": pool.value, "--format": fmt, "--shards": shards, "--resize": policy.describe(),
+                "--precision": engine.precision}
+    ledger = open_ledger(folder, settings, overwrite=overwrite, shards=shards, rank=rank, world=world) \
+        if folder is not None else None
+    outputs = ExtractOutputs(dest=dest, fmt=fmt, shards=shards, pooled=pool != Pool.none, ledger=ledger,
+                             pca_path=pca_path, blocks=tokens.blocks,
+                             on_record=write_json_line if json_lines else None, rank=rank, world=world)
     try:
-        summary = engine.run(items, policy, features, write, desc="extract", skip=done, split_ranks=True)
+        summary = engine.run(items, policy, token_features(encoder, tokens), outputs.write, desc="extract",
+                             skip=outputs.done, split_ranks=True)
     except BelowBound:
         if ledger is not None:
             ledger.withdraw()  # nothing was written: a rerun in fp32 may use the folder
         raise
     finally:
-        if store is not None:
-            store.close()
-    if store is None:
+        outputs.close()
+    if outputs.store is None:
         typer.echo("pixio: only the PCA pictures were asked for: no features are kept (give -o for them)", err=True)
-    finish(summary, "extracted" if store is not None else "drew PCA pictures for")
+    finish(summary, "extracted" if outputs.store is not None else "drew PCA pictures for")
 
 
 def _pca_target(pca: str | None, dest, items):

@@ -166,7 +166,7 @@ def recon3d(
                                                 voxel, max_points, seed),
                            mesh=mesh, mesh_voxel=mesh_voxel, glb=glb, cameras=cameras.value if cameras else None,
                            preview=preview, normals=normals, frames_folder=frames_folder)
-    engine = Engine(device, precision, 8, workers, progress=False if quiet else None)
+    engine = Engine(device, precision, batch_size=8, workers=workers, progress=False if quiet else None)
     stages = Stages(["loading the model and decoding", "predicting", "cameras", "fusing the views", "writing"],
                     quiet, "recon3d")
     summary = Summary()

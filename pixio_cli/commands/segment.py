@@ -53,7 +53,7 @@ def segment(
     dest.check_unique(items, tags, {"_overlay.png": "--overlay"})
 
     # engine and model
-    engine = Engine(device, precision, batch_size, workers, compile, progress=False if quiet else None)
+    engine = Engine(device, precision, batch_size=batch_size, workers=workers, compile=compile, progress=False if quiet else None)
     net = load_dense(engine, model, "segment")
     classes = net.cfg.classes or [str(i) for i in range(net.cfg.n_out)]
     palette = np.array(net.cfg.palette or _palette(len(classes)), np.uint8)
