@@ -96,9 +96,19 @@ def fake_sfm(pred: Predictions, K: np.ndarray, sfm_scale: float, registered: lis
         pick = rng.choice(len(ys), 200, replace=False)
         xy = np.stack([(xs[pick] + 0.5) * 8 - 0.5, (ys[pick] + 0.5) * 8 - 0.5], 1)  # original pixels
         observations.append((xy, pred.depth_z[v][ys[pick], xs[pick]].astype(np.float64) * sfm_scale))
-    return SfmCameras(registered=np.array(registered), cam2world=cam2world, K=np.repeat(K[None], V, 0),
-                      cameras=[camera if r else None for r in registered], written_hw=np.array([[480, 640]] * V),
-                      observations=observations, points=1000, reprojection_error=0.5)
+    rec = pycolmap.Reconstruction()  # the model SfmCameras reads: cameras, posed images, one point per observation
+    rec.add_camera_with_trivial_rig(camera)
+    for v in map(int, np.flatnonzero(registered)):
+        xy, z = observations[v]
+        image = pycolmap.Image(name=f"{v}.png", keypoints=xy + 0.5, camera_id=1, image_id=v + 1)  # COLMAP's pixels
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(G.invert_pose(cam2world[v])[:3]))
+        cam_pts = np.concatenate([(xy - K[:2, 2]) / np.diag(K)[:2] * z[:, None], z[:, None]], 1)
+        for i, X in enumerate(G.transform(cam_pts, cam2world[v])):
+            track = pycolmap.Track()
+            track.add_element(v + 1, i)
+            rec.add_point3D(X, track, np.zeros(3, np.uint8))
+    hw = np.array([[480, 640]] * V)
+    return SfmCameras(rec, [f"{v}.png" for v in range(V)], hw, hw)
 
 
 def test_depth_is_placed_on_the_cameras_at_the_networks_scale(truth):
@@ -171,7 +181,7 @@ def test_colmap_export_keeps_the_tracks_and_adds_the_frames_matching_missed(kitc
     from heads.recon.sfm import write_colmap
 
     cams, _, paths = kitchen_sfm
-    missed = replace(cams, registered=np.array([True, True, True, True, False]))  # as if the last had failed
+    missed = replace(cams, names=[*cams.names[:4], "missing"])  # as if the last had failed
     s, T = 2.0, np.eye(4)
     T[:3, :3], T[:3, 3] = G.rotation_from_quaternion(np.array([0.2, -0.1, 0.3, 0.9])), [1.0, 2.0, 3.0]
     c2w = np.stack([T @ _scaled(c, s) for c in cams.cam2world])

@@ -141,8 +141,7 @@ def test_exported_points_carry_their_reprojection_error(tmp_path):
         track.add_element(1, i)
         track.add_element(2, i)
         rec.add_point3D(x, track, np.zeros(3, np.uint8))
-    sfm = SfmCameras.empty([(480, 640)] * 2, registered=np.ones(2, bool), reconstruction=rec,
-                           names=["0.jpg", "1.jpg"])
+    sfm = SfmCameras(rec, ["0.jpg", "1.jpg"], np.array([(480, 640)] * 2), np.array([(480, 640)] * 2))
     folder = tmp_path / "sparse" / "0"
     write_colmap(folder, ["0.jpg", "1.jpg"], np.array([(480, 640)] * 2), np.repeat(K[None], 2, 0), T, sfm,
                  (1.0, np.eye(4)))

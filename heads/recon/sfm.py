@@ -4,7 +4,7 @@ and what ``pixio recon3d`` needs of the result as arrays.
 The network gives dense metric depth for every pixel but, on frames unlike its
 training data, poor cameras; matching and bundle adjustment give good cameras
 and a sparse set of triangulated points, up to scale. :func:`run_sfm` makes the
-reconstruction; :func:`sfm_cameras` reads it into :class:`SfmCameras`, in our
+reconstruction; :class:`SfmCameras` reads it as arrays, in our
 conventions (OpenCV axes, camera-to-world, pixel centres at integers, the
 original images' pixels).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -42,32 +43,122 @@ class SfmOptions:
 
 @dataclass
 class SfmCameras:
-    """What the reconstruction says of each of V frames (by position in the list given to run_sfm)."""
+    """What one pycolmap ``Reconstruction`` says of each of V frames, as arrays in our conventions (OpenCV axes,
+    camera-to-world, pixel centres at integers, the frames' own pixels).
 
-    registered: np.ndarray  # (V,) bool
-    cam2world: np.ndarray  # (V, 4, 4) float64, the reconstruction's arbitrary scale; identity where unregistered
-    K: np.ndarray  # (V, 3, 3) float64, original pixels (pinhole part of the camera); zeros where unregistered
-    cameras: list  # pycolmap.Camera in the written images' pixels, or None where unregistered
-    written_hw: np.ndarray  # (V, 2) the size the frames were matched at
-    observations: list[tuple[np.ndarray, np.ndarray]]  # per frame: pixels (n, 2) in original pixels, z depth (n,)
-    points: int  # triangulated points
-    reprojection_error: float  # mean, in the written images' pixels
-    error: str | None = None  # why there is no reconstruction, when COLMAP failed
-    scale: float | None = None  # network units per camera unit when known (cameras in metres: 1.0), else fitted
-    known: bool = False  # given by the user (--known-cameras), not found by matching
-    reconstruction: object = None  # the pycolmap.Reconstruction, for export
-    names: list[str] | None = None  # its image name of each frame
-    focal_held: str | None = None  # what the focal length was held at, and why, when few frames could not fix it
+    The reconstruction is the model and the arrays are read from it (once, on first use), so they cannot drift
+    apart. A frame is unregistered when the reconstruction has no posed image of its name.
+
+    Args:
+        reconstruction: the ``pycolmap.Reconstruction``, or None when no frame has a camera.
+        names: (V,) the reconstruction's image name of each frame, by position in the list given to run_sfm.
+        written_hw: (V, 2) the size of the images its cameras are in (the size the frames were matched at).
+        original_hw: (V, 2) the frames' own size.
+        error: why there is no reconstruction, when COLMAP failed.
+        scale: network units per reconstruction unit when known (cameras in metres: 1.0), else None (fitted).
+        known: given by the user (``--known-cameras``), not found by matching.
+        focal_held: what the focal length was held at, and why, when the frames could not fix it.
+    """
+
+    reconstruction: object
+    names: list[str]
+    written_hw: np.ndarray
+    original_hw: np.ndarray
+    error: str | None = None
+    scale: float | None = None
+    known: bool = False
+    focal_held: str | None = None
 
     @classmethod
     def empty(cls, hw: list[tuple[int, int]], **kwargs) -> "SfmCameras":
         """No camera for any of the frames of sizes ``hw`` (fields in ``kwargs`` set otherwise)."""
-        V = len(hw)
-        return cls(**{"registered": np.zeros(V, bool), "cam2world": np.tile(np.eye(4), (V, 1, 1)),
-                      "K": np.zeros((V, 3, 3)), "cameras": [None] * V,
-                      "written_hw": np.array(hw, np.int64).reshape(V, 2),
-                      "observations": [(np.zeros((0, 2)), np.zeros(0))] * V, "points": 0,
-                      "reprojection_error": float("nan"), **kwargs})
+        hw = np.array(hw, np.int64).reshape(-1, 2)
+        return cls(**{"reconstruction": None, "names": [""] * len(hw), "written_hw": hw, "original_hw": hw,
+                      **kwargs})
+
+    @cached_property
+    def _frames(self) -> dict:
+        return _read_frames(self.reconstruction, self.names, self.written_hw, self.original_hw)
+
+    @property
+    def registered(self) -> np.ndarray:
+        """(V,) bool."""
+        return self._frames["registered"]
+
+    @property
+    def cam2world(self) -> np.ndarray:
+        """(V, 4, 4) float64 in the reconstruction's units; identity where unregistered."""
+        return self._frames["cam2world"]
+
+    @property
+    def K(self) -> np.ndarray:
+        """(V, 3, 3) float64, the pinhole part of each camera in original pixels; zeros where unregistered."""
+        return self._frames["K"]
+
+    @property
+    def cameras(self) -> list:
+        """(V,) ``pycolmap.Camera`` in the written images' pixels, or None where unregistered."""
+        return self._frames["cameras"]
+
+    @property
+    def observations(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(V,) per frame its triangulated keypoints: pixels (n, 2) in original pixels and their depth z (n,)."""
+        return self._frames["observations"]
+
+    @property
+    def points(self) -> int:
+        """Triangulated points."""
+        return 0 if self.reconstruction is None else int(self.reconstruction.num_points3D())
+
+    @property
+    def reprojection_error(self) -> float:
+        """Mean reprojection error in the written images' pixels (NaN without points)."""
+        return float(self.reconstruction.compute_mean_reprojection_error()) if self.points else float("nan")
+
+
+def _read_frames(rec, names: list[str], written_hw: np.ndarray, original_hw: np.ndarray) -> dict:
+    """:class:`SfmCameras`' arrays, read from ``rec`` (or None) for the frames ``names``."""
+    from heads.geometry import scale_intrinsics
+
+    V = len(names)
+    out = {"registered": np.zeros(V, bool), "cam2world": np.tile(np.eye(4), (V, 1, 1)), "K": np.zeros((V, 3, 3)),
+           "cameras": [None] * V, "observations": [(np.zeros((0, 2)), np.zeros(0))] * V}
+    if rec is None:
+        return out
+    position = {name: i for i, name in enumerate(names)}
+    for image in rec.images.values():
+        if not image.has_pose or image.name not in position:
+            continue
+        i = position[image.name]
+        c2w = image_cam2world(image)
+        w2c = np.linalg.inv(c2w)
+        xy, z = [], []
+        for p2d in image.points2D:
+            if p2d.has_point3D():
+                xy.append(p2d.xy)
+                z.append((w2c[:3, :3] @ rec.points3D[p2d.point3D_id].xyz + w2c[:3, 3])[2])
+        sy, sx = original_hw[i][0] / written_hw[i][0], original_hw[i][1] / written_hw[i][1]
+        xy = np.array(xy, np.float64).reshape(-1, 2) * [sx, sy] - 0.5  # COLMAP's pixels, rescaled, to ours
+        out["registered"][i] = True
+        out["cam2world"][i] = c2w
+        out["K"][i] = scale_intrinsics(camera_K(image.camera), tuple(written_hw[i]), tuple(original_hw[i]))
+        out["cameras"][i] = image.camera
+        out["observations"][i] = (xy, np.array(z, np.float64))
+    return out
+
+
+def pinhole_view(rec, *, name: str, K: np.ndarray, hw: tuple[int, int], cam2world: np.ndarray, image_id: int) -> None:
+    """Adds to ``rec`` an image ``name`` with pose ``cam2world`` (4, 4) and its own PINHOLE camera of ``K``
+    (3, 3, our pixels) for an image of ``hw`` (h, w), and no keypoints."""
+    pycolmap = _pycolmap()
+    from heads.geometry import invert_pose
+
+    h, w = int(hw[0]), int(hw[1])
+    camera = pycolmap.Camera.create_from_model_name(len(rec.cameras) + 1, "PINHOLE", float(K[0, 0]), w, h)
+    camera.params = _colmap_params(np.asarray(K, np.float64))
+    rec.add_camera_with_trivial_rig(camera)
+    image = pycolmap.Image(name=name, camera_id=camera.camera_id, image_id=image_id)
+    rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(invert_pose(np.asarray(cam2world, np.float64))[:3]))
 
 
 def _pycolmap():
@@ -293,41 +384,6 @@ def _colmap_params(K: np.ndarray) -> list[float]:
     return [float(K[0, 0]), float(K[1, 1]), float(K[0, 2]) + 0.5, float(K[1, 2]) + 0.5]
 
 
-def sfm_cameras(rec, names: list[str], written_hw: list[tuple[int, int]], original_hw: list[tuple[int, int]]
-                ) -> SfmCameras:
-    """The reconstruction ``rec`` (or None) read per frame, frames named ``names`` in order."""
-    from heads.geometry import scale_intrinsics
-
-    out = SfmCameras.empty(written_hw)
-    if rec is None:
-        return out
-    position = {name: i for i, name in enumerate(names)}
-    for image in rec.images.values():
-        if not image.has_pose or image.name not in position:
-            continue
-        i = position[image.name]
-        cam = image.camera
-        c2w = image_cam2world(image)
-        w2c = np.linalg.inv(c2w)
-        K = camera_K(cam)
-        xy, z = [], []
-        for p2d in image.points2D:
-            if p2d.has_point3D():
-                xy.append(p2d.xy)
-                z.append((w2c[:3, :3] @ rec.points3D[p2d.point3D_id].xyz + w2c[:3, 3])[2])
-        sy, sx = original_hw[i][0] / written_hw[i][0], original_hw[i][1] / written_hw[i][1]
-        xy = np.array(xy, np.float64).reshape(-1, 2) * [sx, sy] - 0.5  # COLMAP's pixels, rescaled, to ours
-        out.registered[i] = True
-        out.cam2world[i] = c2w
-        out.K[i] = scale_intrinsics(K, written_hw[i], original_hw[i])
-        out.cameras[i] = cam
-        out.observations[i] = (xy, np.array(z, np.float64))
-    out.reconstruction, out.names = rec, list(names)
-    out.points = rec.num_points3D()
-    out.reprojection_error = float(rec.compute_mean_reprojection_error()) if out.points else float("nan")
-    return out
-
-
 def image_cam2world(image) -> np.ndarray:
     """A registered pycolmap image's camera-to-world (4, 4), OpenCV axes as COLMAP's."""
     w2c = np.eye(4)
@@ -457,12 +513,12 @@ class SfmJob:
                                  f"{self._error.strerror} (set TMPDIR to a folder with room, or --no-sfm)") from None
             names = [self.written.get(i, (f"missing-{i}",))[0] for i in indices]
             hws = [self.written[i][1] if i in self.written else hw for i, hw in zip(indices, original_hw)]
-            out = sfm_cameras(self._out, names, hws, original_hw)
-            if self._out is not None and self._held:
-                out.focal_held = held_focal_note(self._out, self._held)
-            if self._error is not None:  # COLMAP failing is no reason to lose the network's scene
-                out.error = f"{type(self._error).__name__}: {str(self._error).strip().splitlines()[-1][:200]}"
-            return out
+            return SfmCameras(
+                self._out, names, np.array(hws, np.int64).reshape(-1, 2), np.array(original_hw, np.int64).reshape(-1, 2),
+                focal_held=held_focal_note(self._out, self._held) if self._out is not None and self._held else None,
+                # COLMAP failing is no reason to lose the network's scene
+                error=None if self._error is None else
+                f"{type(self._error).__name__}: {str(self._error).strip().splitlines()[-1][:200]}")
         finally:
             self.close()
 
@@ -520,13 +576,9 @@ def write_colmap(folder: Path, labels: list[str], original_hw: np.ndarray, K: np
             keypoints = np.array([p.xy for p in src.points2D], np.float64).reshape(-1, 2) * [sx, sy]
             image = pycolmap.Image(name=label, keypoints=keypoints, camera_id=cameras[src.camera_id], image_id=v + 1)
             image_of[src.image_id] = v + 1
+            out.add_image_with_trivial_frame(image, pycolmap.Rigid3d(w2c[:3]))
         else:
-            k = np.asarray(K[v], np.float64)
-            camera = pycolmap.Camera.create_from_model_name(len(out.cameras) + 1, "PINHOLE", float(k[0, 0]), w, h)
-            camera.params = _colmap_params(k)
-            out.add_camera_with_trivial_rig(camera)
-            image = pycolmap.Image(name=label, camera_id=camera.camera_id, image_id=v + 1)
-        out.add_image_with_trivial_frame(image, pycolmap.Rigid3d(w2c[:3]))
+            pinhole_view(out, name=label, K=K[v], hw=(h, w), cam2world=cam2world[v], image_id=v + 1)
     if old is not None:
         s, T = sfm_to_world
         for point in old.points3D.values():
@@ -592,34 +644,29 @@ def read_known_cameras(path: Path, names: list[str], original_hw: list[tuple[int
         matched = [_match(n, by_name) for n in names]
         _require_all(path, names, matched)
         _require_one_each(path, names, matched)
-        hws = [(by_name[m].camera.height, by_name[m].camera.width) for m in matched]
+        hws = np.array([(by_name[m].camera.height, by_name[m].camera.width) for m in matched], np.int64)
         unit = (path / UNIT_FILE).read_text().strip().lower() if (path / UNIT_FILE).is_file() else ""
         scale = LENGTHS.get(unit)
-        cams = replace(sfm_cameras(rec, matched, hws, original_hw), known=True)
         if scale is not None:  # in a unit of length: metres, exactly, and the points need not set it
-            cams.cam2world[:, :3, 3] *= scale
-            cams.observations = [(xy, z * scale) for xy, z in cams.observations]
-            cams.scale = 1.0
-        return cams
+            rec.transform(pycolmap.Sim3d(scale, pycolmap.Rotation3d(), np.zeros(3)))
+        return SfmCameras(rec, matched, hws, np.array(original_hw, np.int64).reshape(-1, 2), known=True,
+                          scale=None if scale is None else 1.0)
     scale, cams = read_cameras_json(path)
     matched = [_match(n, cams) for n in names]
     _require_all(path, names, matched)
     _require_one_each(path, names, matched)
-    out = SfmCameras.empty(original_hw, registered=np.ones(len(names), bool), known=True, scale=1.0 if scale else None)
-    pycolmap = _pycolmap()
+    rec = _pycolmap().Reconstruction()
     for v, m in enumerate(matched):
         K, T, (h, w) = cams[m]
         oh, ow = original_hw[v]
         if abs((w / h) / (ow / oh) - 1) > 0.01:
             raise UsageError(f"--known-cameras {path}: {m} is {w}x{h} there, but the image is {ow}x{oh} (another "
                              "shape: not this image's camera)")
-        K = scale_intrinsics(K, (h, w), (oh, ow))
         T = T.copy()
         T[:3, 3] *= scale or 1.0  # metres
-        camera = pycolmap.Camera.create_from_model_name(v + 1, "PINHOLE", float(K[0, 0]), int(ow), int(oh))
-        camera.params = _colmap_params(K)
-        out.cam2world[v], out.K[v], out.cameras[v] = T, K, camera
-    return out
+        pinhole_view(rec, name=m, K=scale_intrinsics(K, (h, w), (oh, ow)), hw=(oh, ow), cam2world=T, image_id=v + 1)
+    hw = np.array(original_hw, np.int64).reshape(-1, 2)
+    return SfmCameras(rec, matched, hw, hw, known=True, scale=1.0 if scale else None)
 
 
 LENGTHS = {"m": 1.0, "metre": 1.0, "metres": 1.0, "meter": 1.0, "meters": 1.0, "cm": 0.01, "centimetres": 0.01,
