@@ -43,6 +43,29 @@ def transformers_mae(cfg: MAEConfig) -> torch.nn.Module:
         mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss)).eval()
 
 
+def transformers_loop(cfg: MAEConfig, *, masks: int, device: torch.device, bf16: bool):
+    """The curation statistic as a user would compute it with transformers' ViTMAE: fixed noise per mask, the
+    per-image loss from its logits and mask, on the central crop of a batch (B, 3, H, W)."""
+    hf = transformers_mae(cfg).to(device)
+    hf_noise = torch.rand(masks, cfg.encoder.grid ** 2, generator=torch.Generator().manual_seed(0)).to(device)
+    side = cfg.encoder.img_size
+
+    def with_transformers(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
+        crop = x[..., top:top + side, left:left + side]
+        total = 0.0
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            for k in range(masks):
+                out = hf(pixel_values=crop, noise=hf_noise[k:k + 1].expand(x.shape[0], -1))
+                target = hf.patchify(crop)
+                target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+                per_patch = ((out.logits.float() - target) ** 2).mean(-1)
+                total = total + (per_patch * out.mask).sum(1) / out.mask.sum(1)
+        return {"mae_loss_raw": total / masks}
+
+    return with_transformers
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="t16")
@@ -80,26 +103,8 @@ def main() -> None:
             total = sum(plain_model(crop, noise[k:k + 1].expand(x.shape[0], -1)).loss_per_image.float()
                         for k in range(args.masks))
         return {"mae_loss_raw": total / args.masks}
-    hf = transformers_mae(cfg).to(ours_engine.device)
-    hf_noise = torch.rand(args.masks, cfg.encoder.grid ** 2, generator=torch.Generator().manual_seed(0)
-                          ).to(ours_engine.device)
-
-    def with_transformers(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The same statistic as a user would compute it with transformers' ViTMAE: fixed noise per mask, the
-        per-image loss from its logits and mask."""
-        side = args.img_size
-        top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
-        crop = x[..., top:top + side, left:left + side]
-        total = 0.0
-        with torch.no_grad(), torch.autocast(ours_engine.device.type, torch.bfloat16,
-                                             enabled=ref_precision == "bf16"):
-            for k in range(args.masks):
-                out = hf(pixel_values=crop, noise=hf_noise[k:k + 1].expand(x.shape[0], -1))
-                target = hf.patchify(crop)
-                target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
-                per_patch = ((out.logits.float() - target) ** 2).mean(-1)
-                total = total + (per_patch * out.mask).sum(1) / out.mask.sum(1)
-        return {"mae_loss_raw": total / args.masks}
+    with_transformers = transformers_loop(cfg, masks=args.masks, device=ours_engine.device,
+                                          bf16=ref_precision == "bf16")
 
     policy = ResizePolicy.parse(f"{args.img_size}x{args.img_size}")
     imgs = [load_for_model(f, policy)[0] for f in photos(args.images)]
@@ -109,14 +114,14 @@ def main() -> None:
     batches = [ours_engine.to_pixels(imgs[i:i + args.batch]) for i in range(0, len(imgs), args.batch)]
     a = ours_engine.infer(ours.losses, batches[0])["mae_loss_raw"]
     b = plain(batches[0])["mae_loss_raw"]
-    ours_ips, ref_ips = paired_rates(lambda x: ours_engine.infer(ours.losses, x), plain, batches, args.iters,
-                                     ours_engine.device)
-    same_ips, ref2_ips = paired_rates(lambda x: same_engine.infer(same.losses, x), plain, batches, args.iters,
-                                      ours_engine.device)
-    ours_t_ips, hf_ips = paired_rates(lambda x: ours_engine.infer(ours.losses, x), with_transformers, batches,
-                                      args.iters, ours_engine.device)
-    same_t_ips, hf2_ips = paired_rates(lambda x: same_engine.infer(same.losses, x), with_transformers, batches,
-                                       args.iters, ours_engine.device)
+    ours_ips, ref_ips = paired_rates(lambda x: ours_engine.infer(ours.losses, x), plain, batches=batches,
+                                     rounds=args.iters, device=ours_engine.device)
+    same_ips, ref2_ips = paired_rates(lambda x: same_engine.infer(same.losses, x), plain, batches=batches,
+                                      rounds=args.iters, device=ours_engine.device)
+    ours_t_ips, hf_ips = paired_rates(lambda x: ours_engine.infer(ours.losses, x), with_transformers, batches=batches,
+                                      rounds=args.iters, device=ours_engine.device)
+    same_t_ips, hf2_ips = paired_rates(lambda x: same_engine.infer(same.losses, x), with_transformers, batches=batches,
+                                       rounds=args.iters, device=ours_engine.device)
     emit({"benchmark": "curate", **environment(ours_engine.device), "size": args.size, "img_size": args.img_size,
           "masks": args.masks, "batch": args.batch, "precision": str(ours_engine.dtype).removeprefix("torch."),
           "reference": "a plain loop written in the benchmark, same MAE and masks, official precision",

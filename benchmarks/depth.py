@@ -74,12 +74,13 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.side, args.side, device=engine.device)
     diff = (engine.infer(ours_run, x)["depth"].float() - ref_engine.infer(ref_run, x)["depth"].float()).abs().max()
     ours_ips, ref_ips = paired_rates(lambda b: engine.infer(ours_run, b), lambda b: ref_engine.infer(ref_run, b),
-                                     [x], args.iters, engine.device)
+                                     batches=[x], rounds=args.iters, device=engine.device)
     extra = {}
     if same is not None:  # ours at the reference's precision: the same-precision ratio
         same_run = ref_engine.maybe_compile(same_fn)
         same_ips, ref2_ips = paired_rates(lambda b: ref_engine.infer(same_run, b),
-                                          lambda b: ref_engine.infer(ref_run, b), [x], args.iters, engine.device)
+                                          lambda b: ref_engine.infer(ref_run, b), batches=[x], rounds=args.iters,
+                                          device=engine.device)
         extra = {"ours_same_precision_img_s": round(same_ips, 2), "ratio_same_precision": round(same_ips / ref2_ips, 3)}
     emit({**extra, "benchmark": "depth", **environment(engine.device), "size": args.size, "side": args.side,
           "precision": str(engine.dtype).replace("torch.", ""),

@@ -72,7 +72,7 @@ def main() -> None:
         diff = (engine.infer(ours_run, batches[0])["patches"].float()
                 - engine.infer(hf_run, batches[0])["patches"].float()).abs().max().item()
     ours_ips, hf_ips = paired_rates(lambda b: engine.infer(ours_run, b), lambda b: engine.infer(hf_run, b),
-                                    batches, args.iters, engine.device)
+                                    batches=batches, rounds=args.iters, device=engine.device)
     int8 = {}
     if engine.device.type == "cpu" and engine.dtype == torch.float32 and int8_available() and not args.compile:
         # --precision int8: the same model with int8 linear layers, against the same reference
@@ -87,7 +87,7 @@ def main() -> None:
             int8 = {"int8_refused": str(e)}
         else:
             int8_ips, hf8_ips = paired_rates(lambda b: engine8.infer(ours8_fn, b), lambda b: engine.infer(hf_run, b),
-                                             batches, args.iters, engine.device)
+                                             batches=batches, rounds=args.iters, device=engine.device)
             int8 = {"ours_int8_img_s": round(int8_ips, 2), "reference_same_pass_img_s": round(hf8_ips, 2),
                     "ratio_int8": round(int8_ips / hf8_ips, 3), "int8_min_cosine_to_fp32": round(cos, 6)}
         int8["int8_weight_bits"] = engine8.int8_bits

@@ -57,7 +57,8 @@ def main() -> None:
     b = run(ref, ref_engine)(x)
     rel = float((a.pts3d - b.pts3d).abs().max() / b.pts3d.abs().max())
     # one scene of V views per call: scenes/s x V = views/s
-    ours_rate, ref_rate = paired_rates(run(ours, engine), run(ref, ref_engine), [x], args.iters, engine.device)
+    ours_rate, ref_rate = paired_rates(run(ours, engine), run(ref, ref_engine), batches=[x], rounds=args.iters,
+                                       device=engine.device)
     record = {"benchmark": "pointmap", **environment(engine.device), "size": args.size, "views": args.views,
               "side": args.side, "precision": str(engine.dtype).replace("torch.", ""), "reference_precision": "float32",
               "reference": "the same model in float32 (= MapAnything's numbers)",

@@ -152,13 +152,16 @@ def main() -> None:
     batches = [torch.randn(args.batch, 3, args.img_size, args.img_size, generator=gen).to(device)
                for _ in range(args.warmup + args.iters)]
     flops = step_flops(cfg, args.batch)
-    trainers = {"reference": trainer(cfg, device, ref_dtype, False, False, False),
-                "ours": trainer(cfg, device, dtype, True, args.compile, args.grad_checkpointing),
+    trainers = {"reference": trainer(cfg, device, dtype=ref_dtype, ours=False, compile=False, grad_checkpointing=False),
+                "ours": trainer(cfg, device, dtype=dtype, ours=True, compile=args.compile,
+                                grad_checkpointing=args.grad_checkpointing),
                 "transformers": transformers_trainer(cfg, device, ref_dtype)}
     if args.compile:  # also ours eager (runs under 2000 steps, FSDP): what the compile adds, in the same run
-        trainers["ours_eager"] = trainer(cfg, device, dtype, True, False, args.grad_checkpointing)
+        trainers["ours_eager"] = trainer(cfg, device, dtype=dtype, ours=True, compile=False,
+                                         grad_checkpointing=args.grad_checkpointing)
     if dtype != ref_dtype:  # also ours at the reference's precision: the same-precision ratio
-        trainers["ours_same_precision"] = trainer(cfg, device, ref_dtype, True, args.compile, args.grad_checkpointing)
+        trainers["ours_same_precision"] = trainer(cfg, device, dtype=ref_dtype, ours=True, compile=args.compile,
+                                                  grad_checkpointing=args.grad_checkpointing)
     timed = run_alternating(trainers, batches, device, args.warmup)
     (ref_s, ref_losses), (ours_s, ours_losses) = timed["reference"], timed["ours"]
     peak = matmul_peak(device, dtype)

@@ -206,7 +206,7 @@ def main() -> None:
               for f in seq.frames if f.image.name in truth]
     reader = find_sequences("7scenes", KITCHEN, "val")[0]  # one depth format for the folder
     with tempfile.TemporaryDirectory() as tmp:
-        kitchen = run_set(images, truth, Path(tmp) / "kitchen", extra, (frames, reader.read_depth))
+        kitchen = run_set(images, truth, work=Path(tmp) / "kitchen", extra=extra, rgbd=(frames, reader.read_depth))
         orbit = None
         if args.middlebury:
             orbit = run_set(*middlebury(args.middlebury), Path(tmp) / "orbit", extra)

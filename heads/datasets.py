@@ -140,7 +140,7 @@ def find_layout(dataset: str, root: str | Path, split: str, depth_scale: float |
             split = "val"
         elif dataset != "camvid":
             raise UsageError(f"--split test: the {dataset} layout has no test split here (train and val)")
-    layout = _find_layout(dataset, root, split, depth_scale, classes_file)
+    layout = _find_layout(dataset, root, split=split, depth_scale=depth_scale, classes_file=classes_file)
     if not layout.pairs:
         raise InputError(f"--data {root}: no image/target pairs for the {split} split of the {dataset} layout "
                          f"(expected {LAYOUTS.get(dataset, dataset)})")

@@ -505,7 +505,8 @@ class Engine:
             if on_error is not None:
                 def failed(s: Sample) -> None:
                     writer.submit(lambda: on_error(items[s.index], s.error))
-            for batch in self.batches(items, policy, summary, bar, failed, warn_enlarged):
+            for batch in self.batches(items, policy, summary=summary, bar=bar, on_error=failed,
+                                      warn_enlarged=warn_enlarged):
                 out = self.infer(fn, batch.pixels)
                 out = {k: v.float().cpu() for k, v in out.items()}
                 for j, s in enumerate(batch.samples):

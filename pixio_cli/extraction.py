@@ -69,7 +69,7 @@ def open_ledger(folder: Path, settings: dict, *, overwrite: bool, shards: int | 
     if overwrite and shards and world == 1:
         for old in [*folder.glob("index*.jsonl"), *folder.glob("shard-*")]:
             old.unlink()
-    return Ledger(folder, settings, overwrite, rank, world)
+    return Ledger(folder, settings, overwrite=overwrite, rank=rank, world=world)
 
 
 class ExtractOutputs:
@@ -95,7 +95,8 @@ class ExtractOutputs:
         self.ledger, self.pca_path, self.blocks, self.on_record = ledger, pca_path, blocks, on_record
         self.store = None
         if dest is not None and shards:
-            self.store = ShardStore(dest.folder, fmt, shards, pooled, self.finished, rank=rank, world=world)
+            self.store = ShardStore(dest.folder, fmt, size=shards, stacked=pooled, on_written=self.finished, rank=rank,
+                                    world=world)
         elif dest is not None:
             self.store = FileStore(dest, fmt, self.finished)
 

@@ -89,7 +89,8 @@ def collect(specs: Iterable[str], stdin: TextIO | None = None, videos: bool = Tr
         if spec == "-":
             for line in stdin:
                 if line.strip():
-                    _add_path(Path(line.strip()), line.strip(), files, anchors, bad, videos, skip)
+                    _add_path(Path(line.strip()), line.strip(), files=files, anchors=anchors, bad=bad, videos=videos,
+                              skip=skip)
             continue
         if _has_glob(spec) and not Path(spec).exists():
             matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True), key=natural_key)
@@ -97,9 +98,9 @@ def collect(specs: Iterable[str], stdin: TextIO | None = None, videos: bool = Tr
             if not hits:
                 bad.append(Item(spec, spec, error=f"{spec}: the pattern matches no file", position=len(files)))
             for m in hits:
-                _add_path(m, m.as_posix(), files, anchors, bad, videos, skip)
+                _add_path(m, m.as_posix(), files=files, anchors=anchors, bad=bad, videos=videos, skip=skip)
             continue
-        _add_path(Path(spec).expanduser(), spec, files, anchors, bad, videos, skip)
+        _add_path(Path(spec).expanduser(), spec, files=files, anchors=anchors, bad=bad, videos=videos, skip=skip)
 
     items = _keyed(files, anchors, every, bad)
     if every > 1 and items and all(it.frame is None for it in items):

@@ -114,7 +114,8 @@ def sliding_window(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
 
     def blend(box: tuple[int, int], o: torch.Tensor) -> None:
         y, x0 = box
-        wt = torch.outer(_ramp(crop, y, hh, fade, x.device), _ramp(crop, x0, ww, fade, x.device))[None, None]
+        wt = torch.outer(_ramp(crop, y, size=hh, fade=fade, device=x.device), _ramp(crop, x0, size=ww, fade=fade,
+                                                                                    device=x.device))[None, None]
         total[..., y:y + crop, x0:x0 + crop] += o * wt
         weight[..., y:y + crop, x0:x0 + crop] += wt
 
@@ -132,7 +133,7 @@ def sliding_window(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
             else:  # blended as they come: memory of one output, not of every window
                 blend(box, got[j * b:(j + 1) * b])
     if align:
-        scales = _log_scales(held, boxes, crop, h, w).exp().to(x.device)  # (b, n)
+        scales = _log_scales(held, boxes, crop=crop, h=h, w=w).exp().to(x.device)  # (b, n)
         for k, (box, o) in enumerate(zip(boxes, held)):
             blend(box, o * scales[:, k].view(b, 1, 1, 1))
     out = (total / weight)[..., :h, :w]

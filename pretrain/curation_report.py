@@ -70,9 +70,10 @@ def report_image(records: list[dict], min_entropy: float, min_size: int) -> np.n
     short = np.array([min(r["height"], r["width"]) for r in ok])
     loss = np.array([r["mae_loss"] for r in ok])
     panels = [
-        _panel(ent, "histogram_score (bits)", min_entropy, 0.0, 8.0),
-        _panel(short, "short side (px)", min_size, 0.0, float(max(2 * min_size, short.max() if len(short) else 1))),
-        _panel(loss, "mae_loss (keep probability)", None, 0.0, 1.0),
+        _panel(ent, "histogram_score (bits)", threshold=min_entropy, lo=0.0, hi=8.0),
+        _panel(short, "short side (px)", threshold=min_size, lo=0.0,
+               hi=float(max(2 * min_size, short.max() if len(short) else 1))),
+        _panel(loss, "mae_loss (keep probability)", threshold=None, lo=0.0, hi=1.0),
     ]
     top = np.concatenate(panels, axis=1)
     rows = [("filter", "kept", "share"), ("all images", str(len(records)), "100.0%")]

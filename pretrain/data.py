@@ -244,7 +244,7 @@ class PretrainStream(IterableDataset):
                 if img is not None:
                     produced = True
                     crop = random_resized_crop(img, self.img_size, rng, self.crop_scale)
-                    yield Sample(crop, worker, epoch, position, self.failed)
+                    yield Sample(crop, worker=worker, epoch=epoch, position=position, failed=self.failed)
             if not produced and skip_to == 0:
                 return  # this worker has no usable data at all
             epoch, skip_to = epoch + 1, 0

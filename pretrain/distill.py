@@ -159,8 +159,9 @@ class Distiller(nn.Module):
             keep = block_masking(noise, grid_hw, g, self.cfg.mask_ratio)[0]
         total, logs = torch.zeros((), device=x.device), {}
         for name in self.students:
-            loss, lc, lp = alignment_loss(self.student_tokens(name, x, keep), target, self.n_cls, keep,
-                                          self.cfg.loss_cls, self.cfg.loss_patch, self.cfg.loss_fuse)
+            loss, lc, lp = alignment_loss(self.student_tokens(name, x, keep), target, n_cls=self.n_cls, keep=keep,
+                                          loss_cls=self.cfg.loss_cls, loss_patch=self.cfg.loss_patch,
+                                          fuse=self.cfg.loss_fuse)
             total = total + loss
             logs.update({f"{name}/loss": loss.detach(), f"{name}/loss_cls": lc.detach(),
                          f"{name}/loss_patch": lp.detach()})

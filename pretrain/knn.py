@@ -119,7 +119,8 @@ def pooled_features(engine, encoder, paths: list[str], folder: Path, settings: d
     policy = ResizePolicy(short=resolution, crop=resolution)
     # names the geometry's version too, so caches made by older versions are refused, not reused
     ledger = Ledger(folder, {**settings, "transform": "resize short side exactly, central square"}, overwrite)
-    store = ShardStore(folder, "npz", 4096, True, lambda done: [ledger.record_item(it) for it in done])
+    store = ShardStore(folder, "npz", size=4096, stacked=True,
+                       on_written=lambda done: [ledger.record_item(it) for it in done])
     n = encoder.n_cls_tokens
 
     def fn(x: torch.Tensor) -> dict[str, torch.Tensor]:

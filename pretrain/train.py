@@ -234,7 +234,7 @@ class Trainer:
         # The DataLoader serves workers round-robin from worker 0; rotate so that the
         # worker whose batch was due next when the checkpoint was taken comes first.
         rotate = (self.last_worker + 1) % max(1, cfg.workers) if self.last_worker is not None else 0
-        stream = PretrainStream(Sources.find(cfg.data), cfg.crop_size, cfg.seed, self.rank, self.world,
+        stream = PretrainStream(Sources.find(cfg.data), cfg.crop_size, seed=cfg.seed, rank=self.rank, world=self.world,
                                 curation=Path(cfg.curation) if cfg.curation else None, rules=cfg.rules,
                                 crop_scale=(cfg.crop_scale_min, 1.0), start=self.positions, rotate=rotate)
         # Its own generator: creating the iterator must not draw from the global RNG (masks, drop-path).
@@ -350,23 +350,8 @@ class Trainer:
                 lr = lr_at(self.step, cfg, self.peak_lr)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
-                loss_sum = torch.zeros((), device=self.device)
-                for micro in range(cfg.accum):
-                    batch = next(batches, None)
-                    if batch is None:  # every data worker found nothing it could use
-                        raise InputError(f"no readable image in --data {' '.join(map(str, cfg.data))} (or the "
-                                         "curation rules drop every one)")
-                    self.positions[batch["worker"]] = (batch["epoch"], batch["position"])
-                    self.last_worker = batch["worker"]
-                    self.failed[batch["worker"]] = batch["failed"]
-                    x = self.normalise(batch["images"])
-                    sync = micro == cfg.accum - 1 or not hasattr(self.model, "no_sync")
-                    ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
-                    with ctx, autocast(self.device, self.dtype):
-                        res = self._forward(x)
-                    (res.loss / cfg.accum).backward()
-                    loss_sum += res.loss.detach() / cfg.accum
-                    images_since += x.shape[0] * self.world
+                loss_sum, res, x, images = self._accumulate(batches)
+                images_since += images
                 loss = self._mean_over_ranks(loss_sum)
                 if not math.isfinite(loss):
                     raise NonFiniteLoss(
@@ -416,6 +401,33 @@ class Trainer:
         self.save()
         self.export()
         return last
+
+    def _accumulate(self, batches):
+        """One step's micro-batches, forward and backward (gradients summed over ranks on the last only).
+
+        Returns:
+            this rank's mean loss (a 0-d tensor), the last micro-batch's result and input (B, 3, H, W), and the
+            images the step saw on all ranks.
+        """
+        cfg = self.cfg
+        loss_sum, images = torch.zeros((), device=self.device), 0
+        for micro in range(cfg.accum):
+            batch = next(batches, None)
+            if batch is None:  # every data worker found nothing it could use
+                raise InputError(f"no readable image in --data {' '.join(map(str, cfg.data))} (or the "
+                                 "curation rules drop every one)")
+            self.positions[batch["worker"]] = (batch["epoch"], batch["position"])
+            self.last_worker = batch["worker"]
+            self.failed[batch["worker"]] = batch["failed"]
+            x = self.normalise(batch["images"])
+            sync = micro == cfg.accum - 1 or not hasattr(self.model, "no_sync")
+            ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
+            with ctx, autocast(self.device, self.dtype):
+                res = self._forward(x)
+            (res.loss / cfg.accum).backward()
+            loss_sum += res.loss.detach() / cfg.accum
+            images += x.shape[0] * self.world
+        return loss_sum, res, x, images
 
     def _failed_here(self) -> int:
         return self.failed_before + sum(self.failed.values())

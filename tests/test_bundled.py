@@ -81,7 +81,7 @@ def test_bundled_pointmap_model_is_small_and_beats_its_untrained_self(shared_dat
     untrained.eval()
     held_out = find_sequences("7scenes", shared_data / "rgbd-7scenes-redkitchen", "val")  # frames 800-996
     engine = Engine("cpu", "fp32", batch_size=4, workers=0, progress=False)
-    scores = [evaluate_pointmap(m, held_out, engine, 4, 2, ResizePolicy(size=(256, 192)), limit=2)
+    scores = [evaluate_pointmap(m, held_out, engine, views=4, gap=2, policy=ResizePolicy(size=(256, 192)), limit=2)
               for m in (model, untrained)]
     assert scores[0]["points_rel"] < 0.5 * scores[1]["points_rel"], scores
     assert scores[0]["scale_rel"] < 0.1, scores  # metric: the scale head learnt the kitchen's size

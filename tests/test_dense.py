@@ -90,14 +90,14 @@ def test_plane_sweep_finds_the_wall_the_neighbours_see():
     images = [wall_image(T, rays) for T in poses]
     truth = wall_depth(poses[0], rays)
     start = truth * 1.06
-    refined, changed = refine_depth(start, rays, poses[0], images[0], [(images[i], K, poses[i]) for i in (1, 2)],
-                                    Sweep())
+    refined, changed = refine_depth(start, rays, cam2world=poses[0], gray=images[0],
+                                    others=[(images[i], K, poses[i]) for i in (1, 2)], s=Sweep())
     err = np.abs(refined / truth - 1)
     assert changed.mean() > 0.5, changed.mean()
     assert np.median(err[changed]) < 0.006, np.median(err[changed])
     assert np.all(refined[~changed] == start[~changed])
     # a view nobody else sees is left as it is
-    same, nothing = refine_depth(start, rays, poses[0], images[0], [], Sweep())
+    same, nothing = refine_depth(start, rays, cam2world=poses[0], gray=images[0], others=[], s=Sweep())
     assert np.all(same == start) and not nothing.any()
 
 
@@ -123,7 +123,7 @@ def fused_walls(offsets: list[float], corrupt: bool = False, far_view: bool = Fa
 
 def test_views_of_one_wall_fuse_into_one_layer_and_a_bad_patch_is_dropped():
     depth, rays, poses, Ks, valid = fused_walls([0.008, -0.008, 0.004, -0.004, 0.0], corrupt=True)
-    out = fuse_views(depth, rays, poses, Ks, valid, None, Fusion(stereo=None))
+    out = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=None, f=Fusion(stereo=None))
     truth = np.stack([wall_depth(T, r) for T, r in zip(poses, rays)])
     assert out.checked.all()
     assert not out.keep[1, 35:55, 45:75].any()  # no other view agrees with the bad patch
@@ -143,7 +143,7 @@ def test_depth_that_is_right_stays_right():
     nearly every pixel and move none of them by more than a fraction of a per cent."""
     depth, rays, poses, Ks, valid = fused_walls([0.0] * 5)
     images = np.stack([wall_image(T, r) for T, r in zip(poses, rays)])
-    out = fuse_views(depth, rays, poses, Ks, valid, images, Fusion())
+    out = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=images, f=Fusion())
     change = np.abs(out.depth / depth - 1)
     assert out.keep.mean() > 0.95 and np.percentile(change[out.keep], 99) < 0.005, (out.keep.mean(),
                                                                                    np.percentile(change, 99))
@@ -151,7 +151,7 @@ def test_depth_that_is_right_stays_right():
 
 def test_a_view_no_other_sees_is_kept_unchecked():
     depth, rays, poses, Ks, valid = fused_walls([0.0, 0.0, 0.0], far_view=True)
-    out = fuse_views(depth, rays, poses, Ks, valid, None, Fusion(stereo=None))
+    out = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=None, f=Fusion(stereo=None))
     assert out.checked.tolist() == [True, True, True, False]
     assert out.keep[3].all() and out.first[3].all() and out.neighbours[3] == []
 

@@ -86,7 +86,7 @@ def test_drifted_cameras_come_back_to_the_truth_when_the_measured_depths_are_reg
     assert before[0] > 3 and before[1] > 1  # the drift is worth removing
     r = np.broadcast_to(rays(), (len(truth), H, W, 2))
     pairs = pairs_to_register([[v + 2] if v + 2 < len(truth) else [] for v in range(len(truth))], 1)
-    moved, report = refine_on_depth(depth, r, np.ones(depth.shape, bool), start, pairs)
+    moved, report = refine_on_depth(depth, r, valid=np.ones(depth.shape, bool), cam2world=start, pairs=pairs)
     cm, deg = relative_errors(moved, truth)
     assert cm < 0.6 and deg < 0.15, (before, (cm, deg), report)
     assert np.allclose(moved[0], start[0])  # the first view is where it was: the world frame is kept
@@ -99,7 +99,8 @@ def test_views_without_measured_depth_keep_their_place_beside_the_view_before(sc
     valid = np.ones(depth.shape, bool)
     valid[4] = False  # no measurement at all in view 4
     r = np.broadcast_to(rays(), (len(truth), H, W, 2))
-    moved, report = refine_on_depth(depth, r, valid, start, pairs_to_register([[]] * len(truth), 0))
+    moved, report = refine_on_depth(depth, r, valid=valid, cam2world=start,
+                                    pairs=pairs_to_register([[]] * len(truth), 0))
     assert report["views_held"] == len(truth) - 1 and report["fitted"] == len(truth) - 3
     kept, given = np.linalg.inv(moved[3]) @ moved[4], np.linalg.inv(start[3]) @ start[4]
     assert np.linalg.norm(kept[:3, 3] - given[:3, 3]) < 0.005, (kept, given)
@@ -113,9 +114,10 @@ def test_register_views_moves_the_points_with_their_cameras(scene):
     K = np.array([[F, 0, W / 2 - 0.5], [0, F, H / 2 - 0.5], [0, 0, 1]], np.float32)
     V = len(truth)
     pts = np.stack([world_points(depth[v], r, start[v]) for v in range(V)]).astype(np.float32)
-    pred = Predictions([f"v{v}.png" for v in range(V)], pts, depth.astype(np.float32), np.ones((V, H, W), np.float32),
-                       np.ones((V, H, W), bool), start.astype(np.float32), np.stack([K] * V), np.stack([K] * V),
-                       np.array([[H, W]] * V), 1.0, True)
+    pred = Predictions([f"v{v}.png" for v in range(V)], pts, depth_z=depth.astype(np.float32),
+                       conf=np.ones((V, H, W), np.float32), mask=np.ones((V, H, W), bool),
+                       cam2world=start.astype(np.float32), K=np.stack([K] * V), K_original=np.stack([K] * V),
+                       original_hw=np.array([[H, W]] * V), scale=1.0, metric=True)
     out, report = register_views(pred, np.ones((V, H, W), bool))
     assert relative_errors(out.cam2world.astype(np.float64), truth)[0] < 0.6, report
     # each view's points are its measured depth on its new camera: in the first camera's frame, the truth's

@@ -37,7 +37,8 @@ def test_alignment_loss_is_zero_for_identical_tokens_and_gathers_kept_patches():
     teacher = torch.randn(2, 8 + 16, 12)
     for kind in ("cosine", "l1", "mse"):
         for fuse in ("avg", "sum"):
-            loss, lc, lp = alignment_loss(teacher.clone(), teacher, 8, None, kind, kind, fuse)
+            loss, lc, lp = alignment_loss(teacher.clone(), teacher, n_cls=8, keep=None, loss_cls=kind, loss_patch=kind,
+                                          fuse=fuse)
             assert abs(loss.item()) < 1e-6 and abs(lc.item()) < 1e-6 and abs(lp.item()) < 1e-6
     keep = torch.tensor([[3, 0, 9], [15, 2, 4]])  # a masked student saw these patches, in this order
     student = torch.cat([teacher[:, :8], torch.stack([teacher[b, 8 + keep[b]] for b in range(2)])], 1)

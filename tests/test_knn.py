@@ -102,7 +102,8 @@ def test_official_pooling_is_the_raw_cls_mean(tiny_encoder, tmp_path):
 
     paths = [str(write_rgb(tmp_path / f"{i}.png", 40, 56, seed=i)) for i in range(2)]
     engine = Engine("cpu", "fp32", batch_size=2, workers=0, progress=False)
-    got = pooled_features(engine, tiny_encoder, paths, tmp_path / "cache", {}, False, resolution=32)
+    got = pooled_features(engine, tiny_encoder, paths=paths, folder=tmp_path / "cache", settings={}, overwrite=False,
+                          resolution=32)
     x = engine.to_pixels([load_for_model(p, ResizePolicy(short=32, crop=32))[0] for p in paths])
     with torch.no_grad():
         raw = tiny_encoder.forward_blocks(x, [-1], norm=False)[0][:, :8].mean(1)

@@ -317,7 +317,7 @@ def test_evaluation_scores_ground_truth_as_perfect(frames):
     chosen = [seq.frames[i] for i in (0, 5, 10)]
     hw = (60, 80)
     gt, valid = ground_truth([seq.read_depth(f) for f in chosen], [f.K for f in chosen],
-                             [f.cam2world for f in chosen], [(480, 640)] * 3, hw)
+                             cam2world=[f.cam2world for f in chosen], image_hw=[(480, 640)] * 3, hw=hw)
     world = np.eye(4)
     world[:3, :3] = G.rotation_from_quaternion(np.array([0.3, -0.2, 0.1, 0.9]))
     world[:3, 3] = [1.0, 2.0, -0.5]
@@ -334,7 +334,7 @@ def test_evaluation_scores_ground_truth_as_perfect(frames):
     assert np.allclose(gt["cam2world"][0], np.eye(4), atol=1e-3)  # 7-Scenes poses are orthonormal to ~1e-4
     # a depth map stored at half the image's size gives the same ground truth: K is in the image's pixels
     half, _ = ground_truth([seq.read_depth(f)[::2, ::2] for f in chosen], [f.K for f in chosen],
-                           [f.cam2world for f in chosen], [(480, 640)] * 3, hw)
+                           cam2world=[f.cam2world for f in chosen], image_hw=[(480, 640)] * 3, hw=hw)
     both = valid & np.isfinite(half["pts3d"]).all(-1)
     err = np.linalg.norm(half["pts3d"] - gt["pts3d"], axis=-1)[both]
     assert np.median(err) < 0.01 * np.median(gt["pts3d_cam"][..., 2][valid])
@@ -510,9 +510,11 @@ def test_known_poses_in_any_world_frame_give_the_same_scene_in_that_frame():
     move[:3, 3] = [5.0, -2.0, 1.0]
     depth = [np.full((32, 48), 2.0, np.float32)] * 3
     with torch.no_grad():
-        a = predict(net, x, ["a", "b", "c"], [(32, 48)] * 3, K, depth, poses)
-        b = predict(net, x, ["a", "b", "c"], [(32, 48)] * 3, K, depth, move @ poses)
-        c = predict(net, x, ["a", "b", "c"], [(32, 48)] * 3, K)
+        a = predict(net, x, names=["a", "b", "c"], original_hw=[(32, 48)] * 3, K_original=K, depth_z=depth,
+                    cam2world=poses)
+        b = predict(net, x, names=["a", "b", "c"], original_hw=[(32, 48)] * 3, K_original=K, depth_z=depth,
+                    cam2world=move @ poses)
+        c = predict(net, x, names=["a", "b", "c"], original_hw=[(32, 48)] * 3, K_original=K)
     assert np.allclose(a.depth_z, b.depth_z, rtol=1e-4)
     assert np.allclose(b.pts3d, a.pts3d @ move[:3, :3].T + move[:3, 3], atol=1e-3)
     assert np.allclose(b.cam2world, move @ a.cam2world, atol=1e-4)

@@ -102,8 +102,8 @@ def test_colmap_model_of_the_network_cameras_round_trips_through_pycolmap(truth,
     from heads.recon.sfm import image_cam2world, write_colmap
 
     pred, _ = truth
-    write_colmap(tmp_path / "sparse", pred.images, pred.original_hw, pred.K_original.astype(np.float64),
-                 pred.cam2world.astype(np.float64))
+    write_colmap(tmp_path / "sparse", pred.images, original_hw=pred.original_hw, K=pred.K_original.astype(np.float64),
+                 cam2world=pred.cam2world.astype(np.float64))
     rec = pycolmap.Reconstruction(str(tmp_path / "sparse"))
     assert rec.num_reg_images() == 8 and rec.num_points3D() == 0  # no made-up one-view points
     for image in rec.images.values():
@@ -117,8 +117,8 @@ def test_colmap_model_of_the_network_cameras_round_trips_through_pycolmap(truth,
 
 def test_cameras_json_and_preview(truth, tmp_path):
     pred, colours = truth
-    G.write_cameras_json(tmp_path / "cameras.json", pred.images, pred.original_hw, pred.K_original,
-                         pred.cam2world, "metres")
+    G.write_cameras_json(tmp_path / "cameras.json", pred.images, sizes=pred.original_hw, K=pred.K_original,
+                         cam2world=pred.cam2world, unit="metres")
     data = json.loads((tmp_path / "cameras.json").read_text())
     assert data["unit"] == "metres" and len(data["cameras"]) == 8
     assert np.allclose(data["cameras"][3]["cam2world"], pred.cam2world[3], atol=1e-6)

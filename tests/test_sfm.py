@@ -176,6 +176,25 @@ def test_matching_registers_real_frames_on_their_true_cameras(kitchen_sfm):
         assert (xy >= -0.5).all() and (xy[:, 0] < 640).all() and (xy[:, 1] < 480).all()
 
 
+def test_long_sequences_are_mapped_globally_on_the_same_cameras(tmp_path, monkeypatch):
+    """Above INCREMENTAL_UP_TO frames ``auto`` maps with GLOMAP (global rotations, then positions, then BA), which
+    grows more slowly with the frames; on real frames it finds the same cameras as incremental mapping."""
+    import heads.recon.sfm as sfm
+
+    paths, poses = kitchen([800, 824, 848, 872, 896, 920])
+    names = [sfm.write_frame(tmp_path, i, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB))[0]
+             for i, p in enumerate(paths)]
+    monkeypatch.setattr(sfm, "INCREMENTAL_UP_TO", 5)
+    stages: list[str] = []
+    rec, _ = sfm.run_sfm(tmp_path, names, sfm.SfmOptions(first_octave=0), on_stage=stages.append)
+    assert "global mapping and bundle adjustment" in stages, stages
+    cams = sfm.SfmCameras(rec, names, np.array([[480, 640]] * 6), np.array([[480, 640]] * 6))
+    assert cams.registered.all() and cams.points > 150
+    ate, _, rot = camera_errors(cams.cam2world, poses)
+    assert ate < 0.03 and rot < 3.0, (ate, rot)
+    assert np.allclose(cams.K[:, 0, 0], 530, rtol=0.05)
+
+
 @pytest.mark.parametrize("text", [False, True])
 def test_colmap_export_keeps_the_tracks_and_adds_the_frames_matching_missed(kitchen_sfm, tmp_path, text):
     from heads.recon.sfm import write_colmap
@@ -190,7 +209,8 @@ def test_colmap_export_keeps_the_tracks_and_adds_the_frames_matching_missed(kitc
     K = cams.K.copy()
     K[4] = [[500.0, 0, 100], [0, 510.0, 80], [0, 0, 1]]
     labels = [str(p) for p in paths]
-    write_colmap(tmp_path / "sparse", labels, np.array([[480, 640]] * 5), K, c2w, missed, (s, T), text=text)
+    write_colmap(tmp_path / "sparse", labels, original_hw=np.array([[480, 640]] * 5), K=K, cam2world=c2w, sfm=missed,
+                 sfm_to_world=(s, T), text=text)
     assert sorted(f.name for f in (tmp_path / "sparse").iterdir()) == sorted(
         f"{n}.{'txt' if text else 'bin'}" for n in ("cameras", "images", "points3D", "frames", "rigs"))
     rec = pycolmap.Reconstruction(str(tmp_path / "sparse"))

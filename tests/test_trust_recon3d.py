@@ -32,8 +32,8 @@ def cameras_json(path: Path, names: list[str], **head) -> Path:
 
 
 def colmap_model(folder: Path, names: list[str], text: bool = False) -> Path:
-    write_colmap(folder, names, np.array([(480, 640)] * len(names)), np.repeat(K[None], len(names), 0),
-                 poses(len(names)), text=text)
+    write_colmap(folder, names, original_hw=np.array([(480, 640)] * len(names)), K=np.repeat(K[None], len(names), 0),
+                 cam2world=poses(len(names)), text=text)
     return folder
 
 
@@ -143,8 +143,8 @@ def test_exported_points_carry_their_reprojection_error(tmp_path):
         rec.add_point3D(x, track, np.zeros(3, np.uint8))
     sfm = SfmCameras(rec, ["0.jpg", "1.jpg"], np.array([(480, 640)] * 2), np.array([(480, 640)] * 2))
     folder = tmp_path / "sparse" / "0"
-    write_colmap(folder, ["0.jpg", "1.jpg"], np.array([(480, 640)] * 2), np.repeat(K[None], 2, 0), T, sfm,
-                 (1.0, np.eye(4)))
+    write_colmap(folder, ["0.jpg", "1.jpg"], original_hw=np.array([(480, 640)] * 2), K=np.repeat(K[None], 2, 0),
+                 cam2world=T, sfm=sfm, sfm_to_world=(1.0, np.eye(4)))
     back = pycolmap.Reconstruction(str(folder))
     errors = [p.error for p in back.points3D.values()]
     assert len(errors) == 3 and all(abs(e - 0.7 * np.sqrt(2)) < 1e-3 for e in errors), errors
@@ -275,11 +275,12 @@ def test_pixios_own_colmap_export_in_metres_is_taken_back_in_metres(tmp_path):
     from heads.recon.sfm import read_known_cameras
 
     folder = tmp_path / "sparse" / "0"
-    write_colmap(folder, ["a.jpg", "b.jpg"], np.array([(480, 640)] * 2), np.repeat(K[None], 2, 0), poses(2),
-                 unit="metres")
+    write_colmap(folder, ["a.jpg", "b.jpg"], original_hw=np.array([(480, 640)] * 2), K=np.repeat(K[None], 2, 0),
+                 cam2world=poses(2), unit="metres")
     cams = read_known_cameras(folder, ["a.jpg", "b.jpg"], [(480, 640)] * 2)
     assert cams.scale == 1.0 and cams.cam2world[1][0, 3] == pytest.approx(0.1)
-    write_colmap(folder, ["a.jpg", "b.jpg"], np.array([(480, 640)] * 2), np.repeat(K[None], 2, 0), poses(2))
+    write_colmap(folder, ["a.jpg", "b.jpg"], original_hw=np.array([(480, 640)] * 2), K=np.repeat(K[None], 2, 0),
+                 cam2world=poses(2))
     assert not (folder / "unit.txt").exists()  # not metric: not said
     assert read_known_cameras(folder, ["a.jpg", "b.jpg"], [(480, 640)] * 2).scale is None
 

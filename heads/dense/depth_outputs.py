@@ -174,10 +174,10 @@ class DepthVideo:
         sample = np.concatenate([d[:: max(1, d.shape[0] // 64), :: max(1, d.shape[1] // 64)].ravel() for d, _ in first])
         lo, hi = float(np.percentile(sample, 1)), float(np.percentile(sample, 99))
         for d, image in first:
-            yield depth_picture(d, lo, hi, self.cmap, image)
+            yield depth_picture(d, lo, hi=hi, cmap=self.cmap, image=image)
         if got is not None:
             while (got := self._take()) is not None:
-                yield depth_picture(got[0], lo, hi, self.cmap, got[1])
+                yield depth_picture(got[0], lo, hi=hi, cmap=self.cmap, image=got[1])
 
     def _encode(self) -> None:
         from pixio_cli.writers import EmptyVideo, write_video

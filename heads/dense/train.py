@@ -220,8 +220,9 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
     dtype = pick_dtype(cfg.precision, device)
     init_distributed(device)
     torch.manual_seed(cfg.seed)
-    train_layout = find_layout(cfg.dataset, cfg.data, "train", cfg.depth_scale, cfg.classes)
-    val_layout = find_layout(cfg.dataset, cfg.data, "val", cfg.depth_scale, cfg.classes)
+    train_layout = find_layout(cfg.dataset, cfg.data, split="train", depth_scale=cfg.depth_scale,
+                               classes_file=cfg.classes)
+    val_layout = find_layout(cfg.dataset, cfg.data, split="val", depth_scale=cfg.depth_scale, classes_file=cfg.classes)
     shared = len({p.resolve() for p, _ in train_layout.pairs} & {p.resolve() for p, _ in val_layout.pairs})
     if shared and rank == 0:  # a layout without splits serves both: allowed, but never passed off as held out
         log.warning("the val split shares %d images with train: its metrics are not held out (give %s split "
@@ -251,7 +252,8 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
 
-    ckpt = StepCheckpoint(Path(f"{cfg.output}.ckpt"), model, opt, rank, world, run_settings(cfg))
+    ckpt = StepCheckpoint(Path(f"{cfg.output}.ckpt"), model, opt=opt, rank=rank, world=world,
+                          settings=run_settings(cfg))
     start, last = ckpt.begin(resume)
 
     def loss_fn(batch) -> torch.Tensor:
@@ -264,18 +266,21 @@ def train_head(cfg: HeadTrainConfig, resume: bool = False) -> dict:
         return F.cross_entropy(out.float(), target, ignore_index=IGNORE)
 
     crops = TrainCrops(train_layout, cfg.crop, cfg.seed, total=cfg.steps * cfg.batch_size * world)
-    loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=step_positions(cfg.batch_size, cfg.steps, start, rank, world),
+    loader = DataLoader(crops, batch_size=cfg.batch_size,
+                        sampler=step_positions(cfg.batch_size, cfg.steps, start=start, rank=rank, world=world),
                         num_workers=cfg.workers, drop_last=True, worker_init_fn=worker_init)
     net.train()
     model.encoder.train(cfg.finetune)  # a frozen encoder stays in eval mode
-    step, last, seconds = run_steps(loader, loss_fn, opt, ckpt, start, cfg.steps, int(cfg.warmup * cfg.steps),
-                                    cfg.save_every, f"train {cfg.task}", last=last)
+    step, last, seconds = run_steps(loader, loss_fn, opt=opt, ckpt=ckpt, start=start, total=cfg.steps,
+                                    warmup=int(cfg.warmup * cfg.steps), save_every=cfg.save_every,
+                                    desc=f"train {cfg.task}", last=last)
     if rank != 0:
         return {}
 
     engine = Engine(cfg.device, cfg.precision, batch_size=4, workers=cfg.workers, progress=False)
     metrics = evaluate(model, val_layout, engine, limit=cfg.eval_limit)
-    trivial = baseline(train_layout, val_layout, cfg.task, cfg.min_depth, cfg.max_depth, n_out, cfg.eval_limit)
+    trivial = baseline(train_layout, val_layout, task=cfg.task, min_depth=cfg.min_depth, max_depth=cfg.max_depth,
+                       n_classes=n_out, limit=cfg.eval_limit)
     provenance = {"data": str(cfg.data), "dataset": cfg.dataset, "train_pairs": len(train_layout.pairs),
                   "val_pairs": len(val_layout.pairs), "steps": cfg.steps, "batch_size": cfg.batch_size * world,
                   "final_loss": last, "train_seconds": round(seconds, 1), "encoder": cfg.encoder,

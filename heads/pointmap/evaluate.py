@@ -50,7 +50,7 @@ def as_evaluated(pred: Predictions) -> dict:
     return {"pts3d": pts, "pts3d_cam": cam, "cam2world": relative_to_first(T), "metric": pred.metric}
 
 
-def evaluate_pointmap(model: PointMapModel, sequences: list, engine, views: int = 4, gap: int = 5,
+def evaluate_pointmap(model: PointMapModel, sequences: list, engine, *, views: int = 4, gap: int = 5,
                       policy=None, limit: int | None = None) -> dict:
     """MapAnything's multi-view metrics (:func:`heads.metrics.pointmap_metrics`) averaged over view sets
     of every sequence, predicted as `pixio recon3d` predicts them."""
@@ -83,7 +83,8 @@ def evaluate_pointmap(model: PointMapModel, sequences: list, engine, views: int 
                 pred = predict(model, engine.to_pixels(images), [str(f.image) for f in frames],
                                [hw for _, hw in loaded])
             gt, valid = ground_truth([seq.read_depth(f) for f in frames], [f.K for f in frames],
-                                     [f.cam2world for f in frames], [size for _, size in loaded], images[0].shape[:2])
+                                     cam2world=[f.cam2world for f in frames], image_hw=[size for _, size in loaded],
+                                     hw=images[0].shape[:2])
             for k, v in pointmap_metrics(as_evaluated(pred), gt, valid).items():
                 sums[k] = sums.get(k, 0.0) + v
             for k, v in baseline_pose_metrics(gt, valid).items():

@@ -418,8 +418,8 @@ def decode(dense: torch.Tensor, pose: torch.Tensor, scale: torch.Tensor) -> Poin
     pts = torch.einsum("bvij,bvhwj->bvhwi", R, pts_cam) + t[:, :, None, None, :]
     cam2world = torch.zeros(*R.shape[:2], 4, 4, dtype=R.dtype, device=R.device)
     cam2world[..., :3, :3], cam2world[..., :3, 3], cam2world[..., 3, 3] = R, t, 1.0
-    return PointMapOutput(pts, pts_cam, rays, depth_ray, pts_cam[..., 2], conf, dense[..., 5], cam2world, quats,
-                          scale)
+    return PointMapOutput(pts, pts_cam, rays=rays, depth_ray=depth_ray, depth_z=pts_cam[..., 2], conf=conf,
+                          mask_logits=dense[..., 5], cam2world=cam2world, quats=quats, scale=scale)
 
 
 def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:

@@ -156,20 +156,8 @@ def pointmap_loss(out: PointMapOutput, gt: dict[str, torch.Tensor], conf_alpha: 
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
-def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
-    """Train; evaluate the untrained and the trained model on the held-out split; save one file.
-
-    ``<output>/train.ckpt`` is written atomically every ``save_every`` steps (and
-    on Ctrl-C in a single process); ``resume`` continues from it. Under torchrun
-    the model is wrapped in DDP and rank 0 evaluates and saves.
-    """
-    from heads.pointmap.evaluate import evaluate_pointmap
-
-    rank, world, _ = dist_info()
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.precision, device)
-    init_distributed(device)
-    torch.manual_seed(cfg.seed)
+def _sequences(cfg: PointMapTrainConfig, rank: int) -> tuple[list, list, int]:
+    """The train and val sequences of ``cfg.data``, checked, and how many frames they share."""
     train_seqs = find_sequences(cfg.dataset, cfg.data, "train", cfg.depth_scale)
     val_seqs = find_sequences(cfg.dataset, cfg.data, "val", cfg.depth_scale)
     if not train_seqs or not val_seqs:
@@ -182,11 +170,15 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
     require_cameras(train_seqs + val_seqs)
     if cfg.width % 16 or cfg.height % 16:
         raise UsageError(f"--width {cfg.width} --height {cfg.height}: both must be multiples of 16")
+    return train_seqs, val_seqs, shared
+
+
+def _model(cfg: PointMapTrainConfig, device: torch.device, world: int):
+    """The point-map model on ``device``, the module that trains it (DDP under torchrun) and its optimizer."""
     encoder = load_encoder(cfg.encoder, cfg.size)
     pcfg = PointMapConfig(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
                           taps=[cfg.depth // 2 - 1, cfg.depth * 3 // 4 - 1], dpt_channels=list(cfg.dpt_channels),
-                          dpt_features=cfg.dpt_features, ray_dims=list(cfg.ray_dims),
-                          pose_dim=cfg.pose_dim)
+                          dpt_features=cfg.dpt_features, ray_dims=list(cfg.ray_dims), pose_dim=cfg.pose_dim)
     model = PointMapModel(encoder, pcfg)
     model.init_weights()
     model.to(device)
@@ -202,6 +194,25 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
         # the ray encoder sits out the steps without known cameras
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None, find_unused_parameters=True)
+    return model, net, opt
+
+
+def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
+    """Train; evaluate the untrained and the trained model on the held-out split; save one file.
+
+    ``<output>/train.ckpt`` is written atomically every ``save_every`` steps (and
+    on Ctrl-C in a single process); ``resume`` continues from it. Under torchrun
+    the model is wrapped in DDP and rank 0 evaluates and saves.
+    """
+    from heads.pointmap.evaluate import evaluate_pointmap
+
+    rank, world, _ = dist_info()
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.precision, device)
+    init_distributed(device)
+    torch.manual_seed(cfg.seed)
+    train_seqs, val_seqs, shared = _sequences(cfg, rank)
+    model, net, opt = _model(cfg, device, world)
     engine = Engine(cfg.device, cfg.precision, batch_size=cfg.eval_views, workers=0, progress=False)
 
     def attention_for(training: bool) -> None:  # the trained blocks' kernel; a frozen encoder always infers
@@ -212,20 +223,21 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
         m.eval()
         attention_for(training=False)
         with torch.no_grad():
-            r = evaluate_pointmap(m, val_seqs, engine, cfg.eval_views, cfg.eval_gap,
-                                  ResizePolicy(size=(cfg.width, cfg.height)), cfg.eval_limit)
+            r = evaluate_pointmap(m, val_seqs, engine, views=cfg.eval_views, gap=cfg.eval_gap,
+                                  policy=ResizePolicy(size=(cfg.width, cfg.height)), limit=cfg.eval_limit)
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
 
-    ckpt = StepCheckpoint(Path(cfg.output) / "train.ckpt", model, opt, rank, world, run_settings(cfg))
+    ckpt = StepCheckpoint(Path(cfg.output) / "train.ckpt", model, opt=opt, rank=rank, world=world,
+                          settings=run_settings(cfg))
     start, last = ckpt.begin(resume)
     if not resume and rank == 0:
         ckpt.extra["untrained"] = score(model)
 
-    data = ViewSets(train_seqs, cfg.views, cfg.max_gap, (cfg.height, cfg.width), cfg.seed,
-                    cfg.steps * cfg.batch_size * world)
-    loader = DataLoader(data, batch_size=cfg.batch_size, sampler=step_positions(cfg.batch_size, cfg.steps, start,
-                                                                               rank, world),
-                        num_workers=cfg.workers, drop_last=True, worker_init_fn=worker_init)
+    data = ViewSets(train_seqs, cfg.views, max_gap=cfg.max_gap, hw=(cfg.height, cfg.width), seed=cfg.seed,
+                    total=cfg.steps * cfg.batch_size * world)
+    positions = step_positions(cfg.batch_size, cfg.steps, start=start, rank=rank, world=world)
+    loader = DataLoader(data, batch_size=cfg.batch_size, sampler=positions, num_workers=cfg.workers, drop_last=True,
+                        worker_init_fn=worker_init)
     # which steps see the true rays: drawn for the whole run up front, so every rank and a resumed run agree
     known_rays = iter((torch.rand(cfg.steps, generator=torch.Generator().manual_seed(cfg.seed)) < cfg.ray_prob)
                       [start:].tolist())
@@ -243,8 +255,9 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
     net.train()
     model.encoder.train(cfg.finetune)
     attention_for(training=True)
-    step, last, seconds = run_steps(loader, loss_fn, opt, ckpt, start, cfg.steps, int(cfg.warmup * cfg.steps),
-                                    cfg.save_every, "train pointmap", clip=1.0, last=last)
+    step, last, seconds = run_steps(loader, loss_fn, opt=opt, ckpt=ckpt, start=start, total=cfg.steps,
+                                    warmup=int(cfg.warmup * cfg.steps), save_every=cfg.save_every,
+                                    desc="train pointmap", clip=1.0, last=last)
     untrained = ckpt.extra.get("untrained")
     if rank != 0:
         return {}

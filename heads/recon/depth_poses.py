@@ -42,10 +42,10 @@ def register_views(pred, measured: np.ndarray, r: DepthRegistration = DepthRegis
     c2w = pred.cam2world.astype(np.float64)
     f = Fusion(window=r.window)
     samples = [pred.pts3d[v, ::f.sample, ::f.sample][measured[v, ::f.sample, ::f.sample]] for v in range(len(c2w))]
-    _, overlapping = choose_neighbours(samples, measured.shape[1:], pred.K, c2w, f)
+    _, overlapping = choose_neighbours(samples, measured.shape[1:], K=pred.K, cam2world=c2w, f=f)
     rays = camera_rays(pred)
-    moved, report = refine_on_depth(pred.depth_z, rays, measured, c2w, pairs_to_register(overlapping, r.neighbours),
-                                    r)
+    moved, report = refine_on_depth(pred.depth_z, rays, valid=measured, cam2world=c2w,
+                                    pairs=pairs_to_register(overlapping, r.neighbours), r=r)
     pts3d = np.empty_like(pred.pts3d, dtype=np.float32)
     for v in range(len(moved)):
         pts3d[v] = world_points(pred.depth_z[v].astype(np.float64), rays[v].astype(np.float64), moved[v])

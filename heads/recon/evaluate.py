@@ -192,7 +192,7 @@ def align_scene(cameras: SceneCameras, truth_c2w: np.ndarray, depths: list[np.nd
     fix = np.eye(4)
     fix[:3, :3], fix[:3, 3] = R2, t2
     placed = [transform(p, fix) for p in placed]
-    return Alignment(s, R2 @ R, R2 @ t + t2, ate, x), placed
+    return Alignment(s, R2 @ R, t=R2 @ t + t2, ate=ate, offset=x), placed
 
 
 def truth_cloud(depths: list[np.ndarray], Ks: list[np.ndarray], cam2world: np.ndarray, voxel: float = VOXEL
@@ -234,7 +234,7 @@ def evaluate_clouds(cameras: SceneCameras, clouds: dict[str, np.ndarray], frames
     Ks = [np.asarray(f.K, np.float64) for f in matched]
     truth_c2w = np.stack([np.asarray(f.cam2world, np.float64) for f in matched])
     truth = truth_cloud(depths, Ks, truth_c2w, voxel)
-    alignment, placed = align_scene(cameras, truth_c2w, depths, Ks, offset, scale=scale)
+    alignment, placed = align_scene(cameras, truth_c2w, depths=depths, depth_K=Ks, offset=offset, scale=scale)
     rows = {name: cloud_scores(thin(alignment.apply(points), voxel), truth) for name, points in clouds.items()}
     rows["recorded_depth_on_cameras"] = cloud_scores(thin(np.concatenate(placed), voxel), truth)
     flat = float(np.median(np.concatenate([d[d > 0] for d in depths])))
@@ -263,6 +263,7 @@ def evaluate_scene(scene: Path, frames: list, read_depth, voxel: float = VOXEL, 
     if cameras.points is not None and len(cameras.points):
         clouds["colmap_points"] = cameras.points
     try:
-        return evaluate_clouds(cameras, clouds, frames, read_depth, voxel, offset, scale)
+        return evaluate_clouds(cameras, clouds, frames=frames, read_depth=read_depth, voxel=voxel, offset=offset,
+                               scale=scale)
     except InputError as e:
         raise InputError(f"{folder}: {e}") from None

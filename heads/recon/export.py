@@ -19,8 +19,8 @@ def preview_picture(points: np.ndarray, colours: np.ndarray, pred: Predictions, 
 
     K, w2c = preview_camera(pred.cam2world.astype(np.float64), points, hw)
     centres = pred.cam2world[:, :3, 3].astype(np.float64)
-    K = _framed(K, w2c, points, centres, hw)
-    image = render_points(points, colours, K, w2c, hw)
+    K = _framed(K, w2c, points=points, centres=centres, hw=hw)
+    image = render_points(points, colours, K=K, world2cam=w2c, hw=hw)
     extent = float(np.percentile(np.linalg.norm(points - np.median(points, 0), axis=1), 90)) if len(points) else 1.0
     steps = np.linalg.norm(np.diff(centres, axis=0), axis=1)
     size = min(0.12 * extent, 0.6 * float(np.median(steps))) if len(steps) and np.median(steps) > 0 else 0.12 * extent
@@ -38,7 +38,7 @@ def preview_picture(points: np.ndarray, colours: np.ndarray, pred: Predictions, 
             if ok:
                 cv2.line(image, tuple(int(v) for v in pa), tuple(int(v) for v in pb),
                          (0, 170, 0) if i == 0 else (220, 30, 30), 2 if i == 0 else 1, cv2.LINE_AA)
-    _legend(image, K, w2c, points if len(points) else centres, len(pred.K), unit)
+    _legend(image, K, w2c=w2c, points=points if len(points) else centres, cameras=len(pred.K), unit=unit)
     return image
 
 

@@ -61,7 +61,7 @@ def sample_points(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, va
     out = []
     for v in range(len(depth)):
         ys, xs = np.nonzero(valid[v, ::step, ::step])
-        out.append(points_at(depth, rays, cam2world, v, ys * step, xs * step))
+        out.append(points_at(depth, rays, cam2world=cam2world, v=v, ys=ys * step, xs=xs * step))
     return out
 
 
@@ -140,7 +140,7 @@ def average_agreeing(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2wor
     out = depth.astype(np.float32, copy=True)
     for v in range(V):
         ys, xs = np.nonzero(valid[v])
-        X = points_at(depth, rays, cam2world, v, ys, xs)
+        X = points_at(depth, rays, cam2world=cam2world, v=v, ys=ys, xs=xs)
         total = depth[v, ys, xs].astype(np.float64)
         n_agree = np.zeros(len(X), np.int16)
         for n in neighbours[v]:
@@ -148,8 +148,8 @@ def average_agreeing(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2wor
             d = depth[n, r, u]
             ok = valid[n, r, u] & (np.abs(z - d) <= rtol * d)
             i, r, u = i[ok], r[ok], u[ok]
-            total[i] += ((points_at(depth, rays, cam2world, n, r, u) - cam2world[v][:3, 3]) @ cam2world[v][:3, :3]
-                         )[:, 2]
+            seen = points_at(depth, rays, cam2world=cam2world, v=n, ys=r, xs=u)
+            total[i] += ((seen - cam2world[v][:3, 3]) @ cam2world[v][:3, :3])[:, 2]
             n_agree[i] += 1
         out[v, ys, xs] = total / (1 + n_agree)
         count[v, ys, xs] = n_agree
@@ -167,7 +167,7 @@ def finest_view(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2world: n
     own = valid.copy()
     for v in range(V):
         ys, xs = np.nonzero(valid[v])
-        X = points_at(depth, rays, cam2world, v, ys, xs)
+        X = points_at(depth, rays, cam2world=cam2world, v=v, ys=ys, xs=xs)
         footprint = depth[v, ys, xs] / K[v, 0, 0]
         held = np.zeros(len(X), bool)
         for n in overlapping[v][:most]:
@@ -200,8 +200,8 @@ def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np
     unchecked (``checked`` False). ``fixed`` (V, h, w): measured depths, which refinement leaves as they are."""
     V = len(depth)
     depth, rays = depth.astype(np.float32), rays.astype(np.float32, copy=False)  # stored; computed in float64
-    samples = sample_points(depth, rays, cam2world, valid, f.sample)
-    neighbours, overlapping = choose_neighbours(samples, depth.shape[1:], K, cam2world, f)
+    samples = sample_points(depth, rays, cam2world=cam2world, valid=valid, step=f.sample)
+    neighbours, overlapping = choose_neighbours(samples, depth.shape[1:], K=K, cam2world=cam2world, f=f)
     del samples
     refined = 0.0
     if f.stereo is not None and grays is not None:
@@ -210,13 +210,14 @@ def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np
         new = depth.copy()
         for v in range(V):
             others = [(grays[n], K[n], cam2world[n]) for n in neighbours[v][:f.stereo.neighbours]]
-            d, moved = refine_depth(depth[v].astype(np.float64), rays[v].astype(np.float64), cam2world[v],
-                                    grays[v], others, f.stereo)
+            d, moved = refine_depth(depth[v].astype(np.float64), rays[v].astype(np.float64), cam2world=cam2world[v],
+                                    gray=grays[v], others=others, s=f.stereo)
             new[v] = np.where(movable[v], d, depth[v])
             changed += int((moved & movable[v]).sum())
         depth = new
         refined = changed / max(int(valid.sum()), 1)
-    averaged, count = average_agreeing(depth, rays, K, cam2world, valid, neighbours, f.rtol)
+    averaged, count = average_agreeing(depth, rays, K=K, cam2world=cam2world, valid=valid, neighbours=neighbours,
+                                       rtol=f.rtol)
     checked = np.array([bool(neighbours[v]) and (count[v][valid[v]] > 0).mean() >= f.min_agreeing
                         if valid[v].any() else False for v in range(V)])
     for v in np.flatnonzero(checked):
@@ -225,5 +226,5 @@ def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np
     keep = valid & ((count > 0) | ~checked[:, None, None])
     if fixed is not None:  # measured depth needs no other view to confirm it
         keep |= valid & fixed
-    first = finest_view(depth, rays, K, cam2world, keep, overlapping, f.rtol)
-    return FusedViews(depth, keep, first, checked, neighbours, refined)
+    first = finest_view(depth, rays, K=K, cam2world=cam2world, valid=keep, overlapping=overlapping, rtol=f.rtol)
+    return FusedViews(depth, keep, first=first, checked=checked, neighbours=neighbours, refined=refined)

@@ -32,8 +32,8 @@ class SceneInputs:
     def keep(self, positions: list[int]) -> "SceneInputs":
         """The inputs at ``positions`` (in order), with what is known of each."""
         pick = lambda xs: [xs[i] for i in positions] if xs is not None else None  # noqa: E731
-        return SceneInputs(pick(self.items), pick(self.Ks), pick(self.depth_files), self.depth_scale,
-                           self.known_cameras)
+        return SceneInputs(pick(self.items), pick(self.Ks), depth_files=pick(self.depth_files),
+                           depth_scale=self.depth_scale, known_cameras=self.known_cameras)
 
 
 @dataclass
@@ -46,6 +46,7 @@ class SceneOptions:
     overlap: int = 4  # views each chunk shares with the previous one
     sfm: bool = True  # cameras from matching
     matching: str = "auto"
+    mapper: str = "auto"  # incremental, global, or auto (heads.recon.sfm.SfmOptions)
     depth_cameras: bool = True  # with known depth, move the matched cameras until the depths agree
     fusion: bool = True
     seed: int = 0
@@ -86,7 +87,7 @@ class Scene:
     sfm_seconds: Optional[float] = None
 
 
-def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, stages, summary) -> Optional[Scene]:
+def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, summary) -> Optional[Scene]:
     """Decode the views, predict them in chunks aligned to each other and place them on their cameras;
     None when no view could be decoded (``summary`` lists why). ``stages`` is the command's progress line
     (next, detail, say)."""
@@ -107,14 +108,15 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, stages, summ
         views = _Views(items, samples, inputs)
         loaded = time.perf_counter()
         stages.next(f"{len(views.frames)} views")
-        pred, chunks, model_poses = _predict(net, engine, views, inputs, options)
+        pred, chunks, model_poses = _predict(net, engine, views=views, inputs=inputs, options=options)
         inferred = time.perf_counter()
         stages.next("from matching" if job is not None else "given" if views.given is not None else "the network's")
         sfm_cameras = job.result([s.index for s in samples], views.sizes, stages.detail) if job is not None \
             else views.given
         if sfm_cameras is not None and sfm_cameras.focal_held:
             stages.say(f"pixio: note: {sfm_cameras.focal_held}")
-        pred, placed, held, depth_report = _place(pred, sfm_cameras, model_poses, views, inputs, options)
+        pred, placed, held, depth_report = _place(pred, sfm_cameras, model_poses=model_poses, views=views,
+                                                  inputs=inputs, options=options)
         solved = time.perf_counter()
     finally:
         if job is not None:
@@ -122,10 +124,12 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, stages, summ
     if options.save_predictions is not None:
         pred.save(options.save_predictions)
         views.parts.clear()
-    return Scene(pred, views.frames, views.items, views.root, views.image_names, placed,
-                 None if model_poses is not None else sfm_cameras, held, depth_report, chunks, net.metric,
-                 {"load_and_decode": round(loaded - started, 2), "inference": round(inferred - loaded, 2),
-                  "cameras": round(solved - inferred, 2)}, round(job.seconds, 2) if job else None)
+    return Scene(pred, views.frames, view_items=views.items, root=views.root, image_names=views.image_names,
+                 placed=placed, sfm_cameras=None if model_poses is not None else sfm_cameras, held=held,
+                 depth_report=depth_report, chunks=chunks, metric=net.metric,
+                 seconds={"load_and_decode": round(loaded - started, 2), "inference": round(inferred - loaded, 2),
+                          "cameras": round(solved - inferred, 2)},
+                 sfm_seconds=round(job.seconds, 2) if job else None)
 
 
 class _Views:
@@ -161,17 +165,19 @@ def _predict(net, engine, views: _Views, inputs: SceneInputs, options: SceneOpti
 
     frames, names, sizes, known = views.frames, views.names, views.sizes, views.known
     takes = net.cfg.geometric_inputs
-    model_depth = _depth_at_size(inputs.depth_files, views.samples, sizes, inputs.depth_scale, frames[0].shape[:2]) \
+    model_depth = _depth_at_size(inputs.depth_files, views.samples, sizes=sizes, per_metre=inputs.depth_scale,
+                                 hw=frames[0].shape[:2]) \
         if takes and inputs.depth_files is not None else None
     given = views.given
     model_poses = given.cam2world if takes and given is not None and given.scale is not None else None
 
     def run(chosen: list[int]):
         with torch.inference_mode(), autocast(engine.device, engine.dtype):
-            return predict(net, engine.to_pixels([frames[i] for i in chosen]), [names[i] for i in chosen],
-                           [sizes[i] for i in chosen], [known[i] for i in chosen] if known else None,
-                           [model_depth[i] for i in chosen] if model_depth is not None else None,
-                           model_poses[chosen] if model_poses is not None else None)
+            return predict(net, engine.to_pixels([frames[i] for i in chosen]), names=[names[i] for i in chosen],
+                           original_hw=[sizes[i] for i in chosen],
+                           K_original=[known[i] for i in chosen] if known else None,
+                           depth_z=[model_depth[i] for i in chosen] if model_depth is not None else None,
+                           cam2world=model_poses[chosen] if model_poses is not None else None)
 
     views.parts = _Parts(options.save_predictions, {  # what decides a chunk's numbers: an edited input redoes it
         "model": model_identity(options.model), "size": list(frames[0].shape[:2]), "chunk": options.chunk,
@@ -181,8 +187,8 @@ def _predict(net, engine, views: _Views, inputs: SceneInputs, options: SceneOpti
         "known_depth": [str(f) for f in inputs.depth_files] if model_depth is not None else None,
         "known_poses": model_poses.tolist() if model_poses is not None else None})
     try:
-        pred, chunks = predict_in_chunks(run, len(frames), options.chunk, options.overlap, views.parts.done(),
-                                         views.parts.save, options.seed)
+        pred, chunks = predict_in_chunks(run, len(frames), size=options.chunk, overlap=options.overlap,
+                                         done=views.parts.done(), on_chunk=views.parts.save, seed=options.seed)
     except torch.cuda.OutOfMemoryError:
         raise PixioError(f"out of GPU memory on chunks of {min(options.chunk, len(frames))} views of "
                          f"{frames[0].shape[1]}x{frames[0].shape[0]}: use a smaller --chunk or --resize") from None
@@ -249,19 +255,21 @@ def write_scene(scene: Scene, options: SceneOptions, out: SceneOutputs, say: Cal
         if fused is not None:
             _warn_unchecked(fused["unchecked"], n, say)
     fusing_done = time.perf_counter()
-    points, point_colours, _, counts = clean_points(pred, colours, out.cleaning, keep, counts)
+    points, point_colours, _, counts = clean_points(pred, colours, c=out.cleaning, keep=keep, counts=counts)
     if not len(points):
         raise PixioError(f"no points to write: cleaning removed every pixel of {n} views ({counts}); loosen it "
                          "(--no-mask, --edge-rtol 0, no --conf-*)")
     unit = "metres" if scene.metric else "unknown (the model is not metric)"
     progress(str(out.scene_path))
-    G.write_ply(out.scene_path, points, point_colours, pred.cam2world[0, :3, 3] if out.normals else None, unit)
+    G.write_ply(out.scene_path, points, colours=point_colours,
+                normals_towards=pred.cam2world[0, :3, 3] if out.normals else None, unit=unit)
     written = [str(out.scene_path)]
     meshed = time.perf_counter()
     if out.mesh:
-        written += _write_mesh(pred, colours, out.scene_path, out.mesh_voxel, out.glb, surface)
+        written += _write_mesh(pred, colours, scene_path=out.scene_path, voxel=out.mesh_voxel, glb=out.glb,
+                               keep=surface)
     meshed = time.perf_counter() - meshed
-    unusable, root = _write_cameras(scene, pred, out, apart, unit, written, say)
+    unusable, root = _write_cameras(scene, pred, out=out, apart=apart, unit=unit, written=written, say=say)
     if out.preview is not None:
         from heads.recon.export import preview_picture
         from pixio_cli.writers import write_image
@@ -304,8 +312,8 @@ def _write_cameras(scene: Scene, pred: Predictions, out: SceneOutputs, apart: bo
                "length, which COLMAP cannot hold" if flipped else "the photos do not form one scene")
         say(f"pixio: error: no COLMAP model written: {why}")
     if out.cameras == "json":
-        G.write_cameras_json(out.scene_path.parent / "cameras.json", image_names, cam_sizes, pred.K_original,
-                             pred.cam2world, unit, root)
+        G.write_cameras_json(out.scene_path.parent / "cameras.json", image_names, sizes=cam_sizes, K=pred.K_original,
+                             cam2world=pred.cam2world, unit=unit, image_root=root)
         written.append(str(out.scene_path.parent / "cameras.json"))
     elif out.cameras in ("colmap", "colmap-text") and not unusable:
         from heads.recon.sfm import write_colmap
@@ -313,9 +321,9 @@ def _write_cameras(scene: Scene, pred: Predictions, out: SceneOutputs, apart: bo
         placed, sfm = scene.placed, scene.sfm_cameras
         to_world = ((placed["sfm_scale"], np.array(placed["to_output"]))
                     if placed["cameras"] in ("sfm", "given") and sfm.reconstruction is not None else None)
-        write_colmap(out.scene_path.parent / "sparse" / "0", image_names, cam_sizes, pred.K_original, pred.cam2world,
-                     sfm if to_world else None, to_world, text=out.cameras == "colmap-text",
-                     unit="metres" if scene.metric else None)
+        write_colmap(out.scene_path.parent / "sparse" / "0", image_names, original_hw=cam_sizes, K=pred.K_original,
+                     cam2world=pred.cam2world, sfm=sfm if to_world else None, sfm_to_world=to_world,
+                     text=out.cameras == "colmap-text", unit="metres" if scene.metric else None)
         written.append(str(out.scene_path.parent / "sparse" / "0"))
     return unusable, root
 
@@ -391,8 +399,8 @@ def _start_sfm(inputs: SceneInputs, options: SceneOptions):
     """Matching on a thread of its own, beside the network (heads.recon.sfm.SfmJob)."""
     from heads.recon.sfm import SfmJob, SfmOptions
 
-    return SfmJob(inputs.items, SfmOptions(matching=options.matching, known_K=inputs.Ks, seed=options.seed),
-                  video=any(it.frame is not None for it in inputs.items))
+    sfm = SfmOptions(matching=options.matching, mapper=options.mapper, known_K=inputs.Ks, seed=options.seed)
+    return SfmJob(inputs.items, sfm, video=any(it.frame is not None for it in inputs.items))
 
 
 def _warn_unplaced(placed: dict, cams, n_views: int, say: Callable[[str], None]) -> None:

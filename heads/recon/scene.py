@@ -146,7 +146,8 @@ def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, fixe
     for v, c in enumerate(colours):
         grays[v] = cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY) / np.float32(255)
     c2w = pred.cam2world.astype(np.float64)
-    out = fuse_views(pred.depth_z, rays, c2w, pred.K.astype(np.float64), valid, grays, f, fixed)
+    out = fuse_views(pred.depth_z, rays, cam2world=c2w, K=pred.K.astype(np.float64), valid=valid, grays=grays, f=f,
+                     fixed=fixed)
     del grays
     depth_z, pts3d = pred.depth_z.astype(np.float32, copy=True), pred.pts3d.astype(np.float32, copy=True)
     for v in range(len(depth_z)):  # the fused depths and their points where valid, the predictions elsewhere

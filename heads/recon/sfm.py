@@ -23,6 +23,7 @@ from pixio_cli.errors import PixioError, UsageError
 
 MAX_SIDE = 1600  # SIFT sees images at most this large (COLMAP's own default for matching is 1600-3200)
 EXHAUSTIVE_UP_TO = 40  # more frames than this are matched sequentially (780 pairs at 40)
+INCREMENTAL_UP_TO = 250  # more frames than this are mapped globally: incremental mapping grows faster than linearly
 HOLD_FOCAL_BELOW = 3  # frames: two cannot fix a focal length; more may not either (see _unfixed_focal)
 CHECK_FOCAL_UP_TO = 40  # frames: whether they fix the focal length is checked up to this many (three more BAs)
 
@@ -33,6 +34,9 @@ class SfmOptions:
 
     matching: str = "auto"  # auto: exhaustive up to EXHAUSTIVE_UP_TO frames (and never for video), else sequential
     overlap: int = 10  # sequential matching: each frame is matched with this many after it (and at 2^k)
+    # auto: incremental up to INCREMENTAL_UP_TO frames, else global (GLOMAP's rotation averaging and global
+    # positioning, then bundle adjustment), whose cost on long videos grows far more slowly
+    mapper: str = "auto"
     one_camera: bool = True  # one set of intrinsics shared by every frame (frames of one camera)
     known_K: list[np.ndarray] | None = None  # per frame, in the written images' pixels: held fixed
     seed: int = 0
@@ -208,12 +212,13 @@ def run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool = F
     images (docs/recon3d.md has the measurements).
     """
     if options.first_octave is not None:
-        return _run_sfm(folder, names, options, video, cancel, on_stage)
-    fast = _run_sfm(folder, names, replace(options, first_octave=0), video, cancel, on_stage)
+        return _run_sfm(folder, names, options=options, video=video, cancel=cancel, on_stage=on_stage)
+    fast = _run_sfm(folder, names, options=replace(options, first_octave=0), video=video, cancel=cancel,
+                    on_stage=on_stage)
     if fast[0] is not None and fast[0].num_reg_images() == len(names):
         return fast
-    fine = _run_sfm(folder, names, replace(options, first_octave=-1), video, cancel,
-                    lambda stage: on_stage(f"{stage}, again on doubled images"))
+    fine = _run_sfm(folder, names, options=replace(options, first_octave=-1), video=video, cancel=cancel,
+                    on_stage=lambda stage: on_stage(f"{stage}, again on doubled images"))
     if fast[0] is None or (fine[0] is not None and fine[0].num_reg_images() >= fast[0].num_reg_images()):
         return fine
     return fast
@@ -266,15 +271,19 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
         pycolmap.match_sequential(db, pairing_options=pairing, verification_options=verification, device=cpu,
                                   cancellation_token=cancel)
 
-    on_stage("incremental mapping and bundle adjustment")
-    rec = _map(db, folder, sparse, options, hold, cancel)
+    mapper = options.mapper
+    if mapper == "auto":
+        mapper = "incremental" if len(names) <= INCREMENTAL_UP_TO else "global"
+    options = replace(options, mapper=mapper)
+    on_stage(f"{mapper} mapping and bundle adjustment")
+    rec = _map(db, folder, sparse=sparse, options=options, hold=hold, cancel=cancel)
     if hold:
         return rec, f"{len(names)} frames cannot fix a focal length"
     why = _unfixed_focal(rec) if rec is not None and options.known_K is None else None
     if why:
         on_stage("mapping again, the focal length held")
         _set_cameras(db, _held)
-        rec = _map(db, folder, sparse, options, True, cancel)
+        rec = _map(db, folder, sparse=sparse, options=options, hold=True, cancel=cancel)
     return rec, why
 
 
@@ -337,12 +346,41 @@ def _error_held_at(rec, factor: float) -> float:
 
 
 def _map(db: Path, folder: Path, sparse: Path, options: SfmOptions, hold: bool, cancel):
-    """COLMAP's incremental mapping on the matched database: the model that registers the most frames."""
+    """COLMAP's incremental or global mapping (``options.mapper``) on the matched database: the model that
+    registers the most frames; the focal length held at the camera's prior when ``hold``."""
     import shutil
 
     pycolmap = _pycolmap()
     shutil.rmtree(sparse, ignore_errors=True)
     sparse.mkdir()
+    if options.mapper == "global":
+        models = _map_global(db, folder, sparse, options, fixed=options.known_K is not None or hold)
+    else:
+        models = _map_incremental(db, folder, sparse, options, hold=hold, cancel=cancel)
+    if cancel is not None and cancel.is_cancelled:
+        raise KeyboardInterrupt
+    if not models:
+        return None
+    return max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+
+
+def _map_global(db: Path, folder: Path, sparse: Path, options: SfmOptions, *, fixed: bool) -> dict:
+    """pycolmap's global mapping (GLOMAP), on one thread and seeded like the incremental one, so that a run
+    gives the same cameras again; ``fixed``: the cameras' intrinsics are not refined."""
+    pycolmap = _pycolmap()
+    mapping = pycolmap.GlobalPipelineOptions()
+    mapping.random_seed = mapping.mapper.random_seed = options.seed
+    mapping.num_threads = mapping.mapper.num_threads = 1
+    mapping.min_model_size = 2
+    if fixed:
+        ba = mapping.mapper.bundle_adjustment
+        ba.refine_focal_length = ba.refine_principal_point = ba.refine_extra_params = False
+    return pycolmap.global_mapping(db, folder, sparse, mapping)
+
+
+def _map_incremental(db: Path, folder: Path, sparse: Path, options: SfmOptions, *, hold: bool, cancel) -> dict:
+    """pycolmap's incremental mapping with the settings below."""
+    pycolmap = _pycolmap()
     mapping = pycolmap.IncrementalPipelineOptions()
     mapping.random_seed = options.seed
     mapping.num_threads = 1  # bundle adjustment over threads sums in another order each run: other cameras
@@ -355,12 +393,7 @@ def _map(db: Path, folder: Path, sparse: Path, options: SfmOptions, hold: bool, 
         mapping.ba_refine_extra_params = False
         mapping.mapper.abs_pose_refine_focal_length = False
         mapping.mapper.abs_pose_refine_extra_params = False
-    models = pycolmap.incremental_mapping(db, folder, sparse, mapping, cancellation_token=cancel)
-    if cancel is not None and cancel.is_cancelled:
-        raise KeyboardInterrupt
-    if not models:
-        return None
-    return max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+    return pycolmap.incremental_mapping(db, folder, sparse, mapping, cancellation_token=cancel)
 
 
 def holds_focal(n_frames: int, options: SfmOptions) -> bool:
@@ -450,7 +483,7 @@ class SfmJob:
 
         self.items, self.options, self.video = items, options, video
         _remove_orphans()
-        self._tmp = tempfile.TemporaryDirectory(prefix=f"pixio-sfm-{os.getpid()}-")
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"pixio-sfm-{os.getpid()}-", ignore_cleanup_errors=True)
         self.folder = Path(self._tmp.name)
         self._token = _pycolmap().CancellationToken()
         self._out = None
@@ -487,8 +520,8 @@ class SfmJob:
             opts = replace(self.options, one_camera=self.options.one_camera and len(
                 {self.written[i][2] for i in order}) == 1, known_K=None if known is None else [
                 scale_intrinsics(known[i], self.written[i][2], self.written[i][1]) for i in order])
-            self._out, self._held = run_sfm(self.folder, names, opts, self.video, self._token,
-                                lambda stage: setattr(self, "stage", stage))
+            self._out, self._held = run_sfm(self.folder, names, options=opts, video=self.video, cancel=self._token,
+                                            on_stage=lambda stage: setattr(self, "stage", stage))
         except BaseException as e:  # handed to the caller by result()
             self._error = e
         finally:
@@ -524,7 +557,8 @@ class SfmJob:
 
     def cancel(self) -> None:
         self._token.cancel()
-        self._thread.join()
+        # global mapping takes no cancellation token: a daemon thread, not waited for beyond a few seconds
+        self._thread.join(timeout=5.0)
         self.close()
 
     def close(self) -> None:

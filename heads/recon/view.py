@@ -80,7 +80,7 @@ def read_scene(path: Path, max_points: int, seed: int = 0) -> SceneToView:
         if cameras and companion.exists() and _older(companion, ply):
             notes.append(f"{companion.name} is older than {ply.name}: its cameras may be an earlier run's")
             break
-    return SceneToView(points, colours, mesh, cameras, notes)
+    return SceneToView(points, colours, mesh=mesh, cameras=cameras, notes=notes)
 
 
 def _older(path: Path, than: Path) -> bool:
@@ -156,7 +156,7 @@ def _read_cameras(folder: Path, notes: list[str]) -> list[ViewCamera]:
             notes.append(f"cameras.json not shown: {str(e).split(': ', 1)[-1]}")
             return []
         roots = [Path(root)] if isinstance(root, str) else []
-        return [ViewCamera(name, K, T, hw, _thumb(name, roots + [folder, folder / "images"]))
+        return [ViewCamera(name, K, cam2world=T, hw=hw, thumb=_thumb(name, roots + [folder, folder / "images"]))
                 for name, (K, T, hw) in cams.items()]
     if (folder / "sparse" / "0").is_dir():
         return _colmap_cameras(folder / "sparse" / "0", [folder / "images", folder], notes)
@@ -172,8 +172,8 @@ def _colmap_cameras(model: Path, roots: list[Path], notes: list[str]) -> list[Vi
         notes.append(f"{model} not shown: {str(e).strip()[:120]}")
         return []
     images = sorted((im for im in rec.images.values() if im.has_pose), key=lambda im: im.name)
-    return [ViewCamera(im.name, camera_K(im.camera), image_cam2world(im), (im.camera.height, im.camera.width),
-                       _thumb(im.name, roots)) for im in images]
+    return [ViewCamera(im.name, camera_K(im.camera), cam2world=image_cam2world(im),
+                       hw=(im.camera.height, im.camera.width), thumb=_thumb(im.name, roots)) for im in images]
 
 
 def _thumb(name: str, roots: list[Path]) -> np.ndarray | None:
@@ -199,6 +199,31 @@ def scene_extent(scene: SceneToView) -> float:
     return float(max(np.linalg.norm(hi - lo), 1e-6))
 
 
+def _add_cameras(server, scene: SceneToView, extent: float) -> list[tuple]:
+    """A frustum with its frame for each camera of ``scene``, which a click looks through; returns each
+    camera's (wxyz, position, a point ahead of it)."""
+    import viser.transforms as tf
+
+    poses = []
+    for i, cam in enumerate(scene.cameras):
+        h, w = cam.hw
+        wxyz = tf.SO3.from_matrix(cam.cam2world[:3, :3]).wxyz
+        position = cam.cam2world[:3, 3]
+        frustum = server.scene.add_camera_frustum(
+            f"/cameras/{i}", fov=2 * math.atan(h / (2 * cam.K[1, 1])), aspect=w / h, scale=extent * 0.03,
+            thickness=2.0, thickness_units="screen", image=cam.thumb, color=(40, 200, 60) if i == 0 else (230, 120, 40),
+            wxyz=wxyz, position=position)
+        poses.append((wxyz, position, cam.cam2world[:3, :3] @ np.array([0.0, 0.0, extent * 0.3]) + position))
+
+        def look_through(event, pose=poses[-1]) -> None:
+            event.client.camera.wxyz, event.client.camera.position = pose[0], pose[1]
+
+        frustum.on_click(look_through)
+    if scene.cameras:
+        server.gui.add_markdown("Click a camera to look through it; the first camera is green.")
+    return poses
+
+
 def serve(scene: SceneToView, host: str, port: int, open_browser: bool, say: Callable[[str], None],
           stop: threading.Event | None = None) -> None:
     """Show ``scene`` on ``host``:``port`` (the next free port if taken, said) until ``stop`` is set or
@@ -207,7 +232,6 @@ def serve(scene: SceneToView, host: str, port: int, open_browser: bool, say: Cal
 
     import rich
     import viser
-    import viser.transforms as tf
 
     logging.getLogger("websockets").setLevel(logging.WARNING)  # a line per connection otherwise
     rich.reconfigure(quiet=True)  # viser prints a banner and its stops on stdout, which is for data
@@ -247,23 +271,7 @@ def serve(scene: SceneToView, host: str, port: int, open_browser: bool, say: Cal
             gui_cloud = server.gui.add_checkbox("cloud", True)
             gui_mesh.on_update(lambda _e: setattr(mesh, "visible", gui_mesh.value))
             gui_cloud.on_update(lambda _e: setattr(cloud, "visible", gui_cloud.value))
-        poses = []
-        for i, cam in enumerate(scene.cameras):
-            h, w = cam.hw
-            wxyz = tf.SO3.from_matrix(cam.cam2world[:3, :3]).wxyz
-            position = cam.cam2world[:3, 3]
-            frustum = server.scene.add_camera_frustum(
-                f"/cameras/{i}", fov=2 * math.atan(h / (2 * cam.K[1, 1])), aspect=w / h, scale=extent * 0.03,
-                thickness=2.0, thickness_units="screen", image=cam.thumb, color=(40, 200, 60) if i == 0 else (230, 120, 40), wxyz=wxyz, position=position)
-            poses.append((wxyz, position, cam.cam2world[:3, :3] @ np.array([0.0, 0.0, extent * 0.3]) + position))
-
-            def look_through(event, pose=poses[-1]) -> None:
-                event.client.camera.wxyz, event.client.camera.position = pose[0], pose[1]
-
-            frustum.on_click(look_through)
-        if scene.cameras:
-            server.gui.add_markdown("Click a camera to look through it; the first camera is green.")
-
+        poses = _add_cameras(server, scene, extent)
         centre = np.median(scene.points, axis=0)
         if poses:  # behind and above the first camera, looking at the middle of the scene
             eye = poses[0][1] + scene.cameras[0].cam2world[:3, :3] @ np.array([0.0, -0.15, -0.3]) * extent

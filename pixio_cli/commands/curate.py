@@ -70,7 +70,8 @@ def curate(
                         precision=str(engine.dtype).replace("torch.", ""))
     if overwrite and world == 1 and (output / ".raw").exists():
         shutil.rmtree(output / ".raw")
-    ledger = Ledger(output, {**dataclasses.asdict(settings), "model": model_identity(model)}, overwrite, rank, world)
+    ledger = Ledger(output, {**dataclasses.asdict(settings), "model": model_identity(model)}, overwrite=overwrite,
+                    rank=rank, world=world)
 
     def identity(unit) -> list:
         return [file_identity(unit.shard)] if unit.shard else [item_identity(it) for it in unit.items]

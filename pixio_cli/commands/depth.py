@@ -82,7 +82,7 @@ def depth(
     if output.suffix.lower() == ".mp4":  # a depth video of a video
         return _depth_video(items, output, engine, model=model, cmap=cmap.value, side_by_side=side_by_side,
                             ply=ply, format=format, resize=resize, tile=tile, every=every)
-    dest, fmt = destination(output, items, FORMATS, format.value if format else None, "png16")
+    dest, fmt = destination(output, items, formats=FORMATS, fmt=format.value if format else None, default="png16")
     dest.check_unique(items, [dest.main] + (["_vis.png"] if vis else []) + ([".ply"] if ply else []),
                       {"_vis.png": "--vis", ".ply": "--ply"})
 

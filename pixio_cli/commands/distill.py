@@ -96,8 +96,9 @@ def distill(
     from ..resume import model_identity
 
     require_positive(lr=lr, blr=blr, crop_scale_min=crop_scale_min)
-    shared = t.shared_settings(data, output, steps, epochs, batch_size, accum, warmup_steps, curation, min_entropy,
-                               min_size, soft_sampling)
+    shared = t.shared_settings(data, output, steps=steps, epochs=epochs, batch_size=batch_size, accum=accum,
+                               warmup_steps=warmup_steps, curation=curation, min_entropy=min_entropy, min_size=min_size,
+                               soft_sampling=soft_sampling)
     n_cls = encoder_config(teacher, teacher_size).n_cls_tokens  # shapes only: the teacher is read once, later
     names = [s.strip() for s in students.split(",") if s.strip()]
     if len(set(names)) != len(names):

@@ -33,18 +33,18 @@ def _run(task: str, model: str, data: Path, *, dataset: str, split: str, json_ou
 
     engine = Engine(device, precision, batch_size=4, workers=workers, progress=None)
     net = load_dense(engine, model, task)
-    layout = find_layout(dataset, data, split, depth_scale, classes)
+    layout = find_layout(dataset, data, split=split, depth_scale=depth_scale, classes_file=classes)
     result = evaluate(net, layout, engine, limit=limit)
     _echo_metrics(result)
     if with_baseline:
         try:
-            train = find_layout(dataset, data, "train", depth_scale, classes)
+            train = find_layout(dataset, data, split="train", depth_scale=depth_scale, classes_file=classes)
         except InputError as e:  # a set with no training split: nothing to take a mean or a majority from
             typer.echo(f"pixio: no baseline: {e}", err=True)
         else:
             cfg = net.cfg
-            result["baseline"] = trivial = baseline(train, layout, task, cfg.min_depth, cfg.max_depth, cfg.n_out,
-                                                    limit)
+            result["baseline"] = trivial = baseline(train, layout, task=task, min_depth=cfg.min_depth,
+                                                    max_depth=cfg.max_depth, n_classes=cfg.n_out, limit=limit)
             if task == "depth":
                 what = f"the training-set mean depth, {trivial['mean_depth']:.3f} m, everywhere"
             else:
@@ -180,14 +180,14 @@ def evaluate_knn(
                 "--precision": engine.precision}
     with tempfile.TemporaryDirectory() as tmp:
         root = cache if cache is not None else Path(tmp)
-        feats = {name: pooled_features(engine, encoder, split.paths, root / name, settings, overwrite, resolution,
-                                       normed, desc=f"knn {name}")
+        feats = {name: pooled_features(engine, encoder, paths=split.paths, folder=root / name, settings=settings,
+                                       overwrite=overwrite, resolution=resolution, normed=normed, desc=f"knn {name}")
                  for name, split in (("train", train), ("val", val))}
     train_labels, val_labels = torch.tensor(train.labels), torch.tensor(val.labels)
     results = []
     for kk in ks:
-        top1, top5 = knn_classify(feats["train"], train_labels, feats["val"], val_labels, kk, temperature,
-                                  len(classes))
+        top1, top5 = knn_classify(feats["train"], train_labels, val=feats["val"], val_labels=val_labels, k=kk,
+                                  temperature=temperature, n_classes=len(classes))
         results.append({"k": kk, "top1": round(top1, 3), "top5": round(top5, 3)})
         typer.echo(f"{kk:>4d}-NN  top-1 {top1:6.2f}  top-5 {top5:6.2f}", err=True)
     if json_out:
@@ -227,7 +227,8 @@ def evaluate_pointmap(
         raise InputError(f"--data {data}: no {split} sequences in the {dataset} layout")  # as evaluate depth
     engine = Engine(device, precision, batch_size=views, workers=0, progress=False)
     net = prepare_pointmap(engine, load_pointmap(model))
-    result = run(net, sequences, engine, views, gap, ResizePolicy.parse(resize) if resize else None, limit)
+    result = run(net, sequences, engine, views=views, gap=gap, policy=ResizePolicy.parse(resize) if resize else None,
+                 limit=limit)
     width = max(map(len, result))
     for k, v in result.items():
         typer.echo(f"{k:>{width}s}  {v:.4f}" if isinstance(v, float) else f"{k:>{width}s}  {v}", err=True)
@@ -276,8 +277,8 @@ def evaluate_recon3d(
     if not frames:
         raise InputError(f"--data {data}: no frames with depth in the {dataset} layout")
     reader = {id(f): seq for f, seq in frames.values()}
-    result = evaluate_scene(scene, [f for f, _ in frames.values()], lambda f: reader[id(f)].read_depth(f), voxel,
-                            sensor_offset, scale)
+    result = evaluate_scene(scene, [f for f, _ in frames.values()], read_depth=lambda f: reader[id(f)].read_depth(f),
+                            voxel=voxel, offset=sensor_offset, scale=scale)
     typer.echo(f"{result['frames']} frames; ATE {100 * result['ate']:.2f} cm (every camera at the origin: "
                f"{100 * result['ate_origin']:.2f} cm); path scale {result['scale']:.4f}", err=True)
     typer.echo(f"{'cloud':<28s} {'points':>8s} {'acc cm':>7s} {'comp cm':>8s} {'P@5':>6s} {'R@5':>6s} {'F@5':>6s} "

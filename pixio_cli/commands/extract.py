@@ -84,7 +84,8 @@ def extract(
 
     # input
     items = collect(inputs, every=every, outputs=output_folder(output))  # not its own outputs
-    dest, fmt = destination(output, items, FORMATS, format.value if format else None, "npz") if output else (None, None)
+    dest, fmt = destination(output, items, formats=FORMATS, fmt=format.value if format else None, default="npz") \
+        if output else (None, None)
     if dest is not None:
         dest.check_unique(items, [dest.main])
     pca_path, pca_place = _pca_target(pca, dest, items)

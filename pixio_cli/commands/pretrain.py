@@ -77,10 +77,12 @@ def pretrain(
     from ..encoder import size_config
 
     require_positive(lr=lr, blr=blr, crop_scale_min=crop_scale_min)
-    shared = t.shared_settings(data, output, steps, epochs, batch_size, accum, warmup_steps, curation, min_entropy,
-                               min_size, soft_sampling)
+    shared = t.shared_settings(data, output, steps=steps, epochs=epochs, batch_size=batch_size, accum=accum,
+                               warmup_steps=warmup_steps, curation=curation, min_entropy=min_entropy, min_size=min_size,
+                               soft_sampling=soft_sampling)
     enc = dataclasses.replace(size_config(size), img_size=img_size, n_cls_tokens=cls_tokens)
-    mae = MAEConfig(enc, decoder_dim, decoder_depth, decoder_heads, mask_ratio, mask_grid)
+    mae = MAEConfig(enc, decoder_dim, decoder_depth=decoder_depth, decoder_heads=decoder_heads, mask_ratio=mask_ratio,
+                    mask_grid=mask_grid)
     check_masking((enc.grid, enc.grid), mask_grid, mask_ratio)
     key = size.lower().removeprefix("pixio-").removeprefix("vit")
     cfg = TrainConfig(

@@ -28,6 +28,12 @@ class Matching(str, Enum):
     sequential = "sequential"
 
 
+class Mapper(str, Enum):
+    auto = "auto"
+    incremental = "incremental"
+    global_ = "global"
+
+
 def recon3d(
     inputs: opt.Inputs,
     output: Annotated[Path, typer.Option(
@@ -68,6 +74,10 @@ def recon3d(
         help="Which frame pairs are matched: exhaustive (every pair), sequential (each frame with the next "
              "few, for video and ordered frames), or auto (exhaustive up to 40 frames, else sequential; "
              "sequential for video).")] = Matching.auto,
+    mapper: Annotated[Mapper, typer.Option(
+        help="How the matched frames are mapped: incremental (COLMAP's, frame by frame), global (GLOMAP's: all "
+             "rotations, then all positions, then bundle adjustment; grows far more slowly with the frames), or "
+             "auto (incremental up to 250 frames, else global).")] = Mapper.auto,
     chunk: Annotated[int, typer.Option(
         help="Views per model pass; longer sequences go in overlapping chunks aligned to each other.", min=2)] = 32,
     overlap: Annotated[int, typer.Option(help="Views each chunk shares with the previous one.", min=1)] = 4,
@@ -139,7 +149,8 @@ def recon3d(
 
         require_viewer()  # before the run, not after it
         cameras = cameras or Cameras.json  # the viewer shows the cameras it finds beside the scene
-    scene_path = _check(output, save_predictions, preview, overlap, chunk, glb, mesh, every, fps, cameras)
+    scene_path = _check(output, save_predictions, preview=preview, overlap=overlap, chunk=chunk, glb=glb, mesh=mesh,
+                        every=every, fps=fps, cameras=cameras)
     if known_cameras is not None and intrinsics is not None:
         raise UsageError("--known-cameras holds the intrinsics too: give one of --known-cameras and --intrinsics")
     if known_cameras is not None and not known_cameras.exists():
@@ -155,15 +166,17 @@ def recon3d(
 
     from ..engine import Engine, Summary
 
-    inputs, frames_folder = _inputs(inputs, output, scene_path, intrinsics, known_depth, depth_scale, depth_input,
-                                    known_cameras, every=every, fps=fps, max_frames=max_frames,
-                                    keyframes=keyframes, cameras=cameras,
-                                    preview=preview, save_predictions=save_predictions, mesh=mesh, glb=glb)
+    inputs, frames_folder = _inputs(inputs, output, scene_path=scene_path, intrinsics=intrinsics,
+                                    known_depth=known_depth, depth_scale=depth_scale, depth_input=depth_input,
+                                    known_cameras=known_cameras, every=every, fps=fps, max_frames=max_frames,
+                                    keyframes=keyframes, cameras=cameras, preview=preview,
+                                    save_predictions=save_predictions, mesh=mesh, glb=glb)
     options = SceneOptions(model=model, resize=resize, chunk=chunk, overlap=overlap, sfm=sfm,
-                           matching=matching.value, depth_cameras=depth_cameras, fusion=fusion, seed=seed,
-                           save_predictions=save_predictions)
-    outputs = SceneOutputs(scene_path, Cleaning(use_mask, conf_percentile, conf_min, edge_rtol or None, outliers,
-                                                voxel, max_points, seed),
+                           matching=matching.value, mapper=mapper.value, depth_cameras=depth_cameras, fusion=fusion,
+                           seed=seed, save_predictions=save_predictions)
+    cleaning = Cleaning(use_mask, conf_percentile, conf_min=conf_min, edge_rtol=edge_rtol or None, outliers=outliers,
+                        voxel=voxel, max_points=max_points, seed=seed)
+    outputs = SceneOutputs(scene_path, cleaning,
                            mesh=mesh, mesh_voxel=mesh_voxel, glb=glb, cameras=cameras.value if cameras else None,
                            preview=preview, normals=normals, frames_folder=frames_folder)
     engine = Engine(device, precision, batch_size=8, workers=workers, progress=False if quiet else None)
@@ -171,12 +184,12 @@ def recon3d(
                     quiet, "recon3d")
     summary = Summary()
     try:
-        scene = reconstruct(inputs, options, engine, stages, summary)
+        scene = reconstruct(inputs, options, engine, stages=stages, summary=summary)
         if scene is None:
             report_failures(summary)
             raise typer.Exit(1)
         stages.next()
-        record = write_scene(scene, options, outputs, stages.say, stages.next)
+        record = write_scene(scene, options, out=outputs, say=stages.say, progress=stages.next)
     except BaseException:
         stages.close()
         raise
@@ -234,9 +247,9 @@ def _inputs(specs: list[str], output: Path, scene_path: Path, intrinsics: Option
                              f"'{spaced[0]}' holds a space, which would read back as another name: use --cameras "
                              "colmap (binary), or names without spaces")
     Ks = read_intrinsics(intrinsics, len(items)) if intrinsics is not None else None  # one per input, in order
-    depth_files, Ks = _known_depth(items, known_depth, depth_scale, depth_input and bool(depth_images),
-                                   len(depth_images), Ks, known_cameras is not None)
-    scene = SceneInputs(items, Ks, depth_files, depth_scale, known_cameras)
+    depth_files, Ks = _known_depth(items, known_depth, per_metre=depth_scale, rgbd=depth_input and bool(depth_images),
+                                   n_depth=len(depth_images), Ks=Ks, given_cameras=known_cameras is not None)
+    scene = SceneInputs(items, Ks, depth_files=depth_files, depth_scale=depth_scale, known_cameras=known_cameras)
     good = [i for i, it in enumerate(items) if it.error is None]
     if max_frames and len(good) > max_frames:  # frames, not failed inputs, are what is counted
         picks = {good[int(i)] for i in np.linspace(0, len(good) - 1, max_frames).round()}

@@ -48,7 +48,7 @@ def segment(
 
     # input
     items = collect(inputs, every=every, outputs=output_folder(output))  # not its own outputs
-    dest, _ = destination(output, items, FORMATS, None, "png")
+    dest, _ = destination(output, items, formats=FORMATS, fmt=None, default="png")
     tags = [".png"] + (["_overlay.png"] if overlay else [])
     dest.check_unique(items, tags, {"_overlay.png": "--overlay"})
 

@@ -50,7 +50,7 @@ def show(scene: Path, *, host: str = "127.0.0.1", port: int = 8080, max_points: 
     for note in data.notes:
         say(note)
     try:
-        serve(data, host, port, has_display() if browser is None else browser, say)
+        serve(data, host, port=port, open_browser=has_display() if browser is None else browser, say=say)
     except KeyboardInterrupt:
         say("viewer stopped")
     except OSError as e:
