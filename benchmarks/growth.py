@@ -26,12 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from .common import emit, environment, run_timed
+from heads.recon.sfm import INCREMENTAL_UP_TO
+
 from .recon3d import KITCHEN, colmap_poses, score
 
 
-def colmap_growth(folder: str, out: str, sequential: str) -> None:
-    """:func:`benchmarks.recon3d.colmap_poses` (COLMAP's defaults) as JSON, in its own process to be timed."""
-    poses, _, _ = colmap_poses(folder, out, sequential == "1")
+def colmap_growth(folder: str, out: str, how: str) -> None:
+    """:func:`benchmarks.recon3d.colmap_poses` (COLMAP's defaults; ``how``: exhaustive, sequential or global, which
+    is sequential matching and the global mapper) as JSON, in its own process to be timed."""
+    poses, _, _ = colmap_poses(folder, out, how != "exhaustive", "global" if how == "global" else "incremental")
     print(json.dumps({"poses": {k: v.tolist() for k, v in poses.items()}}))
 
 
@@ -62,12 +65,13 @@ def recon3d_growth(counts: list[int]) -> list[dict]:
             cams = json.loads((Path(tmp) / "ours" / "cameras.json").read_text())["cameras"]
             ours = {"seconds": round(seconds, 1), "peak_memory_gib": round(peak, 2),
                     **score({c["image"]: np.array(c["cam2world"]) for c in cams}, truth)}
-            sequential = n > 50
+            how = "exhaustive" if n <= 50 else "sequential" if n <= INCREMENTAL_UP_TO else "global"
             seconds, peak, out, _ = run_timed([sys.executable, "-m", "benchmarks.growth", "--colmap", str(folder),
-                                               str(Path(tmp) / "colmap"), "1" if sequential else "0"])
+                                               str(Path(tmp) / "colmap"), how])
             poses = json.loads(out.strip().splitlines()[-1])["poses"]
             colmap = {"seconds": round(seconds, 1), "peak_memory_gib": round(peak, 2),
-                      "matching": "sequential" if sequential else "exhaustive",
+                      "matching": "exhaustive" if how == "exhaustive" else "sequential",
+                      "mapper": "global" if how == "global" else "incremental",
                       **score({k: np.array(v) for k, v in poses.items()}, truth)}
         rows.append({"frames": n, "distinct_frames": len(set(chosen)), "ours": ours, "colmap": colmap})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -100,7 +104,7 @@ def main() -> None:
 
     result = {"benchmark": "growth", **environment(torch.device("cpu")),
               "recon3d": recon3d_growth([int(v) for v in args.frames.split(",")]),
-              "extract": extract_growth([int(v) for v in args.images.split(",")]),
+              "extract": extract_growth([int(v) for v in args.images.split(",") if v]),
               "seconds": round(time.perf_counter() - start, 1)}
     emit(result)
 

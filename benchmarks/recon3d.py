@@ -49,10 +49,11 @@ ROOT = Path(__file__).resolve().parents[1]
 KITCHEN = ROOT.parent / "shared" / "data" / "rgbd-7scenes-redkitchen"
 
 
-def colmap_poses(folder: str | Path, out: str | Path, sequential: bool = False
+def colmap_poses(folder: str | Path, out: str | Path, sequential: bool = False, mapper: str = "incremental"
                  ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, float]]:
     """pycolmap's SfM at its defaults (what a user would otherwise run) on the images in ``folder``, seeded,
-    matching every pair (or, ``sequential``, each frame with the next few): each registered image's
+    matching every pair (or, ``sequential``, each frame with the next few), mapping incrementally (or with
+    ``mapper="global"``, GLOMAP's global mapper at its defaults): each registered image's
     camera-to-world, the triangulated points, and the seconds of each stage."""
     import pycolmap
 
@@ -67,7 +68,12 @@ def colmap_poses(folder: str | Path, out: str | Path, sequential: bool = False
     t1 = time.perf_counter()
     (pycolmap.match_sequential if sequential else pycolmap.match_exhaustive)(db, device=pycolmap.Device.cpu)
     t2 = time.perf_counter()
-    models = pycolmap.incremental_mapping(db, folder, sparse, options)
+    if mapper == "global":
+        glomap = pycolmap.GlobalPipelineOptions()
+        glomap.random_seed = 0
+        models = pycolmap.global_mapping(db, folder, sparse, glomap)
+    else:
+        models = pycolmap.incremental_mapping(db, folder, sparse, options)
     t3 = time.perf_counter()
     rec = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
     poses = {image.name: image_cam2world(image) for image in (rec.images.values() if rec else []) if image.has_pose}

@@ -229,7 +229,8 @@ def growth_table(r: dict) -> list[str]:
     out = ["", "How cost grows with the work (`benchmarks/growth.py`): `pixio recon3d` on the first N 7-Scenes "
            "frames (every 4th; beyond the 250 recorded, the walk there and back again, a video whose camera "
            "returns) against pycolmap's SfM at its defaults (exhaustive matching up to 50 frames, "
-           "sequential beyond), and `pixio extract` (t16) against the plain transformers script.", "",
+           "sequential beyond; beyond 250 frames its global mapper, as pixio's `--mapper auto` chooses), and "
+           "`pixio extract` (t16) against the plain transformers script.", "",
            "| frames | pixio recon3d | peak memory | ATE | COLMAP | peak memory | ATE | registered (ours, COLMAP) |",
            "|---|---|---|---|---|---|---|---|"]
     for row in r["recon3d"]:
@@ -237,8 +238,10 @@ def growth_table(r: dict) -> list[str]:
         ate = lambda x: f"{100 * x['ate_mean']:.1f} cm" if "ate_mean" in x else "n/a"  # noqa: E731
         frames = str(row["frames"]) + (f" ({row['distinct_frames']} distinct: there and back)"
                                        if row.get("distinct_frames", row["frames"]) < row["frames"] else "")
+        if row.get("date", r.get("date")) != r.get("date"):  # rows added by a later run of some sizes only
+            frames += f", {row['date']}"
         out.append(f"| {frames} | {o['seconds']} s | {o['peak_memory_gib']} GiB | {ate(o)} | {c['seconds']} s "
-                   f"({c['matching']}) | {c['peak_memory_gib']} GiB | {ate(c)} | {o['registered']}, {c['registered']} |")
+                   f"({c['matching']}{', global' if c.get('mapper') == 'global' else ''}) | {c['peak_memory_gib']} GiB | {ate(c)} | {o['registered']}, {c['registered']} |")
     out += ["", "| images | pixio extract | plain script | ratio |", "|---|---|---|---|"]
     out += [f"| {e['images']} | {e['ours_s']} s | {e['reference_s']} s | {e['ratio']}x |" for e in r["extract"]]
     return out

@@ -258,8 +258,8 @@ def load_encoder(source: str | os.PathLike, size: str | None = None) -> PixioEnc
 
 def empty(build: Callable[[], ModuleT]) -> ModuleT:
     """``build()`` with its parameters and buffers on the meta device: no memory and no random
-    initialisation spent on weights a checkpoint is about to replace (7.7 s for an h16 encoder on
-    a 2-core CPU). Fill it with ``load_state_dict(..., assign=True)``, then :func:`require_filled`."""
+    initialisation spent on weights a checkpoint is about to replace (seconds for a large encoder on a
+    small CPU). Fill it with ``load_state_dict(..., assign=True)``, then :func:`require_filled`."""
     with torch.device("meta"):
         return build()
 

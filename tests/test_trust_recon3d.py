@@ -167,6 +167,23 @@ def test_a_full_disk_under_matching_is_an_error_not_a_matching_result(cli, tmp_p
     assert not (tmp_path / "out" / "scene.ply").exists()
 
 
+def test_the_mapper_asked_for_reaches_matching(cli, tmp_path, monkeypatch):
+    """--mapper goes to the SfM options as given (auto is decided there, by the number of frames)."""
+    import heads.recon.sfm
+
+    seen = []
+
+    def no_model(folder, names, options, *args, **kwargs):
+        seen.append(options.mapper)
+        return None, None
+
+    monkeypatch.setattr(heads.recon.sfm, "run_sfm", no_model)
+    for mapper in ("global", "auto"):
+        code, _, err = cli(["recon3d", *FRAMES[:2], "-o", tmp_path / mapper, "-q", "--mapper", mapper])
+        assert code == 0, err
+    assert seen == ["global", "auto"]
+
+
 def test_frames_for_matching_are_written_without_opencv_messages_and_report_their_errors(tmp_path):
     """cv2.imwrite says False on a full disk (and libpng prints its own line): the frame is encoded in memory
     and written by Python, whose error names the cause."""

@@ -208,7 +208,7 @@ def run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool = F
 
     With ``first_octave`` None, a fast pass on the images as they are comes first and COLMAP's
     default (each image doubled) runs only when that pass leaves a frame out: on room-sized scenes both
-    give the same cameras at a third of the time, while small objects in small photos need the doubled
+    give the same cameras in less time, while small objects in small photos need the doubled
     images (docs/recon3d.md has the measurements).
     """
     if options.first_octave is not None:
