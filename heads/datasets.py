@@ -61,6 +61,7 @@ class Layout:
     invalid: int | None = None  # a stored depth value meaning "no measurement" (7-Scenes: 65535)
 
     def read_target(self, path: Path) -> np.ndarray:
+        """The target image at ``path``: depth as stored, or class indices (palette PNGs mapped back)."""
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise InputError(f"{path}: cannot read the target image")
@@ -228,6 +229,7 @@ def _find_layout(dataset: str, root: str | Path, split: str, depth_scale: float 
 
 
 def normalise(img: np.ndarray) -> torch.Tensor:
+    """An RGB uint8 image (H, W, 3) as a (3, H, W) float tensor, ImageNet-normalised."""
     x = torch.from_numpy(img).permute(2, 0, 1).float() / 255
     return (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
 

@@ -35,6 +35,7 @@ class DepthMeter:
         self.n = 0
 
     def update(self, pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Adds the per-image metrics of ``pred`` against ``gt`` (metres), over valid pixels in the depth range."""
         mask = (gt > self.min_depth) & (gt < self.max_depth)
         if valid is not None:
             mask &= valid
@@ -46,6 +47,7 @@ class DepthMeter:
         self.n += 1
 
     def result(self) -> dict[str, float]:
+        """Each metric averaged over the images, and their count."""
         return {k: v / max(1, self.n) for k, v in self.sums.items()} | {"images": self.n}
 
 
@@ -57,16 +59,19 @@ class ConfusionMatrix:
         self.mat = np.zeros((n_classes, n_classes), np.int64)
 
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
+        """Counts ``pred`` against ``gt`` (class indices), leaving out ignored pixels."""
         keep = gt != self.ignore
         idx = gt[keep].long() * self.n + pred[keep].long()
         self.mat += torch.bincount(idx.flatten().cpu(), minlength=self.n * self.n).reshape(self.n, self.n).numpy()
 
     def iou(self) -> np.ndarray:
+        """(n,) intersection over union of each class."""
         inter = np.diag(self.mat).astype(np.float64)
         union = self.mat.sum(0) + self.mat.sum(1) - inter
         return inter / (union + 1e-6)
 
     def result(self, classes: list[str] | None = None) -> dict:
+        """mIoU, pixel accuracy and the IoU of each class (named by ``classes``)."""
         iou = self.iou()
         total = self.mat.sum()
         out = {"miou": float(iou.mean()), "pixel_acc": float(np.diag(self.mat).sum() / max(1, total))}

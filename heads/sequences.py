@@ -36,6 +36,7 @@ SEVENSCENES_INVALID = NO_RETURN
 
 @dataclass
 class Frame:
+    """One RGB-D frame: its image, its depth image, and its camera when the layout has one."""
     image: Path
     depth: Path
     cam2world: np.ndarray | None = None  # 4x4, metres
@@ -44,6 +45,7 @@ class Frame:
 
 @dataclass
 class Sequence:
+    """A sequence of frames and how its depth images are stored."""
     name: str
     frames: list[Frame] = field(default_factory=list)
     depth_scale: float = 1000.0  # stored value per metre

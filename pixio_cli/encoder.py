@@ -36,6 +36,7 @@ class EncoderConfig:
 
     @property
     def grid(self) -> int:
+        """Patches a side at ``img_size``."""
         return self.img_size // self.patch_size
 
     def to_dict(self) -> dict:
@@ -117,6 +118,7 @@ class PixioEncoder(nn.Module):
 
     @property
     def depth(self) -> int:
+        """The number of transformer blocks."""
         return len(self.blocks)
 
     def init_weights(self) -> None:
@@ -146,6 +148,7 @@ class PixioEncoder(nn.Module):
         return patches, cls
 
     def run_block(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Block ``i`` on tokens ``x`` (B, N, D); recomputed in the backward pass when gradient checkpointing is on."""
         if self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(self.blocks[i], x, use_reentrant=False)
         return self.blocks[i](x)

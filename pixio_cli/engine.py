@@ -240,6 +240,7 @@ class _TarReader:
 
 
 def decode_frame(bgr: np.ndarray) -> np.ndarray:
+    """A video frame as OpenCV reads it (BGR) in RGB order, (H, W, 3) uint8."""
     import cv2
 
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -307,6 +308,7 @@ class Batch:
 
 @dataclass
 class Summary:
+    """What a run over many inputs did: outputs made, inputs skipped as already done, failures (label, why)."""
     done: int = 0
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -314,6 +316,7 @@ class Summary:
 
     @property
     def failed(self) -> int:
+        """The number of inputs that failed."""
         return len(self.failures)
 
 
@@ -393,6 +396,7 @@ class Engine:
         return str(self.dtype).removeprefix("torch.")
 
     def maybe_compile(self, fn: Callable) -> Callable:
+        """``fn`` through ``torch.compile`` when the run asked for it (``--compile``), else as it is."""
         return torch.compile(fn, dynamic=None) if self.compile else fn
 
     # -- tensors

@@ -90,22 +90,24 @@ class ExtractOutputs:
     """
 
     def __init__(self, *, dest, fmt: str | None, shards: int | None, pooled: bool, ledger: Ledger | None,
-                 pca_path: Callable[[Item], Path] | None, blocks: list[int], on_record: Callable[[dict], None] | None = None,
-                 rank: int = 0, world: int = 1) -> None:
+                 pca_path: Callable[[Item], Path] | None, blocks: list[int],
+                 on_record: Callable[[dict], None] | None = None, rank: int = 0, world: int = 1) -> None:
         self.ledger, self.pca_path, self.blocks, self.on_record = ledger, pca_path, blocks, on_record
         self.store = None
         if dest is not None and shards:
-            self.store = ShardStore(dest.folder, fmt, size=shards, stacked=pooled, on_written=self.finished, rank=rank,
-                                    world=world)
+            self.store = ShardStore(dest.folder, fmt, size=shards, stacked=pooled, on_written=self.finished,
+                                    rank=rank, world=world)
         elif dest is not None:
             self.store = FileStore(dest, fmt, self.finished)
 
     def finished(self, done: list[Item]) -> None:
+        """Records ``done`` in the ledger: their outputs are all in place."""
         if self.ledger is not None:
             for it in done:
                 self.ledger.record_item(it)
 
     def write(self, item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
+        """Writes one image's features (and PCA picture) from the engine's output ``out``."""
         from .pca import pca_rgb
         from .writers import write_image
 
@@ -130,7 +132,9 @@ class ExtractOutputs:
         """Whether a rerun may skip ``item``: recorded, and its outputs still there."""
         if self.ledger is None or not self.ledger.done_item(item):
             return False
-        return (self.store is None or self.store.holds(item)) and (self.pca_path is None or self.pca_path(item).exists())
+        if self.store is not None and not self.store.holds(item):
+            return False
+        return self.pca_path is None or self.pca_path(item).exists()
 
     def close(self) -> None:
         if self.store is not None:

@@ -21,6 +21,7 @@ FORMATS = ("npz", "safetensors")
 
 
 def write_arrays(path: Path, arrays: dict[str, np.ndarray], fmt: str) -> None:
+    """Named arrays to ``path`` as ``fmt`` (npz or safetensors), atomically."""
     if fmt == "npz":
         write_npz(path, arrays)
     else:
@@ -34,9 +35,11 @@ class FileStore:
         self.dest, self.fmt, self.on_written = dest, fmt, on_written
 
     def path(self, item: Item) -> Path:
+        """The features file of ``item``."""
         return self.dest.path(item, self.dest.main)
 
     def write(self, item: Item, arrays: dict[str, np.ndarray]) -> dict:
+        """Writes ``item``'s arrays to their own file; returns where they went."""
         path = self.path(item)
         write_arrays(path, arrays, self.fmt)
         self.on_written([item])
@@ -81,6 +84,7 @@ class ShardStore:
         self.rows: list[tuple[Item, dict[str, np.ndarray]]] = []
 
     def write(self, item: Item, arrays: dict[str, np.ndarray]) -> dict:
+        """Adds ``item``'s arrays to the shard being filled (written once it is full); returns its file and row."""
         self.rows.append((item, arrays))
         name = self._name(self.next_shard)
         info = {"output": str(self.out / name), "row": len(self.rows) - 1}

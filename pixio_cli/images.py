@@ -19,10 +19,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def is_image(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names an image by its extension."""
     return Path(path).suffix.lower() in IMAGE_EXTS
 
 
 def is_video(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a video by its extension."""
     return Path(path).suffix.lower() in VIDEO_EXTS
 
 
@@ -199,6 +201,7 @@ class ResizePolicy:
         return out[top:top + self.crop, left:left + self.crop]
 
     def describe(self) -> str:
+        """The policy in words, as the run ledger and the summaries say it."""
         if self.crop is not None:
             return f"short side {self.short}, central {self.crop}x{self.crop}"
         if self.size is not None:

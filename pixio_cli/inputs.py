@@ -38,6 +38,7 @@ class Item:
 
     @property
     def label(self) -> str:
+        """How the input is named to the user: the path, ``path::member`` of a tar, or ``path#frameN`` of a video."""
         if self.member is not None:
             return f"{self.path}::{self.member}"
         return self.path if self.frame is None else f"{self.path}#frame{self.frame}"

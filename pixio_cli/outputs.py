@@ -33,6 +33,7 @@ class Destination:
         return self.target.parent if self.single else self.target
 
     def path(self, item: Item, tag: str) -> Path:
+        """Where ``item``'s output with suffix ``tag`` goes."""
         if self.single:
             return self.target if tag == self.main else self.target.with_name(self.target.stem + tag)
         return self.target / f"{item.key}{tag}"

@@ -137,9 +137,11 @@ class Ledger:
         self.finished[key] = json.loads(json.dumps(identity))
 
     def done_item(self, item: Item) -> bool:
+        """Whether ``item``, unchanged since, was finished by a run with these settings."""
         return self.done(item.key, item_identity(item))
 
     def record_item(self, item: Item) -> None:
+        """Records ``item`` as finished (its outputs are all in place)."""
         self.record(item.key, item_identity(item))
 
 

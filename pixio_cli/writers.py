@@ -109,6 +109,7 @@ def check_writable(folder: str | os.PathLike, option: str) -> None:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """``data`` to ``path`` atomically: a temporary file beside it, synced, then renamed over it."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -126,20 +127,24 @@ def append_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
+    """``text`` (UTF-8) to ``path``, atomically."""
     write_bytes(path, text.encode())
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
+    """``obj`` as indented JSON with sorted keys to ``path``, atomically."""
     write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Named arrays as an uncompressed .npz at ``path``, atomically."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     write_bytes(path, buf.getvalue())
 
 
 def write_safetensors_np(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict | None = None) -> None:
+    """Named arrays as a .safetensors file at ``path`` (``metadata`` as strings), atomically."""
     from safetensors.numpy import save
 
     meta = {k: str(v) for k, v in (metadata or {}).items()}
@@ -250,6 +255,7 @@ class BackgroundWriter:
                     self._error = e
 
     def submit(self, job: Callable[[], None]) -> None:
+        """Queues ``job``; raises what an earlier job raised."""
         self._raise()
         self._q.put(job)
 

@@ -132,6 +132,7 @@ class Curator:
                                 for k in range(settings.masks)]).to(engine.device)
 
     def raw_path(self, unit: Unit) -> Path:
+        """Where the per-image statistics of ``unit`` are kept until the rules are applied."""
         return self.out / ".raw" / f"{unit.name}.jsonl"
 
     def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -189,6 +190,7 @@ def _record_key(item: Item) -> str:
 
 
 def read_raw(out: Path, units: list[Unit]) -> Iterator[tuple[Unit, list[dict]]]:
+    """The per-image statistics of every unit, in order; every unit must have them."""
     for u in units:
         path = Path(out) / ".raw" / f"{u.name}.jsonl"
         if not path.exists():

@@ -29,6 +29,7 @@ def filter_table(records: list[dict], min_entropy: float, min_size: int) -> list
 
 
 def format_table(rows: list[tuple[str, int, float]], total: int) -> str:
+    """The filters' table: each filter's images kept and share of ``total``."""
     lines = [f"{'filter':34s} {'kept':>8s} {'share':>7s}", f"{'all images':34s} {total:8d} {'100.0%':>7s}"]
     lines += [f"{name:34s} {k:8d} {share * 100:6.1f}%" for name, k, share in rows]
     return "\n".join(lines)

@@ -42,6 +42,7 @@ class CurationRules:
 
     @property
     def active(self) -> bool:
+        """Whether any rule drops or reweights images."""
         return self.min_entropy is not None or self.min_size is not None or self.soft_sampling
 
     def keep(self, rec: dict | None, u: float) -> bool:
@@ -175,6 +176,7 @@ class Sources:
 
 @dataclass
 class Sample:
+    """One crop of the pretraining stream, and where the worker that made it stands."""
     image: np.ndarray  # uint8 (S, S, 3)
     worker: int
     epoch: int

@@ -104,6 +104,7 @@ def alignment_loss(student: torch.Tensor, teacher: torch.Tensor, n_cls: int, kee
 
 @dataclass
 class DistillOutput:
+    """A distillation step's loss and what to log."""
     loss: torch.Tensor  # the sum of the students' losses
     logs: dict[str, float]  # per student: loss, loss_cls, loss_patch
 
@@ -128,6 +129,7 @@ class Distiller(nn.Module):
         self._teacher: list[PixioEncoder] = []  # a list, so it is neither trained nor checkpointed
 
     def attach_teacher(self, teacher: PixioEncoder) -> None:
+        """The frozen teacher, kept out of the module's parameters and state dict."""
         self._teacher[:] = [teacher]
 
     @property

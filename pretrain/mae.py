@@ -46,6 +46,7 @@ class MAEConfig:
 
 @dataclass
 class MAEOutput:
+    """An MAE step's loss, its per-image values, the predicted patches and the mask."""
     loss: torch.Tensor  # scalar: mean per-patch error over masked patches (the official loss)
     loss_per_image: torch.Tensor  # (B,): the same, per image
     pred: torch.Tensor  # (B, L, p*p*3) predicted (normalised) patch pixels
@@ -128,6 +129,7 @@ class PixioMAE(PixioEncoder):
         self.init_weights()
 
     def init_weights(self) -> None:
+        """MAE's initialisation: the encoder's, then the mask token and decoder positions."""
         super().init_weights()  # xavier linears and unit norms everywhere, encoder tokens
         nn.init.normal_(self.mask_token, std=0.02)
         nn.init.trunc_normal_(self.decoder_pos_embed, std=0.02)

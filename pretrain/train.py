@@ -97,9 +97,11 @@ class TrainConfig:
         return next(iter(self.distill.students.values()))["img_size"]
 
     def total_batch(self, world: int) -> int:
+        """Images per optimizer step over every process."""
         return self.batch_size * self.accum * world
 
     def peak_lr(self, world: int) -> float:
+        """``lr``, or ``blr`` scaled by the total batch over 256."""
         return self.lr if self.lr is not None else self.blr * self.total_batch(world) / 256
 
 
@@ -230,6 +232,7 @@ class Trainer:
         return model
 
     def loader(self) -> DataLoader:
+        """The data loader, resumed where the checkpoint's workers stood."""
         cfg = self.cfg
         # The DataLoader serves workers round-robin from worker 0; rotate so that the
         # worker whose batch was due next when the checkpoint was taken comes first.
@@ -326,10 +329,13 @@ class Trainer:
     # -- the loop
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of uint8 crops (B, S, S, 3) on the device as normalised (B, 3, S, S)."""
         x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         return (x - self._mean) / self._std
 
     def run(self) -> dict:
+        """The training loop to ``cfg.steps``: saves every ``save_every`` steps and on Ctrl-C, exports at the end;
+        returns the last logged metrics."""
         cfg, out = self.cfg, self.out
         if self.rank == 0:
             out.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,7 @@ class DepthOutputs:
         self.dest, self.files, self.ledger, self.on_record = dest, files, ledger, on_record
 
     def write(self, item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
+        """Writes one image's files from the engine's output ``out``, then records it."""
         from pixio_cli.writers import write_bytes, write_image
 
         files, path = self.files, self.dest.path(item, self.dest.main)
@@ -143,6 +144,7 @@ class DepthVideo:
         self.thread.start()
 
     def add(self, item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
+        """Queues one frame's depth (at the frame's size) for the video; raises what stopped the writer."""
         import cv2
 
         if self.failed:  # the writer has stopped: no more frames to predict

@@ -41,6 +41,7 @@ class HeadConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "HeadConfig":
+        """The config saved in a checkpoint (unknown keys ignored)."""
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -84,6 +85,7 @@ def save_head(model: DenseModel, path: str | os.PathLike, provenance: dict, dtyp
 
 
 def resolve_head(source: str) -> Path:
+    """The file of a head checkpoint: a bundled name or a path."""
     if source in BUNDLED_HEADS:
         return bundled_path(source, "head", "with a head checkpoint made by `pixio train`")
     path = Path(source).expanduser()

@@ -33,6 +33,7 @@ log = logging.getLogger("pixio")
 
 @dataclass
 class HeadTrainConfig:
+    """What `pixio train depth|segment` trains, on what, and how."""
     task: str
     encoder: str
     data: str

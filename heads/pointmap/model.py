@@ -56,9 +56,11 @@ class PointMapConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PointMapConfig":
+        """The config saved in a checkpoint (unknown keys ignored)."""
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def to_dict(self) -> dict:
+        """The config as saved in a checkpoint."""
         return asdict(self)
 
 
@@ -170,6 +172,7 @@ class PixelRegressor(nn.Module):
 
 
 class ResConvBlock(nn.Module):
+    """The pose head's residual block of 1x1 convolutions, named as MapAnything's checkpoints name it."""
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.res_conv1 = nn.Conv2d(dim, dim, 1)
@@ -463,6 +466,7 @@ _RULES = [  # MapAnything name -> ours
 
 
 def is_mapanything_layout(sd: dict) -> bool:
+    """Whether a state dict is MapAnything's own layout (not ours)."""
     return "info_sharing.proj_embed.weight" in sd and any(k.startswith("dense_head.") or
                                                           k.startswith("dpt_feature_head.") for k in sd)
 
@@ -616,6 +620,7 @@ class PointMapDepth(nn.Module):
         return self.model(x[:, None]).depth_z[:, 0]
 
     def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Depth (B, H, W) in metres and the predicted K (B, 3, 3) of single images (B, 3, H, W)."""
         out = self.model(x[:, None])
         K = torch.from_numpy(intrinsics(out.rays[:, 0].float().cpu().numpy())).float()
         return {"out": out.depth_z[:, 0], "K": K}

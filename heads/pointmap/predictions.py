@@ -21,6 +21,7 @@ from heads.pointmap.model import PointMapModel, intrinsics, rays_from_intrinsics
 
 @dataclass
 class Predictions:
+    """The point-map model's output on a scene's V views at the processing size (H, W), as arrays."""
     images: list[str]  # the input files (or video#frameN), in view order
     pts3d: np.ndarray  # (V, H, W, 3) float32
     depth_z: np.ndarray  # (V, H, W) float32
@@ -43,6 +44,7 @@ class Predictions:
 
     @classmethod
     def load(cls, path: str | Path) -> "Predictions":
+        """Predictions saved by :meth:`save`."""
         with np.load(path) as z:
             d = {k: z[k] for k in z.files}
         return cls(images=[str(s) for s in d.pop("images")], scale=float(d.pop("scale")),

@@ -37,6 +37,7 @@ log = logging.getLogger("pixio")
 
 @dataclass
 class PointMapTrainConfig:
+    """What `pixio train pointmap` trains, on what, and how."""
     encoder: str
     data: str
     dataset: str

@@ -147,6 +147,7 @@ class Alignment:
     offset: np.ndarray  # (3,) the scene's camera in each truth camera's frame, metres (0 when not solved)
 
     def apply(self, points: np.ndarray) -> np.ndarray:
+        """``points`` (n, 3) mapped by the similarity: s R x + t."""
         return self.s * points @ self.R.T + self.t
 
 

@@ -219,8 +219,8 @@ def _place(pred: Predictions, sfm_cameras, model_poses, views: _Views, inputs: S
     if model_poses is not None:
         placed = {"cameras": "given to the model", "registered": len(views.frames), "unregistered": []}
     else:
-        pred, placed = on_cameras(pred, sfm_cameras, options.seed,
-                                  given_depth=held.any((1, 2)) if held is not None else None)
+        pred, placed = on_cameras(pred, sfm_cameras, options.seed,  # in place: the network's arrays are not kept
+                                  given_depth=held.any((1, 2)) if held is not None else None, in_place=True)
     if held is not None and options.depth_cameras and placed["cameras"] in ("sfm", "network") and len(views.frames) > 1:
         from heads.recon.depth_poses import register_views
 
@@ -470,6 +470,7 @@ class _Parts:
         self.settings = json.dumps(settings, sort_keys=True)
 
     def done(self) -> dict:
+        """The chunks a killed run with the same settings kept, by number."""
         from heads.pointmap.predictions import Predictions
 
         if self.folder is None or not (self.folder / "settings.json").exists():
@@ -479,6 +480,7 @@ class _Parts:
         return {int(p.stem.split("-")[1]): Predictions.load(p) for p in sorted(self.folder.glob("chunk-*.npz"))}
 
     def save(self, k: int, pred) -> None:
+        """Keeps chunk ``k``'s predictions, atomically."""
         if self.folder is None:
             return
         from pixio_cli.writers import write_text
@@ -491,6 +493,7 @@ class _Parts:
         pred.save(self.folder / f"chunk-{k:04d}.npz")
 
     def clear(self) -> None:
+        """Removes the kept chunks (the scene they made is written)."""
         import shutil
 
         if self.folder is not None and self.folder.exists():

@@ -191,30 +191,54 @@ def align_to(scene: Predictions, part: Predictions, shared: list[tuple[int, int]
     (Umeyama inside RANSAC on the confident ones)."""
     from heads.geometry import ransac_umeyama
 
-    a = np.concatenate([scene.pts3d[i].reshape(-1, 3) for i, _ in shared])
-    b = np.concatenate([part.pts3d[j].reshape(-1, 3) for _, j in shared])
-    conf = np.concatenate([np.minimum(scene.conf[i], part.conf[j]).reshape(-1) for i, j in shared])
-    keep = np.concatenate([(scene.mask[i] & part.mask[j]).reshape(-1) for i, j in shared])
-    keep &= np.isfinite(a).all(1) & np.isfinite(b).all(1)
+    idx = corresponding_pixels(scene, part, shared, max_pairs=max_pairs, seed=seed)
+    a, b = _points_at(scene, [i for i, _ in shared], idx), _points_at(part, [j for _, j in shared], idx)
+    s, R, t, _ = ransac_umeyama(b, a, with_scale=with_scale, seed=seed)
+    return s, R, t, len(idx)
+
+
+def corresponding_pixels(scene: Predictions, part: Predictions, shared: list[tuple[int, int]], *,
+                         max_pairs: int = 20000, seed: int = 0) -> np.ndarray:
+    """The pixels :func:`align_to` pairs, as indices into the shared views' pixels laid end to end: both
+    finite, in both masks (unless they disagree), of at least the median confidence, at most ``max_pairs``
+    drawn with ``seed``. Made a view at a time, with no copy of the views' points."""
+    finite = np.concatenate([(np.isfinite(scene.pts3d[i]).all(-1) & np.isfinite(part.pts3d[j]).all(-1)).reshape(-1)
+                             for i, j in shared])
+    keep = finite & np.concatenate([(scene.mask[i] & part.mask[j]).reshape(-1) for i, j in shared])
     if keep.sum() < 100:  # the masks disagree: fall back on confidence alone
-        keep = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+        keep = finite
+    conf = np.concatenate([np.minimum(scene.conf[i], part.conf[j]).reshape(-1) for i, j in shared])
     keep &= conf >= np.median(conf[keep])
     idx = np.flatnonzero(keep)
     if len(idx) > max_pairs:
         idx = np.random.default_rng(seed).choice(idx, max_pairs, replace=False)
-    s, R, t, _ = ransac_umeyama(b[idx], a[idx], with_scale=with_scale, seed=seed)
-    return s, R, t, len(idx)
+    return idx
 
 
-def transformed(pred: Predictions, s: float, R: np.ndarray, t: np.ndarray) -> Predictions:
-    """``pred`` with its world mapped by x -> s R x + t (depths scale by s)."""
+def _points_at(pred: Predictions, views: list[int], idx: np.ndarray) -> np.ndarray:
+    """(n, 3): the points of ``views``' pixels laid end to end, at ``idx`` (in its order)."""
+    v, pixel = np.divmod(idx, pred.depth_z.shape[1] * pred.depth_z.shape[2])
+    out = np.empty((len(idx), 3), pred.pts3d.dtype)
+    for k, view in enumerate(views):
+        out[v == k] = pred.pts3d[view].reshape(-1, 3)[pixel[v == k]]
+    return out
+
+
+def transformed(pred: Predictions, s: float, R: np.ndarray, t: np.ndarray, *, in_place: bool = False,
+                views: list[int] | None = None) -> Predictions:
+    """``pred`` with its world mapped by x -> s R x + t (depths scale by s), for every view or only ``views``;
+    ``in_place``: in ``pred``'s own arrays, with no copy of the scene."""
     from heads.geometry import apply_sim3_to_poses
 
-    pts3d = np.empty(pred.pts3d.shape, np.float32)
-    for v, p in enumerate(pred.pts3d):  # float64 for one view at a time, not for all
-        pts3d[v] = s * p.astype(np.float64) @ R.T + t
-    return replace(pred, pts3d=pts3d, depth_z=(pred.depth_z * s).astype(np.float32),
-                   cam2world=apply_sim3_to_poses(pred.cam2world.astype(np.float64), s, R, t).astype(np.float32))
+    out = pred if in_place else replace(pred, pts3d=pred.pts3d.astype(np.float32, copy=True),
+                                        depth_z=pred.depth_z.astype(np.float32, copy=True),
+                                        cam2world=pred.cam2world.astype(np.float32, copy=True))
+    views = list(range(len(pred.pts3d))) if views is None else list(views)
+    for v in views:  # float64 for one view at a time, not for all
+        out.pts3d[v] = s * out.pts3d[v].astype(np.float64) @ R.T + t
+        out.depth_z[v] = out.depth_z[v] * s
+    out.cam2world[views] = apply_sim3_to_poses(out.cam2world[views].astype(np.float64), s, R, t)
+    return out
 
 
 def _per_view(pred: Predictions) -> list[str]:
@@ -262,7 +286,7 @@ MIN_OBSERVATIONS = 20  # triangulated points a frame needs for its own depth sca
 
 
 def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None = FieldFit(),
-               given_depth: np.ndarray | None = None) -> tuple[Predictions, dict]:
+               given_depth: np.ndarray | None = None, *, in_place: bool = False) -> tuple[Predictions, dict]:
     """The network's depth on the cameras of structure from motion (:class:`heads.recon.sfm.SfmCameras`), or
     on the network's own cameras when ``sfm`` is None.
 
@@ -276,40 +300,33 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None 
     points. Frames whose depth was given (``given_depth`` (V,) bool: known depth, in metres) keep it as it
     is: it sets the reconstruction's scale and is not fitted to the points. The world is the first frame's
     camera. Returns the new predictions and
-    a report (frames registered, the names of those that were not, scales).
+    a report (frames registered, the names of those that were not, scales). ``in_place``: the new predictions
+    are written over ``pred``'s arrays (which the caller gives up), so that no copy of the scene is made.
     """
     from heads.geometry import invert_pose
     from heads.recon.sfm import normalised_coordinates
 
     if sfm is None:
-        return _first_frame_world(pred), {"cameras": "network", "registered": 0, "unregistered": []}
+        return _first_frame_world(pred, in_place), {"cameras": "network", "registered": 0, "unregistered": []}
     V, H, W = pred.depth_z.shape
     reg = np.flatnonzero(sfm.registered)
     if len(reg) < 2:
-        return _first_frame_world(pred), {"registered": int(len(reg)), "unregistered": list(pred.images),
-                                          "cameras": "network"}
-    ratios = []
-    for v in reg:
-        xy, z = sfm.observations[v]
-        net = _depth_at(pred.depth_z[v], xy, pred.original_hw[v])
-        ok = np.isfinite(net) & (net > 0) & (z > 0)
-        ratios.append(net[ok] / z[ok])
-    ratios = np.concatenate(ratios) if ratios else np.zeros(0)
-    if sfm.scale is not None:
-        scale = sfm.scale  # cameras in metres: the network's metres are theirs
-    elif len(ratios) >= MIN_OBSERVATIONS:
-        scale = float(np.median(ratios))  # network units per reconstruction unit
-    elif sfm.known:
-        raise UsageError("--known-cameras: the cameras' unit is not said (a cameras.json in metres) and there are "
-                         "no triangulated points to set it (a COLMAP model with its points3D)")
-    else:  # no usable points: cameras without depth agreement are no use
-        return _first_frame_world(pred), {
+        return _first_frame_world(pred, in_place), {"registered": int(len(reg)),
+                                                    "unregistered": list(pred.images), "cameras": "network"}
+    scale, n_ratios = _reconstruction_scale(pred, sfm, reg)
+    if scale is None:  # no usable points: cameras without depth agreement are no use
+        return _first_frame_world(pred, in_place), {
             "registered": int(len(reg)), "unregistered": list(pred.images), "cameras": "network",
-            "reason": f"{len(ratios)} triangulated points with a depth from the network, too few to set the "
+            "reason": f"{n_ratios} triangulated points with a depth from the network, too few to set the "
                       "reconstruction's scale"}
 
     placed = ("pts3d", "depth_z", "cam2world", "K", "K_original")  # what the cameras change; the rest is shared
-    out = {name: np.array(getattr(pred, name), copy=True) for name in placed}
+    refined = pred if in_place else replace(pred, **{name: np.array(getattr(pred, name), copy=True)
+                                                     for name in placed})
+    unreg = [v for v in range(V) if not sfm.registered[v]]
+    if unreg:  # the network's points the unregistered frames will be mapped by, kept before they are replaced
+        pairs = corresponding_pixels(pred, pred, [(int(v), int(v)) for v in reg], seed=seed)
+        network_points = _points_at(pred, list(reg), pairs)
     depth_scales, residuals = np.ones(V), []
     rays_cache: dict[int, np.ndarray] = {}
     for v in reg:
@@ -333,21 +350,20 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None 
         cam_pts = np.concatenate([xy * z[..., None], z[..., None]], -1)
         T = sfm.cam2world[v].copy()
         T[:3, 3] *= scale
-        out["pts3d"][v] = (cam_pts @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
-        out["depth_z"][v] = z.astype(np.float32)
-        out["cam2world"][v] = T.astype(np.float32)
-        out["K_original"][v] = sfm.K[v].astype(np.float32)
-        out["K"][v] = scale_intrinsics(sfm.K[v], tuple(pred.original_hw[v]), (H, W)).astype(np.float32)
-    refined = replace(pred, **out)
+        refined.pts3d[v] = (cam_pts @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+        refined.depth_z[v] = z.astype(np.float32)
+        refined.cam2world[v] = T.astype(np.float32)
+        refined.K_original[v] = sfm.K[v].astype(np.float32)
+        refined.K[v] = scale_intrinsics(sfm.K[v], tuple(pred.original_hw[v]), (H, W)).astype(np.float32)
 
-    unreg = [v for v in range(V) if not sfm.registered[v]]
     if unreg:  # the network's frame mapped onto the refined one by the frames both hold
-        s, R, t, _ = align_to(refined, pred, [(int(v), int(v)) for v in reg], with_scale=not pred.metric,
-                              seed=seed)
-        moved = transformed(pred, s, R, t)
-        for name in placed:
-            getattr(refined, name)[unreg] = getattr(moved, name)[unreg]
-    world = refined if sfm.known else _first_frame_world(refined)  # given cameras: the user's frame
+        from heads.geometry import ransac_umeyama
+
+        placed_points = _points_at(refined, list(reg), pairs)
+        ok = np.isfinite(placed_points).all(1)
+        s, R, t, _ = ransac_umeyama(network_points[ok], placed_points[ok], with_scale=not pred.metric, seed=seed)
+        transformed(refined, s, R, t, in_place=True, views=unreg)  # their arrays still hold the network's
+    world = refined if sfm.known else _first_frame_world(refined, True)  # given cameras: the user's frame
     return world, {"registered": int(len(reg)), "unregistered": [pred.images[v] for v in unreg],
                    "cameras": "given" if sfm.known else "sfm",
                    "points": int(sfm.points), "reprojection_error_px": round(float(sfm.reprojection_error), 3),
@@ -355,6 +371,27 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None 
                    "depth_fit": _fit_report(residuals),
                    "to_output": (np.eye(4) if sfm.known else invert_pose(refined.cam2world[0].astype(np.float64))
                                  ).tolist()}
+
+
+def _reconstruction_scale(pred: Predictions, sfm, reg: np.ndarray) -> tuple[float | None, int]:
+    """Network units per reconstruction unit: the cameras' own when they are in metres, else the median ratio
+    of the network's depth to the triangulated points' over the registered frames ``reg``; None when there are
+    too few points. Also the number of points with a depth from the network."""
+    ratios = []
+    for v in reg:
+        xy, z = sfm.observations[v]
+        net = _depth_at(pred.depth_z[v], xy, pred.original_hw[v])
+        ok = np.isfinite(net) & (net > 0) & (z > 0)
+        ratios.append(net[ok] / z[ok])
+    ratios = np.concatenate(ratios) if ratios else np.zeros(0)
+    if sfm.scale is not None:
+        return sfm.scale, len(ratios)  # cameras in metres: the network's metres are theirs
+    if len(ratios) >= MIN_OBSERVATIONS:
+        return float(np.median(ratios)), len(ratios)
+    if sfm.known:
+        raise UsageError("--known-cameras: the cameras' unit is not said (a cameras.json in metres) and there are "
+                         "no triangulated points to set it (a COLMAP model with its points3D)")
+    return None, len(ratios)
 
 
 def _fit_report(residuals: list[tuple[int, float, float]]) -> dict | None:
@@ -379,9 +416,10 @@ def _depth_at(depth: np.ndarray, xy: np.ndarray, original_hw) -> np.ndarray:
     return out
 
 
-def _first_frame_world(pred: Predictions) -> Predictions:
-    """``pred`` with the first frame's camera as the world (its cam2world the identity)."""
+def _first_frame_world(pred: Predictions, in_place: bool = False) -> Predictions:
+    """``pred`` with the first frame's camera as the world (its cam2world the identity), in its own arrays
+    when ``in_place``."""
     from heads.geometry import invert_pose
 
     T = invert_pose(pred.cam2world[0].astype(np.float64))
-    return transformed(pred, 1.0, T[:3, :3], T[:3, 3])
+    return transformed(pred, 1.0, T[:3, :3], T[:3, 3], in_place=in_place)

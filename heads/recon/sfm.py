@@ -556,6 +556,7 @@ class SfmJob:
             self.close()
 
     def cancel(self) -> None:
+        """Stops matching at COLMAP's next check and removes its frames."""
         self._token.cancel()
         # global mapping takes no cancellation token: a daemon thread, not waited for beyond a few seconds
         self._thread.join(timeout=5.0)
