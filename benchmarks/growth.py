@@ -2,16 +2,18 @@
 the plain transformers script at 1x, 4x and 16x the images.
 
 recon3d: the first N of the 7-Scenes frames in ``../shared`` (every 4th frame of the sequence; beyond the
-250 there are, the walk there and back again, as a video whose camera returns), default options, against pycolmap's SfM at its defaults (exhaustive matching up to 50 frames, sequential beyond,
-as a user would choose), each a fresh process: wall time, peak memory and ATE against the recorded poses.
+250 there are, the walk there and back again, as a video whose camera returns), default options, against
+pycolmap's SfM at its defaults (exhaustive matching up to 50 frames, sequential beyond, as a user would choose),
+each a fresh process: wall time, peak memory and ATE against the recorded poses.
 extract: ``benchmarks.extract_e2e`` at the bundled encoder's size (t16), the same photos repeated.
 
     python -m benchmarks.growth --frames 25,50,100,250 --images 24,96,384
-    python -m benchmarks.growth --frames 500,1000 --images 24   # the walk there and back: long
+    python -m benchmarks.growth --frames 500,1000 --images ""   # the walk there and back: long
 
-make bench stops at 250 frames. On the 2-core CPU, 500 frames there and back ran pixio's recon3d in
-minutes, but COLMAP's sequential mapping had not finished after 20 minutes when it was stopped; at 1000,
-pixio's own run (its mapping, mostly) had taken over 14 minutes when it was stopped.
+make bench stops at 250 frames: the long rows take about an hour on the 2-core CPU, most of it COLMAP's. Beyond
+250 frames pixio maps globally (``--mapper auto``) and so does the COLMAP baseline (sequential matching, then
+pycolmap's global mapper at its defaults): incremental mapping at COLMAP's defaults had not finished 500 frames
+after 20 minutes.
 """
 
 from __future__ import annotations

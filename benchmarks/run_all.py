@@ -242,6 +242,9 @@ def growth_table(r: dict) -> list[str]:
             frames += f", {row['date']}"
         out.append(f"| {frames} | {o['seconds']} s | {o['peak_memory_gib']} GiB | {ate(o)} | {c['seconds']} s "
                    f"({c['matching']}{', global' if c.get('mapper') == 'global' else ''}) | {c['peak_memory_gib']} GiB | {ate(c)} | {o['registered']}, {c['registered']} |")
+    notes = [f"{row['frames']} frames: {row['note']}." for row in r["recon3d"] if row.get("note")]
+    if notes:
+        out += ["", "Not measured on a quiet machine: " + " ".join(notes)]
     out += ["", "| images | pixio extract | plain script | ratio |", "|---|---|---|---|"]
     out += [f"| {e['images']} | {e['ours_s']} s | {e['reference_s']} s | {e['ratio']}x |" for e in r["extract"]]
     return out
