@@ -17,7 +17,9 @@ import torch
 from .engine import Sample
 from .feature_stores import FileStore, ShardStore
 from .inputs import Item
+from .pca import pca_rgb
 from .resume import Ledger
+from .writers import write_image
 
 
 @dataclass
@@ -108,9 +110,6 @@ class ExtractOutputs:
 
     def write(self, item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
         """Writes one image's features (and PCA picture) from the engine's output ``out``."""
-        from .pca import pca_rgb
-        from .writers import write_image
-
         record: dict = {"path": item.label}
         arrays = {k: v.numpy().astype(np.float32) for k, v in out.items() if not k.startswith("_")}
         if self.pca_path is not None:

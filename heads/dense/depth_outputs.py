@@ -3,6 +3,7 @@ video, a depth video streamed to its file."""
 
 from __future__ import annotations
 
+import io
 import math
 import queue
 import threading
@@ -10,13 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import cv2
 import numpy as np
 import torch
 
+from heads.geometry import scale_intrinsics
 from pixio_cli.engine import Sample
 from pixio_cli.inputs import Item
+from pixio_cli import writers
+from pixio_cli.writers import EmptyVideo, write_bytes, write_image
 
 from .predict import depth_at
+from .visualize import depth_picture, write_point_cloud
 
 
 @dataclass
@@ -78,31 +84,21 @@ class DepthOutputs:
 
     def write(self, item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
         """Writes one image's files from the engine's output ``out``, then records it."""
-        from pixio_cli.writers import write_bytes, write_image
-
         files, path = self.files, self.dest.path(item, self.dest.main)
         h, w = sample.orig_hw
         d = depth_at(out["out"], (h, w))
         if files.fmt == "png16":
             write_image(path, np.clip(d * 1000 + 0.5, 0, 65535).astype(np.uint16))
         else:
-            import io
-
             buf = io.BytesIO()
             np.save(buf, d)
             write_bytes(path, buf.getvalue())
         if files.vis or files.ply:
-            import cv2
-
             image = cv2.resize(sample.image, (w, h), interpolation=cv2.INTER_LINEAR)
         if files.vis:
-            from .visualize import depth_picture
-
             write_image(self.dest.path(item, "_vis.png"),
                         depth_picture(d, cmap=files.cmap, image=image if files.side_by_side else None))
         if files.ply:
-            from .visualize import write_point_cloud
-
             write_point_cloud(self.dest.path(item, ".ply"), d, image, *self._camera(out, sample))
         if self.ledger is not None:
             self.ledger.record_item(item)
@@ -113,8 +109,6 @@ class DepthOutputs:
     def _camera(self, out: dict[str, torch.Tensor], sample: Sample) -> tuple[float, float, float, float]:
         h, w = sample.orig_hw
         if self.files.camera is None:  # the camera the point-map model predicted
-            from heads.geometry import scale_intrinsics
-
             K = scale_intrinsics(out["K"].numpy(), sample.image.shape[:2], (h, w))
             return K[0, 0], K[1, 1], K[0, 2], K[1, 2]
         return self.files.camera(h, w)
@@ -145,8 +139,6 @@ class DepthVideo:
 
     def add(self, item: Item, sample: Sample, out: dict[str, torch.Tensor]) -> None:
         """Queues one frame's depth (at the frame's size) for the video; raises what stopped the writer."""
-        import cv2
-
         if self.failed:  # the writer has stopped: no more frames to predict
             raise self.failed[0]
         h, w = sample.orig_hw
@@ -166,8 +158,6 @@ class DepthVideo:
         return got
 
     def _pictures(self) -> Iterator[np.ndarray]:
-        from .visualize import depth_picture
-
         first = []
         while len(first) < self.warmup and (got := self._take()) is not None:
             first.append(got)
@@ -182,10 +172,9 @@ class DepthVideo:
                 yield depth_picture(got[0], lo, hi=hi, cmap=self.cmap, image=got[1])
 
     def _encode(self) -> None:
-        from pixio_cli.writers import EmptyVideo, write_video
-
         try:
-            self.written.append(write_video(self.output, self._pictures(), self.fps))
+            # through the module, looked up when the video starts (a test stands a full disk in for it)
+            self.written.append(writers.write_video(self.output, self._pictures(), self.fps))
         except EmptyVideo:  # every frame failed: they are reported, and no file is made
             pass
         except BaseException as e:  # handed to the main thread
