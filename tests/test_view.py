@@ -107,11 +107,18 @@ def chromium() -> str | None:
 
 
 def screenshot(browser: str, url: str, path: Path) -> np.ndarray:
-    """The page at ``url`` as headless Chromium draws it (WebGL in software), after it has had time to load."""
-    subprocess.run([browser, "--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-                    "--hide-scrollbars", "--window-size=1024,768", "--virtual-time-budget=15000",
-                    "--run-all-compositor-stages-before-draw",  # else the picture may be taken mid fade-in
-                    f"--screenshot={path}", url], capture_output=True, timeout=120, cwd=path.parent)
+    """The page at ``url`` as headless Chromium draws it (WebGL in software), after it has had time to load.
+
+    Each run has a profile of its own (the default one is shared with any other Chromium on the machine), and a
+    run that hangs under a loaded machine is tried once more."""
+    command = [browser, "--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+               "--hide-scrollbars", "--window-size=1024,768", "--virtual-time-budget=15000",
+               "--run-all-compositor-stages-before-draw",  # else the picture may be taken mid fade-in
+               f"--user-data-dir={path.parent / 'chromium-profile'}", f"--screenshot={path}", url]
+    try:
+        subprocess.run(command, capture_output=True, timeout=120, cwd=path.parent)
+    except subprocess.TimeoutExpired:
+        subprocess.run(command, capture_output=True, timeout=120, cwd=path.parent)
     shot = cv2.imread(str(path))
     assert shot is not None, "chromium wrote no screenshot"
     return shot[:, :, ::-1]
