@@ -250,6 +250,31 @@ def growth_table(r: dict) -> list[str]:
     return out
 
 
+def loop_closure_table(r: dict) -> list[str]:
+    """Drift where the camera returns, with and without --loop-closure (benchmarks/loop_closure.py), when it ran
+    (it is not part of make bench: about 20 minutes at 500 frames)."""
+    if not r or "ours" not in r:
+        return []
+    names = {"ours": "`pixio recon3d` (default)", "ours_loop_closure": "`pixio recon3d --loop-closure`",
+             "colmap_global": "COLMAP (sequential matching, global mapper, its defaults)",
+             "trivial_origin": "baseline: every camera at one place"}
+    cm = lambda x: "n/a" if x is None else f"{100 * x:.1f} cm"  # noqa: E731
+    out = ["", f"Drift where the camera returns (`python -m benchmarks.loop_closure --frames {r['frames']}`, "
+           f"{r.get('date', '')}): the 7-Scenes walk there and back, {r['frames']} frames ({r['distinct_frames']} "
+           "distinct). The return gap is the mean distance between the two cameras of one image, seen on the way "
+           "out and on the way back, after aligning all cameras to the recorded poses (0 for the baseline by "
+           "construction).", "",
+           "| run | time | peak memory | return gap | ATE | ATE, the way back | registered |", "|---|---|---|---|---|---|---|"]
+    for key, name in names.items():
+        if key in r:
+            x = r[key]
+            time_ = f"{x['seconds']} s" if "seconds" in x else ""
+            memory = f"{x['peak_memory_gib']} GiB" if "peak_memory_gib" in x else ""
+            out.append(f"| {name} | {time_} | {memory} | {cm(x['return_gap_m'])} | {cm(x.get('ate_mean'))} | "
+                       f"{cm(x.get('ate_way_back'))} | {x['registered']} |")
+    return out
+
+
 def pointmap_memory_table(r: dict) -> list[str]:
     """Peak memory of one point-map forward as the views grow, with the dense head split three ways."""
     if not r or "rows" not in r:
@@ -362,9 +387,10 @@ def write_table(record: dict, kind: str, no_readme: bool = False) -> None:
              "| benchmark | what | ours | reference (same run) | ratio (bold: same precision) | hardware limit |",
              "|---|---|---|---|---|---|"]
     table += [row(name, r, record["results"]) for name, r in record["results"].items()
-              if name not in ("growth", "known_depth", "pointmap_memory")]
+              if name not in ("growth", "known_depth", "pointmap_memory", "loop_closure")]
     table += geometry_table(record["results"].get("recon3d", {}))
     table += growth_table(record["results"].get("growth", {}))
+    table += loop_closure_table(record["results"].get("loop_closure", {}))
     table += known_depth_table(record["results"].get("known_depth", {}))
     table += pointmap_memory_table(record["results"].get("pointmap_memory", {}))
     print("\n".join(table))

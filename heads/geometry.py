@@ -243,16 +243,6 @@ def depth_edges(depth: np.ndarray, rtol: float) -> np.ndarray:
     return worst > rtol * np.maximum(centre, 1e-9)
 
 
-def confidence_keep(conf: np.ndarray, percentile: float | None = None, minimum: float | None = None) -> np.ndarray:
-    """Pixels above the ``percentile``-th percentile of ``conf`` (over all views) and at least ``minimum``."""
-    keep = np.ones(conf.shape, bool)
-    if percentile:
-        keep &= conf > np.percentile(conf, percentile)
-    if minimum is not None:
-        keep &= conf >= minimum
-    return keep
-
-
 def voxel_representatives(points: np.ndarray, voxel: float) -> np.ndarray:
     """Indices of one point per occupied voxel of side ``voxel`` (the first, so each kept point is still
     an observed pixel), in their original order."""

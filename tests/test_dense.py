@@ -149,6 +149,43 @@ def test_depth_that_is_right_stays_right():
                                                                                    np.percentile(change, 99))
 
 
+def test_a_video_that_returns_keeps_each_surface_once():
+    """Along the wall, away (looking the other way) and back again, more views than the sequence window:
+    the views on the way back are checked against those on the way out (the cameras nearest in space), so
+    the wall is kept once, not once per pass."""
+    offsets = [0.004, -0.004, 0.0, 0.002, -0.002, 0.0]
+    depth, rays, poses, Ks, valid = fused_walls(offsets)
+    away = np.stack([look_at((0.1 * i, 0.0, 0.0), target=(0.1 * i, 0.0, -3.0)) for i in range(5)])
+    back = slice(None, None, -1)
+    depth = np.concatenate([depth, np.full((5, H, W), 2.0), depth[back]])
+    poses = np.concatenate([poses, away, poses[back]])
+    V = len(poses)
+    rays, Ks, valid = rays[:1].repeat(V, 0), Ks[:1].repeat(V, 0), np.ones((V, H, W), bool)
+    again = slice(len(offsets) + 5, None)
+    out = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=None, f=Fusion(stereo=None, window=2))
+    assert out.first[again].sum() < 0.02 * H * W, out.first[again].sum()  # nothing the first pass holds
+    assert out.first[:len(offsets)].sum() > H * W
+    windowed = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=None,
+                          f=Fusion(stereo=None, window=2, nearest=False))
+    assert windowed.first[again].sum() > H * W  # sequence neighbours alone: the wall twice
+
+
+def test_fusion_in_files_gives_what_it_gives_in_memory(tmp_path):
+    """The workspace that keeps a long video's arrays in files changes no number."""
+    from heads.recon.workspace import Workspace
+
+    depth, rays, poses, Ks, valid = fused_walls([0.008, -0.008, 0.004, -0.004, 0.0], corrupt=True)
+    images = np.stack([wall_image(T, r) for T, r in zip(poses, rays)])
+    in_memory = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=images, f=Fusion())
+    with Workspace(tmp_path / "work", every=1) as ws:
+        in_files = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=images, f=Fusion())
+        assert isinstance(in_files.depth, np.memmap) and len(list((tmp_path / "work").iterdir())) >= 4
+        for name in ("depth", "keep", "first", "checked"):
+            assert np.array_equal(getattr(in_memory, name), getattr(in_files, name)), name
+        del in_files
+    assert not (tmp_path / "work").exists()
+
+
 def test_a_view_no_other_sees_is_kept_unchecked():
     depth, rays, poses, Ks, valid = fused_walls([0.0, 0.0, 0.0], far_view=True)
     out = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=None, f=Fusion(stereo=None))

@@ -182,7 +182,7 @@ def test_chunk_parts_resume_only_with_the_same_settings(truth, tmp_path):
     parts = _Parts(tmp_path / "p.npz", {"model": "a", "images": pred.images})
     parts.save(0, pred)
     again = _Parts(tmp_path / "p.npz", {"model": "a", "images": pred.images}).done()
-    assert list(again) == [0] and np.array_equal(again[0].pts3d, pred.pts3d)
+    assert list(again) == [0] and np.array_equal(Predictions.load(again[0]).pts3d, pred.pts3d)
     assert _Parts(tmp_path / "p.npz", {"model": "b", "images": pred.images}).done() == {}
     parts.clear()
     assert not (tmp_path / "p.npz.parts").exists()
@@ -219,6 +219,7 @@ def test_recon3d_writes_every_output_in_chunks(cli, model_file, tmp_path):
     glb = o3d.io.read_triangle_mesh(str(out / "scene.glb"))  # the GLB reads back, as the same surface
     assert len(mesh.triangles) > 0 and len(glb.triangles) == len(mesh.triangles) and glb.has_vertex_colors()
     assert not (tmp_path / "pred.npz.parts").exists()  # removed once the whole run is saved
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # the workspace's files gone
     rec = pycolmap.Reconstruction(str(out / "sparse" / "0"))
     assert sorted(im.name for im in rec.images.values()) == sorted(f.name for f in frames)  # as COLMAP finds them
     assert summary["image_root"] == str(KITCHEN)

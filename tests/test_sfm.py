@@ -195,6 +195,82 @@ def test_long_sequences_are_mapped_globally_on_the_same_cameras(tmp_path, monkey
     assert np.allclose(cams.K[:, 0, 0], 530, rtol=0.05)
 
 
+def test_loop_pairs_are_the_frames_alike_far_apart():
+    """A walk out and back: each frame on the way back is paired with itself on the way out, and no pair is
+    within the frames sequential matching covers."""
+    rng = np.random.default_rng(0)
+    out = rng.normal(size=(40, 16))
+    walk = np.concatenate([out, out[::-1] + 0.05 * rng.normal(size=out.shape)])
+    walk /= np.linalg.norm(walk, axis=1, keepdims=True)
+    from heads.recon.sfm import loop_pairs
+
+    pairs = loop_pairs(walk, apart=5, per_frame=1)
+    assert all(j - i > 5 for i, j in pairs)
+    returns = {(i, 79 - i) for i in range(40) if 79 - 2 * i > 5}  # frame i again at 79 - i
+    assert returns <= set(pairs), sorted(returns - set(pairs))[:5]
+    assert len(loop_pairs(walk, apart=100)) == 0  # nothing far enough apart
+
+
+def test_loop_pairs_are_matched_before_mapping(tmp_path):
+    """The pairs ``more_pairs`` gives are matched and verified beside the sequential ones: a walk there and
+    back with overlap 1 has the first and last frame (the same place) matched only through them."""
+    import heads.recon.sfm as sfm
+
+    paths, _ = kitchen([800, 824, 848, 824, 800])
+    names = [sfm.write_frame(tmp_path, i, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB))[0]
+             for i, p in enumerate(paths)]
+    asked: list[list[str]] = []
+
+    def more_pairs(frames: list[str]) -> list[tuple[str, str]]:
+        asked.append(frames)
+        return [(frames[0], frames[4])]
+
+    rec, _ = sfm.run_sfm(tmp_path, names, sfm.SfmOptions(first_octave=0, matching="sequential", overlap=1,
+                                                          more_pairs=more_pairs))
+    assert asked == [names] and rec.num_reg_images() == 5
+    db = pycolmap.Database.open(tmp_path / "database.db")
+    try:
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+        loop = len(db.read_two_view_geometry(ids[names[0]], ids[names[4]]).inlier_matches) \
+            if db.exists_two_view_geometry(ids[names[0]], ids[names[4]]) else 0
+        apart = db.exists_two_view_geometry(ids[names[0]], ids[names[3]])
+    finally:
+        db.close()
+    assert loop > 100, loop  # the same place: matched and verified
+    assert not apart  # 3 frames apart: not paired by overlap 1
+
+
+def test_loop_closure_matches_where_the_video_returns(cli, tmp_path, monkeypatch):
+    """``--loop-closure``: the network's descriptors reach matching, which pairs the frames alike far apart
+    (here the walk's first and last frame, one image) before mapping."""
+    import heads.recon.sfm as sfm
+
+    walk, _ = kitchen([800, 824, 848, 872, 848, 824, 800])
+    paths = [tmp_path / f"{i:02d}-{p.name}" for i, p in enumerate(walk)]  # a video's frames: one file each
+    for link, p in zip(paths, walk):
+        link.symlink_to(p)
+    seen, matched = [], []
+    real_pairs, real_match = sfm.loop_pairs, sfm._match_pairs
+
+    def pairs(descriptors, apart, per_frame=sfm.LOOP_PAIRS):
+        seen.append(descriptors)
+        return real_pairs(descriptors, apart=2, per_frame=1)  # 7 frames: closer than matching's 10
+
+    def match(db, path, pairs, **kw):
+        matched.extend(pairs)
+        return real_match(db, path, pairs, **kw)
+
+    monkeypatch.setattr(sfm, "loop_pairs", pairs)
+    monkeypatch.setattr(sfm, "_match_pairs", match)
+    code, out, err = cli(["recon3d", *paths, "-o", tmp_path / "out" / "scene.ply", "--loop-closure", "--matching",
+                          "sequential", "--no-fusion", "--json", "-q"])
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["cameras"]["registered"] == 7
+    d = seen[0]
+    assert d.shape[0] == 7 and float(d[0] @ d[6]) > 0.999 and float(d[0] @ d[3]) < float(d[0] @ d[6])
+    assert ("000000.png", "000006.png") in matched, matched  # the same place, far apart in the video
+
+
 @pytest.mark.parametrize("text", [False, True])
 def test_colmap_export_keeps_the_tracks_and_adds_the_frames_matching_missed(kitchen_sfm, tmp_path, text):
     from heads.recon.sfm import write_colmap

@@ -240,6 +240,7 @@ class PointMapOutput:
     cam2world: torch.Tensor  # (B, V, 4, 4)
     quats: torch.Tensor  # (B, V, 4), unit, (x, y, z, w)
     scale: torch.Tensor  # (B,)
+    descriptor: torch.Tensor | None = None  # (B, V, D): each view's mean encoder token, unit length
 
 
 class PointMapModel(nn.Module):
@@ -306,6 +307,7 @@ class PointMapModel(nn.Module):
         tokens = self.encoder(images.reshape(B * V, 3, H, W))[:, n_cls:]
         with torch.autocast(images.device.type, enabled=False):
             tokens = tokens.float()
+            seen = tokens.mean(1)  # the image alone, before any camera or depth is added
             if rays is not None:
                 tokens = tokens + self.ray_dirs_encoder(rays.reshape(B * V, H, W, 3).permute(0, 3, 1, 2).float())
             if depth_ray is not None:
@@ -329,7 +331,10 @@ class PointMapModel(nn.Module):
                                for i in range(0, B * V, group)]).permute(0, 2, 3, 1)  # (BV, H, W, 6)
             pose = self.pose_head(maps(layers[-1]))
             scale = self.scale_head(layers[-1][:, -1].float()).exp().clamp(min=1e-8)  # (B,)
-        return decode(dense.reshape(B, V, H, W, 6), pose.reshape(B, V, 7), scale)
+        out = decode(dense.reshape(B, V, H, W, 6), pose.reshape(B, V, 7), scale)
+        # what the image shows, as one vector: finds the frames where a video returns (heads.recon.sfm.loop_pairs)
+        out.descriptor = F.normalize(seen, dim=-1).reshape(B, V, -1)
+        return out
 
 
     def _depth_tokens(self, depth: torch.Tensor, metric: bool) -> torch.Tensor:

@@ -33,12 +33,14 @@ class Predictions:
     original_hw: np.ndarray  # (V, 2) int
     scale: float  # the model's metric scale (already applied to every length)
     metric: bool
+    descriptor: np.ndarray | None = None  # (V, D) float32: each view's mean encoder token, unit length
 
     def save(self, path: str | Path) -> None:
         """A .npz, atomically: raw predictions before any cleaning."""
         from pixio_cli.writers import write_npz
 
-        arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("images", "scale", "metric")}
+        arrays = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.name not in ("images", "scale", "metric") and getattr(self, f.name) is not None}
         arrays.update(images=np.array(self.images), scale=np.float32(self.scale), metric=np.bool_(self.metric))
         write_npz(path, arrays)
 
@@ -88,4 +90,5 @@ def predict(model: PointMapModel, pixels: torch.Tensor, names: list[str], origin
         images=list(names), pts3d=pts3d, depth_z=out.depth_z[0].float().cpu().numpy(),
         conf=out.conf[0].float().cpu().numpy(), mask=(out.mask_logits[0] > 0).cpu().numpy(),
         cam2world=c2w, K=K.astype(np.float32), K_original=K_orig.astype(np.float32),
-        original_hw=np.array(original_hw, np.int64), scale=float(out.scale[0]), metric=model.metric)
+        original_hw=np.array(original_hw, np.int64), scale=float(out.scale[0]), metric=model.metric,
+        descriptor=out.descriptor[0].float().cpu().numpy() if out.descriptor is not None else None)

@@ -38,6 +38,7 @@ def register_views(pred, measured: np.ndarray, r: DepthRegistration = DepthRegis
 
     from heads.recon.fusion import Fusion, choose_neighbours, world_points
     from heads.recon.scene import camera_rays
+    from heads.recon.workspace import tick
 
     c2w = pred.cam2world.astype(np.float64)
     f = Fusion(window=r.window)
@@ -46,10 +47,10 @@ def register_views(pred, measured: np.ndarray, r: DepthRegistration = DepthRegis
     rays = camera_rays(pred)
     moved, report = refine_on_depth(pred.depth_z, rays, valid=measured, cam2world=c2w,
                                     pairs=pairs_to_register(overlapping, r.neighbours), r=r)
-    pts3d = np.empty_like(pred.pts3d, dtype=np.float32)
-    for v in range(len(moved)):
-        pts3d[v] = world_points(pred.depth_z[v].astype(np.float64), rays[v].astype(np.float64), moved[v])
-    return replace(pred, pts3d=pts3d, cam2world=moved.astype(np.float32)), report
+    for v in range(len(moved)):  # in place: the caller gives ``pred`` up
+        pred.pts3d[v] = world_points(pred.depth_z[v].astype(np.float64), rays[v].astype(np.float64), moved[v])
+        tick()
+    return replace(pred, cam2world=moved.astype(np.float32)), report
 
 
 def _cloud(points: np.ndarray, voxel: float):

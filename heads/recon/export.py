@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from heads.pointmap.predictions import Predictions
+from heads.recon.workspace import tick
 
 
 
@@ -103,22 +104,34 @@ def tsdf_mesh(pred: Predictions, colours: np.ndarray, voxel: float | None = None
     o3d = _open3d()
     import open3d.core as o3c
 
-    keep = (pred.mask if keep is None else keep) & np.isfinite(pred.depth_z) & (pred.depth_z > 0)
-    finite = pred.pts3d[keep & np.isfinite(pred.pts3d).all(-1)]
+    kept = lambda i: ((pred.mask[i] if keep is None else keep[i]) & np.isfinite(pred.depth_z[i])  # noqa: E731
+                      & (pred.depth_z[i] > 0))
+    step = max(1, int(np.sqrt(pred.depth_z.size / 4e6)))  # the statistics from every pixel up to 4 M of them
+    points, footprints, depth_max, masked = [], [], 0.0, 0
+    for i in range(len(pred.images)):  # a view at a time: the views' arrays may be files (heads.recon.workspace)
+        k = kept(i)[::step, ::step]
+        p = pred.pts3d[i][::step, ::step][k]
+        points.append(p[np.isfinite(p).all(-1)])
+        footprints.append(pred.depth_z[i][::step, ::step][k] / pred.K[i, 0, 0])
+        depth_max = max(depth_max, float(np.nanmax(np.where(kept(i), pred.depth_z[i], 0))))
+        masked += int(pred.mask[i].sum())
+        tick()
+    finite, footprints = np.concatenate(points), np.concatenate(footprints)
     extent = float(np.linalg.norm(np.percentile(finite, 98, 0) - np.percentile(finite, 2, 0))) if len(finite) else 1.0
     if not voxel:  # about a pixel's footprint at the scene's typical depth (the data's own resolution)
-        footprint = float(np.median(pred.depth_z[keep] / np.repeat(pred.K[:, 0, 0], keep.sum((1, 2))))) \
-            if keep.any() else extent / 256
+        footprint = float(np.median(footprints)) if len(footprints) else extent / 256
         voxel = max(min(1.5 * footprint, extent / 64), extent / 1024, 1e-6)
-    depth_max = float(np.nanmax(np.where(keep, pred.depth_z, 0))) * 1.01 + 1e-6
+    depth_max = depth_max * 1.01 + 1e-6
     grid = o3d.t.geometry.VoxelBlockGrid(
         attr_names=("tsdf", "weight", "color"), attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
         attr_channels=((1), (1), (3)), voxel_size=voxel, block_resolution=16,
-        block_count=max(1000, int(pred.mask.sum() // 64)), device=o3c.Device("CPU:0"))
+        block_count=max(1000, masked // 64), device=o3c.Device("CPU:0"))
     for i in range(len(pred.images)):
-        if not keep[i].any():
+        k = kept(i)
+        if not k.any():
             continue
-        depth = o3d.t.geometry.Image(o3c.Tensor(np.where(keep[i], pred.depth_z[i], 0).astype(np.float32)))
+        tick()
+        depth = o3d.t.geometry.Image(o3c.Tensor(np.where(k, pred.depth_z[i], 0).astype(np.float32)))
         colour = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(colours[i], np.float32) / 255))
         K = o3c.Tensor(pred.K[i].astype(np.float64))
         w2c = o3c.Tensor(invert_pose(pred.cam2world[i].astype(np.float64)))

@@ -6,12 +6,15 @@ processing size; ``rays`` (V, h, w, 2) the normalised coordinates x/z, y/z of
 each pixel centre (through each camera's own model); ``K`` (V, 3, 3) the pinhole
 part, used to project into a view; camera-to-world poses (V, 4, 4), OpenCV axes.
 World points are computed per view when needed, never held for every view at
-once, so memory grows with the depth maps alone (float32 is enough to store them).
+once; the maps of every view (float32 is enough to store them) are made in the
+workspace entered (:mod:`heads.recon.workspace`), files for a long video, so that
+memory holds the views being worked on.
 
 The steps (:func:`fuse_views`), as COLMAP's stereo fusion checks its depth maps:
 
 1. neighbours: for each view, the views that see most of it with parallax
-   (:func:`choose_neighbours`);
+   (:func:`choose_neighbours`), among the frames either side and the cameras
+   nearest in space on a long video;
 2. refinement: each depth map matched against its neighbours' images
    (:mod:`heads.recon.stereo`);
 3. agreement: a pixel's point, projected into a neighbour, must land on a depth
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from heads.recon.stereo import Sweep, refine_depth
+from heads.recon.workspace import active, tick
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Fusion:
     min_angle: float = 3.0  # degrees of parallax under which a neighbour counts for less
     sample: int = 8  # every n-th pixel (each way) of a view ranks its neighbours
     window: int | None = 32  # with more than 2 x this many views, neighbours come from within this many frames
+    nearest: bool = True  # ... and from this many cameras nearest in space (within 60 degrees): a video returns
     rtol: float = 0.03  # two depths agree when they differ by at most this fraction
     min_agreeing: float = 0.05  # a view whose pixels its neighbours confirm less than this is left unchecked
     stereo: Sweep | None = field(default_factory=Sweep)  # None: no refinement by matching images
@@ -62,6 +67,7 @@ def sample_points(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, va
     for v in range(len(depth)):
         ys, xs = np.nonzero(valid[v, ::step, ::step])
         out.append(points_at(depth, rays, cam2world=cam2world, v=v, ys=ys * step, xs=xs * step))
+        tick()
     return out
 
 
@@ -94,14 +100,18 @@ def choose_neighbours(samples: list[np.ndarray], hw: tuple[int, int], K: np.ndar
     views see yet, a point counting in full only where the parallax is at least ``min_angle`` (a view from
     the same place confirms nothing). A view that sees under 10 % of the points, or adds under 2 %, is not
     taken. Also, for each view, every view that sees at least 10 % of it, most first (parallax or not: what
-    may hold the same surface). ``hw``: the views' size."""
+    may hold the same surface). ``hw``: the views' size. With more than 2 x ``window`` views, the candidates
+    are the ``window`` frames either side and the ``window`` cameras nearest in space (a video that returns
+    sees its surfaces again, frames apart), so the work per view does not grow with the video."""
     V, (h, w) = len(samples), hw
     centres = cam2world[:, :3, 3]
     out, overlapping = [], []
+    windowed = f.window is not None and V > 2 * f.window
+    near = _nearest_cameras(cam2world, f.window) if windowed and f.nearest else np.zeros((V, 0), np.int64)
     for v in range(V):
         sample = samples[v]
-        candidates = range(V) if f.window is None or V <= 2 * f.window else \
-            range(max(0, v - f.window), min(V, v + f.window + 1))
+        candidates = range(V) if not windowed else \
+            sorted(set(range(max(0, v - f.window), min(V, v + f.window + 1))) | set(near[v].tolist()))
         sees, worth = {}, {}
         for n in candidates:
             if n == v or not len(sample):
@@ -131,14 +141,31 @@ def choose_neighbours(samples: list[np.ndarray], hw: tuple[int, int], K: np.ndar
     return out, overlapping
 
 
+def _nearest_cameras(cam2world: np.ndarray, k: int, max_angle: float = 60.0) -> np.ndarray:
+    """For each camera, the ``k`` others nearest in space among those looking within ``max_angle`` degrees of
+    its own direction (V, k) (fewer are padded with the camera itself)."""
+    centres, axes = cam2world[:, :3, 3], cam2world[:, :3, 2]
+    V = len(centres)
+    out = np.empty((V, min(k, V)), np.int64)
+    for v in range(V):
+        d = np.linalg.norm(centres - centres[v], axis=1)
+        d[(axes @ axes[v]) < np.cos(np.radians(max_angle))] = np.inf
+        d[v] = np.inf
+        best = np.argsort(d, kind="stable")[:out.shape[1]]
+        out[v] = np.where(np.isfinite(d[best]), best, v)
+    return out
+
+
 def average_agreeing(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
                      valid: np.ndarray, neighbours: list[list[int]], rtol: float) -> tuple[np.ndarray, np.ndarray]:
     """Each valid pixel's depth replaced by the mean of its own and of the neighbours' that agree with it
     (their points' depths in its camera), and how many neighbours agreed (V, h, w)."""
     V, h, w = depth.shape
-    count = np.zeros((V, h, w), np.int16)
-    out = depth.astype(np.float32, copy=True)
+    ws = active()
+    count = ws.array("agreeing", (V, h, w), np.int16)
+    out = ws.array("averaged", (V, h, w), np.float32)
     for v in range(V):
+        out[v] = depth[v]
         ys, xs = np.nonzero(valid[v])
         X = points_at(depth, rays, cam2world=cam2world, v=v, ys=ys, xs=xs)
         total = depth[v, ys, xs].astype(np.float64)
@@ -153,30 +180,38 @@ def average_agreeing(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2wor
             n_agree[i] += 1
         out[v, ys, xs] = total / (1 + n_agree)
         count[v, ys, xs] = n_agree
+        tick()
     return out, count
 
 
 def finest_view(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2world: np.ndarray, valid: np.ndarray,
-                overlapping: list[list[int]], rtol: float, most: int = 8, tie: float = 0.05) -> np.ndarray:
+                overlapping: list[list[int]], rtol: float, most: int = 8, tie: float = 0.05,
+                window: int | None = None) -> np.ndarray:
     """The valid pixels (V, h, w) that no other view holds at a finer resolution: a pixel is held by one
     of the ``most`` views that overlap its view most when its point lands on a valid pixel there at the
     same depth (within ``rtol``) and that pixel's footprint (depth / focal) is smaller, or the same
     within ``tie`` and the view comes first. Each surface is then kept once, from the view that sees it
-    in most detail."""
+    in most detail. With a ``window``, the ``most`` views are taken both from the frames within ``window``
+    and from the others (where a video returns, its earlier pass), so that neither crowds out the other."""
     V, h, w = depth.shape
-    own = valid.copy()
+    own = active().array("first", valid.shape, bool)
     for v in range(V):
+        own[v] = valid[v]
         ys, xs = np.nonzero(valid[v])
         X = points_at(depth, rays, cam2world=cam2world, v=v, ys=ys, xs=xs)
         footprint = depth[v, ys, xs] / K[v, 0, 0]
         held = np.zeros(len(X), bool)
-        for n in overlapping[v][:most]:
+        ranked = overlapping[v][:most] if window is None else (
+            [n for n in overlapping[v] if abs(n - v) <= window][:most]
+            + [n for n in overlapping[v] if abs(n - v) > window][:most])
+        for n in ranked:
             i, r, u, z = _landing(X, K[n], cam2world[n], (h, w))
             d = depth[n, r, u]
             ratio = (d / K[n, 0, 0]) / footprint[i]
             finer = (ratio < 1 - tie) | ((ratio <= 1 + tie) & (n < v))
             held[i[valid[n, r, u] & (np.abs(z - d) <= rtol * d) & finer]] = True
         own[v, ys[held], xs[held]] = False
+        tick()
     return own
 
 
@@ -198,33 +233,47 @@ def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np
     depth maps' size (None: no refinement by matching). A view with no neighbour, or whose neighbours
     confirm under ``min_agreeing`` of its pixels (cameras or depths too far off), keeps its valid pixels
     unchecked (``checked`` False). ``fixed`` (V, h, w): measured depths, which refinement leaves as they are."""
-    V = len(depth)
-    depth, rays = depth.astype(np.float32), rays.astype(np.float32, copy=False)  # stored; computed in float64
+    V, ws = len(depth), active()
+    depth = _copy(depth, ws.array("depth", depth.shape, np.float32))  # stored in float32; computed in float64
+    rays = rays if rays.dtype == np.float32 else _copy(rays, ws.array("rays", rays.shape, np.float32))
     samples = sample_points(depth, rays, cam2world=cam2world, valid=valid, step=f.sample)
     neighbours, overlapping = choose_neighbours(samples, depth.shape[1:], K=K, cam2world=cam2world, f=f)
     del samples
     refined = 0.0
     if f.stereo is not None and grays is not None:
-        changed = 0
-        movable = valid if fixed is None else valid & ~fixed
-        new = depth.copy()
-        for v in range(V):
+        changed, n_valid = 0, 0
+        for v in range(V):  # in place: a view's refinement reads the others' images, not their depths
             others = [(grays[n], K[n], cam2world[n]) for n in neighbours[v][:f.stereo.neighbours]]
             d, moved = refine_depth(depth[v].astype(np.float64), rays[v].astype(np.float64), cam2world=cam2world[v],
                                     gray=grays[v], others=others, s=f.stereo)
-            new[v] = np.where(movable[v], d, depth[v])
-            changed += int((moved & movable[v]).sum())
-        depth = new
-        refined = changed / max(int(valid.sum()), 1)
+            movable = valid[v] if fixed is None else valid[v] & ~fixed[v]
+            depth[v] = np.where(movable, d, depth[v])
+            changed += int((moved & movable).sum())
+            n_valid += int(valid[v].sum())
+            tick()
+        refined = changed / max(n_valid, 1)
     averaged, count = average_agreeing(depth, rays, K=K, cam2world=cam2world, valid=valid, neighbours=neighbours,
                                        rtol=f.rtol)
-    checked = np.array([bool(neighbours[v]) and (count[v][valid[v]] > 0).mean() >= f.min_agreeing
-                        if valid[v].any() else False for v in range(V)])
-    for v in np.flatnonzero(checked):
-        depth[v] = averaged[v]
-    del averaged
-    keep = valid & ((count > 0) | ~checked[:, None, None])
-    if fixed is not None:  # measured depth needs no other view to confirm it
-        keep |= valid & fixed
-    first = finest_view(depth, rays, K=K, cam2world=cam2world, valid=keep, overlapping=overlapping, rtol=f.rtol)
+    checked = np.zeros(V, bool)
+    keep = ws.array("keep", valid.shape, bool)
+    for v in range(V):
+        agreed = count[v] > 0
+        checked[v] = bool(neighbours[v]) and valid[v].any() and agreed[valid[v]].mean() >= f.min_agreeing
+        if checked[v]:
+            depth[v] = averaged[v]
+        keep[v] = valid[v] & (agreed | ~checked[v])
+        if fixed is not None:  # measured depth needs no other view to confirm it
+            keep[v] |= valid[v] & fixed[v]
+        tick()
+    del averaged, count
+    first = finest_view(depth, rays, K=K, cam2world=cam2world, valid=keep, overlapping=overlapping, rtol=f.rtol,
+                        window=f.window if f.window is not None and V > 2 * f.window else None)
     return FusedViews(depth, keep, first=first, checked=checked, neighbours=neighbours, refined=refined)
+
+
+def _copy(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``a`` copied into ``out`` a view at a time (``out``: an array of the workspace)."""
+    for v in range(len(a)):
+        out[v] = a[v]
+        tick()
+    return out

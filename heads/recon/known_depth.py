@@ -147,40 +147,44 @@ def read_depth(path: Path, hw: tuple[int, int], per_metre: float | None = None) 
     return depth.astype(np.float32)
 
 
-def put_known_depth(pred, depths: list[np.ndarray | None]):
+def put_known_depth(pred, depths):
     """``pred`` (:class:`heads.recon.scene.Predictions`) with each view's known depth (original pixels, metres, 0
     unknown; None: no file) in place of the network's where it is known, the network's fitted to it
-    elsewhere, and the points moved with it. Returns the predictions, which pixels hold known depth
-    (V, H, W) bool, and a report (views with depth, the share of their pixels it covers)."""
+    elsewhere, and the points moved with it, in ``pred``'s own arrays (which the caller gives up). ``depths``:
+    one per view, in order, read as they are used (a generator keeps one in memory). Returns the predictions,
+    which pixels hold known depth (V, H, W) bool, and a report (views with depth, the share of their pixels
+    it covers)."""
     import cv2
 
+    from heads.recon.workspace import active, tick
+
     V, H, W = pred.depth_z.shape
-    held = np.zeros((V, H, W), bool)
-    depth_z = pred.depth_z.astype(np.float64).copy()
+    held = active().array("held", (V, H, W), bool)
     rng = np.random.default_rng(0)
+    v_, u_ = np.mgrid[0:H, 0:W].astype(np.float64)
+    with_depth, covered = 0, 0
     for v, known in enumerate(depths):
         if known is None:
             continue
+        depth_z = pred.depth_z[v].astype(np.float64)
         small = cv2.resize(known, (W, H), interpolation=cv2.INTER_NEAREST)  # no mixing across edges
         ok = small > 0
         if ok.any():
             vv, uu = np.nonzero(ok)
             pick = rng.choice(len(vv), min(len(vv), FIT_SAMPLES), replace=False)
-            field, _ = fit_depth_field(depth_z[v], np.stack([uu[pick], vv[pick]], 1).astype(np.float64),
+            field, _ = fit_depth_field(depth_z, np.stack([uu[pick], vv[pick]], 1).astype(np.float64),
                                        small[vv[pick], uu[pick]].astype(np.float64), FieldFit())
-            depth_z[v] = np.where(ok, small, depth_z[v] * field)
+            depth_z = np.where(ok, small, depth_z * field)
         held[v] = ok
-    K = pred.K.astype(np.float64)  # the given K, at the processing size: known depth comes with one
-    v_, u_ = np.mgrid[0:H, 0:W].astype(np.float64)
-    rays = np.stack([(u_[None] - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None],
-                     (v_[None] - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None]], -1)
-    c2w = pred.cam2world.astype(np.float64)
-    cam = np.concatenate([rays * depth_z[..., None], depth_z[..., None]], -1)
-    pts = np.einsum("vhwk,vjk->vhwj", cam, c2w[:, :3, :3]) + c2w[:, None, None, :3, 3]
-    with_depth = [v for v, d in enumerate(depths) if d is not None]
-    report = {"views": len(with_depth),
-              "covered": round(float(held[with_depth].mean()), 4) if with_depth else 0.0}
-    return replace(pred, depth_z=depth_z.astype(np.float32), pts3d=pts.astype(np.float32)), held, report
+        with_depth, covered = with_depth + 1, covered + int(ok.sum())
+        K = pred.K[v].astype(np.float64)  # the given K, at the processing size: known depth comes with one
+        rays = np.stack([(u_ - K[0, 2]) / K[0, 0], (v_ - K[1, 2]) / K[1, 1]], -1)
+        T = pred.cam2world[v].astype(np.float64)
+        pred.pts3d[v] = np.concatenate([rays * depth_z[..., None], depth_z[..., None]], -1) @ T[:3, :3].T + T[:3, 3]
+        pred.depth_z[v] = depth_z
+        tick()
+    report = {"views": with_depth, "covered": round(covered / (with_depth * H * W), 4) if with_depth else 0.0}
+    return pred, held, report
 
 
 def check_known_depth(images: list[Path], sizes: list[tuple[int, int] | None], folder: Path | None,

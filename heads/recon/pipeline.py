@@ -17,6 +17,7 @@ from pixio_cli.errors import PixioError, UsageError
 
 from heads.pointmap.predictions import Predictions
 from heads.recon.scene import Cleaning
+from heads.recon.workspace import active
 
 
 @dataclass
@@ -47,6 +48,7 @@ class SceneOptions:
     sfm: bool = True  # cameras from matching
     matching: str = "auto"
     mapper: str = "auto"  # incremental, global, or auto (heads.recon.sfm.SfmOptions)
+    loop_closure: bool = False  # sequential matching also matches frames alike far apart (the network's descriptors)
     depth_cameras: bool = True  # with known depth, move the matched cameras until the depths agree
     fusion: bool = True
     seed: int = 0
@@ -73,7 +75,7 @@ class Scene:
     """A reconstructed scene before cleaning: the predictions on their cameras and what made them."""
 
     pred: Predictions
-    frames: list  # (H, W, 3) uint8 views at the processing size
+    frames: np.ndarray  # (V, H, W, 3) uint8 views at the processing size
     view_items: list  # the items the views came from, in order
     root: str  # the folder the views' names are relative to
     image_names: list[str]
@@ -90,7 +92,7 @@ class Scene:
 def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, summary) -> Optional[Scene]:
     """Decode the views, predict them in chunks aligned to each other and place them on their cameras;
     None when no view could be decoded (``summary`` lists why). ``stages`` is the command's progress line
-    (next, detail, say)."""
+    (next, detail, say). The views' arrays are made in the workspace entered (:mod:`heads.recon.workspace`)."""
     from heads.pointmap.model import load_pointmap, prepare_pointmap
     from pixio_cli.images import ResizePolicy
 
@@ -101,18 +103,17 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, s
         stages.next()
         net = prepare_pointmap(engine, load_pointmap(options.model))
         policy = ResizePolicy.parse(options.resize) if options.resize else ResizePolicy(short=net.infer_short)
-        samples = sorted((s for b in engine.batches(items, policy, summary) for s in b.samples),
-                         key=lambda s: s.index)
-        if not samples:
+        views = _Views.decode(items, engine.batches(items, policy, summary), inputs=inputs)
+        if views is None:
             return None
-        views = _Views(items, samples, inputs)
         loaded = time.perf_counter()
         stages.next(f"{len(views.frames)} views")
         pred, chunks, model_poses = _predict(net, engine, views=views, inputs=inputs, options=options)
+        if job is not None:
+            job.describe(views.indices, pred.descriptor)
         inferred = time.perf_counter()
         stages.next("from matching" if job is not None else "given" if views.given is not None else "the network's")
-        sfm_cameras = job.result([s.index for s in samples], views.sizes, stages.detail) if job is not None \
-            else views.given
+        sfm_cameras = job.result(views.indices, views.sizes, stages.detail) if job is not None else views.given
         if sfm_cameras is not None and sfm_cameras.focal_held:
             stages.say(f"pixio: note: {sfm_cameras.focal_held}")
         pred, placed, held, depth_report = _place(pred, sfm_cameras, model_poses=model_poses, views=views,
@@ -123,6 +124,7 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, s
             job.cancel()  # nothing once it has finished; stops COLMAP on an error or Ctrl-C
     if options.save_predictions is not None:
         pred.save(options.save_predictions)
+        active().release()
         views.parts.clear()
     return Scene(pred, views.frames, view_items=views.items, root=views.root, image_names=views.image_names,
                  placed=placed, sfm_cameras=None if model_poses is not None else sfm_cameras, held=held,
@@ -133,15 +135,16 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, s
 
 
 class _Views:
-    """The decoded views at one processing size, their names, sizes and known cameras."""
+    """The decoded views at one processing size (``frames``, (V, H, W, 3) uint8), which inputs they are,
+    their names, sizes and known cameras."""
 
-    def __init__(self, items: list, samples: list, inputs: SceneInputs) -> None:
-        self.samples = samples
-        self.frames = _one_size([s.image for s in samples], [items[s.index].label for s in samples])
-        self.names = [items[s.index].label for s in samples]
-        self.sizes = [s.orig_hw for s in samples]
-        self.known = [inputs.Ks[s.index] for s in samples] if inputs.Ks is not None else None
-        self.items = [items[s.index] for s in samples]
+    def __init__(self, items: list, indices: list[int], frames: np.ndarray, sizes: list, inputs: SceneInputs) -> None:
+        self.indices = indices  # the views' positions among the inputs
+        self.frames = frames
+        self.items = [items[i] for i in indices]
+        self.names = [it.label for it in self.items]
+        self.sizes = sizes  # each view's original (h, w)
+        self.known = [inputs.Ks[i] for i in indices] if inputs.Ks is not None else None
         self.root, self.image_names = image_names(self.items)
         self.given = None
         if inputs.known_cameras is not None:  # the user's cameras; their K goes to the network as --intrinsics would
@@ -152,10 +155,30 @@ class _Views:
         self.parts: _Parts = _Parts(None, {})  # chunks kept beside --save-predictions, set when predicting
         self.depth_report: Optional[dict] = None  # known depth given to the model as an input, when it was
 
+    @classmethod
+    def decode(cls, items: list, batches, inputs: SceneInputs) -> Optional["_Views"]:
+        """The views ``batches`` decode (failures left out), each written into one array of the workspace as
+        it comes, so that no list of images is held; None when none could be decoded."""
+        frames, sizes, ws = None, {}, active()
+        for batch in batches:
+            for s in batch.samples:
+                if frames is None:
+                    frames = ws.array("frames", (len(items),) + s.image.shape, np.uint8)
+                frames[s.index] = _at_size(s.image, frames.shape[1:3], items[s.index].label)
+                sizes[s.index] = s.orig_hw
+                ws.tick()
+        if frames is None:
+            return None
+        indices = sorted(sizes)
+        for k, i in enumerate(indices):  # decoded views to the front, in order (i >= k: nothing overwritten)
+            if i != k:
+                frames[k] = frames[i]
+        return cls(items, indices, frames[:len(indices)], sizes=[sizes[i] for i in indices], inputs=inputs)
+
 
 def _predict(net, engine, views: _Views, inputs: SceneInputs, options: SceneOptions):
-    """The predictions of every view, in chunks aligned to each other; with a model that takes them
-    (MapAnything's encoders), known depth and metric cameras go in as inputs."""
+    """The predictions of every view, in chunks aligned to each other; with a model that
+    takes them (MapAnything's encoders), known depth and metric cameras go in as inputs."""
     import torch
 
     from heads.pointmap.predictions import predict
@@ -165,7 +188,7 @@ def _predict(net, engine, views: _Views, inputs: SceneInputs, options: SceneOpti
 
     frames, names, sizes, known = views.frames, views.names, views.sizes, views.known
     takes = net.cfg.geometric_inputs
-    model_depth = _depth_at_size(inputs.depth_files, views.samples, sizes=sizes, per_metre=inputs.depth_scale,
+    model_depth = _depth_at_size(inputs.depth_files, views.indices, sizes=sizes, per_metre=inputs.depth_scale,
                                  hw=frames[0].shape[:2]) \
         if takes and inputs.depth_files is not None else None
     given = views.given
@@ -182,7 +205,7 @@ def _predict(net, engine, views: _Views, inputs: SceneInputs, options: SceneOpti
     views.parts = _Parts(options.save_predictions, {  # what decides a chunk's numbers: an edited input redoes it
         "model": model_identity(options.model), "size": list(frames[0].shape[:2]), "chunk": options.chunk,
         "overlap": options.overlap, "images": names,
-        "inputs": [item_identity(inputs.items[s.index]) for s in views.samples],
+        "inputs": [item_identity(it) for it in views.items],
         "intrinsics": [k.tolist() for k in known] if known else None, "precision": str(engine.dtype),
         "known_depth": [str(f) for f in inputs.depth_files] if model_depth is not None else None,
         "known_poses": model_poses.tolist() if model_poses is not None else None})
@@ -213,9 +236,9 @@ def _place(pred: Predictions, sfm_cameras, model_poses, views: _Views, inputs: S
     if inputs.depth_files is not None and depth_report is None:  # measured depth in place of the network's
         from heads.recon.known_depth import put_known_depth, read_depth
 
-        files = [inputs.depth_files[s.index] for s in views.samples]
-        pred, held, depth_report = put_known_depth(pred, [
-            read_depth(f, hw, inputs.depth_scale) if f is not None else None for f, hw in zip(files, views.sizes)])
+        files = [inputs.depth_files[i] for i in views.indices]
+        pred, held, depth_report = put_known_depth(pred, (  # in place, a file at a time
+            read_depth(f, hw, inputs.depth_scale) if f is not None else None for f, hw in zip(files, views.sizes)))
     if model_poses is not None:
         placed = {"cameras": "given to the model", "registered": len(views.frames), "unregistered": []}
     else:
@@ -237,11 +260,11 @@ def write_scene(scene: Scene, options: SceneOptions, out: SceneOutputs, say: Cal
 
     started = time.perf_counter()
     pred, n = scene.pred, len(scene.frames)
-    colours = np.stack(scene.frames)
+    colours = scene.frames
     keep, counts = pixel_mask(pred, out.cleaning)
     surface, fused = keep, None  # what the mesh averages, and what fusion said
-    if options.fusion:
-        pred, surface, keep, fused = fuse(pred, colours, keep, fixed=scene.held)
+    if options.fusion:  # in place: the scene's predictions are not used again
+        pred, surface, keep, fused = fuse(pred, colours, keep, fixed=scene.held, in_place=True)
         counts.update(after_views=fused["after_views"], after_once=fused["after_once"])
     # photos with nothing in common: matching registered none and no view sees what another sees
     apart = (scene.sfm_seconds is not None and n > 1 and scene.placed["registered"] == 0 and fused is not None
@@ -380,7 +403,7 @@ def write_views(items: list, folder: Path) -> list[str]:
     return names
 
 
-def _depth_at_size(files: list, samples: list, sizes: list, per_metre, hw: tuple[int, int]) -> list:
+def _depth_at_size(files: list, indices: list[int], sizes: list, per_metre, hw: tuple[int, int]) -> list:
     """Each view's known depth (None where it has none) at the processing size ``hw`` (nearest: no mixing
     across edges), in metres, for a model that takes depth as an input."""
     import cv2
@@ -388,8 +411,8 @@ def _depth_at_size(files: list, samples: list, sizes: list, per_metre, hw: tuple
     from heads.recon.known_depth import read_depth
 
     out = []
-    for s, size in zip(samples, sizes):
-        f = files[s.index]
+    for i, size in zip(indices, sizes):
+        f = files[i]
         out.append(None if f is None else cv2.resize(read_depth(f, size, per_metre), (hw[1], hw[0]),
                                                      interpolation=cv2.INTER_NEAREST))
     return out
@@ -399,7 +422,8 @@ def _start_sfm(inputs: SceneInputs, options: SceneOptions):
     """Matching on a thread of its own, beside the network (heads.recon.sfm.SfmJob)."""
     from heads.recon.sfm import SfmJob, SfmOptions
 
-    sfm = SfmOptions(matching=options.matching, mapper=options.mapper, known_K=inputs.Ks, seed=options.seed)
+    sfm = SfmOptions(matching=options.matching, mapper=options.mapper, known_K=inputs.Ks, seed=options.seed,
+                     loop_closure=options.loop_closure)
     return SfmJob(inputs.items, sfm, video=any(it.frame is not None for it in inputs.items))
 
 
@@ -424,21 +448,18 @@ def _warn_unplaced(placed: dict, cams, n_views: int, say: Callable[[str], None])
         f"({', '.join(unplaced[:3])}{more}): they keep the network's cameras, aligned to the rest")
 
 
-def _one_size(images: list, labels: list[str]) -> list:
-    """Frames at one processing size (the first frame's); others of the same aspect (within 5 %) are
-    resized to it, others refused."""
+def _at_size(image: np.ndarray, hw: tuple[int, int], label: str) -> np.ndarray:
+    """A frame at the processing size ``hw`` (the first frame's): one of the same aspect (within 5 %) is
+    resized to it, another refused."""
     from pixio_cli.images import resize_image
 
-    h, w = images[0].shape[:2]
-    out = []
-    for img, label in zip(images, labels):
-        if img.shape[:2] != (h, w):
-            if abs((img.shape[1] / img.shape[0]) / (w / h) - 1) > 0.05:
-                raise UsageError(f"{label} is processed at {img.shape[1]}x{img.shape[0]} but the first frame at "
-                                 f"{w}x{h}: the views of one scene must share an aspect ratio (within 5 %)")
-            img = resize_image(img, (h, w))
-        out.append(img)
-    return out
+    h, w = hw
+    if image.shape[:2] == (h, w):
+        return image
+    if abs((image.shape[1] / image.shape[0]) / (w / h) - 1) > 0.05:
+        raise UsageError(f"{label} is processed at {image.shape[1]}x{image.shape[0]} but the first frame at "
+                         f"{w}x{h}: the views of one scene must share an aspect ratio (within 5 %)")
+    return resize_image(image, (h, w))
 
 
 def _write_mesh(pred, colours, scene_path: Path, voxel: Optional[float], glb: bool, keep=None) -> list[str]:
@@ -470,14 +491,12 @@ class _Parts:
         self.settings = json.dumps(settings, sort_keys=True)
 
     def done(self) -> dict:
-        """The chunks a killed run with the same settings kept, by number."""
-        from heads.pointmap.predictions import Predictions
-
+        """The chunks a killed run with the same settings kept: their files by number (read when used)."""
         if self.folder is None or not (self.folder / "settings.json").exists():
             return {}
         if (self.folder / "settings.json").read_text() != self.settings:
             return {}  # other settings or frames: start afresh
-        return {int(p.stem.split("-")[1]): Predictions.load(p) for p in sorted(self.folder.glob("chunk-*.npz"))}
+        return {int(p.stem.split("-")[1]): p for p in sorted(self.folder.glob("chunk-*.npz"))}
 
     def save(self, k: int, pred) -> None:
         """Keeps chunk ``k``'s predictions, atomically."""

@@ -15,6 +15,7 @@ from pixio_cli.errors import UsageError
 from heads.recon.depth_fit import FieldFit, fit_depth_field
 from heads.geometry import scale_intrinsics
 from heads.pointmap.predictions import Predictions
+from heads.recon.workspace import active, tick
 
 
 def read_intrinsics(path: str | Path, n_views: int) -> list[np.ndarray]:
@@ -68,20 +69,35 @@ class Cleaning:
 def pixel_mask(pred: Predictions, c: Cleaning) -> tuple[np.ndarray, dict[str, int]]:
     """The pixels (V, H, W) the per-pixel stages keep (a finite point in front of its camera, then the
     model's mask, confidence and depth edges, as ``c`` asks) and how many each stage left."""
-    from heads.geometry import confidence_keep, depth_edges
+    from heads.geometry import depth_edges
 
     counts = {"pixels": int(pred.mask.size)}
-    keep = np.isfinite(pred.pts3d).all(-1) & (pred.depth_z > 0)
-    if c.mask:
-        keep &= pred.mask
-        counts["after_mask"] = int(keep.sum())
-    if c.conf_percentile or c.conf_min is not None:
-        keep &= confidence_keep(pred.conf, c.conf_percentile, c.conf_min)
-        counts["after_confidence"] = int(keep.sum())
-    if c.edge_rtol:
-        keep &= ~np.stack([depth_edges(d, c.edge_rtol) for d in pred.depth_z])
-        counts["after_edges"] = int(keep.sum())
-    return keep, counts
+    keep = active().array("keep", pred.mask.shape, bool)
+    by_conf = c.conf_percentile or c.conf_min is not None
+    above = None
+    if c.conf_percentile:  # over all views, from every step-th pixel each way (every pixel up to 4 M of them)
+        step = max(1, int(np.sqrt(pred.conf[0].size * len(pred.conf) / 4e6)))
+        above = float(np.percentile(np.concatenate([v[::step, ::step].ravel() for v in pred.conf]),
+                                    c.conf_percentile))
+    stages = {"after_mask": c.mask, "after_confidence": by_conf, "after_edges": bool(c.edge_rtol)}
+    left = dict.fromkeys((k for k, on in stages.items() if on), 0)
+    for v in range(len(keep)):  # a view at a time: the views' arrays may be files (heads.recon.workspace)
+        k = np.isfinite(pred.pts3d[v]).all(-1) & (pred.depth_z[v] > 0)
+        if c.mask:
+            k &= pred.mask[v]
+            left["after_mask"] += int(k.sum())
+        if above is not None:
+            k &= pred.conf[v] > above
+        if c.conf_min is not None:
+            k &= pred.conf[v] >= c.conf_min
+        if by_conf:
+            left["after_confidence"] += int(k.sum())
+        if c.edge_rtol:
+            k &= ~depth_edges(pred.depth_z[v], c.edge_rtol)
+            left["after_edges"] += int(k.sum())
+        keep[v] = k
+        tick()
+    return keep, counts | left
 
 
 def clean_points(pred: Predictions, colours: np.ndarray, c: Cleaning, keep: np.ndarray | None = None,
@@ -94,8 +110,17 @@ def clean_points(pred: Predictions, colours: np.ndarray, c: Cleaning, keep: np.n
     if keep is None:
         keep, counts = pixel_mask(pred, c)
     counts = dict(counts or {})
-    view, y, x = np.nonzero(keep)
-    points, cols = pred.pts3d[view, y, x].astype(np.float64), colours[view, y, x]
+    view, y, x, points, cols = [], [], [], [], []
+    for v in range(len(keep)):  # a view at a time: the views' arrays may be files (heads.recon.workspace)
+        ys, xs = np.nonzero(keep[v])
+        view.append(np.full(len(ys), v, np.int32))
+        y.append(ys.astype(np.int32))
+        x.append(xs.astype(np.int32))
+        points.append(pred.pts3d[v][ys, xs])
+        cols.append(colours[v][ys, xs])
+        tick()
+    view, y, x, cols = np.concatenate(view), np.concatenate(y), np.concatenate(x), np.concatenate(cols)
+    points = np.concatenate(points).astype(np.float64)
     idx = np.arange(len(points))
     if c.outliers and len(idx) > 20:
         idx = idx[statistical_inliers(points[idx])]
@@ -106,56 +131,67 @@ def clean_points(pred: Predictions, colours: np.ndarray, c: Cleaning, keep: np.n
     if c.max_points and len(idx) > c.max_points:
         idx = np.sort(np.random.default_rng(c.seed).choice(idx, c.max_points, replace=False))
         counts["after_max_points"] = len(idx)
+    if len(idx) < len(points):
+        points, cols, view, y, x = points[idx], cols[idx], view[idx], y[idx], x[idx]
     h, w = pred.pts3d.shape[1:3]
-    sy, sx = pred.original_hw[view[idx], 0] / h, pred.original_hw[view[idx], 1] / w
-    obs = np.stack([view[idx], (x[idx] + 0.5) * sx - 0.5, (y[idx] + 0.5) * sy - 0.5], 1)
-    return points[idx], cols[idx], obs, counts
+    sy, sx = pred.original_hw[view, 0] / h, pred.original_hw[view, 1] / w
+    obs = np.stack([view, (x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5], 1)
+    return points, cols, obs, counts
 
 
 def camera_rays(pred: Predictions) -> np.ndarray:
     """Each pixel's normalised coordinates x/z, y/z (V, H, W, 2) in its camera, as its point says (through
     the camera's own model where the points were placed through one); NaN where there is no point."""
     c2w = pred.cam2world.astype(np.float64)
-    rays = np.empty(pred.pts3d.shape[:3] + (2,), np.float32)  # a view at a time: float64 only for one
+    rays = active().array("rays", pred.pts3d.shape[:3] + (2,), np.float32)  # a view at a time: float64 for one
     for v, T in enumerate(c2w):
         cam = (pred.pts3d[v].astype(np.float64) - T[:3, 3]) @ T[:3, :3]
         with np.errstate(divide="ignore", invalid="ignore"):
-            rays[v] = cam[..., :2] / cam[..., 2:]
-        rays[v][~(cam[..., 2] > 0)] = np.nan
+            ray = cam[..., :2] / cam[..., 2:]
+        ray[~(cam[..., 2] > 0)] = np.nan
+        rays[v] = ray
+        tick()
     return rays
 
 
-def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, fixed: np.ndarray | None = None
-         ) -> tuple[Predictions, np.ndarray, np.ndarray, dict]:
+def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, fixed: np.ndarray | None = None, *,
+         in_place: bool = False) -> tuple[Predictions, np.ndarray, np.ndarray, dict]:
     """The views' depths checked against each other, refined by matching the images ``colours`` (V, H, W, 3)
     and averaged where they agree (:func:`heads.recon.fusion.fuse_views` with options ``f``), starting from the
     ``valid`` pixels. Returns the predictions with those depths and points; the pixels other views confirm
     (what a TSDF should average); of those, the ones to keep as points (each surface once); and a report:
     views checked, the names of those that could not be, the fraction of pixels matching the images
     moved, and the pixels left by the check and by keeping each surface once. ``fixed`` (V, H, W) bool:
-    pixels whose depth was measured (known depth), which matching the images does not move."""
+    pixels whose depth was measured (known depth), which matching the images does not move. ``in_place``: the
+    fused depths and points are written over ``pred``'s arrays (and ``valid`` narrowed), with no copy of them."""
     import cv2
 
     from heads.recon.fusion import Fusion, fuse_views, world_points
 
     f = f or Fusion()
+    ws = active()
     rays = camera_rays(pred)
-    valid = valid & np.isfinite(rays).all(-1)
-    np.nan_to_num(rays, copy=False)
-    grays = np.empty(pred.depth_z.shape, np.float32)
-    for v, c in enumerate(colours):
+    if not in_place:
+        valid = valid.copy()
+    grays = ws.array("grays", pred.depth_z.shape, np.float32)
+    for v, c in enumerate(colours):  # a view at a time: the views' arrays may be files (heads.recon.workspace)
+        ray = rays[v]
+        valid[v] &= np.isfinite(ray).all(-1)
+        rays[v] = np.nan_to_num(ray)
         grays[v] = cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY) / np.float32(255)
+        tick()
     c2w = pred.cam2world.astype(np.float64)
     out = fuse_views(pred.depth_z, rays, cam2world=c2w, K=pred.K.astype(np.float64), valid=valid, grays=grays, f=f,
                      fixed=fixed)
     del grays
-    depth_z, pts3d = pred.depth_z.astype(np.float32, copy=True), pred.pts3d.astype(np.float32, copy=True)
-    for v in range(len(depth_z)):  # the fused depths and their points where valid, the predictions elsewhere
+    fused = pred if in_place else replace(pred, depth_z=pred.depth_z.astype(np.float32, copy=True),
+                                          pts3d=pred.pts3d.astype(np.float32, copy=True))
+    for v in range(len(fused.depth_z)):  # the fused depths and their points where valid, the predictions elsewhere
         ys, xs = np.nonzero(valid[v])
-        depth_z[v, ys, xs] = out.depth[v, ys, xs]
-        pts3d[v, ys, xs] = world_points(out.depth[v, ys, xs].astype(np.float64),
-                                        rays[v, ys, xs].astype(np.float64), c2w[v])
-    fused = replace(pred, depth_z=depth_z, pts3d=pts3d)
+        d = out.depth[v][ys, xs]
+        fused.depth_z[v, ys, xs] = d
+        fused.pts3d[v, ys, xs] = world_points(d.astype(np.float64), rays[v][ys, xs].astype(np.float64), c2w[v])
+        tick()
     report = {"checked": int(out.checked.sum()),
               "unchecked": [pred.images[v] for v in np.flatnonzero(~out.checked) if valid[v].any()],
               "refined_by_matching": round(out.refined, 4),
@@ -237,32 +273,36 @@ def transformed(pred: Predictions, s: float, R: np.ndarray, t: np.ndarray, *, in
     for v in views:  # float64 for one view at a time, not for all
         out.pts3d[v] = s * out.pts3d[v].astype(np.float64) @ R.T + t
         out.depth_z[v] = out.depth_z[v] * s
+        tick()
     out.cam2world[views] = apply_sim3_to_poses(out.cam2world[views].astype(np.float64), s, R, t)
     return out
 
 
 def _per_view(pred: Predictions) -> list[str]:
-    return [f.name for f in fields(Predictions) if f.name not in ("images", "scale", "metric")]
+    return [f.name for f in fields(Predictions) if f.name not in ("images", "scale", "metric")
+            and getattr(pred, f.name) is not None]
 
 
 def predict_in_chunks(run, n: int, size: int, overlap: int, done: dict | None = None, on_chunk=None,
                       seed: int = 0) -> tuple[Predictions, list[dict]]:
     """One scene from ``run(view_indices) -> Predictions`` over chunks of the sequence, each aligned to the
     scene so far on its overlap (a similarity, or rigid for a metric model; RANSAC seeded by ``seed``).
-    ``done`` maps chunk number -> Predictions already made (resuming); ``on_chunk(k, pred)`` sees each
-    new one. The scene's arrays are made once for all ``n`` views and filled chunk by chunk, so memory
-    holds the scene and one chunk, not copies of the scene."""
+    ``done`` maps chunk number -> Predictions already made, or the file :meth:`Predictions.save` kept them in
+    (resuming); ``on_chunk(k, pred)`` sees each new one. The scene's arrays are made once for all ``n`` views
+    (in the workspace, :mod:`heads.recon.workspace`) and filled chunk by chunk, so memory holds one chunk, not copies of the scene."""
     ranges = chunk_ranges(n, size, overlap)
-    scene, report, have = None, [], 0
+    scene, report, have, ws = None, [], 0, active()
     for k, views in enumerate(ranges):
         part = done[k] if done and k in done else run(views)
+        if isinstance(part, (str, Path)):
+            part = Predictions.load(part)
         if on_chunk is not None and not (done and k in done):
             on_chunk(k, part)
         if scene is None:
             if len(ranges) == 1:
                 return part, [{"views": [views[0], views[-1]], "scale": 1.0}]
-            scene = replace(part, images=[""] * n, **{name: np.empty((n,) + getattr(part, name).shape[1:],
-                                                                      getattr(part, name).dtype)
+            scene = replace(part, images=[""] * n, **{name: ws.array(name, (n,) + getattr(part, name).shape[1:],
+                                                                         getattr(part, name).dtype)
                                                        for name in _per_view(part)})
             report.append({"views": [views[0], views[-1]], "scale": 1.0})
         else:  # the scene holds views 0..have-1, in order
@@ -271,11 +311,13 @@ def predict_in_chunks(run, n: int, size: int, overlap: int, done: dict | None = 
             part = transformed(part, s, R, t)
             report.append({"views": [views[0], views[-1]], "scale": round(float(s), 5), "pairs": pairs})
         new = [j for j, i in enumerate(views) if i >= have]
-        for name in _per_view(part):
-            getattr(scene, name)[[views[j] for j in new]] = getattr(part, name)[new]
+        for name in _per_view(scene):
+            if getattr(part, name) is not None:  # a chunk kept by an earlier version may lack the descriptors
+                getattr(scene, name)[[views[j] for j in new]] = getattr(part, name)[new]
         for j in new:
             scene.images[views[j]] = part.images[j]
         have = views[-1] + 1
+        ws.release()
     return scene, report
 
 
@@ -283,6 +325,7 @@ def predict_in_chunks(run, n: int, size: int, overlap: int, done: dict | None = 
 
 
 MIN_OBSERVATIONS = 20  # triangulated points a frame needs for its own depth scale (else the scene's)
+MAPPED_BY = 64  # registered frames (evenly spread) whose points map the unregistered ones onto the scene
 
 
 def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None = FieldFit(),
@@ -325,8 +368,9 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None 
                                                      for name in placed})
     unreg = [v for v in range(V) if not sfm.registered[v]]
     if unreg:  # the network's points the unregistered frames will be mapped by, kept before they are replaced
-        pairs = corresponding_pixels(pred, pred, [(int(v), int(v)) for v in reg], seed=seed)
-        network_points = _points_at(pred, list(reg), pairs)
+        by = reg if len(reg) <= MAPPED_BY else reg[np.linspace(0, len(reg) - 1, MAPPED_BY).round().astype(int)]
+        pairs = corresponding_pixels(pred, pred, [(int(v), int(v)) for v in by], seed=seed)
+        network_points = _points_at(pred, list(by), pairs)
     depth_scales, residuals = np.ones(V), []
     rays_cache: dict[int, np.ndarray] = {}
     for v in reg:
@@ -355,11 +399,12 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None 
         refined.cam2world[v] = T.astype(np.float32)
         refined.K_original[v] = sfm.K[v].astype(np.float32)
         refined.K[v] = scale_intrinsics(sfm.K[v], tuple(pred.original_hw[v]), (H, W)).astype(np.float32)
+        tick()
 
     if unreg:  # the network's frame mapped onto the refined one by the frames both hold
         from heads.geometry import ransac_umeyama
 
-        placed_points = _points_at(refined, list(reg), pairs)
+        placed_points = _points_at(refined, list(by), pairs)
         ok = np.isfinite(placed_points).all(1)
         s, R, t, _ = ransac_umeyama(network_points[ok], placed_points[ok], with_scale=not pred.metric, seed=seed)
         transformed(refined, s, R, t, in_place=True, views=unreg)  # their arrays still hold the network's
@@ -383,6 +428,7 @@ def _reconstruction_scale(pred: Predictions, sfm, reg: np.ndarray) -> tuple[floa
         net = _depth_at(pred.depth_z[v], xy, pred.original_hw[v])
         ok = np.isfinite(net) & (net > 0) & (z > 0)
         ratios.append(net[ok] / z[ok])
+        tick()
     ratios = np.concatenate(ratios) if ratios else np.zeros(0)
     if sfm.scale is not None:
         return sfm.scale, len(ratios)  # cameras in metres: the network's metres are theirs

@@ -26,6 +26,7 @@ EXHAUSTIVE_UP_TO = 40  # more frames than this are matched sequentially (780 pai
 INCREMENTAL_UP_TO = 250  # more frames than this are mapped globally: incremental mapping grows faster than linearly
 HOLD_FOCAL_BELOW = 3  # frames: two cannot fix a focal length; more may not either (see _unfixed_focal)
 CHECK_FOCAL_UP_TO = 40  # frames: whether they fix the focal length is checked up to this many (three more BAs)
+LOOP_PAIRS = 3  # with loop closure, each frame is also matched with the frames whose descriptors are nearest
 
 
 @dataclass
@@ -43,6 +44,10 @@ class SfmOptions:
     # SIFT's first octave: 0 (the image as it is), -1 (doubled first, COLMAP's default: finer detail, 3x the
     # time), or None: 0, then -1 again if the first pass leaves frames out
     first_octave: int | None = None
+    # sequential matching only: a callable giving, for the frames' names, more pairs of them to match (where the
+    # video returns: SfmJob's, from the network's descriptors); None: none
+    more_pairs: object = None
+    loop_closure: bool = False  # SfmJob: frames alike far apart in the video matched too (loop_pairs)
 
 
 @dataclass
@@ -270,6 +275,9 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
         pairing.quadratic_overlap = True
         pycolmap.match_sequential(db, pairing_options=pairing, verification_options=verification, device=cpu,
                                   cancellation_token=cancel)
+        if options.more_pairs is not None:
+            _match_pairs(db, folder / "loop-pairs.txt", options.more_pairs(names), verification=verification,
+                         device=cpu, cancel=cancel, on_stage=on_stage)
 
     mapper = options.mapper
     if mapper == "auto":
@@ -285,6 +293,39 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
         _set_cameras(db, _held)
         rec = _map(db, folder, sparse=sparse, options=options, hold=True, cancel=cancel)
     return rec, why
+
+
+def _match_pairs(db: Path, path: Path, pairs: list[tuple[str, str]], *, verification, device, cancel,
+                 on_stage) -> None:
+    """The image pairs ``pairs`` (names) matched and verified (through a pairs file at ``path``, as COLMAP
+    imports them; pairs matched already are not matched again)."""
+    if not pairs:
+        return
+    pycolmap = _pycolmap()
+    on_stage(f"matching {len(pairs)} loop pairs")
+    path.write_text("".join(f"{a} {b}\n" for a, b in pairs))
+    imported = pycolmap.ImportedPairingOptions()
+    imported.match_list_path = str(path)
+    pycolmap.match_image_pairs(db, pairing_options=imported, verification_options=verification, device=device,
+                               cancellation_token=cancel)
+
+
+def loop_pairs(descriptors: np.ndarray, apart: int, per_frame: int = LOOP_PAIRS) -> list[tuple[int, int]]:
+    """Pairs (i, j), i < j, of frames more than ``apart`` frames apart whose descriptors (V, D), unit length,
+    are most alike: each frame with its ``per_frame`` nearest by cosine similarity. Where a video returns,
+    these are the frames to match (what a vocabulary tree finds for COLMAP, here from the network's own
+    features, so nothing is downloaded); matching's geometric check drops the pairs that are not."""
+    V = len(descriptors)
+    out: set[tuple[int, int]] = set()
+    for start in range(0, V, 256):  # (256, V) similarities at a time
+        sim = descriptors[start:start + 256].astype(np.float32) @ descriptors.astype(np.float32).T
+        for row, i in zip(sim, range(start, min(V, start + 256))):
+            row[max(0, i - apart):i + apart + 1] = -np.inf
+            k = min(per_frame, int(np.isfinite(row).sum()))
+            if k:
+                best = np.argpartition(-row, k - 1)[:k]
+                out.update((min(i, int(j)), max(i, int(j))) for j in best)
+    return sorted(out)
 
 
 def _set_cameras(db: Path, change) -> None:
@@ -492,6 +533,8 @@ class SfmJob:
         self.written: dict[int, tuple[str, tuple[int, int], tuple[int, int]]] = {}  # index -> name, written, original
         self.seconds = 0.0
         self.stage = "decoding the frames at their own size"
+        self._descriptors: dict[int, np.ndarray] | None = None  # input index -> the network's descriptor
+        self._described = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pixio-sfm", daemon=True)
         self._thread.start()
 
@@ -517,7 +560,8 @@ class SfmJob:
             if len(names) < 2:
                 return
             known = self.options.known_K
-            opts = replace(self.options, one_camera=self.options.one_camera and len(
+            opts = replace(self.options, more_pairs=self._loop_pairs if self.options.loop_closure else None,
+                           one_camera=self.options.one_camera and len(
                 {self.written[i][2] for i in order}) == 1, known_K=None if known is None else [
                 scale_intrinsics(known[i], self.written[i][2], self.written[i][1]) for i in order])
             self._out, self._held = run_sfm(self.folder, names, options=opts, video=self.video, cancel=self._token,
@@ -526,6 +570,27 @@ class SfmJob:
             self._error = e
         finally:
             self.seconds = time.perf_counter() - start
+
+    def describe(self, indices: list[int], descriptors: np.ndarray | None) -> None:
+        """The network's descriptors (V, D) of the inputs ``indices``, for loop closure (None: there are none,
+        and no loop pairs are matched). Matching waits for them before mapping when asked to close loops."""
+        if descriptors is not None:
+            self._descriptors = {i: d for i, d in zip(indices, descriptors)}
+        self._described.set()
+
+    def _loop_pairs(self, names: list[str]) -> list[tuple[str, str]]:
+        """The frames ``names`` (in matching's order) to match where the video returns (:func:`loop_pairs`),
+        once the network has given its descriptors (:meth:`describe`)."""
+        self.stage = "waiting for the network's descriptors to close loops"
+        while not self._described.wait(0.25):
+            if self._token.is_cancelled:
+                raise KeyboardInterrupt
+        if not self._descriptors:
+            return []
+        index = {self.written[i][0]: i for i in self.written}
+        have = [k for k, name in enumerate(names) if index.get(name) in self._descriptors]
+        pairs = loop_pairs(np.stack([self._descriptors[index[names[k]]] for k in have]), apart=self.options.overlap)
+        return [(names[have[a]], names[have[b]]) for a, b in pairs]
 
     def result(self, indices: list[int], original_hw: list[tuple[int, int]], on_wait=lambda stage: None
                ) -> SfmCameras:

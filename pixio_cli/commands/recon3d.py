@@ -78,6 +78,12 @@ def recon3d(
         help="How the matched frames are mapped: incremental (COLMAP's, frame by frame), global (GLOMAP's: all "
              "rotations, then all positions, then bundle adjustment; grows far more slowly with the frames), or "
              "auto (incremental up to 250 frames, else global).")] = Mapper.auto,
+    loop_closure: Annotated[bool, typer.Option(
+        "--loop-closure/--no-loop-closure", help="With sequential matching, also match each frame with the 3 "
+                                                 "frames far from it in the video that look most alike (the "
+                                                 "network's own features, no download), so that where the camera "
+                                                 "returns the cameras are tied; matching waits for the network.")
+    ] = False,
     chunk: Annotated[int, typer.Option(
         help="Views per model pass; longer sequences go in overlapping chunks aligned to each other.", min=2)] = 32,
     overlap: Annotated[int, typer.Option(help="Views each chunk shares with the previous one.", min=1)] = 4,
@@ -163,6 +169,7 @@ def recon3d(
 
     from heads.recon.pipeline import SceneOptions, SceneOutputs, reconstruct, write_scene
     from heads.recon.scene import Cleaning
+    from heads.recon.workspace import Workspace
 
     from ..engine import Engine, Summary
 
@@ -172,7 +179,8 @@ def recon3d(
                                     keyframes=keyframes, cameras=cameras, preview=preview,
                                     save_predictions=save_predictions, mesh=mesh, glb=glb)
     options = SceneOptions(model=model, resize=resize, chunk=chunk, overlap=overlap, sfm=sfm,
-                           matching=matching.value, mapper=mapper.value, depth_cameras=depth_cameras, fusion=fusion,
+                           matching=matching.value, mapper=mapper.value, loop_closure=loop_closure,
+                           depth_cameras=depth_cameras, fusion=fusion,
                            seed=seed, save_predictions=save_predictions)
     cleaning = Cleaning(use_mask, conf_percentile, conf_min=conf_min, edge_rtol=edge_rtol or None, outliers=outliers,
                         voxel=voxel, max_points=max_points, seed=seed)
@@ -183,13 +191,15 @@ def recon3d(
     stages = Stages(["loading the model and decoding", "predicting", "cameras", "fusing the views", "writing"],
                     quiet, "recon3d")
     summary = Summary()
-    try:
-        scene = reconstruct(inputs, options, engine, stages=stages, summary=summary)
-        if scene is None:
-            report_failures(summary)
-            raise typer.Exit(1)
-        stages.next()
-        record = write_scene(scene, options, out=outputs, say=stages.say, progress=stages.next)
+    try:  # the views' arrays in files beside the scene while it is made, not all in memory
+        with Workspace(scene_path.parent / f".{scene_path.name}.work"):
+            scene = reconstruct(inputs, options, engine, stages=stages, summary=summary)
+            if scene is None:
+                report_failures(summary)
+                raise typer.Exit(1)
+            stages.next()
+            record = write_scene(scene, options, out=outputs, say=stages.say, progress=stages.next)
+            n_chunks, scene = len(scene.chunks), None  # its arrays dropped before the workspace's files go
     except BaseException:
         stages.close()
         raise
@@ -203,7 +213,7 @@ def recon3d(
         typer.echo(json.dumps(record))
     report_failures(summary)
     n = record["frames"]
-    typer.echo(f"reconstructed {n} views ({len(scene.chunks)} chunk{'s' if len(scene.chunks) > 1 else ''}) into "
+    typer.echo(f"reconstructed {n} views ({n_chunks} chunk{'s' if n_chunks > 1 else ''}) into "
                f"{scene_path}: {record['points']} points, unit {record['unit']}, failed {summary.failed}", err=True)
     if summary.failed or unusable:
         raise typer.Exit(1)
