@@ -101,3 +101,37 @@ def test_the_tables_in_the_docs_are_what_the_results_files_render(tmp_path, monk
     card.write(json.loads(card.RESULTS.read_text()))
     for page in ("performance.md", "models.md"):
         assert (tmp_path / page).read_text() == (root / "docs" / page).read_text(), page
+
+
+def test_the_drift_table_shows_the_loop_gap_beside_colmap_and_the_trivial_cameras():
+    from benchmarks.run_all import loop_closure_table
+
+    row = {"seconds": 250.0, "peak_memory_gib": 2.1, "loop_gap_m": 0.0312, "loop_pairs": 76, "ate_mean": 0.041,
+           "registered": 250}
+    r = {"frames": 250, "distinct_frames": 250, "ours": row, "ours_loop_closure": dict(row, loop_gap_m=0.0101),
+         "trivial_origin": {"loop_gap_m": 0.08, "ate_mean": 0.55, "registered": 250}}
+    lines = loop_closure_table(r)
+    assert "| `pixio recon3d` (default) | 250.0 s | 2.1 GiB | 3.1 cm | 4.1 cm | 250 |" in lines, lines
+    assert "| `pixio recon3d --loop-closure` | 250.0 s | 2.1 GiB | 1.0 cm | 4.1 cm | 250 |" in lines
+    assert "| baseline: every camera at one place |  |  | 8.0 cm | 55.0 cm | 250 |" in lines
+    assert "76 pairs" in lines[1] and loop_closure_table({}) == []
+
+
+def test_the_loop_gap_is_the_error_of_the_offsets_where_the_walk_returns():
+    import numpy as np
+
+    from benchmarks.loop_closure import drift, returns
+
+    def at(x: float) -> np.ndarray:
+        T = np.eye(4)
+        T[0, 3] = x
+        return T
+
+    names = [f"{i:03d}" for i in range(100)]
+    walk = np.r_[np.linspace(0, 2, 50), np.linspace(2, 0, 50)]  # out and back along x
+    truth = {n: at(x) for n, x in zip(names, walk)}
+    pairs = returns(truth, apart=40, within=0.05)
+    assert pairs and all(int(b) - int(a) >= 40 and abs(walk[int(a)] - walk[int(b)]) < 0.05 for a, b in pairs)
+    assert drift(truth, truth, pairs)["loop_gap_m"] == 0.0
+    drifted = {n: at(x + 0.004 * i) for i, (n, x) in enumerate(zip(names, walk))}  # 0.4 m off by the end
+    assert drift(drifted, truth, pairs)["loop_gap_m"] > 0.1
