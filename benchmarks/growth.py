@@ -9,6 +9,7 @@ extract: ``benchmarks.extract_e2e`` at the bundled encoder's size (t16), the sam
 
     python -m benchmarks.growth --frames 25,50,100,250 --images 24,96,384
     python -m benchmarks.growth --frames 500,1000 --images ""   # the walk there and back: long
+    python -m benchmarks.growth --frames 200,1000 --images "" --no-colmap   # pixio alone: is 1000 <= 5x 200?
 
 make bench stops at 250 frames: the long rows take about an hour on the 2-core CPU, most of it COLMAP's. Beyond
 250 frames pixio maps globally (``--mapper auto``) and so does the COLMAP baseline (sequential matching, then
@@ -50,7 +51,7 @@ def there_and_back(frames: list[Path], n: int) -> list[Path]:
     return [cycle[i % len(cycle)] for i in range(n)]
 
 
-def recon3d_growth(counts: list[int]) -> list[dict]:
+def recon3d_growth(counts: list[int], with_colmap: bool = True) -> list[dict]:
     frames = sorted(KITCHEN.glob("frame-*.color.jpg"))
     rows = []
     for n in counts:
@@ -65,8 +66,14 @@ def recon3d_growth(counts: list[int]) -> list[dict]:
             seconds, peak, out, _ = run_timed([sys.executable, "-m", "pixio_cli", "recon3d", str(folder), "-o",
                                                str(Path(tmp) / "ours"), "--cameras", "json", "--json", "-q"])
             cams = json.loads((Path(tmp) / "ours" / "cameras.json").read_text())["cameras"]
+            stage_seconds = json.loads(out.strip().splitlines()[-1])["seconds"]  # where the time went
             ours = {"seconds": round(seconds, 1), "peak_memory_gib": round(peak, 2),
-                    **score({c["image"]: np.array(c["cam2world"]) for c in cams}, truth)}
+                    **score({c["image"]: np.array(c["cam2world"]) for c in cams}, truth), "stages": stage_seconds}
+            row = {"frames": n, "distinct_frames": len(set(chosen)), "ours": ours}
+            if not with_colmap:
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                continue
             how = "exhaustive" if n <= 50 else "sequential" if n <= INCREMENTAL_UP_TO else "global"
             seconds, peak, out, _ = run_timed([sys.executable, "-m", "benchmarks.growth", "--colmap", str(folder),
                                                str(Path(tmp) / "colmap"), how])
@@ -75,7 +82,7 @@ def recon3d_growth(counts: list[int]) -> list[dict]:
                       "matching": "exhaustive" if how == "exhaustive" else "sequential",
                       "mapper": "global" if how == "global" else "incremental",
                       **score({k: np.array(v) for k, v in poses.items()}, truth)}
-        rows.append({"frames": n, "distinct_frames": len(set(chosen)), "ours": ours, "colmap": colmap})
+        rows.append({**row, "colmap": colmap})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -95,6 +102,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", default="25,50,100,250")
     ap.add_argument("--images", default="24,96,384")
+    ap.add_argument("--no-colmap", action="store_true", help="pixio alone (e.g. to time it again after a change)")
     ap.add_argument("--colmap", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.colmap:
@@ -105,7 +113,7 @@ def main() -> None:
     import torch
 
     result = {"benchmark": "growth", **environment(torch.device("cpu")),
-              "recon3d": recon3d_growth([int(v) for v in args.frames.split(",")]),
+              "recon3d": recon3d_growth([int(v) for v in args.frames.split(",")], with_colmap=not args.no_colmap),
               "extract": extract_growth([int(v) for v in args.images.split(",") if v]),
               "seconds": round(time.perf_counter() - start, 1)}
     emit(result)

@@ -176,15 +176,19 @@ def test_matching_registers_real_frames_on_their_true_cameras(kitchen_sfm):
         assert (xy >= -0.5).all() and (xy[:, 0] < 640).all() and (xy[:, 1] < 480).all()
 
 
-def test_long_sequences_are_mapped_globally_on_the_same_cameras(tmp_path, monkeypatch):
+@pytest.mark.parametrize("max_track_views", [None, 3])
+def test_long_sequences_are_mapped_globally_on_the_same_cameras(tmp_path, monkeypatch, max_track_views):
     """Above INCREMENTAL_UP_TO frames ``auto`` maps with GLOMAP (global rotations, then positions, then BA), which
-    grows more slowly with the frames; on real frames it finds the same cameras as incremental mapping."""
+    grows more slowly with the frames; on real frames it finds the same cameras as incremental mapping. Tracks
+    longer than MAX_TRACK_VIEWS are left out of positioning and BA, yet end in the model (retriangulated)."""
     import heads.recon.sfm as sfm
 
     paths, poses = kitchen([800, 824, 848, 872, 896, 920])
     names = [sfm.write_frame(tmp_path, i, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB))[0]
              for i, p in enumerate(paths)]
     monkeypatch.setattr(sfm, "INCREMENTAL_UP_TO", 5)
+    if max_track_views is not None:
+        monkeypatch.setattr(sfm, "MAX_TRACK_VIEWS", max_track_views)
     stages: list[str] = []
     rec, _ = sfm.run_sfm(tmp_path, names, sfm.SfmOptions(first_octave=0), on_stage=stages.append)
     assert "global mapping and bundle adjustment" in stages, stages
@@ -193,6 +197,7 @@ def test_long_sequences_are_mapped_globally_on_the_same_cameras(tmp_path, monkey
     ate, _, rot = camera_errors(cams.cam2world, poses)
     assert ate < 0.03 and rot < 3.0, (ate, rot)
     assert np.allclose(cams.K[:, 0, 0], 530, rtol=0.05)
+    assert max(p.track.length() for p in rec.points3D.values()) > 3  # long tracks kept, capped or not
 
 
 def test_loop_pairs_are_the_frames_alike_far_apart():

@@ -7,6 +7,7 @@ makes the scene. Messages for the user go through ``say`` (one line each); error
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -87,6 +88,7 @@ class Scene:
     metric: bool
     seconds: dict = field(default_factory=dict)
     sfm_seconds: Optional[float] = None
+    sfm_stages: Optional[dict] = None  # seconds by stage of the SfM thread
 
 
 def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, summary) -> Optional[Scene]:
@@ -108,7 +110,8 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, s
             return None
         loaded = time.perf_counter()
         stages.next(f"{len(views.frames)} views")
-        pred, chunks, model_poses = _predict(net, engine, views=views, inputs=inputs, options=options)
+        with _core_left_for(job, engine):
+            pred, chunks, model_poses = _predict(net, engine, views=views, inputs=inputs, options=options)
         if job is not None:
             job.describe(views.indices, pred.descriptor)
         inferred = time.perf_counter()
@@ -131,7 +134,7 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, s
                  depth_report=depth_report, chunks=chunks, metric=net.metric,
                  seconds={"load_and_decode": round(loaded - started, 2), "inference": round(inferred - loaded, 2),
                           "cameras": round(solved - inferred, 2)},
-                 sfm_seconds=round(job.seconds, 2) if job else None)
+                 sfm_seconds=round(job.seconds, 2) if job else None, sfm_stages=job.stage_seconds if job else None)
 
 
 class _Views:
@@ -308,7 +311,7 @@ def write_scene(scene: Scene, options: SceneOptions, out: SceneOutputs, say: Cal
             "frame": "the first view's camera: x right, y down, z forward",
             "predictions": str(options.save_predictions) if options.save_predictions else None,
             "known_depth": scene.depth_report, "unusable": unusable,
-            "seconds": {**scene.seconds, "sfm_thread": scene.sfm_seconds,
+            "seconds": {**scene.seconds, "sfm_thread": scene.sfm_seconds, "sfm_stages": scene.sfm_stages,
                         "fusion": round(fusing_done - started, 2), "mesh": round(meshed, 2) if out.mesh else None}}
 
 
@@ -425,6 +428,23 @@ def _start_sfm(inputs: SceneInputs, options: SceneOptions):
     sfm = SfmOptions(matching=options.matching, mapper=options.mapper, known_K=inputs.Ks, seed=options.seed,
                      loop_closure=options.loop_closure)
     return SfmJob(inputs.items, sfm, video=any(it.frame is not None for it in inputs.items))
+
+
+@contextmanager
+def _core_left_for(job, engine):
+    """On the CPU, the network's pass leaves one core to the SfM thread while it runs: on a long video matching
+    and mapping take longer than the network, so every second the thread waits for a core is a second more."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if job is None or engine.device.type != "cpu" or threads < 2:
+        yield
+        return
+    torch.set_num_threads(threads - 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _warn_unplaced(placed: dict, cams, n_views: int, say: Callable[[str], None]) -> None:

@@ -26,6 +26,7 @@ EXHAUSTIVE_UP_TO = 40  # more frames than this are matched sequentially (780 pai
 INCREMENTAL_UP_TO = 250  # more frames than this are mapped globally: incremental mapping grows faster than linearly
 HOLD_FOCAL_BELOW = 3  # frames: two cannot fix a focal length; more may not either (see _unfixed_focal)
 CHECK_FOCAL_UP_TO = 40  # frames: whether they fix the focal length is checked up to this many (three more BAs)
+MAX_TRACK_VIEWS = 30  # global mapping: longer tracks are left to retriangulation (docs/recon3d.md)
 LOOP_PAIRS = 3  # with loop closure, each frame is also matched with the frames whose descriptors are nearest
 
 
@@ -406,13 +407,18 @@ def _map(db: Path, folder: Path, sparse: Path, options: SfmOptions, hold: bool, 
 
 
 def _map_global(db: Path, folder: Path, sparse: Path, options: SfmOptions, *, fixed: bool) -> dict:
-    """pycolmap's global mapping (GLOMAP), on one thread and seeded like the incremental one, so that a run
-    gives the same cameras again; ``fixed``: the cameras' intrinsics are not refined."""
+    """pycolmap's global mapping (GLOMAP), seeded like the incremental one, on every core: it runs on long
+    videos, after the network's pass, and is then the run's longest step (18 % faster on 2 cores; a rerun's
+    cameras may differ in the last digits, as bundle adjustment sums over threads in another order);
+    ``fixed``: the cameras' intrinsics are not refined."""
     pycolmap = _pycolmap()
     mapping = pycolmap.GlobalPipelineOptions()
     mapping.random_seed = mapping.mapper.random_seed = options.seed
-    mapping.num_threads = mapping.mapper.num_threads = 1
+    mapping.num_threads = mapping.mapper.num_threads = -1
     mapping.min_model_size = 2
+    # tracks seen in more frames are left out of positioning and bundle adjustment, where long videos spend
+    # their time; retriangulation brings their matches back (1000 frames of 7-Scenes: half the time, same ATE)
+    mapping.mapper.track_max_num_views_per_track = MAX_TRACK_VIEWS
     if fixed:
         ba = mapping.mapper.bundle_adjustment
         ba.refine_focal_length = ba.refine_principal_point = ba.refine_extra_params = False
@@ -533,6 +539,8 @@ class SfmJob:
         self.written: dict[int, tuple[str, tuple[int, int], tuple[int, int]]] = {}  # index -> name, written, original
         self.seconds = 0.0
         self.stage = "decoding the frames at their own size"
+        self.stage_seconds: dict[str, float] = {}  # each stage's time, once it has ended: where a long video's goes
+        self._stage_began = 0.0
         self._descriptors: dict[int, np.ndarray] | None = None  # input index -> the network's descriptor
         self._described = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pixio-sfm", daemon=True)
@@ -546,7 +554,7 @@ class SfmJob:
 
         from heads.geometry import scale_intrinsics
 
-        start = time.perf_counter()
+        start = self._stage_began = time.perf_counter()
         try:
             for sample in ImageStream(self.items, ResizePolicy(short=None, multiple=1)):
                 if self._token.is_cancelled:
@@ -565,11 +573,19 @@ class SfmJob:
                 {self.written[i][2] for i in order}) == 1, known_K=None if known is None else [
                 scale_intrinsics(known[i], self.written[i][2], self.written[i][1]) for i in order])
             self._out, self._held = run_sfm(self.folder, names, options=opts, video=self.video, cancel=self._token,
-                                            on_stage=lambda stage: setattr(self, "stage", stage))
+                                            on_stage=self._next_stage)
         except BaseException as e:  # handed to the caller by result()
             self._error = e
         finally:
+            self._next_stage(None)
             self.seconds = time.perf_counter() - start
+
+    def _next_stage(self, stage: str | None) -> None:
+        import time
+
+        now = time.perf_counter()
+        self.stage_seconds[self.stage] = round(self.stage_seconds.get(self.stage, 0.0) + now - self._stage_began, 2)
+        self.stage, self._stage_began = stage or self.stage, now
 
     def describe(self, indices: list[int], descriptors: np.ndarray | None) -> None:
         """The network's descriptors (V, D) of the inputs ``indices``, for loop closure (None: there are none,
