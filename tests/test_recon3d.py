@@ -288,3 +288,31 @@ def test_recon3d_of_one_frame_is_monocular(cli, model_file, tmp_path):
     assert code == 0 and (f"{tmp_path / 'cameras.json'} and {tmp_path / 'one_mesh.ply'} beside "
                           f"{tmp_path / 'one.ply'} come from an earlier run") in err, err
     assert "(--cameras json and --mesh rewrite them)" in err
+
+
+def test_the_network_leaves_a_core_to_the_sfm_thread():
+    """On the CPU the network predicts on one core fewer while matching runs beside it, and gets it back after,
+    interrupted or not; without a matching job, or on one core, nothing changes."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from heads.recon.pipeline import _core_left_for
+
+    before = torch.get_num_threads()
+    cpu, job = SimpleNamespace(device=torch.device("cpu")), object()
+    try:
+        torch.set_num_threads(2)
+        with _core_left_for(job, cpu):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(KeyboardInterrupt), _core_left_for(job, cpu):
+            raise KeyboardInterrupt
+        assert torch.get_num_threads() == 2
+        with _core_left_for(None, cpu):
+            assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        with _core_left_for(job, cpu):
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -322,6 +322,9 @@ def test_default_recon3d_cameras_are_as_good_as_colmaps_and_metric(cli, tmp_path
     assert "warning" not in err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["cameras"]["registered"] == len(paths) and summary["cameras"]["cameras"] == "sfm"
+    sfm_stages = summary["seconds"]["sfm_stages"]  # where the SfM thread's time went, stage by stage
+    assert any(k.startswith("SIFT features") for k in sfm_stages) and "exhaustive matching" in sfm_stages
+    assert 0 < sum(sfm_stages.values()) <= summary["seconds"]["sfm_thread"] + 0.05, summary["seconds"]
     cams = json.loads((tmp_path / "cameras.json").read_text())
     ours = np.array([c["cam2world"] for c in cams["cameras"]])
     assert cams["unit"] == "metres" and np.allclose(ours[0], np.eye(4), atol=1e-6)
