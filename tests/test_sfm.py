@@ -478,3 +478,21 @@ def test_a_focal_length_the_frames_do_not_fix_is_found_out(tmp_path):
             assert why is None and abs(focal - 530) < 30 and _unfixed_focal(rec) is None, (why, focal)
         else:
             assert why is not None and expect in why and focal == 768.0, (frames, why, focal)
+
+
+def test_the_focal_check_adjusts_quietly(kitchen_sfm, capfd):
+    """The focal-length check's bundle adjustments print nothing (pycolmap's own call logs and turns glog's
+    level back to INFO) and leave the reconstruction they were given as it was."""
+    import pycolmap
+
+    from heads.recon.sfm import _error_held_at, _pycolmap
+
+    _pycolmap()
+    rec = kitchen_sfm[0].reconstruction
+    before = rec.compute_mean_reprojection_error()
+    capfd.readouterr()
+    errors = [_error_held_at(rec, f) for f in (1.0, 0.8)]
+    assert capfd.readouterr().err == ""
+    assert pycolmap.logging.minloglevel == 3
+    assert 0 < errors[0] < errors[1]  # held 20 % off, the frames fit worse
+    assert rec.compute_mean_reprojection_error() == before

@@ -382,7 +382,12 @@ def _error_held_at(rec, factor: float) -> float:
     ba = pycolmap.BundleAdjustmentOptions()
     ba.refine_focal_length = ba.refine_extra_params = ba.refine_principal_point = False
     ba.print_summary = False
-    pycolmap.bundle_adjustment(rec, ba)
+    # what pycolmap.bundle_adjustment does, without its log lines (it also turns glog's level back to INFO)
+    config = pycolmap.BundleAdjustmentConfig()
+    for image_id in rec.reg_image_ids():
+        config.add_image(image_id)
+    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
+    pycolmap.create_default_bundle_adjuster(ba, config, rec).solve()
     rec.update_point_3d_errors()
     return float(rec.compute_mean_reprojection_error()) if rec.num_points3D() else 0.0
 
@@ -537,7 +542,6 @@ class SfmJob:
         self._held: str | None = None
         self._error: BaseException | None = None
         self.written: dict[int, tuple[str, tuple[int, int], tuple[int, int]]] = {}  # index -> name, written, original
-        self.seconds = 0.0
         self.stage = "decoding the frames at their own size"
         self.stage_seconds: dict[str, float] = {}  # each stage's time, once it has ended: where a long video's goes
         self._stage_began = 0.0
@@ -554,7 +558,7 @@ class SfmJob:
 
         from heads.geometry import scale_intrinsics
 
-        start = self._stage_began = time.perf_counter()
+        self._stage_began = time.perf_counter()
         try:
             for sample in ImageStream(self.items, ResizePolicy(short=None, multiple=1)):
                 if self._token.is_cancelled:
@@ -578,7 +582,11 @@ class SfmJob:
             self._error = e
         finally:
             self._next_stage(None)
-            self.seconds = time.perf_counter() - start
+
+    @property
+    def seconds(self) -> float:
+        """The thread's time so far, over the stages that have ended."""
+        return sum(self.stage_seconds.values())
 
     def _next_stage(self, stage: str | None) -> None:
         import time
