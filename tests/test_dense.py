@@ -186,6 +186,28 @@ def test_fusion_in_files_gives_what_it_gives_in_memory(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
+def test_fusion_on_threads_gives_what_it_gives_on_one(monkeypatch):
+    """Views fused on a pool of threads (one per core) change no number: each view's work reads the others'
+    inputs, never their outputs. Two scenes: walls with a bad patch, and a video that returns (windowed)."""
+    import heads.recon.workspace as workspace
+
+    depth, rays, poses, Ks, valid = fused_walls([0.008, -0.008, 0.004, -0.004, 0.0], corrupt=True)
+    images = np.stack([wall_image(T, r) for T, r in zip(poses, rays)])
+    runs = {}
+    for cores in (1, 3):
+        monkeypatch.setattr(workspace, "available_cores", lambda cores=cores: cores)
+        runs[cores] = [fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=images, f=Fusion()),
+                       fuse_views(np.concatenate([depth, depth[::-1]]), np.concatenate([rays, rays]),
+                                  cam2world=np.concatenate([poses, poses[::-1]]), K=np.concatenate([Ks, Ks]),
+                                  valid=np.concatenate([valid, valid]), grays=np.concatenate([images, images[::-1]]),
+                                  f=Fusion(window=2))]
+    for one, many in zip(runs[1], runs[3]):
+        assert one.neighbours == many.neighbours and one.refined == many.refined
+        for name in ("depth", "keep", "first", "checked"):
+            assert np.array_equal(getattr(one, name), getattr(many, name)), name
+    assert runs[1][0].refined > 0 and not runs[1][1].first[5:].all()  # the checks did something
+
+
 def test_a_view_no_other_sees_is_kept_unchecked():
     depth, rays, poses, Ks, valid = fused_walls([0.0, 0.0, 0.0], far_view=True)
     out = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=None, f=Fusion(stereo=None))

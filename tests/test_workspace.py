@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from heads.recon.workspace import Workspace, active, tick
+from heads.recon.workspace import Workspace, active, each_view, tick
 
 
 def resident_mib() -> float:
@@ -43,3 +43,46 @@ def test_a_killed_runs_leftovers_are_cleared_and_memory_arrays_are_plain(tmp_pat
         ws.array("x", (2, 3), np.float32)
     plain = Workspace(None).array("x", (2, 3), np.int16)
     assert type(plain) is np.ndarray and plain.dtype == np.int16 and not plain.any()
+
+
+def test_views_on_threads_come_back_in_order_and_an_error_stops_the_rest():
+    import threading
+    import time
+
+    names = set()
+
+    def work(v):
+        names.add(threading.current_thread().name)
+        time.sleep(0.01 * ((v * 7) % 5))  # views finish out of order
+        return v * v
+
+    assert list(each_view(work, 20, threads=3)) == [(v, v * v) for v in range(20)]
+    assert len(names) > 1  # on a pool, not in the calling thread
+    assert list(each_view(work, 4, threads=1)) == [(v, v * v) for v in range(4)]
+    begun = []
+
+    def failing(v):
+        begun.append(v)
+        if v == 3:
+            raise ValueError("view 3")
+        time.sleep(0.01)
+        return v
+
+    with pytest.raises(ValueError, match="view 3"):
+        for _ in each_view(failing, 100, threads=2):
+            pass
+    assert len(begun) < 20  # the views not begun were dropped
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_views_on_threads_keep_memory_to_the_views_in_flight(tmp_path):
+    views, size = 48, (1000, 1000)  # 183 MiB of float32
+    with Workspace(tmp_path / "work", every=4) as ws:
+        a = ws.array("depth", (views,) + size, np.float32)
+        before = resident_mib()
+        for v, filled in each_view(lambda v: np.full(size, v, np.float32), views, threads=2):
+            a[v] = filled
+        grown = resident_mib() - before
+        assert grown < 60, grown  # the views in flight and a few pages, not all 48
+        assert all(a[v, 5, 9] == v for v in range(views))
+        del a

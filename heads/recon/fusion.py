@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from heads.recon.stereo import Sweep, refine_depth
-from heads.recon.workspace import active, tick
+from heads.recon.workspace import active, each_view, tick
 
 
 @dataclass
@@ -63,12 +63,11 @@ def points_at(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, v: int
 def sample_points(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, valid: np.ndarray, step: int
                   ) -> list[np.ndarray]:
     """Each view's world points (n_v, 3) on every ``step``-th valid pixel each way: what ranks neighbours."""
-    out = []
-    for v in range(len(depth)):
+    def sample(v: int) -> np.ndarray:
         ys, xs = np.nonzero(valid[v, ::step, ::step])
-        out.append(points_at(depth, rays, cam2world=cam2world, v=v, ys=ys * step, xs=xs * step))
-        tick()
-    return out
+        return points_at(depth, rays, cam2world=cam2world, v=v, ys=ys * step, xs=xs * step)
+
+    return [points for _, points in each_view(sample, len(depth))]
 
 
 def project(points: np.ndarray, K: np.ndarray, cam2world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -105,10 +104,10 @@ def choose_neighbours(samples: list[np.ndarray], hw: tuple[int, int], K: np.ndar
     sees its surfaces again, frames apart), so the work per view does not grow with the video."""
     V, (h, w) = len(samples), hw
     centres = cam2world[:, :3, 3]
-    out, overlapping = [], []
     windowed = f.window is not None and V > 2 * f.window
     near = _nearest_cameras(cam2world, f.window) if windowed and f.nearest else np.zeros((V, 0), np.int64)
-    for v in range(V):
+
+    def rank(v: int) -> tuple[list[int], list[int]]:
         sample = samples[v]
         candidates = range(V) if not windowed else \
             sorted(set(range(max(0, v - f.window), min(V, v + f.window + 1))) | set(near[v].tolist()))
@@ -125,7 +124,7 @@ def choose_neighbours(samples: list[np.ndarray], hw: tuple[int, int], K: np.ndar
             cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
             angle = np.degrees(np.arccos(np.clip(cos, -1, 1)))
             sees[n], worth[n] = seen, seen * np.minimum(1.0, angle / f.min_angle)
-        overlapping.append(sorted(sees, key=lambda n: (-sees[n].sum(), abs(n - v))))
+        overlaps = sorted(sees, key=lambda n: (-sees[n].sum(), abs(n - v)))
         covered = np.zeros(len(sample))
         chosen: list[int] = []
         while len(chosen) < f.neighbours:
@@ -137,8 +136,10 @@ def choose_neighbours(samples: list[np.ndarray], hw: tuple[int, int], K: np.ndar
                 break
             chosen.append(best)
             covered += sees[best]
-        out.append(chosen)
-    return out, overlapping
+        return chosen, overlaps
+
+    ranked = [r for _, r in each_view(rank, V, threads=1)]  # small arrays, mostly the interpreter: threads only wait
+    return [chosen for chosen, _ in ranked], [overlaps for _, overlaps in ranked]
 
 
 def _nearest_cameras(cam2world: np.ndarray, k: int, max_angle: float = 60.0) -> np.ndarray:
@@ -164,8 +165,8 @@ def average_agreeing(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2wor
     ws = active()
     count = ws.array("agreeing", (V, h, w), np.int16)
     out = ws.array("averaged", (V, h, w), np.float32)
-    for v in range(V):
-        out[v] = depth[v]
+
+    def agree(v: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         ys, xs = np.nonzero(valid[v])
         X = points_at(depth, rays, cam2world=cam2world, v=v, ys=ys, xs=xs)
         total = depth[v, ys, xs].astype(np.float64)
@@ -178,9 +179,12 @@ def average_agreeing(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2wor
             seen = points_at(depth, rays, cam2world=cam2world, v=n, ys=r, xs=u)
             total[i] += ((seen - cam2world[v][:3, 3]) @ cam2world[v][:3, :3])[:, 2]
             n_agree[i] += 1
-        out[v, ys, xs] = total / (1 + n_agree)
+        return ys, xs, total / (1 + n_agree), n_agree
+
+    for v, (ys, xs, mean, n_agree) in each_view(agree, V):
+        out[v] = depth[v]
+        out[v, ys, xs] = mean
         count[v, ys, xs] = n_agree
-        tick()
     return out, count
 
 
@@ -195,8 +199,8 @@ def finest_view(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2world: n
     and from the others (where a video returns, its earlier pass), so that neither crowds out the other."""
     V, h, w = depth.shape
     own = active().array("first", valid.shape, bool)
-    for v in range(V):
-        own[v] = valid[v]
+
+    def coarser(v: int) -> tuple[np.ndarray, np.ndarray]:  # the pixels of v another view holds finer
         ys, xs = np.nonzero(valid[v])
         X = points_at(depth, rays, cam2world=cam2world, v=v, ys=ys, xs=xs)
         footprint = depth[v, ys, xs] / K[v, 0, 0]
@@ -210,8 +214,11 @@ def finest_view(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2world: n
             ratio = (d / K[n, 0, 0]) / footprint[i]
             finer = (ratio < 1 - tie) | ((ratio <= 1 + tie) & (n < v))
             held[i[valid[n, r, u] & (np.abs(z - d) <= rtol * d) & finer]] = True
-        own[v, ys[held], xs[held]] = False
-        tick()
+        return ys[held], xs[held]
+
+    for v, (ys, xs) in each_view(coarser, V):
+        own[v] = valid[v]
+        own[v, ys, xs] = False
     return own
 
 
@@ -242,15 +249,17 @@ def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np
     refined = 0.0
     if f.stereo is not None and grays is not None:
         changed, n_valid = 0, 0
-        for v in range(V):  # in place: a view's refinement reads the others' images, not their depths
+
+        def refine(v: int) -> tuple[np.ndarray, np.ndarray]:
             others = [(grays[n], K[n], cam2world[n]) for n in neighbours[v][:f.stereo.neighbours]]
-            d, moved = refine_depth(depth[v].astype(np.float64), rays[v].astype(np.float64), cam2world=cam2world[v],
-                                    gray=grays[v], others=others, s=f.stereo)
+            return refine_depth(depth[v].astype(np.float64), rays[v].astype(np.float64), cam2world=cam2world[v],
+                                gray=grays[v], others=others, s=f.stereo)
+
+        for v, (d, moved) in each_view(refine, V):  # in place: a refinement reads other views' images, not depths
             movable = valid[v] if fixed is None else valid[v] & ~fixed[v]
             depth[v] = np.where(movable, d, depth[v])
             changed += int((moved & movable).sum())
             n_valid += int(valid[v].sum())
-            tick()
         refined = changed / max(n_valid, 1)
     averaged, count = average_agreeing(depth, rays, K=K, cam2world=cam2world, valid=valid, neighbours=neighbours,
                                        rtol=f.rtol)

@@ -15,7 +15,7 @@ from pixio_cli.errors import UsageError
 from heads.recon.depth_fit import FieldFit, fit_depth_field
 from heads.geometry import scale_intrinsics
 from heads.pointmap.predictions import Predictions
-from heads.recon.workspace import active, tick
+from heads.recon.workspace import active, each_view, tick
 
 
 def read_intrinsics(path: str | Path, n_views: int) -> list[np.ndarray]:
@@ -144,13 +144,16 @@ def camera_rays(pred: Predictions) -> np.ndarray:
     the camera's own model where the points were placed through one); NaN where there is no point."""
     c2w = pred.cam2world.astype(np.float64)
     rays = active().array("rays", pred.pts3d.shape[:3] + (2,), np.float32)  # a view at a time: float64 for one
-    for v, T in enumerate(c2w):
-        cam = (pred.pts3d[v].astype(np.float64) - T[:3, 3]) @ T[:3, :3]
+
+    def ray(v: int) -> np.ndarray:
+        cam = (pred.pts3d[v].astype(np.float64) - c2w[v, :3, 3]) @ c2w[v, :3, :3]
         with np.errstate(divide="ignore", invalid="ignore"):
-            ray = cam[..., :2] / cam[..., 2:]
-        ray[~(cam[..., 2] > 0)] = np.nan
-        rays[v] = ray
-        tick()
+            out = cam[..., :2] / cam[..., 2:]
+        out[~(cam[..., 2] > 0)] = np.nan
+        return out
+
+    for v, r in each_view(ray, len(c2w)):
+        rays[v] = r
     return rays
 
 
@@ -186,12 +189,14 @@ def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, fixe
     del grays
     fused = pred if in_place else replace(pred, depth_z=pred.depth_z.astype(np.float32, copy=True),
                                           pts3d=pred.pts3d.astype(np.float32, copy=True))
-    for v in range(len(fused.depth_z)):  # the fused depths and their points where valid, the predictions elsewhere
+    def placed(v: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         ys, xs = np.nonzero(valid[v])
         d = out.depth[v][ys, xs]
+        return ys, xs, d, world_points(d.astype(np.float64), rays[v][ys, xs].astype(np.float64), c2w[v])
+
+    for v, (ys, xs, d, points) in each_view(placed, len(fused.depth_z)):  # fused where valid, predicted elsewhere
         fused.depth_z[v, ys, xs] = d
-        fused.pts3d[v, ys, xs] = world_points(d.astype(np.float64), rays[v][ys, xs].astype(np.float64), c2w[v])
-        tick()
+        fused.pts3d[v, ys, xs] = points
     report = {"checked": int(out.checked.sum()),
               "unchecked": [pred.images[v] for v in np.flatnonzero(~out.checked) if valid[v].any()],
               "refined_by_matching": round(out.refined, 4),

@@ -27,6 +27,7 @@ INCREMENTAL_UP_TO = 250  # more frames than this are mapped globally: incrementa
 HOLD_FOCAL_BELOW = 3  # frames: two cannot fix a focal length; more may not either (see _unfixed_focal)
 CHECK_FOCAL_UP_TO = 40  # frames: whether they fix the focal length is checked up to this many (three more BAs)
 MAX_TRACK_VIEWS = 30  # global mapping: longer tracks are left to retriangulation (docs/recon3d.md)
+GLOBAL_BA_TOLERANCE = 1e-4  # global mapping: bundle adjustment's relative cost change to stop at
 LOOP_PAIRS = 3  # with loop closure, each frame is also matched with the frames whose descriptors are nearest
 
 
@@ -412,14 +413,23 @@ def _map(db: Path, folder: Path, sparse: Path, options: SfmOptions, hold: bool, 
 
 
 def _map_global(db: Path, folder: Path, sparse: Path, options: SfmOptions, *, fixed: bool) -> dict:
-    """pycolmap's global mapping (GLOMAP), seeded like the incremental one, on every core: it runs on long
-    videos, after the network's pass, and is then the run's longest step (18 % faster on 2 cores; a rerun's
-    cameras may differ in the last digits, as bundle adjustment sums over threads in another order);
-    ``fixed``: the cameras' intrinsics are not refined."""
+    """pycolmap's global mapping (GLOMAP), seeded like the incremental one and on one thread, so that a rerun
+    gives the same cameras in the same time; ``fixed``: the cameras' intrinsics are not refined."""
     pycolmap = _pycolmap()
     mapping = pycolmap.GlobalPipelineOptions()
     mapping.random_seed = mapping.mapper.random_seed = options.seed
-    mapping.num_threads = mapping.mapper.num_threads = -1
+    # on more threads bundle adjustment sums in another order each run, and the solver then takes another
+    # path: mapping the 1000-frame walk took 154 to 318 s on 2 cores (same database, ATE 4.1 cm every time)
+    mapping.num_threads = mapping.mapper.num_threads = 1
+    # each bundle adjustment stops once an iteration gains under 0.01 % (COLMAP's 0.001 % spent most of the
+    # retriangulation's time on the last 0.5 % of the cost: 138 s instead of 170 s on one thread, same ATE)
+    solver = mapping.mapper.bundle_adjustment.ceres.solver_options
+    solver.function_tolerance = GLOBAL_BA_TOLERANCE
+    # conjugate gradients on the cameras (Ceres's iterative Schur, preconditioned per camera block), as COLMAP
+    # chooses above 1000 frames, instead of factorising them: 108 s against 138 s on the 1000-frame walk's
+    # database, ATE 4.1 cm both (the video's cameras see each other's points on every pass)
+    solver.linear_solver_type = type(solver.linear_solver_type).ITERATIVE_SCHUR
+    solver.preconditioner_type = type(solver.preconditioner_type).SCHUR_JACOBI
     mapping.min_model_size = 2
     # tracks seen in more frames are left out of positioning and bundle adjustment, where long videos spend
     # their time; retriangulation brings their matches back (1000 frames of 7-Scenes: half the time, same ATE)

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import contextvars
 import mmap
+import os
 import shutil
+from collections import deque
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 class Workspace:
@@ -83,3 +87,38 @@ def tick() -> None:
 def active() -> Workspace:
     """The workspace entered with ``with`` (in memory when none is)."""
     return _ACTIVE.get()
+
+
+def each_view(work: Callable[[int], T], n: int, threads: Optional[int] = None) -> Iterator[tuple[int, T]]:
+    """``(v, work(v))`` for each of ``n`` views, in order, with the views worked on by a pool of ``threads``
+    (default: the cores this process may use): NumPy and OpenCV let go of the interpreter while they compute,
+    so a view's arithmetic runs beside another's. ``work`` must touch no other view's outputs. At most two
+    views a thread are in flight, so memory holds a few views whatever ``n``; the workspace ticks once a view
+    here, in the calling thread. On an error or Ctrl-C the views not begun are dropped."""
+    threads = min(n, threads or available_cores())
+    if threads <= 1:
+        for v in range(n):
+            yield v, work(v)
+            tick()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="pixio-view")
+    pending: deque = deque()
+    try:
+        for v in range(n):
+            pending.append((v, pool.submit(work, v)))
+            while len(pending) >= 2 * threads or (v == n - 1 and pending):
+                done, future = pending.popleft()
+                yield done, future.result()
+                tick()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, where the system says)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
