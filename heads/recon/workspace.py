@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Optional, TypeVar
 import numpy as np
 
 T = TypeVar("T")
+VIEW_THREADS = 8  # each view in flight holds tens of MB of work arrays (a plane sweep's scores): memory stays bounded
 
 
 class Workspace:
@@ -91,11 +92,12 @@ def active() -> Workspace:
 
 def each_view(work: Callable[[int], T], n: int, threads: Optional[int] = None) -> Iterator[tuple[int, T]]:
     """``(v, work(v))`` for each of ``n`` views, in order, with the views worked on by a pool of ``threads``
-    (default: the cores this process may use): NumPy and OpenCV let go of the interpreter while they compute,
-    so a view's arithmetic runs beside another's. ``work`` must touch no other view's outputs. At most two
-    views a thread are in flight, so memory holds a few views whatever ``n``; the workspace ticks once a view
-    here, in the calling thread. On an error or Ctrl-C the views not begun are dropped."""
-    threads = min(n, threads or available_cores())
+    (default: the cores this process may use, at most ``VIEW_THREADS``): NumPy and OpenCV let go of the
+    interpreter while they compute, so a view's arithmetic runs beside another's. ``work`` must touch no other
+    view's outputs. At most two views a thread are in flight, so memory holds a few views whatever ``n``; the
+    workspace ticks once a view here, in the calling thread. On an error or Ctrl-C the views not begun are
+    dropped."""
+    threads = min(n, threads or min(available_cores(), VIEW_THREADS))
     if threads <= 1:
         for v in range(n):
             yield v, work(v)
