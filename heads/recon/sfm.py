@@ -416,6 +416,8 @@ def _map_global(db: Path, folder: Path, sparse: Path, options: SfmOptions, *, fi
     """pycolmap's global mapping (GLOMAP), seeded like the incremental one and on one thread, so that a rerun
     gives the same cameras in the same time; ``fixed``: the cameras' intrinsics are not refined."""
     pycolmap = _pycolmap()
+    from pycolmap import pyceres
+
     mapping = pycolmap.GlobalPipelineOptions()
     mapping.random_seed = mapping.mapper.random_seed = options.seed
     # on more threads bundle adjustment sums in another order each run, and the solver then takes another
@@ -428,8 +430,8 @@ def _map_global(db: Path, folder: Path, sparse: Path, options: SfmOptions, *, fi
     # conjugate gradients on the cameras (Ceres's iterative Schur, preconditioned per camera block), as COLMAP
     # chooses above 1000 frames, instead of factorising them: 108 s against 138 s on the 1000-frame walk's
     # database, ATE 4.1 cm both (the video's cameras see each other's points on every pass)
-    solver.linear_solver_type = type(solver.linear_solver_type).ITERATIVE_SCHUR
-    solver.preconditioner_type = type(solver.preconditioner_type).SCHUR_JACOBI
+    solver.linear_solver_type = pyceres.LinearSolverType.ITERATIVE_SCHUR
+    solver.preconditioner_type = pyceres.PreconditionerType.SCHUR_JACOBI
     mapping.min_model_size = 2
     # tracks seen in more frames are left out of positioning and bundle adjustment, where long videos spend
     # their time; retriangulation brings their matches back (1000 frames of 7-Scenes: half the time, same ATE)

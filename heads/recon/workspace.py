@@ -107,13 +107,20 @@ def each_view(work: Callable[[int], T], n: int, threads: Optional[int] = None) -
 
     pool = ThreadPoolExecutor(threads, thread_name_prefix="pixio-view")
     pending: deque = deque()
+
+    def oldest() -> tuple[int, T]:  # the first view still in flight, once it is done
+        done, future = pending.popleft()
+        return done, future.result()
+
     try:
         for v in range(n):
             pending.append((v, pool.submit(work, v)))
-            while len(pending) >= 2 * threads or (v == n - 1 and pending):
-                done, future = pending.popleft()
-                yield done, future.result()
+            if len(pending) == 2 * threads:
+                yield oldest()
                 tick()
+        while pending:
+            yield oldest()
+            tick()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
