@@ -24,8 +24,14 @@ with its peak memory. ``ratio`` = COLMAP's seconds / ours (above 1: we are faste
 layout (``*.png`` with a ``*_par.txt`` of K, R, t per image; e.g. templeSparseRing),
 where only the frames each method registers are scored (their number is given).
 
+The same runs on scenes no network saw (``--unseen object,room``: rendered by
+:mod:`benchmarks.synthetic_scenes` with exact depth and cameras), where the
+geometry must come from the images; there and on the kitchen also with the
+network's depth replaced by a flat plane (``--depth-prior flat``) and with the
+recorded cameras given (``--known-cameras``, scored with the scale judged).
+
     python -m benchmarks.recon3d
-    python -m benchmarks.recon3d --step 24 --middlebury /data/templeSparseRing
+    python -m benchmarks.recon3d --step 24 --unseen "" --middlebury /data/templeSparseRing
 """
 
 from __future__ import annotations
@@ -100,11 +106,11 @@ def colmap_our_settings(folder: str, out: str) -> None:
     for n in names:
         (work / n).symlink_to((Path(folder) / n).resolve())
     marks: list[tuple[str, float]] = []
-    rec, held = run_sfm(work, names, SfmOptions(), on_stage=lambda stage: marks.append((stage, time.perf_counter())))
+    rec, note = run_sfm(work, names, SfmOptions(), on_stage=lambda stage: marks.append((stage, time.perf_counter())))
     marks.append(("end", time.perf_counter()))
     seconds = {a: round(t1 - t0, 2) for (a, t0), (_, t1) in zip(marks, marks[1:])}
     poses = {im.name: image_cam2world(im).tolist() for im in (rec.images.values() if rec else []) if im.has_pose}
-    print(json.dumps({"seconds": seconds, "poses": poses, "focal_held": held}))
+    print(json.dumps({"seconds": seconds, "poses": poses, "focal_note": note}))
 
 
 def score(poses: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict:
@@ -118,22 +124,36 @@ def score(poses: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict:
 
 OURS = {  # run name: flags (the default run writes the COLMAP model, for its points, and the mesh)
     "ours": ["--cameras", "colmap", "--mesh"],
+    "ours_flat": ["--depth-prior", "flat", "--cameras", "json"],  # the ablation: geometry from the images alone
     "ours_stacked": ["--no-fusion", "--cameras", "colmap"],
     "ours_no_sfm": ["--no-sfm", "--cameras", "json"],
 }
+RIGID = ("ours_known",)  # runs whose scene is in metres from what was given: scored with its scale judged
 
 
-def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra: list[str], rgbd=None) -> dict:
-    """Ours (default, --no-fusion and --no-sfm), COLMAP alone and the trivial cameras on one set of frames;
-    with ``rgbd`` (frames, depth reader) the geometry of each too."""
+def known_cameras_file(images: list[Path], truth: dict[str, np.ndarray], *, K: np.ndarray, hw: tuple[int, int],
+                       path: Path) -> Path:
+    """A cameras.json (metres) of the recorded poses ``truth`` and the layout's ``K``, for --known-cameras."""
+    cams = [{"image": p.name, "width": hw[1], "height": hw[0], "K": K.tolist(), "cam2world": truth[p.name].tolist()}
+            for p in images]
+    path.write_text(json.dumps({"unit": "metres", "cameras": cams}))
+    return path
+
+
+def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra: list[str], rgbd=None,
+            runs: dict | None = None, offset: bool = True) -> dict:
+    """Ours (default, flat prior, --no-fusion, --no-sfm, and ``runs``: more name -> flags), COLMAP alone and the
+    trivial cameras on one set of frames; with ``rgbd`` (frames, depth reader) the geometry of each too
+    (``offset``: solve for a sensor offset, as 7-Scenes' depth camera needs). Runs in :data:`RIGID` are also
+    scored with their scale judged (``geometry_rigid``)."""
     from heads.recon.evaluate import SceneCameras, evaluate_clouds, evaluate_scene, read_scene_cameras
 
     folder = work / "images"
     folder.mkdir(parents=True)
     for p in images:
         (folder / p.name).symlink_to(p.resolve())
-    result, geometry = {"frames": len(images)}, {}
-    for name, flags in OURS.items():
+    result, geometry, rigid = {"frames": len(images)}, {}, {}
+    for name, flags in {**OURS, **(runs or {})}.items():
         seconds, peak, out, err = run_timed([sys.executable, "-m", "pixio_cli", "recon3d", str(folder), "-o",
                                              str(work / name / "scene.ply"), "--json", "-q", *flags, *extra])
         summary = json.loads(out.strip().splitlines()[-1])
@@ -142,13 +162,16 @@ def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra:
         unplaced = {Path(p).name for p in summary["cameras"].get("unregistered", [])}
         result[name] = {**score(poses, truth), "seconds": round(seconds, 2), "peak_memory_gib": round(peak, 2),
                         "stages": summary["seconds"], "warnings": [l for l in err.splitlines() if "warning" in l],
-                        "points": summary["points"]}
+                        "points": summary["points"], "unit": summary["unit"],
+                        "matched": (summary.get("fusion") or {}).get("matched")}
         if name == "ours":
             result[name]["registered_by_sfm"] = summary["cameras"]["registered"]
             result[name]["score_registered_only"] = score(
                 {k: v for k, v in poses.items() if k not in unplaced}, truth)
         if rgbd is not None and name != "ours_no_sfm":
-            geometry[name] = evaluate_scene(work / name, *rgbd)
+            geometry[name] = evaluate_scene(work / name, *rgbd, offset=offset)
+            if name in RIGID:
+                rigid[name] = evaluate_scene(work / name, *rgbd, offset=offset, scale=False)
     seconds, peak, out, _ = run_timed([sys.executable, "-m", "benchmarks.recon3d", "--colmap-alone", str(folder),
                                        str(work / "colmap")])
     colmap = json.loads(out.strip().splitlines()[-1])
@@ -160,13 +183,16 @@ def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra:
     ours_settings = json.loads(out.strip().splitlines()[-1])
     result["colmap_our_settings"] = {**score({k: np.array(v) for k, v in ours_settings["poses"].items()}, truth),
                                      "seconds": round(seconds, 2), "peak_memory_gib": round(peak, 2),
-                                     "stages": ours_settings["seconds"], "focal_held": ours_settings["focal_held"]}
+                                     "stages": ours_settings["seconds"], "focal_note": ours_settings["focal_note"]}
     if rgbd is not None and len(colmap["poses"]) >= 3:
         names = sorted(colmap["poses"])
         cams = SceneCameras(names, np.zeros((len(names), 3, 3)), np.array([colmap["poses"][n] for n in names]))
-        geometry["colmap"] = evaluate_clouds(cams, {"colmap_points": np.array(colmap["points"])}, *rgbd)
+        geometry["colmap"] = evaluate_clouds(cams, {"colmap_points": np.array(colmap["points"])}, *rgbd,
+                                             offset=offset)
     if geometry:
         result["geometry"] = geometry
+    if rigid:
+        result["geometry_rigid"] = rigid
     names = sorted(truth)
     for kind, poses in trivial_cameras(len(names)).items():
         result[kind] = score(dict(zip(names, poses)), truth)
@@ -188,11 +214,53 @@ def middlebury(folder: Path) -> tuple[list[Path], dict[str, np.ndarray]]:
     return images, truth
 
 
+def kitchen_set(args, extra: list[str], work: Path) -> dict:
+    """The 7-Scenes kitchen frames ``--first``..``--last`` every ``--step``, with their recorded poses given as
+    known cameras too (7-Scenes' poses and K are its depth camera's, not the colour camera's)."""
+    from heads.sequences import find_sequences
+
+    ids = range(args.first, args.last + 1, args.step)
+    images = [KITCHEN / f"frame-{i:06d}.color.jpg" for i in ids]
+    truth = {p.name: np.loadtxt(KITCHEN / p.name.replace("color.jpg", "pose.txt")) for p in images}
+    frames = [f for split in ("train", "val") for seq in find_sequences("7scenes", KITCHEN, split)
+              for f in seq.frames if f.image.name in truth]
+    reader = find_sequences("7scenes", KITCHEN, "val")[0]  # one depth format for the folder
+    work.mkdir(parents=True)
+    given = known_cameras_file(images, {n: _orthonormal(T) for n, T in truth.items()},
+                               K=np.loadtxt(KITCHEN / "camera-intrinsics.txt"), hw=(480, 640), path=work / "recorded.json")
+    return run_set(images, truth, work=work / "set", extra=extra, rgbd=(frames, reader.read_depth),
+                   runs={"ours_known": ["--known-cameras", str(given), "--cameras", "json"]})
+
+
+def unseen_set(kind: str, frames: int, extra: list[str], work: Path) -> dict:
+    """A scene no network saw (:mod:`benchmarks.synthetic_scenes`), rendered with exact depth and cameras, its
+    exact cameras given as known cameras too."""
+    from benchmarks.synthetic_scenes import write_scene
+    from heads.sequences import find_sequences
+
+    folder = work / "data"
+    write_scene(kind, folder, frames=frames)
+    seq = find_sequences("generic-rgbd", folder, "val", depth_scale=1000.0)[0]
+    images = [f.image for f in seq.frames]
+    truth = {f.image.name: f.cam2world for f in seq.frames}
+    given = known_cameras_file(images, truth, K=seq.frames[0].K, hw=(480, 640), path=work / "exact.json")
+    return run_set(images, truth, work=work / "set", extra=extra, rgbd=(seq.frames, seq.read_depth), offset=False,
+                   runs={"ours_known": ["--known-cameras", str(given), "--cameras", "json"]})
+
+
+def _orthonormal(T: np.ndarray) -> np.ndarray:
+    from heads.recon.known_poses import rigid
+
+    return rigid(T, "pose")[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--first", type=int, default=800)
     ap.add_argument("--last", type=int, default=992)
     ap.add_argument("--step", type=int, default=8)
+    ap.add_argument("--unseen", default="object,room", help="scenes no network saw, rendered (comma-separated; "
+                    "'' for none)")
     ap.add_argument("--middlebury", type=Path, default=None)
     ap.add_argument("--colmap-alone", nargs=2, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--colmap-our-settings", nargs=2, default=None, help=argparse.SUPPRESS)
@@ -203,16 +271,9 @@ def main() -> None:
         return colmap_our_settings(*args.colmap_our_settings)
     if not KITCHEN.exists():
         raise SystemExit(f"{KITCHEN} is missing: this benchmark needs ../shared/data")
-    ids = range(args.first, args.last + 1, args.step)
-    images = [KITCHEN / f"frame-{i:06d}.color.jpg" for i in ids]
-    truth = {p.name: np.loadtxt(KITCHEN / p.name.replace("color.jpg", "pose.txt")) for p in images}
-    from heads.sequences import find_sequences
-
-    frames = [f for split in ("train", "val") for seq in find_sequences("7scenes", KITCHEN, split)
-              for f in seq.frames if f.image.name in truth]
-    reader = find_sequences("7scenes", KITCHEN, "val")[0]  # one depth format for the folder
     with tempfile.TemporaryDirectory() as tmp:
-        kitchen = run_set(images, truth, work=Path(tmp) / "kitchen", extra=extra, rgbd=(frames, reader.read_depth))
+        kitchen = kitchen_set(args, extra, Path(tmp) / "kitchen")
+        unseen = {kind: unseen_set(kind, 25, extra, Path(tmp) / kind) for kind in filter(None, args.unseen.split(","))}
         orbit = None
         if args.middlebury:
             orbit = run_set(*middlebury(args.middlebury), Path(tmp) / "orbit", extra)
@@ -220,7 +281,7 @@ def main() -> None:
 
     result = {"benchmark": "recon3d", **environment(torch.device("cpu")),
               "frames": f"7-Scenes redkitchen {args.first}-{args.last} every {args.step}",
-              "kitchen": kitchen, "orbit": orbit,
+              "kitchen": kitchen, "unseen": unseen, "orbit": orbit,
               "ours_s": kitchen["ours"]["seconds"], "reference_s": kitchen["colmap"]["seconds"],
               "ratio": round(kitchen["colmap"]["seconds"] / kitchen["ours"]["seconds"], 3),
               "ate_cm": round(100 * kitchen["ours"]["ate_mean"], 2),

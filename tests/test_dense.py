@@ -1,5 +1,5 @@
-"""Dense geometry on ground truth: depth fitted to tracks, refined by matching images, views fused once,
-and the scene scores that judge it."""
+"""Dense geometry on ground truth: depth fitted to tracks, found by matching images (multi-view stereo),
+views fused once, and the scene scores that judge it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from heads import geometry as G
 from heads.recon.depth_fit import FieldFit, fit_depth_field
 from heads.recon.fusion import Fusion, fuse_views, world_points
 from heads.recon.evaluate import cloud_scores, similarity_with_offset, thin
-from heads.recon.stereo import Sweep, refine_depth
+from heads.recon.mvs import RayProjector, Stereo, fill_from_prior, pair_depth, rectify, view_depth
 
 from .conftest import KITCHEN
 
@@ -54,8 +54,9 @@ def texture(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def wall_image(T: np.ndarray, rays: np.ndarray) -> np.ndarray:
+    """The wall's image (h, w) uint8 seen from camera T."""
     pts = world_points(wall_depth(T, rays), rays, T)
-    return texture(pts[..., 0], pts[..., 1])
+    return (texture(pts[..., 0], pts[..., 1]) * 255).round().astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------- depth fitted to tracks
@@ -84,21 +85,79 @@ def test_a_field_fitted_to_tracks_takes_out_a_tilt_that_one_scale_cannot():
 # ---------------------------------------------------------------------------- matching images
 
 
-def test_plane_sweep_finds_the_wall_the_neighbours_see():
+def stereo_view(T: np.ndarray, rays: np.ndarray, k: np.ndarray = K) -> dict:
+    """A view of the wall as :func:`heads.recon.mvs.pair_depth` takes it."""
+    return {"image": wall_image(T, rays), "rays": rays, "project": RayProjector(rays), "f": k[0, 0], "cam2world": T}
+
+
+def test_stereo_finds_the_wall_over_the_whole_range_whatever_the_prior():
+    """Three views of a textured wall 3 m away, searched from 0.5 to 20 m: the depth comes from the images
+    (no prior is given), within a few tenths of a per cent wherever the pairs agree."""
     rays = pinhole_rays()
-    poses = [look_at((x, 0.0, 0.0)) for x in (0.0, -0.35, 0.35)]
-    images = [wall_image(T, rays) for T in poses]
+    poses = [look_at((x, 0.0, 0.0)) for x in (0.0, -0.3, 0.3)]
     truth = wall_depth(poses[0], rays)
-    start = truth * 1.06
-    refined, changed = refine_depth(start, rays, cam2world=poses[0], gray=images[0],
-                                    others=[(images[i], K, poses[i]) for i in (1, 2)], s=Sweep())
-    err = np.abs(refined / truth - 1)
-    assert changed.mean() > 0.5, changed.mean()
-    assert np.median(err[changed]) < 0.006, np.median(err[changed])
-    assert np.all(refined[~changed] == start[~changed])
-    # a view nobody else sees is left as it is
-    same, nothing = refine_depth(start, rays, cam2world=poses[0], gray=images[0], others=[], s=Sweep())
-    assert np.all(same == start) and not nothing.any()
+    views = [stereo_view(T, rays) for T in poses]
+    found, pairs = view_depth(views[0], views[1:], (0.5, 20.0))
+    ok = np.isfinite(found)
+    err = np.abs(found[ok] / truth[ok] - 1)
+    assert pairs == 2 and ok.mean() > 0.6, (pairs, ok.mean())
+    assert np.median(err) < 0.003 and np.percentile(err, 95) < 0.01, (np.median(err), np.percentile(err, 95))
+    one = pair_depth(views[0], views[1], (0.5, 20.0))  # one pair alone: the same wall
+    assert np.nanmedian(np.abs(one / truth - 1)) < 0.004
+    # a neighbour straight ahead cannot be rectified (its epipole lies in the image): passed over
+    ahead = stereo_view(look_at((0.0, 0.0, 0.5)), rays)
+    assert pair_depth(views[0], ahead, (0.5, 20.0)) is None
+    assert view_depth(views[0], [ahead], (0.5, 20.0))[1] == 0
+
+
+def test_stereo_follows_a_lens_that_bends_rays():
+    """Rays through a radial distortion (k1 = -0.15): the pixel each direction lands on is fitted to the rays
+    to a hundredth of a pixel, and matching through them finds the wall as with a pinhole."""
+    u, v = G.pixel_grid(H, W)
+    xd, yd = (u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1]
+    x, y = xd.copy(), yd.copy()
+    for _ in range(20):  # undistort: x_d = x (1 + k1 r^2)
+        r2 = x * x + y * y
+        x, y = xd / (1 - 0.15 * r2), yd / (1 - 0.15 * r2)
+    rays = np.stack([x, y], -1)
+    project = RayProjector(rays)
+    pu, pv = project(rays[..., 0], rays[..., 1])
+    assert project.error < 0.01 and np.abs(pu - u).max() < 0.01 and np.abs(pv - v).max() < 0.01
+    poses = [look_at((x0, 0.0, 0.0)) for x0 in (0.0, 0.3)]
+    truth = wall_depth(poses[0], rays)
+    found = pair_depth(stereo_view(poses[0], rays), stereo_view(poses[1], rays), (0.5, 20.0))
+    ok = np.isfinite(found)
+    assert ok.mean() > 0.6 and np.median(np.abs(found[ok] / truth[ok] - 1)) < 0.004
+
+
+def test_rectified_frames_put_the_baseline_along_the_rows():
+    a, b = look_at((0.0, 0.0, 0.0)), look_at((0.3, 0.1, 0.05), target=(0.5, 0.0, 3.0))
+    Ra, Rb, baseline = rectify(a, b)
+    assert baseline == pytest.approx(np.linalg.norm([0.3, 0.1, 0.05]))
+    for R in (Ra, Rb):
+        assert np.allclose(R @ R.T, np.eye(3), atol=1e-12) and np.linalg.det(R) > 0
+    # the baseline in the rectified frame runs along x: a point seen by both lies on one row
+    world_to_rect = Ra @ a[:3, :3].T
+    assert np.allclose(world_to_rect @ (b[:3, 3] - a[:3, 3]), [baseline, 0, 0], atol=1e-12)
+    X = np.array([0.2, -0.3, 3.0])
+    in_a, in_b = world_to_rect @ (X - a[:3, 3]), world_to_rect @ (X - b[:3, 3])
+    assert in_a[1] / in_a[2] == pytest.approx(in_b[1] / in_b[2]) and in_a[0] / in_a[2] > in_b[0] / in_b[2]
+
+
+def test_the_prior_fills_holes_at_the_scale_of_what_was_matched():
+    """A prior 30 % too far and tilted, matched depth on the left two thirds: the hole on the right takes the
+    prior's shape at the matched depths' scale; pixels farther than ``reach`` from any match stay empty."""
+    truth = wall_depth(look_at((0.3, 0.0, 0.0)), pinhole_rays())
+    u, v = G.pixel_grid(H, W)
+    prior = truth * 1.3 * (1 + 0.05 * (v / H - 0.5))
+    matched = np.where(u < 2 * W / 3, truth, np.nan)
+    filled = fill_from_prior(matched, prior)
+    hole = u >= 2 * W / 3
+    assert np.array_equal(filled[~hole], truth[~hole].astype(np.float32))
+    assert np.median(np.abs(filled[hole] / truth[hole] - 1)) < 0.01 < np.median(np.abs(prior[hole] / truth[hole] - 1))
+    near = fill_from_prior(matched, prior, reach=0.1)
+    assert np.isnan(near[:, -1]).all() and np.isfinite(near[:, int(2 * W / 3) + 5]).all()
+    assert np.array_equal(fill_from_prior(np.full((H, W), np.nan), prior), prior.astype(np.float32))  # nothing matched
 
 
 # ---------------------------------------------------------------------------- fusion
@@ -139,14 +198,15 @@ def test_views_of_one_wall_fuse_into_one_layer_and_a_bad_patch_is_dropped():
 
 
 def test_depth_that_is_right_stays_right():
-    """A perfect model (the wall's true depth, true cameras, images that agree): matching and averaging keep
-    nearly every pixel and move none of them by more than a fraction of a per cent."""
+    """A perfect model (the wall's true depth, true cameras, images that agree): matching finds nearly every
+    pixel again where it was, and what is kept moves by a fraction of a per cent."""
     depth, rays, poses, Ks, valid = fused_walls([0.0] * 5)
     images = np.stack([wall_image(T, r) for T, r in zip(poses, rays)])
     out = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=images, f=Fusion())
-    change = np.abs(out.depth / depth - 1)
-    assert out.keep.mean() > 0.95 and np.percentile(change[out.keep], 99) < 0.005, (out.keep.mean(),
-                                                                                   np.percentile(change, 99))
+    change = np.abs(out.depth / depth - 1)[out.keep]
+    assert out.matched.mean() > 0.9 and out.keep.mean() > 0.9, (out.matched.mean(), out.keep.mean())
+    assert np.median(change) < 0.001 and np.percentile(change, 95) < 0.01, (np.median(change),
+                                                                             np.percentile(change, 95))
 
 
 def test_a_video_that_returns_keeps_each_surface_once():
@@ -202,10 +262,10 @@ def test_fusion_on_threads_gives_what_it_gives_on_one(monkeypatch):
                                   valid=np.concatenate([valid, valid]), grays=np.concatenate([images, images[::-1]]),
                                   f=Fusion(window=2))]
     for one, many in zip(runs[1], runs[3]):
-        assert one.neighbours == many.neighbours and one.refined == many.refined
-        for name in ("depth", "keep", "first", "checked"):
+        assert one.neighbours == many.neighbours
+        for name in ("depth", "keep", "first", "checked", "matched"):
             assert np.array_equal(getattr(one, name), getattr(many, name)), name
-    assert runs[1][0].refined > 0 and not runs[1][1].first[5:].all()  # the checks did something
+    assert runs[1][0].matched.mean() > 0.5 and not runs[1][1].first[5:].all()  # the checks did something
 
 
 def test_a_view_no_other_sees_is_kept_unchecked():
@@ -255,7 +315,9 @@ def test_alignment_solves_the_offset_between_two_sensors():
 
 def test_recon3d_on_held_out_frames_lies_on_the_recorded_surface(cli, tmp_path):
     """Frames the bundled model never saw: the fused cloud and mesh against the recorded depth, beside
-    --no-fusion (the views stacked as placed), COLMAP's points, the ceiling and the flat baseline."""
+    --no-fusion (the network's depth as placed), COLMAP's points, the ceiling and the flat baseline. The
+    network was trained on other frames of this kitchen, so its depth is good here: matching the images
+    must still be more precise than it, and far above what a constant depth or the sparse points give."""
     if not KITCHEN.exists():
         pytest.skip("shared data not present")
     frames = [KITCHEN / f"frame-{i:06d}.color.jpg" for i in range(800, 897, 12)]  # 9 frames, 1 m of motion
@@ -270,9 +332,103 @@ def test_recon3d_on_held_out_frames_lies_on_the_recorded_surface(cli, tmp_path):
     fused, stacked = scores["fused"]["rows"], scores["stacked"]["rows"]
     assert scores["fused"]["frames"] == 9 and scores["fused"]["ate"] < 0.05
     assert fused["recorded_depth_on_cameras"]["f@0.05"] > 0.95  # the cameras allow it
-    assert fused["scene"]["f@0.05"] > max(0.55, stacked["scene"]["f@0.05"]), (fused["scene"], stacked["scene"])
-    assert fused["scene"]["precision@0.05"] > stacked["scene"]["precision@0.05"] + 0.05
-    assert fused["scene"]["accuracy"] < 0.05 and fused["scene"]["completeness"] < 0.05
+    assert fused["scene"]["precision@0.05"] > stacked["scene"]["precision@0.05"] + 0.03, (fused["scene"],
+                                                                                           stacked["scene"])
+    assert fused["scene"]["f@0.05"] > 0.5 and fused["scene"]["accuracy"] < 0.06, fused["scene"]
     assert fused["mesh"]["f@0.05"] > 0.8 * fused["scene"]["f@0.05"]
     assert fused["scene"]["f@0.05"] > 2 * fused["colmap_points"]["f@0.05"]
     assert fused["scene"]["f@0.05"] > 4 * fused["constant_depth_on_cameras"]["f@0.05"]
+
+
+# ---------------------------------------------------------------------------- end to end on a scene no network saw
+
+
+@pytest.fixture(scope="module")
+def unseen(tmp_path_factory):
+    """Things on a table seen from 0.35-0.6 m (benchmarks.synthetic_scenes), 10 frames of 320 x 240: exact
+    depth and cameras, and nothing like the kitchen the bundled models were trained on."""
+    from benchmarks.synthetic_scenes import write_scene
+
+    folder = tmp_path_factory.mktemp("unseen") / "object"
+    write_scene("object", folder, frames=10, hw=(240, 320))
+    return folder
+
+
+def _scored(cli, folder, scene, *flags, scale=True):
+    code, out, err = cli(["evaluate", "recon3d", scene, "--data", folder, "--dataset", "generic-rgbd",
+                          "--depth-scale", "1000", "--no-sensor-offset", "--json", *([] if scale else ["--no-scale"])])
+    assert code == 0, err
+    return json.loads(out)["rows"]
+
+
+def test_on_a_scene_no_network_saw_the_geometry_comes_from_the_images(cli, tmp_path, unseen):
+    """Matching the images puts the cloud on the surface (F-score within 2 cm in a scene 40 cm deep), and it
+    does so as well when the network's depth is replaced by a flat plane: the prior only fills in. Before
+    matching (the network's depth fitted to the tracks) this scene scored below one constant depth at 2 cm."""
+    runs = {}
+    for prior in ("network", "flat"):
+        code, out, err = cli(["recon3d", unseen / "images", "-o", tmp_path / prior, "--cameras", "json", "-q",
+                              "--depth-prior", prior, "--json"])
+        assert code == 0, err
+        assert json.loads(out)["fusion"]["matched"] > 0.5
+        runs[prior] = _scored(cli, unseen, tmp_path / prior)
+    default, flat = runs["network"], runs["flat"]
+    assert default["recorded_depth_on_cameras"]["f@0.02"] > 0.95  # the cameras are right
+    assert default["scene"]["f@0.02"] > 0.7 and default["scene"]["f@0.05"] > 0.9, default["scene"]
+    assert default["scene"]["f@0.02"] > 3 * default["constant_depth_on_cameras"]["f@0.02"]
+    assert abs(flat["scene"]["f@0.02"] - default["scene"]["f@0.02"]) < 0.05, (flat["scene"], default["scene"])
+
+
+def test_known_cameras_have_their_matches_triangulated_and_the_scene_takes_their_metres(cli, tmp_path, unseen):
+    """The scene's own cameras given (a cameras.json in metres): the matches are triangulated from them (no
+    mapping), the network's depth is fitted to those points, and the scene comes out in metres: scored
+    rigidly (its scale judged, not fitted) it lies on the surface; its unit says where the metres came from."""
+    K = np.loadtxt(unseen / "K.txt")
+    cams = [{"image": p.name, "width": 320, "height": 240, "K": K.tolist(),
+             "cam2world": np.loadtxt(unseen / "poses" / f"{p.stem}.txt").tolist()}
+            for p in sorted((unseen / "images").glob("*.png"))]
+    given = tmp_path / "given.json"
+    given.write_text(json.dumps({"unit": "metres", "cameras": cams}))
+    code, out, err = cli(["recon3d", unseen / "images", "-o", tmp_path / "known", "--known-cameras", given,
+                          "--cameras", "json", "--json", "-q"])
+    assert code == 0 and "warning" not in err, err
+    summary = json.loads(out)
+    assert summary["cameras"]["cameras"] == "given" and summary["cameras"]["points"] > 100, summary["cameras"]
+    assert summary["cameras"]["reprojection_error_px"] < 1.0 and summary["unit"] == "metres, from the given cameras"
+    rows = _scored(cli, unseen, tmp_path / "known", scale=False)
+    assert rows["scene"]["f@0.02"] > 0.7, rows["scene"]
+    assert json.loads((tmp_path / "known" / "cameras.json").read_text())["unit"] == "metres, from the given cameras"
+
+
+def test_an_rgbd_sequence_with_recorded_poses_is_placed_on_them_without_matching(cli, tmp_path, unseen):
+    """The generic-rgbd layout (images/, depth/, poses/, K.txt) given as a folder: its recorded poses are the
+    cameras and its depth the geometry, said on the terminal; --no-known-poses matches instead."""
+    code, out, err = cli(["recon3d", unseen, "-o", tmp_path / "rgbd", "--cameras", "json", "--json"])
+    assert code == 0, err
+    assert "recorded poses are the cameras (10 frames, metres)" in err and "--no-known-poses" in err, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["cameras"]["cameras"] == "given" and summary["seconds"]["sfm_thread"] is None  # no matching
+    assert summary["unit"] == "metres, from the measured depth"
+    rows = _scored(cli, unseen, tmp_path / "rgbd", scale=False)
+    assert rows["scene"]["f@0.02"] > 0.9, rows["scene"]
+    code, out, err = cli(["recon3d", unseen, "-o", tmp_path / "matched", "--no-known-poses", "--json", "-q"])
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["cameras"]["cameras"] == "sfm"
+
+
+def test_a_flat_prior_is_one_plane_per_view_at_one_depth():
+    """--depth-prior flat: every pixel at the same z, each point moved along its own ray from its camera."""
+    from heads.recon.pipeline import flatten
+
+    rng = np.random.default_rng(0)
+    V = 3
+    poses = np.stack([look_at((0.2 * v, 0.0, 0.0)) for v in range(V)]).astype(np.float32)
+    rays = pinhole_rays()
+    depth = rng.uniform(1, 4, (V, H, W)).astype(np.float32)
+    pts = np.stack([world_points(depth[v], rays, poses[v]) for v in range(V)]).astype(np.float32)
+    pred = type("P", (), {"depth_z": depth.copy(), "pts3d": pts.copy(), "cam2world": poses})()
+    flatten(pred)
+    c = float(np.median([np.median(d) for d in depth]))
+    assert np.allclose(pred.depth_z, c)
+    for v in range(V):
+        assert np.allclose(pred.pts3d[v], world_points(np.full((H, W), c), rays, poses[v]), atol=1e-4)

@@ -213,7 +213,7 @@ def test_recon3d_writes_every_output_in_chunks(cli, model_file, tmp_path):
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert len(summary["chunks"]) == 2 and summary["points"] <= 5000 and summary["frames"] == 4
     assert {"after_edges", "after_voxel"} <= set(summary["cleaning"])
-    assert b"comment units: metres" in (out / "scene.ply").read_bytes()[:300] and (tmp_path / "p.png").exists()
+    assert b"comment units: metres, as the network estimates them" in (out / "scene.ply").read_bytes()[:300] and (tmp_path / "p.png").exists()
     o3d = pytest.importorskip("open3d")
     mesh = o3d.io.read_triangle_mesh(str(out / "scene_mesh.ply"))
     glb = o3d.io.read_triangle_mesh(str(out / "scene.glb"))  # the GLB reads back, as the same surface

@@ -331,7 +331,7 @@ def test_default_recon3d_cameras_are_as_good_as_colmaps_and_metric(cli, tmp_path
     assert 0 < sum(sfm_stages.values()) <= summary["seconds"]["sfm_thread"] + 0.05, summary["seconds"]
     cams = json.loads((tmp_path / "cameras.json").read_text())
     ours = np.array([c["cam2world"] for c in cams["cameras"]])
-    assert cams["unit"] == "metres" and np.allclose(ours[0], np.eye(4), atol=1e-6)
+    assert cams["unit"] == "metres, as the network estimates them" and np.allclose(ours[0], np.eye(4), atol=1e-6)
     ate, scale, rot = camera_errors(ours, poses)
     colmap_ate, _, _ = camera_errors(colmap_alone(paths, tmp_path / "colmap"), poses)
     origin_ate, _, _ = camera_errors(np.tile(np.eye(4), (len(paths), 1, 1)) + _jitter(len(paths)), poses)
@@ -448,27 +448,30 @@ def test_the_same_frames_give_the_same_cameras(cli, tmp_path):
             assert np.array_equal(a["K"], b["K"]) and np.array_equal(a["cam2world"], b["cam2world"]), (a, b)
 
 
-def test_frames_that_cannot_fix_a_focal_length_hold_it_and_say_so(cli, tmp_path):
-    """Frames close together do not fix a focal length: COLMAP's fit for this camera (about 530 px) wanders
-    with the frames chosen. Such a fit is mapped again with the focal length held at the camera's prior (no
-    EXIF here: COLMAP's 1.2 x the long side) and the run says so."""
+def test_a_loosely_fixed_focal_length_is_kept_and_said(cli, tmp_path):
+    """Frames close together fix a focal length only loosely: COLMAP's fit wanders with the frames chosen (the
+    colour camera is about 530 px at 640 x 480; five frames 8 apart fit almost 900). No evidence says the fit
+    is wrong, and COLMAP's prior (768 px here: 1.2 x the long side) is a guess about another camera: the fit
+    is kept, and the run says how loose it is and what fixes it (--intrinsics)."""
     paths, _ = kitchen([800, 808, 816, 824, 832])
     code, out, err = cli(["recon3d", *paths, "-o", tmp_path / "few", "--cameras", "json", "--no-fusion"])
     assert code == 0, err
-    assert "the focal length is held at 768 px (no EXIF" in err, err
+    assert "fix the focal length only loosely" in err and "it is kept" in err, err
+    assert "give --intrinsics" in err, err
+    fitted = float(err.split("fitted ")[1].split(" px")[0])
     for cam in json.loads((tmp_path / "few" / "cameras.json").read_text())["cameras"]:
-        assert np.allclose(np.array(cam["K"])[[0, 1], [0, 1]], 768.0), cam["K"]
+        assert abs(np.array(cam["K"])[0, 0] - fitted) < 1.0 and abs(fitted - 768.0) > 1.0, (cam["K"], fitted)
 
 
-def test_a_focal_length_the_frames_do_not_fix_is_found_out(tmp_path):
-    """Six frames 8 apart fit a focal length that, held 20 % off either way, hardly raises the reprojection
-    error; eight fit one with a distortion no lens has. Both are mapped again held; five frames 24 apart
-    keep their fit, within 30 px of the camera's."""
+def test_a_focal_length_no_lens_has_is_held_and_a_loose_one_kept(tmp_path):
+    """Eight frames 8 apart fit a distortion no lens has: mapped again with the focal length held at the
+    prior. Six frames 8 apart fit a focal length that, held 20 % off either way, hardly raises the
+    reprojection error: loose, said, kept. Five frames 24 apart fix theirs, within 30 px of the camera's."""
     import shutil
 
     from heads.recon.sfm import SfmOptions, _unfixed_focal, run_sfm
 
-    for frames, expect in (([800 + 8 * i for i in range(6)], "do not fix a focal length"),
+    for frames, expect in (([800 + 8 * i for i in range(6)], "only loosely"),
                            ([800 + 8 * i for i in range(8)], "is one no lens has"),
                            ([800 + 24 * i for i in range(5)], None)):
         paths, _ = kitchen(frames)
@@ -476,12 +479,14 @@ def test_a_focal_length_the_frames_do_not_fix_is_found_out(tmp_path):
         folder.mkdir()
         for p in paths:
             shutil.copy(p, folder / p.name)
-        rec, why = run_sfm(folder, [p.name for p in paths], SfmOptions())
+        rec, note = run_sfm(folder, [p.name for p in paths], SfmOptions())
         focal = next(iter(rec.cameras.values())).mean_focal_length()
         if expect is None:
-            assert why is None and abs(focal - 530) < 30 and _unfixed_focal(rec) is None, (why, focal)
+            assert note is None and abs(focal - 530) < 30 and _unfixed_focal(rec) == (None, None), (note, focal)
+        elif expect == "only loosely":
+            assert note is not None and expect in note and focal != 768.0, (frames, note, focal)
         else:
-            assert why is not None and expect in why and focal == 768.0, (frames, why, focal)
+            assert note is not None and expect in note and focal == 768.0, (frames, note, focal)
 
 
 def test_the_focal_check_adjusts_quietly(kitchen_sfm, capfd):

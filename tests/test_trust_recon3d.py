@@ -268,7 +268,7 @@ def test_a_cameras_json_says_its_unit_and_each_image_once(tmp_path):
     path = tmp_path / "cameras.json"
     for unit, scale in (("m", 1.0), ("meters", 1.0), ("mm", 0.001), ("unknown (the model is not metric)", None)):
         path.write_text(json.dumps({"unit": unit, "cameras": [_camera()]}))
-        assert read_cameras_json(path)[0] == scale
+        assert read_cameras_json(path).scale == scale
     path.write_text(json.dumps({"unit": "seconds", "cameras": [_camera()]}))
     with pytest.raises(UsageError, match="not a length"):
         read_cameras_json(path)
@@ -326,3 +326,42 @@ def test_a_videos_colmap_model_names_images_that_exist(cli, tmp_path):
                         "-q"])
     cams = json.loads((tmp_path / "j" / "cameras.json").read_text())
     assert code == 0 and all((Path(cams["image_root"]) / c["image"]).is_file() for c in cams["cameras"]), cams
+
+
+# ---------------------------------------------------------------------------- models that hold together
+
+
+def test_the_colmap_model_written_reprojects_as_the_reconstruction_did(cli, tmp_path):
+    """A Gaussian-splatting or NeRF trainer takes the COLMAP model as it is: its points must land where they
+    were seen, as in the SfM that made them (the map to the output's frame was once taken after that frame
+    was made, and the points reprojected 144 px from their observations on 5 kitchen frames)."""
+    import pycolmap
+
+    code, out, err = cli(["recon3d", *FRAMES, "-o", tmp_path / "s", "--cameras", "colmap", "--json", "-q"])
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    model = pycolmap.Reconstruction(str(tmp_path / "s" / "sparse" / "0"))
+    assert model.num_points3D() > 50
+    assert model.compute_mean_reprojection_error() == pytest.approx(summary["cameras"]["reprojection_error_px"],
+                                                                     abs=0.01)
+
+
+def test_recorded_rotations_stored_to_a_few_digits_are_taken_and_said(tmp_path):
+    """7-Scenes stores its rotations orthonormal to about 3e-4: up to 1e-3 they are made exact (and said
+    once); a rotation further off is refused."""
+    from heads.recon.sfm import read_cameras_json, read_known_cameras
+    from pixio_cli.errors import UsageError
+
+    path = tmp_path / "cameras.json"
+    T = np.eye(4)
+    T[:3, :3] += np.array([[0, 4e-4, 0], [-3e-4, 0, 0], [0, 0, 2e-4]])
+    path.write_text(json.dumps({"unit": "m", "cameras": [_camera(cam2world=T.tolist())]}))
+    given = read_cameras_json(path)
+    R = given.cameras["a.jpg"][1][:3, :3]
+    assert np.allclose(R.T @ R, np.eye(3), atol=1e-12) and 2e-4 < given.rotation_off < 1e-3
+    cams = read_known_cameras(path, ["a.jpg"], [(480, 640)])
+    assert cams.note and "orthonormal" in cams.note and "a.jpg" not in cams.note
+    T[:3, :3] += 2e-3
+    path.write_text(json.dumps({"unit": "m", "cameras": [_camera(cam2world=T.tolist())]}))
+    with pytest.raises(UsageError, match="not a rigid pose"):
+        read_cameras_json(path)

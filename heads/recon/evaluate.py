@@ -24,7 +24,7 @@ import numpy as np
 from pixio_cli.errors import InputError
 
 VOXEL = 0.01  # metres: both clouds thinned to one point per cell before scoring
-TAUS = (0.05, 0.10)  # metres: precision / recall / F-score distances
+TAUS = (0.02, 0.05, 0.10)  # metres: precision / recall / F-score distances
 
 
 @dataclass

@@ -15,11 +15,14 @@ The steps (:func:`fuse_views`), as COLMAP's stereo fusion checks its depth maps:
 1. neighbours: for each view, the views that see most of it with parallax
    (:func:`choose_neighbours`), among the frames either side and the cameras
    nearest in space on a long video;
-2. refinement: each depth map matched against its neighbours' images
-   (:mod:`heads.recon.stereo`);
+2. stereo: each view's depth found by matching its image with its neighbours'
+   over the whole depth range its tracks span (:mod:`heads.recon.mvs`); where
+   the images say nothing (no texture, occlusion) the prior depth given (the
+   network's) fills in, scaled to the matched depths around it;
 3. agreement: a pixel's point, projected into a neighbour, must land on a depth
    within ``rtol``; its depth becomes the mean of those that agree
-   (:func:`average_agreeing`), and a pixel no neighbour agrees with is dropped;
+   (:func:`average_agreeing`); a pixel that matching found (pairs of images
+   agreed on it) is kept, a filled-in one only where a neighbour agrees;
 4. once: a pixel another view sees in more detail (or as much, and earlier) is left
    out (:func:`finest_view`), so ten views of a wall give one layer of points, not ten.
 """
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from heads.recon.stereo import Sweep, refine_depth
+from heads.recon.mvs import RayProjector, Stereo, fill_from_prior, search_range, textured, view_depth
 from heads.recon.workspace import active, each_view, tick
 
 
@@ -43,9 +46,11 @@ class Fusion:
     sample: int = 8  # every n-th pixel (each way) of a view ranks its neighbours
     window: int | None = 32  # with more than 2 x this many views, neighbours come from within this many frames
     nearest: bool = True  # ... and from this many cameras nearest in space (within 60 degrees): a video returns
-    rtol: float = 0.03  # two depths agree when they differ by at most this fraction
+    rtol: float = 0.02  # two depths agree when they differ by at most this fraction
+    confirm: int = 2  # neighbours that must agree with a pixel matching did not find (a prior's, or off texture);
+    # with no matching (stereo None), one: the prior is all there is
     min_agreeing: float = 0.05  # a view whose pixels its neighbours confirm less than this is left unchecked
-    stereo: Sweep | None = field(default_factory=Sweep)  # None: no refinement by matching images
+    stereo: Stereo | None = field(default_factory=Stereo)  # None: the depths given, not matched
 
 
 def world_points(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray) -> np.ndarray:
@@ -158,45 +163,55 @@ def _nearest_cameras(cam2world: np.ndarray, k: int, max_angle: float = 60.0) -> 
 
 
 def average_agreeing(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2world: np.ndarray,
-                     valid: np.ndarray, neighbours: list[list[int]], rtol: float) -> tuple[np.ndarray, np.ndarray]:
+                     valid: np.ndarray, neighbours: list[list[int]], rtol: float
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each valid pixel's depth replaced by the mean of its own and of the neighbours' that agree with it
-    (their points' depths in its camera), and how many neighbours agreed (V, h, w)."""
+    (their points' depths in its camera); how many neighbours agreed (V, h, w); and how many contradict it
+    (V, h, w): its point lands on a valid pixel of theirs whose depth lies beyond it, so that neighbour sees
+    through the place the point claims (a point in front of a surface that is seen may be hiding it instead:
+    that says nothing)."""
     V, h, w = depth.shape
     ws = active()
     count = ws.array("agreeing", (V, h, w), np.int16)
+    against = ws.array("contradicting", (V, h, w), np.int16)
     out = ws.array("averaged", (V, h, w), np.float32)
 
-    def agree(v: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def agree(v: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         ys, xs = np.nonzero(valid[v])
         X = points_at(depth, rays, cam2world=cam2world, v=v, ys=ys, xs=xs)
         total = depth[v, ys, xs].astype(np.float64)
-        n_agree = np.zeros(len(X), np.int16)
+        n_agree, n_against = np.zeros(len(X), np.int16), np.zeros(len(X), np.int16)
         for n in neighbours[v]:
             i, r, u, z = _landing(X, K[n], cam2world[n], (h, w))
             d = depth[n, r, u]
-            ok = valid[n, r, u] & (np.abs(z - d) <= rtol * d)
+            seen_there = valid[n, r, u]
+            n_against[i[seen_there & (z < (1 - rtol) * d)]] += 1
+            ok = seen_there & (np.abs(z - d) <= rtol * d)
             i, r, u = i[ok], r[ok], u[ok]
             seen = points_at(depth, rays, cam2world=cam2world, v=n, ys=r, xs=u)
             total[i] += ((seen - cam2world[v][:3, 3]) @ cam2world[v][:3, :3])[:, 2]
             n_agree[i] += 1
-        return ys, xs, total / (1 + n_agree), n_agree
+        return ys, xs, total / (1 + n_agree), n_agree, n_against
 
-    for v, (ys, xs, mean, n_agree) in each_view(agree, V):
+    for v, (ys, xs, mean, n_agree, n_against) in each_view(agree, V):
         out[v] = depth[v]
         out[v, ys, xs] = mean
         count[v, ys, xs] = n_agree
-    return out, count
+        against[v, ys, xs] = n_against
+    return out, count, against
 
 
 def finest_view(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2world: np.ndarray, valid: np.ndarray,
                 overlapping: list[list[int]], rtol: float, most: int = 8, tie: float = 0.05,
-                window: int | None = None) -> np.ndarray:
+                window: int | None = None, matched: np.ndarray | None = None) -> np.ndarray:
     """The valid pixels (V, h, w) that no other view holds at a finer resolution: a pixel is held by one
     of the ``most`` views that overlap its view most when its point lands on a valid pixel there at the
     same depth (within ``rtol``) and that pixel's footprint (depth / focal) is smaller, or the same
     within ``tie`` and the view comes first. Each surface is then kept once, from the view that sees it
-    in most detail. With a ``window``, the ``most`` views are taken both from the frames within ``window``
-    and from the others (where a video returns, its earlier pass), so that neither crowds out the other."""
+    in most detail. With ``matched`` (V, h, w), a pixel whose depth matching found is held before any other
+    (what the images found beats a prior's guess, whatever the footprints). With a ``window``, the ``most``
+    views are taken both from the frames within ``window`` and from the others (where a video returns, its
+    earlier pass), so that neither crowds out the other."""
     V, h, w = depth.shape
     own = active().array("first", valid.shape, bool)
 
@@ -213,6 +228,9 @@ def finest_view(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2world: n
             d = depth[n, r, u]
             ratio = (d / K[n, 0, 0]) / footprint[i]
             finer = (ratio < 1 - tie) | ((ratio <= 1 + tie) & (n < v))
+            if matched is not None:  # found beats guessed; footprints decide between equals
+                mine, theirs = matched[v, ys[i], xs[i]], matched[n, r, u]
+                finer = (theirs & ~mine) | (finer & (theirs == mine))
             held[i[valid[n, r, u] & (np.abs(z - d) <= rtol * d) & finer]] = True
         return ys[held], xs[held]
 
@@ -224,60 +242,92 @@ def finest_view(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2world: n
 
 @dataclass
 class FusedViews:
-    """What :func:`fuse_views` gives: the refined depths and which pixels to keep."""
+    """What :func:`fuse_views` gives: the depths found and which pixels to keep."""
 
-    depth: np.ndarray  # (V, h, w) float32 z-depths: refined, then averaged with the neighbours that agree
-    keep: np.ndarray  # (V, h, w) valid pixels a neighbour confirms (all valid ones of an unchecked view)
+    depth: np.ndarray  # (V, h, w) float32 z-depths: matched or filled in, then averaged with the neighbours that agree
+    keep: np.ndarray  # (V, h, w) valid pixels matched, or that a neighbour confirms (all of an unchecked view's)
     first: np.ndarray  # (V, h, w) of those, the ones no other view holds in more detail: each surface once
     checked: np.ndarray  # (V,) whether a view's depth could be checked against other views
     neighbours: list[list[int]]
-    refined: float  # fraction of valid pixels whose depth matching the images changed
+    matched: np.ndarray  # (V, h, w) valid pixels whose depth matching the images found
 
 
 def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np.ndarray, valid: np.ndarray,
-               grays: np.ndarray | None, f: Fusion = Fusion(), fixed: np.ndarray | None = None) -> FusedViews:
-    """The steps of the module's docstring on V views; ``grays`` (V, h, w) float32 0-1, the images at the
-    depth maps' size (None: no refinement by matching). A view with no neighbour, or whose neighbours
-    confirm under ``min_agreeing`` of its pixels (cameras or depths too far off), keeps its valid pixels
-    unchecked (``checked`` False). ``fixed`` (V, h, w): measured depths, which refinement leaves as they are."""
+               grays: np.ndarray | None, f: Fusion = Fusion(), fixed: np.ndarray | None = None,
+               tracks: list | None = None) -> FusedViews:
+    """The steps of the module's docstring on V views; ``depth`` is the prior (the network's depth, fitted),
+    ``grays`` (V, h, w) uint8 the images at the depth maps' size (None: no matching, the prior is checked
+    as it is). ``tracks``: per view the (near, far) depths its tracks span (1st, 99th percentile) or None,
+    which set the depths matching searches. A view with no neighbour, or whose neighbours confirm under
+    ``min_agreeing`` of its pixels (cameras or depths too far off), keeps its valid pixels unchecked
+    (``checked`` False). ``fixed`` (V, h, w): measured depths (known depth), which matching leaves as they
+    are and which need no confirmation."""
     V, ws = len(depth), active()
     depth = _copy(depth, ws.array("depth", depth.shape, np.float32))  # stored in float32; computed in float64
     rays = rays if rays.dtype == np.float32 else _copy(rays, ws.array("rays", rays.shape, np.float32))
     samples = sample_points(depth, rays, cam2world=cam2world, valid=valid, step=f.sample)
     neighbours, overlapping = choose_neighbours(samples, depth.shape[1:], K=K, cam2world=cam2world, f=f)
     del samples
-    refined = 0.0
+    matched = ws.array("matched", valid.shape, bool)
+    valid = _copy(valid, ws.array("valid", valid.shape, bool))  # narrowed by matching: pixels it does not guess
     if f.stereo is not None and grays is not None:
-        changed, n_valid = 0, 0
-
-        def refine(v: int) -> tuple[np.ndarray, np.ndarray]:
-            others = [(grays[n], K[n], cam2world[n]) for n in neighbours[v][:f.stereo.neighbours]]
-            return refine_depth(depth[v].astype(np.float64), rays[v].astype(np.float64), cam2world=cam2world[v],
-                                gray=grays[v], others=others, s=f.stereo)
-
-        for v, (d, moved) in each_view(refine, V):  # in place: a refinement reads other views' images, not depths
-            movable = valid[v] if fixed is None else valid[v] & ~fixed[v]
-            depth[v] = np.where(movable, d, depth[v])
-            changed += int((moved & movable).sum())
-            n_valid += int(valid[v].sum())
-        refined = changed / max(n_valid, 1)
-    averaged, count = average_agreeing(depth, rays, K=K, cam2world=cam2world, valid=valid, neighbours=neighbours,
-                                       rtol=f.rtol)
+        _match_views(depth, rays, cam2world=cam2world, K=K, grays=grays, valid=valid, fixed=fixed,
+                     order=[list(dict.fromkeys(n + o)) for n, o in zip(neighbours, overlapping)], tracks=tracks,
+                     s=f.stereo, matched=matched)
+    averaged, count, against = average_agreeing(depth, rays, K=K, cam2world=cam2world, valid=valid,
+                                                neighbours=neighbours, rtol=f.rtol)
     checked = np.zeros(V, bool)
     keep = ws.array("keep", valid.shape, bool)
     for v in range(V):
-        agreed = count[v] > 0
-        checked[v] = bool(neighbours[v]) and valid[v].any() and agreed[valid[v]].mean() >= f.min_agreeing
+        checked[v] = bool(neighbours[v]) and valid[v].any() and (count[v][valid[v]] > 0).mean() >= f.min_agreeing
+        # as many as asked, where the view has that many neighbours to ask
+        agreed = count[v] >= max(1, min(f.confirm if f.stereo is not None and grays is not None else 1,
+                                        len(neighbours[v])))
         if checked[v]:
             depth[v] = averaged[v]
-        keep[v] = valid[v] & (agreed | ~checked[v])
+        # matched on texture (pairs of images agreed) stands alone unless a neighbour sees through it
+        keep[v] = valid[v] & (agreed | (matched[v] & (against[v] == 0)) | ~checked[v])
         if fixed is not None:  # measured depth needs no other view to confirm it
             keep[v] |= valid[v] & fixed[v]
         tick()
-    del averaged, count
+    del averaged, count, against
     first = finest_view(depth, rays, K=K, cam2world=cam2world, valid=keep, overlapping=overlapping, rtol=f.rtol,
-                        window=f.window if f.window is not None and V > 2 * f.window else None)
-    return FusedViews(depth, keep, first=first, checked=checked, neighbours=neighbours, refined=refined)
+                        window=f.window if f.window is not None and V > 2 * f.window else None,
+                        matched=matched if f.stereo is not None and grays is not None else None)
+    return FusedViews(depth, keep, first=first, checked=checked, neighbours=neighbours, matched=matched)
+
+
+def _match_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np.ndarray, grays: np.ndarray,
+                 valid: np.ndarray, fixed: np.ndarray | None, order: list[list[int]], tracks: list | None, s: Stereo,
+                 matched: np.ndarray) -> None:
+    """Each view's depth found by matching it with the views ``order`` names (preferred first), in place
+    in ``depth`` where ``valid`` and not ``fixed``, the prior filling in where matching found nothing;
+    ``matched`` marks the pixels it found. Views whose rays no smooth camera model follows keep their prior."""
+    V = len(depth)
+    projectors = [p for _, p in each_view(lambda v: RayProjector(rays[v], step=4), V)]
+    usable = [p.error < 0.5 for p in projectors]
+
+    def view(v: int) -> dict:
+        return {"image": np.asarray(grays[v]), "rays": np.asarray(rays[v], np.float64), "project": projectors[v],
+                "f": float(K[v, 0, 0]), "cam2world": cam2world[v]}
+
+    def match(v: int) -> np.ndarray | None:
+        if not usable[v]:
+            return None
+        z_range = search_range(tracks[v] if tracks is not None else None, depth[v], s.margin)
+        found, _ = view_depth(view(v), [view(n) for n in order[v] if usable[n]], z_range, s)
+        return found
+
+    for v, found in each_view(match, V):  # in place: matching reads other views' images, never their depths
+        if found is None:
+            continue
+        movable = valid[v] if fixed is None else valid[v] & ~fixed[v]
+        here = movable & np.isfinite(found)
+        matched[v] = here & textured(grays[v], s.min_texture)  # the rest needs a neighbour's word, as filled pixels
+        filled = fill_from_prior(np.where(here, found, np.nan), depth[v], reach=s.reach)
+        guessed = np.isfinite(filled)  # not too far from anything matched
+        depth[v] = np.where(movable & guessed, filled, depth[v])
+        valid[v] &= ~(movable & ~guessed)
 
 
 def _copy(a: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -21,6 +21,9 @@ from heads.recon.scene import Cleaning
 from heads.recon.workspace import active
 
 
+LOOSE_CAMERAS_PX = 1.25  # given cameras whose triangulated matches reproject farther than this are said to fit loosely
+
+
 @dataclass
 class SceneInputs:
     """What the scene is made of: the inputs in order (failed ones included) and what is known of them."""
@@ -29,7 +32,7 @@ class SceneInputs:
     Ks: Optional[list] = None  # one K (original pixels) per item
     depth_files: Optional[list] = None  # one known-depth file (or None) per item
     depth_scale: Optional[float] = None  # stored depth values per metre
-    known_cameras: Optional[Path] = None  # a cameras.json or a COLMAP model: no matching
+    known_cameras: object = None  # a cameras.json or COLMAP model (Path), or heads.recon.sfm.GivenCameras: no mapping
 
     def keep(self, positions: list[int]) -> "SceneInputs":
         """The inputs at ``positions`` (in order), with what is known of each."""
@@ -52,6 +55,7 @@ class SceneOptions:
     loop_closure: bool = False  # sequential matching also matches frames alike far apart (the network's descriptors)
     depth_cameras: bool = True  # with known depth, move the matched cameras until the depths agree
     fusion: bool = True
+    prior: str = "network"  # the depth matching starts from and fills in with: network, or flat (an ablation)
     seed: int = 0
     save_predictions: Optional[Path] = None
 
@@ -85,7 +89,7 @@ class Scene:
     held: Optional[np.ndarray]  # (V, H, W) bool: pixels whose depth was measured
     depth_report: Optional[dict]
     chunks: list[dict]
-    metric: bool
+    scale_from: Optional[str]  # what set the scene's metres: "given cameras", "measured depth", "network", or None
     seconds: dict = field(default_factory=dict)
     sfm_seconds: Optional[float] = None
     sfm_stages: Optional[dict] = None  # seconds by stage of the SfM thread
@@ -100,7 +104,9 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, s
 
     started = time.perf_counter()
     items = inputs.items
-    job = _start_sfm(inputs, options) if options.sfm and inputs.known_cameras is None else None
+    measured = inputs.depth_files is not None and all(f is not None for f in inputs.depth_files)
+    # given cameras have their matches triangulated, for the network's depth to fit: not needed where all is measured
+    job = _start_sfm(inputs, options) if options.sfm and not (inputs.known_cameras is not None and measured) else None
     try:
         stages.next()
         net = prepare_pointmap(engine, load_pointmap(options.model))
@@ -112,13 +118,28 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, s
         stages.next(f"{len(views.frames)} views")
         with _core_left_for(job, engine):
             pred, chunks, model_poses = _predict(net, engine, views=views, inputs=inputs, options=options)
+        if options.prior == "flat":
+            flatten(pred)
         if job is not None:
             job.describe(views.indices, pred.descriptor)
         inferred = time.perf_counter()
-        stages.next("from matching" if job is not None else "given" if views.given is not None else "the network's")
-        sfm_cameras = job.result(views.indices, views.sizes, stages.detail) if job is not None else views.given
-        if sfm_cameras is not None and sfm_cameras.focal_held:
-            stages.say(f"pixio: note: {sfm_cameras.focal_held}")
+        stages.next("given" if views.given is not None else "from matching" if job is not None else "the network's")
+        if job is None:
+            sfm_cameras = views.given
+        elif views.given is not None:  # the matches triangulated from the given cameras, where they have no points
+            sfm_cameras = views.given if views.given.points else job.triangulate(views.given, views.indices,
+                                                                                stages.detail)
+            if sfm_cameras.error:
+                stages.say(f"pixio: warning: {sfm_cameras.error}: the network's depth is used as it comes")
+            elif sfm_cameras.points and sfm_cameras.reprojection_error > LOOSE_CAMERAS_PX:
+                stages.say(f"pixio: warning: the given cameras fit the images loosely: the points matched from "
+                           f"them land {sfm_cameras.reprojection_error:.2f} px from where they were seen (well "
+                           "under 1 px from cameras found by matching), so the depth matching finds is poorer; "
+                           "poses an RGB-D dataset records are often its depth sensor's, not the colour camera's")
+        else:
+            sfm_cameras = job.result(views.indices, views.sizes, stages.detail)
+        if sfm_cameras is not None and sfm_cameras.note:
+            stages.say(f"pixio: note: {sfm_cameras.note}")
         pred, placed, held, depth_report = _place(pred, sfm_cameras, model_poses=model_poses, views=views,
                                                   inputs=inputs, options=options)
         solved = time.perf_counter()
@@ -131,10 +152,25 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, s
         views.parts.clear()
     return Scene(pred, views.frames, view_items=views.items, root=views.root, image_names=views.image_names,
                  placed=placed, sfm_cameras=None if model_poses is not None else sfm_cameras, held=held,
-                 depth_report=depth_report, chunks=chunks, metric=net.metric,
+                 depth_report=depth_report, chunks=chunks,
+                 scale_from=_scale_from(held, sfm_cameras, model_poses=model_poses, metric=net.metric),
                  seconds={"load_and_decode": round(loaded - started, 2), "inference": round(inferred - loaded, 2),
                           "cameras": round(solved - inferred, 2)},
                  sfm_seconds=round(job.seconds, 2) if job else None, sfm_stages=job.stage_seconds if job else None)
+
+
+def flatten(pred: Predictions) -> None:
+    """The network's depth replaced, in place, by one plane facing each camera at the median depth of all views
+    (points moved along their rays): the ablation that shows what the images alone give, since placement
+    then fits that plane to the tracks and matching finds the rest."""
+    c = float(np.median([np.median(d[np.isfinite(d) & (d > 0)]) for d in pred.depth_z]))
+    for v in range(len(pred.depth_z)):
+        centre = pred.cam2world[v, :3, 3].astype(np.float64)
+        z = pred.depth_z[v].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            along = np.where(z > 0, c / z, np.nan)[..., None]
+        pred.pts3d[v] = (centre + (pred.pts3d[v] - centre) * along).astype(np.float32)
+        pred.depth_z[v] = np.float32(c)
 
 
 class _Views:
@@ -267,7 +303,8 @@ def write_scene(scene: Scene, options: SceneOptions, out: SceneOutputs, say: Cal
     keep, counts = pixel_mask(pred, out.cleaning)
     surface, fused = keep, None  # what the mesh averages, and what fusion said
     if options.fusion:  # in place: the scene's predictions are not used again
-        pred, surface, keep, fused = fuse(pred, colours, keep, fixed=scene.held, in_place=True)
+        pred, surface, keep, fused = fuse(pred, colours, keep, fixed=scene.held, tracks=scene.placed.get("tracks"),
+                                          in_place=True)
         counts.update(after_views=fused["after_views"], after_once=fused["after_once"])
     # photos with nothing in common: matching registered none and no view sees what another sees
     apart = (scene.sfm_seconds is not None and n > 1 and scene.placed["registered"] == 0 and fused is not None
@@ -285,7 +322,7 @@ def write_scene(scene: Scene, options: SceneOptions, out: SceneOutputs, say: Cal
     if not len(points):
         raise PixioError(f"no points to write: cleaning removed every pixel of {n} views ({counts}); loosen it "
                          "(--no-mask, --edge-rtol 0, no --conf-*)")
-    unit = "metres" if scene.metric else "unknown (the model is not metric)"
+    unit = UNITS[scene.scale_from]
     progress(str(out.scene_path))
     G.write_ply(out.scene_path, points, colours=point_colours,
                 normals_towards=pred.cam2world[0, :3, 3] if out.normals else None, unit=unit)
@@ -300,12 +337,12 @@ def write_scene(scene: Scene, options: SceneOptions, out: SceneOutputs, say: Cal
         from heads.recon.export import preview_picture
         from pixio_cli.writers import write_image
 
-        write_image(out.preview, preview_picture(points, point_colours, pred, unit="m" if scene.metric else "units"))
+        write_image(out.preview, preview_picture(points, point_colours, pred, unit="m" if scene.scale_from else "units"))
         written.append(str(out.preview))
     return {"scene": str(out.scene_path), "outputs": written, "frames": n, "image_root": root,
             "points": int(len(points)), "cleaning": counts, "scale": pred.scale, "unit": unit,
             "size": [int(scene.frames[0].shape[1]), int(scene.frames[0].shape[0])], "chunks": scene.chunks,
-            "cameras": {k: v for k, v in scene.placed.items() if k != "to_output"},
+            "cameras": {k: v for k, v in scene.placed.items() if k not in ("to_output", "tracks")},
             "fusion": {k: v for k, v in fused.items() if k != "unchecked"} | {"unchecked": len(fused["unchecked"])}
             if fused else None,
             "frame": "the first view's camera: x right, y down, z forward",
@@ -349,9 +386,23 @@ def _write_cameras(scene: Scene, pred: Predictions, out: SceneOutputs, apart: bo
                     if placed["cameras"] in ("sfm", "given") and sfm.reconstruction is not None else None)
         write_colmap(out.scene_path.parent / "sparse" / "0", image_names, original_hw=cam_sizes, K=pred.K_original,
                      cam2world=pred.cam2world, sfm=sfm if to_world else None, sfm_to_world=to_world,
-                     text=out.cameras == "colmap-text", unit="metres" if scene.metric else None)
+                     text=out.cameras == "colmap-text", unit="metres" if scene.scale_from else None)
         written.append(str(out.scene_path.parent / "sparse" / "0"))
     return unusable, root
+
+
+UNITS = {"given cameras": "metres, from the given cameras", "measured depth": "metres, from the measured depth",
+         "network": "metres, as the network estimates them", None: "unknown (the model is not metric)"}
+
+
+def _scale_from(held: Optional[np.ndarray], sfm_cameras, model_poses, metric: bool) -> Optional[str]:
+    """What the scene's scale comes from (a key of :data:`UNITS`): measured depth, metric cameras given (to the
+    placement or to the model), or the network's own estimate; None when nothing made it metric."""
+    if held is not None and held.any():
+        return "measured depth"
+    if model_poses is not None or (sfm_cameras is not None and sfm_cameras.known and sfm_cameras.scale is not None):
+        return "given cameras"
+    return "network" if metric else None
 
 
 def _warn_unchecked(unchecked: list[str], n_views: int, say: Callable[[str], None]) -> None:
@@ -425,8 +476,10 @@ def _start_sfm(inputs: SceneInputs, options: SceneOptions):
     """Matching on a thread of its own, beside the network (heads.recon.sfm.SfmJob)."""
     from heads.recon.sfm import SfmJob, SfmOptions
 
-    sfm = SfmOptions(matching=options.matching, mapper=options.mapper, known_K=inputs.Ks, seed=options.seed,
-                     loop_closure=options.loop_closure)
+    known = inputs.known_cameras is not None  # matched only, then triangulated from them (SfmJob.triangulate)
+    sfm = SfmOptions(matching=options.matching, mapper="none" if known else options.mapper,
+                     known_K=None if known else inputs.Ks, seed=options.seed, one_camera=not known,
+                     loop_closure=options.loop_closure and not known)
     return SfmJob(inputs.items, sfm, video=any(it.frame is not None for it in inputs.items))
 
 

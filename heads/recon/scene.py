@@ -157,16 +157,17 @@ def camera_rays(pred: Predictions) -> np.ndarray:
     return rays
 
 
-def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, fixed: np.ndarray | None = None, *,
-         in_place: bool = False) -> tuple[Predictions, np.ndarray, np.ndarray, dict]:
-    """The views' depths checked against each other, refined by matching the images ``colours`` (V, H, W, 3)
-    and averaged where they agree (:func:`heads.recon.fusion.fuse_views` with options ``f``), starting from the
-    ``valid`` pixels. Returns the predictions with those depths and points; the pixels other views confirm
-    (what a TSDF should average); of those, the ones to keep as points (each surface once); and a report:
-    views checked, the names of those that could not be, the fraction of pixels matching the images
-    moved, and the pixels left by the check and by keeping each surface once. ``fixed`` (V, H, W) bool:
-    pixels whose depth was measured (known depth), which matching the images does not move. ``in_place``: the
-    fused depths and points are written over ``pred``'s arrays (and ``valid`` narrowed), with no copy of them."""
+def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, fixed: np.ndarray | None = None,
+         tracks: list | None = None, *, in_place: bool = False) -> tuple[Predictions, np.ndarray, np.ndarray, dict]:
+    """The views' depths found by matching the images ``colours`` (V, H, W, 3) with the predictions' depth as
+    the prior, checked against each other and averaged where they agree (:func:`heads.recon.fusion.fuse_views`
+    with options ``f``), starting from the ``valid`` pixels; ``tracks``: per view the (near, far) depths of its
+    tracks, or None (what matching searches). Returns the predictions with those depths and points; the pixels
+    matched or confirmed (what a TSDF should average); of those, the ones to keep as points (each surface
+    once); and a report: views checked, the names of those that could not be, the fraction of pixels matching
+    found, and the pixels left by the check and by keeping each surface once. ``fixed`` (V, H, W) bool:
+    pixels whose depth was measured (known depth), which matching does not move. ``in_place``: the fused
+    depths and points are written over ``pred``'s arrays (and ``valid`` narrowed), with no copy of them."""
     import cv2
 
     from heads.recon.fusion import Fusion, fuse_views, world_points
@@ -176,16 +177,16 @@ def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, fixe
     rays = camera_rays(pred)
     if not in_place:
         valid = valid.copy()
-    grays = ws.array("grays", pred.depth_z.shape, np.float32)
+    grays = ws.array("grays", pred.depth_z.shape, np.uint8)
     for v, c in enumerate(colours):  # a view at a time: the views' arrays may be files (heads.recon.workspace)
         ray = rays[v]
         valid[v] &= np.isfinite(ray).all(-1)
         rays[v] = np.nan_to_num(ray)
-        grays[v] = cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY) / np.float32(255)
+        grays[v] = cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY)
         tick()
     c2w = pred.cam2world.astype(np.float64)
     out = fuse_views(pred.depth_z, rays, cam2world=c2w, K=pred.K.astype(np.float64), valid=valid, grays=grays, f=f,
-                     fixed=fixed)
+                     fixed=fixed, tracks=tracks)
     del grays
     fused = pred if in_place else replace(pred, depth_z=pred.depth_z.astype(np.float32, copy=True),
                                           pts3d=pred.pts3d.astype(np.float32, copy=True))
@@ -199,7 +200,7 @@ def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, fixe
         fused.pts3d[v, ys, xs] = points
     report = {"checked": int(out.checked.sum()),
               "unchecked": [pred.images[v] for v in np.flatnonzero(~out.checked) if valid[v].any()],
-              "refined_by_matching": round(out.refined, 4),
+              "matched": round(sum(int(m.sum()) for m in out.matched) / max(sum(int(k.sum()) for k in valid), 1), 4),
               "after_views": int(out.keep.sum()), "after_once": int(out.first.sum())}
     return fused, out.keep, out.first, report
 
@@ -376,10 +377,12 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None 
         by = reg if len(reg) <= MAPPED_BY else reg[np.linspace(0, len(reg) - 1, MAPPED_BY).round().astype(int)]
         pairs = corresponding_pixels(pred, pred, [(int(v), int(v)) for v in by], seed=seed)
         network_points = _points_at(pred, list(by), pairs)
-    depth_scales, residuals = np.ones(V), []
+    depth_scales, residuals, tracks = np.ones(V), [], [None] * V
     rays_cache: dict[int, np.ndarray] = {}
     for v in reg:
         xy_obs, z_obs = sfm.observations[v]
+        if (z_obs > 0).sum() >= MIN_OBSERVATIONS:  # the depths its tracks span, for matching to search
+            tracks[v] = tuple(float(q) * scale for q in np.percentile(z_obs[z_obs > 0], [1, 99]))
         oh, ow = pred.original_hw[v]
         uv = (xy_obs + 0.5) * [W / ow, H / oh] - 0.5  # original pixels -> processing pixels
         if given_depth is not None and given_depth[v]:  # measured: the points are fitted to it, not it to them
@@ -413,14 +416,16 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None 
         ok = np.isfinite(placed_points).all(1)
         s, R, t, _ = ransac_umeyama(network_points[ok], placed_points[ok], with_scale=not pred.metric, seed=seed)
         transformed(refined, s, R, t, in_place=True, views=unreg)  # their arrays still hold the network's
+    # the map from the reconstruction's (scaled) frame to the output's, taken before the output frame is made
+    to_output = np.eye(4) if sfm.known else invert_pose(refined.cam2world[0].astype(np.float64))
     world = refined if sfm.known else _first_frame_world(refined, True)  # given cameras: the user's frame
     return world, {"registered": int(len(reg)), "unregistered": [pred.images[v] for v in unreg],
                    "cameras": "given" if sfm.known else "sfm",
                    "points": int(sfm.points), "reprojection_error_px": round(float(sfm.reprojection_error), 3),
-                   "sfm_scale": round(scale, 6), "depth_scales": [round(float(d), 4) for d in depth_scales],
+                   "sfm_scale": float(scale), "depth_scales": [round(float(d), 4) for d in depth_scales],
+                   "tracks": tracks,
                    "depth_fit": _fit_report(residuals),
-                   "to_output": (np.eye(4) if sfm.known else invert_pose(refined.cam2world[0].astype(np.float64))
-                                 ).tolist()}
+                   "to_output": to_output.tolist()}
 
 
 def _reconstruction_scale(pred: Predictions, sfm, reg: np.ndarray) -> tuple[float | None, int]:

@@ -38,7 +38,8 @@ class SfmOptions:
     matching: str = "auto"  # auto: exhaustive up to EXHAUSTIVE_UP_TO frames (and never for video), else sequential
     overlap: int = 10  # sequential matching: each frame is matched with this many after it (and at 2^k)
     # auto: incremental up to INCREMENTAL_UP_TO frames, else global (GLOMAP's rotation averaging and global
-    # positioning, then bundle adjustment), whose cost on long videos grows far more slowly
+    # positioning, then bundle adjustment), whose cost on long videos grows far more slowly; none: matching only
+    # (the cameras are known: :meth:`SfmJob.triangulate`)
     mapper: str = "auto"
     one_camera: bool = True  # one set of intrinsics shared by every frame (frames of one camera)
     known_K: list[np.ndarray] | None = None  # per frame, in the written images' pixels: held fixed
@@ -68,7 +69,9 @@ class SfmCameras:
         error: why there is no reconstruction, when COLMAP failed.
         scale: network units per reconstruction unit when known (cameras in metres: 1.0), else None (fitted).
         known: given by the user (``--known-cameras``), not found by matching.
-        focal_held: what the focal length was held at, and why, when the frames could not fix it.
+        note: what the user should hear of these cameras, or None: a focal length held at the camera's prior,
+            and why (the frames could not fix it, or fitted one no lens has), or kept though loosely fixed;
+            given rotations made exactly orthonormal.
     """
 
     reconstruction: object
@@ -78,7 +81,7 @@ class SfmCameras:
     error: str | None = None
     scale: float | None = None
     known: bool = False
-    focal_held: str | None = None
+    note: str | None = None
 
     @classmethod
     def empty(cls, hw: list[tuple[int, int]], **kwargs) -> "SfmCameras":
@@ -282,19 +285,55 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
                          device=cpu, cancel=cancel, on_stage=on_stage)
 
     mapper = options.mapper
+    if mapper == "none":
+        return None, None
     if mapper == "auto":
         mapper = "incremental" if len(names) <= INCREMENTAL_UP_TO else "global"
     options = replace(options, mapper=mapper)
     on_stage(f"{mapper} mapping and bundle adjustment")
     rec = _map(db, folder, sparse=sparse, options=options, hold=hold, cancel=cancel)
+    if rec is None:
+        return rec, None
     if hold:
-        return rec, f"{len(names)} frames cannot fix a focal length"
-    why = _unfixed_focal(rec) if rec is not None and options.known_K is None else None
-    if why:
+        return rec, held_focal_note(rec, f"{len(names)} frames cannot fix a focal length")
+    wrong, loose = _unfixed_focal(rec) if options.known_K is None else (None, None)
+    if wrong:  # the prior is the last resort: only a fit the evidence says is wrong is given up
         on_stage("mapping again, the focal length held")
         _set_cameras(db, _held)
         rec = _map(db, folder, sparse=sparse, options=options, hold=True, cancel=cancel)
-    return rec, why
+        return rec, held_focal_note(rec, wrong) if rec is not None else None
+    return rec, f"{loose}: it is kept; give --intrinsics if you know it" if loose else None
+
+
+def triangulate_known(folder: Path, given: SfmCameras, names: list[str], written_hw: np.ndarray, cancel=None):
+    """COLMAP's point triangulator on ``folder``'s matched database with the cameras ``given`` held fixed (their
+    poses and pinhole K; ``names[v]``: the database's image of given's view v, at size ``written_hw[v]``):
+    a reconstruction of those cameras and the points their matches make."""
+    pycolmap = _pycolmap()
+    from heads.geometry import invert_pose, scale_intrinsics
+
+    db = folder / "database.db"
+    rec = pycolmap.Reconstruction()
+    base = pycolmap.Database.open(db)
+    try:
+        images = {im.name: im for im in base.read_all_images()}
+        for v, name in enumerate(names):
+            if name not in images:
+                continue  # a frame COLMAP could not read: it keeps no points
+            image, (h, w) = images[name], (int(written_hw[v][0]), int(written_hw[v][1]))
+            K = scale_intrinsics(given.K[v], tuple(given.original_hw[v]), (h, w))
+            camera = pycolmap.Camera.create_from_model_name(image.camera_id, "PINHOLE", float(K[0, 0]), w, h)
+            camera.params = _colmap_params(K)
+            base.update_camera(camera)  # the triangulator takes the database's camera models as the model's
+            rec.add_camera_with_trivial_rig(camera)
+            rec.add_image_with_trivial_frame(
+                pycolmap.Image(name=name, camera_id=image.camera_id, image_id=image.image_id),
+                pycolmap.Rigid3d(invert_pose(np.asarray(given.cam2world[v], np.float64))[:3]))
+    finally:
+        base.close()
+    out = folder / "triangulated"
+    out.mkdir(exist_ok=True)
+    return pycolmap.triangulate_points(rec, db, folder, out, cancellation_token=cancel)
 
 
 def _match_pairs(db: Path, path: Path, pairs: list[tuple[str, str]], *, verification, device, cancel,
@@ -346,27 +385,29 @@ def _held(camera, image) -> None:
     camera.has_prior_focal_length = True  # else COLMAP estimates the focal length as it registers each frame
 
 
-def _unfixed_focal(rec) -> str | None:
-    """Why the frames of ``rec`` do not fix the focal length it fitted, or None when they do.
+def _unfixed_focal(rec) -> tuple[str | None, str | None]:
+    """Whether the focal length ``rec`` fitted is wrong or only loosely fixed: (why it is wrong, or None;
+    why it is loose, or None).
 
     A fit no lens has (distortion beyond 0.3, a focal length beyond 0.4-2.5x COLMAP's prior of 1.2x the
-    long side) is not fixed. Up to ``CHECK_FOCAL_UP_TO`` frames, neither is a focal length that can be
-    20 % off either way for little cost: held there (distortion dropped) with everything else adjusted
-    again, the mean reprojection error must rise by more than a third.
+    long side) is wrong. Up to ``CHECK_FOCAL_UP_TO`` frames, a focal length that can be 20 % off either way
+    for little cost is loose: held there (distortion dropped) with everything else adjusted again, the
+    mean reprojection error rises by less than a third. Loose is no evidence against the fit, which stays
+    the best estimate there is (the prior is a guess about another camera): it is said, not replaced.
     """
     camera = next(iter(rec.cameras.values()))
     f, extra = camera.mean_focal_length(), np.abs(np.asarray(camera.params)[camera.extra_params_idxs()])
     fitted = f"{f:.0f} px" + (f", distortion {', '.join(f'{v:.2f}' for v in extra)}" if extra.size else "")
     if len(rec.cameras) == 1 and (not 0.4 < f / (1.2 * max(camera.width, camera.height)) < 2.5
                                   or extra.max(initial=0) > 0.3):
-        return f"the fitted camera ({fitted}) is one no lens has"
+        return f"the fitted camera ({fitted}) is one no lens has", None
     if len(rec.cameras) != 1 or rec.num_reg_images() > CHECK_FOCAL_UP_TO:
-        return None
+        return None, None
     base, off = _error_held_at(rec, 1.0), min(_error_held_at(rec, 0.8), _error_held_at(rec, 1.25))
     if base > 0 and off > 1.35 * base:
-        return None
-    return (f"these {rec.num_reg_images()} frames do not fix a focal length ({fitted}; 20 % off, the "
-            f"reprojection error rises x{off / base if base > 0 else float('nan'):.2f})")
+        return None, None
+    return None, (f"these {rec.num_reg_images()} frames fix the focal length only loosely (fitted {fitted}; 20 % "
+                  f"off, the reprojection error rises x{off / base if base > 0 else float('nan'):.2f})")
 
 
 def _error_held_at(rec, factor: float) -> float:
@@ -551,7 +592,7 @@ class SfmJob:
         self.folder = Path(self._tmp.name)
         self._token = _pycolmap().CancellationToken()
         self._out = None
-        self._held: str | None = None
+        self._note: str | None = None  # on the cameras' focal length, for the user
         self._error: BaseException | None = None
         self.written: dict[int, tuple[str, tuple[int, int], tuple[int, int]]] = {}  # index -> name, written, original
         self.stage = "decoding the frames at their own size"
@@ -588,7 +629,7 @@ class SfmJob:
                            one_camera=self.options.one_camera and len(
                 {self.written[i][2] for i in order}) == 1, known_K=None if known is None else [
                 scale_intrinsics(known[i], self.written[i][2], self.written[i][1]) for i in order])
-            self._out, self._held = run_sfm(self.folder, names, options=opts, video=self.video, cancel=self._token,
+            self._out, self._note = run_sfm(self.folder, names, options=opts, video=self.video, cancel=self._token,
                                             on_stage=self._next_stage)
         except BaseException as e:  # handed to the caller by result()
             self._error = e
@@ -649,12 +690,41 @@ class SfmJob:
             hws = [self.written[i][1] if i in self.written else hw for i, hw in zip(indices, original_hw)]
             return SfmCameras(
                 self._out, names, np.array(hws, np.int64).reshape(-1, 2), np.array(original_hw, np.int64).reshape(-1, 2),
-                focal_held=held_focal_note(self._out, self._held) if self._out is not None and self._held else None,
+                note=self._note if self._out is not None else None,
                 # COLMAP failing is no reason to lose the network's scene
                 error=None if self._error is None else
                 f"{type(self._error).__name__}: {str(self._error).strip().splitlines()[-1][:200]}")
         finally:
             self.close()
+
+    def triangulate(self, given: SfmCameras, indices: list[int], on_wait=lambda stage: None) -> SfmCameras:
+        """The known cameras ``given`` (of the inputs ``indices``, in that order) with this job's matches
+        triangulated from them (the job matched without mapping: ``mapper="none"``), so that the network's
+        depth is fitted to points seen from the given poses; ``given`` as it is, said in its ``error``, when
+        the frames could not be matched."""
+        try:
+            while self._thread.is_alive():
+                on_wait(self.stage)
+                self._thread.join(0.25)
+            if self._error is not None and not isinstance(self._error, (RuntimeError, ValueError, OSError)):
+                raise self._error
+            if self._error is None and len(self.written) >= 2:
+                self._next_stage("triangulating the matches from the given cameras")
+                names = [self.written.get(i, (f"missing-{i}",))[0] for i in indices]
+                hws = np.array([self.written[i][1] if i in self.written else (1, 1) for i in indices], np.int64)
+                rec = triangulate_known(self.folder, given, names=names, written_hw=hws, cancel=self._token)
+                self._next_stage(None)
+                return replace(given, reconstruction=rec, names=names, written_hw=hws.reshape(-1, 2))
+        except (RuntimeError, ValueError, OSError) as e:
+            self._error = e
+        except BaseException:
+            self.cancel()
+            raise
+        finally:
+            self.close()
+        why = f"{type(self._error).__name__}: {str(self._error).strip().splitlines()[-1][:200]}" if self._error \
+            else "fewer than 2 frames"
+        return replace(given, error=f"no points triangulated from the given cameras ({why})")
 
     def cancel(self) -> None:
         """Stops matching at COLMAP's next check and removes its frames."""
@@ -762,57 +832,89 @@ def _check_model(tmp: Path, model, folder: Path) -> None:
         raise OSError(errno.EIO, "the COLMAP model written is not whole (is the disk full?)", str(folder))
 
 
-def read_known_cameras(path: Path, names: list[str], original_hw: list[tuple[int, int]]) -> SfmCameras:
-    """Cameras given by the user for the frames ``names`` (relative to the frames' common folder, as
-    ``pixio recon3d`` names them): our ``cameras.json`` (its unit says whether they are in metres) or a
-    COLMAP model folder (in metres when pixio wrote it so, as its ``unit.txt`` says; else its points, when it
-    has them, set the scale). Every frame must be in the file, and each camera taken once."""
+@dataclass
+class GivenCameras:
+    """Cameras known before any matching, by image name: K (3, 3) in the pixels of an image of (h, w) (None:
+    the image's own size), camera-to-world (4, 4); metres per unit of length (None: not said); where they come
+    from (what messages name) and how far from orthonormal the worst rotation was (made exact)."""
+
+    cameras: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int] | None]]
+    scale: float | None
+    source: str
+    rotation_off: float = 0.0
+
+
+def read_known_cameras(given: Path | GivenCameras, names: list[str], original_hw: list[tuple[int, int]]
+                       ) -> SfmCameras:
+    """Cameras given for the frames ``names`` (relative to the frames' common folder, as ``pixio recon3d``
+    names them): our ``cameras.json`` (its unit says whether they are in metres), a COLMAP model folder (in
+    metres when pixio wrote it so, as its ``unit.txt`` says; else its points, when it has them, set the
+    scale), or :class:`GivenCameras` (an RGB-D layout's recorded poses). Every frame must be in them, and
+    each camera taken once."""
     from heads.geometry import scale_intrinsics
 
-    path = Path(path)
-    if path.is_dir():
-        pycolmap = _pycolmap()
-        try:
-            rec = pycolmap.Reconstruction(str(path))
-        except Exception as e:  # pycolmap's reader says why in its own words
-            raise UsageError(f"--known-cameras {path}: not a COLMAP model folder ({str(e).strip()[:150]})") from None
-        by_name = {im.name: im for im in rec.images.values() if im.has_pose}
-        matched = [_match(n, by_name) for n in names]
-        _require_all(path, names, matched)
-        _require_one_each(path, names, matched)
-        hws = np.array([(by_name[m].camera.height, by_name[m].camera.width) for m in matched], np.int64)
-        unit = (path / UNIT_FILE).read_text().strip().lower() if (path / UNIT_FILE).is_file() else ""
-        scale = LENGTHS.get(unit)
-        if scale is not None:  # in a unit of length: metres, exactly, and the points need not set it
-            rec.transform(pycolmap.Sim3d(scale, pycolmap.Rotation3d(), np.zeros(3)))
-        return SfmCameras(rec, matched, hws, np.array(original_hw, np.int64).reshape(-1, 2), known=True,
-                          scale=None if scale is None else 1.0)
-    scale, cams = read_cameras_json(path)
+    if isinstance(given, GivenCameras):
+        path, source, scale, cams = None, given.source, given.scale, given.cameras
+    else:
+        path = Path(given)
+        source = f"--known-cameras {path}"
+        if path.is_dir():
+            return _known_colmap_model(path, names, original_hw)
+        cams_json = read_cameras_json(path)
+        scale, cams = cams_json.scale, cams_json.cameras
+        given = cams_json
     matched = [_match(n, cams) for n in names]
-    _require_all(path, names, matched)
-    _require_one_each(path, names, matched)
+    _require_all(source, names, matched)
+    _require_one_each(source, names, matched)
     rec = _pycolmap().Reconstruction()
     for v, m in enumerate(matched):
-        K, T, (h, w) = cams[m]
+        K, T, hw = cams[m]
         oh, ow = original_hw[v]
+        h, w = hw if hw is not None else (oh, ow)
         if abs((w / h) / (ow / oh) - 1) > 0.01:
-            raise UsageError(f"--known-cameras {path}: {m} is {w}x{h} there, but the image is {ow}x{oh} (another "
-                             "shape: not this image's camera)")
+            raise UsageError(f"{source}: {m} is {w}x{h} there, but the image is {ow}x{oh} (another shape: not "
+                             "this image's camera)")
         T = T.copy()
         T[:3, 3] *= scale or 1.0  # metres
         pinhole_view(rec, name=m, K=scale_intrinsics(K, (h, w), (oh, ow)), hw=(oh, ow), cam2world=T, image_id=v + 1)
     hw = np.array(original_hw, np.int64).reshape(-1, 2)
-    return SfmCameras(rec, matched, hw, hw, known=True, scale=1.0 if scale else None)
+    note = (f"{source}: rotations orthonormal only to {given.rotation_off:.1e} were made exactly orthonormal"
+            if given.rotation_off > 1e-6 else None)
+    return SfmCameras(rec, matched, hw, hw, known=True, scale=1.0 if scale else None, note=note)
+
+
+def _known_colmap_model(path: Path, names: list[str], original_hw: list[tuple[int, int]]) -> SfmCameras:
+    """:func:`read_known_cameras` of a COLMAP model folder."""
+    pycolmap = _pycolmap()
+    source = f"--known-cameras {path}"
+    try:
+        rec = pycolmap.Reconstruction(str(path))
+    except Exception as e:  # pycolmap's reader says why in its own words
+        raise UsageError(f"{source}: not a COLMAP model folder ({str(e).strip()[:150]})") from None
+    by_name = {im.name: im for im in rec.images.values() if im.has_pose}
+    matched = [_match(n, by_name) for n in names]
+    _require_all(source, names, matched)
+    _require_one_each(source, names, matched)
+    hws = np.array([(by_name[m].camera.height, by_name[m].camera.width) for m in matched], np.int64)
+    unit = (path / UNIT_FILE).read_text().strip().lower() if (path / UNIT_FILE).is_file() else ""
+    scale = LENGTHS.get(unit)
+    if scale is not None:  # in a unit of length: metres, exactly, and the points need not set it
+        rec.transform(pycolmap.Sim3d(scale, pycolmap.Rotation3d(), np.zeros(3)))
+    return SfmCameras(rec, matched, hws, np.array(original_hw, np.int64).reshape(-1, 2), known=True,
+                      scale=None if scale is None else 1.0)
 
 
 LENGTHS = {"m": 1.0, "metre": 1.0, "metres": 1.0, "meter": 1.0, "meters": 1.0, "cm": 0.01, "centimetres": 0.01,
            "centimeters": 0.01, "mm": 0.001, "millimetres": 0.001, "millimeters": 0.001}  # metres per unit
 
 
-def read_cameras_json(path: Path) -> tuple[float | None, dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int]]]]:
+def read_cameras_json(path: Path) -> GivenCameras:
     """A ``cameras.json`` (pixio's layout), checked: metres per unit of its translations (None where the unit
     is not said, or is pixio's 'unknown'), and per image name its K (3, 3), camera-to-world (4, 4) and
-    (height, width). A :class:`UsageError` naming the file and the camera for anything else."""
+    (height, width). A :class:`UsageError` naming the file and the camera for anything else. Rotations
+    orthonormal to :data:`heads.recon.known_poses.ROTATION_TOLERANCE` are made exactly so."""
+    from heads.recon.known_poses import PoseError, rigid
+
     import json
 
     try:
@@ -821,11 +923,12 @@ def read_cameras_json(path: Path) -> tuple[float | None, dict[str, tuple[np.ndar
         raise UsageError(f"--known-cameras {path}: not a cameras.json ({str(e).splitlines()[0][:120]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("cameras"), list):
         raise UsageError(f"--known-cameras {path}: not a cameras.json of pixio's (no list 'cameras')")
-    unit = str(data.get("unit", "")).strip().lower()
+    unit = str(data.get("unit", "")).strip().lower().split(",")[0].strip()  # "metres, as the network estimates them"
     if unit and unit not in LENGTHS and not unit.startswith("unknown"):
         raise UsageError(f"--known-cameras {path}: unit {data['unit']!r} is not a length (m, cm or mm)")
     scale = LENGTHS.get(unit)
     out: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int]]] = {}
+    worst = 0.0
     for i, c in enumerate(data["cameras"]):
         name = c.get("image") if isinstance(c, dict) else None
         where = f"--known-cameras {path}: camera {i}" + (f" ({name})" if isinstance(name, str) else "")
@@ -844,21 +947,23 @@ def read_cameras_json(path: Path) -> tuple[float | None, dict[str, tuple[np.ndar
             raise UsageError(f"{where}: 'K' must be a 3x3 and 'cam2world' a 4x4 matrix of finite numbers")
         if not (K[0, 0] > 0 and K[1, 1] > 0 and np.allclose(K[2], [0, 0, 1]) and K[1, 0] == 0):
             raise UsageError(f"{where}: K is not a pinhole camera (positive fx and fy, last row 0 0 1)")
-        R = T[:3, :3]
-        if not (np.allclose(R.T @ R, np.eye(3), atol=1e-4) and np.linalg.det(R) > 0 and np.allclose(T[3], [0, 0, 0, 1])):
-            raise UsageError(f"{where}: cam2world is not a rigid pose (a rotation, a translation, last row 0 0 0 1)")
+        try:
+            T, off = rigid(T, where)
+        except PoseError as e:
+            raise UsageError(str(e)) from None
+        worst = max(worst, off)
         if np.abs(T[:3, 3]).max() > 1e6:
             raise UsageError(f"{where}: the camera is {np.abs(T[:3, 3]).max():.3g} units from the origin")
         out[name] = (K, T, (size[0], size[1]))
-    return scale, out
+    return GivenCameras(out, scale, source=f"--known-cameras {path}", rotation_off=worst)
 
 
-def _require_one_each(path: Path, names: list[str], matched: list[str]) -> None:
+def _require_one_each(source: str, names: list[str], matched: list[str]) -> None:
     """Two frames matched to one camera (the same file name in two folders) are refused."""
     seen: dict[str, str] = {}
     for n, m in zip(names, matched):
         if m in seen:
-            raise UsageError(f"--known-cameras {path}: {seen[m]} and {n} both take the camera of {m} (the same file "
+            raise UsageError(f"{source}: {seen[m]} and {n} both take the camera of {m} (the same file "
                              "name in two folders): name the images by their path relative to the frames' folder")
         seen[m] = n
 
@@ -877,8 +982,8 @@ def _file_key(name: str) -> str:
     return Path(path).name + sep + frame
 
 
-def _require_all(path: Path, names: list[str], matched: list[str | None]) -> None:
+def _require_all(source: str, names: list[str], matched: list[str | None]) -> None:
     missing = [n for n, m in zip(names, matched) if m is None]
     if missing:
-        raise UsageError(f"--known-cameras {path}: no camera for {len(missing)} of the {len(names)} frames (first: "
+        raise UsageError(f"{source}: no camera for {len(missing)} of the {len(names)} frames (first: "
                          f"{missing[0]})")

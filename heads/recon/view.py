@@ -150,7 +150,7 @@ def _read_cameras(folder: Path, notes: list[str]) -> list[ViewCamera]:
         import json
 
         try:
-            _, cams = read_cameras_json(folder / "cameras.json")
+            cams = read_cameras_json(folder / "cameras.json").cameras
             root = json.loads((folder / "cameras.json").read_text()).get("image_root")
         except UsageError as e:
             notes.append(f"cameras.json not shown: {str(e).split(': ', 1)[-1]}")

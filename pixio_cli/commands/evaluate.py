@@ -261,7 +261,7 @@ def evaluate_recon3d(
     with --no-scale a rigid fit),
     then by the rigid transform that puts the recorded depth, placed on the scene's cameras, onto the truth;
     its own geometry is never fitted. Scores per cloud: accuracy and completeness (median distances),
-    precision, recall and F-score within 5 and 10 cm; beside the scene (and its mesh, and the COLMAP
+    precision, recall and F-score within 2, 5 and 10 cm; beside the scene (and its mesh, and the COLMAP
     model's points when beside it) the ceiling the cameras allow (the recorded depth on them) and a
     trivial baseline (one constant depth on them). ATE beside every camera at the origin."""
     import json
@@ -281,12 +281,12 @@ def evaluate_recon3d(
                             voxel=voxel, offset=sensor_offset, scale=scale)
     typer.echo(f"{result['frames']} frames; ATE {100 * result['ate']:.2f} cm (every camera at the origin: "
                f"{100 * result['ate_origin']:.2f} cm); path scale {result['scale']:.4f}", err=True)
-    typer.echo(f"{'cloud':<28s} {'points':>8s} {'acc cm':>7s} {'comp cm':>8s} {'P@5':>6s} {'R@5':>6s} {'F@5':>6s} "
-               f"{'F@10':>6s}", err=True)
+    typer.echo(f"{'cloud':<28s} {'points':>8s} {'acc cm':>7s} {'comp cm':>8s} {'F@2':>6s} {'P@5':>6s} {'R@5':>6s} "
+               f"{'F@5':>6s} {'F@10':>6s}", err=True)
     for name, row in result["rows"].items():
         typer.echo(f"{name:<28s} {row['points']:>8d} {100 * row['accuracy']:>7.1f} {100 * row['completeness']:>8.1f} "
-                   f"{row['precision@0.05']:>6.3f} {row['recall@0.05']:>6.3f} {row['f@0.05']:>6.3f} "
-                   f"{row['f@0.1']:>6.3f}", err=True)
+                   f"{row['f@0.02']:>6.3f} {row['precision@0.05']:>6.3f} {row['recall@0.05']:>6.3f} "
+                   f"{row['f@0.05']:>6.3f} {row['f@0.1']:>6.3f}", err=True)
     if json_out:
         typer.echo(json.dumps(result))
 

@@ -28,6 +28,11 @@ class Matching(str, Enum):
     sequential = "sequential"
 
 
+class Prior(str, Enum):
+    network = "network"
+    flat = "flat"
+
+
 class Mapper(str, Enum):
     auto = "auto"
     incremental = "incremental"
@@ -58,6 +63,11 @@ def recon3d(
         "--depth-input/--no-depth-input", help="An RGB-D folder's depth images as known depth (with the folder's "
                                                "camera-intrinsics.txt as K when no other is given), or left out.")
     ] = True,
+    known_poses: Annotated[bool, typer.Option(
+        "--known-poses/--no-known-poses", help="An RGB-D sequence's recorded poses (7-Scenes' *.pose.txt, "
+                                               "TUM's groundtruth.txt, ScanNet's pose/, poses/ beside images/) "
+                                               "as known cameras, in metres, when every frame has one and K is "
+                                               "known; or left out, the cameras found by matching.")] = True,
     depth_cameras: Annotated[bool, typer.Option(
         "--depth-cameras/--no-depth-cameras", help="With known depth, move the matched cameras until the views' "
                                                    "depths agree (ICP between views that overlap, one pose graph); "
@@ -84,6 +94,10 @@ def recon3d(
                                                  "network's own features, no download), so that where the camera "
                                                  "returns the cameras are tied; matching waits for the network.")
     ] = False,
+    depth_prior: Annotated[Prior, typer.Option(
+        "--depth-prior", help="The depth matching the images starts from and fills in with where they say "
+                              "nothing: network (the model's), or flat (one plane per view at the tracks' median "
+                              "depth: a check that the geometry comes from the images).")] = Prior.network,
     chunk: Annotated[int, typer.Option(
         help="Views per model pass; longer sequences go in overlapping chunks aligned to each other.", min=2)] = 32,
     overlap: Annotated[int, typer.Option(help="Views each chunk shares with the previous one.", min=1)] = 4,
@@ -175,12 +189,13 @@ def recon3d(
 
     inputs, frames_folder = _inputs(inputs, output, scene_path=scene_path, intrinsics=intrinsics,
                                     known_depth=known_depth, depth_scale=depth_scale, depth_input=depth_input,
-                                    known_cameras=known_cameras, every=every, fps=fps, max_frames=max_frames,
+                                    known_cameras=known_cameras, known_poses=known_poses, every=every, fps=fps,
+                                    max_frames=max_frames,
                                     keyframes=keyframes, cameras=cameras, preview=preview,
                                     save_predictions=save_predictions, mesh=mesh, glb=glb)
     options = SceneOptions(model=model, resize=resize, chunk=chunk, overlap=overlap, sfm=sfm,
                            matching=matching.value, mapper=mapper.value, loop_closure=loop_closure,
-                           depth_cameras=depth_cameras, fusion=fusion,
+                           depth_cameras=depth_cameras, fusion=fusion, prior=depth_prior.value,
                            seed=seed, save_predictions=save_predictions)
     cleaning = Cleaning(use_mask, conf_percentile, conf_min=conf_min, edge_rtol=edge_rtol or None, outliers=outliers,
                         voxel=voxel, max_points=max_points, seed=seed)
@@ -224,7 +239,8 @@ def recon3d(
 
 
 def _inputs(specs: list[str], output: Path, scene_path: Path, intrinsics: Optional[Path], known_depth: Optional[Path],
-            depth_scale: Optional[float], depth_input: bool, known_cameras: Optional[Path], *, every: int,
+            depth_scale: Optional[float], depth_input: bool, known_cameras: Optional[Path], known_poses: bool, *,
+            every: int,
             fps: Optional[float], max_frames: Optional[int], keyframes: Optional[float], cameras: Optional["Cameras"],
             preview: Optional[Path],
             save_predictions: Optional[Path], mesh: bool, glb: bool):
@@ -257,6 +273,9 @@ def _inputs(specs: list[str], output: Path, scene_path: Path, intrinsics: Option
                              f"'{spaced[0]}' holds a space, which would read back as another name: use --cameras "
                              "colmap (binary), or names without spaces")
     Ks = read_intrinsics(intrinsics, len(items)) if intrinsics is not None else None  # one per input, in order
+    if depth_images and known_cameras is None and known_poses:
+        known_cameras = _recorded_cameras(items, Ks if Ks is not None else _folder_intrinsics(items))
+        Ks = None if known_cameras is not None else Ks  # the cameras hold K
     depth_files, Ks = _known_depth(items, known_depth, per_metre=depth_scale, rgbd=depth_input and bool(depth_images),
                                    n_depth=len(depth_images), Ks=Ks, given_cameras=known_cameras is not None)
     scene = SceneInputs(items, Ks, depth_files=depth_files, depth_scale=depth_scale, known_cameras=known_cameras)
@@ -351,13 +370,56 @@ def _known_depth(items: list, folder: Optional[Path], per_metre: Optional[float]
     return files, Ks
 
 
+def _recorded_cameras(items: list, Ks):
+    """An RGB-D sequence's recorded poses (heads.recon.known_poses) as known cameras, when every colour frame
+    has one and ``Ks`` (one K per item, the images' own pixels) is known; said in one line either way."""
+    import numpy as np
+
+    from heads.recon.known_poses import PoseError, recorded_pose, rigid
+    from heads.recon.pipeline import image_names
+    from heads.recon.sfm import GivenCameras
+
+    frames = [it for it in items if it.error is None]
+    try:
+        poses = [recorded_pose(Path(it.path)) for it in frames]
+        missing = [Path(it.path).name for it, T in zip(frames, poses) if T is None]
+        if missing or not frames:
+            if len(missing) < len(frames):
+                typer.echo(f"pixio: the RGB-D sequence's recorded poses are not used: {len(missing)} of "
+                           f"{len(frames)} frames have none (first: {missing[0]}); the cameras come from matching",
+                           err=True)
+            return None
+        checked = [rigid(T, str(Path(it.path).name)) for it, T in zip(frames, poses)]
+    except PoseError as e:
+        typer.echo(f"pixio: the RGB-D sequence's recorded poses are not used ({e}); the cameras come from "
+                   "matching", err=True)
+        return None
+    if Ks is None:
+        typer.echo("pixio: the RGB-D sequence's recorded poses are not used: its camera's K is not known "
+                   "(camera-intrinsics.txt or --intrinsics); the cameras come from matching", err=True)
+        return None
+    _, names = image_names(frames)
+    K_of = {id(it): K for it, K in zip(items, Ks)}
+    cameras = {n: (np.asarray(K_of[id(it)], np.float64), T, None) for n, it, (T, _) in zip(names, frames, checked)}
+    worst = max(off for _, off in checked)
+    typer.echo(f"pixio: the RGB-D sequence's recorded poses are the cameras ({len(frames)} frames, metres): no "
+               "matching; --no-known-poses to find them by matching instead", err=True)
+    return GivenCameras(cameras, 1.0, source="the recorded poses", rotation_off=worst)
+
+
 def _folder_intrinsics(items: list):
-    """One K per input from the ``camera-intrinsics.txt`` of the folder all inputs lie in, or None."""
+    """One K per input from the intrinsics file of the folder all inputs lie in: 7-Scenes'
+    ``camera-intrinsics.txt`` beside the frames, or the ``generic-rgbd`` layout's ``K.txt`` beside ``images/``;
+    None when there is none."""
     from heads.recon.scene import read_intrinsics
 
-    found = {Path(it.path).parent / "camera-intrinsics.txt" for it in items}
-    if len(found) == 1 and next(iter(found)).is_file():
-        return read_intrinsics(next(iter(found)), len(items))
+    folders = {Path(it.path).parent for it in items}
+    if len(folders) != 1:
+        return None
+    folder = next(iter(folders))
+    for found in (folder / "camera-intrinsics.txt", folder.parent / "K.txt" if folder.name == "images" else None):
+        if found is not None and found.is_file():
+            return read_intrinsics(found, len(items))
     return None
 
 
