@@ -211,27 +211,28 @@ def write_frame(folder: Path, index: int, image: np.ndarray) -> tuple[str, tuple
 def run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool = False, cancel=None,
             on_stage=lambda stage: None):
     """COLMAP on the images ``names`` in ``folder``: SIFT features, matching (see :class:`SfmOptions`),
-    geometric verification and incremental mapping. Returns the reconstruction that registers the
-    most frames, or None when none could be started (too few matches), and why its focal length was
-    held at the camera's prior rather than fitted (fewer than ``HOLD_FOCAL_BELOW`` frames, or a fit the
-    frames do not fix: :func:`_unfixed_focal`), or None when it was fitted or known.
+    geometric verification and mapping. Returns the reconstruction that registers the most frames, or None
+    when none could be started (too few matches), and a line for the user on its focal length, or None
+    (:func:`_unfixed_focal`: held at the camera's prior for fewer than ``HOLD_FOCAL_BELOW`` frames or a fit no
+    lens has; kept, and said, when the frames fix it only loosely).
 
     With ``first_octave`` None, a fast pass on the images as they are comes first and COLMAP's
-    default (each image doubled) runs only when that pass leaves a frame out: on room-sized scenes both
-    give the same cameras in less time, while small objects in small photos need the doubled
-    images (docs/recon3d.md has the measurements).
+    default (each image doubled) runs only when that pass leaves a frame out or fixes the focal length
+    only loosely: on room-sized scenes both give the same cameras in less time, while small objects in
+    small photos need the doubled images, and a focal length a few per cent off bends the whole scene
+    (docs/recon3d.md has the measurements).
     """
     if options.first_octave is not None:
-        return _run_sfm(folder, names, options=options, video=video, cancel=cancel, on_stage=on_stage)
+        return _run_sfm(folder, names, options=options, video=video, cancel=cancel, on_stage=on_stage)[:2]
     fast = _run_sfm(folder, names, options=replace(options, first_octave=0), video=video, cancel=cancel,
                     on_stage=on_stage)
-    if fast[0] is not None and fast[0].num_reg_images() == len(names):
-        return fast
+    if fast[0] is not None and fast[0].num_reg_images() == len(names) and not fast[2]:
+        return fast[:2]
     fine = _run_sfm(folder, names, options=replace(options, first_octave=-1), video=video, cancel=cancel,
                     on_stage=lambda stage: on_stage(f"{stage}, again on doubled images"))
     if fast[0] is None or (fine[0] is not None and fine[0].num_reg_images() >= fast[0].num_reg_images()):
-        return fine
-    return fast
+        return fine[:2]
+    return fast[:2]
 
 
 def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, cancel, on_stage):
@@ -286,23 +287,23 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
 
     mapper = options.mapper
     if mapper == "none":
-        return None, None
+        return None, None, False
     if mapper == "auto":
         mapper = "incremental" if len(names) <= INCREMENTAL_UP_TO else "global"
     options = replace(options, mapper=mapper)
     on_stage(f"{mapper} mapping and bundle adjustment")
     rec = _map(db, folder, sparse=sparse, options=options, hold=hold, cancel=cancel)
     if rec is None:
-        return rec, None
+        return rec, None, False
     if hold:
-        return rec, held_focal_note(rec, f"{len(names)} frames cannot fix a focal length")
+        return rec, held_focal_note(rec, f"{len(names)} frames cannot fix a focal length"), False
     wrong, loose = _unfixed_focal(rec) if options.known_K is None else (None, None)
     if wrong:  # the prior is the last resort: only a fit the evidence says is wrong is given up
         on_stage("mapping again, the focal length held")
         _set_cameras(db, _held)
         rec = _map(db, folder, sparse=sparse, options=options, hold=True, cancel=cancel)
-        return rec, held_focal_note(rec, wrong) if rec is not None else None
-    return rec, f"{loose}: it is kept; give --intrinsics if you know it" if loose else None
+        return rec, held_focal_note(rec, wrong) if rec is not None else None, False
+    return rec, f"{loose}: it is kept; give --intrinsics if you know it" if loose else None, bool(loose)
 
 
 def triangulate_known(folder: Path, given: SfmCameras, names: list[str], written_hw: np.ndarray, cancel=None):
