@@ -417,27 +417,32 @@ _PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort"
               "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
 
 
-def _check_ply(tmp, path) -> None:
-    """A binary PLY is whole when its body has the size its header promises (faces: triangles)."""
-    data = Path(tmp).read_bytes()
+def ply_is_whole(path) -> bool:
+    """Whether a PLY file holds what its header promises: a binary one's body has that size (faces: triangles);
+    an ASCII one is taken as it is (not checkable by size)."""
+    data = Path(path).read_bytes()
     end = data.find(b"end_header\n")
-    whole = end > 0
-    if whole:
-        header = data[:end].decode("ascii", "replace").splitlines()
-        if not any(line.startswith("format binary") for line in header):
-            return  # ASCII: not what Open3D writes here, and not checkable by size
-        size, count, row = end + len(b"end_header\n"), 0, 0
-        for line in header + ["element end 0"]:
-            words = line.split()
-            if words[:1] == ["element"]:
-                size += count * row
-                count, row = int(words[2]), 0
-            elif words[:2] == ["property", "list"]:
-                row += _PLY_SIZES.get(words[2], 0) + 3 * _PLY_SIZES.get(words[3], 0)
-            elif words[:1] == ["property"]:
-                row += _PLY_SIZES.get(words[1], 0)
-        whole = size == len(data)
-    if not whole:
+    if end <= 0:
+        return False
+    header = data[:end].decode("ascii", "replace").splitlines()
+    if not any(line.startswith("format binary") for line in header):
+        return True
+    size, count, row = end + len(b"end_header\n"), 0, 0
+    for line in header + ["element end 0"]:
+        words = line.split()
+        if words[:1] == ["element"]:
+            size += count * row
+            count, row = int(words[2]), 0
+        elif words[:2] == ["property", "list"]:
+            row += _PLY_SIZES.get(words[2], 0) + 3 * _PLY_SIZES.get(words[3], 0)
+        elif words[:1] == ["property"]:
+            row += _PLY_SIZES.get(words[1], 0)
+    return size == len(data)
+
+
+def _check_ply(tmp, path) -> None:
+    """An OSError unless the PLY written is whole (Open3D reports success on a full disk too)."""
+    if not ply_is_whole(tmp):
         raise OSError(errno.EIO, "the PLY written is not whole (is the disk full?)", str(path))
 
 

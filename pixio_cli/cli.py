@@ -187,13 +187,28 @@ def _how_to_continue(args: list[str]) -> str:
         return f"continue with `pixio {command} --resume {run}`"
     if command == "train" and "--resume" not in args:
         return "continue with the same command plus --resume"
+    if command == "recon3d":  # one scene: nothing is finished before the end, but the model's chunks can be kept
+        if value("--save-predictions"):
+            return "a rerun of the same command reuses the model's chunks it finished and does the rest again"
+        return ("nothing was written; a rerun starts again (with --save-predictions a rerun reuses the model's "
+                "finished chunks)")
     return "finished outputs are kept, rerun the same command to resume"
+
+
+def _run(args: list[str]):
+    """The app on ``args``; the outputs it claimed (:mod:`pixio_cli.locks`) let go of however it ends."""
+    from .locks import release_all
+
+    try:
+        return app(args=args, prog_name="pixio", standalone_mode=False)
+    finally:
+        release_all()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning known errors into one line and an exit code.
 
-    Exit codes: 0 done, 1 some inputs failed, 2 a usage or set-up error, 3 a bug,
+    Exit codes: 0 done, 1 some inputs failed or the run failed (a full disk), 2 a usage or set-up error, 3 a bug,
     130 interrupted.
     """
     logging.basicConfig(level=logging.INFO, format="pixio: %(message)s", stream=sys.stderr)
@@ -204,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     sigterm_as_interrupt()  # a scheduler's SIGTERM stops a run as Ctrl-C does
     try:
-        code = app(args=args, prog_name="pixio", standalone_mode=False)
+        code = _run(args)
     except _ClickException as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # bare `pixio` or `pixio train`: the help was shown
             ctx = getattr(e, "ctx", None)
@@ -221,11 +236,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except (KeyboardInterrupt, _Abort):
         code = 130
-    except OSError as e:  # the machine said no (a folder not writable, a full disk): not a bug
+    except OSError as e:  # the machine said no mid-run (a full disk): a failed run, not a bug nor a usage error
         if os.environ.get("PIXIO_DEBUG"):
             raise
         typer.echo(f"pixio: error: {_os_error_line(e)}", err=True)
-        sys.exit(2)
+        sys.exit(1)
     except Exception as e:  # a bug, not bad input: still one line unless asked for more
         if os.environ.get("PIXIO_DEBUG"):
             raise

@@ -13,6 +13,12 @@ class InputError(PixioError):
     exit_code = 1
 
 
+class RunError(PixioError):
+    """The run could not be done as asked (an output another run holds, the machine refusing): a failed run."""
+
+    exit_code = 1
+
+
 class CheckpointError(PixioError):
     """A checkpoint cannot be found, read, or matched to a model."""
 

@@ -202,24 +202,44 @@ def video_items(path: Path, key: str, every: int = 1) -> list[Item]:
 _DEPTH_FOLDERS = {"depth": ("rgb", "color", "colour", "image", "images")}  # TUM, ScanNet exports
 
 
+def sibling(folder: Path, name: str) -> Path | None:
+    """The file ``name`` in ``folder`` whatever the case of its letters (``FRAME-1.DEPTH.PNG`` for
+    ``frame-1.depth.png``: layouts are recognised case-insensitively), or None. The name as it is first."""
+    exact = folder / name
+    if exact.exists():
+        return exact
+    return _listing(folder).get(name.lower())
+
+
+def _listing(folder: Path) -> dict[str, Path]:
+    """Lower-cased name -> path of what ``folder`` holds (empty when it cannot be read)."""
+    try:
+        return {p.name.lower(): p for p in folder.iterdir()}
+    except OSError:
+        return {}
+
+
 def rgbd_depth_images(items: list[Item]) -> list[int]:
     """Positions of the items that are the depth half of an RGB-D sequence: ``x.depth.png`` beside an
     ``x.color.*`` (7-Scenes), ``x_depth.*`` beside ``x_color.*``, or any image in a ``depth/`` folder beside an
     ``rgb/`` or ``color/`` one (TUM, ScanNet exports). Their colour frames are the views; they are not."""
-    out = []
+    out, listings = [], {}
     for i, it in enumerate(items):
         if it.frame is not None:
             continue
         path = Path(it.path)
         name = path.name.lower()
+        if path.parent not in listings:
+            listings[path.parent] = list(_listing(path.parent))
         for depth, colour in ((".depth.", ".color."), ("_depth.", "_color.")):
             if depth in name:
-                stem = path.name[:name.index(depth)]
-                if any(path.parent.glob(f"{glob.escape(stem)}{colour}*")):
+                stem = name[:name.index(depth)] + colour
+                if any(n.startswith(stem) for n in listings[path.parent]):
                     out.append(i)
                     break
         else:
             siblings = _DEPTH_FOLDERS.get(path.parent.name.lower(), ())
-            if any((path.parent.parent / s).is_dir() for s in siblings):
+            beside = _listing(path.parent.parent) if siblings else {}
+            if any(s in beside and beside[s].is_dir() for s in siblings):
                 out.append(i)
     return out

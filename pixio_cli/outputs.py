@@ -80,6 +80,9 @@ def destination(output: Path, items: list[Item], formats: dict[str, str], fmt: s
     """
     ext_of = {name: ext for ext, name in formats.items()}
     suffix = output.suffix.lower()
+    if str(output) == "-":  # as for inputs, "-" is the standard stream, which holds no folder of files
+        raise UsageError("-o -: standard output cannot hold these files; give a file or a folder (--json writes "
+                         "one line per input on standard output)")
     if output_folder(output) is None:
         if suffix not in formats:
             known = ", ".join(f"{ext} ({name})" for ext, name in formats.items())

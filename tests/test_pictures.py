@@ -123,5 +123,5 @@ def test_a_depth_video_whose_writer_fails_ends_the_run(cli, tmp_path, monkeypatc
     run.join(120)
     assert not run.is_alive(), "the run hangs"
     code, _, err = result[0]
-    assert code == 2 and "No space left on device" in err and len(err.strip().splitlines()) == 1, err
+    assert code == 1 and "No space left on device" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "d.mp4").exists()

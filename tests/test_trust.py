@@ -236,7 +236,7 @@ def test_outputs_that_cannot_be_written_are_one_line(cli, tiny_encoder_file, tmp
 
     monkeypatch.setattr(os, "replace", full_disk)
     code, _, err = cli([*ex(tiny_encoder_file), img, "-o", tmp_path / "o"])
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert code == 1 and len(err.strip().splitlines()) == 1, err  # a failed run, not a usage error
     assert f"{tmp_path / 'o' / '.pixio-run.jsonl'}: No space left on device" in err and ".tmp" not in err, err
 
 
@@ -634,7 +634,7 @@ def test_a_failed_export_is_one_line_and_resume_writes_it(cli, tmp_path, monkeyp
     with monkeypatch.context() as m:
         m.setattr(safetensors.torch, "save_file", full)
         code, _, err = cli(["pretrain", *SMOKE, "--steps", "2", "--data", data, "-o", out])
-    assert code == 2 and "mae.safetensors" in err and len(err.strip().splitlines()) == 1, err
+    assert code == 1 and "mae.safetensors" in err and len(err.strip().splitlines()) == 1, err
     assert not (out / "mae.safetensors").exists() and not list(out.glob(".*tmp*"))
     code, _, err = cli(["pretrain", "--resume", out])
     assert code == 0 and "wrote its missing mae.safetensors" in err, err
@@ -648,7 +648,7 @@ def test_a_checkpoint_that_cannot_be_saved_is_one_line_naming_it(cli, tmp_path, 
     data = _photos(tmp_path / "photos")
     monkeypatch.setattr(torch, "save", full)
     code, _, err = cli(["pretrain", *SMOKE, "--steps", "2", "--data", data, "-o", tmp_path / "run"])
-    assert code == 2 and "checkpoint.pt" in err and "internal error" not in err, err
+    assert code == 1 and "checkpoint.pt" in err and "internal error" not in err, err
     assert len(err.strip().splitlines()) == 1
 
 

@@ -37,6 +37,16 @@ def colmap_model(folder: Path, names: list[str], text: bool = False) -> Path:
     return folder
 
 
+def bare(tmp_path: Path, frames: list[Path]) -> list[Path]:
+    """Copies of ``frames`` in a folder of their own, without the intrinsics file beside them (whose use is said
+    in a line of its own)."""
+    folder = tmp_path / "bare"
+    folder.mkdir(exist_ok=True)
+    for f in frames:
+        (folder / f.name).write_bytes(f.read_bytes())
+    return [folder / f.name for f in frames]
+
+
 def model_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
@@ -152,7 +162,7 @@ def test_exported_points_carry_their_reprojection_error(tmp_path):
 
 def test_a_full_disk_under_matching_is_an_error_not_a_matching_result(cli, tmp_path, monkeypatch):
     """Matching writes each frame to a temporary folder; a disk that refuses them stops the run in one line
-    (exit 2) instead of reading as 'matching registered none'."""
+    (exit 1: the run failed) instead of reading as 'matching registered none'."""
     import errno
 
     import heads.recon.sfm
@@ -161,8 +171,8 @@ def test_a_full_disk_under_matching_is_an_error_not_a_matching_result(cli, tmp_p
         raise OSError(errno.ENOSPC, "No space left on device", str(folder / f"{index:06d}.png"))
 
     monkeypatch.setattr(heads.recon.sfm, "write_frame", full)
-    code, _, err = cli(["recon3d", *FRAMES[:2], "-o", tmp_path / "out", "-q"])
-    assert code == 2 and "No space left on device" in err and "TMPDIR" in err, err
+    code, _, err = cli(["recon3d", *bare(tmp_path, FRAMES[:2]), "-o", tmp_path / "out", "-q"])
+    assert code == 1 and "No space left on device" in err and "TMPDIR" in err, err
     assert "matching registered" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out" / "scene.ply").exists()
 
@@ -365,3 +375,155 @@ def test_recorded_rotations_stored_to_a_few_digits_are_taken_and_said(tmp_path):
     path.write_text(json.dumps({"unit": "m", "cameras": [_camera(cam2world=T.tolist())]}))
     with pytest.raises(UsageError, match="not a rigid pose"):
         read_cameras_json(path)
+
+
+# ---------------------------------------------------------------------------- inputs read as they are meant
+
+
+def _seven_scenes_copy(folder: Path, ids, upper: bool = False, depth_scale: float = 1.0) -> Path:
+    """Frames of the shared 7-Scenes kitchen (colour, depth, pose) and its intrinsics file, in ``folder``, their
+    names upper-cased when asked, the depth times ``depth_scale``."""
+    import cv2
+
+    from .conftest import KITCHEN
+
+    folder.mkdir(parents=True)
+    case = str.upper if upper else str
+    for i in ids:
+        stem = f"frame-{i:06d}"
+        os.symlink(KITCHEN / f"{stem}.color.jpg", folder / case(f"{stem}.color.jpg"))
+        depth = cv2.imread(str(KITCHEN / f"{stem}.depth.png"), cv2.IMREAD_UNCHANGED).astype(np.float64) * depth_scale
+        cv2.imwrite(str(folder / case(f"{stem}.depth.png")), np.clip(depth, 0, 65535).astype(np.uint16))
+        os.symlink(KITCHEN / f"{stem}.pose.txt", folder / case(f"{stem}.pose.txt"))
+    os.symlink(KITCHEN / "camera-intrinsics.txt", folder / case("camera-intrinsics.txt"))
+    return folder
+
+
+def test_an_rgbd_layout_is_recognised_whatever_the_case_of_its_names(cli, tmp_path):
+    """FRAME-800.COLOR.JPG beside FRAME-800.DEPTH.PNG: the depth PNGs were taken as images and the intrinsics
+    file ignored."""
+    from .conftest import KITCHEN
+
+    if not KITCHEN.exists():
+        pytest.skip("shared data not present")
+    folder = _seven_scenes_copy(tmp_path / "UPPER", (800, 808, 816), upper=True)
+    code, out, err = cli(["recon3d", folder, "-o", tmp_path / "out", "--json"])
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["frames"] == 3 and "known depth for 3 of 3 views" in err, err
+    assert "recorded poses are the cameras" in err and summary["unit"] == "metres, from the measured depth"
+
+
+def test_depth_in_the_wrong_unit_or_with_nothing_in_it_is_said(cli, tmp_path):
+    """Millimetres read as metres gave scenes 1,352 m deep with "unit metres" and exit 0; files with no valid
+    pixel were counted as known depth."""
+    from .conftest import KITCHEN
+
+    if not KITCHEN.exists():
+        pytest.skip("shared data not present")
+    folder = _seven_scenes_copy(tmp_path / "seq", (800, 808))
+    code, _, err = cli(["recon3d", folder, "-o", tmp_path / "a", "--depth-scale", "1", "--no-sfm", "-q"])
+    assert code == 2 and "median is" in err and "millimetres read as metres" in err, err
+    code, _, err = cli(["recon3d", folder, "-o", tmp_path / "b", "--depth-scale", "1e-9", "--no-sfm", "-q"])
+    assert code == 2 and "median is" in err and "Traceback" not in err, err
+    import cv2
+
+    cv2.imwrite(str(folder / "frame-000808.depth.png"), np.zeros((480, 640), np.uint16))
+    code, _, err = cli(["recon3d", folder, "-o", tmp_path / "c", "--no-sfm"])
+    assert code == 0 and "known depth for 1 of 2 views" in err and "1 file with no valid pixel" in err, err
+
+
+def test_a_colour_folders_intrinsics_file_is_where_matching_starts(cli, tmp_path):
+    """samples/room holds camera-intrinsics.txt beside colour frames; it was ignored (the focal held at COLMAP's
+    1.2x the long side). It is matching's first guess, said, and fitted to the frames."""
+    code, out, err = cli(["recon3d", *FRAMES, "-o", tmp_path / "out2", "--json"])
+    assert code == 0 and "intrinsics file gives fx 585.0 px" in err, err
+    K = json.loads((tmp_path / "out2" / "cameras.json").read_text())["cameras"][0]["K"]
+    assert 400 < K[0][0] < 700 and abs(K[0][0] - 768) > 50, K
+
+
+@pytest.mark.parametrize("fx", [1e300, 1e-300, 1.0])
+def test_a_focal_length_no_camera_has_is_refused_at_reading(tmp_path, fx):
+    """fx = 1e300 ran and wrote Infinity into cameras.json; fx = 1e-300 failed with a hint about --no-mask."""
+    from heads.recon.sfm import read_cameras_json
+    from pixio_cli.errors import UsageError
+
+    path = tmp_path / "cameras.json"
+    path.write_text(json.dumps({"unit": "m", "cameras": [_camera(K=[[fx, 0, 320], [0, fx, 240], [0, 0, 1]])]}))
+    with pytest.raises(UsageError, match="is no camera's for an image of 640x480"):
+        read_cameras_json(path)
+
+
+def test_a_zero_voxel_is_refused_not_taken_as_the_default(cli, tmp_path):
+    for option in ("--mesh-voxel", "--voxel"):
+        code, _, err = cli(["recon3d", *FRAMES[:2], "-o", tmp_path / "out", "--mesh", option, "0"])
+        assert code == 2 and f"{option} 0: expected a positive number" in err, err
+
+
+def test_evaluate_matches_frames_by_their_path_and_refuses_a_name_two_frames_share(tmp_path):
+    """seq-01 and seq-02 hold the same file names: matched by bare name, a scene was scored against the other
+    sequence's depth (F@5 0.045 instead of 0.965, exit 0)."""
+    from heads.recon.evaluate import SceneCameras, match_frames
+    from heads.sequences import Frame
+    from pixio_cli.errors import InputError
+
+    frames = [Frame(tmp_path / s / "frame-000000.color.png", tmp_path / s / "d.png", np.eye(4), K) for s in
+              ("seq-01", "seq-02")]
+    by_path = SceneCameras(["seq-02/frame-000000.color.png"], K[None], np.eye(4)[None])
+    assert [f.image.parent.name for _, f in match_frames(by_path, frames)] == ["seq-02"]
+    rooted = SceneCameras(["frame-000000.color.png"], K[None], np.eye(4)[None], image_root=tmp_path / "seq-01")
+    assert [f.image.parent.name for _, f in match_frames(rooted, frames)] == ["seq-01"]
+    bare = SceneCameras(["frame-000000.color.png"], K[None], np.eye(4)[None])
+    with pytest.raises(InputError, match="fits 2 frames of the data"):
+        match_frames(bare, frames)
+
+
+def test_evaluate_says_what_is_missing_in_one_line_and_writes_valid_json(cli, tmp_path):
+    """Missing pose files exited 3 ("all input arrays must have the same shape"); an empty cloud exited 0 with
+    inf rows and Infinity in --json."""
+    from .conftest import KITCHEN
+
+    if not KITCHEN.exists():
+        pytest.skip("shared data not present")
+    code, _, err = cli(["recon3d", *FRAMES, "-o", tmp_path / "s", "-q"])
+    assert code == 0, err
+    data = tmp_path / "data"
+    data.mkdir()
+    for p in KITCHEN.glob("frame-0009*"):
+        if not p.name.endswith("pose.txt"):
+            os.symlink(p, data / p.name)
+    code, _, err = cli(["evaluate", "recon3d", tmp_path / "s", "--data", data])
+    assert code == 1 and "no recorded pose" in err and len(err.strip().splitlines()) == 1, err
+    (tmp_path / "s" / "scene.ply").write_text("ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\n"
+                                              "property float y\nproperty float z\nend_header\n")
+    (tmp_path / "s" / "scene.manifest.json").unlink()  # a cloud made elsewhere: no manifest to check
+    code, out, err = cli(["evaluate", "recon3d", tmp_path / "s", "--data", KITCHEN, "--json"])
+    assert code == 1 and "holds no points" in err, err
+    from pixio_cli.commands.evaluate import _finite
+
+    assert json.dumps(_finite({"a": [float("inf"), 1.0, float("nan")]}), allow_nan=False) == '{"a": [null, 1.0, null]}'
+
+
+def test_the_viewer_refuses_a_cut_short_ply_and_a_cloud_it_cannot_hold(tmp_path):
+    """A truncated PLY was served as whole (after an RPly error line), a cloud of NaN points exited 3."""
+    from heads.geometry import write_ply
+    from heads.recon.view import read_scene
+    from pixio_cli.errors import InputError
+
+    rng = np.random.default_rng(0)
+    whole = tmp_path / "whole.ply"
+    write_ply(whole, rng.normal(size=(5000, 3)), rng.integers(0, 255, (5000, 3)).astype(np.uint8))
+    cut = tmp_path / "cut.ply"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(InputError, match="cut short: it holds less than its header says"):
+        read_scene(cut, 10_000)
+    nan = tmp_path / "nan.ply"
+    write_ply(nan, np.full((100, 3), np.nan), np.zeros((100, 3), np.uint8))
+    with pytest.raises(InputError, match="none of its 100 points"):
+        read_scene(nan, 10_000)
+    far = tmp_path / "far.ply"
+    points = rng.normal(size=(100, 3))
+    points[:10] = 1e30
+    write_ply(far, points, np.zeros((100, 3), np.uint8))
+    scene = read_scene(far, 10_000)
+    assert len(scene.points) == 90 and any("10 points" in n for n in scene.notes)

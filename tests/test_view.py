@@ -253,3 +253,54 @@ def test_a_mesh_older_than_the_scene_is_an_earlier_run_s_and_not_shown(tmp_path)
     shown = read_scene(scene, max_points=10_000)
     assert shown.mesh is None and any("scene_mesh.ply not shown: it is older than scene.ply" in n for n in shown.notes)
     assert len(shown.cameras) == 2 and any("cameras.json is older than scene.ply" in n for n in shown.notes)
+
+
+def _served(folder: Path):
+    """The scene in ``folder`` served in this process on a free port: (port, stop event, thread)."""
+    from heads.recon.view import read_scene, serve
+
+    stop, said = threading.Event(), []
+    port = free_port()
+    thread = threading.Thread(target=serve, args=(read_scene(folder, 100_000), "127.0.0.1"),
+                              kwargs={"port": port, "open_browser": False, "say": said.append, "stop": stop},
+                              daemon=True)
+    thread.start()
+    end = time.monotonic() + 60
+    while not any("viewing" in line for line in said):
+        assert time.monotonic() < end, said
+        time.sleep(0.05)
+    return port, stop, thread
+
+
+def test_only_the_viewers_own_page_may_read_the_scene(tmp_path):
+    """Any web page open in the user's browser can open a WebSocket to 127.0.0.1: one from another origin is
+    refused (403) before a byte of the scene is sent; the viewer's own page (and a program that sends no
+    Origin) connect."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    port, stop, thread = _served(red_room(tmp_path / "scene"))
+    try:
+        url = f"ws://127.0.0.1:{port}"
+        for evil in ("http://evil.example.com", f"http://127.0.0.1:{port + 1}", "null"):
+            with pytest.raises(InvalidStatus) as refused:
+                connect(url, origin=evil, subprotocols=["viser-v1.1.1"], open_timeout=10).close()
+            assert refused.value.response.status_code == 403, evil
+        for own in (f"http://127.0.0.1:{port}", f"http://localhost:{port}", None):
+            with connect(url, origin=own, subprotocols=["viser-v1.1.1"], open_timeout=10) as ws:
+                assert ws.recv(timeout=10)  # the scene starts to arrive
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_an_empty_host_or_a_port_range_with_no_free_port_is_one_line(cli, tmp_path):
+    """--host "" would listen on every interface; --port 65535 when 65535 is taken ran viser's search past the
+    last port into a traceback and a server that never came up."""
+    scene = red_room(tmp_path / "scene")
+    code, _, err = cli(["view", scene, "--host", "", "--no-browser"])
+    assert code == 2 and "--host is empty" in err and "Traceback" not in err, err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 65535))
+        code, _, err = cli(["view", scene, "--port", "65535", "--no-browser"])
+    assert code == 2 and "no port from 65535 to 65535 is free" in err and "Traceback" not in err, err

@@ -35,6 +35,7 @@ class SceneCameras:
     K: np.ndarray  # (V, 3, 3)
     cam2world: np.ndarray  # (V, 4, 4)
     points: np.ndarray | None = None  # (N, 3): triangulated points of a COLMAP model, when there is one
+    image_root: Path | None = None  # the folder the names are relative to, when the cameras say
 
 
 def read_scene_cameras(folder: Path) -> SceneCameras:
@@ -50,8 +51,10 @@ def read_scene_cameras(folder: Path) -> SceneCameras:
         try:
             data = json.loads(cams_json.read_text())
             cams = data["cameras"]
+            root = data.get("image_root")
             return SceneCameras([c["image"] for c in cams], np.array([c["K"] for c in cams], np.float64),
-                                np.array([c["cam2world"] for c in cams], np.float64))
+                                np.array([c["cam2world"] for c in cams], np.float64),
+                                image_root=Path(root) if isinstance(root, str) and root else None)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise InputError(f"{cams_json}: not a cameras.json of pixio's ({e})") from None
     raise InputError(f"{folder}: no cameras beside the scene (run recon3d with --cameras json or --cameras colmap)")
@@ -222,12 +225,14 @@ def evaluate_clouds(cameras: SceneCameras, clouds: dict[str, np.ndarray], frames
     """
     from heads.geometry import apply_sim3_to_poses
 
-    by_name = {Path(f.image).name: f for f in frames}
-    pairs = [(i, by_name[Path(n.partition("#")[0]).name]) for i, n in enumerate(cameras.names)
-             if Path(n.partition("#")[0]).name in by_name]
+    pairs = match_frames(cameras, frames)
     if len(pairs) < 3:
         raise InputError(f"{len(pairs)} of the scene's {len(cameras.names)} cameras name a frame of the data "
-                         "(matched by file name); at least 3 are needed to align the scene")
+                         "(matched by their path); at least 3 are needed to align the scene")
+    missing = [f.image.name for _, f in pairs if f.cam2world is None]
+    if missing:
+        raise InputError(f"{len(missing)} of the matched frames have no recorded pose (first: {missing[0]}): the "
+                         "scene cannot be aligned to them")
     idx = [i for i, _ in pairs]
     cameras = SceneCameras([cameras.names[i] for i in idx], cameras.K[idx], cameras.cam2world[idx], cameras.points)
     matched = [f for _, f in pairs]
@@ -250,14 +255,45 @@ def evaluate_clouds(cameras: SceneCameras, clouds: dict[str, np.ndarray], frames
             "truth_points": int(len(truth)), "rows": rows}
 
 
+def match_frames(cameras: SceneCameras, frames: list) -> list[tuple[int, object]]:
+    """(camera index, frame) for each of the scene's cameras that names a frame of the data: by its path
+    (under the cameras' image root, when they say it), else by its trailing path (``seq-02/frame-0.png`` is
+    that file in any ``seq-02``). A name that fits two frames (a bare file name that two sequences share) is
+    refused: its scores would mix two places."""
+    by_path = {str(Path(f.image).resolve()): f for f in frames}
+    out = []
+    for i, n in enumerate(cameras.names):
+        name = n.partition("#")[0]
+        if cameras.image_root is not None and str((cameras.image_root / name).resolve()) in by_path:
+            out.append((i, by_path[str((cameras.image_root / name).resolve())]))
+            continue
+        tail = "/" + Path(name).as_posix().lstrip("/")
+        fits = [f for p, f in by_path.items() if Path(p).as_posix().endswith(tail)]
+        if len(fits) > 1:
+            raise InputError(f"the scene's camera {name!r} fits {len(fits)} frames of the data ({fits[0].image} and "
+                             f"{fits[1].image}): name the frames by their path under the data folder")
+        if fits:
+            out.append((i, fits[0]))
+    return out
+
+
 def evaluate_scene(scene: Path, frames: list, read_depth, voxel: float = VOXEL, offset: bool = True,
                    scale: bool = True) -> dict:
     """:func:`evaluate_clouds` of a ``pixio recon3d`` output (its .ply or folder): the scene, its mesh
     (points spread on it) when there is one, and the COLMAP model's points when its cameras are a COLMAP
     model with points."""
+    from heads.recon.scene_files import mixed_files
+
     ply, folder = scene_files(scene)
+    _, mixed = mixed_files(ply)
+    if mixed:  # scores of one run's cloud beside another's cameras or mesh would mean nothing
+        raise InputError(f"{ply}: its files are not one run's ({'; '.join(mixed[:3])}"
+                         f"{'; ...' if len(mixed) > 3 else ''}), as {ply.stem}{'.manifest.json'} records: "
+                         "rerun pixio recon3d into this folder, or evaluate a folder one run wrote")
     cameras = read_scene_cameras(folder)
     clouds = {"scene": read_cloud(ply)}
+    if not len(clouds["scene"]):
+        raise InputError(f"{ply}: the scene holds no points: nothing to score")
     mesh = ply.with_name(ply.stem + "_mesh.ply")
     if mesh.exists():
         clouds["mesh"] = mesh_points(mesh)

@@ -76,16 +76,21 @@ def _nearest_in_time(image: Path) -> Path | None:
 def _partners(image: Path) -> list[Path]:
     """Where an RGB-D layout keeps the depth of colour frame ``image``: ``x.depth.png`` beside ``x.color.*``
     (7-Scenes), ``x_depth.png`` beside ``x_color.*``, ``depth/<stem>.png`` beside ``rgb|color/<name>``
-    (ScanNet exports), or for TUM's ``rgb/<time>.png`` the ``depth/`` frame nearest in time."""
+    (ScanNet exports), or for TUM's ``rgb/<time>.png`` the ``depth/`` frame nearest in time; names in any
+    case (``FRAME-1.COLOR.JPG`` beside ``FRAME-1.DEPTH.PNG``)."""
+    from pixio_cli.inputs import sibling
+
     name, out = image.name, []
     for colour, depth in ((".color.", ".depth."), ("_color.", "_depth.")):
         if colour in name.lower():
             i = name.lower().index(colour)
-            out.append(image.with_name(f"{name[:i]}{depth}png"))
+            out.append(image.parent / f"{name[:i]}{depth}png")
     if image.parent.name.lower() in ("rgb", "color", "colour", "image", "images"):
-        out.append(image.parent.parent / "depth" / f"{image.stem}.png")
+        depth_folder = sibling(image.parent.parent, "depth")
+        if depth_folder is not None:
+            out.append(depth_folder / f"{image.stem}.png")
     tum = _nearest_in_time(image)
-    return out + ([tum] if tum is not None else [])
+    return [sibling(p.parent, p.name) or p for p in out] + ([tum] if tum is not None else [])
 
 
 def depth_file_for(image: Path, folder: Path | None) -> Path | None:
@@ -187,12 +192,18 @@ def put_known_depth(pred, depths):
     return pred, held, report
 
 
+PLAUSIBLE_DEPTH_M = (0.02, 100.0)  # a scene's median measured depth, metres, from a phone's LiDAR to a street
+
+
 def check_known_depth(images: list[Path], sizes: list[tuple[int, int] | None], folder: Path | None,
-                      per_metre: float | None, required: bool) -> list[Path | None]:
+                      per_metre: float | None, required: bool) -> tuple[list[Path | None], list[Path]]:
     """Each image's depth file, every one read and checked now (before any work); None for an image of
-    size None (unreadable). With ``required`` (a ``--known-depth`` folder) an image without one is an error
-    naming the file looked for."""
-    files = []
+    size None (unreadable), or whose file holds no valid pixel (all 0: no measurement; those files come
+    second). With ``required`` (a
+    ``--known-depth`` folder) an image without a file is an error naming the file looked for. Depth whose
+    median over every file lies outside :data:`PLAUSIBLE_DEPTH_M` is refused, naming the unit it likely is
+    (millimetres read as metres, or a --depth-scale off by 1000)."""
+    files, medians, empty = [], [], []
     for image, hw in zip(images, sizes):
         if hw is None:  # an unreadable image: it fails as an input, not as its depth's
             files.append(None)
@@ -202,6 +213,20 @@ def check_known_depth(images: list[Path], sizes: list[tuple[int, int] | None], f
             raise UsageError(f"--known-depth {folder}: no depth file for {image.name} "
                              f"(looked for {image.stem}.npy or {image.stem}.png)")
         if found is not None:
-            read_depth(found, hw, per_metre)
+            depth = read_depth(found, hw, per_metre)
+            valid = depth[depth > 0]
+            if not valid.size:
+                empty.append(found)
+                found = None  # no measurement at all: the view keeps the network's depth
+            else:
+                medians.append((float(np.median(valid)), found))
         files.append(found)
-    return files
+    if medians:
+        median = float(np.median([m for m, _ in medians]))
+        lo, hi = PLAUSIBLE_DEPTH_M
+        if not lo <= median <= hi:
+            likely = ("millimetres read as metres: give --depth-scale 1000" if median > hi else
+                      "metres read as millimetres, or a --depth-scale 1000x too large")
+            raise UsageError(f"the known depth's median is {median:.4g} m ({medians[0][1].name} and "
+                             f"{len(medians) - 1} more), no scene's: likely {likely}")
+    return files, empty

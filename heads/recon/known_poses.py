@@ -45,18 +45,25 @@ def rigid(T: np.ndarray, where: str) -> tuple[np.ndarray, float]:
 
 
 def pose_file_for(image: Path) -> Path | None:
-    """The file holding colour frame ``image``'s pose as a 4x4 matrix in its layout, or None."""
+    """The file holding colour frame ``image``'s pose as a 4x4 matrix in its layout (names in any case), or
+    None."""
+    from pixio_cli.inputs import sibling
+
     name = image.name
     lower = name.lower()
     candidates = []
     if ".color." in lower:
-        candidates.append(image.with_name(name[:lower.index(".color.")] + ".pose.txt"))
+        candidates.append((image.parent, name[:lower.index(".color.")] + ".pose.txt"))
     folder = image.parent.name.lower()
-    if folder in ("color", "colour", "rgb"):
-        candidates.append(image.parent.parent / "pose" / f"{image.stem}.txt")
-    if folder == "images":
-        candidates.append(image.parent.parent / "poses" / f"{image.stem}.txt")
-    return next((p for p in candidates if p.is_file()), None)
+    for kind, poses in (({"color", "colour", "rgb"}, "pose"), ({"images"}, "poses")):
+        found = sibling(image.parent.parent, poses) if folder in kind else None
+        if found is not None:
+            candidates.append((found, f"{image.stem}.txt"))
+    for where, file in candidates:
+        found = sibling(where, file)
+        if found is not None and found.is_file():
+            return found
+    return None
 
 
 @functools.lru_cache(maxsize=4)

@@ -6,6 +6,7 @@ makes the scene. Messages for the user go through ``say`` (one line each); error
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pixio_cli.errors import PixioError, UsageError
 
 from heads.pointmap.predictions import Predictions
 from heads.recon.scene import Cleaning
+from heads.recon.scene_files import SceneFiles
 from heads.recon.workspace import active
 
 
@@ -33,12 +35,13 @@ class SceneInputs:
     depth_files: Optional[list] = None  # one known-depth file (or None) per item
     depth_scale: Optional[float] = None  # stored depth values per metre
     known_cameras: object = None  # a cameras.json or COLMAP model (Path), or heads.recon.sfm.GivenCameras: no mapping
+    prior_K: Optional[np.ndarray] = None  # a first guess at every frame's K (original pixels), which matching fits
 
     def keep(self, positions: list[int]) -> "SceneInputs":
         """The inputs at ``positions`` (in order), with what is known of each."""
         pick = lambda xs: [xs[i] for i in positions] if xs is not None else None  # noqa: E731
         return SceneInputs(pick(self.items), pick(self.Ks), depth_files=pick(self.depth_files),
-                           depth_scale=self.depth_scale, known_cameras=self.known_cameras)
+                           depth_scale=self.depth_scale, known_cameras=self.known_cameras, prior_K=self.prior_K)
 
 
 @dataclass
@@ -324,21 +327,26 @@ def write_scene(scene: Scene, options: SceneOptions, out: SceneOutputs, say: Cal
                          "(--no-mask, --edge-rtol 0, no --conf-*)")
     unit = UNITS[scene.scale_from]
     progress(str(out.scene_path))
-    G.write_ply(out.scene_path, points, colours=point_colours,
+    files = SceneFiles(out.scene_path, staging=None if active().folder is None else active().folder / "outputs")
+    G.write_ply(files.path(out.scene_path), points, colours=point_colours,
                 normals_towards=pred.cam2world[0, :3, 3] if out.normals else None, unit=unit)
     written = [str(out.scene_path)]
     meshed = time.perf_counter()
     if out.mesh:
         written += _write_mesh(pred, colours, scene_path=out.scene_path, voxel=out.mesh_voxel, glb=out.glb,
-                               keep=surface)
+                               keep=surface, files=files)
     meshed = time.perf_counter() - meshed
-    unusable, root = _write_cameras(scene, pred, out=out, apart=apart, unit=unit, written=written, say=say)
+    unusable, root = _write_cameras(scene, pred, out=out, apart=apart, unit=unit, written=written, say=say,
+                                    files=files)
     if out.preview is not None:
         from heads.recon.export import preview_picture
         from pixio_cli.writers import write_image
 
-        write_image(out.preview, preview_picture(points, point_colours, pred, unit="m" if scene.scale_from else "units"))
+        write_image(files.path(out.preview),
+                    preview_picture(points, point_colours, pred, unit="m" if scene.scale_from else "units"))
         written.append(str(out.preview))
+    files.commit({"command": "pixio recon3d", "pid": os.getpid(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "frames": n, "unit": unit})
     return {"scene": str(out.scene_path), "outputs": written, "frames": n, "image_root": root,
             "points": int(len(points)), "cleaning": counts, "scale": pred.scale, "unit": unit,
             "size": [int(scene.frames[0].shape[1]), int(scene.frames[0].shape[0])], "chunks": scene.chunks,
@@ -353,9 +361,9 @@ def write_scene(scene: Scene, options: SceneOptions, out: SceneOutputs, say: Cal
 
 
 def _write_cameras(scene: Scene, pred: Predictions, out: SceneOutputs, apart: bool, unit: str, written: list[str],
-                   say: Callable[[str], None]) -> tuple[bool, str]:
-    """cameras.json or the COLMAP model (and a video's frames for them to name); whether a COLMAP model
-    asked for could not be written, and the folder the cameras name the images from."""
+                   say: Callable[[str], None], files: SceneFiles) -> tuple[bool, str]:
+    """cameras.json or the COLMAP model (and a video's frames for them to name), where ``files`` puts them;
+    whether a COLMAP model asked for could not be written, and the folder the cameras name the images from."""
     from heads import geometry as G
 
     cam_sizes = np.array(pred.original_hw)
@@ -367,7 +375,7 @@ def _write_cameras(scene: Scene, pred: Predictions, out: SceneOutputs, apart: bo
     unusable = out.cameras in ("colmap", "colmap-text") and bool(flipped or apart)
     root, image_names = scene.root, scene.image_names
     if out.frames_folder is not None and not unusable:  # a video's frames, where the cameras can name them
-        image_names = write_views(scene.view_items, out.frames_folder)
+        image_names = write_views(scene.view_items, files.path(out.frames_folder))
         root = str(out.frames_folder.resolve())
         written.append(str(out.frames_folder))
     if unusable:  # a model no tool can use is not written: said as an error, and the run exits 1
@@ -375,8 +383,8 @@ def _write_cameras(scene: Scene, pred: Predictions, out: SceneOutputs, apart: bo
                "length, which COLMAP cannot hold" if flipped else "the photos do not form one scene")
         say(f"pixio: error: no COLMAP model written: {why}")
     if out.cameras == "json":
-        G.write_cameras_json(out.scene_path.parent / "cameras.json", image_names, sizes=cam_sizes, K=pred.K_original,
-                             cam2world=pred.cam2world, unit=unit, image_root=root)
+        G.write_cameras_json(files.path(out.scene_path.parent / "cameras.json"), image_names, sizes=cam_sizes,
+                             K=pred.K_original, cam2world=pred.cam2world, unit=unit, image_root=root)
         written.append(str(out.scene_path.parent / "cameras.json"))
     elif out.cameras in ("colmap", "colmap-text") and not unusable:
         from heads.recon.sfm import write_colmap
@@ -384,7 +392,8 @@ def _write_cameras(scene: Scene, pred: Predictions, out: SceneOutputs, apart: bo
         placed, sfm = scene.placed, scene.sfm_cameras
         to_world = ((placed["sfm_scale"], np.array(placed["to_output"]))
                     if placed["cameras"] in ("sfm", "given") and sfm.reconstruction is not None else None)
-        write_colmap(out.scene_path.parent / "sparse" / "0", image_names, original_hw=cam_sizes, K=pred.K_original,
+        write_colmap(files.path(out.scene_path.parent / "sparse" / "0"), image_names, original_hw=cam_sizes,
+                     K=pred.K_original,
                      cam2world=pred.cam2world, sfm=sfm if to_world else None, sfm_to_world=to_world,
                      text=out.cameras == "colmap-text", unit="metres" if scene.scale_from else None)
         written.append(str(out.scene_path.parent / "sparse" / "0"))
@@ -478,8 +487,8 @@ def _start_sfm(inputs: SceneInputs, options: SceneOptions):
 
     known = inputs.known_cameras is not None  # matched only, then triangulated from them (SfmJob.triangulate)
     sfm = SfmOptions(matching=options.matching, mapper="none" if known else options.mapper,
-                     known_K=None if known else inputs.Ks, seed=options.seed, one_camera=not known,
-                     loop_closure=options.loop_closure and not known)
+                     known_K=None if known else inputs.Ks, prior_K=inputs.prior_K, seed=options.seed,
+                     one_camera=not known, loop_closure=options.loop_closure and not known)
     return SfmJob(inputs.items, sfm, video=any(it.frame is not None for it in inputs.items))
 
 
@@ -535,8 +544,10 @@ def _at_size(image: np.ndarray, hw: tuple[int, int], label: str) -> np.ndarray:
     return resize_image(image, (h, w))
 
 
-def _write_mesh(pred, colours, scene_path: Path, voxel: Optional[float], glb: bool, keep=None) -> list[str]:
-    """``<scene>_mesh.ply`` (and ``<scene>.glb``) by TSDF fusion; returns the files written."""
+def _write_mesh(pred, colours, scene_path: Path, voxel: Optional[float], glb: bool, keep=None,
+                files: Optional["SceneFiles"] = None) -> list[str]:
+    """``<scene>_mesh.ply`` (and ``<scene>.glb``) by TSDF fusion, where ``files`` puts them; returns the files
+    written."""
     from heads.geometry import write_mesh
     from heads.recon.export import tsdf_mesh
 
@@ -549,7 +560,7 @@ def _write_mesh(pred, colours, scene_path: Path, voxel: Optional[float], glb: bo
     tri.compute_vertex_normals()
     targets = [scene_path.with_name(scene_path.stem + "_mesh.ply")] + ([scene_path.with_suffix(".glb")] if glb else [])
     for target in targets:
-        write_mesh(target, tri)
+        write_mesh(files.path(target) if files is not None else target, tri)
     return [str(t) for t in targets]
 
 

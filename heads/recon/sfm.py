@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixio_cli.errors import PixioError, UsageError
+from pixio_cli.errors import PixioError, RunError, UsageError
 
 MAX_SIDE = 1600  # SIFT sees images at most this large (COLMAP's own default for matching is 1600-3200)
 EXHAUSTIVE_UP_TO = 40  # more frames than this are matched sequentially (780 pairs at 40)
@@ -43,6 +43,7 @@ class SfmOptions:
     mapper: str = "auto"
     one_camera: bool = True  # one set of intrinsics shared by every frame (frames of one camera)
     known_K: list[np.ndarray] | None = None  # per frame, in the written images' pixels: held fixed
+    prior_K: np.ndarray | None = None  # every frame's first guess, in the written images' pixels: then fitted
     seed: int = 0
     # SIFT's first octave: 0 (the image as it is), -1 (doubled first, COLMAP's default: finer detail, 3x the
     # time), or None: 0, then -1 again if the first pass leaves frames out
@@ -252,6 +253,10 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
         reader.camera_model = "PINHOLE"
         if same_K:
             reader.camera_params = ",".join(repr(v) for v in _colmap_params(options.known_K[0]))
+    elif options.prior_K is not None:  # a guess to start from (a file beside the frames): fitted like any prior
+        reader.camera_model = "SIMPLE_RADIAL"
+        f, cx, cy = options.prior_K[0, 0], options.prior_K[0, 2] + 0.5, options.prior_K[1, 2] + 0.5
+        reader.camera_params = ",".join(repr(float(v)) for v in (f, cx, cy, 0.0))
     mode = pycolmap.CameraMode.SINGLE if (options.one_camera and (options.known_K is None or same_K)) \
         else pycolmap.CameraMode.PER_IMAGE
     extraction = pycolmap.FeatureExtractionOptions()
@@ -264,7 +269,7 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
     if options.known_K is not None and not same_K:  # one fixed camera per frame, in the database before mapping
         _set_cameras(db, lambda camera, image: setattr(
             camera, "params", _colmap_params(options.known_K[names.index(image.name)])))
-    if hold:
+    if hold or (options.prior_K is not None and options.known_K is None):  # a focal length to start from
         _set_cameras(db, _held)
 
     matching = options.matching
@@ -625,11 +630,13 @@ class SfmJob:
             names = [self.written[i][0] for i in order]
             if len(names) < 2:
                 return
-            known = self.options.known_K
+            known, prior = self.options.known_K, self.options.prior_K
             opts = replace(self.options, more_pairs=self._loop_pairs if self.options.loop_closure else None,
                            one_camera=self.options.one_camera and len(
                 {self.written[i][2] for i in order}) == 1, known_K=None if known is None else [
-                scale_intrinsics(known[i], self.written[i][2], self.written[i][1]) for i in order])
+                scale_intrinsics(known[i], self.written[i][2], self.written[i][1]) for i in order],
+                           prior_K=None if prior is None else scale_intrinsics(prior, self.written[order[0]][2],
+                                                                                self.written[order[0]][1]))
             self._out, self._note = run_sfm(self.folder, names, options=opts, video=self.video, cancel=self._token,
                                             on_stage=self._next_stage)
         except BaseException as e:  # handed to the caller by result()
@@ -685,7 +692,7 @@ class SfmJob:
             if self._error is not None and not isinstance(self._error, (RuntimeError, ValueError, OSError)):
                 raise self._error  # Ctrl-C, out of memory, or a bug: not a reason to go on
             if isinstance(self._error, OSError) and self._error.errno in _DISK_ERRORS:  # the machine, not matching
-                raise PixioError(f"cannot write the frames for matching in {self.folder.parent}: "
+                raise RunError(f"cannot write the frames for matching in {self.folder.parent}: "
                                  f"{self._error.strerror} (set TMPDIR to a folder with room, or --no-sfm)") from None
             names = [self.written.get(i, (f"missing-{i}",))[0] for i in indices]
             hws = [self.written[i][1] if i in self.written else hw for i, hw in zip(indices, original_hw)]
@@ -905,6 +912,7 @@ def _known_colmap_model(path: Path, names: list[str], original_hw: list[tuple[in
                       scale=None if scale is None else 1.0)
 
 
+FOCAL_RANGE = (0.05, 100.0)  # focal lengths a camera may have, times its image's long side (a fisheye to 100x zoom)
 LENGTHS = {"m": 1.0, "metre": 1.0, "metres": 1.0, "meter": 1.0, "meters": 1.0, "cm": 0.01, "centimetres": 0.01,
            "centimeters": 0.01, "mm": 0.001, "millimetres": 0.001, "millimeters": 0.001}  # metres per unit
 
@@ -948,6 +956,11 @@ def read_cameras_json(path: Path) -> GivenCameras:
             raise UsageError(f"{where}: 'K' must be a 3x3 and 'cam2world' a 4x4 matrix of finite numbers")
         if not (K[0, 0] > 0 and K[1, 1] > 0 and np.allclose(K[2], [0, 0, 1]) and K[1, 0] == 0):
             raise UsageError(f"{where}: K is not a pinhole camera (positive fx and fy, last row 0 0 1)")
+        side = max(size)
+        if not all(FOCAL_RANGE[0] * side <= f <= FOCAL_RANGE[1] * side for f in (K[0, 0], K[1, 1])):
+            raise UsageError(f"{where}: a focal length of {K[0, 0]:.6g} x {K[1, 1]:.6g} px is no camera's for an "
+                             f"image of {size[1]}x{size[0]} (expected {FOCAL_RANGE[0]:g}-{FOCAL_RANGE[1]:g} x its "
+                             "long side)")
         try:
             T, off = rigid(T, where)
         except PoseError as e:

@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -76,10 +77,17 @@ def read_scene(path: Path, max_points: int, seed: int = 0) -> SceneToView:
     elif mesh_path.is_file():
         mesh = _read_mesh(mesh_path, notes)
     cameras = _read_cameras(ply.parent, notes)
-    for companion in (ply.parent / "cameras.json", ply.parent / "sparse" / "0"):
-        if cameras and companion.exists() and _older(companion, ply):
-            notes.append(f"{companion.name} is older than {ply.name}: its cameras may be an earlier run's")
-            break
+    from heads.recon.scene_files import mixed_files
+
+    listed, mixed = mixed_files(ply)
+    if mixed:
+        notes.append(f"warning: the files beside {ply.name} are not one run's ({'; '.join(mixed[:3])}"
+                     f"{'; ...' if len(mixed) > 3 else ''}): what is shown may not belong together")
+    elif not listed:  # no manifest (an older run, or a cloud from elsewhere): file times are all there is
+        for companion in (ply.parent / "cameras.json", ply.parent / "sparse" / "0"):
+            if cameras and companion.exists() and _older(companion, ply):
+                notes.append(f"{companion.name} is older than {ply.name}: its cameras may be an earlier run's")
+                break
     return SceneToView(points, colours, mesh=mesh, cameras=cameras, notes=notes)
 
 
@@ -95,16 +103,24 @@ def _read_cloud(ply: Path, max_points: int, seed: int) -> tuple[np.ndarray, np.n
         raise InputError(f"{ply}: cannot read it ({e.strerror})") from None
     if not head.startswith(b"ply") or b"element vertex" not in head:
         raise InputError(f"{ply}: not a point-cloud PLY file (pixio recon3d writes one)")
-    import open3d as o3d
+    from heads.geometry import _open3d, _quiet_open3d, ply_is_whole
 
-    cloud = o3d.io.read_point_cloud(str(ply))
-    points = np.asarray(cloud.points, np.float32)
+    if not ply_is_whole(ply):  # Open3D reads a cut-short file as whole, zeros where the rest would be
+        raise InputError(f"{ply}: cut short: it holds less than its header says (a copy or a write that did not "
+                         "finish)")
+    o3d = _open3d()
+    with _quiet_open3d(o3d):
+        cloud = o3d.io.read_point_cloud(str(ply))
+    points = np.asarray(cloud.points, np.float64)
     if len(points) == 0:
         raise InputError(f"{ply}: the cloud holds no points")
-    keep = np.isfinite(points).all(1)
+    keep = np.isfinite(points).all(1) & (np.abs(points) < 1e9).all(1)  # beyond that no float32 view holds it
+    if not keep.any():
+        raise InputError(f"{ply}: none of its {len(points):,} points has finite coordinates a viewer can hold")
+    points = points.astype(np.float32)
     notes = []
     if not keep.all():
-        notes.append(f"{int((~keep).sum())} points with non-finite coordinates left out")
+        notes.append(f"{int((~keep).sum())} points with non-finite or far-off coordinates left out")
     order = np.random.default_rng(seed).permutation(np.flatnonzero(keep))
     if len(order) > max_points:
         notes.append(f"{len(order):,} points: showing a random {max_points:,} (--max-points to change)")
@@ -235,12 +251,14 @@ def serve(scene: SceneToView, host: str, port: int, open_browser: bool, say: Cal
 
     logging.getLogger("websockets").setLevel(logging.WARNING)  # a line per connection otherwise
     rich.reconfigure(quiet=True)  # viser prints a banner and its stops on stdout, which is for data
-    server = viser.ViserServer(host=host, port=port, verbose=False)
+    free = free_port(host, port)
+    with own_page_only(host):
+        server = viser.ViserServer(host=host, port=free, verbose=False)
     try:
         bound = server.get_port()
         if bound != port:
             say(f"port {port} is taken: serving on {bound}")
-        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{bound}"
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}"
         server.scene.set_up_direction("-y")  # OpenCV axes: y points down
         extent = scene_extent(scene)
         n = len(scene.points)
@@ -294,6 +312,58 @@ def serve(scene: SceneToView, host: str, port: int, open_browser: bool, say: Cal
             time.sleep(0.1)
     finally:
         server.stop()
+
+
+def free_port(host: str, port: int) -> int:
+    """The first port from ``port`` on that ``host`` can bind (viser's own search runs past 65535 into a
+    traceback); a :class:`UsageError` when none up to 65535 is free."""
+    import socket
+
+    for candidate in range(port, 65536):
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.bind((host, candidate))
+            return candidate
+        except OSError:
+            continue
+    raise UsageError(f"--port {port}: no port from {port} to 65535 is free on {host}")
+
+
+def page_origins(host: str, port: int) -> list[str | None]:
+    """The Origin headers the viewer's own page sends from ``host``:``port`` (every address this machine has,
+    when it serves on all of them), and None: a program that is not a browser sends none, and could read the
+    scene's files anyway."""
+    import socket
+
+    hosts = {"127.0.0.1", "localhost", "[::1]", host if ":" not in host else f"[{host}]"}
+    if host in ("0.0.0.0", "::"):
+        name = socket.gethostname()
+        hosts |= {name, socket.getfqdn()}
+        try:
+            hosts |= {a[4][0] if ":" not in a[4][0] else f"[{a[4][0]}]" for a in socket.getaddrinfo(name, None)}
+        except OSError:
+            pass
+    return [f"http://{h}:{port}" for h in sorted(hosts)] + [None]
+
+
+@contextmanager
+def own_page_only(host: str):
+    """While viser starts its server: the WebSocket that carries the scene accepts only the viewer's own page
+    (its Origin, :func:`page_origins`); any other web page the user has open is refused with 403, so it cannot
+    read the scene (viser checks no origin itself: websockets' ``origins`` is given for it)."""
+    import websockets.asyncio.server as ws_server
+
+    original = ws_server.serve
+
+    def serve(handler, at_host, at_port, *args, **kwargs):
+        kwargs.setdefault("origins", page_origins(host, at_port))
+        return original(handler, at_host, at_port, *args, **kwargs)
+
+    ws_server.serve = serve
+    try:
+        yield
+    finally:
+        ws_server.serve = original
 
 
 def has_display() -> bool:

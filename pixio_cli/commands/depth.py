@@ -71,6 +71,7 @@ def depth(
 
     from ..engine import Engine, dist_info
     from ..inputs import collect
+    from ..locks import claim
     from ..outputs import destination, output_folder
     from ..resume import Ledger, model_identity
     from .common import finish, write_json_line
@@ -85,6 +86,7 @@ def depth(
     dest, fmt = destination(output, items, formats=FORMATS, fmt=format.value if format else None, default="png16")
     dest.check_unique(items, [dest.main] + (["_vis.png"] if vis else []) + ([".ply"] if ply else []),
                       {"_vis.png": "--vis", ".ply": "--ply"})
+    claim(dest.target, folder=not dest.single, rank=dist_info()[0])  # a second run into this output is refused
 
     # model
     net = load_dense(engine, model, "depth")
@@ -123,6 +125,7 @@ def _depth_video(items: list, output: Path, engine, *, model: str, cmap: str, si
     from heads.dense.depth_outputs import DepthVideo
     from heads.dense.predict import batch_fn, default_policy, load_dense
 
+    from ..locks import claim
     from ..writers import check_writable
     from .common import finish
 
@@ -137,6 +140,7 @@ def _depth_video(items: list, output: Path, engine, *, model: str, cmap: str, si
         raise UsageError(f"-o {output}: a depth video holds pictures only; --ply and --format are for a folder of "
                          "outputs")
     check_writable(output.parent, f"-o {output}")
+    claim(output, folder=False)
     cap = cv2.VideoCapture(video)
     fps = (cap.get(cv2.CAP_PROP_FPS) or 25.0) / max(1, every)
     cap.release()

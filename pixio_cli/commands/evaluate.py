@@ -58,7 +58,7 @@ def _run(task: str, model: str, data: Path, *, dataset: str, split: str, json_ou
                            if k not in ("mean_depth", "majority_class", "train_targets", "iou",
                                          "shares_images_with_val")})
     if json_out:
-        typer.echo(json.dumps(result))
+        typer.echo(json.dumps(_finite(result), allow_nan=False))
 
 
 def _echo_metrics(result: dict) -> None:
@@ -233,7 +233,7 @@ def evaluate_pointmap(
     for k, v in result.items():
         typer.echo(f"{k:>{width}s}  {v:.4f}" if isinstance(v, float) else f"{k:>{width}s}  {v}", err=True)
     if json_out:
-        typer.echo(json.dumps(result))
+        typer.echo(json.dumps(_finite(result), allow_nan=False))
 
 
 @app.command("recon3d")
@@ -288,7 +288,20 @@ def evaluate_recon3d(
                    f"{row['f@0.02']:>6.3f} {row['precision@0.05']:>6.3f} {row['recall@0.05']:>6.3f} "
                    f"{row['f@0.05']:>6.3f} {row['f@0.1']:>6.3f}", err=True)
     if json_out:
-        typer.echo(json.dumps(result))
+        typer.echo(json.dumps(_finite(result), allow_nan=False))
+
+
+def _finite(obj):
+    """``obj`` with every number that is not finite as null: JSON has no Infinity or NaN."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def register(root: typer.Typer) -> None:

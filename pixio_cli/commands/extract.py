@@ -72,6 +72,7 @@ def extract(
     from ..images import ResizePolicy
     from ..inputs import collect
     from ..int8 import BelowBound
+    from ..locks import claim
     from ..outputs import check_apart_from_inputs, destination, output_folder
     from ..resume import model_identity
     from .common import finish, parse_blocks, write_json_line
@@ -88,6 +89,7 @@ def extract(
         if output else (None, None)
     if dest is not None:
         dest.check_unique(items, [dest.main])
+        claim(dest.target, folder=not dest.single, rank=dist_info()[0])
     pca_path, pca_place = _pca_target(pca, dest, items)
     check_apart_from_inputs(items, inputs, [("--pca", pca_place)], skip=output_folder(output))
     rank, world, _ = dist_info()

@@ -12,7 +12,7 @@ import typer
 from .. import options as opt
 from ..errors import UsageError
 from ..model_ids import DEFAULT_POINTMAP, POINTMAP_SHORT_SIDE
-from .common import Stages, report_failures, single_process
+from .common import Stages, report_failures, require_positive, single_process
 
 
 
@@ -128,8 +128,8 @@ def recon3d(
         show_default=False)] = None,
     glb: Annotated[bool, typer.Option("--glb", help="Also <name>.glb of the mesh (needs --mesh).")] = False,
     cameras: Annotated[Optional[Cameras], typer.Option(
-        help="Also the cameras: json (cameras.json), colmap (a COLMAP model in sparse/0/, binary, with the "
-             "matched points and their tracks) or colmap-text (the same as text).",
+        help="The cameras as: json (cameras.json, the default: always written), colmap (a COLMAP model in "
+             "sparse/0/, binary, with the matched points and their tracks) or colmap-text (the same as text).",
         show_default=False)] = None,
     preview: Annotated[Optional[Path], typer.Option(
         help="Also a .png picture of the cleaned cloud and the cameras.", show_default=False)] = None,
@@ -164,11 +164,12 @@ def recon3d(
     depth from the network fitted to them, cleaned and fused into one coloured point cloud in the first
     camera's frame (x right, y down, z forward; metres with a metric model)."""
     single_process("recon3d")
+    require_positive(mesh_voxel=mesh_voxel, voxel=voxel)  # 0 once meant the default without a word
     if view:
         from .view import require_viewer
 
         require_viewer()  # before the run, not after it
-        cameras = cameras or Cameras.json  # the viewer shows the cameras it finds beside the scene
+    cameras = cameras or Cameras.json  # small, and what the viewer and evaluate read: always written
     scene_path = _check(output, save_predictions, preview=preview, overlap=overlap, chunk=chunk, glb=glb, mesh=mesh,
                         every=every, fps=fps, cameras=cameras)
     if known_cameras is not None and intrinsics is not None:
@@ -180,6 +181,7 @@ def recon3d(
     started = time.perf_counter()
 
     import json
+
 
     from heads.recon.pipeline import SceneOptions, SceneOutputs, reconstruct, write_scene
     from heads.recon.scene import Cleaning
@@ -193,6 +195,9 @@ def recon3d(
                                     max_frames=max_frames,
                                     keyframes=keyframes, cameras=cameras, preview=preview,
                                     save_predictions=save_predictions, mesh=mesh, glb=glb)
+    from ..locks import claim
+
+    claim(scene_path, folder=False)  # a second run into this output is refused, not let loose on this one's work folder
     options = SceneOptions(model=model, resize=resize, chunk=chunk, overlap=overlap, sfm=sfm,
                            matching=matching.value, mapper=mapper.value, loop_closure=loop_closure,
                            depth_cameras=depth_cameras, fusion=fusion, prior=depth_prior.value,
@@ -278,7 +283,15 @@ def _inputs(specs: list[str], output: Path, scene_path: Path, intrinsics: Option
         Ks = None if known_cameras is not None else Ks  # the cameras hold K
     depth_files, Ks = _known_depth(items, known_depth, per_metre=depth_scale, rgbd=depth_input and bool(depth_images),
                                    n_depth=len(depth_images), Ks=Ks, given_cameras=known_cameras is not None)
-    scene = SceneInputs(items, Ks, depth_files=depth_files, depth_scale=depth_scale, known_cameras=known_cameras)
+    prior_K = None
+    if Ks is None and known_cameras is None:  # a calibration file beside colour frames: matching starts from it
+        found = _folder_intrinsics(items)
+        if found is not None:
+            prior_K = found[0]
+            typer.echo(f"pixio: the frames' intrinsics file gives fx {prior_K[0, 0]:.1f} px: matching starts from "
+                       "it and fits it to the frames (--intrinsics holds a K as given)", err=True)
+    scene = SceneInputs(items, Ks, depth_files=depth_files, depth_scale=depth_scale, known_cameras=known_cameras,
+                        prior_K=prior_K)
     good = [i for i, it in enumerate(items) if it.error is None]
     if max_frames and len(good) > max_frames:  # frames, not failed inputs, are what is counted
         picks = {good[int(i)] for i in np.linspace(0, len(good) - 1, max_frames).round()}
@@ -361,12 +374,14 @@ def _known_depth(items: list, folder: Optional[Path], per_metre: Optional[float]
     for it in items:  # the images' own sizes, which each depth map must have; an unreadable image fails later
         image = cv2.imread(it.path, cv2.IMREAD_COLOR) if it.error is None else None  # EXIF-turned, as decoded
         sizes.append(image.shape[:2] if image is not None else None)
-    files = check_known_depth([Path(it.path) for it in items], sizes, folder, per_metre, required=folder is not None)
+    files, empty = check_known_depth([Path(it.path) for it in items], sizes, folder, per_metre,
+                                     required=folder is not None)
     without = [Path(it.path).name for it, f, hw in zip(items, files, sizes) if f is None and hw is not None]
     typer.echo(f"pixio: known depth for {sum(f is not None for f in files)} of {len(items)} views from {what}"
                + (" (the colour frames are the views)" if folder is None else "")
-               + (f"; none for {', '.join(without[:3])}{' ...' if len(without) > 3 else ''}" if without else ""),
-               err=True)
+               + (f"; none for {', '.join(without[:3])}{' ...' if len(without) > 3 else ''}" if without else "")
+               + (f" ({len(empty)} file{'s' if len(empty) > 1 else ''} with no valid pixel: {empty[0].name}"
+                  f"{' ...' if len(empty) > 1 else ''})" if empty else ""), err=True)
     return files, Ks
 
 
@@ -413,11 +428,14 @@ def _folder_intrinsics(items: list):
     None when there is none."""
     from heads.recon.scene import read_intrinsics
 
+    from ..inputs import sibling
+
     folders = {Path(it.path).parent for it in items}
     if len(folders) != 1:
         return None
     folder = next(iter(folders))
-    for found in (folder / "camera-intrinsics.txt", folder.parent / "K.txt" if folder.name == "images" else None):
+    for where, name in ((folder, "camera-intrinsics.txt"), (folder.parent if folder.name == "images" else None, "K.txt")):
+        found = sibling(where, name) if where is not None else None
         if found is not None and found.is_file():
             return read_intrinsics(found, len(items))
     return None
@@ -429,6 +447,9 @@ def _check(output: Path, save_predictions: Optional[Path], preview: Optional[Pat
     scene's path."""
     from ..writers import check_writable  # numpy: not at start-up
 
+    if str(output) == "-":  # as for inputs, "-" is the standard stream, which holds no scene
+        raise UsageError("-o -: a scene is files (scene.ply, cameras.json, ...): give a .ply or a folder (--json "
+                         "writes the run's summary on standard output)")
     if output.suffix and output.suffix.lower() != ".ply":
         raise UsageError(f"-o {output}: the scene is written as .ply (or give a folder)")
     if save_predictions is not None and save_predictions.suffix.lower() != ".npz":

@@ -41,6 +41,7 @@ def segment(
 
     from ..engine import Engine, Sample, dist_info
     from ..inputs import Item, collect
+    from ..locks import claim
     from ..outputs import destination, output_folder
     from ..resume import Ledger, model_identity
     from ..writers import write_image
@@ -51,6 +52,7 @@ def segment(
     dest, _ = destination(output, items, formats=FORMATS, fmt=None, default="png")
     tags = [".png"] + (["_overlay.png"] if overlay else [])
     dest.check_unique(items, tags, {"_overlay.png": "--overlay"})
+    claim(dest.target, folder=not dest.single, rank=dist_info()[0])  # a second run into this output is refused
 
     # engine and model
     engine = Engine(device, precision, batch_size=batch_size, workers=workers, compile=compile, progress=False if quiet else None)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import PixioError
+from ..errors import PixioError, UsageError
 
 
 def view(
@@ -39,6 +39,9 @@ def require_viewer() -> None:
 def show(scene: Path, *, host: str = "127.0.0.1", port: int = 8080, max_points: int = 4_000_000,
          browser: bool | None = None) -> None:
     """Read the scene at ``scene`` and serve it until Ctrl-C or SIGTERM (also for ``recon3d --view``)."""
+    if not host.strip():
+        raise UsageError("--host is empty, which would serve on every network this machine is on: give an "
+                         "address (127.0.0.1, the default: this machine only; 0.0.0.0: every network)")
     require_viewer()
     from heads.recon.view import has_display, read_scene, serve
 
