@@ -82,6 +82,17 @@ def test_a_field_fitted_to_tracks_takes_out_a_tilt_that_one_scale_cannot():
     assert np.all(few == 1) and few_report["tracks"] == 10
 
 
+def test_where_a_view_has_no_tracks_its_depth_takes_the_scale_its_tracks_give():
+    """Tracks only in one corner, the network's depth 1.3x too near everywhere: the far corner gets the same
+    1.3 (the fit is pulled towards the view's median ratio where no track says otherwise), not 1.0."""
+    rng = np.random.default_rng(0)
+    net = np.full((H, W), 2.0 / 1.3)
+    uv = np.stack([rng.uniform(0, W / 4, 200), rng.uniform(0, H / 4, 200)], 1)
+    field, report = fit_depth_field(net, uv, np.full(200, 2.0))
+    assert report["median_ratio"] == pytest.approx(1.3)
+    assert abs(field[-1, -1] - 1.3) < 0.01 and abs(np.median(field) - 1.3) < 0.01, (field[-1, -1], np.median(field))
+
+
 # ---------------------------------------------------------------------------- matching images
 
 
@@ -195,6 +206,27 @@ def test_views_of_one_wall_fuse_into_one_layer_and_a_bad_patch_is_dropped():
     assert np.abs(points[:, 2] - 3.0).max() < 0.03  # one layer within 1 % of the wall
     layered = np.concatenate([world_points(depth[v], rays[v], poses[v]) for v in range(len(depth))]).reshape(-1, 3)
     assert np.abs(layered[:, 2] - 3.0).max() > 0.5  # what --no-fusion would have written
+
+
+def test_a_neighbours_invalid_pixels_neither_confirm_nor_contradict():
+    """Pixels a view marks invalid (the model's mask, a depth edge, a region matching did not reach) hold
+    depths that mean nothing: they confirm no other view's pixel, and contradict none."""
+    from heads.recon.fusion import average_agreeing
+
+    depth, rays, poses, Ks, valid = fused_walls([0.0, 0.0])
+    _, count, against = average_agreeing(depth, rays, K=Ks, cam2world=poses, valid=valid, neighbours=[[1], [0]],
+                                         rtol=0.02)
+    assert (count[0] > 0).mean() > 0.8  # the wall, seen by both: confirmed
+    valid[1] = False
+    _, count, _ = average_agreeing(depth, rays, K=Ks, cam2world=poses, valid=valid, neighbours=[[1], [0]], rtol=0.02)
+    assert not count[0].any(), "an invalid pixel confirmed another view's"
+    far = depth.copy()
+    far[1] *= 1.5  # view 1 now sees beyond view 0's points: they would be contradicted ...
+    _, _, against = average_agreeing(far, rays, K=Ks, cam2world=poses, valid=valid, neighbours=[[1], [0]], rtol=0.02)
+    assert not against[0].any(), "an invalid pixel contradicted another view's"  # ... were its pixels valid
+    valid[1] = True
+    _, _, against = average_agreeing(far, rays, K=Ks, cam2world=poses, valid=valid, neighbours=[[1], [0]], rtol=0.02)
+    assert (against[0] > 0).mean() > 0.8
 
 
 def test_depth_that_is_right_stays_right():

@@ -125,3 +125,18 @@ def test_register_views_moves_the_points_with_their_cameras(scene):
     want = np.stack([world_points(depth[v], r, in_first[v]) for v in range(V)])
     got = (out.pts3d.astype(np.float64) - out.cam2world[0, :3, 3]) @ out.cam2world[0, :3, :3].astype(np.float64)
     assert np.percentile(np.linalg.norm(got - want, axis=-1), 95) < 0.01
+
+
+def test_a_fit_that_pairs_too_few_points_is_refused(scene):
+    """A pair of views that see different walls (one turned round): ICP still returns a transform, but it pairs
+    few of the points; it is refused, and the view keeps its place beside its neighbour in the sequence."""
+    truth, depth = scene
+    turned = truth[3] @ pose([0, np.pi, 0], [0, 0, 0])  # where view 3 stands, facing the other way
+    poses = np.concatenate([truth[:4], turned[None], truth[4:]])
+    depths = np.concatenate([depth[:4], render(turned)[None], depth[4:]])
+    r = np.broadcast_to(rays(), (len(poses), H, W, 2))
+    pairs = [(v, v + 1) for v in range(len(poses) - 1) if 4 not in (v, v + 1)] + [(0, 4)]
+    moved, report = refine_on_depth(depths, r, valid=np.ones(depths.shape, bool), cam2world=poses, pairs=pairs)
+    assert report["refused"] == 1 and report["fitted"] == len(pairs) - 1, report
+    cm, deg = relative_errors(moved, poses)
+    assert cm < 0.5 and deg < 0.2, (cm, deg)

@@ -515,10 +515,17 @@ def test_known_poses_in_any_world_frame_give_the_same_scene_in_that_frame():
         b = predict(net, x, names=["a", "b", "c"], original_hw=[(32, 48)] * 3, K_original=K, depth_z=depth,
                     cam2world=move @ poses)
         c = predict(net, x, names=["a", "b", "c"], original_hw=[(32, 48)] * 3, K_original=K)
+        d = predict(net, x, names=["a", "b", "c"], original_hw=[(32, 48)] * 3, K_original=K, depth_z=depth)
+        spread = poses.copy()
+        spread[:, 0, 3] *= 3
+        e = predict(net, x, names=["a", "b", "c"], original_hw=[(32, 48)] * 3, K_original=K, depth_z=depth,
+                    cam2world=spread)
     assert np.allclose(a.depth_z, b.depth_z, rtol=1e-4)
     assert np.allclose(b.pts3d, a.pts3d @ move[:3, :3].T + move[:3, 3], atol=1e-3)
     assert np.allclose(b.cam2world, move @ a.cam2world, atol=1e-4)
     assert not np.allclose(a.depth_z, c.depth_z)  # the depth and poses were used
+    assert not np.allclose(a.depth_z, d.depth_z, rtol=1e-4), "the poses never reached the pose encoders"
+    assert not np.allclose(a.depth_z, e.depth_z, rtol=1e-4), "other poses, the same output"
 
 
 def test_views_go_through_the_dense_head_in_small_groups_with_the_same_outputs(model, monkeypatch):

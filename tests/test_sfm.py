@@ -204,6 +204,25 @@ def test_long_sequences_are_mapped_globally_on_the_same_cameras(tmp_path, monkey
         assert np.array_equal(same.cam2world, cams.cam2world) and np.array_equal(same.K, cams.K)
 
 
+def test_the_global_mapper_holds_known_intrinsics_as_given(tmp_path, monkeypatch):
+    """--intrinsics on a long video: GLOMAP maps it, and the camera it writes is the one given (COLMAP's bundle
+    adjustment would otherwise refine the focal length away from a calibration the user measured)."""
+    import heads.recon.sfm as sfm
+
+    paths, _ = kitchen([800, 824, 848, 872, 896, 920])
+    names = [sfm.write_frame(tmp_path, i, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB))[0]
+             for i, p in enumerate(paths)]
+    monkeypatch.setattr(sfm, "INCREMENTAL_UP_TO", 5)
+    given = np.array([[560.0, 0, 321.0], [0, 560.0, 238.0], [0, 0, 1]])  # not what the frames would fit (about 530)
+    stages: list[str] = []
+    rec, note = sfm.run_sfm(tmp_path, names, sfm.SfmOptions(first_octave=0, known_K=[given] * 6),
+                            on_stage=stages.append)
+    assert "global mapping and bundle adjustment" in stages and note is None, (stages, note)
+    cams = sfm.SfmCameras(rec, names, np.array([[480, 640]] * 6), np.array([[480, 640]] * 6))
+    assert cams.registered.all()
+    assert np.allclose(cams.K, given, atol=1e-6), cams.K[0]
+
+
 def test_loop_pairs_are_the_frames_alike_far_apart():
     """A walk out and back: each frame on the way back is paired with itself on the way out, and no pair is
     within the frames sequential matching covers."""

@@ -698,6 +698,30 @@ def test_a_model_folder_is_identified_by_every_file_in_it(tmp_path):
     assert model_identity(str(folder)) != before
 
 
+def test_a_retrained_model_file_is_not_taken_for_the_one_the_outputs_came_from(cli, tiny_encoder_file, tmp_path):
+    """An encoder.pth retrained in place keeps its path: a rerun must not reuse the features of the old weights.
+    The model's identity holds its file's size and time, so the rerun sees other settings and says so."""
+    import shutil
+
+    from pixio_cli.resume import model_identity
+
+    model = tmp_path / "encoder.safetensors"
+    shutil.copy(tiny_encoder_file, model)
+    img = write_rgb(tmp_path / "in" / "a.jpg")
+    before = model_identity(str(model))
+    code, _, err = cli([*ex(model), img, "-o", tmp_path / "out"])
+    assert code == 0, err
+    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10 ** 9))  # written again
+    assert model_identity(str(model)) != before
+    code, _, err = cli([*ex(model), img, "-o", tmp_path / "out"])
+    assert code == 2 and "--model" in err and "other settings" in err, err
+    with open(model, "ab") as f:  # another size, the same time: still another model
+        f.write(b"\0")
+    appended = model_identity(str(model))
+    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns - 10 ** 9))  # back to the time before
+    assert model_identity(str(model)) not in (before, appended)
+
+
 def test_recon3d_resume_redoes_a_chunk_whose_input_was_edited(cli, pointmap_file, tmp_path, monkeypatch):
     import heads.pointmap.predictions
     from heads.pointmap.predictions import Predictions

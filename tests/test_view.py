@@ -304,3 +304,44 @@ def test_an_empty_host_or_a_port_range_with_no_free_port_is_one_line(cli, tmp_pa
         taken.bind(("127.0.0.1", 65535))
         code, _, err = cli(["view", scene, "--port", "65535", "--no-browser"])
     assert code == 2 and "no port from 65535 to 65535 is free" in err and "Traceback" not in err, err
+
+
+def test_each_frustum_points_where_its_camera_looks():
+    """A camera turned to look along the world's +x (and one tilted down): its frustum is drawn with its own
+    rotation, so it points where the camera looks, and a click looks from there the same way."""
+    import math as m
+
+    import viser.transforms as tf
+
+    from heads.recon.view import SceneToView, ViewCamera, _add_cameras
+
+    drawn = []
+
+    class Recorder:  # what _add_cameras asks of viser's server
+        class scene:
+            @staticmethod
+            def add_camera_frustum(name, **kw):
+                drawn.append(kw)
+                return type("Frustum", (), {"on_click": lambda self, f: None})()
+
+        class gui:
+            @staticmethod
+            def add_markdown(text):
+                return None
+
+    turned = np.eye(4)
+    turned[:3, :3] = [[0, 0, 1], [0, 1, 0], [-1, 0, 0]]  # its z (forward) is the world's +x
+    tilted = np.eye(4)
+    a = m.radians(30)
+    tilted[:3, :3] = [[1, 0, 0], [0, m.cos(a), m.sin(a)], [0, -m.sin(a), m.cos(a)]]
+    tilted[:3, 3] = [0.5, 0.0, 0.0]
+    K = np.array([[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]])
+    cams = [ViewCamera("a", K, cam2world=turned, hw=(48, 64)), ViewCamera("b", K, cam2world=tilted, hw=(48, 64))]
+    poses = _add_cameras(Recorder(), SceneToView(np.zeros((1, 3), np.float32), np.zeros((1, 3), np.uint8), None,
+                                                 cams), extent=1.0)
+    for cam, kw, (wxyz, position, ahead) in zip(cams, drawn, poses):
+        R = tf.SO3(np.asarray(kw["wxyz"])).as_matrix()
+        assert np.allclose(R, cam.cam2world[:3, :3], atol=1e-9), (R, cam.cam2world)
+        assert np.allclose(R @ [0, 0, 1], cam.cam2world[:3, 2]) and np.allclose(kw["position"], cam.cam2world[:3, 3])
+        assert np.allclose(ahead - position, 0.3 * cam.cam2world[:3, 2])  # a click looks the camera's way
+    assert np.allclose(tf.SO3(np.asarray(drawn[0]["wxyz"])).as_matrix() @ [0, 0, 1], [1, 0, 0])
