@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test install dev bench docs clean
+.PHONY: demo test install dev bench docs mutants clean
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(VENV) view
@@ -26,6 +26,9 @@ test: dev
 
 bench: dev
 	$(BIN)/python -m benchmarks.run_all
+
+mutants: dev  # hours on 2 cores: not in CI; writes the score table of docs/development.md
+	$(BIN)/python scripts/mutants.py
 
 docs: dev
 	$(BIN)/mkdocs build --strict --site-dir site

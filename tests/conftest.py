@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import torch
 from pixio_cli.checkpoints import save_encoder
 from pixio_cli.encoder import EncoderConfig, PixioEncoder, build_encoder
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the real sample data, where present
+# the real sample data, where present (PIXIO_SHARED_DATA: where a copy of the tests runs, as mutation testing's)
+SHARED_DATA = Path(os.environ.get("PIXIO_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 KITCHEN = SHARED_DATA / "rgbd-7scenes-redkitchen"
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 TINY = EncoderConfig(embed_dim=48, depth=4, num_heads=3)
@@ -67,6 +69,20 @@ def cli(capsys, monkeypatch):
         return code, out, err
 
     return run
+
+
+def wait_until(ready, what: str, timeout: float = 600, proc=None, step: float = 0.2) -> None:
+    """Wait for ``ready()`` (an event: a file, a line, a process state), however loaded the machine, and fail
+    with ``what`` when it does not come within ``timeout`` seconds, or when ``proc`` (a Popen) ends first."""
+    import time
+
+    end = time.monotonic() + timeout
+    while not ready():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"{what}: the process ended first (exit {proc.returncode})")
+        if time.monotonic() > end:
+            pytest.fail(f"{what}: not within {timeout:g} s")
+        time.sleep(step)
 
 
 def write_rgb(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:

@@ -241,7 +241,7 @@ def test_offline_uncached_model_id_fails_fast_with_one_line(tmp_path):
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "hf download facebook/pixio-vitl16 pixio_vitl16.pth" in lines[0]
-    assert seconds < 5  # the model is resolved before torch is imported: ~0.4 s here; was ~28 s of retries
+    assert seconds < 15  # the model is resolved before torch is imported: ~0.4 s here; was ~28 s of retries
     env["HF_HUB_OFFLINE"] = "1"
     run = subprocess.run([sys.executable, "-m", "pixio_cli", "extract", str(tmp_path / "a.png"), "-o",
                           str(tmp_path / "o"), "--model", "pixio-vitl16"], env=env, capture_output=True, text=True,

@@ -345,6 +345,7 @@ def test_alignment_solves_the_offset_between_two_sensors():
 # ---------------------------------------------------------------------------- end to end on real frames
 
 
+@pytest.mark.slow
 def test_recon3d_on_held_out_frames_lies_on_the_recorded_surface(cli, tmp_path):
     """Frames the bundled model never saw: the fused cloud and mesh against the recorded depth, beside
     --no-fusion (the network's depth as placed), COLMAP's points, the ceiling and the flat baseline. The
@@ -393,6 +394,7 @@ def _scored(cli, folder, scene, *flags, scale=True):
     return json.loads(out)["rows"]
 
 
+@pytest.mark.slow
 def test_on_a_scene_no_network_saw_the_geometry_comes_from_the_images(cli, tmp_path, unseen):
     """Matching the images puts the cloud on the surface (F-score within 2 cm in a scene 40 cm deep), and it
     does so as well when the network's depth is replaced by a flat plane: the prior only fills in. Before
@@ -411,6 +413,7 @@ def test_on_a_scene_no_network_saw_the_geometry_comes_from_the_images(cli, tmp_p
     assert abs(flat["scene"]["f@0.02"] - default["scene"]["f@0.02"]) < 0.05, (flat["scene"], default["scene"])
 
 
+@pytest.mark.slow
 def test_known_cameras_have_their_matches_triangulated_and_the_scene_takes_their_metres(cli, tmp_path, unseen):
     """The scene's own cameras given (a cameras.json in metres): the matches are triangulated from them (no
     mapping), the network's depth is fitted to those points, and the scene comes out in metres: scored
@@ -432,6 +435,7 @@ def test_known_cameras_have_their_matches_triangulated_and_the_scene_takes_their
     assert json.loads((tmp_path / "known" / "cameras.json").read_text())["unit"] == "metres, from the given cameras"
 
 
+@pytest.mark.slow
 def test_an_rgbd_sequence_with_recorded_poses_is_placed_on_them_without_matching(cli, tmp_path, unseen):
     """The generic-rgbd layout (images/, depth/, poses/, K.txt) given as a folder: its recorded poses are the
     cameras and its depth the geometry, said on the terminal; --no-known-poses matches instead."""

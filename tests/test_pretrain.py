@@ -323,7 +323,8 @@ def test_sigterm_saves_the_step_as_ctrl_c_does(tmp_path):
     """A scheduler's preemption (SIGTERM to the whole process group, data workers included) ends a run
     like Ctrl-C: the checkpoint holds the last step."""
     import signal
-    import time
+
+    from .conftest import wait_until
 
     data = _photos(tmp_path / "photos", 4)
     out = tmp_path / "run"
@@ -331,12 +332,13 @@ def test_sigterm_saves_the_step_as_ctrl_c_does(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "pixio_cli", "pretrain", *SMOKE, "--steps", "100000", "--data",
                              str(data), "-o", str(out), "--workers", "2", "--save-every", "100000"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not ((out / "metrics.jsonl").exists()
-                                           and len((out / "metrics.jsonl").read_text().splitlines()) >= 2):
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    try:
+        wait_until(lambda: (out / "metrics.jsonl").exists()
+                   and len((out / "metrics.jsonl").read_text().splitlines()) >= 2,
+                   "the run logging its second step before it is stopped", proc=proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == 130 and "--resume" in err, err
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) >= 2 and torch.load(out / "checkpoint.pt", weights_only=True)["step"] == steps[-1]

@@ -18,7 +18,7 @@ import torch
 
 from heads.dense.model import DenseModel, HeadConfig, save_head
 
-from .conftest import random_encoder, write_rgb
+from .conftest import random_encoder, wait_until, write_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -406,17 +406,18 @@ def test_decoding_workers_die_with_a_killed_run(tmp_path):
                              str(tmp_path / "o"), "--workers", "2", "-q", "--batch-size", "2"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     children: list[int] = []
-    deadline = time.time() + 60
-    while time.time() < deadline and len(children) < 2:
-        children = _children(proc.pid)
-        time.sleep(0.2)
-    assert len(children) >= 2, "the decoding workers did not start"
-    os.kill(proc.pid, signal.SIGKILL)
+
+    def started() -> bool:
+        children[:] = _children(proc.pid)
+        return len(children) >= 2
+
+    try:
+        wait_until(started, "the decoding workers starting", proc=proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.time() + 10
-    while time.time() < deadline and any(_alive(c) for c in children):
-        time.sleep(0.2)
-    assert not any(_alive(c) for c in children)
+    wait_until(lambda: not any(_alive(c) for c in children), "the decoding workers ending with their killed parent",
+               timeout=120)
 
 
 def test_a_failing_data_worker_does_not_hang_the_exit(tmp_path):

@@ -1,0 +1,135 @@
+"""`make mutants`: mutation testing (mutmut) of the modules that decide geometry and reuse, and the score table.
+
+For each module below, mutmut copies the project into ``mutants/``, plants each of its small changes (an
+operator, a constant, a dropped call) one at a time and runs the tests that reach the changed function (from
+the module's test files, the slow end-to-end ones left out: ``-m "not slow"``). A mutant no test notices
+survives. Mutants judged equivalent (no behaviour changes: a bound that cannot be reached, a copy the caller
+never uses) are listed with why in ``scripts/mutants_equivalent.txt`` and left out of the score. The table of
+killed / non-equivalent per module goes between the ``mutants`` markers of docs/development.md, with the
+survivors named in ``mutants/survivors.txt``. Not in CI: a whole run takes hours on 2 cores.
+
+    python scripts/mutants.py                      # every module (hours)
+    python scripts/mutants.py heads/recon/depth_fit.py pixio_cli/resume.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "development.md"
+EQUIVALENT = ROOT / "scripts" / "mutants_equivalent.txt"
+
+MODULES = {  # module: the test files that hold its tests
+    "heads/recon/depth_fit.py": ["tests/test_dense.py", "tests/test_sfm.py"],
+    "heads/recon/mvs.py": ["tests/test_dense.py"],
+    "heads/recon/fusion.py": ["tests/test_dense.py", "tests/test_depth_poses.py"],
+    "heads/recon/depth_poses.py": ["tests/test_depth_poses.py"],
+    "heads/recon/known_poses.py": ["tests/test_trust_recon3d.py", "tests/test_dense.py"],
+    "heads/recon/scene.py": ["tests/test_sfm.py", "tests/test_dense.py", "tests/test_recon3d.py"],
+    "heads/recon/scene_files.py": ["tests/test_outputs_together.py"],
+    "heads/geometry.py": ["tests/test_geometry.py", "tests/test_dense.py", "tests/test_sfm.py"],
+    "pixio_cli/sliding.py": ["tests/test_seams.py"],
+    "pixio_cli/resume.py": ["tests/test_trust.py", "tests/test_extract.py"],
+}
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed"}
+
+
+def equivalent() -> dict[str, str]:
+    """Mutant name -> why it changes no behaviour (scripts/mutants_equivalent.txt: ``name  # why`` lines)."""
+    out = {}
+    if EQUIVALENT.exists():
+        for line in EQUIVALENT.read_text().splitlines():
+            name, _, why = line.partition("#")
+            if name.strip():
+                out[name.strip()] = why.strip()
+    return out
+
+
+def run_module(module: str, tests: list[str], shared: Path) -> dict[str, str]:
+    """mutmut on one module with its tests; the status of each of its mutants."""
+    package = module.split("/")[0]
+    config = ROOT / "setup.cfg"
+    if config.exists():
+        raise SystemExit(f"{config} exists: this script writes its own for each module")
+    config.write_text("[mutmut]\n"
+                      f"source_paths={package}\n"
+                      f"only_mutate={module}\n"
+                      "also_copy=\n  heads\n  pixio_cli\n  pretrain\n  benchmarks\n  samples\n  scripts\n"
+                      "pytest_add_cli_args_test_selection=\n" + "".join(f"  {t}\n" for t in tests) +
+                      "pytest_add_cli_args=\n  -m\n  not slow\n  -p\n  no:randomly\n"
+                      "process_isolation=forkserver\n")
+    try:
+        shutil.rmtree(ROOT / "mutants", ignore_errors=True)
+        env = {**os.environ, "PIXIO_SHARED_DATA": str(shared), "OMP_NUM_THREADS": "1"}
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "2"], cwd=ROOT, env=env,
+                       check=False)
+        meta = ROOT / "mutants" / (module + ".meta")
+        codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+        return {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
+    finally:
+        config.unlink(missing_ok=True)
+
+
+def table(scores: dict[str, dict[str, str]], judged: dict[str, str]) -> list[str]:
+    """The score table, as Markdown."""
+    out = [f"Written by `make mutants` (`scripts/mutants.py`, mutmut) on {datetime.date.today().isoformat()}; "
+           "a mutant counts as killed when a test fails (or times out) with it in place.", "",
+           "| module | mutants | equivalent | killed | survived | no test reaches it | **score** |",
+           "|---|---|---|---|---|---|---|"]
+    for module, statuses in scores.items():
+        same = [n for n in statuses if n in judged]
+        counted = {n: s for n, s in statuses.items() if n not in judged}
+        killed = sum(s in ("killed", "timeout") for s in counted.values())
+        survived = sum(s == "survived" for s in counted.values())
+        untested = sum(s == "no tests" for s in counted.values())
+        score = f"**{killed / len(counted):.0%}**" if counted else "-"
+        out.append(f"| `{module}` | {len(statuses)} | {len(same)} | {killed} | {survived} | {untested} | {score} |")
+    return out
+
+
+def write_doc(lines: list[str]) -> None:
+    text = DOC.read_text()
+    start, end = "<!-- mutants:start -->", "<!-- mutants:end -->"
+    block = start + "\n" + "\n".join(lines) + "\n" + end
+    if start in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n## Mutation testing\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("modules", nargs="*", help="modules to run (default: all of MODULES)")
+    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    args = ap.parse_args()
+    chosen = args.modules or list(MODULES)
+    results_file = ROOT / "scripts" / "mutants_results.json"
+    scores = json.loads(results_file.read_text()) if results_file.exists() else {}
+    for module in chosen:
+        print(f"mutants of {module} ...", file=sys.stderr, flush=True)
+        scores[module] = run_module(module, MODULES[module], args.shared)
+        results_file.write_text(json.dumps(scores, indent=1, sort_keys=True) + "\n")
+    judged = equivalent()
+    survivors = [f"{name}: {status}" for statuses in scores.values() for name, status in sorted(statuses.items())
+                 if status not in ("killed", "timeout") and name not in judged]
+    (ROOT / "mutants").mkdir(exist_ok=True)
+    (ROOT / "mutants" / "survivors.txt").write_text("\n".join(survivors) + "\n")
+    lines = table({m: scores[m] for m in MODULES if m in scores}, judged)
+    write_doc(lines)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
