@@ -1,4 +1,4 @@
-"""The Pixio ViT encoder, built from timm's transformer blocks.
+"""The Pixio ViT encoder, built from pre-norm transformer blocks (:mod:`pixio_cli.vit`, timm's layout).
 
 Parameter names follow the official checkpoints (``cls_token``, ``pos_embed``,
 ``patch_embed.proj``, ``blocks.{i}.*``, ``norm``), so an official ``.pth`` state
@@ -13,12 +13,11 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .errors import UsageError
+from .vit import Block, PatchEmbed
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ def resize_pos_embed(patch_pos: torch.Tensor, grid_hw: tuple[int, int]) -> torch
 
 
 class PixioEncoder(nn.Module):
-    """Pixio ViT: 8 CLS tokens with their own position embeddings, pre-norm timm blocks."""
+    """Pixio ViT: 8 CLS tokens with their own position embeddings, pre-norm blocks."""
 
     def __init__(self, cfg: EncoderConfig, drop_path: float = 0.0) -> None:
         super().__init__()
@@ -102,16 +101,13 @@ class PixioEncoder(nn.Module):
         self.n_cls_tokens = cfg.n_cls_tokens
         self.patch_size = cfg.patch_size
         self.embed_dim = cfg.embed_dim
-        self.patch_embed = PatchEmbed(
-            img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
-            embed_dim=cfg.embed_dim, strict_img_size=False)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, cfg.n_cls_tokens, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.n_cls_tokens + cfg.grid**2, cfg.embed_dim))
         norm = partial(nn.LayerNorm, eps=1e-6)
         rates = [drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]  # linear, as timm/MAE
         self.blocks = nn.ModuleList(
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True,
-                  norm_layer=norm, drop_path=rates[i])
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, drop_path=rates[i])
             for i in range(cfg.depth))
         self.norm = norm(cfg.embed_dim)
         self.grad_checkpointing = False
@@ -191,7 +187,7 @@ class PixioEncoder(nn.Module):
 
 def set_fused_attention(model: nn.Module, device: torch.device, dtype: torch.dtype, training: bool = False,
                         compiled: bool = False) -> None:
-    """Choose the attention kernel of every timm block in ``model`` for where and how it runs.
+    """Choose the attention kernel of every block in ``model`` for where and how it runs.
 
     PyTorch's fused attention everywhere except when training on a CPU at
     bf16/fp16, or compiled: there the backward of its CPU flash kernel is slower

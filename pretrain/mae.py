@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from functools import partial
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from pixio_cli.checkpoints import empty, load_torch_dict, read_checkpoint, require_filled
+from pixio_cli.vit import Block
 from pixio_cli.encoder import EncoderConfig, PixioEncoder, resize_pos_embed
 from pixio_cli.errors import CheckpointError, UsageError
 
@@ -122,7 +122,7 @@ class PixioMAE(PixioEncoder):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, enc.n_cls_tokens + enc.grid ** 2, dd))
         self.decoder_blocks = nn.ModuleList(
-            Block(dd, cfg.decoder_heads, enc.mlp_ratio, qkv_bias=True, norm_layer=norm)
+            Block(dd, cfg.decoder_heads, enc.mlp_ratio, qkv_bias=True)
             for _ in range(cfg.decoder_depth))
         self.decoder_norm = norm(dd)
         self.decoder_pred = nn.Linear(dd, enc.patch_size ** 2 * enc.in_chans)

@@ -5,7 +5,7 @@ set -euo pipefail
 venv=${1:-.venv}
 extras=${2:-}
 # CPU/GPU wheels of torch that install on our machines without a large download; override if you need another.
-torch_spec=${PIXIO_TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+torch_spec=${PIXIO_TORCH_SPEC:-"torch==2.14.1"}
 
 # Open3D (point clouds) links against libusb-1.0, which slim Debian/Ubuntu images lack.
 # shellcheck source=scripts/libusb.sh
@@ -40,15 +40,15 @@ pip_install() {  # quiet unless pip fails; this machine's pip prints harmless in
 }
 say "upgrading pip"
 pip_install --upgrade pip
-if ! "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   say "installing $torch_spec (the largest step: a few minutes)"
   # shellcheck disable=SC2086
   pip_install $torch_spec
 fi
 target="."
 [ -n "$extras" ] && target=".[$extras]"
-say "installing pixio${extras:+ with its $extras extras} and what it needs (timm, OpenCV, Open3D, pycolmap, ...)"
+say "installing pixio${extras:+ with its $extras extras} and what it needs (OpenCV, Open3D, pycolmap, ...)"
 pip_install -e "$target"
-"$venv/bin/python" -c "import torch, timm, cv2, typer, pycolmap, pixio_cli" \
+"$venv/bin/python" -c "import torch, cv2, typer, pycolmap, pixio_cli" \
   || { echo "error: the installation in $venv is incomplete (see pip's messages above)" >&2; exit 1; }
 say "done: $venv/bin/pixio"

@@ -19,7 +19,6 @@ import datetime
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +56,8 @@ def equivalent() -> dict[str, str]:
 
 
 def run_module(module: str, tests: list[str], shared: Path) -> dict[str, str]:
-    """mutmut on one module with its tests; the status of each of its mutants."""
+    """mutmut on one module with its tests; the status of each of its mutants. mutmut keeps what it has checked
+    in ``mutants/``: a run stopped midway goes on where it stopped (and redoes what changed since)."""
     package = module.split("/")[0]
     config = ROOT / "setup.cfg"
     if config.exists():
@@ -70,13 +70,12 @@ def run_module(module: str, tests: list[str], shared: Path) -> dict[str, str]:
                       "pytest_add_cli_args=\n  -m\n  not slow\n  -p\n  no:randomly\n"
                       "process_isolation=forkserver\n")
     try:
-        shutil.rmtree(ROOT / "mutants", ignore_errors=True)
         env = {**os.environ, "PIXIO_SHARED_DATA": str(shared), "OMP_NUM_THREADS": "1"}
         subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "2"], cwd=ROOT, env=env,
                        check=False)
         meta = ROOT / "mutants" / (module + ".meta")
         codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
-        return {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
+        return {name: "not checked" if code is None else STATUS.get(code, "suspicious") for name, code in codes.items()}
     finally:
         config.unlink(missing_ok=True)
 
@@ -85,16 +84,18 @@ def table(scores: dict[str, dict[str, str]], judged: dict[str, str]) -> list[str
     """The score table, as Markdown."""
     out = [f"Written by `make mutants` (`scripts/mutants.py`, mutmut) on {datetime.date.today().isoformat()}; "
            "a mutant counts as killed when a test fails (or times out) with it in place.", "",
-           "| module | mutants | equivalent | killed | survived | no test reaches it | **score** |",
-           "|---|---|---|---|---|---|---|"]
+           "| module | mutants | checked | equivalent | killed | survived | no test reaches it | **score** |",
+           "|---|---|---|---|---|---|---|---|"]
     for module, statuses in scores.items():
         same = [n for n in statuses if n in judged]
-        counted = {n: s for n, s in statuses.items() if n not in judged}
+        checked = {n: s for n, s in statuses.items() if s != "not checked"}
+        counted = {n: s for n, s in checked.items() if n not in judged}
         killed = sum(s in ("killed", "timeout") for s in counted.values())
         survived = sum(s == "survived" for s in counted.values())
         untested = sum(s == "no tests" for s in counted.values())
         score = f"**{killed / len(counted):.0%}**" if counted else "-"
-        out.append(f"| `{module}` | {len(statuses)} | {len(same)} | {killed} | {survived} | {untested} | {score} |")
+        out.append(f"| `{module}` | {len(statuses)} | {len(checked)} | {len(same)} | {killed} | {survived} | {untested} | "
+                   f"{score} |")
     return out
 
 
@@ -123,7 +124,7 @@ def main() -> None:
         results_file.write_text(json.dumps(scores, indent=1, sort_keys=True) + "\n")
     judged = equivalent()
     survivors = [f"{name}: {status}" for statuses in scores.values() for name, status in sorted(statuses.items())
-                 if status not in ("killed", "timeout") and name not in judged]
+                 if status not in ("killed", "timeout", "not checked") and name not in judged]
     (ROOT / "mutants").mkdir(exist_ok=True)
     (ROOT / "mutants" / "survivors.txt").write_text("\n".join(survivors) + "\n")
     lines = table({m: scores[m] for m in MODULES if m in scores}, judged)

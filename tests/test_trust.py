@@ -835,3 +835,25 @@ def test_a_huge_batch_size_bounds_memory_not_the_decoding_queue(tmp_path):
                          text=True, timeout=120)
     assert out.returncode == 0 and "extracted 1" in out.stderr, out.stderr
     assert time.perf_counter() - start < 60
+
+
+@pytest.mark.parametrize("command", ["depth", "extract"])
+def test_one_image_imports_only_what_its_path_uses(tmp_path, command):
+    """`pixio depth one.jpg` and `pixio extract one.jpg` are called once per file in shell pipelines, where
+    start-up is most of the run: their import graph holds no torchvision (timm imported it: 1-2 s), and none of
+    what other commands need (Open3D, pycolmap, the viewer, transformers)."""
+    img = write_rgb(tmp_path / "a.jpg", 64, 80)
+    listing = tmp_path / "modules.txt"
+    out = tmp_path / ("d.png" if command == "depth" else "f")
+    code = ("import atexit, sys\n"
+            f"atexit.register(lambda: open({str(listing)!r}, 'w').write('\\n'.join(sorted(sys.modules))))\n"
+            "from pixio_cli.cli import main\n"
+            f"main([{command!r}, {str(img)!r}, '-o', {str(out)!r}, '-q', '--workers', '0'])\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    loaded = set(listing.read_text().split())
+    assert "torch" in loaded  # the run did run
+    heavy = sorted(m for m in loaded if m.split(".")[0] in ("torchvision", "timm", "open3d", "pycolmap", "viser",
+                                                             "transformers", "sympy", "scipy", "matplotlib"))
+    assert not heavy, heavy[:10]

@@ -25,13 +25,13 @@ from functools import partial
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from pixio_cli.checkpoints import FORMAT_KEY, empty, infer_config, read_checkpoint, require_filled, save_safetensors
 from pixio_cli.encoder import EncoderConfig, PixioEncoder
 from pixio_cli.errors import CheckpointError
 from pixio_cli.model_ids import POINTMAP_SHORT_SIDE
+from pixio_cli.vit import Block
 
 from heads.dense.dpt import DPTHead
 
@@ -128,7 +128,7 @@ class MultiViewTransformer(nn.Module):
         self.dim, self.taps = cfg.dim, list(cfg.taps)
         self.proj_embed = nn.Linear(in_dim, cfg.dim) if in_dim != cfg.dim else nn.Identity()
         self.self_attention_blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.num_heads, 4.0, qkv_bias=True, norm_layer=LayerNorm) for _ in range(cfg.depth))
+            Block(cfg.dim, cfg.num_heads, 4.0, qkv_bias=True) for _ in range(cfg.depth))
         self.norm = LayerNorm(cfg.dim)
         # row 0 of the sinusoid table: sin(0)=0 on even channels, cos(0)=1 on odd ones
         marker = torch.zeros(1, cfg.dim)

@@ -86,7 +86,6 @@ def depth(
     dest, fmt = destination(output, items, formats=FORMATS, fmt=format.value if format else None, default="png16")
     dest.check_unique(items, [dest.main] + (["_vis.png"] if vis else []) + ([".ply"] if ply else []),
                       {"_vis.png": "--vis", ".ply": "--ply"})
-    claim(dest.target, folder=not dest.single, rank=dist_info()[0])  # a second run into this output is refused
 
     # model
     net = load_dense(engine, model, "depth")
@@ -97,6 +96,7 @@ def depth(
     policy = default_policy(resize, net)
 
     # output
+    claim(dest.target, folder=not dest.single, rank=dist_info()[0])  # a second run into this output is refused
     ledger = None if dest.single else Ledger(
         dest.folder, {"--model": model_identity(model), "--format": fmt, "--tile": tile,
                       "--resize": policy.describe(), "--precision": engine.precision},

@@ -89,7 +89,6 @@ def extract(
         if output else (None, None)
     if dest is not None:
         dest.check_unique(items, [dest.main])
-        claim(dest.target, folder=not dest.single, rank=dist_info()[0])
     pca_path, pca_place = _pca_target(pca, dest, items)
     check_apart_from_inputs(items, inputs, [("--pca", pca_place)], skip=output_folder(output))
     rank, world, _ = dist_info()
@@ -101,6 +100,8 @@ def extract(
     tokens = TokenOptions(parse_blocks(blocks, encoder.depth), raw=raw, pool=pool.value, pca=pca_path is not None)
 
     # output, and what decides the numbers kept beside it for a rerun
+    if dest is not None:  # a second run into this output is refused (after every usage check: nothing made yet)
+        claim(dest.target, folder=not dest.single, rank=rank)
     folder = dest.folder if dest is not None and not dest.single else (
         Path(pca) if pca and pca_path is not None and (not Path(pca).suffix or Path(pca).is_dir()) else None)
     settings = {"--model": model_identity(model), "--size": size, "--blocks": tokens.blocks, "--raw": raw,

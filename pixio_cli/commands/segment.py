@@ -52,7 +52,6 @@ def segment(
     dest, _ = destination(output, items, formats=FORMATS, fmt=None, default="png")
     tags = [".png"] + (["_overlay.png"] if overlay else [])
     dest.check_unique(items, tags, {"_overlay.png": "--overlay"})
-    claim(dest.target, folder=not dest.single, rank=dist_info()[0])  # a second run into this output is refused
 
     # engine and model
     engine = Engine(device, precision, batch_size=batch_size, workers=workers, compile=compile, progress=False if quiet else None)
@@ -60,6 +59,7 @@ def segment(
     classes = net.cfg.classes or [str(i) for i in range(net.cfg.n_out)]
     palette = np.array(net.cfg.palette or _palette(len(classes)), np.uint8)
     policy = default_policy(resize, net)
+    claim(dest.target, folder=not dest.single, rank=dist_info()[0])  # a second run into this output is refused
     ledger = None if dest.single else Ledger(
         dest.folder, {"--model": model_identity(model), "--tile": tile, "--resize": policy.describe(),
                       "--precision": engine.precision}, overwrite, *dist_info()[:2])
