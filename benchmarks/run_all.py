@@ -159,6 +159,9 @@ def row(name: str, r: dict, table: dict | None = None) -> str:
         ref = f"{r['import_torch_s']} s"
         if "ratio_depth" in r:  # both commands of one image, and what is imported beyond torch
             ours += f"; `pixio depth one.jpg` {r['depth_one_s']} s, **{r['ratio_depth']}x**"
+            if "ratio_fp32" in r:
+                ours += (f"; `--precision fp32`: extract {r['extract_one_fp32_s']} s, {r['ratio_fp32']}x, depth "
+                         f"{r['depth_one_fp32_s']} s, {r['ratio_depth_fp32']}x")
             limit = f"imports beyond torch {r['imports_beyond_torch_s']} s"
         else:  # tables measured before pixio dropped timm
             limit = f"timm -> torchvision import {r['timm_torchvision_s']} s"

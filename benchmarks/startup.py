@@ -52,12 +52,18 @@ def main() -> None:
             "import_engine_s": best([py, "-c", "import torch, cv2, pixio_cli.engine, pixio_cli.encoder"], args.repeat),
             "extract_one_s": best([*pixio, "extract", str(PHOTO), "-o", f"{tmp}/e", "-q", "--overwrite"], args.repeat),
             "depth_one_s": best([*pixio, "depth", str(PHOTO), "-o", f"{tmp}/d.png", "-q"], args.repeat),
+            "extract_one_fp32_s": best([*pixio, "extract", str(PHOTO), "-o", f"{tmp}/e32", "-q", "--overwrite",
+                                        "--precision", "fp32"], args.repeat),
+            "depth_one_fp32_s": best([*pixio, "depth", str(PHOTO), "-o", f"{tmp}/d32.png", "-q", "--precision", "fp32"],
+                                     args.repeat),
         }
     r = {k: round(v, 3) for k, v in r.items()}
     emit({"benchmark": "startup", **environment(torch.device("cpu")), **r,
           "reference": "import torch in a fresh process",
           "ratio": round(r["import_torch_s"] / r["extract_one_s"], 3),
           "ratio_depth": round(r["import_torch_s"] / r["depth_one_s"], 3),
+          "ratio_fp32": round(r["import_torch_s"] / r["extract_one_fp32_s"], 3),
+          "ratio_depth_fp32": round(r["import_torch_s"] / r["depth_one_fp32_s"], 3),
           "imports_beyond_torch_s": round(r["import_engine_s"] - r["import_torch_s"], 3)})
 
 
