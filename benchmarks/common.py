@@ -128,9 +128,15 @@ def emit(result: dict) -> None:
     print(json.dumps(result), flush=True)
 
 
-def run_timed(cmd: list[str], stdin: str | None = None) -> tuple[float, float, str, str]:
+class TimedOut(Exception):
+    """A command :func:`run_timed` stopped at its time limit."""
+
+
+def run_timed(cmd: list[str], stdin: str | None = None, timeout: float | None = None
+              ) -> tuple[float, float, str, str]:
     """(seconds, peak memory GiB, stdout, stderr) of ``cmd`` run as a fresh process from the repository root,
-    ``stdin`` fed to it; a failure stops the benchmark with the command's last words."""
+    ``stdin`` fed to it; a failure stops the benchmark with the command's last words, and a command still
+    running after ``timeout`` seconds is killed (:class:`TimedOut`)."""
     import subprocess
     import threading
 
@@ -149,8 +155,17 @@ def run_timed(cmd: list[str], stdin: str | None = None) -> tuple[float, float, s
         threads.append(threading.Thread(target=feed))
     for t in threads:
         t.start()
+    timer = threading.Timer(timeout, proc.kill) if timeout else None
+    if timer is not None:
+        timer.start()
     _, status, usage = os.wait4(proc.pid, 0)  # its own peak memory, which Popen.wait would not give
     seconds = time.perf_counter() - start
+    if timer is not None:
+        timer.cancel()
+        if seconds >= timeout:
+            for t in threads:
+                t.join()
+            raise TimedOut(f"stopped after {timeout:.0f} s")
     for t in threads:
         t.join()
     proc.returncode = os.waitstatus_to_exitcode(status)

@@ -1,20 +1,14 @@
 """How cost grows with the work: `pixio recon3d` against COLMAP at 25 to 250 frames, and `pixio extract` against
 the plain transformers script at 1x, 4x and 16x the images.
 
-recon3d: the first N of the 7-Scenes frames in ``../shared`` (every 4th frame of the sequence; beyond the
-250 there are, the walk there and back again, as a video whose camera returns), default options, against
-pycolmap's SfM at its defaults (exhaustive matching up to 50 frames, sequential beyond, as a user would choose),
-each a fresh process: wall time, peak memory and ATE against the recorded poses.
+recon3d: the first N of the 250 recorded 7-Scenes frames in ``../shared`` (every 4th frame of the walk), default
+options, against pycolmap's SfM at its defaults (exhaustive matching up to 50 frames, sequential beyond, as a
+user would choose), each a fresh process in one invocation: wall time, peak memory and ATE against the
+recorded poses. Longer sequences: ``benchmarks.long_video`` (a real 1000-frame video, no frame repeated).
 extract: ``benchmarks.extract_e2e`` at the bundled encoder's size (t16), the same photos repeated.
 
     python -m benchmarks.growth --frames 25,50,100,250 --images 24,96,384
-    python -m benchmarks.growth --frames 500,1000 --images ""   # the walk there and back: long
-    python -m benchmarks.growth --frames 200,1000 --images "" --no-colmap   # pixio alone: is 1000 <= 5x 200?
-
-make bench stops at 250 frames: the long rows take about an hour on the 2-core CPU, most of it COLMAP's. Beyond
-250 frames pixio maps globally (``--mapper auto``) and so does the COLMAP baseline (sequential matching, then
-pycolmap's global mapper at its defaults): incremental mapping at COLMAP's defaults had not finished 500 frames
-after 20 minutes.
+    python -m benchmarks.growth --frames 250 --images "" --no-colmap   # pixio alone, e.g. after a change
 """
 
 from __future__ import annotations
@@ -29,8 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from .common import emit, environment, run_timed
-from heads.recon.sfm import INCREMENTAL_UP_TO
-
 from .recon3d import KITCHEN, colmap_poses, score
 
 
@@ -42,9 +34,9 @@ def colmap_growth(folder: str, out: str, how: str) -> None:
 
 
 def there_and_back(frames: list[Path], n: int) -> list[Path]:
-    """The first ``n`` frames of the recorded walk, walked there and back as often as ``n`` needs: a longer
-    video from the same frames, whose camera returns to where it was (the frames at the turns are not
-    repeated)."""
+    """The first ``n`` frames of the recorded walk, walked there and back as often as ``n`` needs: a video
+    whose camera returns to where it was (the frames at the turns are not repeated), for the drift benchmark
+    (benchmarks.loop_closure)."""
     if len(frames) < 2:
         return frames[:n]
     cycle = frames + frames[-2:0:-1]
@@ -53,9 +45,11 @@ def there_and_back(frames: list[Path], n: int) -> list[Path]:
 
 def recon3d_growth(counts: list[int], with_colmap: bool = True) -> list[dict]:
     frames = sorted(KITCHEN.glob("frame-*.color.jpg"))
+    if max(counts) > len(frames):
+        raise SystemExit(f"{KITCHEN} holds {len(frames)} frames; for longer sequences run benchmarks.long_video")
     rows = []
     for n in counts:
-        chosen = there_and_back(frames, n)
+        chosen = frames[:n]
         names = [f"{i:05d}-{p.name}" for i, p in enumerate(chosen)]  # a video's frames: one file each
         truth = {name: np.loadtxt(KITCHEN / p.name.replace("color.jpg", "pose.txt")) for name, p in zip(names, chosen)}
         with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +68,7 @@ def recon3d_growth(counts: list[int], with_colmap: bool = True) -> list[dict]:
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 continue
-            how = "exhaustive" if n <= 50 else "sequential" if n <= INCREMENTAL_UP_TO else "global"
+            how = "exhaustive" if n <= 50 else "sequential"
             seconds, peak, out, _ = run_timed([sys.executable, "-m", "benchmarks.growth", "--colmap", str(folder),
                                                str(Path(tmp) / "colmap"), how])
             poses = json.loads(out.strip().splitlines()[-1])["poses"]

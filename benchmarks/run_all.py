@@ -41,6 +41,9 @@ CPU = {
     "growth": ["benchmarks.growth", "--frames", "25,50,100,250", "--images", "24,96,384"],
     "known_depth": ["benchmarks.known_depth", "--frames", "250"],
 }
+LONG = {  # run only when named in --only: an hour or more on 2 cores
+    "long_video": ["benchmarks.long_video", "--strides", "4,2,1"],
+}
 GPU = {  # eager runs first, compiled ones last: a short lease keeps the most figures
     "extract": ["benchmarks.extract", "--size", "h16", "--device", "cuda", "--batch", "64", "--images", "256",
                 "--iters", "3"],
@@ -101,8 +104,14 @@ def int8_cells(r: dict) -> tuple[str, str]:
         limit = (f"; int8 cosine to fp32 {r['int8_min_cosine_to_fp32']}"
                  + (" (every image)" if "ours_int8_s" in r else ""))
     if "int8_refused" in r:
-        ours += f"; `--precision int8` stopped by its check: {r['int8_refused']}"
+        ours += f"; {int8_refusal(r['int8_refused'])}"
     return ours, limit
+
+
+def int8_refusal(message: str) -> str:
+    """A refused ``--precision int8`` check in a few words (the command's message names temporary folders)."""
+    m = re.search(r"cosine ([0-9.]+) of fp32, below the ([0-9.]+)", message)
+    return f"int8 refused: cosine {m.group(1)} < {m.group(2)}" if m else "int8 refused by its check"
 
 
 PRECISION = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}
@@ -140,6 +149,15 @@ def ratio_cell(name: str, r: dict, table: dict) -> str:
         same = r.get("ratio_same_precision") if ours_p != ref_p else r["ratio"]
         at = f"{same}x at {ref_p}" if same is not None else f"{r['ratio']}x with the precision gain ({ours_p} against {ref_p})"
         return f"{at} against our own plain {plain_name} (no outside reference in this run)"
+    if name == "recon3d":  # pixio makes a dense cloud as well: like for like is the cameras alone
+        k = r.get("kitchen", {})
+        c, sfm = k.get("colmap_our_settings"), k.get("ours", {}).get("stages", {}).get("sfm_stages")
+        cells = [f"sparse + dense vs COLMAP sparse: {r['ratio']}x at its defaults"]
+        if c:
+            cells[0] += f", {c['seconds'] / r['ours_s']:.3f}x at pixio's settings"
+        if c and sfm:  # the SfM thread's stages (decoding the frames for it included) against COLMAP's
+            cells.insert(0, f"cameras alone vs COLMAP at pixio's settings: **{sum(c['stages'].values()) / sum(sfm.values()):.3f}x**")
+        return "; ".join(cells)
     if name == "pointmap":  # MapAnything's own code is not run here: our model against itself
         return (f"{r['ratio']}x (a precision ratio: {ours_p} against our own {ref_p})" if ours_p != ref_p else
                 f"{r['ratio']}x (our model against itself, both {ref_p}: no outside reference)")
@@ -151,29 +169,35 @@ def ratio_cell(name: str, r: dict, table: dict) -> str:
     return f"**{same}x** at {ref_p}; {gain}" if same is not None else f"not measured at {ref_p}; {gain}"
 
 
-def row(name: str, r: dict, table: dict | None = None) -> str:
+def row(name: str, r: dict, table: dict | None = None) -> tuple[str, str]:
+    """One benchmark's line of the table (short cells: ours, the reference, the ratio) and its note (what it
+    compares, the hardware limit and the rest), which goes below the table."""
     if "error" in r:
-        return f"| {name} | {WHAT.get(name, '')} | failed: {r['error']} | | | |"
+        return f"| {name} | failed | | |", f"**{name}**: {WHAT.get(name, '')}. Failed: {r['error'][:120]}"
+    more = ""  # what the ours and reference cells would say beyond their figures: the note's
     if name == "startup":
-        ours = f"{r['extract_one_s']} s (help {r['help_s']} s, usage error {r['usage_error_s']} s)"
+        ours = f"{r['extract_one_s']} s"
         ref = f"{r['import_torch_s']} s"
+        more = f"help {r['help_s']} s, usage error {r['usage_error_s']} s"
         if "ratio_depth" in r:  # both commands of one image, and what is imported beyond torch
             ours += f"; `pixio depth one.jpg` {r['depth_one_s']} s, **{r['ratio_depth']}x**"
             if "ratio_fp32" in r:
-                ours += (f"; `--precision fp32`: extract {r['extract_one_fp32_s']} s, {r['ratio_fp32']}x, depth "
+                more += (f"; `--precision fp32`: extract {r['extract_one_fp32_s']} s, {r['ratio_fp32']}x, depth "
                          f"{r['depth_one_fp32_s']} s, {r['ratio_depth_fp32']}x")
             limit = f"imports beyond torch {r['imports_beyond_torch_s']} s"
         else:  # tables measured before pixio dropped timm
             limit = f"timm -> torchvision import {r['timm_torchvision_s']} s"
     elif name == "curate" and "ratio_same_precision" in r:
-        ours = f"{r['ours_img_s']} img/s {r['precision']} ({r['ours_same_precision_img_s']} img/s {r['reference_precision']})"
+        ours = f"{r['ours_img_s']} img/s {r['precision']}"
+        more = f"ours at {r['reference_precision']}: {r['ours_same_precision_img_s']} img/s"
         ref = f"{r['reference_img_s']} img/s {r['reference_precision']}"
         if "ratio_transformers" in r:
             ref = (f"transformers' ViTMAE {r['transformers_img_s']} img/s {r['transformers_precision']}; plain loop "
                    + ref)
         limit = (f"same precision {r['ratio_same_precision']}x; matmul peak {r['matmul_peak_tflop_s']} TFLOP/s")
     elif name == "extract_e2e":
-        ours = f"{r['ours_s']} s {r['precision']} (fp32: {r['ours_fp32_s']} s, {r['ratio_fp32']}x)"
+        ours = f"{r['ours_s']} s {r['precision']}"
+        more = f"ours at fp32: {r['ours_fp32_s']} s, {r['ratio_fp32']}x"
         ref = f"{r['reference_s']} s"
         limit = (f"{r['achieved_tflop_s']} of {r['matmul_peak_tflop_s']} TFLOP/s {r['precision']} matmul peak "
                  f"(fp32 peak {r['matmul_peak_fp32_tflop_s']}); cosine to fp32 {r['min_cosine_to_fp32']}")
@@ -181,17 +205,19 @@ def row(name: str, r: dict, table: dict | None = None) -> str:
         ours, limit = ours + more_ours, limit + more_limit
     elif name == "recon3d":
         k = r["kitchen"]
-        ours = (f"{r['ours_s']} s; ATE {r['ate_cm']} cm, scale {k['ours']['scale']:.3f}, rot {k['ours']['rotation_error_deg']:.2f} deg, "
-                f"{k['ours']['registered_by_sfm']}/{k['frames']} registered")
-        ref = (f"{r['reference_s']} s; ATE {r['colmap_ate_cm']} cm, rot {k['colmap']['rotation_error_deg']:.2f} deg, "
-               f"{k['colmap']['registered']}/{k['frames']} registered (COLMAP's defaults; stages "
-               + ", ".join(f"{a} {b:.1f} s" for a, b in k["colmap"].get("stages", {}).items()) + ")")
+        ours = f"{r['ours_s']} s; ATE {r['ate_cm']} cm, {k['ours']['registered_by_sfm']}/{k['frames']} registered"
+        ref = (f"COLMAP's defaults {r['reference_s']} s; ATE {r['colmap_ate_cm']} cm, "
+               f"{k['colmap']['registered']}/{k['frames']} registered")
+        more = (f"ours: scale {k['ours']['scale']:.3f}, rot {k['ours']['rotation_error_deg']:.2f} deg; COLMAP at its "
+                f"defaults: rot {k['colmap']['rotation_error_deg']:.2f} deg, stages "
+                + ", ".join(f"{a} {b:.1f} s" for a, b in k["colmap"].get("stages", {}).items()))
         if "colmap_our_settings" in k:
             c = k["colmap_our_settings"]
-            ref += (f"; COLMAP at pixio's settings (SIFT on the images as they are, 20 initial-pair trials at 8 deg, "
-                    f"one thread): {c['seconds']} s, ATE {100 * c.get('ate_mean', float('nan')):.2f} cm, "
-                    f"{c['registered']}/{k['frames']} registered; stages "
-                    + ", ".join(f"{a.split(' of ')[0]} {b:.1f} s" for a, b in c["stages"].items()))
+            ref += f"; at pixio's settings {c['seconds']} s"
+            more += (f"; COLMAP at pixio's settings (SIFT on the images as they are, 20 initial-pair trials at 8 deg, "
+                     f"one thread): ATE {100 * c.get('ate_mean', float('nan')):.2f} cm, "
+                     f"{c['registered']}/{k['frames']} registered; stages "
+                     + ", ".join(f"{a.split(' of ')[0]} {b:.1f} s" for a, b in c["stages"].items()))
         limit = (f"baselines: cameras at the origin {100 * k['origin']['ate_mean']:.1f} cm, constant velocity "
                  f"{100 * k['constant_velocity']['ate_mean']:.1f} cm, --no-sfm {100 * k['ours_no_sfm']['ate_mean']:.1f} cm; "
                  f"peak memory {k['ours']['peak_memory_gib']} GiB vs {k['colmap']['peak_memory_gib']} GiB")
@@ -226,32 +252,30 @@ def row(name: str, r: dict, table: dict | None = None) -> str:
             limit += f"; eager {r['ratio_eager']}x in the same run"
         if "ratio_same_precision" in r:
             limit += f"; at the reference's precision {r['ratio_same_precision']}x"
-    return f"| {name} | {WHAT.get(name, '')} | {ours} | {ref} | {ratio_cell(name, r, table or {})} | {limit} |"
+    note = f"**{name}**: {WHAT.get(name, '')}." + "".join(f" {x[0].upper()}{x[1:]}." for x in (more, limit) if x)
+    return f"| {name} | {ours} | {ref} | {ratio_cell(name, r, table or {})} |", note
 
 
 def growth_table(r: dict) -> list[str]:
-    """How time and memory grow with the work (the growth benchmark), when it ran."""
+    """How time and memory grow with the work (the growth benchmark), when it ran: pixio beside COLMAP, each
+    size's two runs from one invocation, so the speed-up is a ratio of one run's figures."""
     if not r or "recon3d" not in r:
         return []
-    out = ["", "How cost grows with the work (`benchmarks/growth.py`): `pixio recon3d` on the first N 7-Scenes "
-           "frames (every 4th; beyond the 250 recorded, the walk there and back again, a video whose camera "
-           "returns) against pycolmap's SfM at its defaults (exhaustive matching up to 50 frames, "
-           "sequential beyond; beyond 250 frames its global mapper, as pixio's `--mapper auto` chooses), and "
-           "`pixio extract` (t16) against the plain transformers script.", "",
-           "| frames | pixio recon3d | peak memory | ATE | COLMAP | peak memory | ATE | registered (ours, COLMAP) |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["", "How cost grows with the work (`benchmarks/growth.py`): `pixio recon3d` on the first N of the 250 "
+           "recorded 7-Scenes frames (every 4th frame of the walk) against pycolmap's SfM at its defaults "
+           "(exhaustive matching up to 50 frames, sequential beyond), both in one invocation; the speed-up is "
+           "COLMAP's time over pixio's (pixio also makes the dense cloud). Longer videos: the long-video table. "
+           "Then `pixio extract` (t16) against the plain transformers script.", "",
+           "| frames | pixio recon3d | COLMAP | pixio's speed-up | peak memory (pixio, COLMAP) | ATE (pixio, COLMAP) "
+           "| registered |", "|---|---|---|---|---|---|---|"]
     for row in r["recon3d"]:
         o, c = row["ours"], row["colmap"]
         ate = lambda x: f"{100 * x['ate_mean']:.1f} cm" if "ate_mean" in x else "n/a"  # noqa: E731
-        frames = str(row["frames"]) + (f" ({row['distinct_frames']} distinct: there and back)"
-                                       if row.get("distinct_frames", row["frames"]) < row["frames"] else "")
-        if row.get("date", r.get("date")) != r.get("date"):  # rows added by a later run of some sizes only
-            frames += f", {row['date']}"
-        out.append(f"| {frames} | {o['seconds']} s | {o['peak_memory_gib']} GiB | {ate(o)} | {c['seconds']} s "
-                   f"({c['matching']}{', global' if c.get('mapper') == 'global' else ''}) | {c['peak_memory_gib']} GiB | {ate(c)} | {o['registered']}, {c['registered']} |")
-    notes = [f"{row['frames']} frames: {row['note']}." for row in r["recon3d"] if row.get("note")]
-    if notes:
-        out += ["", "How each row was measured, where it differs: " + " ".join(notes)]
+        if row.get("distinct_frames", row["frames"]) < row["frames"]:
+            continue  # the walk there and back (older runs): frames repeated, not a video; see the long-video table
+        out.append(f"| {row['frames']} | {o['seconds']} s | {c['seconds']} s ({c['matching']}) | "
+                   f"{c['seconds'] / o['seconds']:.2f}x | {o['peak_memory_gib']}, {c['peak_memory_gib']} GiB | "
+                   f"{ate(o)}, {ate(c)} | {o['registered']}, {c['registered']} |")
     out += ["", "| images | pixio extract | plain script | ratio |", "|---|---|---|---|"]
     out += [f"| {e['images']} | {e['ours_s']} s | {e['reference_s']} s | {e['ratio']}x |" for e in r["extract"]]
     return out
@@ -280,6 +304,49 @@ def loop_closure_table(r: dict) -> list[str]:
             memory = f"{x['peak_memory_gib']} GiB" if "peak_memory_gib" in x else ""
             out.append(f"| {name} | {time_} | {memory} | {cm(x['loop_gap_m'])} | {cm(x.get('ate_mean'))} | "
                        f"{x['registered']} |")
+    return out
+
+
+LONG_VIDEO_RUNS = {  # key in a row: what ran
+    "pixio": "`pixio recon3d` (default: keyframes above 250 frames)",
+    "pixio_global": "`pixio recon3d --mapper global`",
+    "pixio_incremental": "`pixio recon3d --mapper incremental`",
+    "colmap_global": "COLMAP, global mapper",
+    "colmap_incremental": "COLMAP, incremental mapper",
+    "trivial_origin": "baseline: every camera at one place",
+}
+
+
+def long_video_table(r: dict) -> list[str]:
+    """Cameras on the real long video (benchmarks/long_video.py) at each stride, pixio beside COLMAP from the
+    same run: a time ratio only between two runs of one invocation."""
+    if not r or "rows" not in r:
+        return []
+    cm = lambda x: "n/a" if x is None else f"{100 * x:.1f} cm"  # noqa: E731
+    out = ["", f"Cameras on a real long video (`python -m benchmarks.long_video`, not part of `make bench`): the "
+           f"{max(row['frames'] for row in r['rows'])} frames of a 7-Scenes kitchen video ({r['video']}) as they are "
+           "and every 2nd and 4th frame, never a frame twice. Each run is a fresh process at default options; "
+           "COLMAP (pycolmap at its defaults, sequential matching) ran in the same invocation, alternating with "
+           "pixio. ATE: camera centres after a similarity; RPE: the motion over 100 video frames (drift). "
+           "Speed-up: the run's time over pixio's default, both from this run.", "",
+           "| frames | run | time | pixio's speed-up | peak memory | registered | ATE | RPE (100 frames) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        ours = row.get("pixio", {})
+        for key, name in LONG_VIDEO_RUNS.items():
+            x = row.get(key)
+            if x is None:
+                continue
+            if "stopped" in x:
+                out.append(f"| {row['frames']} | {name} | {x['stopped']} | | | | | |")
+                continue
+            time_ = f"{x['seconds']} s" if "seconds" in x else ""
+            ratio = (f"{x['seconds'] / ours['seconds']:.2f}x" if key != "pixio" and "seconds" in x
+                     and "seconds" in ours else "")
+            memory = f"{x['peak_memory_gib']} GiB" if "peak_memory_gib" in x else ""
+            rpe = f"{cm(x['rpe_m'])}, {x['rpe_deg']:.1f} deg" if x.get("rpe_m") is not None else ""
+            out.append(f"| {row['frames']} | {name} | {time_} | {ratio} | {memory} | {x['registered']} | "
+                       f"{cm(x.get('ate_mean'))} | {rpe} |")
     return out
 
 
@@ -392,9 +459,7 @@ def main() -> None:
                     help="run nothing: write every machine's table again from benchmarks/results/*.json")
     args = ap.parse_args()
     if args.render:
-        for path in sorted(RESULTS.glob("*.json")):
-            if path.stem == "bundled-models":  # scripts/model_card.py's, rendered into docs/models.md
-                continue
+        for path in machine_results():
             write_table(json.loads(path.read_text()), path.stem, args.no_readme)
         return
     import torch
@@ -402,7 +467,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     plan = GPU if cuda else CPU
     if args.only:
-        plan = {k: v for k, v in plan.items() if k in args.only.split(",")}
+        plan = {k: v for k, v in {**plan, **({} if cuda else LONG)}.items() if k in args.only.split(",")}
     results = {}
     for name, module_args in plan.items():
         print(f"running {name} ...", file=sys.stderr, flush=True)
@@ -413,18 +478,25 @@ def main() -> None:
     write_table(record, kind, args.no_readme)
 
 
+def machine_results() -> list[Path]:
+    """The results files of one machine each (not scripts/model_card.py's or scripts/official_parity.py's)."""
+    return [p for p in sorted(RESULTS.glob("*.json")) if p.stem not in ("bundled-models", "official-parity")]
+
+
 def write_table(record: dict, kind: str, no_readme: bool = False) -> None:
     """Print one machine's table and put it between its markers in docs/performance.md."""
     table = [f"Measured {record['date']} on {record['device']} ({record['cpus']} CPUs visible), torch "
              f"{record['torch']}; `python -m benchmarks.run_all` wrote it, with every figure in "
-             f"`benchmarks/results/{kind}.json`." + _row_dates(record), "",
-             "| benchmark | what | ours | reference (same run) | ratio (bold: same precision) | hardware limit |",
-             "|---|---|---|---|---|---|"]
-    table += [row(name, r, record["results"]) for name, r in record["results"].items()
-              if name not in ("growth", "known_depth", "pointmap_memory", "loop_closure")]
+             f"`benchmarks/results/{kind}.json`." + _row_dates(record) + _staleness(record), "",
+             "| benchmark | ours | reference (same run) | ratio (bold: like for like) |", "|---|---|---|---|"]
+    rows = [row(name, r, record["results"]) for name, r in record["results"].items()
+            if name not in ("growth", "known_depth", "pointmap_memory", "loop_closure", "long_video")]
+    table += [line for line, _ in rows] + ["", "What each row compares, the hardware limit and the rest:", ""]
+    table += [f"- {note}" for _, note in rows]
     table += geometry_table(record["results"].get("recon3d", {}))
     table += growth_table(record["results"].get("growth", {}))
     table += loop_closure_table(record["results"].get("loop_closure", {}))
+    table += long_video_table(record["results"].get("long_video", {}))
     table += known_depth_table(record["results"].get("known_depth", {}))
     table += pointmap_memory_table(record["results"].get("pointmap_memory", {}))
     print("\n".join(table))
@@ -437,6 +509,19 @@ def write_table(record: dict, kind: str, no_readme: bool = False) -> None:
         else:
             text = text.replace("<!-- bench:tables -->", f"<!-- bench:tables -->\n\n{block}")
         README.write_text(text)
+
+
+def _staleness(record: dict) -> str:
+    """What the heading says of a table measured on older code or another torch than the install's."""
+    notes = []
+    pinned = re.search(r"torch==([0-9.]+)", (ROOT / "scripts" / "install.sh").read_text())
+    if pinned and not str(record["torch"]).startswith(pinned.group(1) + "+") and str(record["torch"]) != pinned.group(1):
+        notes.append(f"the install now pins torch {pinned.group(1)}")
+    code = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%cs", "--", "pixio_cli", "heads", "pretrain"],
+                          capture_output=True, text=True).stdout.strip()
+    if code and str(record["date"]).split(" to ")[-1] < code:
+        notes.append(f"older than the code it measures (last changed {code}): its figures may have moved since")
+    return (" **Stale**: " + "; ".join(notes) + ".") if notes else ""
 
 
 def _row_dates(record: dict) -> str:

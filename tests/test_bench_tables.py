@@ -32,7 +32,7 @@ def test_a_compiled_run_is_measured_against_the_references_best_mode():
     assert cell.startswith("**1.178x** against transformers' best mode (1158.63 img/s)")
 
 
-def test_the_growth_table_shows_each_size_beside_colmap():
+def test_the_growth_table_shows_each_size_beside_colmap_with_a_ratio_from_the_same_run():
     from benchmarks.run_all import growth_table
 
     r = {"recon3d": [{"frames": 25, "ours": {"seconds": 24.0, "peak_memory_gib": 1.7, "registered": 25,
@@ -40,7 +40,7 @@ def test_the_growth_table_shows_each_size_beside_colmap():
                       "colmap": {"seconds": 19.0, "peak_memory_gib": 0.3, "matching": "exhaustive", "registered": 0}}],
          "extract": [{"images": 24, "ours_s": 6.6, "reference_s": 8.1, "ratio": 1.23}]}
     lines = growth_table(r)
-    assert "| 25 | 24.0 s | 1.7 GiB | 1.8 cm | 19.0 s (exhaustive) | 0.3 GiB | n/a | 25, 0 |" in lines
+    assert "| 25 | 24.0 s | 19.0 s (exhaustive) | 0.79x | 1.7, 0.3 GiB | 1.8 cm, n/a | 25, 0 |" in lines, lines
     assert "| 24 | 6.6 s | 8.1 s | 1.23x |" in lines and growth_table({}) == []
 
 
@@ -91,9 +91,8 @@ def test_the_tables_in_the_docs_are_what_the_results_files_render(tmp_path, monk
     for page in ("performance.md", "models.md"):
         shutil.copy(root / "docs" / page, tmp_path / page)
     monkeypatch.setattr(run_all, "README", tmp_path / "performance.md")
-    for path in sorted(run_all.RESULTS.glob("*.json")):
-        if path.stem != "bundled-models":
-            run_all.write_table(json.loads(path.read_text()), path.stem)
+    for path in run_all.machine_results():
+        run_all.write_table(json.loads(path.read_text()), path.stem)
     spec = importlib.util.spec_from_file_location("model_card", root / "scripts" / "model_card.py")
     card = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(card)
@@ -135,3 +134,15 @@ def test_the_loop_gap_is_the_error_of_the_offsets_where_the_walk_returns():
     assert drift(truth, truth, pairs)["loop_gap_m"] == 0.0
     drifted = {n: at(x + 0.004 * i) for i, (n, x) in enumerate(zip(names, walk))}  # 0.4 m off by the end
     assert drift(drifted, truth, pairs)["loop_gap_m"] > 0.1
+
+
+def test_the_official_parity_the_docs_claim_is_the_last_recorded_run():
+    """README and docs/models.md say the official repository's PixioViT gives our features bit for bit: the
+    result scripts/official_parity.py last wrote must say so, at every size the README names."""
+    root = Path(__file__).resolve().parents[1]
+    result = json.loads((root / "benchmarks" / "results" / "official-parity.json").read_text())
+    assert result["max_abs_diff"] == 0.0 and result["precision"] == "fp32"
+    assert {r["size"] for r in result["sizes"]} == {"256x256", "320x448", "160x96"}
+    for page in ("README.md", "docs/models.md"):
+        text = " ".join((root / page).read_text().split())
+        assert "scripts/official_parity.py" in text and "bit for bit" in text, page

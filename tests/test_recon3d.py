@@ -144,14 +144,33 @@ def test_tsdf_mesh_of_ground_truth_lies_on_the_cloud(truth):
     from heads.recon.export import tsdf_mesh
 
     pred, colours = truth
-    mesh, voxel = tsdf_mesh(pred, colours, 0.02)
-    assert len(mesh.triangles) > 1000 and voxel == 0.02
+    mesh, voxel, coarsened = tsdf_mesh(pred, colours, 0.02)
+    assert len(mesh.triangles) > 1000 and voxel == 0.02 and coarsened is None
     verts = o3d.geometry.PointCloud(mesh.vertices)
     fused = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pred.pts3d[pred.mask].astype(np.float64)))
     assert np.median(np.asarray(verts.compute_point_cloud_distance(fused))) < 0.02
-    again, _ = tsdf_mesh(pred, colours, 0.02)  # the hashed grid's own order varies from run to run
+    again, _, _ = tsdf_mesh(pred, colours, 0.02)  # the hashed grid's own order varies from run to run
     assert np.array_equal(np.asarray(mesh.vertices), np.asarray(again.vertices))
     assert np.array_equal(np.asarray(mesh.triangles), np.asarray(again.triangles))
+
+
+def test_the_mesh_voxel_is_coarsened_to_fit_the_memory_it_may_use(truth):
+    """A voxel too fine for the TSDF volume's memory is made coarser until the surface's blocks fit, and the
+    side asked for comes back so the user is told; one that fits is kept as given."""
+    pytest.importorskip("open3d")
+    from heads.recon.export import BLOCK_BYTES, surface_blocks, tsdf_mesh, voxel_within
+
+    grid = np.stack(np.meshgrid(np.linspace(0, 2, 400), np.linspace(0, 2, 400), [0.0]), -1).reshape(-1, 3)
+    plane = [grid[grid[:, 0] < 1.0], grid[grid[:, 0] >= 1.0]]  # two views, each of half a 2 m square
+    fine, blocks = voxel_within(plane, 0.002, memory=2**30)  # at 2 mm: 3.9k blocks and a view's 2k, 640 MB
+    assert fine == 0.002 and blocks == surface_blocks(plane, 0.002) and blocks * BLOCK_BYTES <= 2**30
+    assert surface_blocks([grid], 0.002) > surface_blocks(plane, 0.002)  # room for the largest view's candidates
+    coarse, blocks = voxel_within(plane, 0.001, memory=50 * 2**20)
+    assert coarse > 0.001 and blocks * BLOCK_BYTES <= 50 * 2**20, (coarse, blocks)
+    assert surface_blocks(plane, coarse / 1.5) * BLOCK_BYTES > 50 * 2**20  # not coarser than it needs to be
+    pred, colours = truth
+    mesh, voxel, asked = tsdf_mesh(pred, colours, 0.002, memory=2 * 2**20)
+    assert asked == 0.002 and voxel > 0.002 and len(mesh.triangles) > 100, (voxel, asked)
 
 
 def test_fixed_order_keeps_the_surface_and_its_winding():

@@ -176,51 +176,141 @@ def test_matching_registers_real_frames_on_their_true_cameras(kitchen_sfm):
         assert (xy >= -0.5).all() and (xy[:, 0] < 640).all() and (xy[:, 1] < 480).all()
 
 
-@pytest.mark.parametrize("max_track_views", [None, 3])
-def test_long_sequences_are_mapped_globally_on_the_same_cameras(tmp_path, monkeypatch, max_track_views):
-    """Above INCREMENTAL_UP_TO frames ``auto`` maps with GLOMAP (global rotations, then positions, then BA), which
-    grows more slowly with the frames; on real frames it finds the same cameras as incremental mapping. Tracks
-    longer than MAX_TRACK_VIEWS are left out of positioning and BA, yet end in the model (retriangulated)."""
+@pytest.fixture(scope="module")
+def eleven_frames(tmp_path_factory):
+    """11 held-out kitchen frames written as SfM reads them, their names and true poses."""
     import heads.recon.sfm as sfm
 
-    paths, poses = kitchen([800, 824, 848, 872, 896, 920])
-    names = [sfm.write_frame(tmp_path, i, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB))[0]
+    folder = tmp_path_factory.mktemp("eleven")
+    paths, poses = kitchen(list(range(800, 921, 12)))
+    names = [sfm.write_frame(folder, i, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB))[0]
              for i, p in enumerate(paths)]
+    return folder, names, poses
+
+
+def _busy_cores(n: int = 2) -> list:
+    """Processes spinning on ``n`` cores until killed: a machine busy with something else."""
+    import subprocess
+    import sys
+
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def test_long_videos_map_keyframes_and_register_the_rest_the_same_on_a_busy_machine(eleven_frames, monkeypatch):
+    """Above INCREMENTAL_UP_TO frames ``auto`` maps every s-th frame incrementally and registers the others to
+    their points, the camera held: every frame registered, on the true cameras, the focal length the
+    keyframes fitted. Run again with two other processes spinning on the cores, the cameras are the same to
+    the last digit (one thread, seeded: nothing depends on timing)."""
+    import heads.recon.sfm as sfm
+
+    folder, names, poses = eleven_frames
     monkeypatch.setattr(sfm, "INCREMENTAL_UP_TO", 5)
+    assert sfm.keyframe_names(names) == [names[i] for i in (0, 3, 6, 9, 10)]  # every 3rd, and the last
+    stages: list[str] = []
+    rec, _ = sfm.run_sfm(folder, names, sfm.SfmOptions(first_octave=0), on_stage=stages.append)
+    assert "incremental mapping of 5 keyframes, the other frames registered to them" in stages, stages
+    hw = np.array([[480, 640]] * 11)
+    cams = sfm.SfmCameras(rec, names, hw, hw)
+    assert cams.registered.all() and cams.points > 300
+    assert all(len(xy) > 100 for xy, _ in cams.observations)  # the registered frames' own points triangulated
+    ate, _, rot = camera_errors(cams.cam2world, poses)
+    assert ate < 0.03 and rot < 3.0, (ate, rot)
+    assert np.allclose(cams.K[:, 0, 0], 530, rtol=0.05) and np.allclose(cams.K, cams.K[0])
+    hogs = _busy_cores()
+    try:
+        again, _ = sfm.run_sfm(folder, names, sfm.SfmOptions(first_octave=0), on_stage=lambda stage: None)
+    finally:
+        for hog in hogs:
+            hog.kill()
+    same = sfm.SfmCameras(again, names, hw, hw)
+    assert np.array_equal(same.cam2world, cams.cam2world) and np.array_equal(same.K, cams.K), \
+        "a rerun on a busy machine gave other cameras"
+
+
+def test_matching_verifies_the_same_pairs_on_a_busy_machine(tmp_path):
+    """Sequential matching of 60 video frames twice, the second time with two other processes spinning on the
+    cores: the verified matches in the database are the same, pair by pair (on more threads each verifying
+    thread draws its RANSAC samples from its own seed, and which pairs it gets depends on timing)."""
+    import sqlite3
+
+    import heads.recon.sfm as sfm
+
+    video = KITCHEN.parent / "video-7scenes-redkitchen"
+    if not video.exists():
+        pytest.skip("shared data not present")
+    frames = sorted(video.glob("frame-*.color.jpg"))[:60]
+
+    def verified(folder: Path, busy: bool) -> list:
+        folder.mkdir()
+        for p in frames:
+            (folder / p.name).symlink_to(p)
+        hogs = _busy_cores() if busy else []
+        try:
+            sfm.run_sfm(folder, [p.name for p in frames], sfm.SfmOptions(first_octave=0, mapper="none",
+                                                                         matching="sequential"), video=True)
+        finally:
+            for hog in hogs:
+                hog.kill()
+        with sqlite3.connect(folder / "database.db") as db:
+            return sorted(db.execute("SELECT pair_id, rows, config, data FROM two_view_geometries").fetchall())
+
+    quiet, busy = verified(tmp_path / "quiet", False), verified(tmp_path / "busy", True)
+    assert len(quiet) > 300 and sum(r[1] > 0 for r in quiet) > 200
+    assert quiet == busy, "matching verified other inliers on a busy machine"
+
+
+@pytest.mark.parametrize("max_track_views", [None, 3])
+def test_the_global_mapper_finds_the_same_cameras_on_every_run(tmp_path, max_track_views, monkeypatch):
+    """``--mapper global`` (GLOMAP: global rotations, then positions, then BA) on real frames finds the true
+    cameras; tracks longer than MAX_TRACK_VIEWS are left out of positioning and BA, yet end in the model
+    (retriangulated); one thread, seeded: a rerun gives the same cameras to the last digit."""
+    import heads.recon.sfm as sfm
+
+    paths, poses = kitchen([800, 824, 848, 872, 896, 920])  # wider apart than eleven_frames: GLOMAP fixes f
+    folder = tmp_path
+    names = [sfm.write_frame(folder, i, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB))[0]
+             for i, p in enumerate(paths)]
     if max_track_views is not None:
         monkeypatch.setattr(sfm, "MAX_TRACK_VIEWS", max_track_views)
     stages: list[str] = []
-    rec, _ = sfm.run_sfm(tmp_path, names, sfm.SfmOptions(first_octave=0), on_stage=stages.append)
+    options = sfm.SfmOptions(first_octave=0, mapper="global")
+    rec, _ = sfm.run_sfm(folder, names, options, on_stage=stages.append)
     assert "global mapping and bundle adjustment" in stages, stages
-    cams = sfm.SfmCameras(rec, names, np.array([[480, 640]] * 6), np.array([[480, 640]] * 6))
+    hw = np.array([[480, 640]] * 6)
+    cams = sfm.SfmCameras(rec, names, hw, hw)
     assert cams.registered.all() and cams.points > 150
     ate, _, rot = camera_errors(cams.cam2world, poses)
     assert ate < 0.03 and rot < 3.0, (ate, rot)
     assert np.allclose(cams.K[:, 0, 0], 530, rtol=0.05)
     assert max(p.track.length() for p in rec.points3D.values()) > 3  # long tracks kept, capped or not
-    if max_track_views is None:  # one thread, seeded: a rerun gives the same cameras to the last digit
-        again, _ = sfm.run_sfm(tmp_path, names, sfm.SfmOptions(first_octave=0), on_stage=lambda stage: None)
-        same = sfm.SfmCameras(again, names, np.array([[480, 640]] * 6), np.array([[480, 640]] * 6))
+    if max_track_views is None:
+        again, _ = sfm.run_sfm(folder, names, options, on_stage=lambda stage: None)
+        same = sfm.SfmCameras(again, names, hw, hw)
         assert np.array_equal(same.cam2world, cams.cam2world) and np.array_equal(same.K, cams.K)
 
 
-def test_the_global_mapper_holds_known_intrinsics_as_given(tmp_path, monkeypatch):
-    """--intrinsics on a long video: GLOMAP maps it, and the camera it writes is the one given (COLMAP's bundle
-    adjustment would otherwise refine the focal length away from a calibration the user measured)."""
+@pytest.mark.parametrize("mapper,per_frame", [("global", False), ("keyframes", False), ("keyframes", True)])
+def test_long_video_mappers_hold_known_intrinsics_as_given(tmp_path, monkeypatch, mapper, per_frame):
+    """--intrinsics on a long video: GLOMAP, or keyframes and the frames registered to them, map it, and the
+    camera it writes is the one given (COLMAP's bundle adjustment, or a registration refining the focal
+    length, would otherwise move it away from a calibration the user measured)."""
     import heads.recon.sfm as sfm
 
+    monkeypatch.setattr(sfm, "INCREMENTAL_UP_TO", 3)
     paths, _ = kitchen([800, 824, 848, 872, 896, 920])
     names = [sfm.write_frame(tmp_path, i, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB))[0]
              for i, p in enumerate(paths)]
-    monkeypatch.setattr(sfm, "INCREMENTAL_UP_TO", 5)
     given = np.array([[560.0, 0, 321.0], [0, 560.0, 238.0], [0, 0, 1]])  # not what the frames would fit (about 530)
+    # one K per frame (a camera each, as with a zoom): each registered frame's own camera must stay as given too
+    given = np.stack([given * [[1 + 0.01 * (i % 2 if per_frame else 0)], [1], [1]] for i in range(6)])
     stages: list[str] = []
-    rec, note = sfm.run_sfm(tmp_path, names, sfm.SfmOptions(first_octave=0, known_K=[given] * 6),
+    rec, note = sfm.run_sfm(tmp_path, names, sfm.SfmOptions(first_octave=0, mapper=mapper, known_K=list(given)),
                             on_stage=stages.append)
-    assert "global mapping and bundle adjustment" in stages and note is None, (stages, note)
+    said = "global mapping and bundle adjustment" if mapper == "global" else "incremental mapping of 4 keyframes"
+    assert any(stage.startswith(said) for stage in stages) and note is None, (stages, note)
     cams = sfm.SfmCameras(rec, names, np.array([[480, 640]] * 6), np.array([[480, 640]] * 6))
     assert cams.registered.all()
-    assert np.allclose(cams.K, given, atol=1e-6), cams.K[0]
+    assert np.allclose(cams.K, given, atol=1e-6), cams.K[:, 0]
 
 
 def test_loop_pairs_are_the_frames_alike_far_apart():

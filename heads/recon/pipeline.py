@@ -54,7 +54,7 @@ class SceneOptions:
     overlap: int = 4  # views each chunk shares with the previous one
     sfm: bool = True  # cameras from matching
     matching: str = "auto"
-    mapper: str = "auto"  # incremental, global, or auto (heads.recon.sfm.SfmOptions)
+    mapper: str = "auto"  # incremental, keyframes, global, or auto (heads.recon.sfm.SfmOptions)
     loop_closure: bool = False  # sequential matching also matches frames alike far apart (the network's descriptors)
     depth_cameras: bool = True  # with known depth, move the matched cameras until the depths agree
     fusion: bool = True
@@ -334,7 +334,7 @@ def write_scene(scene: Scene, options: SceneOptions, out: SceneOutputs, say: Cal
     meshed = time.perf_counter()
     if out.mesh:
         written += _write_mesh(pred, colours, scene_path=out.scene_path, voxel=out.mesh_voxel, glb=out.glb,
-                               keep=surface, files=files)
+                               keep=surface, files=files, say=say)
     meshed = time.perf_counter() - meshed
     unusable, root = _write_cameras(scene, pred, out=out, apart=apart, unit=unit, written=written, say=say,
                                     files=files)
@@ -545,14 +545,17 @@ def _at_size(image: np.ndarray, hw: tuple[int, int], label: str) -> np.ndarray:
 
 
 def _write_mesh(pred, colours, scene_path: Path, voxel: Optional[float], glb: bool, keep=None,
-                files: Optional["SceneFiles"] = None) -> list[str]:
+                files: Optional["SceneFiles"] = None, say=print) -> list[str]:
     """``<scene>_mesh.ply`` (and ``<scene>.glb``) by TSDF fusion, where ``files`` puts them; returns the files
-    written."""
+    written. A voxel too fine for the volume's memory (``MESH_MEMORY``) is coarsened, and said."""
     from heads.geometry import write_mesh
-    from heads.recon.export import tsdf_mesh
+    from heads.recon.export import MESH_MEMORY, tsdf_mesh
 
     try:
-        tri, _ = tsdf_mesh(pred, colours, voxel, keep)
+        tri, used, asked = tsdf_mesh(pred, colours, voxel, keep)
+        if asked is not None:
+            say(f"pixio: note: the mesh's voxel is {used:.3g} instead of {asked:.3g} (scene units): a finer one "
+                f"would not fit the {MESH_MEMORY / 2**30:g} GiB the TSDF volume may use (--mesh-voxel)")
     except RuntimeError as e:  # Open3D's own checks, e.g. a voxel too small for the memory
         raise PixioError(f"TSDF fusion failed: {str(e).strip().splitlines()[-1][:200]}") from None
     if len(tri.triangles) == 0:

@@ -23,7 +23,7 @@ from pixio_cli.errors import PixioError, RunError, UsageError
 
 MAX_SIDE = 1600  # SIFT sees images at most this large (COLMAP's own default for matching is 1600-3200)
 EXHAUSTIVE_UP_TO = 40  # more frames than this are matched sequentially (780 pairs at 40)
-INCREMENTAL_UP_TO = 250  # more frames than this are mapped globally: incremental mapping grows faster than linearly
+INCREMENTAL_UP_TO = 250  # more frames than this: keyframes mapped incrementally, the rest registered to them
 HOLD_FOCAL_BELOW = 3  # frames: two cannot fix a focal length; more may not either (see _unfixed_focal)
 CHECK_FOCAL_UP_TO = 40  # frames: whether they fix the focal length is checked up to this many (three more BAs)
 MAX_TRACK_VIEWS = 30  # global mapping: longer tracks are left to retriangulation (docs/recon3d.md)
@@ -37,9 +37,9 @@ class SfmOptions:
 
     matching: str = "auto"  # auto: exhaustive up to EXHAUSTIVE_UP_TO frames (and never for video), else sequential
     overlap: int = 10  # sequential matching: each frame is matched with this many after it (and at 2^k)
-    # auto: incremental up to INCREMENTAL_UP_TO frames, else global (GLOMAP's rotation averaging and global
-    # positioning, then bundle adjustment), whose cost on long videos grows far more slowly; none: matching only
-    # (the cameras are known: :meth:`SfmJob.triangulate`)
+    # auto: incremental up to INCREMENTAL_UP_TO frames, else keyframes (incremental mapping of every s-th frame,
+    # the rest registered to their points: :func:`_register_rest`); global: GLOMAP's rotation averaging and global
+    # positioning, then bundle adjustment; none: matching only (the cameras are known: :meth:`SfmJob.triangulate`)
     mapper: str = "auto"
     one_camera: bool = True  # one set of intrinsics shared by every frame (frames of one camera)
     known_K: list[np.ndarray] | None = None  # per frame, in the written images' pixels: held fixed
@@ -278,26 +278,33 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
     on_stage(f"{matching} matching")
     verification = pycolmap.TwoViewGeometryOptions()
     verification.ransac.random_seed = options.seed  # COLMAP's default (-1) draws a seed: other cameras each run
+    # one thread: each verifying thread seeds its own random numbers once and takes the next pair as it comes
+    # free, so on more threads a pair's RANSAC draws depend on timing (a busy machine gave other inliers)
+    matcher = pycolmap.FeatureMatchingOptions()
+    matcher.num_threads = 1
     if matching == "exhaustive":
-        pycolmap.match_exhaustive(db, verification_options=verification, device=cpu, cancellation_token=cancel)
+        pycolmap.match_exhaustive(db, matching_options=matcher, verification_options=verification, device=cpu,
+                                  cancellation_token=cancel)
     else:
         pairing = pycolmap.SequentialPairingOptions()
         pairing.overlap = options.overlap
         pairing.quadratic_overlap = True
-        pycolmap.match_sequential(db, pairing_options=pairing, verification_options=verification, device=cpu,
+        pycolmap.match_sequential(db, matching_options=matcher, pairing_options=pairing,
+                                  verification_options=verification, device=cpu,
                                   cancellation_token=cancel)
         if options.more_pairs is not None:
-            _match_pairs(db, folder / "loop-pairs.txt", options.more_pairs(names), verification=verification,
-                         device=cpu, cancel=cancel, on_stage=on_stage)
+            _match_pairs(db, folder / "loop-pairs.txt", options.more_pairs(names), matcher=matcher,
+                         verification=verification, device=cpu, cancel=cancel, on_stage=on_stage)
 
     mapper = options.mapper
     if mapper == "none":
         return None, None, False
     if mapper == "auto":
-        mapper = "incremental" if len(names) <= INCREMENTAL_UP_TO else "global"
+        mapper = "incremental" if len(names) <= INCREMENTAL_UP_TO else "keyframes"
     options = replace(options, mapper=mapper)
-    on_stage(f"{mapper} mapping and bundle adjustment")
-    rec = _map(db, folder, sparse=sparse, options=options, hold=hold, cancel=cancel)
+    on_stage(f"{mapper} mapping and bundle adjustment" if mapper != "keyframes" else
+             f"incremental mapping of {len(keyframe_names(names))} keyframes, the other frames registered to them")
+    rec = _map(db, folder, sparse=sparse, options=options, hold=hold, cancel=cancel, names=names)
     if rec is None:
         return rec, None, False
     if hold:
@@ -306,7 +313,7 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
     if wrong:  # the prior is the last resort: only a fit the evidence says is wrong is given up
         on_stage("mapping again, the focal length held")
         _set_cameras(db, _held)
-        rec = _map(db, folder, sparse=sparse, options=options, hold=True, cancel=cancel)
+        rec = _map(db, folder, sparse=sparse, options=options, hold=True, cancel=cancel, names=names)
         return rec, held_focal_note(rec, wrong) if rec is not None else None, False
     return rec, f"{loose}: it is kept; give --intrinsics if you know it" if loose else None, bool(loose)
 
@@ -342,7 +349,7 @@ def triangulate_known(folder: Path, given: SfmCameras, names: list[str], written
     return pycolmap.triangulate_points(rec, db, folder, out, cancellation_token=cancel)
 
 
-def _match_pairs(db: Path, path: Path, pairs: list[tuple[str, str]], *, verification, device, cancel,
+def _match_pairs(db: Path, path: Path, pairs: list[tuple[str, str]], *, matcher, verification, device, cancel,
                  on_stage) -> None:
     """The image pairs ``pairs`` (names) matched and verified (through a pairs file at ``path``, as COLMAP
     imports them; pairs matched already are not matched again)."""
@@ -353,7 +360,8 @@ def _match_pairs(db: Path, path: Path, pairs: list[tuple[str, str]], *, verifica
     path.write_text("".join(f"{a} {b}\n" for a, b in pairs))
     imported = pycolmap.ImportedPairingOptions()
     imported.match_list_path = str(path)
-    pycolmap.match_image_pairs(db, pairing_options=imported, verification_options=verification, device=device,
+    pycolmap.match_image_pairs(db, matching_options=matcher, pairing_options=imported,
+                               verification_options=verification, device=device,
                                cancellation_token=cancel)
 
 
@@ -440,9 +448,10 @@ def _error_held_at(rec, factor: float) -> float:
     return float(rec.compute_mean_reprojection_error()) if rec.num_points3D() else 0.0
 
 
-def _map(db: Path, folder: Path, sparse: Path, options: SfmOptions, hold: bool, cancel):
-    """COLMAP's incremental or global mapping (``options.mapper``) on the matched database: the model that
-    registers the most frames; the focal length held at the camera's prior when ``hold``."""
+def _map(db: Path, folder: Path, sparse: Path, options: SfmOptions, hold: bool, cancel, names: list[str]):
+    """COLMAP's incremental or global mapping, or keyframes (``options.mapper``) on the matched database of the
+    frames ``names`` (in video order): the model that registers the most frames; the focal length held at the
+    camera's prior when ``hold``."""
     import shutil
 
     pycolmap = _pycolmap()
@@ -451,12 +460,58 @@ def _map(db: Path, folder: Path, sparse: Path, options: SfmOptions, hold: bool, 
     if options.mapper == "global":
         models = _map_global(db, folder, sparse, options, fixed=options.known_K is not None or hold)
     else:
-        models = _map_incremental(db, folder, sparse, options, hold=hold, cancel=cancel)
+        keys = keyframe_names(names) if options.mapper == "keyframes" else None
+        models = _map_incremental(db, folder, sparse, options, hold=hold, cancel=cancel, image_names=keys)
     if cancel is not None and cancel.is_cancelled:
         raise KeyboardInterrupt
     if not models:
         return None
-    return max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+    rec = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+    return _register_rest(db, rec, options, cancel) if options.mapper == "keyframes" else rec
+
+
+def keyframe_names(names: list[str], most: int | None = None) -> list[str]:
+    """The frames a long video is mapped on: every s-th of ``names`` (the smallest stride that keeps at most
+    ``most``, INCREMENTAL_UP_TO by default) and the last."""
+    stride = -(-len(names) // (most or INCREMENTAL_UP_TO))
+    return names[::stride] + ([names[-1]] if (len(names) - 1) % stride else [])
+
+
+def _register_rest(db: Path, rec, options: SfmOptions, cancel):
+    """The frames of ``db`` that ``rec`` (the keyframes' model) lacks, registered to its points one at a time
+    in video order, as COLMAP registers the next image (2D-3D RANSAC, then the pose refined; the camera and
+    the registered frames held), their new points triangulated. A frame that fails is tried again once the
+    frames after it are in. Returns ``rec`` with them."""
+    pycolmap = _pycolmap()
+    base = pycolmap.Database.open(db)
+    try:
+        cache = pycolmap.DatabaseCache.create(base, pycolmap.DatabaseCacheOptions())
+    finally:
+        base.close()
+    mapper = pycolmap.IncrementalMapper(cache)
+    mapper.begin_reconstruction(rec)
+    registering = pycolmap.IncrementalMapperOptions()
+    registering.num_threads, registering.random_seed = 1, options.seed
+    # the keyframes fixed the camera: a frame's own pose is all that is fitted to it
+    registering.abs_pose_refine_focal_length = registering.abs_pose_refine_extra_params = False
+    triangulation = pycolmap.IncrementalTriangulatorOptions()
+    left = sorted((i for i in cache.images if not rec.exists_image(i) or not rec.image(i).has_pose),
+                  key=lambda i: cache.image(i).name)
+    while left:
+        failed = []
+        for image_id in left:
+            if cancel is not None and cancel.is_cancelled:
+                raise KeyboardInterrupt
+            if mapper.register_next_image(registering, image_id):
+                mapper.triangulate_image(triangulation, image_id)
+            else:
+                failed.append(image_id)
+        if len(failed) == len(left):
+            break
+        left = failed
+    rec = mapper.reconstruction
+    mapper.end_reconstruction(False)
+    return rec
 
 
 def _map_global(db: Path, folder: Path, sparse: Path, options: SfmOptions, *, fixed: bool) -> dict:
@@ -489,10 +544,13 @@ def _map_global(db: Path, folder: Path, sparse: Path, options: SfmOptions, *, fi
     return pycolmap.global_mapping(db, folder, sparse, mapping)
 
 
-def _map_incremental(db: Path, folder: Path, sparse: Path, options: SfmOptions, *, hold: bool, cancel) -> dict:
-    """pycolmap's incremental mapping with the settings below."""
+def _map_incremental(db: Path, folder: Path, sparse: Path, options: SfmOptions, *, hold: bool, cancel,
+                     image_names: list[str] | None = None) -> dict:
+    """pycolmap's incremental mapping with the settings below (of the frames ``image_names``; None: all)."""
     pycolmap = _pycolmap()
     mapping = pycolmap.IncrementalPipelineOptions()
+    if image_names is not None:
+        mapping.image_names = image_names
     mapping.random_seed = options.seed
     mapping.num_threads = 1  # bundle adjustment over threads sums in another order each run: other cameras
     mapping.min_model_size = 2  # a model of any size: frames it leaves out keep the network's cameras

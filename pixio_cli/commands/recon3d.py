@@ -37,6 +37,7 @@ class Mapper(str, Enum):
     auto = "auto"
     incremental = "incremental"
     global_ = "global"
+    keyframes = "keyframes"
 
 
 def recon3d(
@@ -85,9 +86,10 @@ def recon3d(
              "few, for video and ordered frames), or auto (exhaustive up to 40 frames, else sequential; "
              "sequential for video).")] = Matching.auto,
     mapper: Annotated[Mapper, typer.Option(
-        help="How the matched frames are mapped: incremental (COLMAP's, frame by frame), global (GLOMAP's: all "
-             "rotations, then all positions, then bundle adjustment; grows far more slowly with the frames), or "
-             "auto (incremental up to 250 frames, else global).")] = Mapper.auto,
+        help="How the matched frames are mapped: incremental (COLMAP's, frame by frame), keyframes (every s-th "
+             "frame mapped incrementally, the others registered to them: long videos), global (GLOMAP's: all "
+             "rotations, then all positions, then bundle adjustment), or auto (incremental up to 250 frames, "
+             "else keyframes).")] = Mapper.auto,
     loop_closure: Annotated[bool, typer.Option(
         "--loop-closure/--no-loop-closure", help="With sequential matching, also match each frame with the 3 "
                                                  "frames far from it in the video that look most alike (the "
