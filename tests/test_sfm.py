@@ -255,7 +255,7 @@ def test_matching_verifies_the_same_pairs_on_a_busy_machine(tmp_path):
             return sorted(db.execute("SELECT pair_id, rows, config, data FROM two_view_geometries").fetchall())
 
     quiet, busy = verified(tmp_path / "quiet", False), verified(tmp_path / "busy", True)
-    assert len(quiet) > 300 and sum(r[1] > 0 for r in quiet) > 200
+    assert len(quiet) > 250 and sum(r[1] > 0 for r in quiet) > 200
     assert quiet == busy, "matching verified other inliers on a busy machine"
 
 
