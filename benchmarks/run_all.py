@@ -487,12 +487,13 @@ def write_table(record: dict, kind: str, no_readme: bool = False) -> None:
     """Print one machine's table and put it between its markers in docs/performance.md."""
     table = [f"Measured {record['date']} on {record['device']} ({record['cpus']} CPUs visible), torch "
              f"{record['torch']}; `python -m benchmarks.run_all` wrote it, with every figure in "
-             f"`benchmarks/results/{kind}.json`." + _row_dates(record) + _staleness(record), "",
-             "| benchmark | ours | reference (same run) | ratio (bold: like for like) |", "|---|---|---|---|"]
+             f"`benchmarks/results/{kind}.json`." + _row_dates(record) + _staleness(record)]
     rows = [row(name, r, record["results"]) for name, r in record["results"].items()
             if name not in ("growth", "known_depth", "pointmap_memory", "loop_closure", "long_video")]
-    table += [line for line, _ in rows] + ["", "What each row compares, the hardware limit and the rest:", ""]
-    table += [f"- {note}" for _, note in rows]
+    if rows:
+        table += ["", "| benchmark | ours | reference (same run) | ratio (bold: like for like) |", "|---|---|---|---|"]
+        table += [line for line, _ in rows] + ["", "What each row compares, the hardware limit and the rest:", ""]
+        table += [f"- {note}" for _, note in rows]
     table += geometry_table(record["results"].get("recon3d", {}))
     table += growth_table(record["results"].get("growth", {}))
     table += loop_closure_table(record["results"].get("loop_closure", {}))
@@ -551,11 +552,12 @@ def save(results: dict, cuda: bool, partial: bool) -> tuple[dict, str]:
               "cpus": first.get("cpus"), "torch": first.get("torch"), "results": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{kind}.json"
+    if path.exists() and partial and json.loads(path.read_text()).get("device") not in (None, record["device"]):
+        # one table, one machine: another machine of the same kind gets a table of its own, named for it
+        kind += "-" + re.sub(r"[^a-z0-9]+", "-", str(record["device"]).lower()).strip("-")
+        path = RESULTS / f"{kind}.json"
     if path.exists() and partial:
         old = json.loads(path.read_text())
-        if old.get("device") not in (None, record["device"]):  # one table, one machine: its header says which
-            raise SystemExit(f"{path} holds figures of {old['device']}, not of this {record['device']}: run every "
-                             "benchmark here (no --only) to make this machine's table")
         first_day = str(old.get("date", record["date"])).split(" to ")[0]  # saved after each benchmark
         record = {**record, "date": f"{first_day} to {record['date']}" if first_day != record["date"]
                   else record["date"], "results": {**old.get("results", {}), **results}}

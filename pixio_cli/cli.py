@@ -26,7 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: flags read as flags, and no rich import on every start
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     add_completion=True,  # pixio --install-completion (bash, zsh, fish, PowerShell)
 )
 
@@ -77,6 +77,61 @@ def _plain_metavars() -> None:
     core.TyperArgument.make_metavar = argument_metavar
 
 
+def _panelled_help() -> None:
+    """Options grouped under the headings their commands give them (typer's ``rich_help_panel``, which its
+    plain help ignores), in the order they first appear; the Advanced panel lists its options by name only,
+    unless ``--help-all`` asked for them in full."""
+    from typer import core
+
+    from .options import ADVANCED
+
+    plain = core.TyperCommand.format_options
+
+    def record(option, ctx) -> tuple[str, str]:
+        """An option's help line, a flag pair shortened (``--[no-]fusion ... [default: on]``), number ranges
+        left to the error a value outside them gets."""
+        import re
+
+        name, text = option.get_help_record(ctx)
+        text = re.sub(r"\s*\[(?:[-0-9.e]+<=)?x(?:[<>]=?[-0-9.e]+)?\]", "", text)
+        text = re.sub(r"; (?:[-0-9.e]+<=)?x(?:[<>]=?[-0-9.e]+)?\]", "]", text)
+        if option.is_flag and option.secondary_opts and len(option.opts) == 1:
+            flag = option.opts[0].removeprefix("--")
+            if option.secondary_opts == [f"--no-{flag}"]:
+                name = f"--[no-]{flag}"
+                text = text.replace(f"[default: {flag}]", "[default: on]").replace(
+                    f"[default: no-{flag}]", "[default: off]")
+        return name, text
+
+    def format_options(self, ctx, formatter):
+        params = [p for p in self.get_params(ctx) if p.get_help_record(ctx) is not None]
+        if not any(getattr(p, "rich_help_panel", None) for p in params):
+            return plain(self, ctx, formatter)
+        args = [p.get_help_record(ctx) for p in params if p.param_type_name == "argument"]
+        if args:
+            with formatter.section("Arguments"):
+                formatter.write_dl(args)
+        panels: dict[str, list] = {}
+        for p in params:
+            if p.param_type_name == "option":
+                panels.setdefault(getattr(p, "rich_help_panel", None) or "Help", []).append(p)
+        for name, options in panels.items():
+            if name == ADVANCED and not ctx.meta.get("pixio_help_all"):
+                with formatter.section(f"{name} (--help-all explains them)"):
+                    lines, width = [""], (formatter.width or 80) - formatter.current_indent
+                    for o in options:  # broken between names, never inside one
+                        word = o.opts[0] + ("," if o is not options[-1] else "")
+                        lines[-1:] = ([lines[-1] + " " + word] if len(lines[-1]) + len(word) < width
+                                      else [lines[-1], word])
+                    formatter.write("".join(" " * formatter.current_indent + line.strip() + "\n"
+                                            for line in lines if line))
+                continue
+            with formatter.section(name):
+                formatter.write_dl([record(o, ctx) for o in options])
+
+    core.TyperCommand.format_options = format_options
+
+
 def _register() -> None:
     # Each command module owns its registration; the order here is the order in --help.
     from .commands import curate, depth, distill, evaluate, extract, models, pretrain, recon3d, segment, train, view
@@ -86,6 +141,7 @@ def _register() -> None:
 
 
 _plain_metavars()
+_panelled_help()
 _register()
 
 

@@ -43,6 +43,19 @@ CompileTraining = Annotated[Optional[bool], typer.Option(
     "--compile/--no-compile", help="torch.compile the training step (a minute or two up front, then faster "
     "steps).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+ADVANCED = "Advanced"  # a help panel shown as names only, unless --help-all
+
+
+def _help_all(ctx: typer.Context, value: bool) -> None:
+    if value:
+        ctx.meta["pixio_help_all"] = True
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+HelpAll = Annotated[bool, typer.Option(
+    "--help-all", is_eager=True, callback=_help_all, help="This help with the advanced options explained too.")]
 Resize = Annotated[str, typer.Option(
     metavar="N|WxH|native", help="Short side N, WIDTHxHEIGHT, or 'native'; always rounded to a multiple of 16.")]
 Every = Annotated[int, typer.Option(metavar="N", help="For videos: use every N-th frame.", min=1)]

@@ -77,9 +77,27 @@ def _holds_what_the_readme_says(command: str, out: Path) -> None:
                 assert key in z.files and z[key].shape == tuple(int(v) for v in shape.split(",")), (key, z[key].shape)
 
 
-@pytest.mark.parametrize("command", doc_examples(), ids=lambda c: shlex.split(c)[1])
+@pytest.mark.parametrize("command", sorted(set(doc_examples()) - set(examples())), ids=lambda c: shlex.split(c)[1])
 def test_a_docs_example_that_runs_offline_runs_as_written(cli, command, tmp_path, monkeypatch):
-    test_a_readme_example_runs_as_written(cli, command, tmp_path, monkeypatch)
+    """(The README's own examples, repeated on the command pages, run once: above.)"""
+    if "-o" in shlex.split(command):
+        return test_a_readme_example_runs_as_written(cli, command, tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(shlex.split(command)[1:])
+    assert code == 0 and out.strip(), (command, err)
+
+
+COMMAND_PAGES = ["extract.md", "depth-segment.md", "curate.md", "pretrain.md", "recon3d.md", "models-command.md"]
+
+
+@pytest.mark.parametrize("page", COMMAND_PAGES)
+def test_a_command_page_opens_with_examples_that_run(page):
+    """A command page's first code block is its tested examples (marked ``<!-- runs -->``), after at most a
+    picture and what the command gives: a reader pastes the first thing they see and it works."""
+    text = (ROOT / "docs" / page).read_text()
+    first = text.index("```")
+    assert text[:first].rstrip().endswith("<!-- runs -->"), f"{page}: its first example is not one that runs"
+    assert _marked(ROOT / "docs" / page, "runs"), page
 
 
 def test_the_docs_mark_examples_that_run():

@@ -471,6 +471,22 @@ def test_help_reads_as_a_user_expects(cli):
     assert "<" not in flat.replace("<=", "")  # PATH, N, X, a|b: no <path>, <int range>, <str>
 
 
+def test_recon3d_help_is_grouped_and_fits_a_screen(cli, monkeypatch):
+    """`pixio recon3d --help` at 100 columns: options under headings a user looks for, every line of help one
+    or two lines, about 60 lines in all; the rarely used tuning listed by name, explained by --help-all."""
+    monkeypatch.setenv("COLUMNS", "100")
+    code, out, _ = cli(["recon3d", "--help"])
+    lines = out.rstrip().splitlines()
+    assert code == 0 and len(lines) <= 62, f"{len(lines)} lines"
+    heads = [line.rstrip(":") for line in lines if line and not line.startswith(" ") and line.endswith(":")]
+    assert heads == ["Arguments", "Inputs", "Cameras", "Depth", "Fusion and mesh", "Outputs", "Performance",
+                     "Help", "Advanced (--help-all explains them)"], heads
+    assert "Advanced (--help-all explains them):" in out and "--edge-rtol," in out and "--[no-]fusion" in out
+    assert "Drop pixels on depth edges" not in out and max(len(line) for line in lines) <= 100
+    code, full, _ = cli(["recon3d", "--help-all"])
+    assert code == 0 and "Drop pixels on depth edges" in " ".join(full.split()) and "--edge-rtol X" in full
+
+
 def test_the_command_line_starts_without_torch():
     code = ("import sys, pixio_cli.cli; "
             "heavy = [m for m in ('torch', 'timm', 'cv2', 'open3d', 'huggingface_hub', 'transformers', 'viser') "

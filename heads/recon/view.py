@@ -290,6 +290,8 @@ def serve(scene: SceneToView, host: str, port: int, open_browser: bool, say: Cal
             gui_mesh.on_update(lambda _e: setattr(mesh, "visible", gui_mesh.value))
             gui_cloud.on_update(lambda _e: setattr(cloud, "visible", gui_cloud.value))
         poses = _add_cameras(server, scene, extent)
+        if os.environ.get("PIXIO_VIEW_NO_NOTICES"):  # pictures for the docs: no "software WebGL" notice on them
+            server.gui.add_html("<style>.mantine-Notifications-root{display:none !important}</style>")
         centre = np.median(scene.points, axis=0)
         if poses:  # behind and above the first camera, looking at the middle of the scene
             eye = poses[0][1] + scene.cameras[0].cam2world[:3, :3] @ np.array([0.0, -0.15, -0.3]) * extent

@@ -40,127 +40,132 @@ class Mapper(str, Enum):
     keyframes = "keyframes"
 
 
+IN, CAM, DEPTH, FUSE, OUT, PERF, ADV = ("Inputs", "Cameras", "Depth", "Fusion and mesh", "Outputs", "Performance",
+                                        opt.ADVANCED)
+
+
 def recon3d(
     inputs: opt.Inputs,
     output: Annotated[Path, typer.Option(
-        "--output", "-o", help="The scene's .ply file, or a folder to hold scene.ply.")],
+        "--output", "-o", help="The scene's .ply file, or a folder to hold scene.ply.", rich_help_panel=IN)],
     model: Annotated[str, typer.Option(
-        "--model", "-m", help="Point-map model: pointmap-tiny (bundled, small, trained on one 7-Scenes kitchen), "
-                              "pixio-vith16-mapanything (MapAnything on Pixio-H, metric) or a checkpoint file.")
-    ] = DEFAULT_POINTMAP,
+        "--model", "-m", metavar="ID|PATH", help="pointmap-tiny (bundled), pixio-vith16-mapanything, or a file.",
+        rich_help_panel=IN)] = DEFAULT_POINTMAP,
+    every: Annotated[int, typer.Option(metavar="N", help="Videos: every N-th frame.", min=1,
+                                       rich_help_panel=IN)] = 1,
+    fps: Annotated[Optional[float], typer.Option(
+        help="Videos: frames per second to take (instead of --every).", min=0.001, show_default=False,
+        rich_help_panel=IN)] = None,
+    max_frames: Annotated[Optional[int], typer.Option(
+        help="At most N frames, evenly spread.", min=1, show_default=False, rich_help_panel=IN)] = None,
+    keyframes: Annotated[Optional[float], typer.Option(
+        help="Keep a frame once the image moved this much (of its width; e.g. 0.05).", min=0,
+        show_default=False, rich_help_panel=IN)] = None,
     intrinsics: Annotated[Optional[Path], typer.Option(
-        help="Known camera: a 3x3 K (text, .npy or .json) for every image, or a JSON list of one K per image, "
-             "in the original images' pixels.", show_default=False)] = None,
-    known_depth: Annotated[Optional[Path], typer.Option(
-        "--known-depth", help="A folder of known depth per image, by file name: <stem>.npy (z-depth in metres) or "
-                              "16-bit <stem>.png (millimetres), at the image's own size (.npy first when both "
-                              "exist); 0 = unknown, and 65535 in a PNG. Needs --intrinsics or --known-cameras. "
-                              "It replaces the network's depth where known.",
-        show_default=False)] = None,
-    depth_scale: Annotated[Optional[float], typer.Option(
-        "--depth-scale", help="Stored depth values per metre, for --known-depth and RGB-D folders alike (default: "
-                              "1000 for PNG, 5000 for TUM's, 1 for .npy).", min=1e-9, show_default=False)] = None,
-    depth_input: Annotated[bool, typer.Option(
-        "--depth-input/--no-depth-input", help="An RGB-D folder's depth images as known depth (with the folder's "
-                                               "camera-intrinsics.txt as K when no other is given), or left out.")
-    ] = True,
-    known_poses: Annotated[bool, typer.Option(
-        "--known-poses/--no-known-poses", help="An RGB-D sequence's recorded poses (7-Scenes' *.pose.txt, "
-                                               "TUM's groundtruth.txt, ScanNet's pose/, poses/ beside images/) "
-                                               "as known cameras, in metres, when every frame has one and K is "
-                                               "known; or left out, the cameras found by matching.")] = True,
-    depth_cameras: Annotated[bool, typer.Option(
-        "--depth-cameras/--no-depth-cameras", help="With known depth, move the matched cameras until the views' "
-                                                   "depths agree (ICP between views that overlap, one pose graph); "
-                                                   "given cameras are never moved.")] = True,
+        help="Known K (3x3 text, .npy, .json; or a JSON list), in image pixels.",
+        show_default=False, rich_help_panel=CAM)] = None,
     known_cameras: Annotated[Optional[Path], typer.Option(
-        "--known-cameras", help="Known cameras: a cameras.json of pixio's (in metres) or a COLMAP model folder "
-                                "(with its points, which set the scale): no matching; the network gives each "
-                                "view's depth on them.", show_default=False)] = None,
+        "--known-cameras", help="pixio's cameras.json (metres) or a COLMAP model: no matching.",
+        show_default=False, rich_help_panel=CAM)] = None,
+    known_poses: Annotated[bool, typer.Option(
+        "--known-poses/--no-known-poses", help="An RGB-D folder's recorded poses as known cameras.",
+        rich_help_panel=CAM)] = True,
     sfm: Annotated[bool, typer.Option(
-        "--sfm/--no-sfm", help="Cameras from feature matching and bundle adjustment (COLMAP, through pycolmap), "
-                               "the network's depth fitted to them; --no-sfm: the network's cameras alone (fast, "
-                               "for a model whose cameras hold on your frames).")] = True,
-    matching: Annotated[Matching, typer.Option(
-        help="Which frame pairs are matched: exhaustive (every pair), sequential (each frame with the next "
-             "few, for video and ordered frames), or auto (exhaustive up to 40 frames, else sequential; "
-             "sequential for video).")] = Matching.auto,
+        "--sfm/--no-sfm", help="Cameras from matching (COLMAP); no: the network's own.",
+        rich_help_panel=CAM)] = True,
     mapper: Annotated[Mapper, typer.Option(
-        help="How the matched frames are mapped: incremental (COLMAP's, frame by frame), keyframes (every s-th "
-             "frame mapped incrementally, the others registered to them: long videos), global (GLOMAP's: all "
-             "rotations, then all positions, then bundle adjustment), or auto (incremental up to 250 frames, "
-             "else keyframes).")] = Mapper.auto,
+        metavar="MAPPER", help="auto (incremental up to 250 frames, else keyframes), incremental, keyframes or "
+                               "global.", rich_help_panel=CAM)] = Mapper.auto,
     loop_closure: Annotated[bool, typer.Option(
-        "--loop-closure/--no-loop-closure", help="With sequential matching, also match each frame with the 3 "
-                                                 "frames far from it in the video that look most alike (the "
-                                                 "network's own features, no download), so that where the camera "
-                                                 "returns the cameras are tied; matching waits for the network.")
-    ] = False,
-    depth_prior: Annotated[Prior, typer.Option(
-        "--depth-prior", help="The depth matching the images starts from and fills in with where they say "
-                              "nothing: network (the model's), or flat (one plane per view at the tracks' median "
-                              "depth: a check that the geometry comes from the images).")] = Prior.network,
-    chunk: Annotated[int, typer.Option(
-        help="Views per model pass; longer sequences go in overlapping chunks aligned to each other.", min=2)] = 32,
-    overlap: Annotated[int, typer.Option(help="Views each chunk shares with the previous one.", min=1)] = 4,
+        "--loop-closure/--no-loop-closure", help="Also match frames alike far apart in a video.",
+        rich_help_panel=CAM)] = False,
+    known_depth: Annotated[Optional[Path], typer.Option(
+        "--known-depth", help="Depth per image: <stem>.npy (m) or 16-bit <stem>.png (mm); 0 unknown.",
+        show_default=False, rich_help_panel=DEPTH)] = None,
+    depth_input: Annotated[bool, typer.Option(
+        "--depth-input/--no-depth-input", help="An RGB-D folder's depth images as known depth.",
+        rich_help_panel=DEPTH)] = True,
+    depth_scale: Annotated[Optional[float], typer.Option(
+        "--depth-scale", help="Stored depth values per metre (default: 1000 PNG, 5000 TUM, 1 .npy).", min=1e-9,
+        show_default=False, rich_help_panel=DEPTH)] = None,
+    depth_cameras: Annotated[bool, typer.Option(
+        "--depth-cameras/--no-depth-cameras", help="Known depth: move cameras until the depths agree.",
+        rich_help_panel=DEPTH)] = True,
     fusion: Annotated[bool, typer.Option(
-        "--fusion/--no-fusion", help="Check each pixel's depth against the other views that see it, refine it by "
-                                     "matching the images, average the depths that agree and keep each surface "
-                                     "once; --no-fusion: every view's pixels as placed (views stack in layers).")
-    ] = True,
-    use_mask: Annotated[bool, typer.Option(
-        "--mask/--no-mask", help="Keep only the pixels the model's mask marks as unambiguous.")] = True,
-    conf_percentile: Annotated[Optional[float], typer.Option(
-        help="Drop the least confident N % of pixels (over all views).", min=0, max=100, show_default=False)] = None,
-    conf_min: Annotated[Optional[float], typer.Option(
-        help="Drop pixels with confidence below this (the model's confidence is >= 1).", show_default=False)] = None,
-    edge_rtol: Annotated[float, typer.Option(
-        help="Drop pixels on depth edges: a neighbour's depth differs by more than this fraction (0: keep).",
-        min=0)] = 0.03,
-    outliers: Annotated[bool, typer.Option(
-        "--outliers", help="Statistical outlier removal (20 neighbours, 2 standard deviations).")] = False,
-    voxel: Annotated[Optional[float], typer.Option(
-        help="Keep one point per voxel of this side (metres for a metric model).", min=0, show_default=False)] = None,
-    max_points: Annotated[Optional[int], typer.Option(
-        help="Keep a random subset of at most this many points.", min=1, show_default=False)] = None,
-    normals: Annotated[bool, typer.Option("--normals", help="Estimate normals (oriented to the cameras).")] = False,
-    mesh: Annotated[bool, typer.Option("--mesh", help="Also <name>_mesh.ply by TSDF fusion of the depths.")] = False,
+        "--fusion/--no-fusion", help="Keep depths other views confirm, each surface once.",
+        rich_help_panel=FUSE)] = True,
+    mesh: Annotated[bool, typer.Option("--mesh", help="Also <name>_mesh.ply, a TSDF mesh of the depths.",
+                                       rich_help_panel=FUSE)] = False,
     mesh_voxel: Annotated[Optional[float], typer.Option(
-        help="TSDF voxel side (default: 1.5 pixels' footprint at the scene's median depth).", min=0,
-        show_default=False)] = None,
-    glb: Annotated[bool, typer.Option("--glb", help="Also <name>.glb of the mesh (needs --mesh).")] = False,
+        help="Mesh voxel side (default: 1.5 pixels' footprint at the median depth).", min=0,
+        show_default=False, rich_help_panel=FUSE)] = None,
+    voxel: Annotated[Optional[float], typer.Option(
+        help="One point per voxel of this side (metres with a metric model).", min=0, show_default=False,
+        rich_help_panel=FUSE)] = None,
+    max_points: Annotated[Optional[int], typer.Option(
+        help="Keep a random subset of at most N points.", min=1, show_default=False, rich_help_panel=FUSE)] = None,
     cameras: Annotated[Optional[Cameras], typer.Option(
-        help="The cameras as: json (cameras.json, the default: always written), colmap (a COLMAP model in "
-             "sparse/0/, binary, with the matched points and their tracks) or colmap-text (the same as text).",
-        show_default=False)] = None,
+        metavar="FORMAT", help="json (cameras.json, the default), colmap (sparse/0/) or colmap-text.",
+        show_default=False, rich_help_panel=OUT)] = None,
     preview: Annotated[Optional[Path], typer.Option(
-        help="Also a .png picture of the cleaned cloud and the cameras.", show_default=False)] = None,
+        help="Also a .png picture of the cloud and the cameras.", show_default=False, rich_help_panel=OUT)] = None,
+    glb: Annotated[bool, typer.Option("--glb", help="Also <name>.glb of the mesh (needs --mesh).",
+                                      rich_help_panel=OUT)] = False,
+    view: Annotated[bool, typer.Option(
+        "--view", help="Then turn the scene in the browser (pixio view).", rich_help_panel=OUT)] = False,
+    json_summary: Annotated[bool, typer.Option("--json", help="A JSON summary on stdout.",
+                                               rich_help_panel=OUT)] = False,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.",
+                                        rich_help_panel=PERF)] = "auto",
+    precision: Annotated[Optional[str], typer.Option(
+        metavar="fp32|bf16|fp16", help="Default: bf16 where native (CUDA, AMX/AVX-512 BF16), else fp32.",
+        show_default=False, rich_help_panel=PERF)] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        metavar="N", help="Decoding processes (0: in this one; default: up to 4).", show_default=False, min=0,
+        rich_help_panel=PERF)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=PERF)] = False,
+    help_all: opt.HelpAll = False,
+    matching: Annotated[Matching, typer.Option(
+        help="Frame pairs matched: exhaustive (every pair), sequential (each frame with the next 10 and at "
+             "powers of two: video, ordered frames), or auto (exhaustive up to 40 frames, else sequential; "
+             "sequential for video).", rich_help_panel=ADV)] = Matching.auto,
+    depth_prior: Annotated[Prior, typer.Option(
+        "--depth-prior", help="What stereo starts from and fills holes with: network (the model's depth), or "
+                              "flat (one plane per view at the tracks' median depth: a check that the geometry "
+                              "comes from the images).", rich_help_panel=ADV)] = Prior.network,
+    chunk: Annotated[int, typer.Option(
+        help="Views per model pass; longer sequences go in overlapping chunks aligned to each other.", min=2,
+        rich_help_panel=ADV)] = 32,
+    overlap: Annotated[int, typer.Option(help="Views each chunk shares with the previous one.", min=1,
+                                         rich_help_panel=ADV)] = 4,
+    use_mask: Annotated[bool, typer.Option(
+        "--mask/--no-mask", help="Keep only the pixels the model's mask keeps (it drops sky, glass and other "
+                                 "pixels whose depth the model says it cannot tell).", rich_help_panel=ADV)] = True,
+    conf_percentile: Annotated[Optional[float], typer.Option(
+        help="Drop the N % of pixels the model is least confident of (over all views).", min=0, max=100,
+        show_default=False, rich_help_panel=ADV)] = None,
+    conf_min: Annotated[Optional[float], typer.Option(
+        help="Drop pixels whose confidence is below this (the model's confidence starts at 1; higher is "
+             "surer).", show_default=False, rich_help_panel=ADV)] = None,
+    edge_rtol: Annotated[float, typer.Option(
+        help="Drop pixels on depth edges, where a neighbour's depth differs by more than this fraction "
+             "(0.03: 3 %; 0 keeps them): edges smear into flying points between surfaces.", min=0,
+        rich_help_panel=ADV)] = 0.03,
+    outliers: Annotated[bool, typer.Option(
+        "--outliers", help="Statistical outlier removal (20 neighbours, 2 standard deviations).",
+        rich_help_panel=ADV)] = False,
+    normals: Annotated[bool, typer.Option("--normals", help="Estimate normals (oriented to the cameras).",
+                                          rich_help_panel=ADV)] = False,
     save_predictions: Annotated[Optional[Path], typer.Option(
         "--save-predictions", help="Also the raw predictions as .npz (points, depths, confidences, masks, poses, "
                                    "intrinsics, scale, image names), before any cleaning; an interrupted chunked "
-                                   "run resumes from the chunks it finished.", show_default=False)] = None,
+                                   "run resumes from the chunks it finished.", show_default=False,
+        rich_help_panel=ADV)] = None,
     resize: Annotated[Optional[str], typer.Option(
         help="Processing size: short side N, WxH or native (default: the model's; short side "
-             f"{POINTMAP_SHORT_SIDE} for MapAnything's).", show_default=False)] = None,
-    every: opt.Every = 1,
-    fps: Annotated[Optional[float], typer.Option(
-        help="For videos: frames per second to take (instead of --every).", min=0.001, show_default=False)] = None,
-    max_frames: Annotated[Optional[int], typer.Option(
-        help="At most this many frames, evenly spread over the input.", min=1, show_default=False)] = None,
-    keyframes: Annotated[Optional[float], typer.Option(
-        help="Keep only frames that moved this fraction of the image width (median of tracked corners) since "
-             "the last frame kept, e.g. 0.05: a long video's standing and creeping frames are left out before any "
-             "work.", min=0, show_default=False)] = None,
-    json_summary: Annotated[bool, typer.Option("--json", help="A JSON summary on stdout.")] = False,
-    view: Annotated[bool, typer.Option(
-        "--view", help="Then look at the scene in the browser (pixio view); writes cameras.json for it when "
-                       "--cameras is not given.")] = False,
+             f"{POINTMAP_SHORT_SIDE} for MapAnything's).", show_default=False, rich_help_panel=ADV)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random choices (RANSAC, --max-points).", min=0,
-                                      max=2 ** 31 - 1)] = 0,
-    device: opt.Device = "auto",
-    precision: opt.Precision = None,
-    workers: opt.Workers = None,
-    quiet: opt.Quiet = False,
+                                      max=2 ** 31 - 1, rich_help_panel=ADV)] = 0,
 ) -> None:
     """Reconstruct one scene from its views: cameras from matching and bundle adjustment, each view's
     depth from the network fitted to them, cleaned and fused into one coloured point cloud in the first
