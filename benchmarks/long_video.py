@@ -115,13 +115,14 @@ def run(strides: list[int], with_colmap: bool, ablation: list[int], colmap_timeo
             folder.mkdir()
             for p in chosen:
                 (folder / p.name).symlink_to(p.resolve())
-            runs = [("pixio", lambda w: pixio_row(folder, w, truth, [], None))]
+            runs = [("pixio", lambda w: pixio_row(folder, w, truth, flags=[], timeout=None))]
             if with_colmap:  # alternating which goes first, so neither always meets a warm disk cache
-                colmap = [(f"colmap_{m}", lambda w, m=m: colmap_row(folder, w, truth, m, colmap_timeout))
+                colmap = [(f"colmap_{m}", lambda w, m=m: colmap_row(folder, w, truth, mapper=m, timeout=colmap_timeout))
                           for m in ("global", "incremental")]
                 runs = runs + colmap if k % 2 == 0 else colmap + runs
             if stride in ablation:
-                runs += [(f"pixio_{m}", lambda w, m=m: pixio_row(folder, w, truth, ["--mapper", m], colmap_timeout))
+                runs += [(f"pixio_{m}", lambda w, m=m: pixio_row(folder, w, truth, flags=["--mapper", m],
+                                                                 timeout=colmap_timeout))
                          for m in mappers]
             row = {"stride": stride, "frames": len(chosen)}
             for name, go in runs:
@@ -154,8 +155,8 @@ def main() -> None:
     import torch
 
     rows = run([int(v) for v in args.strides.split(",")], not args.no_colmap,
-               [int(v) for v in args.ablation.split(",") if v], args.colmap_timeout,
-               tuple(m for m in args.mappers.split(",") if m))
+               ablation=[int(v) for v in args.ablation.split(",") if v], colmap_timeout=args.colmap_timeout,
+               mappers=tuple(m for m in args.mappers.split(",") if m))
     emit({"benchmark": "long_video", **environment(torch.device("cpu")), "video": VIDEO.name, "rows": rows,
           "seconds": round(time.perf_counter() - start, 1)})
 

@@ -169,6 +169,19 @@ def ratio_cell(name: str, r: dict, table: dict) -> str:
     return f"**{same}x** at {ref_p}; {gain}" if same is not None else f"not measured at {ref_p}; {gain}"
 
 
+def _startup_cells(r: dict) -> tuple[str, str, str, str]:
+    """The startup row's ours, reference, note and limit."""
+    ours, ref = f"{r['extract_one_s']} s", f"{r['import_torch_s']} s"
+    more = f"help {r['help_s']} s, usage error {r['usage_error_s']} s"
+    if "ratio_depth" not in r:  # tables measured before pixio dropped timm
+        return ours, ref, more, f"timm -> torchvision import {r['timm_torchvision_s']} s"
+    ours += f"; `pixio depth one.jpg` {r['depth_one_s']} s, **{r['ratio_depth']}x**"
+    if "ratio_fp32" in r:
+        more += (f"; `--precision fp32`: extract {r['extract_one_fp32_s']} s, {r['ratio_fp32']}x, depth "
+                 f"{r['depth_one_fp32_s']} s, {r['ratio_depth_fp32']}x")
+    return ours, ref, more, f"imports beyond torch {r['imports_beyond_torch_s']} s"
+
+
 def row(name: str, r: dict, table: dict | None = None) -> tuple[str, str]:
     """One benchmark's line of the table (short cells: ours, the reference, the ratio) and its note (what it
     compares, the hardware limit and the rest), which goes below the table."""
@@ -176,17 +189,7 @@ def row(name: str, r: dict, table: dict | None = None) -> tuple[str, str]:
         return f"| {name} | failed | | |", f"**{name}**: {WHAT.get(name, '')}. Failed: {r['error'][:120]}"
     more = ""  # what the ours and reference cells would say beyond their figures: the note's
     if name == "startup":
-        ours = f"{r['extract_one_s']} s"
-        ref = f"{r['import_torch_s']} s"
-        more = f"help {r['help_s']} s, usage error {r['usage_error_s']} s"
-        if "ratio_depth" in r:  # both commands of one image, and what is imported beyond torch
-            ours += f"; `pixio depth one.jpg` {r['depth_one_s']} s, **{r['ratio_depth']}x**"
-            if "ratio_fp32" in r:
-                more += (f"; `--precision fp32`: extract {r['extract_one_fp32_s']} s, {r['ratio_fp32']}x, depth "
-                         f"{r['depth_one_fp32_s']} s, {r['ratio_depth_fp32']}x")
-            limit = f"imports beyond torch {r['imports_beyond_torch_s']} s"
-        else:  # tables measured before pixio dropped timm
-            limit = f"timm -> torchvision import {r['timm_torchvision_s']} s"
+        ours, ref, more, limit = _startup_cells(r)
     elif name == "curate" and "ratio_same_precision" in r:
         ours = f"{r['ours_img_s']} img/s {r['precision']}"
         more = f"ours at {r['reference_precision']}: {r['ours_same_precision_img_s']} img/s"
