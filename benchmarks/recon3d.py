@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from heads.metrics import camera_metrics, trivial_cameras
-from heads.recon.sfm import image_cam2world
+from heads.recon.camera_files import image_cam2world
 
 from .common import emit, environment, run_timed
 

@@ -77,6 +77,10 @@ def _plain_metavars() -> None:
     core.TyperArgument.make_metavar = argument_metavar
 
 
+PANELS = ["Options", "Inputs", "Model", "Cameras", "Depth", "Fusion and mesh", "Processing", "Outputs", "Performance",
+          "Help", "Advanced"]  # help panels in this order wherever a command has them
+
+
 def _panelled_help() -> None:
     """Options grouped under the headings their commands give them (typer's ``rich_help_panel``, which its
     plain help ignores), in the order they first appear; the Advanced panel lists its options by name only,
@@ -114,8 +118,11 @@ def _panelled_help() -> None:
         panels: dict[str, list] = {}
         for p in params:
             if p.param_type_name == "option":
-                panels.setdefault(getattr(p, "rich_help_panel", None) or "Help", []).append(p)
-        for name, options in panels.items():
+                own = "Help" if p.name in ("help", "help_all") else "Options"  # the command's own options
+                panels.setdefault(getattr(p, "rich_help_panel", None) or own, []).append(p)
+        # the usual order; a panel it does not name comes before Help (sorted() keeps first-appearance order)
+        for name in sorted(panels, key=lambda n: PANELS.index(n) if n in PANELS else PANELS.index("Help") - 0.5):
+            options = panels[name]
             if name == ADVANCED and not ctx.meta.get("pixio_help_all"):
                 with formatter.section(f"{name} (--help-all explains them)"):
                     lines, width = [""], (formatter.width or 80) - formatter.current_indent

@@ -99,7 +99,7 @@ def test_ground_truth_through_cleaning_and_export_matches_the_fused_cloud(truth,
 
 def test_colmap_model_of_the_network_cameras_round_trips_through_pycolmap(truth, tmp_path):
     pycolmap = pytest.importorskip("pycolmap")
-    from heads.recon.sfm import image_cam2world, write_colmap
+    from heads.recon.camera_files import image_cam2world, write_colmap
 
     pred, _ = truth
     write_colmap(tmp_path / "sparse", pred.images, original_hw=pred.original_hw, K=pred.K_original.astype(np.float64),

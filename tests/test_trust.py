@@ -466,7 +466,7 @@ def test_help_reads_as_a_user_expects(cli):
     assert "<bool>" not in out and "--json " in out.replace("\n", " ") and "[required]" in out
     code, out, _ = cli(["depth", "--help"])
     flat = " ".join(out.split())
-    assert "--tile / --no-tile" in flat and "--output PATH" in flat and "[required]" in flat
+    assert "--[no-]tile" in flat and "--output PATH" in flat and "[required]" in flat
     assert "Usage: pixio depth [OPTIONS] INPUT..." in out and "{" not in out.splitlines()[0]
     assert "<" not in flat.replace("<=", "")  # PATH, N, X, a|b: no <path>, <int range>, <str>
 
@@ -485,6 +485,22 @@ def test_recon3d_help_is_grouped_and_fits_a_screen(cli, monkeypatch):
     assert "Drop pixels on depth edges" not in out and max(len(line) for line in lines) <= 100
     code, full, _ = cli(["recon3d", "--help-all"])
     assert code == 0 and "Drop pixels on depth edges" in " ".join(full.split()) and "--edge-rtol X" in full
+
+
+@pytest.mark.parametrize("command", [["extract"], ["depth"], ["segment"], ["curate"], ["pretrain"], ["train", "depth"]])
+def test_every_commands_help_groups_its_options_the_same_way(cli, monkeypatch, command):
+    """The options every command shares sit under the same headings everywhere (the device and precision under
+    Performance, --json under Outputs), the command's own first, Help last; about a screen at 100 columns."""
+    monkeypatch.setenv("COLUMNS", "100")
+    code, out, _ = cli([*command, "--help"])
+    lines = out.rstrip().splitlines()
+    assert code == 0 and len(lines) <= 64 and max(len(line) for line in lines) <= 100, (command, len(lines))
+    heads = [line.rstrip(":") for line in lines if line and not line.startswith(" ") and line.endswith(":")]
+    assert heads[-1] == "Help" and "Performance" in heads, heads
+    assert heads[:2] in (["Arguments", "Options"], ["Options", "Inputs"], ["Options", "Outputs"], ["Options", "Model"]), heads
+    under = {h: out.split(f"\n{h}:\n")[1].split("\n\n")[0] for h in heads if h != "Arguments"}
+    assert "--device" in under["Performance"] and "--device" not in under["Options"], under
+    assert "--help" in under["Help"]
 
 
 def test_the_command_line_starts_without_torch():

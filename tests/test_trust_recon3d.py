@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heads.recon.sfm import write_colmap
+from heads.recon.camera_files import write_colmap
 
 ROOM = Path(__file__).resolve().parents[1] / "samples" / "room"
 FRAMES = sorted(ROOM.glob("*.color.jpg"))
@@ -132,7 +132,7 @@ def test_exported_points_carry_their_reprojection_error(tmp_path):
     reprojection error means something."""
     import pycolmap
 
-    from heads.recon.sfm import SfmCameras
+    from heads.recon.camera_files import SfmCameras
 
     rec = pycolmap.Reconstruction()
     cam = pycolmap.Camera.create_from_model_name(1, "PINHOLE", 585.0, 640, 480)
@@ -166,11 +166,12 @@ def test_a_full_disk_under_matching_is_an_error_not_a_matching_result(cli, tmp_p
     import errno
 
     import heads.recon.sfm
+    import heads.recon.sfm_job
 
     def full(folder, index, image):
         raise OSError(errno.ENOSPC, "No space left on device", str(folder / f"{index:06d}.png"))
 
-    monkeypatch.setattr(heads.recon.sfm, "write_frame", full)
+    monkeypatch.setattr(heads.recon.sfm_job, "write_frame", full)
     code, _, err = cli(["recon3d", *bare(tmp_path, FRAMES[:2]), "-o", tmp_path / "out", "-q"])
     assert code == 1 and "No space left on device" in err and "TMPDIR" in err, err
     assert "matching registered" not in err and len(err.strip().splitlines()) == 1, err
@@ -180,6 +181,7 @@ def test_a_full_disk_under_matching_is_an_error_not_a_matching_result(cli, tmp_p
 def test_the_mapper_asked_for_reaches_matching(cli, tmp_path, monkeypatch):
     """--mapper goes to the SfM options as given (auto is decided there, by the number of frames)."""
     import heads.recon.sfm
+    import heads.recon.sfm_job
 
     seen = []
 
@@ -187,7 +189,7 @@ def test_the_mapper_asked_for_reaches_matching(cli, tmp_path, monkeypatch):
         seen.append(options.mapper)
         return None, None
 
-    monkeypatch.setattr(heads.recon.sfm, "run_sfm", no_model)
+    monkeypatch.setattr(heads.recon.sfm_job, "run_sfm", no_model)
     for mapper in ("global", "auto"):
         code, _, err = cli(["recon3d", *FRAMES[:2], "-o", tmp_path / mapper, "-q", "--mapper", mapper])
         assert code == 0, err
@@ -198,12 +200,13 @@ def test_frames_for_matching_are_written_without_opencv_messages_and_report_thei
     """cv2.imwrite says False on a full disk (and libpng prints its own line): the frame is encoded in memory
     and written by Python, whose error names the cause."""
     import heads.recon.sfm
+    import heads.recon.sfm_job
 
     image = np.zeros((48, 64, 3), np.uint8)
-    name, hw = heads.recon.sfm.write_frame(tmp_path, 3, image)
+    name, hw = heads.recon.sfm_job.write_frame(tmp_path, 3, image)
     assert name == "000003.png" and hw == (48, 64) and (tmp_path / name).stat().st_size > 0
     with pytest.raises(OSError) as e:
-        heads.recon.sfm.write_frame(tmp_path / "missing", 4, image)
+        heads.recon.sfm_job.write_frame(tmp_path / "missing", 4, image)
     assert e.value.errno is not None
 
 
@@ -261,7 +264,7 @@ def _flipped() -> list:
 ])
 def test_a_cameras_json_is_checked_camera_by_camera(tmp_path, camera, says):
     """Each of these ended in exit 3 (ValueError, KeyError, ZeroDivisionError) or was taken as a scene."""
-    from heads.recon.sfm import read_cameras_json
+    from heads.recon.known_cameras import read_cameras_json
     from pixio_cli.errors import UsageError
 
     path = tmp_path / "cameras.json"
@@ -272,7 +275,7 @@ def test_a_cameras_json_is_checked_camera_by_camera(tmp_path, camera, says):
 
 
 def test_a_cameras_json_says_its_unit_and_each_image_once(tmp_path):
-    from heads.recon.sfm import read_cameras_json, read_known_cameras
+    from heads.recon.known_cameras import read_cameras_json, read_known_cameras
     from pixio_cli.errors import UsageError
 
     path = tmp_path / "cameras.json"
@@ -299,7 +302,7 @@ def test_a_cameras_json_says_its_unit_and_each_image_once(tmp_path):
 
 def test_pixios_own_colmap_export_in_metres_is_taken_back_in_metres(tmp_path):
     """A model pixio wrote from the network's cameras has no points to set a scale; it says its unit."""
-    from heads.recon.sfm import read_known_cameras
+    from heads.recon.known_cameras import read_known_cameras
 
     folder = tmp_path / "sparse" / "0"
     write_colmap(folder, ["a.jpg", "b.jpg"], original_hw=np.array([(480, 640)] * 2), K=np.repeat(K[None], 2, 0),
@@ -359,7 +362,7 @@ def test_the_colmap_model_written_reprojects_as_the_reconstruction_did(cli, tmp_
 def test_recorded_rotations_stored_to_a_few_digits_are_taken_and_said(tmp_path):
     """7-Scenes stores its rotations orthonormal to about 3e-4: up to 1e-3 they are made exact (and said
     once); a rotation further off is refused."""
-    from heads.recon.sfm import read_cameras_json, read_known_cameras
+    from heads.recon.known_cameras import read_cameras_json, read_known_cameras
     from pixio_cli.errors import UsageError
 
     path = tmp_path / "cameras.json"
@@ -445,7 +448,7 @@ def test_a_colour_folders_intrinsics_file_is_where_matching_starts(cli, tmp_path
 @pytest.mark.parametrize("fx", [1e300, 1e-300, 1.0])
 def test_a_focal_length_no_camera_has_is_refused_at_reading(tmp_path, fx):
     """fx = 1e300 ran and wrote Infinity into cameras.json; fx = 1e-300 failed with a hint about --no-mask."""
-    from heads.recon.sfm import read_cameras_json
+    from heads.recon.known_cameras import read_cameras_json
     from pixio_cli.errors import UsageError
 
     path = tmp_path / "cameras.json"

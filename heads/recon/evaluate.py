@@ -43,7 +43,7 @@ def read_scene_cameras(folder: Path) -> SceneCameras:
     triangulated points come along). Where both exist, COLMAP's (with its points) wins."""
     sparse, cams_json = folder / "sparse" / "0", folder / "cameras.json"
     if sparse.is_dir():
-        from heads.recon.sfm import read_colmap_model
+        from heads.recon.camera_files import read_colmap_model
 
         names, K, c2w, points = read_colmap_model(sparse)
         return SceneCameras(names, K, c2w, points)

@@ -34,7 +34,7 @@ class SceneInputs:
     Ks: Optional[list] = None  # one K (original pixels) per item
     depth_files: Optional[list] = None  # one known-depth file (or None) per item
     depth_scale: Optional[float] = None  # stored depth values per metre
-    known_cameras: object = None  # a cameras.json or COLMAP model (Path), or heads.recon.sfm.GivenCameras: no mapping
+    known_cameras: object = None  # a cameras.json or COLMAP model (Path), or heads.recon.known_cameras.GivenCameras: no mapping
     prior_K: Optional[np.ndarray] = None  # a first guess at every frame's K (original pixels), which matching fits
 
     def keep(self, positions: list[int]) -> "SceneInputs":
@@ -88,7 +88,7 @@ class Scene:
     root: str  # the folder the views' names are relative to
     image_names: list[str]
     placed: dict  # how the cameras were placed (on_cameras' report)
-    sfm_cameras: object  # heads.recon.sfm.SfmCameras, or None
+    sfm_cameras: object  # heads.recon.camera_files.SfmCameras, or None
     held: Optional[np.ndarray]  # (V, H, W) bool: pixels whose depth was measured
     depth_report: Optional[dict]
     chunks: list[dict]
@@ -190,7 +190,7 @@ class _Views:
         self.root, self.image_names = image_names(self.items)
         self.given = None
         if inputs.known_cameras is not None:  # the user's cameras; their K goes to the network as --intrinsics would
-            from heads.recon.sfm import read_known_cameras
+            from heads.recon.known_cameras import read_known_cameras
 
             self.given = read_known_cameras(inputs.known_cameras, self.image_names, self.sizes)
             self.known = list(self.given.K)
@@ -387,7 +387,7 @@ def _write_cameras(scene: Scene, pred: Predictions, out: SceneOutputs, apart: bo
                              K=pred.K_original, cam2world=pred.cam2world, unit=unit, image_root=root)
         written.append(str(out.scene_path.parent / "cameras.json"))
     elif out.cameras in ("colmap", "colmap-text") and not unusable:
-        from heads.recon.sfm import write_colmap
+        from heads.recon.camera_files import write_colmap
 
         placed, sfm = scene.placed, scene.sfm_cameras
         to_world = ((placed["sfm_scale"], np.array(placed["to_output"]))
@@ -482,8 +482,9 @@ def _depth_at_size(files: list, indices: list[int], sizes: list, per_metre, hw: 
 
 
 def _start_sfm(inputs: SceneInputs, options: SceneOptions):
-    """Matching on a thread of its own, beside the network (heads.recon.sfm.SfmJob)."""
-    from heads.recon.sfm import SfmJob, SfmOptions
+    """Matching on a thread of its own, beside the network (heads.recon.sfm_job.SfmJob)."""
+    from heads.recon.sfm import SfmOptions
+    from heads.recon.sfm_job import SfmJob
 
     known = inputs.known_cameras is not None  # matched only, then triangulated from them (SfmJob.triangulate)
     sfm = SfmOptions(matching=options.matching, mapper="none" if known else options.mapper,

@@ -336,7 +336,7 @@ MAPPED_BY = 64  # registered frames (evenly spread) whose points map the unregis
 
 def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None = FieldFit(),
                given_depth: np.ndarray | None = None, *, in_place: bool = False) -> tuple[Predictions, dict]:
-    """The network's depth on the cameras of structure from motion (:class:`heads.recon.sfm.SfmCameras`), or
+    """The network's depth on the cameras of structure from motion (:class:`heads.recon.camera_files.SfmCameras`), or
     on the network's own cameras when ``sfm`` is None.
 
     The reconstruction's scale is set so that its triangulated points have the
@@ -353,7 +353,7 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None 
     are written over ``pred``'s arrays (which the caller gives up), so that no copy of the scene is made.
     """
     from heads.geometry import invert_pose
-    from heads.recon.sfm import normalised_coordinates
+    from heads.recon.camera_files import normalised_coordinates
 
     if sfm is None:
         return _first_frame_world(pred, in_place), {"cameras": "network", "registered": 0, "unregistered": []}

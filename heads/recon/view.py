@@ -160,7 +160,7 @@ def _read_mesh(path: Path, notes: list[str]) -> tuple[np.ndarray, np.ndarray, np
 
 def _read_cameras(folder: Path, notes: list[str]) -> list[ViewCamera]:
     """The cameras beside the scene: ``cameras.json`` (pixio's), else a COLMAP model in ``sparse/0``."""
-    from heads.recon.sfm import read_cameras_json
+    from heads.recon.known_cameras import read_cameras_json
 
     if (folder / "cameras.json").is_file():
         import json
@@ -180,7 +180,7 @@ def _read_cameras(folder: Path, notes: list[str]) -> list[ViewCamera]:
 
 
 def _colmap_cameras(model: Path, roots: list[Path], notes: list[str]) -> list[ViewCamera]:
-    from heads.recon.sfm import _pycolmap, camera_K, image_cam2world
+    from heads.recon.camera_files import _pycolmap, camera_K, image_cam2world
 
     try:
         rec = _pycolmap().Reconstruction(str(model))

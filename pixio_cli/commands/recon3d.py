@@ -399,7 +399,7 @@ def _recorded_cameras(items: list, Ks):
 
     from heads.recon.known_poses import PoseError, recorded_pose, rigid
     from heads.recon.pipeline import image_names
-    from heads.recon.sfm import GivenCameras
+    from heads.recon.known_cameras import GivenCameras
 
     frames = [it for it in items if it.error is None]
     try:
