@@ -580,7 +580,8 @@ def test_a_focal_length_no_lens_has_is_held_and_a_loose_one_kept(tmp_path):
     reprojection error: loose, said, kept. Five frames 24 apart fix theirs, within 30 px of the camera's."""
     import shutil
 
-    from heads.recon.sfm import SfmOptions, _unfixed_focal, run_sfm
+    from heads.recon.focal import _unfixed_focal
+    from heads.recon.sfm import SfmOptions, run_sfm
 
     for frames, expect in (([800 + 8 * i for i in range(6)], "only loosely"),
                            ([800 + 8 * i for i in range(8)], "is one no lens has"),
@@ -606,7 +607,7 @@ def test_the_focal_check_adjusts_quietly(kitchen_sfm, capfd):
     import pycolmap
 
     from heads.recon.camera_files import _pycolmap
-    from heads.recon.sfm import _error_held_at
+    from heads.recon.focal import _error_held_at
 
     _pycolmap()
     rec = kitchen_sfm[0].reconstruction

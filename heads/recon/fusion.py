@@ -253,14 +253,14 @@ class FusedViews:
 
 
 def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np.ndarray, valid: np.ndarray,
-               grays: np.ndarray | None, f: Fusion = Fusion(), fixed: np.ndarray | None = None,
+               grays: np.ndarray | None, f: Fusion = Fusion(), measured: np.ndarray | None = None,
                tracks: list | None = None) -> FusedViews:
     """The steps of the module's docstring on V views; ``depth`` is the prior (the network's depth, fitted),
     ``grays`` (V, h, w) uint8 the images at the depth maps' size (None: no matching, the prior is checked
     as it is). ``tracks``: per view the (near, far) depths its tracks span (1st, 99th percentile) or None,
     which set the depths matching searches. A view with no neighbour, or whose neighbours confirm under
     ``min_agreeing`` of its pixels (cameras or depths too far off), keeps its valid pixels unchecked
-    (``checked`` False). ``fixed`` (V, h, w): measured depths (known depth), which matching leaves as they
+    (``checked`` False). ``measured`` (V, h, w): measured depths (known depth), which matching leaves as they
     are and which need no confirmation."""
     V, ws = len(depth), active()
     depth = _copy(depth, ws.array("depth", depth.shape, np.float32))  # stored in float32; computed in float64
@@ -271,7 +271,7 @@ def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np
     matched = ws.array("matched", valid.shape, bool)
     valid = _copy(valid, ws.array("valid", valid.shape, bool))  # narrowed by matching: pixels it does not guess
     if f.stereo is not None and grays is not None:
-        _match_views(depth, rays, cam2world=cam2world, K=K, grays=grays, valid=valid, fixed=fixed,
+        _match_views(depth, rays, cam2world=cam2world, K=K, grays=grays, valid=valid, measured=measured,
                      order=[list(dict.fromkeys(n + o)) for n, o in zip(neighbours, overlapping)], tracks=tracks,
                      s=f.stereo, matched=matched)
     averaged, count, against = average_agreeing(depth, rays, K=K, cam2world=cam2world, valid=valid,
@@ -287,8 +287,8 @@ def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np
             depth[v] = averaged[v]
         # matched on texture (pairs of images agreed) stands alone unless a neighbour sees through it
         keep[v] = valid[v] & (agreed | (matched[v] & (against[v] == 0)) | ~checked[v])
-        if fixed is not None:  # measured depth needs no other view to confirm it
-            keep[v] |= valid[v] & fixed[v]
+        if measured is not None:  # measured depth needs no other view to confirm it
+            keep[v] |= valid[v] & measured[v]
         tick()
     del averaged, count, against
     first = finest_view(depth, rays, K=K, cam2world=cam2world, valid=keep, overlapping=overlapping, rtol=f.rtol,
@@ -298,10 +298,10 @@ def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np
 
 
 def _match_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np.ndarray, grays: np.ndarray,
-                 valid: np.ndarray, fixed: np.ndarray | None, order: list[list[int]], tracks: list | None, s: Stereo,
+                 valid: np.ndarray, measured: np.ndarray | None, order: list[list[int]], tracks: list | None, s: Stereo,
                  matched: np.ndarray) -> None:
     """Each view's depth found by matching it with the views ``order`` names (preferred first), in place
-    in ``depth`` where ``valid`` and not ``fixed``, the prior filling in where matching found nothing;
+    in ``depth`` where ``valid`` and not ``measured``, the prior filling in where matching found nothing;
     ``matched`` marks the pixels it found. Views whose rays no smooth camera model follows keep their prior."""
     V = len(depth)
     projectors = [p for _, p in each_view(lambda v: RayProjector(rays[v], step=4), V)]
@@ -321,7 +321,7 @@ def _match_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: 
     for v, found in each_view(match, V):  # in place: matching reads other views' images, never their depths
         if found is None:
             continue
-        movable = valid[v] if fixed is None else valid[v] & ~fixed[v]
+        movable = valid[v] if measured is None else valid[v] & ~measured[v]
         here = movable & np.isfinite(found)
         matched[v] = here & textured(grays[v], s.min_texture)  # the rest needs a neighbour's word, as filled pixels
         filled = fill_from_prior(np.where(here, found, np.nan), depth[v], reach=s.reach)

@@ -164,7 +164,7 @@ def put_known_depth(pred, depths):
     from heads.recon.workspace import active, tick
 
     V, H, W = pred.depth_z.shape
-    held = active().array("held", (V, H, W), bool)
+    measured = active().array("measured", (V, H, W), bool)
     rng = np.random.default_rng(0)
     v_, u_ = np.mgrid[0:H, 0:W].astype(np.float64)
     with_depth, covered = 0, 0
@@ -180,7 +180,7 @@ def put_known_depth(pred, depths):
             field, _ = fit_depth_field(depth_z, np.stack([uu[pick], vv[pick]], 1).astype(np.float64),
                                        small[vv[pick], uu[pick]].astype(np.float64), FieldFit())
             depth_z = np.where(ok, small, depth_z * field)
-        held[v] = ok
+        measured[v] = ok
         with_depth, covered = with_depth + 1, covered + int(ok.sum())
         K = pred.K[v].astype(np.float64)  # the given K, at the processing size: known depth comes with one
         rays = np.stack([(u_ - K[0, 2]) / K[0, 0], (v_ - K[1, 2]) / K[1, 1]], -1)
@@ -189,7 +189,7 @@ def put_known_depth(pred, depths):
         pred.depth_z[v] = depth_z
         tick()
     report = {"views": with_depth, "covered": round(covered / (with_depth * H * W), 4) if with_depth else 0.0}
-    return pred, held, report
+    return pred, measured, report
 
 
 PLAUSIBLE_DEPTH_M = (0.02, 100.0)  # a scene's median measured depth, metres, from a phone's LiDAR to a street

@@ -89,7 +89,7 @@ class Scene:
     image_names: list[str]
     placed: dict  # how the cameras were placed (on_cameras' report)
     sfm_cameras: object  # heads.recon.camera_files.SfmCameras, or None
-    held: Optional[np.ndarray]  # (V, H, W) bool: pixels whose depth was measured
+    measured: Optional[np.ndarray]  # (V, H, W) bool: pixels whose depth was measured
     depth_report: Optional[dict]
     chunks: list[dict]
     scale_from: Optional[str]  # what set the scene's metres: "given cameras", "measured depth", "network", or None
@@ -143,7 +143,7 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, s
             sfm_cameras = job.result(views.indices, views.sizes, stages.detail)
         if sfm_cameras is not None and sfm_cameras.note:
             stages.say(f"pixio: note: {sfm_cameras.note}")
-        pred, placed, held, depth_report = _place(pred, sfm_cameras, model_poses=model_poses, views=views,
+        pred, placed, measured, depth_report = _place(pred, sfm_cameras, model_poses=model_poses, views=views,
                                                   inputs=inputs, options=options)
         solved = time.perf_counter()
     finally:
@@ -154,9 +154,9 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, s
         active().release()
         views.parts.clear()
     return Scene(pred, views.frames, view_items=views.items, root=views.root, image_names=views.image_names,
-                 placed=placed, sfm_cameras=None if model_poses is not None else sfm_cameras, held=held,
+                 placed=placed, sfm_cameras=None if model_poses is not None else sfm_cameras, measured=measured,
                  depth_report=depth_report, chunks=chunks,
-                 scale_from=_scale_from(held, sfm_cameras, model_poses=model_poses, metric=net.metric),
+                 scale_from=_scale_from(measured, sfm_cameras, model_poses=model_poses, metric=net.metric),
                  seconds={"load_and_decode": round(loaded - started, 2), "inference": round(inferred - loaded, 2),
                           "cameras": round(solved - inferred, 2)},
                  sfm_seconds=round(job.seconds, 2) if job else None, sfm_stages=job.stage_seconds if job else None)
@@ -272,25 +272,25 @@ def _place(pred: Predictions, sfm_cameras, model_poses, views: _Views, inputs: S
     cameras' report, the measured pixels and the known-depth report."""
     from heads.recon.scene import on_cameras
 
-    held, depth_report = None, views.depth_report
+    measured, depth_report = None, views.depth_report
     if model_poses is not None:  # the model took the cameras: its outputs are in their frame already
         sfm_cameras = None
     if inputs.depth_files is not None and depth_report is None:  # measured depth in place of the network's
         from heads.recon.known_depth import put_known_depth, read_depth
 
         files = [inputs.depth_files[i] for i in views.indices]
-        pred, held, depth_report = put_known_depth(pred, (  # in place, a file at a time
+        pred, measured, depth_report = put_known_depth(pred, (  # in place, a file at a time
             read_depth(f, hw, inputs.depth_scale) if f is not None else None for f, hw in zip(files, views.sizes)))
     if model_poses is not None:
         placed = {"cameras": "given to the model", "registered": len(views.frames), "unregistered": []}
     else:
         pred, placed = on_cameras(pred, sfm_cameras, options.seed,  # in place: the network's arrays are not kept
-                                  given_depth=held.any((1, 2)) if held is not None else None, in_place=True)
-    if held is not None and options.depth_cameras and placed["cameras"] in ("sfm", "network") and len(views.frames) > 1:
+                                  measured_views=measured.any((1, 2)) if measured is not None else None, in_place=True)
+    if measured is not None and options.depth_cameras and placed["cameras"] in ("sfm", "network") and len(views.frames) > 1:
         from heads.recon.depth_poses import register_views
 
-        pred, placed["depth_registration"] = register_views(pred, held)
-    return pred, placed, held, depth_report
+        pred, placed["depth_registration"] = register_views(pred, measured)
+    return pred, placed, measured, depth_report
 
 
 def write_scene(scene: Scene, options: SceneOptions, out: SceneOutputs, say: Callable[[str], None],
@@ -306,7 +306,7 @@ def write_scene(scene: Scene, options: SceneOptions, out: SceneOutputs, say: Cal
     keep, counts = pixel_mask(pred, out.cleaning)
     surface, fused = keep, None  # what the mesh averages, and what fusion said
     if options.fusion:  # in place: the scene's predictions are not used again
-        pred, surface, keep, fused = fuse(pred, colours, keep, fixed=scene.held, tracks=scene.placed.get("tracks"),
+        pred, surface, keep, fused = fuse(pred, colours, keep, measured=scene.measured, tracks=scene.placed.get("tracks"),
                                           in_place=True)
         counts.update(after_views=fused["after_views"], after_once=fused["after_once"])
     # photos with nothing in common: matching registered none and no view sees what another sees
@@ -404,10 +404,10 @@ UNITS = {"given cameras": "metres, from the given cameras", "measured depth": "m
          "network": "metres, as the network estimates them", None: "unknown (the model is not metric)"}
 
 
-def _scale_from(held: Optional[np.ndarray], sfm_cameras, model_poses, metric: bool) -> Optional[str]:
+def _scale_from(measured: Optional[np.ndarray], sfm_cameras, model_poses, metric: bool) -> Optional[str]:
     """What the scene's scale comes from (a key of :data:`UNITS`): measured depth, metric cameras given (to the
     placement or to the model), or the network's own estimate; None when nothing made it metric."""
-    if held is not None and held.any():
+    if measured is not None and measured.any():
         return "measured depth"
     if model_poses is not None or (sfm_cameras is not None and sfm_cameras.known and sfm_cameras.scale is not None):
         return "given cameras"

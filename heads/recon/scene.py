@@ -157,7 +157,7 @@ def camera_rays(pred: Predictions) -> np.ndarray:
     return rays
 
 
-def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, fixed: np.ndarray | None = None,
+def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, measured: np.ndarray | None = None,
          tracks: list | None = None, *, in_place: bool = False) -> tuple[Predictions, np.ndarray, np.ndarray, dict]:
     """The views' depths found by matching the images ``colours`` (V, H, W, 3) with the predictions' depth as
     the prior, checked against each other and averaged where they agree (:func:`heads.recon.fusion.fuse_views`
@@ -165,7 +165,7 @@ def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, fixe
     tracks, or None (what matching searches). Returns the predictions with those depths and points; the pixels
     matched or confirmed (what a TSDF should average); of those, the ones to keep as points (each surface
     once); and a report: views checked, the names of those that could not be, the fraction of pixels matching
-    found, and the pixels left by the check and by keeping each surface once. ``fixed`` (V, H, W) bool:
+    found, and the pixels left by the check and by keeping each surface once. ``measured`` (V, H, W) bool:
     pixels whose depth was measured (known depth), which matching does not move. ``in_place``: the fused
     depths and points are written over ``pred``'s arrays (and ``valid`` narrowed), with no copy of them."""
     import cv2
@@ -186,7 +186,7 @@ def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, fixe
         tick()
     c2w = pred.cam2world.astype(np.float64)
     out = fuse_views(pred.depth_z, rays, cam2world=c2w, K=pred.K.astype(np.float64), valid=valid, grays=grays, f=f,
-                     fixed=fixed, tracks=tracks)
+                     measured=measured, tracks=tracks)
     del grays
     fused = pred if in_place else replace(pred, depth_z=pred.depth_z.astype(np.float32, copy=True),
                                           pts3d=pred.pts3d.astype(np.float32, copy=True))
@@ -335,7 +335,7 @@ MAPPED_BY = 64  # registered frames (evenly spread) whose points map the unregis
 
 
 def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None = FieldFit(),
-               given_depth: np.ndarray | None = None, *, in_place: bool = False) -> tuple[Predictions, dict]:
+               measured_views: np.ndarray | None = None, *, in_place: bool = False) -> tuple[Predictions, dict]:
     """The network's depth on the cameras of structure from motion (:class:`heads.recon.camera_files.SfmCameras`), or
     on the network's own cameras when ``sfm`` is None.
 
@@ -346,7 +346,7 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None 
     scale, their median ratio; with under 20 points none) and placed on its refined camera,
     through the camera's own model. Frames the reconstruction left out keep the network's
     camera and depth, mapped onto the rest by a fit over the registered frames'
-    points. Frames whose depth was given (``given_depth`` (V,) bool: known depth, in metres) keep it as it
+    points. Frames whose depth was given (``measured_views`` (V,) bool: known depth, in metres) keep it as it
     is: it sets the reconstruction's scale and is not fitted to the points. The world is the first frame's
     camera. Returns the new predictions and
     a report (frames registered, the names of those that were not, scales). ``in_place``: the new predictions
@@ -385,7 +385,7 @@ def on_cameras(pred: Predictions, sfm=None, seed: int = 0, fit: FieldFit | None 
             tracks[v] = tuple(float(q) * scale for q in np.percentile(z_obs[z_obs > 0], [1, 99]))
         oh, ow = pred.original_hw[v]
         uv = (xy_obs + 0.5) * [W / ow, H / oh] - 0.5  # original pixels -> processing pixels
-        if given_depth is not None and given_depth[v]:  # measured: the points are fitted to it, not it to them
+        if measured_views is not None and measured_views[v]:  # measured: the points are fitted to it, not it to them
             field, fitted = np.ones((H, W)), {}
         else:
             field, fitted = fit_depth_field(pred.depth_z[v].astype(np.float64), uv, z_obs * scale,
