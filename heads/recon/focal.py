@@ -55,27 +55,29 @@ def _without_needless_distortion(rec):
     triangulated from it by as much. A real distortion lowers the error measurably even on few frames (the
     7-Scenes colour camera's, about -0.027: by 1.1 % on 25 frames; held at 0 on 100 frames the fit goes
     astray) and is kept."""
-    pycolmap = _pycolmap()
     if len(rec.cameras) != 1:
         return rec
     camera = next(iter(rec.cameras.values()))
     extra = camera.extra_params_idxs()
     if not len(extra) or not np.any(np.asarray(camera.params)[extra]) or not rec.num_points3D():
         return rec
-    plain = pycolmap.Reconstruction(rec)
-    for cam in plain.cameras.values():
-        params = np.array(cam.params)
-        params[extra] = 0.0
-        cam.params = params
-    _adjust(plain, refine_focal=True)
+    plain = _refitted(rec, drop_distortion=True, refine_focal=True)
     before = float(rec.compute_mean_reprojection_error())
     return plain if plain.compute_mean_reprojection_error() < (1 + DISTORTION_GAIN) * before else rec
 
 
-def _adjust(rec, refine_focal: bool = False) -> None:
-    """``rec`` bundle-adjusted in place (its focal length refined when asked; principal point and distortion
-    held), its points' errors updated."""
+def _refitted(rec, *, focal_factor: float = 1.0, drop_distortion: bool = False, refine_focal: bool = False):
+    """A copy of ``rec`` whose cameras' focal lengths are ``focal_factor`` x their own and, with
+    ``drop_distortion``, whose distortion is 0, bundle-adjusted (its focal length refined when asked; principal
+    point and distortion held), its points' errors updated."""
     pycolmap = _pycolmap()
+    rec = pycolmap.Reconstruction(rec)
+    for camera in rec.cameras.values():
+        params = np.array(camera.params)
+        params[camera.focal_length_idxs()] *= focal_factor
+        if drop_distortion:
+            params[camera.extra_params_idxs()] = 0.0
+        camera.params = params
     ba = pycolmap.BundleAdjustmentOptions()
     ba.refine_focal_length = refine_focal
     ba.refine_extra_params = ba.refine_principal_point = False
@@ -87,20 +89,13 @@ def _adjust(rec, refine_focal: bool = False) -> None:
     config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
     pycolmap.create_default_bundle_adjuster(ba, config, rec).solve()
     rec.update_point_3d_errors()
+    return rec
 
 
 def _error_held_at(rec, factor: float) -> float:
     """Mean reprojection error of ``rec`` adjusted again with its focal length held at ``factor`` x its own
     (distortion dropped unless ``factor`` is 1)."""
-    pycolmap = _pycolmap()
-    rec = pycolmap.Reconstruction(rec)
-    if factor != 1.0:
-        for camera in rec.cameras.values():
-            params = np.array(camera.params)
-            params[camera.focal_length_idxs()] *= factor
-            params[camera.extra_params_idxs()] = 0.0
-            camera.params = params
-    _adjust(rec)
+    rec = _refitted(rec, focal_factor=factor, drop_distortion=factor != 1.0)
     return float(rec.compute_mean_reprojection_error()) if rec.num_points3D() else 0.0
 
 
