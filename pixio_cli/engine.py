@@ -26,6 +26,7 @@ from .errors import InputError, PixioError, UsageError
 from .images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, decode_for_model, read_bytes
 from .inputs import Item
 from .interrupts import sigterm_as_interrupt
+from .video import FrameReader
 from .writers import BackgroundWriter
 
 log = logging.getLogger("pixio")
@@ -177,38 +178,6 @@ class Sample:
     digest: str | None = None  # sha256 of the encoded bytes (files and tar members)
 
 
-class _FrameReader:
-    """Reads video frames, keeping the last capture open so sequential frames are cheap."""
-
-    def __init__(self) -> None:
-        self.path: str | None = None
-        self.cap = None
-        self.pos = 0
-
-    def read(self, path: str, frame: int) -> np.ndarray:
-        import cv2
-
-        if path != self.path or frame < self.pos:
-            self.close()
-            self.cap, self.path, self.pos = cv2.VideoCapture(path), path, 0
-            if not self.cap.isOpened():
-                raise InputError(f"{path}: cannot open the video")
-        while self.pos < frame:  # grab() skips without decoding
-            if not self.cap.grab():
-                break
-            self.pos += 1
-        ok, bgr = self.cap.read()
-        if not ok:
-            raise InputError(f"{path}: cannot read frame {frame}")
-        self.pos += 1
-        return decode_frame(bgr)
-
-    def close(self) -> None:
-        if self.cap is not None:
-            self.cap.release()
-        self.cap, self.path = None, None
-
-
 class _TarReader:
     """Reads members of tar shards, keeping the last shard open with its member index."""
 
@@ -239,13 +208,6 @@ class _TarReader:
         self.tar, self.path, self.members = None, None, {}
 
 
-def decode_frame(bgr: np.ndarray) -> np.ndarray:
-    """A video frame as OpenCV reads it (BGR) in RGB order, (H, W, 3) uint8."""
-    import cv2
-
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 class ImageStream(IterableDataset):
     """Decodes and resizes items; each DataLoader worker takes every n-th chunk of items.
 
@@ -259,7 +221,7 @@ class ImageStream(IterableDataset):
     def __iter__(self) -> Iterator[Sample]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        frames, tars = _FrameReader(), _TarReader()
+        frames, tars = FrameReader(), _TarReader()
         try:
             for start in range(wid * self.chunk, len(self.items), nw * self.chunk):
                 for i in range(start, min(start + self.chunk, len(self.items))):
@@ -268,7 +230,7 @@ class ImageStream(IterableDataset):
             frames.close()
             tars.close()
 
-    def _load(self, i: int, frames: _FrameReader, tars: _TarReader) -> Sample:
+    def _load(self, i: int, frames: FrameReader, tars: _TarReader) -> Sample:
         item = self.items[i]
         if item.error is not None:
             return Sample(i, np.zeros((0, 0, 3), np.uint8), (0, 0), item.error)

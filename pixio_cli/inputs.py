@@ -19,6 +19,7 @@ from typing import Iterable, TextIO
 
 from .errors import InputError, UsageError
 from .images import IMAGE_EXTS, is_image, is_video
+from .video import frames_in
 
 
 @dataclass(frozen=True)
@@ -181,19 +182,7 @@ def check_unique_keys(items: list[Item]) -> None:
 
 def video_items(path: Path, key: str, every: int = 1) -> list[Item]:
     """One item per ``every``-th frame of a video, keyed ``<video>/<frame:06d>``."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise InputError(f"{path}: cannot open the video")
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        if n <= 0:  # some containers do not say: count by reading
-            n = 0
-            while cap.grab():
-                n += 1
-    finally:
-        cap.release()
+    n = frames_in(str(path))
     if n == 0:
         raise InputError(f"{path}: the video has no frames")
     return [Item(str(path), f"{key}/{i:06d}", i) for i in range(0, n, max(1, every))]

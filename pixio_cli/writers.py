@@ -15,7 +15,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import InputError, UsageError
+from .video import frames_in
 
 
 def _current_umask() -> int:
@@ -183,11 +184,10 @@ def write_video(path: str | os.PathLike, frames: Iterator[np.ndarray], fps: floa
                 writer.release()
         if n == 0:
             raise EmptyVideo(f"no frame to write to {path}")  # nothing takes the name
-        cap = cv2.VideoCapture(str(tmp))
-        back = 0
-        while cap.grab():  # counted by reading: the container's own count can be off for short videos
-            back += 1
-        cap.release()
+        try:  # counted by reading: the container's own count can be off for short videos
+            back = frames_in(str(tmp), count_by_reading=True)
+        except InputError:
+            back = 0
         if back != n:
             raise OSError(errno.EIO, f"wrote {n} frames but {back} read back (is the disk full?)", str(path))
     return n
@@ -214,20 +214,18 @@ def write_image(path: str | os.PathLike, image: np.ndarray, palette: np.ndarray 
 
 
 def _palette_png(labels: np.ndarray, palette: np.ndarray) -> bytes:
-    import struct
-    import zlib
+    """``labels`` (h, w) as an 8-bit palette-indexed PNG (OpenCV writes no palettes: Pillow does)."""
+    import io
 
-    # OpenCV cannot write palette PNGs, and PIL is not a dependency: the format is small.
-    h, w = labels.shape
-    pal = np.zeros((256, 3), np.uint8)
+    from PIL import Image  # here, not at the top: only label maps need it, and it costs start-up
+
+    pal = np.zeros((256, 3), np.uint8)  # every index a colour: ids past the palette show black, not garbage
     pal[: len(palette)] = palette[:256]
-
-    def chunk(tag: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
-
-    raw = b"".join(b"\x00" + labels[r].astype(np.uint8).tobytes() for r in range(h))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
-            + chunk(b"PLTE", pal.tobytes()) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+    image = Image.frombytes("P", (labels.shape[1], labels.shape[0]), np.ascontiguousarray(labels, np.uint8).tobytes())
+    image.putpalette(pal.tobytes())
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 class BackgroundWriter:

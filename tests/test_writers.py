@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from pixio_cli.writers import BackgroundWriter, atomic_path, write_image, write_npz
 
@@ -40,7 +41,6 @@ def test_palette_png_keeps_exact_ids(tmp_path):
     raw = cv2.imread(str(tmp_path / "l.png"), cv2.IMREAD_UNCHANGED)  # OpenCV expands palettes to BGR
     assert raw.shape == (3, 4, 3)
     assert tuple(raw[0, 1]) == (7, 235, 20)
-    Image = pytest.importorskip("PIL.Image")
     with Image.open(tmp_path / "l.png") as im:
         assert im.mode == "P" and (np.asarray(im) == labels).all()
 

@@ -120,12 +120,11 @@ def _depth_video(items: list, output: Path, engine, *, model: str, cmap: str, si
     as :class:`heads.dense.depth_outputs.DepthVideo` writes it."""
     import os
 
-    import cv2
-
     from heads.dense.depth_outputs import DepthVideo
     from heads.dense.predict import batch_fn, default_policy, load_dense
 
     from ..locks import claim
+    from ..video import frame_rate
     from ..writers import check_writable
     from .common import finish
 
@@ -141,9 +140,7 @@ def _depth_video(items: list, output: Path, engine, *, model: str, cmap: str, si
                          "outputs")
     check_writable(output.parent, f"-o {output}")
     claim(output, folder=False)
-    cap = cv2.VideoCapture(video)
-    fps = (cap.get(cv2.CAP_PROP_FPS) or 25.0) / max(1, every)
-    cap.release()
+    fps = (frame_rate(video) or 25.0) / max(1, every)
     net = load_dense(engine, model, "depth")
     writer = DepthVideo(output, fps=fps, cmap=cmap, side_by_side=side_by_side)
     try:

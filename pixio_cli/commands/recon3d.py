@@ -490,15 +490,12 @@ def _every(inputs: list[str], every: int, fps: Optional[float]) -> int:
     """--fps as a frame step, from the first video's frame rate."""
     if fps is None:
         return every
-    import cv2
-
     from ..images import is_video
+    from ..video import frame_rate
 
     for spec in inputs:
         if is_video(spec):
-            cap = cv2.VideoCapture(spec)
-            rate = cap.get(cv2.CAP_PROP_FPS) or 0
-            cap.release()
+            rate = frame_rate(spec)
             if rate > 0:
                 return max(1, round(rate / fps))
     raise UsageError("--fps needs a video with a known frame rate among the inputs (use --every for frames)")
