@@ -106,16 +106,20 @@ def fit_depth_field(depth: np.ndarray, uv: np.ndarray, z: np.ndarray, fit: Field
         return np.full((h, w), np.exp(m), np.float32), {**report, "residual_after": report["residual_before"]}
     nodes, weights = bilinear_weights(uv[ok], (h, w), fit.grid)
     n_nodes = fit.grid[0] * fit.grid[1]
-    A = np.zeros((len(r), n_nodes))
-    np.put_along_axis(A, nodes, weights, 1)  # a pixel's four nodes are distinct
+    # each track touches 4 of the nodes: the normal equations are summed from its 4 x 4 products, not from a
+    # dense (tracks x nodes) design matrix
+    pair_index = (nodes[:, :, None] * n_nodes + nodes[:, None, :]).reshape(len(r), 16)
+    pair_weight = (weights[:, :, None] * weights[:, None, :]).reshape(len(r), 16)
     bend = _bending(fit.grid)
     penalty = (fit.smooth * bend.T @ bend + fit.prior * np.eye(n_nodes)) / n_nodes
     robust = np.ones(len(r))
     for _ in range(fit.iterations):
         W = robust / robust.sum()  # the data term as a weighted mean: the penalties mean the same for any n
-        g = np.linalg.solve(A.T @ (A * W[:, None]) + penalty, A.T @ (W * r) + fit.prior * m / n_nodes)
-        res = r - A @ g
+        normal = np.bincount(pair_index.ravel(), (pair_weight * W[:, None]).ravel(), n_nodes * n_nodes)
+        rhs = np.bincount(nodes.ravel(), (weights * (W * r)[:, None]).ravel(), n_nodes)
+        g = np.linalg.solve(normal.reshape(n_nodes, n_nodes) + penalty, rhs + fit.prior * m / n_nodes)
+        res = r - (g[nodes] * weights).sum(1)
         scale = max(fit.min_scale, fit.spread * 1.4826 * float(np.median(np.abs(res))))
         robust = 1.0 / (1.0 + (res / scale) ** 2)
-    report["residual_after"] = float(np.median(np.abs(r - A @ g)))
+    report["residual_after"] = float(np.median(np.abs(res)))
     return field_image(g.reshape(fit.grid), (h, w)), report
