@@ -345,8 +345,8 @@ def test_loop_pairs_are_matched_before_mapping(tmp_path):
         asked.append(frames)
         return [(frames[0], frames[4])]
 
-    rec, _ = sfm.run_sfm(tmp_path, names, sfm.SfmOptions(first_octave=0, matching="sequential", overlap=1,
-                                                          more_pairs=more_pairs))
+    rec, _ = sfm.run_sfm(tmp_path, names, sfm.SfmOptions(first_octave=0, matching="sequential", overlap=1),
+                         more_pairs=more_pairs)
     assert asked == [names] and rec.num_reg_images() == 5
     db = pycolmap.Database.open(tmp_path / "database.db")
     try:

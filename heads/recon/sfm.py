@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -42,6 +43,8 @@ MAX_TRACK_VIEWS = 30  # global mapping: longer tracks are left to retriangulatio
 GLOBAL_BA_TOLERANCE = 1e-4  # global mapping: bundle adjustment's relative cost change to stop at
 
 
+MorePairs = Callable[[list[str]], list[tuple[str, str]]]  # frames' names -> more pairs of them to match
+
 LOOP_PAIRS = 3  # with loop closure, each frame is also matched with the frames whose descriptors are nearest
 
 
@@ -62,14 +65,11 @@ class SfmOptions:
     # SIFT's first octave: 0 (the image as it is), -1 (doubled first, COLMAP's default: finer detail, 3x the
     # time), or None: 0, then -1 again if the first pass leaves frames out
     first_octave: int | None = None
-    # sequential matching only: a callable giving, for the frames' names, more pairs of them to match (where the
-    # video returns: SfmJob's, from the network's descriptors); None: none
-    more_pairs: object = None
     loop_closure: bool = False  # SfmJob: frames alike far apart in the video matched too (loop_pairs)
 
 
 def run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool = False, cancel=None,
-            on_stage=lambda stage: None):
+            on_stage=lambda stage: None, more_pairs: MorePairs | None = None):
     """COLMAP on the images ``names`` in ``folder``: SIFT features, matching (see :class:`SfmOptions`),
     geometric verification and mapping. Returns the reconstruction that registers the most frames, or None
     when none could be started (too few matches), and a line for the user on its focal length, or None
@@ -81,21 +81,26 @@ def run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool = F
     only loosely: on room-sized scenes both give the same cameras in less time, while small objects in
     small photos need the doubled images, and a focal length a few per cent off bends the whole scene
     (docs/recon3d.md has the measurements).
+
+    ``more_pairs`` (sequential matching only) gives, for the frames' names, more pairs of them to match: where
+    the video returns (:class:`heads.recon.sfm_job.SfmJob`'s, from the network's descriptors).
     """
     if options.first_octave is not None:
-        return _run_sfm(folder, names, options=options, video=video, cancel=cancel, on_stage=on_stage)[:2]
+        return _run_sfm(folder, names, options=options, video=video, cancel=cancel, on_stage=on_stage,
+                        more_pairs=more_pairs)[:2]
     fast = _run_sfm(folder, names, options=replace(options, first_octave=0), video=video, cancel=cancel,
-                    on_stage=on_stage)
+                    on_stage=on_stage, more_pairs=more_pairs)
     if fast[0] is not None and fast[0].num_reg_images() == len(names) and not fast[2]:
         return fast[:2]
     fine = _run_sfm(folder, names, options=replace(options, first_octave=-1), video=video, cancel=cancel,
-                    on_stage=lambda stage: on_stage(f"{stage}, again on doubled images"))
+                    on_stage=lambda stage: on_stage(f"{stage}, again on doubled images"), more_pairs=more_pairs)
     if fast[0] is None or (fine[0] is not None and fine[0].num_reg_images() >= fast[0].num_reg_images()):
         return fine[:2]
     return fast[:2]
 
 
-def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, cancel, on_stage):
+def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, cancel, on_stage,
+             more_pairs: MorePairs | None):
     pycolmap = _pycolmap()
 
     pycolmap.set_random_seed(options.seed)
@@ -150,8 +155,8 @@ def _run_sfm(folder: Path, names: list[str], options: SfmOptions, video: bool, c
         pycolmap.match_sequential(db, matching_options=matcher, pairing_options=pairing,
                                   verification_options=verification, device=cpu,
                                   cancellation_token=cancel)
-        if options.more_pairs is not None:
-            _match_pairs(db, folder / "loop-pairs.txt", options.more_pairs(names), matcher=matcher,
+        if more_pairs is not None:
+            _match_pairs(db, folder / "loop-pairs.txt", more_pairs(names), matcher=matcher,
                          verification=verification, device=cpu, cancel=cancel, on_stage=on_stage)
 
     mapper = options.mapper

@@ -102,14 +102,15 @@ class SfmJob:
             if len(names) < 2:
                 return
             known, prior = self.options.known_K, self.options.prior_K
-            opts = replace(self.options, more_pairs=self._loop_pairs if self.options.loop_closure else None,
-                           one_camera=self.options.one_camera and len(
-                {self.written[i][2] for i in order}) == 1, known_K=None if known is None else [
-                scale_intrinsics(known[i], self.written[i][2], self.written[i][1]) for i in order],
-                           prior_K=None if prior is None else scale_intrinsics(prior, self.written[order[0]][2],
-                                                                                self.written[order[0]][1]))
+            first = self.written[order[0]]
+            opts = replace(  # K given in the inputs' own pixels, in the written images' pixels here
+                self.options, one_camera=self.options.one_camera and len({self.written[i][2] for i in order}) == 1,
+                known_K=None if known is None else [
+                    scale_intrinsics(known[i], self.written[i][2], self.written[i][1]) for i in order],
+                prior_K=None if prior is None else scale_intrinsics(prior, first[2], first[1]))
             self._out, self._note = run_sfm(self.folder, names, options=opts, video=self.video, cancel=self._token,
-                                            on_stage=self._next_stage)
+                                            on_stage=self._next_stage,
+                                            more_pairs=self._loop_pairs if self.options.loop_closure else None)
         except BaseException as e:  # handed to the caller by result()
             self._error = e
         finally:
