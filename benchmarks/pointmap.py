@@ -17,7 +17,8 @@ import copy
 
 import torch
 
-from heads.pointmap.model import PointMapConfig, PointMapModel, prepare_pointmap
+from heads.pointmap.checkpoint import prepare_pointmap
+from heads.pointmap.model import PointMapConfig, PointMapModel
 from pixio_cli.encoder import build_encoder
 from pixio_cli.engine import Engine, autocast
 

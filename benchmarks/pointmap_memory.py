@@ -25,7 +25,7 @@ def one(views: int, side: tuple[int, int], dense_views: int | None) -> dict:
     import torch
 
     import heads.pointmap.model as P
-    from heads.pointmap.model import load_pointmap
+    from heads.pointmap.checkpoint import load_pointmap
 
     if dense_views is not None:
         P.DENSE_VIEWS = dense_views

@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from heads.pointmap.model import intrinsics, load_pointmap, rays_from_intrinsics  # noqa: E402
+from heads.pointmap.cameras import intrinsics, rays_from_intrinsics  # noqa: E402
+from heads.pointmap.checkpoint import load_pointmap  # noqa: E402
 from pixio_cli.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 TOLERANCE = 1e-3

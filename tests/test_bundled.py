@@ -61,7 +61,7 @@ def _kitchen_frames(first: int, last: int, step: int) -> list[str]:
 
 
 def test_bundled_pointmap_model_is_small_and_beats_its_untrained_self(shared_data):
-    from heads.pointmap.model import load_pointmap
+    from heads.pointmap.checkpoint import load_pointmap
     from pixio_cli.model_ids import BUNDLED_POINTMAPS
 
     path = WEIGHTS_DIR / BUNDLED_POINTMAPS["pointmap-tiny"]

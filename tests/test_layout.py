@@ -80,6 +80,50 @@ def test_heads_import_pointmap_from_dense_in_one_place_and_no_command():
         assert "typer" not in names, f"{path.relative_to(ROOT)} imports typer: the CLI's, not the core's"
 
 
+# What the modules split by job may import of ours (lazy imports included): the maths stays plain, the model
+# knows no files, and Open3D is reached through one module.
+OWN_IMPORTS = {
+    "heads/geometry.py": set(),  # NumPy only
+    "heads/open3d_access.py": {"pixio_cli.errors"},
+    "heads/writers3d.py": {"pixio_cli.errors", "pixio_cli.writers", "heads.open3d_access"},
+    "heads/recon/cleaning.py": {"heads.open3d_access"},
+    "heads/recon/preview.py": {"heads.geometry", "heads.pointmap.predictions"},
+    "heads/recon/mesh.py": {"heads.geometry", "heads.open3d_access", "heads.pointmap.predictions",
+                            "heads.recon.workspace"},
+    "heads/pointmap/cameras.py": {"heads.geometry"},
+    "heads/pointmap/model.py": {"pixio_cli.encoder", "pixio_cli.errors", "pixio_cli.model_ids", "pixio_cli.vit",
+                                "heads.dense.dpt", "heads.pointmap.cameras"},
+    "heads/pointmap/checkpoint.py": {"pixio_cli.checkpoints", "pixio_cli.encoder", "pixio_cli.errors",
+                                     "pixio_cli.model_ids", "heads.pointmap.model"},
+    "heads/pointmap/depth.py": {"heads.dense.model", "heads.pointmap.cameras", "heads.pointmap.model"},
+}
+
+
+def _own_imports(path: Path, tree: ast.Module) -> set[str]:
+    """The modules of ours that one file imports, lazily or not."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts).split(".")[:-1]
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            names.add(".".join(base + ([node.module] if node.module else [])))
+    return {n for n in names if n.split(".")[0] in PACKAGES}
+
+
+def test_modules_split_by_job_import_only_what_their_job_needs():
+    trees = {str(path.relative_to(ROOT)): (path, tree) for path, tree in _sources(("heads",))}
+    assert set(OWN_IMPORTS) <= set(trees), sorted(set(OWN_IMPORTS) - set(trees))
+    extra = {name: sorted(_own_imports(*trees[name]) - allowed) for name, allowed in OWN_IMPORTS.items()}
+    assert not {k: v for k, v in extra.items() if v}, extra
+    # Open3D is imported where it is slow to do without: through heads/open3d_access.py, never at a module's top
+    for path, tree in _sources(("heads",)):
+        top = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names} | \
+            {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {m for m in top if m.split(".")[0] == "open3d"}, f"{path.relative_to(ROOT)} imports open3d at its top"
+
+
 def _body_lines(node: ast.FunctionDef) -> int:
     body = node.body
     if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):

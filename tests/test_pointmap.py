@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 from heads import geometry as G
-from heads.pointmap.model import (PointMapConfig, PointMapModel, load_pointmap, quaternion_to_matrix,
-                            rays_from_intrinsics, save_pointmap)
+from heads.pointmap.cameras import quaternion_to_matrix, rays_from_intrinsics
+from heads.pointmap.checkpoint import load_pointmap, save_pointmap
+from heads.pointmap.model import PointMapConfig, PointMapModel
 from heads.pointmap.predictions import Predictions
 from pixio_cli.encoder import size_config
 from pixio_cli.errors import CheckpointError
@@ -85,7 +86,7 @@ def test_mapanything_pixio_checkpoint_key_list_maps_onto_our_model_exactly():
     poses included, and nothing of the model is left without one."""
     import gzip
 
-    from heads.pointmap.model import config_from_state_dict, from_mapanything, is_mapanything_layout
+    from heads.pointmap.checkpoint import config_from_state_dict, from_mapanything, is_mapanything_layout
     from pixio_cli.checkpoints import infer_config
     from pixio_cli.encoder import PixioEncoder
 

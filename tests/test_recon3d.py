@@ -13,9 +13,11 @@ import pytest
 
 from heads import geometry as G
 from heads.pointmap.predictions import Predictions
+from heads.recon.cleaning import depth_edges
+from heads.recon.preview import preview_picture
 from heads.recon.scene import Cleaning, clean_points, predict_in_chunks
-from heads.recon.export import preview_picture
 from heads.sequences import find_sequences
+from heads.writers3d import write_cameras_json, write_ply
 
 from .conftest import KITCHEN
 
@@ -84,7 +86,7 @@ def test_ground_truth_through_cleaning_and_export_matches_the_fused_cloud(truth,
     pred, colours = truth
     points, cols, obs, counts = clean_points(pred, colours, Cleaning(voxel=0.01, outliers=True))
     assert counts["after_edges"] < counts["after_mask"] and counts["after_voxel"] < counts["after_outliers"]
-    G.write_ply(tmp_path / "scene.ply", points, cols)
+    write_ply(tmp_path / "scene.ply", points, cols)
     cloud = o3d.io.read_point_cloud(str(tmp_path / "scene.ply"))
     assert len(cloud.points) == len(points) and len(cloud.colors) == len(points)
     fused = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pred.pts3d[pred.mask].astype(np.float64)))
@@ -117,8 +119,8 @@ def test_colmap_model_of_the_network_cameras_round_trips_through_pycolmap(truth,
 
 def test_cameras_json_and_preview(truth, tmp_path):
     pred, colours = truth
-    G.write_cameras_json(tmp_path / "cameras.json", pred.images, sizes=pred.original_hw, K=pred.K_original,
-                         cam2world=pred.cam2world, unit="metres")
+    write_cameras_json(tmp_path / "cameras.json", pred.images, sizes=pred.original_hw, K=pred.K_original,
+                       cam2world=pred.cam2world, unit="metres")
     data = json.loads((tmp_path / "cameras.json").read_text())
     assert data["unit"] == "metres" and len(data["cameras"]) == 8
     assert np.allclose(data["cameras"][3]["cam2world"], pred.cam2world[3], atol=1e-6)
@@ -135,13 +137,13 @@ def test_cameras_json_and_preview(truth, tmp_path):
 def test_depth_edges_mark_a_step_only():
     d = np.ones((10, 10))
     d[:, 5:] = 2.0
-    e = G.depth_edges(d, 0.03)
+    e = depth_edges(d, 0.03)
     assert e[:, 4:6].all() and not e[:, :4].any() and not e[:, 6:].any()
 
 
 def test_tsdf_mesh_of_ground_truth_lies_on_the_cloud(truth):
     o3d = pytest.importorskip("open3d")
-    from heads.recon.export import tsdf_mesh
+    from heads.recon.mesh import tsdf_mesh
 
     pred, colours = truth
     mesh, voxel, coarsened = tsdf_mesh(pred, colours, 0.02)
@@ -158,7 +160,7 @@ def test_the_mesh_voxel_is_coarsened_to_fit_the_memory_it_may_use(truth):
     """A voxel too fine for the TSDF volume's memory is made coarser until the surface's blocks fit, and the
     side asked for comes back so the user is told; one that fits is kept as given."""
     pytest.importorskip("open3d")
-    from heads.recon.export import BLOCK_BYTES, surface_blocks, tsdf_mesh, voxel_within
+    from heads.recon.mesh import BLOCK_BYTES, surface_blocks, tsdf_mesh, voxel_within
 
     grid = np.stack(np.meshgrid(np.linspace(0, 2, 400), np.linspace(0, 2, 400), [0.0]), -1).reshape(-1, 3)
     plane = [grid[grid[:, 0] < 1.0], grid[grid[:, 0] >= 1.0]]  # two views, each of half a 2 m square
@@ -175,7 +177,7 @@ def test_the_mesh_voxel_is_coarsened_to_fit_the_memory_it_may_use(truth):
 
 def test_fixed_order_keeps_the_surface_and_its_winding():
     o3d = pytest.importorskip("open3d")
-    from heads.recon.export import _in_fixed_order
+    from heads.recon.mesh import _in_fixed_order
 
     box = o3d.geometry.TriangleMesh.create_box()
     box.vertex_colors = o3d.utility.Vector3dVector(np.random.default_rng(0).random((8, 3)))
@@ -209,7 +211,7 @@ def test_chunk_parts_resume_only_with_the_same_settings(truth, tmp_path):
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    from heads.pointmap.model import save_pointmap
+    from heads.pointmap.checkpoint import save_pointmap
 
     from .test_pointmap import small_model
 

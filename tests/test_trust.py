@@ -567,7 +567,7 @@ def test_zoo_every_image_command_on_good_corrupt_and_odd_images(cli, tiny_encode
 
 @pytest.fixture(scope="module")
 def pointmap_file(tmp_path_factory) -> Path:
-    from heads.pointmap.model import save_pointmap
+    from heads.pointmap.checkpoint import save_pointmap
 
     from .test_pointmap import small_model
 
@@ -687,7 +687,7 @@ def test_a_checkpoint_that_cannot_be_saved_is_one_line_naming_it(cli, tmp_path, 
 
 def test_point_clouds_and_meshes_are_checked_before_they_take_their_name(tmp_path, monkeypatch):
     o3d = pytest.importorskip("open3d")
-    from heads import geometry as G
+    from heads import writers3d as G
 
     real = o3d.io.write_point_cloud
 

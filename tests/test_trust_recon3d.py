@@ -509,7 +509,7 @@ def test_evaluate_says_what_is_missing_in_one_line_and_writes_valid_json(cli, tm
 
 def test_the_viewer_refuses_a_cut_short_ply_and_a_cloud_it_cannot_hold(tmp_path):
     """A truncated PLY was served as whole (after an RPly error line), a cloud of NaN points exited 3."""
-    from heads.geometry import write_ply
+    from heads.writers3d import write_ply
     from heads.recon.view import read_scene
     from pixio_cli.errors import InputError
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,9 @@ from heads.dense.model import DenseModel, load_head
 
 def load_dense(engine: Engine, source: str, task: str) -> DenseModel:
     """A head checkpoint of ``task`` on the engine's device (for depth, also a point-map model)."""
-    from heads.pointmap.model import PointMapDepth, is_pointmap_source, load_pointmap, prepare_pointmap
+    # here, not at the top: the one import of heads/pointmap/ from heads/dense/, made only for a point-map model
+    from heads.pointmap.checkpoint import is_pointmap_source, load_pointmap, prepare_pointmap
+    from heads.pointmap.depth import PointMapDepth
 
     if is_pointmap_source(source):
         if task != "depth":
@@ -72,8 +75,6 @@ def default_policy(resize: str | None, model: DenseModel) -> ResizePolicy:
 
 def depth_at(depth: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
     """A (h, w) depth map resized (bilinear) to the original image's (H, W), float32 metres."""
-    import cv2
-
     d = depth.numpy().astype(np.float32)
     if d.shape == tuple(hw):
         return d

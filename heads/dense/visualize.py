@@ -7,6 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from heads.geometry import depth_to_points
+from heads.writers3d import write_ply
 
 
 CMAPS = ("turbo", "grey", "inverse")
@@ -99,8 +101,6 @@ def overlay_picture(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, 
 def write_point_cloud(path: Path, depth: np.ndarray, image: np.ndarray, fx: float, fy: float,
                       cx: float, cy: float) -> None:
     """A coloured point cloud of one depth map (camera frame, metres)."""
-    from heads.geometry import depth_to_points, write_ply
-
     K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]])
     keep = depth.reshape(-1) > 0
     pts = depth_to_points(depth.astype(np.float64), K).reshape(-1, 3)

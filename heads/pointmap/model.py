@@ -13,27 +13,25 @@ metric scale that multiplies every length.
 
 Written from the MapAnything and UniCeption sources (facebookresearch/map-anything
 ``configs/model/pixio.yaml``); module names follow MapAnything's checkpoint
-where that costs nothing, and :func:`from_mapanything` maps the rest.
+where that costs nothing, and :func:`heads.pointmap.checkpoint.from_mapanything` maps the rest.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixio_cli.checkpoints import FORMAT_KEY, empty, infer_config, read_checkpoint, require_filled, save_safetensors
-from pixio_cli.encoder import EncoderConfig, PixioEncoder
+from pixio_cli.encoder import PixioEncoder
 from pixio_cli.errors import CheckpointError
 from pixio_cli.model_ids import POINTMAP_SHORT_SIDE
 from pixio_cli.vit import Block
 
 from heads.dense.dpt import DPTHead
+from heads.pointmap.cameras import matrix_to_quaternion, quaternion_multiply, quaternion_to_matrix
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -246,7 +244,7 @@ class PointMapOutput:
 class PointMapModel(nn.Module):
     """Images of V views (B, V, 3, H, W), ImageNet-normalised -> :class:`PointMapOutput`."""
 
-    # set by load_pointmap from the file
+    # set by heads.pointmap.checkpoint.load_pointmap from the file
     source: str = ""
     metric: bool = True  # the scale head gives metres
     infer_short: int = POINTMAP_SHORT_SIDE  # the short side it runs at unless told otherwise
@@ -378,36 +376,6 @@ def pose_inputs(cam2world: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return rel_q, rel_t / factor[:, None, None], torch.log(factor + 1e-8)
 
 
-def matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:
-    """Unit quaternions (..., 4) in (x, y, z, w) order with w >= 0 from rotation matrices (..., 3, 3)."""
-    m = R.reshape(-1, 3, 3)
-    trace = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
-    cands = torch.stack([  # 4 |q_i| ** 2 for i = w, x, y, z; the largest is the stable one to divide by
-        1 + trace, 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], 1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2],
-        1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1)
-    best = cands.argmax(-1)
-    q = torch.empty(len(m), 4, dtype=m.dtype, device=m.device)  # x, y, z, w
-    for i, (a, b, c, d) in enumerate([  # w, x, y, z times 4 * q_i for each choice of i
-        (cands[:, 0], m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]),
-        (m[:, 2, 1] - m[:, 1, 2], cands[:, 1], m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0]),
-        (m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], cands[:, 2], m[:, 1, 2] + m[:, 2, 1]),
-        (m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1], cands[:, 3])]):
-        sel = best == i
-        k = 0.5 / cands[sel, i].clamp(min=1e-12).sqrt()
-        q[sel] = torch.stack([b[sel] * k, c[sel] * k, d[sel] * k, a[sel] * k], -1)
-    q = q / q.norm(dim=-1, keepdim=True)
-    q = torch.where(q[:, 3:] < 0, -q, q)
-    return q.reshape(*R.shape[:-2], 4)
-
-
-def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The Hamilton product a b of quaternions (..., 4) in (x, y, z, w) order."""
-    ax, ay, az, aw = a.unbind(-1)
-    bx, by, bz, bw = b.unbind(-1)
-    return torch.stack([aw * bx + ax * bw + ay * bz - az * by, aw * by - ax * bz + ay * bw + az * bx,
-                        aw * bz + ax * by - ay * bx + az * bw, aw * bw - ax * bx - ay * by - az * bz], -1)
-
-
 def decode(dense: torch.Tensor, pose: torch.Tensor, scale: torch.Tensor) -> PointMapOutput:
     """Raw head outputs -> :class:`PointMapOutput` (MapAnything's adaptors and output conversion).
 
@@ -428,204 +396,3 @@ def decode(dense: torch.Tensor, pose: torch.Tensor, scale: torch.Tensor) -> Poin
     cam2world[..., :3, :3], cam2world[..., :3, 3], cam2world[..., 3, 3] = R, t, 1.0
     return PointMapOutput(pts, pts_cam, rays=rays, depth_ray=depth_ray, depth_z=pts_cam[..., 2], conf=conf,
                           mask_logits=dense[..., 5], cam2world=cam2world, quats=quats, scale=scale)
-
-
-def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices (..., 3, 3) from unit quaternions (..., 4) in (x, y, z, w) order."""
-    x, y, z, w = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
-    ], -1).reshape(*q.shape[:-1], 3, 3)
-
-
-def rays_from_intrinsics(K: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Unit rays (..., h, w, 3) of cameras K (..., 3, 3), pixel centres at integer coordinates."""
-    v, u = torch.meshgrid(torch.arange(h, dtype=K.dtype, device=K.device),
-                          torch.arange(w, dtype=K.dtype, device=K.device), indexing="ij")
-    fx, fy = K[..., 0, 0, None, None], K[..., 1, 1, None, None]
-    cx, cy = K[..., 0, 2, None, None], K[..., 1, 2, None, None]
-    d = torch.stack([(u - cx) / fx, (v - cy) / fy, torch.ones_like(u - cx)], -1)
-    return d / d.norm(dim=-1, keepdim=True)
-
-
-# ---------------------------------------------------------------------------- MapAnything's checkpoint
-
-UNUSED_PREFIXES: tuple[str, ...] = ()  # every tensor of MapAnything's checkpoint is used
-
-_ALIASES = [  # modules MapAnything reaches under two names; the file keeps one of them
-    (r"^dpt_feature_head\.", "dense_head.0."),
-    (r"^dpt_regressor_head\.", "dense_head.1."),
-    (r"^dense_head\.0\.scratch\.layer_rn\.(\d)\.", lambda m: f"dense_head.0.input_process.{m.group(1)}.1."),
-    (r"^dense_head\.0\.scratch\.layer(\d)_rn\.", lambda m: f"dense_head.0.input_process.{int(m.group(1)) - 1}.1."),
-]
-_RULES = [  # MapAnything name -> ours
-    (r"^encoder\.blocks\.(\d+)\.inner\.", r"encoder.blocks.\1."),  # gradient-checkpointing wrapper
-    (r"^dense_head\.0\.input_process\.(\d)\.0\.0\.", r"dpt.projects.\1."),
-    (r"^dense_head\.0\.input_process\.(\d)\.0\.1\.", r"dpt.resize_layers.\1."),
-    (r"^dense_head\.0\.input_process\.(\d)\.1\.", lambda m: f"dpt.scratch.layer{int(m.group(1)) + 1}_rn."),
-    (r"^dense_head\.0\.scratch\.", "dpt.scratch."),
-    (r"^dense_head\.1\.", "regressor."),
-]
-
-
-def is_mapanything_layout(sd: dict) -> bool:
-    """Whether a state dict is MapAnything's own layout (not ours)."""
-    return "info_sharing.proj_embed.weight" in sd and any(k.startswith("dense_head.") or
-                                                          k.startswith("dpt_feature_head.") for k in sd)
-
-
-def from_mapanything(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """MapAnything's state dict -> (ours, the keys not used). Aliased copies must agree."""
-    out: dict[str, torch.Tensor] = {}
-    unused: list[str] = []
-    for key, value in sd.items():
-        if key.startswith(UNUSED_PREFIXES):
-            unused.append(key)
-            continue
-        k = key
-        for pattern, repl in _ALIASES + _RULES:
-            k = re.sub(pattern, repl, k)
-        if k in out and not torch.equal(out[k], value):
-            raise CheckpointError(f"the checkpoint holds two different tensors for {k} (one as {key})")
-        out[k] = value
-    return out, unused
-
-
-def config_from_state_dict(sd: dict[str, torch.Tensor], patch: int) -> PointMapConfig:
-    """The head shapes of a state dict in our names (MapAnything's have no stored config)."""
-    try:
-        dim = sd["info_sharing.norm.weight"].shape[0]
-        depth = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("info_sharing.self_attention_blocks."))
-        dpt_channels = [sd[f"dpt.projects.{i}.weight"].shape[0] for i in range(4)]
-        ray_dims = [sd["ray_dirs_encoder.conv_in.weight"].shape[0]] + [
-            sd[f"ray_dirs_encoder.encoder.{i}.conv1.weight"].shape[0]
-            for i in range(len([k for k in sd if re.match(r"ray_dirs_encoder\.encoder\.\d+\.conv1\.weight", k)]))]
-        pose_blocks = len({k.split(".")[2] for k in sd if k.startswith("pose_head.res_conv.")})
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"not a point-map model state dict (missing {e})") from None
-    # MapAnything's 24 layers tap 11 and 17: the middle and three quarters
-    return PointMapConfig(dim=dim, depth=depth, num_heads=max(1, dim // 64), taps=[depth // 2 - 1, depth * 3 // 4 - 1],
-                          dpt_channels=dpt_channels, dpt_features=sd["dpt.scratch.layer1_rn.weight"].shape[0],
-                          pose_blocks=pose_blocks, pose_dim=None if sd["pose_head.proj.weight"].shape[0] == 4 * patch * patch
-                          else sd["pose_head.proj.weight"].shape[0], scale_hidden=sd["scale_head.proj.weight"].shape[0],
-                          ray_dims=ray_dims, geometric_inputs="depth_encoder.conv_in.weight" in sd)
-
-
-def intrinsics(rays: np.ndarray) -> np.ndarray:
-    """K (..., 3, 3) from rays (..., H, W, 3) (MapAnything's least-squares fit, per view)."""
-    from heads.geometry import intrinsics_from_rays
-
-    flat = rays.reshape(-1, *rays.shape[-3:])
-    return np.stack([intrinsics_from_rays(r) for r in flat]).reshape(*rays.shape[:-3], 3, 3)
-
-
-# ---------------------------------------------------------------------------- files
-
-
-def prepare_pointmap(engine, model: PointMapModel) -> PointMapModel:
-    """``model`` on the engine's device and precision, with MapAnything's float32 parts kept in float32."""
-    model = engine.prepare(model)
-    for part in model.float32_parts():
-        part.float()
-    return model
-
-
-def load_pointmap(source: str) -> PointMapModel:
-    """A point-map model from MapAnything's checkpoint (id or path) or one saved by pixio; strict:
-    every tensor is used or is one of :data:`UNUSED_PREFIXES`. On CPU, float32, eval mode."""
-    ckpt = read_checkpoint(source)
-    sd, meta = ckpt.tensors, ckpt.metadata
-    encoder = None
-    if meta.get(FORMAT_KEY) == "pointmap":
-        cfg = PointMapConfig.from_dict(meta["pointmap_config"])
-        if meta.get("encoder_source"):  # a frozen public or bundled encoder, not stored in the file
-            from pixio_cli.checkpoints import load_encoder
-
-            encoder = load_encoder(meta["encoder_source"])
-        enc_cfg = EncoderConfig.from_dict(meta["encoder_config"])
-    elif is_mapanything_layout(sd):
-        sd, _ = from_mapanything(sd)
-        enc_cfg = infer_config({k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")})
-        cfg = config_from_state_dict(sd, enc_cfg.patch_size)
-    else:
-        raise CheckpointError(f"{ckpt.source} is not a point-map model (MapAnything's checkpoint, or one made by "
-                              "`pixio train pointmap`)")
-    # an encoder loaded from its own source is used as it is (not built and filled a second time)
-    model = empty(lambda: PointMapModel(encoder if encoder is not None else PixioEncoder(enc_cfg), cfg))
-    try:
-        result = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False, assign=True)
-    except RuntimeError as e:  # shapes that do not fit
-        lines = [ln.strip() for ln in str(e).strip().splitlines()]
-        raise CheckpointError(f"{ckpt.source} does not fit a point-map model: {' '.join(lines[:3])[:300]}") from None
-    missing = [k for k in result.missing_keys if encoder is None or not k.startswith("encoder.")]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(f"{ckpt.source} does not fit a point-map model: missing {missing[:3]}, "
-                              f"unexpected {result.unexpected_keys[:3]}")
-    require_filled(model, ckpt.source)
-    model.source = str(source)
-    model.metric = bool(meta.get("metric", True))
-    model.infer_short = int(meta.get("infer_short", POINTMAP_SHORT_SIDE))
-    model.provenance = meta.get("provenance", {})
-    return model.eval()
-
-
-def save_pointmap(model: PointMapModel, path, provenance: dict | None = None, dtype: torch.dtype = torch.float32,
-                  metric: bool = True, encoder_source: str | None = None, infer_short: int = POINTMAP_SHORT_SIDE) -> None:
-    """One safetensors file with the weights (our names) and both configs. With ``encoder_source`` (a
-    public or bundled encoder id, kept frozen) the encoder's weights are left out and loaded by id."""
-    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()
-          if not (encoder_source and k.startswith("encoder."))}
-    meta = {FORMAT_KEY: "pointmap", "pointmap_config": model.cfg.to_dict(),
-            "encoder_config": model.encoder.cfg.to_dict(), "metric": metric, "provenance": provenance or {},
-            "encoder_source": encoder_source, "infer_short": infer_short}
-    save_safetensors(sd, path, meta)
-
-
-def is_pointmap_source(source: str) -> bool:
-    """Whether ``--model`` names a point-map model (a public id, our file or MapAnything's), without
-    reading its tensors."""
-    from pathlib import Path
-
-    from pixio_cli.model_ids import BUNDLED_POINTMAPS, POINTMAP_MODELS
-
-    if source in POINTMAP_MODELS or source in BUNDLED_POINTMAPS:
-        return True
-    path = Path(source).expanduser()
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if path.suffix != ".safetensors" or not path.is_file():
-        return False
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta, keys = f.metadata() or {}, set(f.keys())
-    except Exception:  # unreadable: let the regular loader say why
-        return False
-    return meta.get(FORMAT_KEY) == '"pointmap"' or is_mapanything_layout(dict.fromkeys(keys))
-
-
-class PointMapDepth(nn.Module):
-    """A point-map model as a one-image depth predictor: each image is a scene of one view; z-depth in
-    metres (when the model is metric) and the intrinsics its rays imply. Whole images, no windows:
-    each window would get its own scale."""
-
-    whole_image = True
-
-    def __init__(self, model: PointMapModel) -> None:
-        super().__init__()
-        from heads.dense.model import HeadConfig
-
-        self.model = model
-        self.cfg = HeadConfig(task="depth", crop=0, infer_short=model.infer_short)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x[:, None]).depth_z[:, 0]
-
-    def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Depth (B, H, W) in metres and the predicted K (B, 3, 3) of single images (B, 3, H, W)."""
-        out = self.model(x[:, None])
-        K = torch.from_numpy(intrinsics(out.rays[:, 0].float().cpu().numpy())).float()
-        return {"out": out.depth_z[:, 0], "K": K}

@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pixio_cli.writers import write_npz
+
 from heads.geometry import scale_intrinsics
-from heads.pointmap.model import PointMapModel, intrinsics, rays_from_intrinsics
+from heads.pointmap.cameras import intrinsics, rays_from_intrinsics
+from heads.pointmap.model import PointMapModel
 
 
 @dataclass
@@ -37,8 +40,6 @@ class Predictions:
 
     def save(self, path: str | Path) -> None:
         """A .npz, atomically: raw predictions before any cleaning."""
-        from pixio_cli.writers import write_npz
-
         arrays = {f.name: getattr(self, f.name) for f in fields(self)
                   if f.name not in ("images", "scale", "metric") and getattr(self, f.name) is not None}
         arrays.update(images=np.array(self.images), scale=np.float32(self.scale), metric=np.bool_(self.metric))

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,10 @@ from pixio_cli.images import ResizePolicy, read_image, resize_image
 
 from heads import geometry as G
 from heads.datasets import normalise
-from heads.pointmap.model import PointMapConfig, PointMapModel, PointMapOutput, save_pointmap
+from heads.dense.model import is_known_id
+from heads.pointmap.checkpoint import save_pointmap
+from heads.pointmap.evaluate import evaluate_pointmap
+from heads.pointmap.model import PointMapConfig, PointMapModel, PointMapOutput
 from heads.sequences import Sequence, find_sequences, require_cameras, shared_frames
 from heads.dense.train import StepCheckpoint, run_settings, run_steps, step_positions
 
@@ -92,8 +96,6 @@ class ViewSets(Dataset):
         return self.total
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
-        import cv2
-
         rng = np.random.default_rng([self.seed, position])
         seq = self.sequences[rng.choice(len(self.sequences), p=self.weights)]
         n = len(seq.frames)
@@ -205,8 +207,6 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
     on Ctrl-C in a single process); ``resume`` continues from it. Under torchrun
     the model is wrapped in DDP and rank 0 evaluates and saves.
     """
-    from heads.pointmap.evaluate import evaluate_pointmap
-
     rank, world, _ = dist_info()
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
@@ -269,8 +269,6 @@ def train_pointmap(cfg: PointMapTrainConfig, resume: bool = False) -> dict:
                   "final_parts": {k: round(v, 4) for k, v in parts.items()}, "train_seconds": round(seconds, 1),
                   "encoder": cfg.encoder, "finetune": cfg.finetune, "val_metrics": trained,
                   "untrained_val_metrics": untrained, "val_shared_with_train": shared}
-    from heads.dense.model import is_known_id
-
     source = cfg.encoder if not cfg.finetune and is_known_id(cfg.encoder) else None
     save_pointmap(model.cpu(), Path(cfg.output) / "pointmap.safetensors", provenance,
                   torch.float16 if cfg.half else torch.float32, encoder_source=source,

@@ -1,8 +1,9 @@
 """What ``pixio recon3d`` does with the point-map model's predictions: cameras, depth from the images, fusion,
 outputs. The data path, module by module: frames -> :mod:`sfm_job` / :mod:`sfm` (cameras from matching) ->
 the network (:mod:`heads.pointmap`) -> :mod:`scene` (its depth placed on the cameras, :mod:`depth_fit`) ->
-:mod:`mvs` and :mod:`fusion` (depth from the images, checked across views) -> :mod:`export` and
-:mod:`scene_files` (the files written); :mod:`pipeline` runs it top to bottom.
+:mod:`mvs` and :mod:`fusion` (depth from the images, checked across views) -> :mod:`cleaning` (the points
+kept) -> :mod:`preview`, :mod:`mesh` and :mod:`scene_files` (the files written); :mod:`pipeline` runs it top to
+bottom.
 
 Words used with one meaning throughout:
 

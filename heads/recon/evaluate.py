@@ -23,6 +23,11 @@ import numpy as np
 
 from pixio_cli.errors import InputError
 
+from heads.geometry import apply_sim3_to_poses, depth_to_points, transform, umeyama
+from heads.open3d_access import load_open3d  # Open3D itself is imported when a function first needs it
+from heads.recon.camera_files import read_colmap_model
+from heads.recon.scene_files import mixed_files
+
 VOXEL = 0.01  # metres: both clouds thinned to one point per cell before scoring
 TAUS = (0.02, 0.05, 0.10)  # metres: precision / recall / F-score distances
 
@@ -43,8 +48,6 @@ def read_scene_cameras(folder: Path) -> SceneCameras:
     triangulated points come along). Where both exist, COLMAP's (with its points) wins."""
     sparse, cams_json = folder / "sparse" / "0", folder / "cameras.json"
     if sparse.is_dir():
-        from heads.recon.camera_files import read_colmap_model
-
         names, K, c2w, points = read_colmap_model(sparse)
         return SceneCameras(names, K, c2w, points)
     if cams_json.exists():
@@ -62,8 +65,6 @@ def read_scene_cameras(folder: Path) -> SceneCameras:
 
 def back_project(depth: np.ndarray, K: np.ndarray, cam2world: np.ndarray, stride: int = 1) -> np.ndarray:
     """World points (n, 3) of the valid pixels (depth > 0) of one z-depth map, every ``stride``-th pixel."""
-    from heads.geometry import depth_to_points, transform
-
     pts = depth_to_points(depth.astype(np.float64), K)[::stride, ::stride]
     valid = depth[::stride, ::stride] > 0
     return transform(pts[valid], cam2world)
@@ -84,9 +85,7 @@ def thin(points: np.ndarray, voxel: float = VOXEL) -> np.ndarray:
 
 def nearest_distances(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Distance (n,) of each query point to its nearest reference point (Open3D's k-d tree)."""
-    from heads.geometry import _open3d
-
-    o3d = _open3d()
+    o3d = load_open3d()
     if not len(reference):
         return np.full(len(query), np.inf)
     q = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(query, np.float64)))
@@ -114,9 +113,7 @@ def cloud_scores(points: np.ndarray, truth: np.ndarray, taus: tuple[float, ...] 
 def mesh_points(path: Path, spacing: float = VOXEL / 2, seed: int = 0) -> np.ndarray:
     """Points spread evenly over a mesh's surface, about one per ``spacing`` squared (seeded: one mesh gives
     one set of points)."""
-    from heads.geometry import _open3d
-
-    o3d = _open3d()
+    o3d = load_open3d()
     mesh = o3d.io.read_triangle_mesh(str(path))
     v, tri = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
     if not len(tri):
@@ -132,9 +129,7 @@ def mesh_points(path: Path, spacing: float = VOXEL / 2, seed: int = 0) -> np.nda
 
 def read_cloud(path: Path) -> np.ndarray:
     """The points of a PLY point cloud."""
-    from heads.geometry import _open3d
-
-    o3d = _open3d()
+    o3d = load_open3d()
     cloud = o3d.io.read_point_cloud(str(path))
     return np.asarray(cloud.points)
 
@@ -161,8 +156,6 @@ def similarity_with_offset(centres: np.ndarray, truth_c2w: np.ndarray, offset: b
     of another sensor, as 7-Scenes' depth camera beside its colour camera). Solved by alternating Umeyama and
     the least-squares lever arm; ``offset=False`` holds x at 0 (the plain similarity of the centres);
     ``scale=False`` holds s at 1 (a rigid fit: for a scene in metres, whose scale is judged, not fitted)."""
-    from heads.geometry import umeyama
-
     gt, Rg = truth_c2w[:, :3, 3], truth_c2w[:, :3, :3]
     x = np.zeros(3)
     for _ in range(iterations if offset else 1):
@@ -180,8 +173,6 @@ def align_scene(cameras: SceneCameras, truth_c2w: np.ndarray, depths: list[np.nd
                 offset: bool = True, stride: int = 2, scale: bool = True) -> tuple[Alignment, list[np.ndarray]]:
     """The alignment of a scene to the truth (see the module's docstring), and the recorded depth placed on
     the scene's aligned cameras (per view, world points in the truth's frame, every ``stride``-th pixel)."""
-    from heads.geometry import apply_sim3_to_poses, transform, umeyama
-
     ours = cameras.cam2world[:, :3, 3]
     s, R, t, x = similarity_with_offset(ours, truth_c2w, offset, scale=scale)
     gt = truth_c2w[:, :3, 3] + truth_c2w[:, :3, :3] @ x
@@ -223,8 +214,6 @@ def evaluate_clouds(cameras: SceneCameras, clouds: dict[str, np.ndarray], frames
     the same cameras: the recorded depth (the ceiling: what the cameras allow) and one constant depth for
     every pixel (the truth's median: a flat picture per view, the trivial baseline).
     """
-    from heads.geometry import apply_sim3_to_poses
-
     pairs = match_frames(cameras, frames)
     if len(pairs) < 3:
         raise InputError(f"{len(pairs)} of the scene's {len(cameras.names)} cameras name a frame of the data "
@@ -282,8 +271,6 @@ def evaluate_scene(scene: Path, frames: list, read_depth, voxel: float = VOXEL, 
     """:func:`evaluate_clouds` of a ``pixio recon3d`` output (its .ply or folder): the scene, its mesh
     (points spread on it) when there is one, and the COLMAP model's points when its cameras are a COLMAP
     model with points."""
-    from heads.recon.scene_files import mixed_files
-
     ply, folder = scene_files(scene)
     _, mixed = mixed_files(ply)
     if mixed:  # scores of one run's cloud beside another's cameras or mesh would mean nothing

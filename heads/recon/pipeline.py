@@ -102,7 +102,7 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, s
     """Decode the views, predict them in chunks aligned to each other and place them on their cameras;
     None when no view could be decoded (``summary`` lists why). ``stages`` is the command's progress line
     (next, detail, say). The views' arrays are made in the workspace entered (:mod:`heads.recon.workspace`)."""
-    from heads.pointmap.model import load_pointmap, prepare_pointmap
+    from heads.pointmap.checkpoint import load_pointmap, prepare_pointmap
     from pixio_cli.images import ResizePolicy
 
     started = time.perf_counter()
@@ -297,7 +297,7 @@ def write_scene(scene: Scene, options: SceneOptions, out: SceneOutputs, say: Cal
                 progress: Callable[[str], None] = lambda what: None) -> dict:
     """Clean and fuse the scene and write every output asked for; returns the summary record (its
     ``outputs``, and ``unusable``: a COLMAP model that could not be written, said as an error line)."""
-    from heads import geometry as G
+    from heads import writers3d as G
     from heads.recon.scene import clean_points, fuse, pixel_mask
 
     started = time.perf_counter()
@@ -339,7 +339,7 @@ def write_scene(scene: Scene, options: SceneOptions, out: SceneOutputs, say: Cal
     unusable, root = _write_cameras(scene, pred, out=out, apart=apart, unit=unit, written=written, say=say,
                                     files=files)
     if out.preview is not None:
-        from heads.recon.export import preview_picture
+        from heads.recon.preview import preview_picture
         from pixio_cli.writers import write_image
 
         write_image(files.path(out.preview),
@@ -364,7 +364,7 @@ def _write_cameras(scene: Scene, pred: Predictions, out: SceneOutputs, apart: bo
                    say: Callable[[str], None], files: SceneFiles) -> tuple[bool, str]:
     """cameras.json or the COLMAP model (and a video's frames for them to name), where ``files`` puts them;
     whether a COLMAP model asked for could not be written, and the folder the cameras name the images from."""
-    from heads import geometry as G
+    from heads import writers3d as G
 
     cam_sizes = np.array(pred.original_hw)
     flipped = [name for name, K in zip(pred.images, pred.K_original) if not (K[0, 0] > 0 and K[1, 1] > 0)]
@@ -549,8 +549,8 @@ def _write_mesh(pred, colours, scene_path: Path, voxel: Optional[float], glb: bo
                 files: Optional["SceneFiles"] = None, say=print) -> list[str]:
     """``<scene>_mesh.ply`` (and ``<scene>.glb``) by TSDF fusion, where ``files`` puts them; returns the files
     written. A voxel too fine for the volume's memory (``MESH_MEMORY``) is coarsened, and said."""
-    from heads.geometry import write_mesh
-    from heads.recon.export import MESH_MEMORY, tsdf_mesh
+    from heads.recon.mesh import MESH_MEMORY, tsdf_mesh
+    from heads.writers3d import write_mesh
 
     try:
         tri, used, asked = tsdf_mesh(pred, colours, voxel, keep)

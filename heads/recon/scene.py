@@ -69,7 +69,7 @@ class Cleaning:
 def pixel_mask(pred: Predictions, c: Cleaning) -> tuple[np.ndarray, dict[str, int]]:
     """The pixels (V, H, W) the per-pixel stages keep (a finite point in front of its camera, then the
     model's mask, confidence and depth edges, as ``c`` asks) and how many each stage left."""
-    from heads.geometry import depth_edges
+    from heads.recon.cleaning import depth_edges
 
     counts = {"pixels": int(pred.mask.size)}
     keep = active().array("keep", pred.mask.shape, bool)
@@ -105,7 +105,7 @@ def clean_points(pred: Predictions, colours: np.ndarray, c: Cleaning, keep: np.n
     """The kept points (N, 3), their colours (N, 3) uint8, where each came from (N, 3: view, x, y in
     the original image's pixels), and how many points each stage left. ``keep`` (V, H, W): the pixels
     to start from (default: :func:`pixel_mask`'s, whose ``counts`` then come along)."""
-    from heads.geometry import statistical_inliers, voxel_representatives
+    from heads.recon.cleaning import statistical_inliers, voxel_representatives
 
     if keep is None:
         keep, counts = pixel_mask(pred, c)

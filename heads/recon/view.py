@@ -8,18 +8,33 @@ VGGT and nerfstudio use), imported only here. Lengths and axes are the scene's o
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
+import socket
+import sys
 import threading
 import time
+import webbrowser
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from pixio_cli.errors import InputError, UsageError
+
+from heads.open3d_access import load_open3d, quiet_open3d
+from heads.recon.camera_files import _pycolmap, camera_K, image_cam2world
+from heads.recon.known_cameras import read_cameras_json
+from heads.recon.scene_files import mixed_files
+from heads.writers3d import ply_is_whole
+
+# Open3D, viser and what only the viewer needs (trimesh, websockets) are imported where they are used: they are
+# slow to import, and reading a scene needs none of viser's.
 
 THUMB_SIDE = 160  # pixels: the long side of a camera's picture in its frustum
 POINTS_SHOWN = 1_000_000  # points shown at first (the slider goes up to what was loaded)
@@ -77,8 +92,6 @@ def read_scene(path: Path, max_points: int, seed: int = 0) -> SceneToView:
     elif mesh_path.is_file():
         mesh = _read_mesh(mesh_path, notes)
     cameras = _read_cameras(ply.parent, notes)
-    from heads.recon.scene_files import mixed_files
-
     listed, mixed = mixed_files(ply)
     if mixed:
         notes.append(f"warning: the files beside {ply.name} are not one run's ({'; '.join(mixed[:3])}"
@@ -103,13 +116,11 @@ def _read_cloud(ply: Path, max_points: int, seed: int) -> tuple[np.ndarray, np.n
         raise InputError(f"{ply}: cannot read it ({e.strerror})") from None
     if not head.startswith(b"ply") or b"element vertex" not in head:
         raise InputError(f"{ply}: not a point-cloud PLY file (pixio recon3d writes one)")
-    from heads.geometry import _open3d, _quiet_open3d, ply_is_whole
-
     if not ply_is_whole(ply):  # Open3D reads a cut-short file as whole, zeros where the rest would be
         raise InputError(f"{ply}: cut short: it holds less than its header says (a copy or a write that did not "
                          "finish)")
-    o3d = _open3d()
-    with _quiet_open3d(o3d):
+    o3d = load_open3d()
+    with quiet_open3d(o3d):
         cloud = o3d.io.read_point_cloud(str(ply))
     points = np.asarray(cloud.points, np.float64)
     if len(points) == 0:
@@ -136,8 +147,6 @@ def _read_cloud(ply: Path, max_points: int, seed: int) -> tuple[np.ndarray, np.n
 
 def _by_height(points: np.ndarray) -> np.ndarray:
     """Colours from a point's height (-y, the scene's up in OpenCV axes), as a turbo ramp."""
-    import cv2
-
     h = -points[:, 1]
     lo, hi = np.percentile(h, [2, 98]) if len(h) > 1 else (h.min(), h.min() + 1)
     t = ((h - lo) / max(hi - lo, 1e-9)).clip(0, 1)
@@ -160,11 +169,7 @@ def _read_mesh(path: Path, notes: list[str]) -> tuple[np.ndarray, np.ndarray, np
 
 def _read_cameras(folder: Path, notes: list[str]) -> list[ViewCamera]:
     """The cameras beside the scene: ``cameras.json`` (pixio's), else a COLMAP model in ``sparse/0``."""
-    from heads.recon.known_cameras import read_cameras_json
-
     if (folder / "cameras.json").is_file():
-        import json
-
         try:
             cams = read_cameras_json(folder / "cameras.json").cameras
             root = json.loads((folder / "cameras.json").read_text()).get("image_root")
@@ -180,8 +185,6 @@ def _read_cameras(folder: Path, notes: list[str]) -> list[ViewCamera]:
 
 
 def _colmap_cameras(model: Path, roots: list[Path], notes: list[str]) -> list[ViewCamera]:
-    from heads.recon.camera_files import _pycolmap, camera_K, image_cam2world
-
     try:
         rec = _pycolmap().Reconstruction(str(model))
     except Exception as e:  # pycolmap's reader says why in its own words
@@ -194,8 +197,6 @@ def _colmap_cameras(model: Path, roots: list[Path], notes: list[str]) -> list[Vi
 
 def _thumb(name: str, roots: list[Path]) -> np.ndarray | None:
     """The frame ``name`` (relative to one of ``roots``) as a small RGB picture, or None."""
-    import cv2
-
     for root in roots:
         path = root / name
         if path.is_file():
@@ -244,8 +245,6 @@ def serve(scene: SceneToView, host: str, port: int, open_browser: bool, say: Cal
           stop: threading.Event | None = None) -> None:
     """Show ``scene`` on ``host``:``port`` (the next free port if taken, said) until ``stop`` is set or
     Ctrl-C / SIGTERM (as KeyboardInterrupt); ``say`` hears the URL and each browser that connects."""
-    import logging
-
     import rich
     import viser
 
@@ -307,8 +306,6 @@ def serve(scene: SceneToView, host: str, port: int, open_browser: bool, say: Cal
         if host not in ("127.0.0.1", "localhost", "::1"):
             say(f"serving on {host}: anyone who can reach this machine on port {bound} can see the scene")
         if open_browser:
-            import webbrowser
-
             threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
         while stop is None or not stop.is_set():
             time.sleep(0.1)
@@ -319,8 +316,6 @@ def serve(scene: SceneToView, host: str, port: int, open_browser: bool, say: Cal
 def free_port(host: str, port: int) -> int:
     """The first port from ``port`` on that ``host`` can bind (viser's own search runs past 65535 into a
     traceback); a :class:`UsageError` when none up to 65535 is free."""
-    import socket
-
     for candidate in range(port, 65536):
         try:
             with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -335,8 +330,6 @@ def page_origins(host: str, port: int) -> list[str | None]:
     """The Origin headers the viewer's own page sends from ``host``:``port`` (every address this machine has,
     when it serves on all of them), and None: a program that is not a browser sends none, and could read the
     scene's files anyway."""
-    import socket
-
     hosts = {"127.0.0.1", "localhost", "[::1]", host if ":" not in host else f"[{host}]"}
     if host in ("0.0.0.0", "::"):
         name = socket.gethostname()
@@ -370,6 +363,4 @@ def own_page_only(host: str):
 
 def has_display() -> bool:
     """Whether a browser could open a window here (a desktop session, macOS or Windows)."""
-    import sys
-
     return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))

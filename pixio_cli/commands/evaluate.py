@@ -11,6 +11,8 @@ from .. import options as opt
 from ..errors import InputError, UsageError
 from .common import single_process
 
+# torch, heads/ and pretrain/ are imported inside each command, so that `pixio --help` starts without them
+
 app = typer.Typer(help="Evaluate a head (depth, segment) or an encoder (knn), with the official metrics.",
                   no_args_is_help=True)
 
@@ -215,7 +217,7 @@ def evaluate_pointmap(
     a straight line at constant speed), which a model's must beat to show skill."""
     import json
 
-    from heads.pointmap.model import load_pointmap, prepare_pointmap
+    from heads.pointmap.checkpoint import load_pointmap, prepare_pointmap
     from heads.pointmap.evaluate import evaluate_pointmap as run
     from heads.sequences import find_sequences
 

@@ -1,97 +1,14 @@
-"""Pictures and meshes of a reconstructed scene (``pixio recon3d --preview``, ``--mesh``)."""
+"""A reconstructed scene's mesh (``pixio recon3d --mesh``): every view's depth and colour fused in Open3D's
+TSDF voxel-block grid, its voxel kept within a memory budget, vertices and triangles in a fixed order."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from heads.geometry import invert_pose
+from heads.open3d_access import load_open3d
 from heads.pointmap.predictions import Predictions
 from heads.recon.workspace import tick
-
-
-
-def preview_picture(points: np.ndarray, colours: np.ndarray, pred: Predictions, hw: tuple[int, int] = (600, 800),
-                    unit: str = "m") -> np.ndarray:
-    """The cleaned cloud seen from behind and above the first camera, framed on what it holds, with every
-    camera's frustum (the first green, the others red, sized to their spacing so a track of many stays a
-    track), a scale bar and a legend; RGB (h, w, 3), no display needed."""
-    import cv2
-
-    from heads.geometry import frustum_segments, preview_camera, render_points, transform
-
-    K, w2c = preview_camera(pred.cam2world.astype(np.float64), points, hw)
-    centres = pred.cam2world[:, :3, 3].astype(np.float64)
-    K = _framed(K, w2c, points=points, centres=centres, hw=hw)
-    image = render_points(points, colours, K=K, world2cam=w2c, hw=hw)
-    extent = float(np.percentile(np.linalg.norm(points - np.median(points, 0), axis=1), 90)) if len(points) else 1.0
-    steps = np.linalg.norm(np.diff(centres, axis=0), axis=1)
-    size = min(0.12 * extent, 0.6 * float(np.median(steps))) if len(steps) and np.median(steps) > 0 else 0.12 * extent
-
-    def to_pixels(p3: np.ndarray) -> tuple[np.ndarray, bool]:
-        c = transform(p3, w2c)
-        ok = bool((c[:, 2] > 1e-6).all())
-        return np.stack([c[:, 0] / np.maximum(c[:, 2], 1e-9) * K[0, 0] + K[0, 2],
-                         c[:, 1] / np.maximum(c[:, 2], 1e-9) * K[1, 1] + K[1, 2]], 1), ok
-
-    for i in reversed(range(len(pred.K))):  # the first camera last, on top
-        k, T = pred.K[i], pred.cam2world[i]
-        for a, b in frustum_segments(k.astype(np.float64), pred.pts3d.shape[1:3], T.astype(np.float64), size):
-            (pa, pb), ok = to_pixels(np.stack([a, b]))
-            if ok:
-                cv2.line(image, tuple(int(v) for v in pa), tuple(int(v) for v in pb),
-                         (0, 170, 0) if i == 0 else (220, 30, 30), 2 if i == 0 else 1, cv2.LINE_AA)
-    _legend(image, K, w2c=w2c, points=points if len(points) else centres, cameras=len(pred.K), unit=unit)
-    return image
-
-
-def _framed(K: np.ndarray, w2c: np.ndarray, points: np.ndarray, centres: np.ndarray, hw: tuple[int, int]
-            ) -> np.ndarray:
-    """K re-aimed and re-scaled so that most points (2nd-98th percentile) and every camera fill the picture
-    with a small margin, instead of sitting in one part of it."""
-    from heads.geometry import transform
-
-    h, w = hw
-    sample = points[:: max(1, len(points) // 20000)] if len(points) else centres
-    c = transform(np.concatenate([sample, centres]), w2c)
-    c = c[c[:, 2] > 1e-6]
-    if len(c) < 2:
-        return K
-    x, y = c[:, 0] / c[:, 2], c[:, 1] / c[:, 2]
-    n_cam = min(len(centres), len(c))
-    lo_x = min(np.percentile(x, 2), x[-n_cam:].min())
-    hi_x = max(np.percentile(x, 98), x[-n_cam:].max())
-    lo_y = min(np.percentile(y, 2), y[-n_cam:].min())
-    hi_y = max(np.percentile(y, 98), y[-n_cam:].max())
-    f = 0.9 * min(w / max(hi_x - lo_x, 1e-9), (h - 40) / max(hi_y - lo_y, 1e-9))  # 40 px for the legend
-    return np.array([[f, 0, w / 2 - f * (lo_x + hi_x) / 2], [0, f, (h - 40) / 2 - f * (lo_y + hi_y) / 2],
-                     [0, 0, 1]])
-
-
-def _legend(image: np.ndarray, K: np.ndarray, w2c: np.ndarray, points: np.ndarray, cameras: int, unit: str) -> None:
-    """A scale bar (a round length at the points' median depth) and what the colours mean, at the bottom."""
-    import cv2
-
-    from heads.geometry import transform
-
-    h, w = image.shape[:2]
-    depth = float(np.median(transform(points, w2c)[:, 2])) if len(points) else 1.0
-    per_unit = K[0, 0] / max(depth, 1e-9)  # pixels per unit length at that depth
-    length = 10 ** np.floor(np.log10(max(w / 5 / per_unit, 1e-9)))
-    for m in (5, 2, 1):
-        if m * length * per_unit <= w / 4:
-            length *= m
-            break
-    bar = int(length * per_unit)
-    y = h - 14
-    cv2.rectangle(image, (0, h - 34), (w, h), (255, 255, 255), -1)
-    cv2.line(image, (12, y), (12 + bar, y), (0, 0, 0), 2)
-    for x in (12, 12 + bar):
-        cv2.line(image, (x, y - 5), (x, y + 5), (0, 0, 0), 2)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    cv2.putText(image, f"{length:g} {unit} (at the scene's depth)", (20 + bar, y + 5), font, 0.45, (0, 0, 0), 1,
-                cv2.LINE_AA)
-    text = f"first camera: green; the other {cameras - 1}: red" if cameras > 1 else "the camera: green"
-    tw = cv2.getTextSize(text, font, 0.45, 1)[0][0]
-    cv2.putText(image, text, (w - tw - 12, y + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
 
 
 MESH_MEMORY = 0.5 * 2**30  # bytes the TSDF volume may hold: a finer voxel than fits is coarsened, and said
@@ -108,10 +25,8 @@ def tsdf_mesh(pred: Predictions, colours: np.ndarray, voxel: float | None = None
     bytes (:func:`voxel_within`); the truncation is 4 voxels, surfaces seen once are kept. Vertices and
     triangles come in a fixed order, so one input gives one file. Returns the mesh, the voxel side, and the
     side asked for when it had to be coarsened (else None)."""
-    from heads.geometry import _open3d, invert_pose
-
-    o3d = _open3d()
-    import open3d.core as o3c
+    o3d = load_open3d()
+    import open3d.core as o3c  # here, not at the top: Open3D is slow to import (heads.open3d_access)
 
     kept = lambda i: ((pred.mask[i] if keep is None else keep[i]) & np.isfinite(pred.depth_z[i])  # noqa: E731
                       & (pred.depth_z[i] > 0))
