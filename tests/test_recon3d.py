@@ -15,7 +15,8 @@ from heads import geometry as G
 from heads.pointmap.predictions import Predictions
 from heads.recon.cleaning import depth_edges
 from heads.recon.preview import preview_picture
-from heads.recon.scene import Cleaning, clean_points, predict_in_chunks
+from heads.recon.chunks import KeptChunks, predict_in_chunks, transformed
+from heads.recon.cleaning import Cleaning, clean_points
 from heads.sequences import find_sequences
 from heads.writers3d import write_cameras_json, write_ply
 
@@ -68,8 +69,6 @@ def test_chunks_moved_by_random_similarities_are_realigned(truth):
         part = _subset(pred, views)
         q = rng.normal(size=4)
         s, R, t = rng.uniform(0.5, 2), G.rotation_from_quaternion(q / np.linalg.norm(q)), rng.normal(size=3)
-        from heads.recon.scene import transformed
-
         return replace(transformed(part, s, R, t), metric=False)  # a model up to scale: similarities
 
     scene, report = predict_in_chunks(run, 8, 4, 2)
@@ -197,14 +196,12 @@ def test_fixed_order_keeps_the_surface_and_its_winding():
 
 
 def test_chunk_parts_resume_only_with_the_same_settings(truth, tmp_path):
-    from heads.recon.pipeline import _Parts
-
     pred, _ = truth
-    parts = _Parts(tmp_path / "p.npz", {"model": "a", "images": pred.images})
+    parts = KeptChunks(tmp_path / "p.npz", {"model": "a", "images": pred.images})
     parts.save(0, pred)
-    again = _Parts(tmp_path / "p.npz", {"model": "a", "images": pred.images}).done()
+    again = KeptChunks(tmp_path / "p.npz", {"model": "a", "images": pred.images}).done()
     assert list(again) == [0] and np.array_equal(Predictions.load(again[0]).pts3d, pred.pts3d)
-    assert _Parts(tmp_path / "p.npz", {"model": "b", "images": pred.images}).done() == {}
+    assert KeptChunks(tmp_path / "p.npz", {"model": "b", "images": pred.images}).done() == {}
     parts.clear()
     assert not (tmp_path / "p.npz.parts").exists()
 

@@ -15,7 +15,8 @@ from heads import geometry as G
 from heads.metrics import camera_metrics
 from heads.pointmap.predictions import Predictions
 from heads.recon import camera_files, sfm_job
-from heads.recon.scene import on_cameras, transformed
+from heads.recon.chunks import transformed
+from heads.recon.placement import on_cameras
 from heads.recon.camera_files import camera_K, image_cam2world
 
 from .conftest import KITCHEN
@@ -181,8 +182,6 @@ def test_matching_registers_real_frames_on_their_true_cameras(kitchen_sfm):
 @pytest.fixture(scope="module")
 def eleven_frames(tmp_path_factory):
     """11 held-out kitchen frames written as SfM reads them, their names and true poses."""
-    import heads.recon.sfm as sfm
-
     folder = tmp_path_factory.mktemp("eleven")
     paths, poses = kitchen(list(range(800, 921, 12)))
     names = [sfm_job.write_frame(folder, i, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB))[0]

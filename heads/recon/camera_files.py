@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -16,7 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from pixio_cli.errors import UsageError
+from pixio_cli.interrupts import sigterm_as_interrupt
+from pixio_cli.writers import write_text
 
+from heads.geometry import invert_pose, scale_intrinsics
+
+# pycolmap is imported by _pycolmap() when first needed: it costs the command line ~0.3 s of start-up
 
 
 @dataclass
@@ -98,8 +105,6 @@ class SfmCameras:
 
 def _read_frames(rec, names: list[str], written_hw: np.ndarray, original_hw: np.ndarray) -> dict:
     """:class:`SfmCameras`' arrays, read from ``rec`` (or None) for the frames ``names``."""
-    from heads.geometry import scale_intrinsics
-
     V = len(names)
     out = {"registered": np.zeros(V, bool), "cam2world": np.tile(np.eye(4), (V, 1, 1)), "K": np.zeros((V, 3, 3)),
            "cameras": [None] * V, "observations": [(np.zeros((0, 2)), np.zeros(0))] * V}
@@ -131,7 +136,6 @@ def pinhole_view(rec, *, name: str, K: np.ndarray, hw: tuple[int, int], cam2worl
     """Adds to ``rec`` an image ``name`` with pose ``cam2world`` (4, 4) and its own PINHOLE camera of ``K``
     (3, 3, our pixels) for an image of ``hw`` (h, w), and no keypoints."""
     pycolmap = _pycolmap()
-    from heads.geometry import invert_pose
 
     h, w = int(hw[0]), int(hw[1])
     camera = pycolmap.Camera.create_from_model_name(len(rec.cameras) + 1, "PINHOLE", float(K[0, 0]), w, h)
@@ -148,7 +152,6 @@ def _pycolmap():
         raise UsageError(f"cameras from the images need pycolmap ({e}); install it (pip install pycolmap) or "
                          "pass --no-sfm for the network's cameras") from None
     pycolmap.logging.minloglevel = 3  # its INFO lines would bury ours; its errors come back as exceptions or in our warning
-    from pixio_cli.interrupts import sigterm_as_interrupt
 
     sigterm_as_interrupt()  # glog's crash handler took SIGTERM on import: a stack dump and death, not a stop
     return pycolmap
@@ -219,10 +222,6 @@ def write_colmap(folder: Path, labels: list[str], original_hw: np.ndarray, K: np
     ``metres``) a ``unit.txt`` beside the model says it, so the model given back as known cameras keeps it.
     """
     pycolmap = _pycolmap()
-    import shutil
-    import tempfile
-
-    from heads.geometry import invert_pose
 
     out = pycolmap.Reconstruction()
     old = sfm.reconstruction if sfm is not None and sfm.registered.any() else None
@@ -274,8 +273,6 @@ def write_colmap(folder: Path, labels: list[str], original_hw: np.ndarray, K: np
         for name in MODEL_FILES:
             (folder / (name + other)).unlink(missing_ok=True)
     if unit in LENGTHS:
-        from pixio_cli.writers import write_text
-
         write_text(folder / UNIT_FILE, unit + "\n")
     else:
         (folder / UNIT_FILE).unlink(missing_ok=True)

@@ -37,7 +37,7 @@ def register_views(pred, measured: np.ndarray, r: DepthRegistration = DepthRegis
     from dataclasses import replace
 
     from heads.recon.fusion import Fusion, choose_neighbours, world_points
-    from heads.recon.scene import camera_rays
+    from heads.recon.placement import camera_rays
     from heads.recon.workspace import tick
 
     c2w = pred.cam2world.astype(np.float64)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 
@@ -22,8 +23,6 @@ class KeyframeRule:
 def frame_motion(key: np.ndarray, frame: np.ndarray, rule: KeyframeRule = KeyframeRule()) -> float:
     """Median displacement (as a fraction of the width) of ``key``'s corners tracked into ``frame`` (grey
     uint8 images of one size); infinity when too few can be tracked (another view altogether)."""
-    import cv2
-
     pts = cv2.goodFeaturesToTrack(key, rule.corners, 0.01, 7)
     if pts is None or len(pts) < 10:
         return 0.0 if np.array_equal(key, frame) else float("inf")  # nothing to track: textureless
@@ -40,8 +39,6 @@ def select_keyframes(frames, rule: KeyframeRule = KeyframeRule()) -> list[int]:
     """Positions of the keyframes among ``frames`` (an iterable of RGB uint8 images, or None for a frame that
     cannot be decoded, which is kept so that its error is reported): the first, then each frame that moved
     at least ``rule.motion`` from the last one kept. Reads each frame once."""
-    import cv2
-
     kept: list[int] = []
     key = None
     for i, image in enumerate(frames):

@@ -5,6 +5,8 @@ frames by name, with the unit of their lengths; an RGB-D layout's recorded poses
 
 from __future__ import annotations
 
+import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +14,9 @@ import numpy as np
 
 from pixio_cli.errors import UsageError
 
-
+from heads.geometry import scale_intrinsics
 from heads.recon.camera_files import LENGTHS, UNIT_FILE, SfmCameras, _pycolmap, pinhole_view
+from heads.recon.known_poses import PoseError, rigid
 
 
 @dataclass
@@ -35,8 +38,6 @@ def read_known_cameras(given: Path | GivenCameras, names: list[str], original_hw
     metres when pixio wrote it so, as its ``unit.txt`` says; else its points, when it has them, set the
     scale), or :class:`GivenCameras` (an RGB-D layout's recorded poses). Every frame must be in them, and
     each camera taken once."""
-    from heads.geometry import scale_intrinsics
-
     if isinstance(given, GivenCameras):
         path, source, scale, cams = None, given.source, given.scale, given.cameras
     else:
@@ -96,10 +97,6 @@ def read_cameras_json(path: Path) -> GivenCameras:
     is not said, or is pixio's 'unknown'), and per image name its K (3, 3), camera-to-world (4, 4) and
     (height, width). A :class:`UsageError` naming the file and the camera for anything else. Rotations
     orthonormal to :data:`heads.recon.known_poses.ROTATION_TOLERANCE` are made exactly so."""
-    from heads.recon.known_poses import PoseError, rigid
-
-    import json
-
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -175,3 +172,35 @@ def _require_all(source: str, names: list[str], matched: list[str | None]) -> No
     if missing:
         raise UsageError(f"{source}: no camera for {len(missing)} of the {len(names)} frames (first: "
                          f"{missing[0]})")
+
+
+def read_intrinsics(path: str | Path, n_views: int) -> list[np.ndarray]:
+    """``--intrinsics FILE``: one 3x3 K (text, .npy or JSON) for every view, or a JSON list of one 3x3 per
+    view, in the original images' pixels."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy warns of an empty file: one error line instead
+            if path.suffix == ".json":
+                data = np.array(json.loads(path.read_text()), dtype=np.float64)
+            elif path.suffix == ".npy":
+                data = np.load(path, allow_pickle=False).astype(np.float64)
+            else:
+                data = np.loadtxt(path, dtype=np.float64)
+    except (OSError, ValueError, TypeError, UserWarning) as e:  # TypeError: JSON that is not a list of numbers
+        raise UsageError(f"--intrinsics {path}: cannot read it as one 3x3 K or a list of them "
+                         f"({str(e).splitlines()[0][:120]})") from None
+    if data.shape == (3, 3):
+        data = np.repeat(data[None], n_views, axis=0)
+    if data.ndim != 3 or data.shape[1:] != (3, 3):
+        raise UsageError(f"--intrinsics {path}: expected one 3x3 matrix or a list of 3x3 matrices, got shape "
+                         f"{'x'.join(map(str, data.shape))}")
+    if len(data) != n_views:
+        raise UsageError(f"--intrinsics {path}: {len(data)} matrices for {n_views} images")
+    if not np.isfinite(data).all():
+        bad = int(np.flatnonzero(~np.isfinite(data).all(axis=(1, 2)))[0])
+        raise UsageError(f"--intrinsics {path}: matrix {bad} holds a value that is not a finite number")
+    bad = [i for i, k in enumerate(data) if not (k[0, 0] > 0 and k[1, 1] > 0 and np.allclose(k[2], [0, 0, 1]))]
+    if bad:
+        raise UsageError(f"--intrinsics {path}: matrix {bad[0]} is not a pinhole K (positive fx, fy; last row 0 0 1)")
+    return list(data)

@@ -19,6 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pixio_cli.inputs import sibling
+
+from heads.geometry import rotation_from_quaternion
+
 ROTATION_TOLERANCE = 1e-3  # |R^T R - I| a recorded rotation may be off by, and be made orthonormal
 TUM_MAX_GAP = 0.02  # seconds, as TUM's associate.py
 
@@ -47,8 +51,6 @@ def rigid(T: np.ndarray, where: str) -> tuple[np.ndarray, float]:
 def pose_file_for(image: Path) -> Path | None:
     """The file holding colour frame ``image``'s pose as a 4x4 matrix in its layout (names in any case), or
     None."""
-    from pixio_cli.inputs import sibling
-
     name = image.name
     lower = name.lower()
     candidates = []
@@ -69,8 +71,6 @@ def pose_file_for(image: Path) -> Path | None:
 @functools.lru_cache(maxsize=4)
 def _groundtruth(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """TUM's ``groundtruth.txt``: times (n,) and camera-to-world poses (n, 4, 4)."""
-    from heads.geometry import rotation_from_quaternion
-
     rows = []
     for line in path.read_text().splitlines():
         fields = line.split()

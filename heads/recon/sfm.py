@@ -10,13 +10,14 @@ reconstruction; :class:`heads.recon.camera_files.SfmCameras` reads it as arrays;
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-
+from heads.geometry import invert_pose, scale_intrinsics
 from heads.recon.camera_files import SfmCameras, _colmap_params, _pycolmap
 from heads.recon.focal import (_unfixed_focal, _without_needless_distortion, held_focal_note,
                                holds_focal)
@@ -200,7 +201,6 @@ def triangulate_known(folder: Path, given: SfmCameras, names: list[str], written
     poses and pinhole K; ``names[v]``: the database's image of given's view v, at size ``written_hw[v]``):
     a reconstruction of those cameras and the points their matches make."""
     pycolmap = _pycolmap()
-    from heads.geometry import invert_pose, scale_intrinsics
 
     db = folder / "database.db"
     rec = pycolmap.Reconstruction()
@@ -280,9 +280,6 @@ def _map(db: Path, folder: Path, sparse: Path, options: SfmOptions, hold: bool, 
     """COLMAP's incremental or global mapping, or keyframes (``options.mapper``) on the matched database of the
     frames ``names`` (in video order): the model that registers the most frames; the focal length held at the
     camera's prior when ``hold``."""
-    import shutil
-
-    pycolmap = _pycolmap()
     shutil.rmtree(sparse, ignore_errors=True)
     sparse.mkdir()
     if options.mapper == "global":

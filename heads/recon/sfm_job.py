@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import tempfile
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from pixio_cli.engine import ImageStream
 from pixio_cli.errors import RunError
+from pixio_cli.images import ResizePolicy, resize_image
 
-
+from heads.geometry import scale_intrinsics
 from heads.recon.camera_files import SfmCameras, _pycolmap
 from heads.recon.sfm import MAX_SIDE, SfmOptions, loop_pairs, run_sfm, triangulate_known
 
@@ -22,10 +29,6 @@ from heads.recon.sfm import MAX_SIDE, SfmOptions, loop_pairs, run_sfm, triangula
 def write_frame(folder: Path, index: int, image: np.ndarray) -> tuple[str, tuple[int, int]]:
     """Frame ``index`` (RGB uint8) as a PNG that COLMAP reads, at most MAX_SIDE a side, aspect kept
     exactly; returns its name and its (h, w)."""
-    import cv2
-
-    from pixio_cli.images import resize_image
-
     h, w = image.shape[:2]
     s = MAX_SIDE / max(h, w)
     if s < 1:
@@ -42,9 +45,6 @@ def write_frame(folder: Path, index: int, image: np.ndarray) -> tuple[str, tuple
 def _remove_orphans() -> None:
     """Frame folders left by runs that were killed (kill -9 gives no time to clean up): those whose
     process is gone."""
-    import shutil
-    import tempfile
-
     for folder in Path(tempfile.gettempdir()).glob("pixio-sfm-*-*"):
         pid = folder.name.split("-")[2]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
@@ -60,9 +60,6 @@ class SfmJob:
     release the interpreter. ``result`` waits for it; ``cancel`` stops it at COLMAP's next check."""
 
     def __init__(self, items: list, options: SfmOptions, video: bool = False) -> None:
-        import tempfile
-        import threading
-
         self.items, self.options, self.video = items, options, video
         _remove_orphans()
         self._tmp = tempfile.TemporaryDirectory(prefix=f"pixio-sfm-{os.getpid()}-", ignore_cleanup_errors=True)
@@ -81,13 +78,6 @@ class SfmJob:
         self._thread.start()
 
     def _run(self) -> None:
-        import time
-
-        from pixio_cli.engine import ImageStream
-        from pixio_cli.images import ResizePolicy
-
-        from heads.geometry import scale_intrinsics
-
         self._stage_began = time.perf_counter()
         try:
             for sample in ImageStream(self.items, ResizePolicy(short=None, multiple=1)):
@@ -122,8 +112,6 @@ class SfmJob:
         return sum(self.stage_seconds.values())
 
     def _next_stage(self, stage: str | None) -> None:
-        import time
-
         now = time.perf_counter()
         self.stage_seconds[self.stage] = round(self.stage_seconds.get(self.stage, 0.0) + now - self._stage_began, 2)
         self.stage, self._stage_began = stage or self.stage, now

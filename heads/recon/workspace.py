@@ -16,6 +16,7 @@ import mmap
 import os
 import shutil
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Optional, TypeVar
 
@@ -103,7 +104,6 @@ def each_view(work: Callable[[int], T], n: int, threads: Optional[int] = None) -
             yield v, work(v)
             tick()
         return
-    from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(threads, thread_name_prefix="pixio-view")
     pending: deque = deque()

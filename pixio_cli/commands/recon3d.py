@@ -190,8 +190,9 @@ def recon3d(
     import json
 
 
-    from heads.recon.pipeline import SceneOptions, SceneOutputs, reconstruct, write_scene
-    from heads.recon.scene import Cleaning
+    from heads.recon.cleaning import Cleaning
+    from heads.recon.outputs import SceneOutputs, write_scene
+    from heads.recon.pipeline import SceneOptions, reconstruct
     from heads.recon.workspace import Workspace
 
     from ..engine import Engine, Summary
@@ -260,8 +261,8 @@ def _inputs(specs: list[str], output: Path, scene_path: Path, intrinsics: Option
     the folder a video's frames go to for the cameras to name (or None)."""
     import numpy as np
 
-    from heads.recon.pipeline import SceneInputs, image_names
-    from heads.recon.scene import read_intrinsics
+    from heads.recon.known_cameras import read_intrinsics
+    from heads.recon.views import SceneInputs, image_names
 
     from ..inputs import collect, rgbd_depth_images
     from ..outputs import check_apart_from_inputs
@@ -398,7 +399,7 @@ def _recorded_cameras(items: list, Ks):
     import numpy as np
 
     from heads.recon.known_poses import PoseError, recorded_pose, rigid
-    from heads.recon.pipeline import image_names
+    from heads.recon.views import image_names
     from heads.recon.known_cameras import GivenCameras
 
     frames = [it for it in items if it.error is None]
@@ -433,7 +434,7 @@ def _folder_intrinsics(items: list):
     """One K per input from the intrinsics file of the folder all inputs lie in: 7-Scenes'
     ``camera-intrinsics.txt`` beside the frames, or the ``generic-rgbd`` layout's ``K.txt`` beside ``images/``;
     None when there is none."""
-    from heads.recon.scene import read_intrinsics
+    from heads.recon.known_cameras import read_intrinsics
 
     from ..inputs import sibling
 
