@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -43,10 +43,7 @@ class SceneOptions:
     resize: Optional[str] = None  # processing size (default: the model's)
     chunk: int = 32  # views per model pass
     overlap: int = 4  # views each chunk shares with the previous one
-    sfm: bool = True  # cameras from matching
-    matching: str = "auto"
-    mapper: str = "auto"  # incremental, keyframes, global, or auto (heads.recon.sfm.SfmOptions)
-    loop_closure: bool = False  # sequential matching also matches frames alike far apart (the network's descriptors)
+    sfm: Optional[SfmOptions] = field(default_factory=SfmOptions)  # cameras from matching, so; None: the network's
     depth_cameras: bool = True  # with known depth, move the matched cameras until the depths agree
     fusion: bool = True
     prior: str = "network"  # the depth matching starts from and fills in with: network, or flat (an ablation)
@@ -82,7 +79,7 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, s
     items = inputs.items
     measured = inputs.depth_files is not None and all(f is not None for f in inputs.depth_files)
     # given cameras have their matches triangulated, for the network's depth to fit: not needed where all is measured
-    job = _start_sfm(inputs, options) if options.sfm and not (inputs.known_cameras is not None and measured) else None
+    job = _start_sfm(inputs, options.sfm) if options.sfm is not None and not (inputs.known_cameras is not None and measured) else None
     try:
         stages.next()
         net = prepare_pointmap(engine, load_pointmap(options.model))
@@ -211,12 +208,12 @@ def _place(pred: Predictions, sfm_cameras, model_poses, views: Views, inputs: Sc
     return pred, placed, measured, depth_report
 
 
-def _start_sfm(inputs: SceneInputs, options: SceneOptions):
-    """Matching on a thread of its own, beside the network (heads.recon.sfm_job.SfmJob)."""
-    known = inputs.known_cameras is not None  # matched only, then triangulated from them (SfmJob.triangulate)
-    sfm = SfmOptions(matching=options.matching, mapper="none" if known else options.mapper,
-                     known_K=None if known else inputs.Ks, prior_K=inputs.prior_K, seed=options.seed,
-                     one_camera=not known, loop_closure=options.loop_closure and not known)
+def _start_sfm(inputs: SceneInputs, options: SfmOptions) -> SfmJob:
+    """Matching on a thread of its own, beside the network (heads.recon.sfm_job.SfmJob), with what is known of
+    the inputs: given cameras are matched only, then their matches triangulated (SfmJob.triangulate)."""
+    known = inputs.known_cameras is not None
+    sfm = replace(options, mapper="none" if known else options.mapper, known_K=None if known else inputs.Ks,
+                  prior_K=inputs.prior_K, one_camera=not known, loop_closure=options.loop_closure and not known)
     return SfmJob(inputs.items, sfm, video=any(it.frame is not None for it in inputs.items))
 
 

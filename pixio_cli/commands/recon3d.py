@@ -193,6 +193,7 @@ def recon3d(
     from heads.recon.cleaning import Cleaning
     from heads.recon.outputs import SceneOutputs, write_scene
     from heads.recon.pipeline import SceneOptions, reconstruct
+    from heads.recon.sfm import SfmOptions
     from heads.recon.workspace import Workspace
 
     from ..engine import Engine, Summary
@@ -206,8 +207,9 @@ def recon3d(
     from ..locks import claim
 
     claim(scene_path, folder=False)  # a second run into this output is refused, not let loose on this one's work folder
-    options = SceneOptions(model=model, resize=resize, chunk=chunk, overlap=overlap, sfm=sfm,
-                           matching=matching.value, mapper=mapper.value, loop_closure=loop_closure,
+    matching_options = SfmOptions(matching=matching.value, mapper=mapper.value, loop_closure=loop_closure, seed=seed)
+    options = SceneOptions(model=model, resize=resize, chunk=chunk, overlap=overlap,
+                           sfm=matching_options if sfm else None,
                            depth_cameras=depth_cameras, fusion=fusion, prior=depth_prior.value,
                            seed=seed, save_predictions=save_predictions)
     cleaning = Cleaning(use_mask, conf_percentile, conf_min=conf_min, edge_rtol=edge_rtol or None, outliers=outliers,
