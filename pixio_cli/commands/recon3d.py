@@ -207,9 +207,8 @@ def recon3d(
     from ..locks import claim
 
     claim(scene_path, folder=False)  # a second run into this output is refused, not let loose on this one's work folder
-    matching_options = SfmOptions(matching=matching.value, mapper=mapper.value, loop_closure=loop_closure, seed=seed)
-    options = SceneOptions(model=model, resize=resize, chunk=chunk, overlap=overlap,
-                           sfm=matching_options if sfm else None,
+    options = SceneOptions(model=model, resize=resize, chunk=chunk, overlap=overlap, sfm=SfmOptions(
+        matching=matching.value, mapper=mapper.value, loop_closure=loop_closure, seed=seed) if sfm else None,
                            depth_cameras=depth_cameras, fusion=fusion, prior=depth_prior.value,
                            seed=seed, save_predictions=save_predictions)
     cleaning = Cleaning(use_mask, conf_percentile, conf_min=conf_min, edge_rtol=edge_rtol or None, outliers=outliers,
