@@ -1,9 +1,11 @@
 """What ``pixio recon3d`` does with the point-map model's predictions: cameras, depth from the images, fusion,
-outputs. The data path, module by module: frames -> :mod:`sfm_job` / :mod:`sfm` (cameras from matching) ->
-the network (:mod:`heads.pointmap`) -> :mod:`scene` (its depth placed on the cameras, :mod:`depth_fit`) ->
-:mod:`mvs` and :mod:`fusion` (depth from the images, checked across views) -> :mod:`cleaning` (the points
-kept) -> :mod:`preview`, :mod:`mesh` and :mod:`scene_files` (the files written); :mod:`pipeline` runs it top to
-bottom.
+outputs. The data path, module by module (docs/development.md draws it): frames -> :mod:`views` (decoded at
+the processing size, named; what is known of them: :mod:`known_cameras`, :mod:`known_depth`,
+:mod:`known_poses`) -> :mod:`sfm_job` / :mod:`sfm` (cameras from matching, on a thread beside the network) ->
+the network (:mod:`heads.pointmap`) in :mod:`chunks` -> :mod:`placement` (its depth placed on the cameras,
+:mod:`depth_fit`; :mod:`depth_poses` with measured depth) -> :mod:`cleaning`, :mod:`mvs` and :mod:`fusion`
+(depth from the images, checked across views) -> :mod:`preview`, :mod:`mesh` and :mod:`scene_files` (the
+files written). :mod:`pipeline` runs the steps up to the placement, :mod:`outputs` the rest.
 
 Words used with one meaning throughout:
 
