@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from heads.geometry import pixel_rays
+
 
 @dataclass
 class Part:
@@ -82,7 +84,7 @@ def render(parts: list[Part], K: np.ndarray, cam2world: np.ndarray, hw: tuple[in
     s = supersample
     v, u = np.mgrid[0:h * s, 0:w * s].astype(np.float64)
     u, v = (u + 0.5) / s - 0.5, (v + 0.5) / s - 0.5  # sample positions in pixels (centres at integers)
-    d_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1).reshape(-1, 3)
+    d_cam = np.concatenate([pixel_rays(K, u, v), np.ones_like(u)[..., None]], -1).reshape(-1, 3)  # unit z
     d_world = d_cam @ cam2world[:3, :3].T
     rays = np.concatenate([np.broadcast_to(cam2world[:3, 3], d_world.shape), d_world], 1).astype(np.float32)
     hit = scene.cast_rays(o3d.core.Tensor(rays))

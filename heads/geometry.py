@@ -22,10 +22,16 @@ def pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return u, v
 
 
+def pixel_rays(K: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The normalised coordinates x/z, y/z (..., 2) of pixels (u, v) (each (...)) of a pinhole camera K:
+    the ray through each pixel, as the camera-frame point at z = 1. The one pixel-to-ray in the project."""
+    return np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1]], -1)
+
+
 def ray_directions(K: np.ndarray, h: int, w: int) -> np.ndarray:
     """Unit ray directions (h, w, 3) in the camera frame for intrinsics K."""
     u, v = pixel_grid(h, w)
-    d = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+    d = np.concatenate([pixel_rays(K, u, v), np.ones_like(u)[..., None]], -1)
     return d / np.linalg.norm(d, axis=-1, keepdims=True)
 
 
@@ -58,15 +64,43 @@ def scale_intrinsics(K: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, 
     return out
 
 
+def camera_points(depth: np.ndarray, rays: np.ndarray) -> np.ndarray:
+    """Camera-frame points (..., 3) of z-depths (...) along normalised rays (..., 2) (:func:`pixel_rays`)."""
+    return np.concatenate([rays * depth[..., None], depth[..., None]], -1)
+
+
 def depth_to_points(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """Camera-frame points (h, w, 3) from z-depth (h, w)."""
-    u, v = pixel_grid(*depth.shape)
-    return np.stack([(u - K[0, 2]) / K[0, 0] * depth, (v - K[1, 2]) / K[1, 1] * depth, depth], -1)
+    """Camera-frame points (h, w, 3) from a z-depth map (h, w) of a pinhole camera K."""
+    return camera_points(depth, pixel_rays(K, *pixel_grid(*depth.shape)))
 
 
-def ray_depth_to_points(rays: np.ndarray, ray_depth: np.ndarray) -> np.ndarray:
-    """Camera-frame points from unit rays (h, w, 3) and the depth along them (h, w)."""
-    return rays * ray_depth[..., None]
+def world_points(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray) -> np.ndarray:
+    """World points (..., 3) of z-depths (...) along normalised rays (..., 2) of a camera at ``cam2world``:
+    the one back-projection (give float64 arrays: maps stored in float32 are cast by the caller)."""
+    return transform(camera_points(depth, rays), cam2world)
+
+
+def to_camera(points: np.ndarray, cam2world: np.ndarray) -> np.ndarray:
+    """Camera-frame coordinates (..., 3) of world points (..., 3) for a camera at ``cam2world`` (rigid)."""
+    return (points - cam2world[:3, 3]) @ cam2world[:3, :3]
+
+
+def camera_pixels(cam: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Pixels (u, v) (..., 2) of camera-frame points (..., 3) in a pinhole camera K; NaN for a point not in
+    front of it (z <= 0 or NaN)."""
+    z = cam[..., 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = np.stack([K[0, 0] * cam[..., 0] / z + K[0, 2], K[1, 1] * cam[..., 1] / z + K[1, 2]], -1)
+    uv[~(z > 0)] = np.nan
+    return uv
+
+
+def project(points: np.ndarray, K: np.ndarray, cam2world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels (..., 2) and z-depths (...) of world points (..., 3) in a pinhole camera K at ``cam2world``
+    (NaN pixels behind it): the one projection, the inverse of :func:`world_points` on
+    :func:`pixel_rays`."""
+    cam = to_camera(points, cam2world)
+    return camera_pixels(cam, K), cam[..., 2]
 
 
 # ---------------------------------------------------------------------------- poses
@@ -173,26 +207,28 @@ def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> tuple[
 
 
 def ransac_umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True, threshold: float | None = None,
-                   iters: int = 200, sample: int = 4, seed: int = 0) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """A robust :func:`umeyama`: fits on random minimal samples, keeps the one with the most inliers
-    (residual under ``threshold``, default 5 % of the destination's spread), refits on its inliers.
+                   seed: int = 0) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """A robust :func:`umeyama` over point pairs (N, 3): COLMAP's LO-RANSAC (pycolmap's
+    ``estimate_sim3d_robust``, or ``estimate_rigid3d_robust`` without ``with_scale``; seeded by ``seed``, so
+    the same input gives the same fit) finds the inliers (residual under ``threshold``, default 5 % of the
+    destination's spread), then :func:`umeyama` refits on them, once more on the inliers of that fit. With
+    under 3 pairs, or no fit found, every pair is used.
 
     Returns (s, R, t, inlier mask).
     """
     n = len(src)
     if threshold is None:
         threshold = 0.05 * float(np.linalg.norm(dst - dst.mean(0), axis=1).mean() or 1.0)
-    rng = np.random.default_rng(seed)
     best = np.ones(n, bool)
-    best_count = -1
-    for _ in range(iters if n > sample else 0):
-        idx = rng.choice(n, sample, replace=False)
-        s, R, t = umeyama(src[idx], dst[idx], with_scale)
-        inliers = np.linalg.norm(dst - (s * src @ R.T + t), axis=1) < threshold
-        if inliers.sum() > best_count:
-            best, best_count = inliers, int(inliers.sum())
-    if best.sum() < 3:
-        best = np.ones(n, bool)
+    if n >= 3:
+        import pycolmap  # here, not at the top: importing pycolmap costs the command line's start-up ~0.3 s
+
+        options = pycolmap.RANSACOptions()
+        options.max_error, options.random_seed = threshold, seed
+        estimate = pycolmap.estimate_sim3d_robust if with_scale else pycolmap.estimate_rigid3d_robust
+        found = estimate(np.ascontiguousarray(src, np.float64), np.ascontiguousarray(dst, np.float64), options)
+        if found is not None and found["num_inliers"] >= 3:
+            best = np.asarray(found["inlier_mask"], bool)
     s, R, t = umeyama(src[best], dst[best], with_scale)
     inliers = np.linalg.norm(dst - (s * src @ R.T + t), axis=1) < threshold
     if inliers.sum() >= 3:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from heads import geometry as G
+from heads.geometry import world_points
 from heads.recon.depth_fit import FieldFit, fit_depth_field
-from heads.recon.fusion import Fusion, fuse_views, world_points
+from heads.recon.fusion import Fusion, fuse_views
 from heads.recon.evaluate import cloud_scores, similarity_with_offset, thin
 from heads.recon.mvs import RayProjector, Stereo, fill_from_prior, pair_depth, rectify, view_depth
 

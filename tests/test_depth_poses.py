@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from heads.recon.depth_poses import pairs_to_register, refine_on_depth, register_views
-from heads.recon.fusion import world_points
-from heads.geometry import rotation_angle_deg
+from heads.geometry import rotation_angle_deg, world_points
 from heads.pointmap.predictions import Predictions
 
 H, W, F = 96, 128, 100.0

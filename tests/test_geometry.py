@@ -40,11 +40,56 @@ def test_rays_depth_points_and_intrinsics_round_trip():
     depth = np.random.default_rng(0).uniform(0.5, 4, (h, w))
     pts = G.depth_to_points(depth, k)
     assert np.allclose(pts[..., 2], depth)
-    # the same points from rays and the distance along them
-    assert np.allclose(G.ray_depth_to_points(rays, np.linalg.norm(pts, axis=-1)), pts)
+    # the same points from the unit rays and the distance along them
+    assert np.allclose(rays * np.linalg.norm(pts, axis=-1)[..., None], pts)
     # projecting back lands on the pixel grid
     u = pts[..., 0] / pts[..., 2] * k[0, 0] + k[0, 2]
     assert np.allclose(u, np.arange(w)[None].repeat(h, 0))
+
+
+# a camera with fx != fy and cx != cy, so that a swapped focal length or principal point shows
+K_SKEW = np.array([[410.0, 0, 150.25], [0, 380.0, 97.5], [0, 0, 1]])
+
+
+def test_pixel_rays_are_each_pixels_normalised_coordinates():
+    fx, fy, cx, cy = K_SKEW[0, 0], K_SKEW[1, 1], K_SKEW[0, 2], K_SKEW[1, 2]
+    rays = G.pixel_rays(K_SKEW, np.array([cx, cx + fx, cx - 0.5 * fx]), np.array([cy, cy - 2 * fy, cy + 3 * fy]))
+    assert rays.shape == (3, 2)
+    assert np.allclose(rays, [[0, 0], [1, -2], [-0.5, 3]])
+
+
+def test_back_projected_pixels_project_back_onto_themselves():
+    rng = np.random.default_rng(5)
+    h, w = 30, 40
+    u, v = G.pixel_grid(h, w)
+    depth = rng.uniform(0.3, 8, (h, w))
+    cam2world = pose(random_rotation(rng), rng.normal(size=3))
+    X = G.world_points(depth, G.pixel_rays(K_SKEW, u, v), cam2world)
+    assert X.shape == (h, w, 3)
+    assert np.allclose(G.to_camera(X, cam2world)[..., 2], depth)
+    uv, z = G.project(X, K_SKEW, cam2world)
+    assert np.allclose(uv, np.stack([u, v], -1)) and np.allclose(z, depth)
+
+
+def test_depth_to_points_are_the_world_points_of_a_camera_at_the_origin():
+    depth = np.random.default_rng(6).uniform(0.5, 4, (12, 16))
+    u, v = G.pixel_grid(12, 16)
+    pts = G.depth_to_points(depth, K_SKEW)
+    assert np.array_equal(pts, G.world_points(depth, G.pixel_rays(K_SKEW, u, v), np.eye(4)))
+    assert np.allclose(pts[..., 2], depth)
+    assert np.allclose(G.camera_pixels(pts, K_SKEW), np.stack([u, v], -1))
+
+
+def test_points_behind_the_camera_or_in_its_plane_have_nan_pixels():
+    rng = np.random.default_rng(7)
+    cam2world = pose(random_rotation(rng), rng.normal(size=3))
+    cam = np.array([[0.2, -0.1, 2.0], [0.2, -0.1, -2.0], [0.0, 0.0, np.nan]])
+    uv, z = G.project(G.transform(cam, cam2world), K_SKEW, cam2world)
+    assert np.allclose(z[:2], [2.0, -2.0]) and np.isnan(z[2])
+    assert np.isfinite(uv[0]).all() and np.isnan(uv[1:]).all()
+    assert np.allclose(uv[0], [K_SKEW[0, 0] * 0.1 + K_SKEW[0, 2], K_SKEW[1, 1] * -0.05 + K_SKEW[1, 2]])
+    with np.errstate(all="raise"):  # z = 0 exactly (in the camera's plane): NaN, quietly
+        assert np.isnan(G.camera_pixels(np.array([[0.3, 0.4, 0.0], [0.0, 0.0, 0.0]]), K_SKEW)).all()
 
 
 def test_scale_intrinsics_keeps_pixel_centres():
@@ -84,6 +129,55 @@ def test_umeyama_recovers_a_similarity_and_ransac_ignores_outliers():
     s4, R4, t4, inliers = G.ransac_umeyama(src, noisy)
     assert s4 == pytest.approx(s, rel=1e-6) and np.allclose(R4, R, atol=1e-6) and not inliers[:40].any()
     assert inliers[40:].all()
+
+
+def test_ransac_rigid_fit_ignores_outliers():
+    rng = np.random.default_rng(8)
+    src = rng.normal(size=(300, 3))
+    R, t = random_rotation(rng), rng.normal(size=3)
+    dst = src @ R.T + t + rng.normal(scale=1e-3, size=src.shape)
+    dst[:60] += rng.normal(scale=3.0, size=(60, 3))  # 20 % gross outliers
+    s, R2, t2, inliers = G.ransac_umeyama(src, dst, with_scale=False, seed=3)
+    assert s == 1.0 and G.rotation_angle_deg(R2, R) < 0.05 and np.linalg.norm(t2 - t) < 1e-3
+    assert not inliers[:60].any() and inliers[60:].all()
+
+
+def test_ransac_finds_a_small_scale_among_40_percent_outliers():
+    rng = np.random.default_rng(9)
+    src = rng.normal(size=(400, 3))
+    R, t, scale = random_rotation(rng), rng.normal(size=3), 0.2
+    dst = scale * src @ R.T + t + rng.normal(scale=0.01 * scale, size=src.shape)
+    dst[:160] += rng.normal(scale=2 * scale, size=(160, 3))
+    s, R2, t2, inliers = G.ransac_umeyama(src, dst)
+    assert s == pytest.approx(scale, rel=1e-3) and G.rotation_angle_deg(R2, R) < 0.1 and np.linalg.norm(t2 - t) < 1e-3
+    assert inliers[160:].all() and inliers[:160].mean() < 0.05
+
+
+def test_ransac_returns_the_least_squares_fit_of_the_inliers_it_returns():
+    """With noise about the threshold the inliers the sampling finds are not those of the fit on them: the
+    answer is refitted until fit and inliers belong together."""
+    rng = np.random.default_rng(10)
+    src = rng.normal(size=(300, 3))
+    dst = 1.5 * src @ random_rotation(rng).T + rng.normal(scale=0.07, size=src.shape)
+    s, R, t, inliers = G.ransac_umeyama(src, dst)
+    assert 0.2 < inliers.mean() < 0.9
+    s2, R2, t2 = G.umeyama(src[inliers], dst[inliers])
+    assert s == pytest.approx(s2, rel=1e-12) and np.allclose(R, R2, atol=1e-12) and np.allclose(t, t2, atol=1e-12)
+
+
+def test_ransac_gives_the_same_fit_for_the_same_seed():
+    rng = np.random.default_rng(11)
+    src = rng.normal(size=(300, 3))
+    dst = 1.5 * src @ random_rotation(rng).T + rng.normal(scale=0.07, size=src.shape)  # inliers ill-defined
+    fits = [G.ransac_umeyama(src, dst, seed=seed) for seed in (4, 4, 4, 5)]
+    assert all(all(np.array_equal(a, b) for a, b in zip(fits[0], fit)) for fit in fits[1:3])
+    assert not np.array_equal(fits[0][3], fits[3][3])  # another seed, other inliers: the seed is what holds them
+
+
+def test_ransac_on_fewer_than_three_pairs_fits_them_all():
+    src = np.array([[0.0, 0, 0], [1.0, 0, 0]])
+    s, R, t, inliers = G.ransac_umeyama(src, 2 * src + [1.0, 2.0, 3.0])
+    assert s == pytest.approx(2) and np.allclose(t, [1, 2, 3]) and inliers.all()
 
 
 def test_chunks_with_a_random_similarity_are_realigned():

@@ -17,7 +17,7 @@ import torch
 
 from pixio_cli.writers import write_npz
 
-from heads.geometry import scale_intrinsics
+from heads.geometry import scale_intrinsics, transform
 from heads.pointmap.cameras import intrinsics, rays_from_intrinsics
 from heads.pointmap.model import PointMapModel
 
@@ -81,7 +81,7 @@ def predict(model: PointMapModel, pixels: torch.Tensor, names: list[str], origin
     pts3d, c2w = out.pts3d[0].float().cpu().numpy(), out.cam2world[0].float().cpu().numpy()
     if poses is not None:  # from the first view's frame to the given cameras'
         T = np.asarray(cam2world[0], np.float64)
-        pts3d = (pts3d.astype(np.float64) @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+        pts3d = transform(pts3d.astype(np.float64), T).astype(np.float32)
         c2w = (T @ c2w.astype(np.float64)).astype(np.float32)
     pred_rays = out.rays[0].float().cpu().numpy()
     K = intrinsics(pred_rays) if K_original is None else K_proc

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from heads.geometry import camera_points, world_points
+
 
 @dataclass(frozen=True)
 class DepthRegistration:
@@ -36,7 +38,7 @@ def register_views(pred, measured: np.ndarray, r: DepthRegistration = DepthRegis
     moved camera; and the report of :func:`refine_on_depth`. Needs the depth in metres."""
     from dataclasses import replace
 
-    from heads.recon.fusion import Fusion, choose_neighbours, world_points
+    from heads.recon.fusion import Fusion, choose_neighbours
     from heads.recon.placement import camera_rays
     from heads.recon.workspace import tick
 
@@ -88,7 +90,7 @@ def refine_on_depth(depth: np.ndarray, rays: np.ndarray, valid: np.ndarray, cam2
     clouds = []
     for v in range(V):
         use = valid[v] & np.isfinite(rays[v]).all(-1) & (depth[v] > 0)
-        cam = np.concatenate([rays[v] * depth[v][..., None], depth[v][..., None]], -1)[use]
+        cam = camera_points(depth[v], rays[v])[use]
         clouds.append(_cloud(cam, r.voxel) if len(cam) else None)
     usable = [c is not None and len(c.points) >= r.min_points for c in clouds]
 

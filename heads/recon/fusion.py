@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from heads.geometry import project, to_camera, world_points  # world_points: placement.py imports it from here
 from heads.recon.mvs import RayProjector, Stereo, fill_from_prior, search_range, textured, view_depth
 from heads.recon.workspace import active, each_view, tick
 
@@ -53,12 +54,6 @@ class Fusion:
     stereo: Stereo | None = field(default_factory=Stereo)  # None: the depths given, not matched
 
 
-def world_points(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray) -> np.ndarray:
-    """World points (..., 3) of z-depths (...) along ``rays`` (..., 2) of a camera at ``cam2world``."""
-    cam = np.concatenate([rays * depth[..., None], depth[..., None]], -1)
-    return cam @ cam2world[:3, :3].T + cam2world[:3, 3]
-
-
 def points_at(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, v: int, ys: np.ndarray,
               xs: np.ndarray) -> np.ndarray:
     """World points (n, 3) of view ``v``'s pixels (ys, xs), in float64 whatever the maps are stored in."""
@@ -73,16 +68,6 @@ def sample_points(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, va
         return points_at(depth, rays, cam2world=cam2world, v=v, ys=ys * step, xs=xs * step)
 
     return [points for _, points in each_view(sample, len(depth))]
-
-
-def project(points: np.ndarray, K: np.ndarray, cam2world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels (n, 2) and z-depths (n,) of world points (n, 3) in a pinhole camera (NaN pixels behind it)."""
-    cam = (points - cam2world[:3, 3]) @ cam2world[:3, :3]
-    z = cam[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = np.stack([K[0, 0] * cam[:, 0] / z + K[0, 2], K[1, 1] * cam[:, 1] / z + K[1, 2]], 1)
-    uv[~(z > 0)] = np.nan
-    return uv, z
 
 
 def _landing(X: np.ndarray, K: np.ndarray, cam2world: np.ndarray, hw: tuple[int, int]
@@ -189,7 +174,7 @@ def average_agreeing(depth: np.ndarray, rays: np.ndarray, K: np.ndarray, cam2wor
             ok = seen_there & (np.abs(z - d) <= rtol * d)
             i, r, u = i[ok], r[ok], u[ok]
             seen = points_at(depth, rays, cam2world=cam2world, v=n, ys=r, xs=u)
-            total[i] += ((seen - cam2world[v][:3, 3]) @ cam2world[v][:3, :3])[:, 2]
+            total[i] += to_camera(seen, cam2world[v])[:, 2]
             n_agree[i] += 1
         return ys, xs, total / (1 + n_agree), n_agree, n_against
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from pixio_cli.errors import UsageError
 
+from heads.geometry import pixel_grid, pixel_rays, world_points
 from heads.recon.depth_fit import FieldFit, fit_depth_field
 from heads.sequences import NO_RETURN
 
@@ -166,7 +167,7 @@ def put_known_depth(pred, depths):
     V, H, W = pred.depth_z.shape
     measured = active().array("measured", (V, H, W), bool)
     rng = np.random.default_rng(0)
-    v_, u_ = np.mgrid[0:H, 0:W].astype(np.float64)
+    u_, v_ = pixel_grid(H, W)
     with_depth, covered = 0, 0
     for v, known in enumerate(depths):
         if known is None:
@@ -183,9 +184,7 @@ def put_known_depth(pred, depths):
         measured[v] = ok
         with_depth, covered = with_depth + 1, covered + int(ok.sum())
         K = pred.K[v].astype(np.float64)  # the given K, at the processing size: known depth comes with one
-        rays = np.stack([(u_ - K[0, 2]) / K[0, 0], (v_ - K[1, 2]) / K[1, 1]], -1)
-        T = pred.cam2world[v].astype(np.float64)
-        pred.pts3d[v] = np.concatenate([rays * depth_z[..., None], depth_z[..., None]], -1) @ T[:3, :3].T + T[:3, 3]
+        pred.pts3d[v] = world_points(depth_z, pixel_rays(K, u_, v_), pred.cam2world[v].astype(np.float64))
         pred.depth_z[v] = depth_z
         tick()
     report = {"views": with_depth, "covered": round(covered / (with_depth * H * W), 4) if with_depth else 0.0}

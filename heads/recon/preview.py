@@ -7,7 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from heads.geometry import transform
+from heads.geometry import camera_pixels, pixel_rays, transform, world_points
 from heads.pointmap.predictions import Predictions
 
 
@@ -26,9 +26,7 @@ def preview_picture(points: np.ndarray, colours: np.ndarray, pred: Predictions, 
 
     def to_pixels(p3: np.ndarray) -> tuple[np.ndarray, bool]:
         c = transform(p3, w2c)
-        ok = bool((c[:, 2] > 1e-6).all())
-        return np.stack([c[:, 0] / np.maximum(c[:, 2], 1e-9) * K[0, 0] + K[0, 2],
-                         c[:, 1] / np.maximum(c[:, 2], 1e-9) * K[1, 1] + K[1, 2]], 1), ok
+        return camera_pixels(c, K), bool((c[:, 2] > 1e-6).all())
 
     for i in reversed(range(len(pred.K))):  # the first camera last, on top
         k, T = pred.K[i], pred.cam2world[i]
@@ -94,8 +92,7 @@ def render_points(points: np.ndarray, colours: np.ndarray, K: np.ndarray, world2
     cam = transform(points, world2cam)
     front = cam[:, 2] > 1e-6
     cam, col = cam[front], colours[front]
-    u = np.round(cam[:, 0] / cam[:, 2] * K[0, 0] + K[0, 2]).astype(np.int64)
-    v = np.round(cam[:, 1] / cam[:, 2] * K[1, 1] + K[1, 2]).astype(np.int64)
+    u, v = np.round(camera_pixels(cam, K)).astype(np.int64).T
     image = np.full((h, w, 3), background, np.uint8)
     zbuf = np.full((h, w), np.inf)
     order = np.argsort(-cam[:, 2])  # far to near: nearer points overwrite
@@ -115,8 +112,7 @@ def frustum_segments(K: np.ndarray, hw: tuple[int, int], cam2world: np.ndarray, 
     """The 8 line segments (8, 2, 3) of a camera frustum of depth ``size``, in world coordinates."""
     h, w = hw
     corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
-    rays = np.stack([(corners[:, 0] - K[0, 2]) / K[0, 0], (corners[:, 1] - K[1, 2]) / K[1, 1], np.ones(4)], -1)
-    far = transform(rays * size, cam2world)
+    far = world_points(np.full(4, float(size)), pixel_rays(K, corners[:, 0], corners[:, 1]), cam2world)
     apex = cam2world[:3, 3]
     return np.array([[apex, c] for c in far] + [[far[i], far[(i + 1) % 4]] for i in range(4)])
 
