@@ -12,11 +12,15 @@ coordinates of each pixel (through each camera's own model), camera-to-world pos
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from heads.geometry import camera_points, world_points
+from heads.recon.fusion import Fusion, camera_rays, choose_neighbours
+from heads.recon.workspace import tick
+
+# Open3D is imported in the functions that use it: it costs start-up, and only measured depth needs it
 
 
 @dataclass(frozen=True)
@@ -33,15 +37,9 @@ class DepthRegistration:
 
 
 def register_views(pred, measured: np.ndarray, r: DepthRegistration = DepthRegistration()):
-    """:class:`heads.recon.scene.Predictions` whose cameras are moved so that their measured depth agrees
+    """:class:`heads.pointmap.predictions.Predictions` whose cameras are moved so that their measured depth agrees
     (``measured`` (V, h, w) bool: the pixels whose depth was measured), every view's points placed on its
     moved camera; and the report of :func:`refine_on_depth`. Needs the depth in metres."""
-    from dataclasses import replace
-
-    from heads.recon.fusion import Fusion, choose_neighbours
-    from heads.recon.placement import camera_rays
-    from heads.recon.workspace import tick
-
     c2w = pred.cam2world.astype(np.float64)
     f = Fusion(window=r.window)
     samples = [pred.pts3d[v, ::f.sample, ::f.sample][measured[v, ::f.sample, ::f.sample]] for v in range(len(c2w))]

@@ -25,15 +25,19 @@ The steps (:func:`fuse_views`), as COLMAP's stereo fusion checks its depth maps:
    agreed on it) is kept, a filled-in one only where a neighbour agrees;
 4. once: a pixel another view sees in more detail (or as much, and earlier) is left
    out (:func:`finest_view`), so ten views of a wall give one layer of points, not ten.
+
+:func:`fuse` runs them on a scene's placed predictions (:class:`heads.pointmap.predictions.Predictions`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import cv2
 import numpy as np
 
-from heads.geometry import project, to_camera, world_points  # world_points: placement.py imports it from here
+from heads.geometry import project, to_camera, world_points
+from heads.pointmap.predictions import Predictions
 from heads.recon.mvs import RayProjector, Stereo, fill_from_prior, search_range, textured, view_depth
 from heads.recon.workspace import active, each_view, tick
 
@@ -321,3 +325,68 @@ def _copy(a: np.ndarray, out: np.ndarray) -> np.ndarray:
         out[v] = a[v]
         tick()
     return out
+
+
+def camera_rays(pred: Predictions) -> np.ndarray:
+    """Each pixel's normalised coordinates x/z, y/z (V, H, W, 2) in its camera, as its point says (through
+    the camera's own model where the points were placed through one); NaN where there is no point."""
+    c2w = pred.cam2world.astype(np.float64)
+    rays = active().array("rays", pred.pts3d.shape[:3] + (2,), np.float32)  # a view at a time: float64 for one
+
+    def ray(v: int) -> np.ndarray:
+        cam = to_camera(pred.pts3d[v].astype(np.float64), c2w[v])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = cam[..., :2] / cam[..., 2:]
+        out[~(cam[..., 2] > 0)] = np.nan
+        return out
+
+    for v, r in each_view(ray, len(c2w)):
+        rays[v] = r
+    return rays
+
+
+def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, measured: np.ndarray | None = None,
+         tracks: list | None = None, *, in_place: bool = False) -> tuple[Predictions, np.ndarray, np.ndarray, dict]:
+    """The views' depths found by matching the images ``colours`` (V, H, W, 3) with the predictions' depth as
+    the prior, checked against each other and averaged where they agree (:func:`heads.recon.fusion.fuse_views`
+    with options ``f``), starting from the ``valid`` pixels; ``tracks``: per view the (near, far) depths of its
+    tracks, or None (what matching searches). Returns the predictions with those depths and points; the pixels
+    matched or confirmed (what a TSDF should average); of those, the ones to keep as points (each surface
+    once); and a report: views checked, the names of those that could not be, the fraction of pixels matching
+    found, and the pixels left by the check and by keeping each surface once. ``measured`` (V, H, W) bool:
+    pixels whose depth was measured (known depth), which matching does not move. ``in_place``: the fused
+    depths and points are written over ``pred``'s arrays (and ``valid`` narrowed), with no copy of them."""
+    f = f or Fusion()
+    ws = active()
+    rays = camera_rays(pred)
+    if not in_place:
+        valid = valid.copy()
+    grays = ws.array("grays", pred.depth_z.shape, np.uint8)
+    for v, c in enumerate(colours):  # a view at a time: the views' arrays may be files (heads.recon.workspace)
+        ray = rays[v]
+        valid[v] &= np.isfinite(ray).all(-1)
+        rays[v] = np.nan_to_num(ray)
+        grays[v] = cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY)
+        tick()
+    c2w = pred.cam2world.astype(np.float64)
+    out = fuse_views(pred.depth_z, rays, cam2world=c2w, K=pred.K.astype(np.float64), valid=valid, grays=grays, f=f,
+                     measured=measured, tracks=tracks)
+    del grays
+    fused = pred if in_place else replace(pred, depth_z=pred.depth_z.astype(np.float32, copy=True),
+                                          pts3d=pred.pts3d.astype(np.float32, copy=True))
+    def placed(v: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        ys, xs = np.nonzero(valid[v])
+        d = out.depth[v][ys, xs]
+        return ys, xs, d, world_points(d.astype(np.float64), rays[v][ys, xs].astype(np.float64), c2w[v])
+
+    for v, (ys, xs, d, points) in each_view(placed, len(fused.depth_z)):  # fused where valid, predicted elsewhere
+        fused.depth_z[v, ys, xs] = d
+        fused.pts3d[v, ys, xs] = points
+    report = {"checked": int(out.checked.sum()),
+              "unchecked": [pred.images[v] for v in np.flatnonzero(~out.checked) if valid[v].any()],
+              "matched": round(sum(int(m.sum()) for m in out.matched) / max(sum(int(k.sum()) for k in valid), 1), 4),
+              "after_views": int(out.keep.sum()), "after_once": int(out.first.sum())}
+    return fused, out.keep, out.first, report
+
+
+# ---------------------------------------------------------------------------- long sequences

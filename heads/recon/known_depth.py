@@ -10,15 +10,17 @@ pixels and camera, so it needs the camera's K.
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from pixio_cli.errors import UsageError
+from pixio_cli.inputs import sibling
 
 from heads.geometry import pixel_grid, pixel_rays, world_points
 from heads.recon.depth_fit import FieldFit, fit_depth_field
+from heads.recon.workspace import active, tick
 from heads.sequences import NO_RETURN
 
 PER_METRE = {".png": 1000.0, ".npy": 1.0}  # stored value per metre unless --depth-scale says otherwise
@@ -79,8 +81,6 @@ def _partners(image: Path) -> list[Path]:
     (7-Scenes), ``x_depth.png`` beside ``x_color.*``, ``depth/<stem>.png`` beside ``rgb|color/<name>``
     (ScanNet exports), or for TUM's ``rgb/<time>.png`` the ``depth/`` frame nearest in time; names in any
     case (``FRAME-1.COLOR.JPG`` beside ``FRAME-1.DEPTH.PNG``)."""
-    from pixio_cli.inputs import sibling
-
     name, out = image.name, []
     for colour, depth in ((".color.", ".depth."), ("_color.", "_depth.")):
         if colour in name.lower():
@@ -113,8 +113,6 @@ def read_depth(path: Path, hw: tuple[int, int], per_metre: float | None = None) 
     in fifths of a millimetre, or ``per_metre`` stored values per metre), 0 where unknown (0, and 65535 in a
     PNG); checked against the image's size ``hw``. A :class:`UsageError` naming the file for anything else,
     an integer ``.npy`` without ``per_metre`` included (its unit cannot be metres)."""
-    import cv2
-
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
@@ -154,16 +152,12 @@ def read_depth(path: Path, hw: tuple[int, int], per_metre: float | None = None) 
 
 
 def put_known_depth(pred, depths):
-    """``pred`` (:class:`heads.recon.scene.Predictions`) with each view's known depth (original pixels, metres, 0
+    """``pred`` (:class:`heads.pointmap.predictions.Predictions`) with each view's known depth (original pixels, metres, 0
     unknown; None: no file) in place of the network's where it is known, the network's fitted to it
     elsewhere, and the points moved with it, in ``pred``'s own arrays (which the caller gives up). ``depths``:
     one per view, in order, read as they are used (a generator keeps one in memory). Returns the predictions,
     which pixels hold known depth (V, H, W) bool, and a report (views with depth, the share of their pixels
     it covers)."""
-    import cv2
-
-    from heads.recon.workspace import active, tick
-
     V, H, W = pred.depth_z.shape
     measured = active().array("measured", (V, H, W), bool)
     rng = np.random.default_rng(0)

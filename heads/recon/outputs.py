@@ -20,9 +20,9 @@ from pixio_cli.writers import write_bytes, write_image
 from heads.pointmap.predictions import Predictions
 from heads.recon.camera_files import write_colmap
 from heads.recon.cleaning import Cleaning, clean_points, pixel_mask
+from heads.recon.fusion import fuse
 from heads.recon.mesh import MESH_MEMORY, tsdf_mesh
 from heads.recon.pipeline import Scene, SceneOptions
-from heads.recon.placement import fuse
 from heads.recon.preview import preview_picture
 from heads.recon.scene_files import SceneFiles
 from heads.recon.workspace import active
