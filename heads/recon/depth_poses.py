@@ -17,10 +17,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from heads.geometry import camera_points, world_points
+from heads.open3d_access import load_open3d  # Open3D itself is imported when first used: it costs start-up
 from heads.recon.fusion import Fusion, camera_rays, choose_neighbours
 from heads.recon.workspace import tick
-
-# Open3D is imported in the functions that use it: it costs start-up, and only measured depth needs it
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,7 @@ def register_views(pred, measured: np.ndarray, r: DepthRegistration = DepthRegis
 
 def _cloud(points: np.ndarray, voxel: float):
     """An Open3D cloud of points (n, 3), thinned to ``voxel``, with normals."""
-    import open3d as o3d
-
+    o3d = load_open3d()
     pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
     pc = pc.voxel_down_sample(voxel)
     pc.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=3 * voxel, max_nn=30))
@@ -81,9 +79,7 @@ def refine_on_depth(depth: np.ndarray, rays: np.ndarray, valid: np.ndarray, cam2
     consecutive views without an accepted fit between them keep their given relative pose (a weak link in
     the graph), so a view without measured depth moves with its neighbours; the first view does not move.
     """
-    import open3d as o3d
-
-    reg = o3d.pipelines.registration
+    reg = load_open3d().pipelines.registration
     V = len(depth)
     clouds = []
     for v in range(V):
