@@ -8,17 +8,25 @@ never uses) are listed with why in ``scripts/mutants_equivalent.txt`` and left o
 killed / non-equivalent per module goes between the ``mutants`` markers of docs/development.md, with the
 survivors named in ``mutants/survivors.txt``. Not in CI: a whole run takes hours on 2 cores.
 
+mutmut copies the working tree as it is when a module starts: run it on a tree whose tests pass (while others
+are editing this one, a ``git worktree add --detach`` of a commit, with ``--shared`` pointing at the data).
+
     python scripts/mutants.py                      # every module (hours)
     python scripts/mutants.py heads/recon/depth_fit.py pixio_cli/resume.py
+    python scripts/mutants.py --max-children 1 pixio_cli/sliding.py   # or MUTANTS_MAX_CHILDREN=1
+    python scripts/mutants.py pixio_cli/sliding.py     # again, after new tests: its survivors checked again
+    python scripts/mutants.py --no-run pixio_cli/sliding.py   # the table from a run stopped midway
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +49,8 @@ MODULES = {  # module: the test files that hold its tests
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
-          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed"}
+          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed",
+          2: "not checked"}  # mutmut's exit codes (mutmut/stats.py); 2: the check was interrupted (Ctrl-C)
 
 
 def equivalent() -> dict[str, str]:
@@ -55,13 +64,29 @@ def equivalent() -> dict[str, str]:
     return out
 
 
-def run_module(module: str, tests: list[str], shared: Path) -> dict[str, str]:
+def run_module(module: str, tests: list[str], shared: Path, children: int = 2) -> dict[str, str]:
     """mutmut on one module with its tests; the status of each of its mutants. mutmut keeps what it has checked
-    in ``mutants/``: a run stopped midway goes on where it stopped (and redoes what changed since)."""
+    in ``mutants/``: a run stopped midway goes on where it stopped (and redoes what changed since).
+
+    mutmut keeps one record of which tests reach which function (``mutants/mutmut-stats.json``), and redoes
+    every mutant when the test selection in it differs (as it does from one module to the next here): so each
+    module's record is kept aside (``mutants/stats/``) and put back for its next run, which then redoes only
+    what changed. mutmut also keeps a survivor's verdict when only the tests changed: so the survivors of the
+    module's last run (and mutants no test reached) are checked again by name, against the tests as they are
+    now."""
     package = module.split("/")[0]
     config = ROOT / "setup.cfg"
     if config.exists():
         raise SystemExit(f"{config} exists: this script writes its own for each module")
+    meta = ROOT / "mutants" / (module + ".meta")
+    stats = ROOT / "mutants" / "mutmut-stats.json"
+    kept = ROOT / "mutants" / "stats" / (module.replace("/", "+") + ".json")
+    if kept.exists():
+        shutil.copy(kept, stats)
+    # mutmut keeps the verdicts when the test selection is the one it recorded (else it redoes every mutant)
+    selection = hashlib.sha256(repr(tuple(tests)).encode()).hexdigest()[:12]  # as mutmut's config_fingerprint
+    resumed = stats.exists() and json.loads(stats.read_text()).get("config_fingerprint", {}).get("test_selection") \
+        == selection
     config.write_text("[mutmut]\n"
                       f"source_paths={package}\n"
                       f"only_mutate={module}\n"
@@ -71,13 +96,32 @@ def run_module(module: str, tests: list[str], shared: Path) -> dict[str, str]:
                       "process_isolation=forkserver\n")
     try:
         env = {**os.environ, "PIXIO_SHARED_DATA": str(shared), "OMP_NUM_THREADS": "1"}
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "2"], cwd=ROOT, env=env,
-                       check=False)
-        meta = ROOT / "mutants" / (module + ".meta")
-        codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
-        return {name: "not checked" if code is None else STATUS.get(code, "suspicious") for name, code in codes.items()}
+        mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)]
+        judged = equivalent()  # (left as they are)
+        again = sorted(n for n, code in (_codes(meta) if resumed else {}).items()
+                       if code in (0, 5, 33) and n not in judged)
+        if again:  # first: these are what new tests are written for
+            print(f"checking {len(again)} survivors of the last run again, against the tests as they are now",
+                  file=sys.stderr, flush=True)
+            subprocess.run(mutmut + again, cwd=ROOT, env=env, check=False)
+        subprocess.run(mutmut, cwd=ROOT, env=env, check=False)  # then the mutants not checked yet
+        if stats.exists():
+            kept.parent.mkdir(exist_ok=True)
+            shutil.copy(stats, kept)
+        return statuses(module)
     finally:
         config.unlink(missing_ok=True)
+
+
+def statuses(module: str) -> dict[str, str]:
+    """The status of each mutant of ``module`` as mutmut has recorded it in ``mutants/``."""
+    return {name: "not checked" if code is None else STATUS.get(code, "suspicious")
+            for name, code in _codes(ROOT / "mutants" / (module + ".meta")).items()}
+
+
+def _codes(meta: Path) -> dict[str, int | None]:
+    """mutmut's exit code of each mutant of a module (None: not checked yet), from its ``.meta`` file."""
+    return json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
 
 
 def table(scores: dict[str, dict[str, str]], judged: dict[str, str]) -> list[str]:
@@ -114,13 +158,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("modules", nargs="*", help="modules to run (default: all of MODULES)")
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--max-children", type=int, default=int(os.environ.get("MUTANTS_MAX_CHILDREN", "2")),
+                    help="mutants checked at once (default: $MUTANTS_MAX_CHILDREN, else 2)")
+    ap.add_argument("--no-run", action="store_true",
+                    help="run nothing: the table from what mutmut has checked so far (mutants/, as a run left it)")
     args = ap.parse_args()
     chosen = args.modules or list(MODULES)
     results_file = ROOT / "scripts" / "mutants_results.json"
     scores = json.loads(results_file.read_text()) if results_file.exists() else {}
     for module in chosen:
-        print(f"mutants of {module} ...", file=sys.stderr, flush=True)
-        scores[module] = run_module(module, MODULES[module], args.shared)
+        if not args.no_run:
+            print(f"mutants of {module} ...", file=sys.stderr, flush=True)
+        scores[module] = statuses(module) if args.no_run else run_module(module, MODULES[module], args.shared,
+                                                                         args.max_children)
         results_file.write_text(json.dumps(scores, indent=1, sort_keys=True) + "\n")
     judged = equivalent()
     survivors = [f"{name}: {status}" for statuses in scores.values() for name, status in sorted(statuses.items())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -270,3 +271,194 @@ def test_pca_colours_hold_under_tiny_feature_changes():
         pictures.append(pca_rgb(base + 1e-3 * torch.randn(base.shape, generator=g), (48, 64)).astype(int))
     for p in pictures[1:]:
         assert np.abs(p - pictures[0]).mean() < 3
+
+
+# ------------------------------------------------------------------ the ledger that decides what a rerun skips
+# (pixio_cli/resume.py, shared by extract, depth, segment, curate and the k-NN cache)
+
+SETTINGS = {"--model": "pixio-tiny", "--size": 224, "--pool": "mean"}
+
+
+def test_a_resumed_folder_keeps_its_records_for_every_later_run(tmp_path):
+    """Run 1 finishes two outputs; run 2 resumes and finishes a third; run 3 still skips all three (the resumed run
+    must not start the ledger afresh)."""
+    from pixio_cli.resume import Ledger
+
+    first = Ledger(tmp_path, SETTINGS)
+    first.record("a", [1, 2, None])
+    first.record("b", [3, 4, None])
+    second = Ledger(tmp_path, SETTINGS)
+    assert second.done("a", [1, 2, None]) and second.done("b", [3, 4, None]), "run 2 redoes finished outputs"
+    second.record("c", [5, 6, None])
+    third = Ledger(tmp_path, SETTINGS)
+    for key, ident in (("a", [1, 2, None]), ("b", [3, 4, None]), ("c", [5, 6, None])):
+        assert third.done(key, ident), f"run 3 forgot that {key!r} was finished: {third.path.read_text()!r}"
+    assert not third.done("a", [1, 9, None]), "an input changed since is not done"
+    assert [p.name for p in tmp_path.glob(".pixio-run*")] == [".pixio-run.jsonl"], "one process keeps one ledger"
+
+
+def test_an_output_recorded_in_this_run_is_done_for_the_rest_of_it(tmp_path):
+    from pixio_cli.resume import Ledger
+
+    ledger = Ledger(tmp_path, SETTINGS)
+    ledger.record("a", (7, 8, "frame.png"))  # a tuple, as read back from JSON a list: the same identity
+    assert ledger.done("a", [7, 8, "frame.png"]), "an output finished earlier in this run would be made again"
+    assert not ledger.done("a", [7, 9, "frame.png"])
+
+
+def test_outputs_recorded_after_a_line_cut_by_a_kill_are_still_skipped(tmp_path):
+    """A kill cuts the ledger's last line; the rerun goes on appending. What it records after that line (beyond the
+    one output glued to the cut line) is skipped by the run after."""
+    from pixio_cli.resume import Ledger
+
+    Ledger(tmp_path, SETTINGS).record("a", [1, 2, None])
+    ledger_file = tmp_path / ".pixio-run.jsonl"
+    with open(ledger_file, "a") as f:
+        f.write('{"key": "b", "inp')  # killed while writing b's line
+    rerun = Ledger(tmp_path, SETTINGS)
+    assert rerun.done("a", [1, 2, None]) and not rerun.done("b", [3, 4, None]), "b was never finished"
+    for key in ("b", "c", "d"):
+        rerun.record(key, [3, 4, key])
+    after = Ledger(tmp_path, SETTINGS)
+    assert after.done("a", [1, 2, None]), "the output before the cut line is redone"
+    assert after.done("c", [3, 4, "c"]) and after.done("d", [3, 4, "d"]), \
+        f"outputs recorded after the cut line are redone: {ledger_file.read_text()!r}"
+
+
+def test_an_output_asked_for_the_first_time_keeps_the_records_before_it(tmp_path):
+    """depth --ply's camera is recorded by the first run that asks for point clouds; the ledger is rewritten with
+    it, and every output finished before is still skipped afterwards."""
+    from pixio_cli.errors import UsageError
+    from pixio_cli.resume import Ledger
+
+    first = Ledger(tmp_path, SETTINGS, optional={"--ply camera": None})
+    for key in ("a", "b"):
+        first.record(key, [1, 2, key])
+    with_ply = Ledger(tmp_path, SETTINGS, optional={"--ply camera": "fov 60"})
+    assert json.loads((tmp_path / ".pixio-run.jsonl").read_text().splitlines()[0])["settings"]["--ply camera"] == \
+        "fov 60", "the camera asked for the first time is recorded"
+    assert with_ply.done("a", [1, 2, "a"]) and with_ply.done("b", [1, 2, "b"])
+    later = Ledger(tmp_path, SETTINGS, optional={"--ply camera": "fov 60"})
+    assert later.done("a", [1, 2, "a"]) and later.done("b", [1, 2, "b"]), \
+        f"rewriting the ledger lost finished outputs: {(tmp_path / '.pixio-run.jsonl').read_text()!r}"
+    with pytest.raises(UsageError, match="--ply camera: fov 60 before, fov 90 now"):
+        Ledger(tmp_path, SETTINGS, optional={"--ply camera": "fov 90"})
+
+
+def test_a_refusal_names_each_differing_option_with_both_values(tmp_path):
+    """Only the options that differ are named, in order, with the old and new value; an option one run did not
+    have reads '(not set)'; long values (a model's identity) are cut to 80 characters."""
+    from pixio_cli.errors import UsageError
+    from pixio_cli.resume import Ledger
+
+    Ledger(tmp_path, {"--pool": "mean", "--size": 224, "--model": "m" * 80, "--blocks": "b" * 81, "--old": 1})
+    with pytest.raises(UsageError) as refused:
+        Ledger(tmp_path, {"--pool": "mean", "--size": 448, "--model": "n" * 80, "--blocks": "c" * 200, "--new": 2})
+    assert str(refused.value) == (
+        f"{tmp_path} holds outputs made with other settings ("
+        f"--blocks: {'b' * 77}... before, {'c' * 77}... now; "
+        f"--model: {'m' * 80} before, {'n' * 80} now; "
+        "--new: (not set) before, 2 now; --old: 1 before, (not set) now; --size: 224 before, 448 now); "
+        "rerun with --overwrite to replace them, or choose another output"), str(refused.value)
+
+
+@pytest.mark.parametrize("content", ["", "{not json\n", '{"key": "a", "input": [1]}\n', "[1, 2]\n"],
+                         ids=["empty", "cut", "no settings", "not an object"])
+def test_a_ledger_that_cannot_be_read_is_refused_naming_the_way_out(tmp_path, content):
+    from pixio_cli.errors import UsageError
+    from pixio_cli.resume import Ledger
+
+    (tmp_path / ".pixio-run.jsonl").write_text(content)
+    with pytest.raises(UsageError) as refused:
+        Ledger(tmp_path, SETTINGS)
+    assert str(refused.value) == (f"{tmp_path} has a run ledger that cannot be read; rerun with --overwrite to redo "
+                                  "everything, or choose another output")
+    Ledger(tmp_path, SETTINGS, overwrite=True).record("a", [1, 2, None])  # the way out it names
+    assert Ledger(tmp_path, SETTINGS).done("a", [1, 2, None])
+
+
+def test_a_run_that_finished_nothing_leaves_the_folder_free_for_other_settings(tmp_path):
+    """withdraw (a run stopped before its first output, as extract below its precision bound): the ledger it
+    started goes, so another run may use the folder; a ledger with finished outputs stays."""
+    from pixio_cli.resume import Ledger
+
+    Ledger(tmp_path, SETTINGS).withdraw()
+    assert not list(tmp_path.glob(".pixio-run*")), "a new ledger that finished nothing is left behind"
+    Ledger(tmp_path, {**SETTINGS, "--size": 448}).record("a", [1, 2, None])  # other settings: not refused
+    started = Ledger(tmp_path / "b", SETTINGS)
+    started.record("a", [1, 2, None])
+    started.withdraw()
+    assert Ledger(tmp_path / "b", SETTINGS).done("a", [1, 2, None]), "withdrawn after finishing an output"
+    resumed = Ledger(tmp_path, {**SETTINGS, "--size": 448})
+    resumed.withdraw()
+    assert Ledger(tmp_path, {**SETTINGS, "--size": 448}).done("a", [1, 2, None]), \
+        "a rerun that finished nothing removed the ledger of the outputs already there"
+    afresh = Ledger(tmp_path, SETTINGS, overwrite=True)
+    afresh.withdraw()
+    assert not list(tmp_path.glob(".pixio-run*")), "an --overwrite run that finished nothing left its ledger"
+    gone = Ledger(tmp_path, SETTINGS)
+    gone.path.unlink()  # the folder emptied meanwhile
+    gone.withdraw()  # stops without an error
+
+
+def test_overwrite_removes_the_ledgers_of_runs_with_another_number_of_processes(tmp_path):
+    """--overwrite from one process removes the ledgers a 2-rank run left; --overwrite under a 2-rank torchrun
+    removes the single-process ledger but each rank keeps the other's. A rerun then resumes instead of being
+    refused by a stale ledger."""
+    from pixio_cli.resume import Ledger
+
+    old = {**SETTINGS, "--size": 448}
+    for rank in (0, 1):
+        Ledger(tmp_path, old, rank=rank, world=2).record(f"r{rank}", [rank, 0, None])
+    Ledger(tmp_path, SETTINGS, overwrite=True).record("a", [1, 2, None])
+    assert sorted(p.name for p in tmp_path.glob(".pixio-run*")) == [".pixio-run.jsonl"]
+    assert Ledger(tmp_path, SETTINGS).done("a", [1, 2, None])
+
+    for rank in (0, 1):  # one after the other, as torchrun runs them side by side
+        Ledger(tmp_path, old, overwrite=True, rank=rank, world=2).record(f"r{rank}", [rank, 0, None])
+    assert sorted(p.name for p in tmp_path.glob(".pixio-run*")) == [".pixio-run-r0.jsonl", ".pixio-run-r1.jsonl"]
+    rerun = Ledger(tmp_path, old, rank=0, world=2)
+    assert rerun.done("r0", [0, 0, None]) and rerun.done("r1", [1, 0, None]), "every rank's outputs are skipped"
+
+
+def test_a_hidden_file_in_a_model_folder_is_not_part_of_the_model(tmp_path):
+    """A transformers folder's identity is its files; .DS_Store, a .git folder or a sub-folder appearing in it
+    (no part of the weights) must not refuse a rerun."""
+    from pixio_cli.resume import model_identity
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"a" * 10)
+    before = model_identity(str(folder))
+    (folder / ".DS_Store").write_bytes(b"x")
+    (folder / ".git").mkdir()
+    (folder / "notes").mkdir()
+    assert model_identity(str(folder)) == before
+
+
+def test_a_bundled_model_is_identified_by_its_weights_file(tmp_path, monkeypatch):
+    """pixio-tiny upgraded in place (a new install) is another model: outputs of the old one are not reused."""
+    import shutil
+
+    from pixio_cli import model_ids
+    from pixio_cli.resume import model_identity
+
+    shutil.copy(model_ids.WEIGHTS_DIR / "pixio-tiny.safetensors", tmp_path / "pixio-tiny.safetensors")
+    monkeypatch.setattr(model_ids, "WEIGHTS_DIR", tmp_path)
+    before = model_identity("pixio-tiny")
+    weights = tmp_path / "pixio-tiny.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10 ** 9))  # a new install
+    assert model_identity("pixio-tiny") != before, "the bundled model's identity ignores its weights file"
+
+
+def test_a_public_model_id_is_its_own_identity_whatever_lies_in_the_working_folder(tmp_path, monkeypatch):
+    """pixio-vitb16 is loaded from the hub whatever files lie around; a folder of that name in the working folder
+    is not the model and must not decide whether a rerun is refused."""
+    from pixio_cli.resume import model_identity
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("pixio-vitb16", "pixio-vith16-mapanything"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "notes.txt").write_text("not the model")
+        assert model_identity(name) == name

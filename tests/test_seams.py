@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from heads.metrics import seam_ratio
 from pixio_cli.sliding import sliding_window, window_borders
@@ -235,3 +236,122 @@ def test_the_bundled_depth_heads_pictures_show_little_checkerboard():
             ours.append(patch_pattern(fn(x)["out"][0].numpy()))
         recorded.append(patch_pattern(gt))
     assert np.mean(ours) < 0.025 and np.mean(recorded) < 0.01, (ours, recorded)
+
+
+def two_window_levels(t: torch.Tensor) -> torch.Tensor:
+    """A head that sees a flat scene 1.5x deeper in every window that starts past column or row 30."""
+    first = t[:, :2, :1, :1].amax(1)  # the window's first column or row index, whichever is larger
+    return 2.0 * torch.where(first > 30, 1.5, 1.0) * torch.ones_like(t[:, 0])
+
+
+@pytest.mark.parametrize("h, w", [(64, 126), (126, 64)], ids=["side by side", "one above the other"])
+def test_windows_that_overlap_by_two_pixels_are_still_levelled(h, w):
+    """Two 64-pixel windows 62 apart share a band two pixels wide: enough to bring them to one level."""
+    out = sliding_window(two_window_levels, coordinates(h, w), 64, stride=62, align_scale=True)[0]
+    assert float(out.max() / out.min()) < 1.01, f"two levels left: {float(out.min())} and {float(out.max())}"
+
+
+def test_windows_that_do_not_overlap_keep_their_own_levels():
+    """Windows side by side with nothing in common (the stride is the crop): no overlap says how to level them,
+    so each keeps its own, as without levelling, for every image of the batch."""
+    x = coordinates(64, 128).expand(2, -1, -1, -1)
+    levelled = sliding_window(two_window_levels, x, 64, stride=64, align_scale=True)
+    assert torch.equal(levelled, sliding_window(two_window_levels, x, 64, stride=64))
+    assert levelled.shape == (2, 64, 128) and set(levelled.unique().tolist()) == {2.0, 3.0}
+
+
+def test_depths_under_a_metre_are_levelled_like_any_other():
+    """A close-up (0.4-0.7 m, or a head that outputs relative depth): the windows come out at one level too."""
+    x = coordinates(240, 320)
+    out = sliding_window(lambda t: 0.2 * windows_at_their_own_level(t), x, 128, align_scale=True)[0]
+    ratio = out / (0.2 * scene(x[0, 0], x[0, 1]))
+    assert float(ratio.std() / ratio.mean()) < 1e-3, float(ratio.std() / ratio.mean())
+
+
+def test_an_image_one_pixel_larger_than_a_window_has_a_window_border_one_pixel_in():
+    """Two windows, at 0 and at 1: each begins or ends inside the image once; an image the size of one window
+    has no border inside it."""
+    assert window_borders(257, 256) == [1, 256]
+    assert window_borders(256, 256) == []
+
+
+@pytest.mark.parametrize("h, w, mirrored", [(40, 50, 16), (20, 5, 4), (5, 20, 4), (2, 9, 1), (9, 2, 1)])
+def test_the_image_is_mirrored_as_far_as_it_allows(h, w, mirrored):
+    """By the pad on every side, or one pixel less than the image's shorter side (a mirror cannot reach
+    further): the head sees the image that much larger, and the output is cropped back to the image."""
+    from pixio_cli.sliding import reflect_border
+
+    def width_seen(t: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(t[:, 0], float(t.shape[-1] * 1000 + t.shape[-2]))
+
+    out = reflect_border(width_seen, torch.rand(1, 3, h, w), 16)
+    assert out.shape == (1, h, w)
+    seen_w, seen_h = divmod(int(out[0, 0, 0]), 1000)
+    assert (seen_h, seen_w) == (h + 2 * mirrored, w + 2 * mirrored), "the image was not mirrored as far as it allows"
+
+
+def test_a_head_with_zero_padding_sees_the_image_continue_past_its_border():
+    """A head that pads with zeros (here a 5 x 5 mean) darkens the border of an even image; mirrored first,
+    the image continues past its border and the output stays even there."""
+    from pixio_cli.sliding import reflect_border
+
+    def mean_with_zero_padding(t: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(t, 5, stride=1, padding=2, count_include_pad=True)[:, 0]
+
+    x = torch.full((1, 3, 20, 30), 0.5)
+    assert float(mean_with_zero_padding(x).min()) < 0.25  # the dark frame, without mirroring
+    out = reflect_border(mean_with_zero_padding, x, 16)
+    assert torch.allclose(out, torch.full_like(out, 0.5)), f"the border darkens: min {float(out.min())}"
+
+
+def test_a_windows_own_border_effects_stay_out_of_the_blend():
+    """A head far off on the outer 8 pixels of whatever it is given (its own border effects): inside the image,
+    where windows overlap by 86 pixels, those pixels (the outer tenth of the overlap) carry (almost) no weight,
+    so the blend shows none of it."""
+    def off_at_its_border(t: torch.Tensor) -> torch.Tensor:
+        out = torch.ones_like(t[:, 0])
+        out[:, :8], out[:, -8:], out[:, :, :8], out[:, :, -8:] = 1000.0, 1000.0, 1000.0, 1000.0
+        return out
+
+    out = sliding_window(off_at_its_border, torch.rand(1, 3, 480, 640), 256)[0]
+    out = out[8:-8, 8:-8]  # the image's own border aside (mirroring is what keeps the head's border off it)
+    assert float((out - 1).abs().max()) < 0.01, f"a window's border shows through: {float(out.max())}"
+
+
+def test_the_blend_stays_on_the_inputs_device():
+    """Every weight the blend makes is on the input's device, so a GPU run never mixes in a CPU tensor (checked on
+    PyTorch's meta device, which refuses any mix as a GPU does)."""
+    x = torch.rand(2, 3, 300, 420, device="meta")
+    out = sliding_window(lambda t: t[:, 0] * 2, x, 128)
+    assert out.device.type == "meta" and out.shape == (2, 300, 420)
+
+
+@pytest.mark.parametrize("h, w, rows, cols", [(480, 640, (0, 170, 224), (0, 170, 340, 384)),
+                                             (425, 426, (0, 169), (0, 170))])
+def test_windows_sit_where_the_official_code_puts_them(h, w, rows, cols):
+    """256-pixel windows at the default stride of 2/3 of the crop (170), each run once: on a 480 x 640 image rows
+    0, 170 and 224 (the last one ends at the border), columns 0, 170, 340 and 384; where a window at the stride
+    ends at the border (426) no other is added, and none reaches past the image (425)."""
+    seen = []
+
+    def where(t: torch.Tensor) -> torch.Tensor:
+        seen.extend((int(v), int(u)) for u, v in t[:, :2, 0, 0].tolist())
+        return t[:, 0]
+
+    sliding_window(where, coordinates(h, w), 256)
+    assert sorted(seen) == [(y, x) for y in rows for x in cols], sorted(seen)
+
+
+def test_a_large_batch_gives_each_image_what_it_gets_alone():
+    """Nine images (more than max_batch // 2, so one window per call): each comes out as if run by itself."""
+    x = coordinates(64, 126)
+    alone = sliding_window(two_window_levels, x, 64)
+    batch = sliding_window(two_window_levels, x.expand(9, -1, -1, -1), 64)
+    assert torch.allclose(batch, alone.expand(9, -1, -1), atol=1e-6), "the batch changes the blend"
+
+
+def test_an_image_smaller_than_a_window_comes_back_exactly():
+    """Padded at the bottom and right to the window, run, and cropped back: every pixel where it was."""
+    x = torch.rand(2, 3, 50, 70)
+    out = sliding_window(lambda t: t * 2, x, 128)
+    assert out.shape == x.shape and torch.allclose(out, x * 2, atol=1e-6)
