@@ -756,12 +756,12 @@ def test_a_retrained_model_file_is_not_taken_for_the_one_the_outputs_came_from(c
 
 
 def test_recon3d_resume_redoes_a_chunk_whose_input_was_edited(cli, pointmap_file, tmp_path, monkeypatch):
-    import heads.pointmap.predictions
+    import heads.recon.pipeline
     from heads.pointmap.predictions import Predictions
 
     f = frames(tmp_path / "d", 4)
     args = [*r3(pointmap_file), *f, "-o", tmp_path / "s.ply", "--chunk", "3", "--overlap", "1"]
-    real, calls = heads.pointmap.predictions.predict, []
+    real, calls = heads.recon.pipeline.predict, []  # the model's pass on a chunk, as the pipeline calls it
 
     def killed_after_the_first_chunk(*a, **k):
         calls.append(1)
@@ -770,7 +770,7 @@ def test_recon3d_resume_redoes_a_chunk_whose_input_was_edited(cli, pointmap_file
         return real(*a, **k)
 
     with monkeypatch.context() as m:
-        m.setattr(heads.pointmap.predictions, "predict", killed_after_the_first_chunk)
+        m.setattr(heads.recon.pipeline, "predict", killed_after_the_first_chunk)
         code, _, _ = cli([*args, "--save-predictions", tmp_path / "p.npz"])
     assert code == 130 and (tmp_path / "p.npz.parts" / "chunk-0000.npz").exists()
     write_rgb(f[0], 48, 64, seed=99)  # edited in place before the rerun
