@@ -57,6 +57,15 @@ def model_identity(source: str) -> str:
     return f"{source} {json.dumps(ident)}" if ident is not None else source
 
 
+def _whole(line: str) -> bool:
+    """Whether a ledger line reads back (one a kill cut does not)."""
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
 class Ledger:
     """The record of one output folder: the settings it was made with and what is finished."""
 
@@ -73,9 +82,10 @@ class Ledger:
         if overwrite:
             self._start_afresh(world)
             return
-        mine = None
+        mine, own, cut = None, [], False
         for ledger in sorted(self.folder.glob(f"{LEDGER}*.jsonl")):
-            lines = ledger.read_text().splitlines()
+            text = ledger.read_text()
+            lines = text.splitlines()
             try:
                 stored = json.loads(lines[0])["settings"] if lines else None
             except (ValueError, KeyError, TypeError):
@@ -86,7 +96,7 @@ class Ledger:
             if before != now:
                 raise UsageError(self._mismatch(before, now))
             if ledger == self.path:
-                mine = stored
+                mine, own, cut = stored, lines, not text.endswith("\n")
             for line in lines[1:]:
                 try:
                     rec = json.loads(line)
@@ -96,9 +106,11 @@ class Ledger:
         self.new = mine is None
         if mine is None:
             write_text(self.path, json.dumps({"settings": self.settings}) + "\n")
-        elif {**mine, **self.settings} != mine:  # an optional setting asked for the first time: recorded
+        elif {**mine, **self.settings} != mine or cut:
+            # an optional setting asked for the first time is recorded; a line a kill cut is dropped, so that the
+            # next record starts a line of its own instead of being glued to it (and lost)
             self.settings = {**mine, **self.settings}
-            records = self.path.read_text().splitlines()[1:]
+            records = own[1:-1] + [own[-1]] * (len(own) > 1 and (not cut or _whole(own[-1])))
             write_text(self.path, "".join(f"{line}\n" for line in [json.dumps({"settings": self.settings}), *records]))
 
     def _start_afresh(self, world: int) -> None:

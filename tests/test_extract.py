@@ -307,8 +307,8 @@ def test_an_output_recorded_in_this_run_is_done_for_the_rest_of_it(tmp_path):
 
 
 def test_outputs_recorded_after_a_line_cut_by_a_kill_are_still_skipped(tmp_path):
-    """A kill cuts the ledger's last line; the rerun goes on appending. What it records after that line (beyond the
-    one output glued to the cut line) is skipped by the run after."""
+    """A kill cuts the ledger's last line; the rerun drops it and goes on appending: everything it records,
+    the first output too, is skipped by the run after."""
     from pixio_cli.resume import Ledger
 
     Ledger(tmp_path, SETTINGS).record("a", [1, 2, None])
@@ -321,8 +321,22 @@ def test_outputs_recorded_after_a_line_cut_by_a_kill_are_still_skipped(tmp_path)
         rerun.record(key, [3, 4, key])
     after = Ledger(tmp_path, SETTINGS)
     assert after.done("a", [1, 2, None]), "the output before the cut line is redone"
-    assert after.done("c", [3, 4, "c"]) and after.done("d", [3, 4, "d"]), \
+    assert all(after.done(key, [3, 4, key]) for key in ("b", "c", "d")), \
         f"outputs recorded after the cut line are redone: {ledger_file.read_text()!r}"
+
+
+def test_a_record_killed_before_its_newline_is_kept_and_the_next_starts_a_line(tmp_path):
+    """A kill between a record and its newline leaves a whole record: it stays finished, and what the rerun
+    records after it is on a line of its own."""
+    from pixio_cli.resume import Ledger
+
+    Ledger(tmp_path, SETTINGS).record("a", [1, 2, None])
+    ledger_file = tmp_path / ".pixio-run.jsonl"
+    ledger_file.write_text(ledger_file.read_text().rstrip("\n"))
+    rerun = Ledger(tmp_path, SETTINGS)
+    rerun.record("b", [3, 4, None])
+    after = Ledger(tmp_path, SETTINGS)
+    assert after.done("a", [1, 2, None]) and after.done("b", [3, 4, None]), ledger_file.read_text()
 
 
 def test_an_output_asked_for_the_first_time_keeps_the_records_before_it(tmp_path):
