@@ -35,15 +35,18 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "development.md"
 EQUIVALENT = ROOT / "scripts" / "mutants_equivalent.txt"
 
-MODULES = {  # module: the test files that hold its tests
-    "heads/recon/depth_fit.py": ["tests/test_dense.py", "tests/test_sfm.py"],
+MODULES = {  # module: the test files that hold its tests (those that call its functions)
+    "heads/recon/depth_fit.py": ["tests/test_dense.py"],
     "heads/recon/mvs.py": ["tests/test_dense.py"],
-    "heads/recon/fusion.py": ["tests/test_dense.py", "tests/test_depth_poses.py"],
+    "heads/recon/fusion.py": ["tests/test_dense.py"],
     "heads/recon/depth_poses.py": ["tests/test_depth_poses.py"],
     "heads/recon/known_poses.py": ["tests/test_trust_recon3d.py", "tests/test_dense.py"],
-    "heads/recon/scene.py": ["tests/test_sfm.py", "tests/test_dense.py", "tests/test_recon3d.py"],
+    "heads/recon/placement.py": ["tests/test_sfm.py"],
+    "heads/recon/chunks.py": ["tests/test_recon3d.py", "tests/test_sfm.py"],
+    "heads/recon/cleaning.py": ["tests/test_recon3d.py"],
     "heads/recon/scene_files.py": ["tests/test_outputs_together.py"],
-    "heads/geometry.py": ["tests/test_geometry.py", "tests/test_dense.py", "tests/test_sfm.py"],
+    "heads/geometry.py": ["tests/test_geometry.py", "tests/test_dense.py", "tests/test_depth_poses.py",
+                          "tests/test_pointmap.py", "tests/test_recon3d.py", "tests/test_sfm.py", "tests/test_bundled.py"],
     "pixio_cli/sliding.py": ["tests/test_seams.py"],
     "pixio_cli/resume.py": ["tests/test_trust.py", "tests/test_extract.py"],
 }

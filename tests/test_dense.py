@@ -10,7 +10,7 @@ import pytest
 
 from heads import geometry as G
 from heads.geometry import world_points
-from heads.recon.depth_fit import FieldFit, fit_depth_field
+from heads.recon.depth_fit import FieldFit, bilinear_weights, fit_depth_field, sample_bilinear
 from heads.recon.fusion import Fusion, fuse_views
 from heads.recon.evaluate import cloud_scores, similarity_with_offset, thin
 from heads.recon.mvs import RayProjector, Stereo, fill_from_prior, pair_depth, rectify, view_depth
@@ -92,6 +92,116 @@ def test_where_a_view_has_no_tracks_its_depth_takes_the_scale_its_tracks_give():
     field, report = fit_depth_field(net, uv, np.full(200, 2.0))
     assert report["median_ratio"] == pytest.approx(1.3)
     assert abs(field[-1, -1] - 1.3) < 0.01 and abs(np.median(field) - 1.3) < 0.01, (field[-1, -1], np.median(field))
+
+
+def test_bilinear_weights_share_a_pixel_among_the_grid_nodes_around_it():
+    """Each pixel's 4 nodes, weighted (weights 0-1, summing to 1), give back the pixel's own place: the corner
+    nodes lie on the corner pixels, and a pixel outside the image counts as the nearest one inside."""
+    for (h, w), grid in (((5, 9), (3, 5)), ((2, 2), (2, 2)), ((7, 13), (4, 3))):
+        uv = np.array([[0, 0], [w - 1, h - 1], [0.5, 0.25], [w - 1.5, h - 1.25], [(w - 1) / 2, (h - 1) / 3],
+                       [w - 1, 0], [0, h - 1], [-3, -2], [w + 5, h + 7], [-1, h + 1], [w / 3, -0.5]], float)
+        nodes, weights = bilinear_weights(uv, (h, w), grid)
+        node_u = (nodes % grid[1]) * (w - 1) / (grid[1] - 1)
+        node_v = (nodes // grid[1]) * (h - 1) / (grid[0] - 1)
+        inside = np.stack([np.clip(uv[:, 0], 0, w - 1), np.clip(uv[:, 1], 0, h - 1)], 1)
+        assert np.all(weights >= -1e-12) and np.all(weights <= 1 + 1e-12), ((h, w), grid, weights)
+        assert np.allclose(weights.sum(1), 1), ((h, w), grid, weights.sum(1))
+        got = np.stack([(weights * node_u).sum(1), (weights * node_v).sum(1)], 1)
+        assert np.allclose(got, inside), f"{(h, w)} image, {grid} grid: nodes give {got} for pixels {inside}"
+
+
+def test_bilinear_samples_of_a_linear_map_are_exact_and_nan_outside_it():
+    """A map that is linear in the pixel is sampled exactly anywhere in it, its edges and corners included;
+    a point off the map, however far, is NaN (not an error)."""
+    for h, w in ((5, 7), (2, 2), (6, 3)):
+        v, u = np.mgrid[0:h, 0:w]
+        image = 2.0 * u + 3.0 * v + 1.0
+        inside = np.array([[0, 0], [w - 1, h - 1], [w - 1, 0], [0, h - 1], [0.5, 0.5], [w - 1.5, h - 1.5],
+                           [(w - 1) / 3, (h - 1) / 2], [w - 1, (h - 1) / 2], [(w - 1) / 2, h - 1],
+                           [0, (h - 1) / 4], [(w - 1) / 4, 0]], float)
+        got = sample_bilinear(image, inside)
+        assert np.allclose(got, 2 * inside[:, 0] + 3 * inside[:, 1] + 1), f"{(h, w)} map: {got} at {inside}"
+        outside = np.array([[-0.01, 1], [w - 0.99, 1], [1, -0.01], [1, h - 0.99], [-20, 1], [1, -20],
+                            [w + 20, 1], [1, h + 20], [w + 20, h + 20], [-20, -20]], float)
+        assert np.all(np.isnan(sample_bilinear(image, outside))), f"{(h, w)} map: {sample_bilinear(image, outside)}"
+
+
+def _tracks(net: np.ndarray, ratio: float, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """n tracks on a map ``net``, their depths ``ratio`` times the map's (1 % noise)."""
+    h, w = net.shape
+    uv = np.stack([rng.uniform(0, w - 1, n), rng.uniform(0, h - 1, n)], 1)
+    return uv, sample_bilinear(net, uv) * ratio * rng.normal(1, 0.01, n)
+
+
+def test_tracks_with_no_depth_or_off_the_map_are_left_out_of_the_fit():
+    """Depths under 1 m are depths; a track of depth 0, negative or NaN, off the map or on a hole of it (depth 0)
+    is not used, and the rest still give the view its scale."""
+    rng = np.random.default_rng(3)
+    net = np.full((H, W), 0.4)
+    net[:10, :10] = 0  # a hole
+    uv, z = _tracks(net[10:, 10:], 1.3, 100, rng)
+    uv += 10
+    bad_uv = np.array([[20, 20], [30, 30], [40, 40], [-5, 20], [20, H + 3], [W + 1, 5], [3, 3], [5, 6]], float)
+    bad_z = np.array([0.0, -0.5, np.nan, 0.5, 0.5, 0.5, 0.5, 0.5])
+    field, report = fit_depth_field(net, np.concatenate([uv, bad_uv]), np.concatenate([z, bad_z]))
+    assert report["tracks"] == 100, report
+    assert report["median_ratio"] == pytest.approx(1.3, rel=0.01) and abs(np.median(field) - 1.3) < 0.02, report
+
+
+def test_a_view_with_no_usable_track_or_too_few_keeps_its_depth_and_says_so():
+    net = np.full((H, W), 2.0)
+    field, report = fit_depth_field(net, np.array([[5.0, 5.0], [-3.0, 4.0]]), np.array([np.nan, 1.0]))
+    assert field.shape == (H, W) and field.dtype == np.float32 and np.all(field == 1), field
+    assert report == {"tracks": 0, "median_ratio": 1.0}, report
+    rng = np.random.default_rng(4)
+    uv, z = _tracks(net, 1.5, 19, rng)  # one fewer than min_tracks (20)
+    z[:4] *= 1.2
+    few, report = fit_depth_field(net, uv, z)
+    r = np.log(z / 2.0)
+    assert few.shape == (H, W) and few.dtype == np.float32 and np.all(few == 1), few
+    assert report["tracks"] == 19 and report["median_ratio"] == pytest.approx(np.exp(np.median(r)))
+    assert report["residual_before"] == pytest.approx(np.median(np.abs(r - np.median(r)))), report
+    assert report["residual_after"] == pytest.approx(np.median(np.abs(r))), report  # nothing corrected
+    enough, report = fit_depth_field(net, np.concatenate([uv, uv[:1]]), np.concatenate([z, z[:1]]))  # 20
+    assert report["tracks"] == 20 and abs(np.median(enough) - np.exp(np.median(r))) < 0.05, report
+
+
+def test_one_scale_per_view_is_the_median_ratio_everywhere():
+    rng = np.random.default_rng(5)
+    net = np.full((H, W), 2.0)
+    uv, z = _tracks(net, 0.8, 60, rng)
+    field, report = fit_depth_field(net, uv, z, FieldFit(grid=(1, 1)))
+    assert field.dtype == np.float32 and np.allclose(field, report["median_ratio"]), field
+    assert report["residual_after"] == report["residual_before"] > 0, report
+
+
+def test_the_fit_weighs_tracks_as_a_mean_so_giving_each_twice_changes_nothing():
+    """The penalties (bending, the pull to the median) weigh the same against 100 tracks as against 200:
+    the same tracks given twice fit the same field."""
+    rng = np.random.default_rng(6)
+    u, v = G.pixel_grid(H, W)
+    net = 2.0 * np.exp(0.3 * np.sin(3 * u / W) * np.cos(2 * v / H))
+    uv, z = _tracks(np.full((H, W), 2.0), 1.0, 100, rng)
+    z *= rng.normal(1, 0.05, 100)
+    once, _ = fit_depth_field(net, uv, z)
+    twice, _ = fit_depth_field(net, np.concatenate([uv, uv]), np.concatenate([z, z]))
+    assert np.allclose(once, twice, rtol=1e-5), np.abs(once / twice - 1).max()
+
+
+def test_tracks_far_too_near_are_outliers_as_much_as_tracks_far_too_far():
+    """Bad tracks on the near side (a tenth, at two thirds of the depth) are weighed down as those on the far side
+    are: the field stays on the good tracks' tilt."""
+    rng = np.random.default_rng(1)
+    truth = wall_depth(look_at((0.3, 0.0, 0.0)), pinhole_rays())
+    u, v = G.pixel_grid(H, W)
+    net = truth * np.exp(0.15 * (u / W - 0.5) - 0.1 * (v / H - 0.5))
+    uv = np.stack([rng.uniform(0, W - 1, 300), rng.uniform(0, H - 1, 300)], 1)
+    z = sample_bilinear(truth, uv) * rng.normal(1, 0.005, 300)
+    z[:30] /= 1.5
+    field, _ = fit_depth_field(net, uv, z)
+    err = np.abs(net * field / truth - 1)
+    assert np.median(err) < 0.005 and np.percentile(err, 95) < 0.014 and err.max() < 0.03, \
+        (np.median(err), np.percentile(err, 95), err.max())
 
 
 # ---------------------------------------------------------------------------- matching images
