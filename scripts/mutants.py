@@ -86,6 +86,8 @@ def run_module(module: str, tests: list[str], shared: Path, children: int = 2) -
     kept = ROOT / "mutants" / "stats" / (module.replace("/", "+") + ".json")
     if kept.exists():
         shutil.copy(kept, stats)
+    else:  # another module's record would say no test reaches this one's functions (when the tests are the same)
+        stats.unlink(missing_ok=True)
     # mutmut keeps the verdicts when the test selection is the one it recorded (else it redoes every mutant)
     selection = hashlib.sha256(repr(tuple(tests)).encode()).hexdigest()[:12]  # as mutmut's config_fingerprint
     resumed = stats.exists() and json.loads(stats.read_text()).get("config_fingerprint", {}).get("test_selection") \

@@ -188,6 +188,60 @@ def test_the_fit_weighs_tracks_as_a_mean_so_giving_each_twice_changes_nothing():
     assert np.allclose(once, twice, rtol=1e-5), np.abs(once / twice - 1).max()
 
 
+def test_a_map_one_pixel_wide_or_high_is_sampled_along_its_one_line_and_nan_off_it():
+    for h, w in ((1, 6), (6, 1), (1, 1)):
+        image = np.arange(h * w, dtype=float).reshape(h, w) * 2 + 1
+        along = np.array([[0, 0], [(w - 1) / 2, (h - 1) / 2], [w - 1, h - 1]], float)
+        got = sample_bilinear(image, along)
+        assert np.allclose(got, 2 * (along[:, 0] + along[:, 1]) + 1), f"{(h, w)} map: {got} at {along}"
+        off = np.array([[w + 3, 0], [0, h + 3], [w + 3, h + 3], [-2, 0], [0, -2]], float)
+        assert np.all(np.isnan(sample_bilinear(image, off))), f"{(h, w)} map: {sample_bilinear(image, off)}"
+
+
+def _reference_field(net: np.ndarray, uv: np.ndarray, z: np.ndarray, fit: FieldFit) -> np.ndarray:
+    """The fit as depth_fit's docstring describes it, written the plain way: a dense (tracks x nodes) design
+    matrix, a penalty on every second difference along the grid's rows and columns and one pulling each node
+    to the median log-ratio, Cauchy weights at ``spread`` robust standard deviations (1.4826 x the median
+    absolute residual) of the last round, the data term a weighted mean."""
+    gh, gw = fit.grid
+    n = gh * gw
+    r = np.log(z) - np.log(sample_bilinear(net, uv))
+    m = np.median(r)
+    nodes, weights = bilinear_weights(uv, net.shape, fit.grid)
+    A = np.zeros((len(r), n))
+    np.add.at(A, (np.arange(len(r))[:, None], nodes), weights)
+    second = [np.diff(np.eye(k), 2, axis=0) for k in (gh, gw)]
+    bend = np.vstack([np.kron(np.eye(gh), second[1]), np.kron(second[0], np.eye(gw))])
+    penalty = (fit.smooth * bend.T @ bend + fit.prior * np.eye(n)) / n
+    robust = np.ones(len(r))
+    for _ in range(fit.iterations):
+        Wt = robust / robust.sum()
+        g = np.linalg.solve(A.T @ (Wt[:, None] * A) + penalty, A.T @ (Wt * r) + fit.prior * m / n)
+        res = r - A @ g
+        scale = max(fit.min_scale, fit.spread * 1.4826 * np.median(np.abs(res)))
+        robust = 1 / (1 + (res / scale) ** 2)
+    v, u = np.mgrid[0:net.shape[0], 0:net.shape[1]]
+    nodes, weights = bilinear_weights(np.stack([u.ravel(), v.ravel()], 1).astype(float), net.shape, fit.grid)
+    return np.exp((g[nodes] * weights).sum(1)).reshape(net.shape)
+
+
+@pytest.mark.parametrize("fit", [FieldFit(), FieldFit(grid=(4, 5), spread=1.0, smooth=1.0, prior=0.5),
+                                 FieldFit(grid=(3, 3), min_scale=0.2, iterations=2)],
+                         ids=["default", "stiff-4x5", "3x3-wide-scale"])
+def test_the_field_is_the_documented_robust_least_squares_fit(fit):
+    """Against the plain dense fit above (bent depth, 20 % of the tracks off by 10-40 %): the sparse normal
+    equations, the bending rows, the Cauchy weights and their scale give the same field, as float32."""
+    rng = np.random.default_rng(8)
+    u, v = G.pixel_grid(H, W)
+    net = 2.0 * np.exp(0.3 * np.sin(3 * u / W) * np.cos(2 * v / H) + 0.2 * (u / W) ** 2)
+    uv, z = _tracks(np.full((H, W), 2.0), 1.0, 150, rng)
+    z[:30] *= rng.uniform(1.1, 1.4, 30) ** rng.choice([-1, 1], 30)
+    field, _ = fit_depth_field(net, uv, z, fit)
+    want = _reference_field(net, uv, z, fit)
+    assert field.dtype == np.float32, field.dtype
+    assert np.allclose(field, want, rtol=2e-6), f"largest relative difference {np.abs(field / want - 1).max():.2e}"
+
+
 def test_tracks_far_too_near_are_outliers_as_much_as_tracks_far_too_far():
     """Bad tracks on the near side (a tenth, at two thirds of the depth) are weighed down as those on the far side
     are: the field stays on the good tracks' tilt."""
