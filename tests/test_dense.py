@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from heads import geometry as G
-from heads.geometry import world_points
+from heads.geometry import to_camera, world_points
 from heads.recon.depth_fit import FieldFit, bilinear_weights, fit_depth_field, sample_bilinear
-from heads.recon.fusion import Fusion, fuse_views
+from heads.pointmap.predictions import Predictions
+from heads.recon.fusion import Fusion, _nearest_cameras, camera_rays, fuse, fuse_views
 from heads.recon.evaluate import cloud_scores, similarity_with_offset, thin
 from heads.recon.mvs import RayProjector, Stereo, fill_from_prior, pair_depth, rectify, view_depth
 
@@ -463,6 +464,93 @@ def test_fusion_on_threads_gives_what_it_gives_on_one(monkeypatch):
         for name in ("depth", "keep", "first", "checked", "matched"):
             assert np.array_equal(getattr(one, name), getattr(many, name)), name
     assert runs[1][0].matched.mean() > 0.5 and not runs[1][1].first[5:].all()  # the checks did something
+
+
+def _predictions(depth: np.ndarray, rays: np.ndarray, poses: np.ndarray, Ks: np.ndarray) -> Predictions:
+    """The point-map model's output for views of known depth, rays and poses."""
+    V = len(depth)
+    pts = np.stack([world_points(depth[v], rays[v], poses[v]) for v in range(V)])
+    return Predictions(images=[f"view{v}.png" for v in range(V)], pts3d=pts.astype(np.float32),
+                       depth_z=depth.astype(np.float32), conf=np.ones(depth.shape, np.float32),
+                       mask=np.ones(depth.shape, bool), cam2world=poses.astype(np.float32), K=Ks.astype(np.float32),
+                       K_original=Ks.astype(np.float32), original_hw=np.tile([H, W], (V, 1)), scale=1.0, metric=True)
+
+
+def test_camera_rays_are_each_points_x_over_z_and_y_over_z_and_nan_where_no_point_is_ahead():
+    k = np.array([[110.0, 0, 60.0], [0, 90.0, 50.0], [0, 0, 1]])  # fx != fy, cx != cy
+    depth, _, poses, _, _ = fused_walls([0.0, 0.0, 0.0])
+    rays = np.repeat(pinhole_rays(k=k)[None], 3, 0)
+    depth = np.stack([wall_depth(T, r) for T, r in zip(poses, rays)])
+    pred = _predictions(depth, rays, poses, np.repeat(k[None], 3, 0))
+    pred.pts3d[0, :4, :6] = np.nan  # no point
+    centre, axis = poses[1][:3, 3], poses[1][:3, 2]
+    pred.pts3d[1, 0, 0] = centre - 0.5 * axis  # behind the camera
+    pred.pts3d[1, 0, 1] = centre + poses[1][:3, 0]  # on the camera's plane: z = 0
+    pred.pts3d[2, 5, 5] = centre  # another camera's centre: ahead of camera 2, a ray like any other
+    got = camera_rays(pred)
+    assert got.shape == (3, H, W, 2) and got.dtype == np.float32, (got.shape, got.dtype)
+    assert np.isnan(got[0, :4, :6]).all() and np.isnan(got[1, 0, :2]).all(), (got[0, :4, :6], got[1, 0, :2])
+    fine = np.isfinite(pred.pts3d).all(-1)
+    fine[1, 0, :2] = False
+    fine[2, 5, 5] = False
+    assert np.isfinite(got[fine]).all() and np.allclose(got[fine], rays[fine], atol=2e-5), \
+        np.nanmax(np.abs(got[fine] - rays[fine]))
+    want = to_camera(centre[None], poses[2])[0]
+    assert np.allclose(got[2, 5, 5], want[:2] / want[2], atol=1e-5), (got[2, 5, 5], want)
+
+
+def test_fuse_gives_the_matched_depths_and_their_points_and_says_what_it_did():
+    """Views of the textured wall whose predicted depth is off by 2-3 %: fusing them with their images brings
+    the depths to the wall, the points follow the depths (on each pixel's own ray), a pixel with no point is
+    left out, measured pixels keep their depth, and the report counts what was kept."""
+    offsets = [0.02, -0.03, 0.025, -0.02]
+    depth, rays, poses, Ks, valid = fused_walls(offsets)
+    truth = np.stack([wall_depth(T, r) for T, r in zip(poses, rays)])
+    images = np.stack([wall_image(T, r) for T, r in zip(poses, rays)])
+    colours = np.repeat(images[..., None], 3, -1)
+    pred = _predictions(depth, rays, poses, Ks)
+    pred.pts3d[2, 40:44, 60:64] = np.nan  # no point: no ray, so no pixel to fuse
+    measured = np.zeros(depth.shape, bool)
+    measured[1, 10:20, 10:30] = True  # its depth was measured (and is 3 % off: matching must not move it)
+    before = pred.depth_z.copy(), pred.pts3d.copy(), valid.copy()
+    fused, keep, first, report = fuse(pred, colours, valid, measured=measured)
+    assert np.array_equal(pred.depth_z, before[0]) and np.array_equal(pred.pts3d, before[1], equal_nan=True) \
+        and np.array_equal(valid, before[2]), "fuse changed its inputs without in_place"
+    err_before = np.abs(depth / truth - 1)[keep & ~measured]
+    err_after = np.abs(fused.depth_z / truth - 1)[keep & ~measured]
+    assert np.median(err_after) < 0.003 < 0.02 <= np.median(err_before), (np.median(err_after), np.median(err_before))
+    assert not keep[2, 40:44, 60:64].any() and np.isnan(fused.pts3d[2, 40:44, 60:64]).all()
+    assert np.array_equal(fused.depth_z[measured], depth[measured].astype(np.float32)), "measured depth moved"
+    on = keep | first
+    for v in range(len(depth)):
+        placed = world_points(fused.depth_z[v].astype(np.float64), rays[v], poses[v])
+        assert np.allclose(fused.pts3d[v][on[v]], placed[on[v]], atol=1e-4), f"view {v}: points off their depths"
+    assert fused.pts3d.dtype == np.float32 and fused.depth_z.dtype == np.float32
+    assert set(report) == {"checked", "unchecked", "matched", "after_views", "after_once"}, report
+    assert report["checked"] == 4 and report["unchecked"] == [], report
+    assert report["after_views"] == int(keep.sum()) and report["after_once"] == int(first.sum()), report
+    matchable = valid.sum() - 16
+    assert 0.8 < report["matched"] <= 1 and report["matched"] == round(report["matched"], 4), report
+    assert report["matched"] * matchable == pytest.approx(round(report["matched"] * matchable), abs=matchable * 1e-4)
+
+    again = _predictions(depth, rays, poses, Ks)
+    again.pts3d[2, 40:44, 60:64] = np.nan
+    mine = valid.copy()
+    same, keep2, first2, report2 = fuse(again, colours, mine, measured=measured, in_place=True)
+    assert same is again and not mine[2, 40:44, 60:64].any() and mine.sum() == valid.sum() - 16
+    assert np.array_equal(same.depth_z, fused.depth_z) and np.array_equal(keep2, keep) and report2 == report
+
+
+def test_the_nearest_cameras_are_those_near_in_space_that_look_the_same_way():
+    ahead = [look_at((x, 0.0, 0.0), target=(x, 0.0, 3.0)) for x in (0.0, 1.0, 2.5, 4.5, 10.0)]
+    back = look_at((0.5, 0.0, 0.0), target=(0.5, 0.0, -3.0))
+    tilted = look_at((1.2, 0.0, 0.0), target=(1.2 + 3.0 * np.tan(np.radians(50)), 0.0, 3.0))  # 50 deg off
+    got = _nearest_cameras(np.stack(ahead + [back, tilted]), 2)
+    assert got.shape == (7, 2) and got.dtype == np.int64
+    assert got[0].tolist() == [1, 6] and got[1].tolist() == [6, 0] and got[4].tolist() == [3, 2], got
+    assert got[5].tolist() == [5, 5], "a camera no other looks along with is padded with itself"
+    assert _nearest_cameras(np.stack(ahead + [back, tilted]), 2, max_angle=45.0)[0].tolist() == [1, 2]
+    assert _nearest_cameras(np.stack(ahead[:2]), 3).tolist() == [[1, 0], [0, 1]], "k above the views: padded"
 
 
 def test_a_view_no_other_sees_is_kept_unchecked():

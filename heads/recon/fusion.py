@@ -363,9 +363,8 @@ def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, meas
         valid = valid.copy()
     grays = ws.array("grays", pred.depth_z.shape, np.uint8)
     for v, c in enumerate(colours):  # a view at a time: the views' arrays may be files (heads.recon.workspace)
-        ray = rays[v]
-        valid[v] &= np.isfinite(ray).all(-1)
-        rays[v] = np.nan_to_num(ray)
+        # a pixel with no point has no ray: it stays NaN (not 0, which the view's camera model would be fitted to)
+        valid[v] &= np.isfinite(rays[v]).all(-1)
         grays[v] = cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY)
         tick()
     c2w = pred.cam2world.astype(np.float64)
