@@ -253,3 +253,97 @@ def test_quaternion_from_rotation_inverts_rotation_from_quaternion():
     back = G.quaternion_from_rotation(G.rotation_from_quaternion(q))
     assert np.allclose(back[1:], q[1:], atol=1e-9)
     assert np.allclose(np.abs(back[0]), q[0], atol=1e-9)  # at w = 0, q and -q are the same rotation
+
+
+def test_mean_norm_is_the_mean_distance_of_the_valid_points_of_all_maps_together():
+    a = np.zeros((2, 3, 3))
+    a[..., 0] = 3.0  # six points at distance 3
+    b = np.zeros((1, 2, 3))
+    b[..., 1] = -4.0  # two at distance 4
+    assert G.mean_norm([a, b]) == pytest.approx((6 * 3 + 2 * 4) / 8)  # jointly, not the mean of two means
+    masks = [np.zeros((2, 3), bool), np.array([[True, False]])]
+    masks[0][0, :2] = True
+    assert G.mean_norm([a, b], masks) == pytest.approx((2 * 3 + 4) / 3), "masked points counted"
+    assert G.mean_norm([b, a], masks[::-1]) == pytest.approx((2 * 3 + 4) / 3)
+    assert G.mean_norm([a], [np.zeros((2, 3), bool)]) == 0.0, "no valid point: 0, not a division by zero"
+    assert G.mean_norm([]) == 0.0
+
+
+def _random_rotations(n: int, seed: int) -> np.ndarray:
+    q = np.random.default_rng(seed).normal(size=(n, 4))
+    return G.rotation_from_quaternion(q)
+
+
+def test_quaternions_of_float32_rotations_are_computed_in_float64():
+    R = _random_rotations(20, 11).astype(np.float32)
+    got = G.quaternion_from_rotation(R)
+    want = G.quaternion_from_rotation(R.astype(np.float64))
+    assert got.dtype == np.float64 and np.abs(got - want).max() < 1e-12, np.abs(got - want).max()
+
+
+def test_angles_of_half_turns_and_of_parallel_directions_are_exact_not_nan():
+    """Rounding puts cos a hair past -1 or 1 for half turns and (anti)parallel directions: clipped, not NaN."""
+    axes = np.random.default_rng(12).normal(size=(300, 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    half = 2 * axes[:, :, None] * axes[:, None, :] - np.eye(3)  # 180 degrees about each axis
+    angle = G.rotation_angle_deg(np.repeat(np.eye(3)[None], 300, 0), half)
+    assert np.isfinite(angle).all() and np.allclose(angle, 180, atol=1e-5), angle[~np.isfinite(angle)][:3]
+    t = np.random.default_rng(13).normal(size=(300, 3)) * np.array([1e-3, 1.0, 1e3])
+    for b, ambiguity, want in ((3 * t, False, 0), (-2 * t, False, 180), (-2 * t, True, 0), (3 * t, True, 0)):
+        got = G.translation_angle_deg(t, b, ambiguity=ambiguity)
+        assert got.shape == (300,) and np.isfinite(got).all() and np.allclose(got, want, atol=1e-4), \
+            (ambiguity, want, got[~np.isfinite(got)][:3], np.nanmax(np.abs(got - want)))
+    assert G.translation_angle_deg(np.array([1.0, 0, 0]), np.array([1.0, 1.0, 0]))  == pytest.approx(45)
+    assert G.translation_angle_deg(np.array([1.0, 0, 0]), np.array([-1.0, 1.0, 0]), ambiguity=False) \
+        == pytest.approx(135)
+
+
+def test_umeyama_of_a_mirror_image_is_still_a_rotation():
+    """Points and their mirror image: the least-squares fit among rotations (det +1), never a reflection."""
+    src = np.concatenate([np.diag([3.0, 2.0, 0.5]), -np.diag([3.0, 2.0, 0.5])])  # spread along x, y, little z
+    dst = src * [1.0, 1.0, -1.0] * 2.0 + [1.0, 2.0, 3.0]  # mirrored in z, scaled, moved
+    for with_scale in (True, False):
+        s, R, t = G.umeyama(src, dst, with_scale)
+        assert np.allclose(R.T @ R, np.eye(3), atol=1e-9) and np.linalg.det(R) == pytest.approx(1), R
+        assert np.allclose(R, np.eye(3), atol=1e-9), "the best rotation keeps the thin z axis and flips nothing"
+    s, R, t = G.umeyama(src, dst)
+    var = ((src - src.mean(0)) ** 2).sum(1).mean()
+    spread = (src - src.mean(0)).var(0) * 2.0  # the singular values of cov, the smallest one negated by D
+    assert s == pytest.approx((spread[0] + spread[1] - spread[2]) / var, rel=1e-6), s
+
+
+def test_ransac_default_threshold_is_five_percent_of_the_spread_about_the_centroid():
+    rng = np.random.default_rng(15)
+    src = rng.normal(size=(40, 3))
+    dst = src + [100.0, -50.0, 20.0]  # far from the origin: the spread is about the centroid, not the origin
+    spread = np.linalg.norm(dst - dst.mean(0), axis=1).mean()
+    dst[0] += [0.04 * spread, 0, 0]  # under 5 %: an inlier
+    dst[1] += [0, 0.07 * spread, 0]  # over: an outlier
+    _, _, _, inliers = G.ransac_umeyama(src, dst, with_scale=False)
+    assert inliers[0] and not inliers[1] and inliers[2:].all(), np.flatnonzero(~inliers)
+
+
+def test_a_rigid_ransac_fit_finds_the_rigid_pairs_not_a_larger_set_that_a_scale_would_fit():
+    rng = np.random.default_rng(16)
+    R = _random_rotations(1, 17)[0]
+    src = rng.normal(size=(40, 3))
+    dst = src @ R.T + [0.5, 0.0, 0.0]
+    dst[18:] = 3.0 * src[18:] @ R.T - [1.0, 2.0, 0.0]  # 22 pairs fit one similarity (scale 3), 18 the rigid motion
+    s, R_got, t, inliers = G.ransac_umeyama(src, dst, with_scale=False)
+    assert s == 1.0 and inliers[:18].all() and not inliers[18:].any(), np.flatnonzero(inliers)
+    assert np.allclose(R_got, R, atol=1e-9), G.rotation_angle_deg(R_got, R)
+    s, _, _, inliers = G.ransac_umeyama(src, dst)
+    assert s == pytest.approx(3.0) and inliers[18:].all() and not inliers[:18].any()
+
+
+def test_ransac_with_no_fit_to_find_uses_every_pair_and_three_true_pairs_are_enough():
+    rng = np.random.default_rng(18)
+    dst = rng.normal(size=(6, 3))
+    s, R, t, inliers = G.ransac_umeyama(np.zeros((6, 3)), dst)  # every source point at one place: no fit
+    assert s == 1.0 and np.allclose(t, dst.mean(0)) and np.isfinite(R).all()
+    src = rng.normal(size=(10, 3)) * 2
+    dst = 1.5 * src + 1.0
+    dst[3:] = rng.normal(size=(7, 3)) * 5  # 7 of 10 pairs wrong
+    s, R, t, inliers = G.ransac_umeyama(src, dst, threshold=0.01)
+    assert s == pytest.approx(1.5) and np.allclose(R, np.eye(3), atol=1e-9) and np.allclose(t, 1.0)
+    assert inliers[:3].all() and not inliers[3:].any(), inliers
