@@ -53,7 +53,8 @@ MODULES = {  # module: the test files that hold its tests (those that call its f
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed",
-          2: "not checked"}  # mutmut's exit codes (mutmut/stats.py); 2: the check was interrupted (Ctrl-C)
+          2: "not checked", -11: "killed"}  # mutmut's exit codes (mutmut/stats.py); 2: the check was interrupted
+# (Ctrl-C); -11: the tests crashed (a segmentation fault in Open3D) with the mutant in place: the run fails
 
 
 def equivalent() -> dict[str, str]:

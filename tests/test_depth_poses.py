@@ -81,7 +81,8 @@ def scene():
     return truth, depth
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test, not per module: mutmut runs only the tests it saw call the code, and a shared
+# fixture calls it in the first test alone
 def gappy(scene):
     """Six drifted views, two without measured depth (2, and the last, 5), registered with pairs that leave
     gaps, Open3D's calls recorded on the way through: (start, moved, report, options, calls)."""
