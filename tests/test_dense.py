@@ -560,6 +560,62 @@ def test_a_view_no_other_sees_is_kept_unchecked():
     assert out.keep[3].all() and out.first[3].all() and out.neighbours[3] == []
 
 
+def _wall_samples(centres, targets=None):
+    """Cameras at ``centres`` looking at ``targets`` (default: straight ahead to the wall z = 3) and each one's
+    wall points on every 8th pixel each way, as :func:`heads.recon.fusion.sample_points` gives them."""
+    targets = targets or [(c[0], c[1], 3.0) for c in centres]
+    poses = np.stack([look_at(c, target=t) for c, t in zip(centres, targets)])
+    rays = pinhole_rays()[::8, ::8]
+    return [world_points(wall_depth(T, rays), rays, T).reshape(-1, 3) for T in poses], poses
+
+
+def test_neighbours_are_the_views_that_add_most_parallax_and_overlaps_those_that_see_most():
+    """Six cameras before the wall (0.05 m, 0.6 m either side, 3.5 m off, and 1 m straight behind view 0), a
+    view whose points only a tenth of are on the wall (the rest behind every camera) and one with no points:
+    the neighbours, chosen greedily by what each adds with parallax, and the views overlapping each, most
+    first, as the options say."""
+    from heads.recon.fusion import choose_neighbours
+
+    samples, poses = _wall_samples([(0.0, 0, 0), (0.05, 0, 0), (0.6, 0, 0), (-0.6, 0, 0), (3.5, 0, 0), (0.0, 0, -1.0),
+                                    (0.3, 0, 0), (-0.3, 0, 0)])
+    samples[6] = np.concatenate([samples[0][:10], np.tile([[0.0, 0.0, -50.0]], (90, 1))])  # 10 of 100 seen
+    samples[7] = np.zeros((0, 3))
+    Ks = np.repeat(K[None], len(poses), 0)
+    neighbours, overlaps = choose_neighbours(samples, (H, W), Ks, poses, Fusion())
+    assert overlaps == [[5, 1, 7, 3, 6, 2], [0, 5, 6, 7, 3, 2], [5, 6, 1, 0, 7, 3, 4], [5, 7, 1, 0, 6, 2],
+                        [5, 2, 6, 1, 0], [6, 3, 2, 1, 0, 7, 4], [5, 7, 3, 0], []], overlaps
+    assert neighbours == [[5, 7, 2], [5, 6, 3], [5, 6, 4], [5, 7], [5, 2], [3, 2, 4, 0], [5, 7], []], neighbours
+    two, _ = choose_neighbours(samples[:6], (H, W), Ks[:6], poses[:6], Fusion(neighbours=2))
+    assert two == [[5, 3], [5, 3], [5, 1], [5, 1], [5, 2], [3, 2]], two
+    low, _ = choose_neighbours(samples[:6], (H, W), Ks[:6], poses[:6], Fusion(min_angle=0.5))
+    assert low == [[5, 1, 3], [0, 5], [5, 1, 4], [5, 1], [5, 2], [3, 2, 4, 0]], \
+        f"{low}: with less parallax asked, the camera 5 cm away (1 degree) counts in full"
+    close, close_poses = _wall_samples([(0.0, 0.0, 0.0), (0.002, 0.0, 0.0)])
+    assert choose_neighbours(close, (H, W), Ks[:2], close_poses, Fusion()) == ([[], []], [[1], [0]]), \
+        "a camera 2 mm away adds under 2 % with parallax: it overlaps, but it is no neighbour"
+
+
+def test_on_a_long_video_neighbours_come_from_the_frames_within_the_window():
+    """Seven cameras 0.3 m apart along the wall, each seeing most of the next ones: with more than twice the
+    window's views, a view's candidates are the frames within the window (the cameras nearest in space
+    left out here); with fewer, every view."""
+    from heads.recon.fusion import choose_neighbours
+
+    samples, poses = _wall_samples([(0.3 * i, 0.0, 0.0) for i in range(7)])
+    Ks = np.repeat(K[None], 7, 0)
+    within = [[1, 2], [0, 2, 3], [1, 3, 0, 4], [2, 4, 1, 5], [3, 5, 2, 6], [4, 6, 3], [5, 4]]
+    assert choose_neighbours(samples, (H, W), Ks, poses, Fusion(window=2, nearest=False)) == (within, within)
+    neighbours, overlaps = choose_neighbours(samples, (H, W), Ks, poses, Fusion(window=3, nearest=False))
+    assert neighbours == within and overlaps == [[1, 2, 3], [0, 2, 3, 4], [1, 3, 0, 4, 5], [2, 4, 1, 5, 0, 6],
+                                                 [3, 5, 2, 6, 1], [4, 6, 3, 2], [5, 4, 3]], overlaps
+    _, every = choose_neighbours(samples, (H, W), Ks, poses, Fusion(window=None))
+    assert every == [[1, 2, 3, 4, 5, 6], [0, 2, 3, 4, 5, 6], [1, 3, 0, 4, 5, 6], [2, 4, 1, 5, 0, 6],
+                     [3, 5, 2, 6, 1, 0], [4, 6, 3, 2, 1, 0], [5, 4, 3, 2, 1, 0]], every
+    _, six = choose_neighbours(samples[:6], (H, W), Ks[:6], poses[:6], Fusion(window=3))
+    assert six == [[1, 2, 3, 4, 5], [0, 2, 3, 4, 5], [1, 3, 0, 4, 5], [2, 4, 1, 5, 0], [3, 5, 2, 1, 0],
+                   [4, 3, 2, 1, 0]], f"{six}: six views, a window of three: not windowed"
+
+
 # ---------------------------------------------------------------------------- scores
 
 
