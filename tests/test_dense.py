@@ -616,6 +616,26 @@ def test_on_a_long_video_neighbours_come_from_the_frames_within_the_window():
                    [4, 3, 2, 1, 0]], f"{six}: six views, a window of three: not windowed"
 
 
+def test_agreement_and_contradiction_are_counted_per_neighbour_at_the_tolerance():
+    """Four cameras at one place (so each pixel lands on the same pixel of the others): view 0 at 1 m, view 1
+    at 2 m (exactly at the tolerance of 50 %: it agrees, and does not contradict), views 2 and 3 at 4 m (beyond
+    it: each contradicts it). Counts are integers, the mean a float32 map."""
+    from heads.recon.fusion import average_agreeing
+
+    depth = np.stack([np.full((H, W), z) for z in (1.0, 2.0, 4.0, 4.0)]).astype(np.float32)
+    rays, poses, Ks = pinhole_rays()[None].repeat(4, 0), np.eye(4)[None].repeat(4, 0), K[None].repeat(4, 0)
+    valid = np.ones((4, H, W), bool)
+    mean, count, against = average_agreeing(depth, rays, K=Ks, cam2world=poses, valid=valid,
+                                            neighbours=[[1, 2, 3], [0], [], []], rtol=0.5)
+    assert count.dtype == against.dtype == np.int16 and mean.dtype == np.float32, (count.dtype, mean.dtype)
+    assert (count[0] == 1).all() and (against[0] == 2).all(), \
+        f"view 0: {np.unique(count[0])} agreeing, {np.unique(against[0])} contradicting; want 1 and 2"
+    assert np.allclose(mean[0], 1.5), "view 0's depth is not the mean of its own and view 1's"
+    assert not count[1].any() and not against[1].any() and (mean[1] == 2).all(), \
+        "view 1 at 2 m against view 0 at 1 m: 100 % off its 1 m (no agreement), and in front of nothing (no contradiction)"
+    assert not count[2:].any() and not against[2:].any() and (mean[2:] == 4).all(), "no neighbours, no change"
+
+
 # ---------------------------------------------------------------------------- scores
 
 
