@@ -581,17 +581,17 @@ def test_neighbours_are_the_views_that_add_most_parallax_and_overlaps_those_that
     samples[6] = np.concatenate([samples[0][:10], np.tile([[0.0, 0.0, -50.0]], (90, 1))])  # 10 of 100 seen
     samples[7] = np.zeros((0, 3))
     Ks = np.repeat(K[None], len(poses), 0)
-    neighbours, overlaps = choose_neighbours(samples, (H, W), Ks, poses, Fusion())
+    neighbours, overlaps = choose_neighbours(samples, (H, W), K=Ks, cam2world=poses, f=Fusion())
     assert overlaps == [[5, 1, 7, 3, 6, 2], [0, 5, 6, 7, 3, 2], [5, 6, 1, 0, 7, 3, 4], [5, 7, 1, 0, 6, 2],
                         [5, 2, 6, 1, 0], [6, 3, 2, 1, 0, 7, 4], [5, 7, 3, 0], []], overlaps
     assert neighbours == [[5, 7, 2], [5, 6, 3], [5, 6, 4], [5, 7], [5, 2], [3, 2, 4, 0], [5, 7], []], neighbours
-    two, _ = choose_neighbours(samples[:6], (H, W), Ks[:6], poses[:6], Fusion(neighbours=2))
+    two, _ = choose_neighbours(samples[:6], (H, W), K=Ks[:6], cam2world=poses[:6], f=Fusion(neighbours=2))
     assert two == [[5, 3], [5, 3], [5, 1], [5, 1], [5, 2], [3, 2]], two
-    low, _ = choose_neighbours(samples[:6], (H, W), Ks[:6], poses[:6], Fusion(min_angle=0.5))
+    low, _ = choose_neighbours(samples[:6], (H, W), K=Ks[:6], cam2world=poses[:6], f=Fusion(min_angle=0.5))
     assert low == [[5, 1, 3], [0, 5], [5, 1, 4], [5, 1], [5, 2], [3, 2, 4, 0]], \
         f"{low}: with less parallax asked, the camera 5 cm away (1 degree) counts in full"
     close, close_poses = _wall_samples([(0.0, 0.0, 0.0), (0.002, 0.0, 0.0)])
-    assert choose_neighbours(close, (H, W), Ks[:2], close_poses, Fusion()) == ([[], []], [[1], [0]]), \
+    assert choose_neighbours(close, (H, W), K=Ks[:2], cam2world=close_poses, f=Fusion()) == ([[], []], [[1], [0]]), \
         "a camera 2 mm away adds under 2 % with parallax: it overlaps, but it is no neighbour"
 
 
@@ -604,14 +604,14 @@ def test_on_a_long_video_neighbours_come_from_the_frames_within_the_window():
     samples, poses = _wall_samples([(0.3 * i, 0.0, 0.0) for i in range(7)])
     Ks = np.repeat(K[None], 7, 0)
     within = [[1, 2], [0, 2, 3], [1, 3, 0, 4], [2, 4, 1, 5], [3, 5, 2, 6], [4, 6, 3], [5, 4]]
-    assert choose_neighbours(samples, (H, W), Ks, poses, Fusion(window=2, nearest=False)) == (within, within)
-    neighbours, overlaps = choose_neighbours(samples, (H, W), Ks, poses, Fusion(window=3, nearest=False))
+    assert choose_neighbours(samples, (H, W), K=Ks, cam2world=poses, f=Fusion(window=2, nearest=False)) == (within, within)
+    neighbours, overlaps = choose_neighbours(samples, (H, W), K=Ks, cam2world=poses, f=Fusion(window=3, nearest=False))
     assert neighbours == within and overlaps == [[1, 2, 3], [0, 2, 3, 4], [1, 3, 0, 4, 5], [2, 4, 1, 5, 0, 6],
                                                  [3, 5, 2, 6, 1], [4, 6, 3, 2], [5, 4, 3]], overlaps
-    _, every = choose_neighbours(samples, (H, W), Ks, poses, Fusion(window=None))
+    _, every = choose_neighbours(samples, (H, W), K=Ks, cam2world=poses, f=Fusion(window=None))
     assert every == [[1, 2, 3, 4, 5, 6], [0, 2, 3, 4, 5, 6], [1, 3, 0, 4, 5, 6], [2, 4, 1, 5, 0, 6],
                      [3, 5, 2, 6, 1, 0], [4, 6, 3, 2, 1, 0], [5, 4, 3, 2, 1, 0]], every
-    _, six = choose_neighbours(samples[:6], (H, W), Ks[:6], poses[:6], Fusion(window=3))
+    _, six = choose_neighbours(samples[:6], (H, W), K=Ks[:6], cam2world=poses[:6], f=Fusion(window=3))
     assert six == [[1, 2, 3, 4, 5], [0, 2, 3, 4, 5], [1, 3, 0, 4, 5], [2, 4, 1, 5, 0], [3, 5, 2, 1, 0],
                    [4, 3, 2, 1, 0]], f"{six}: six views, a window of three: not windowed"
 
