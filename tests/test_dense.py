@@ -636,6 +636,61 @@ def test_agreement_and_contradiction_are_counted_per_neighbour_at_the_tolerance(
     assert not count[2:].any() and not against[2:].any() and (mean[2:] == 4).all(), "no neighbours, no change"
 
 
+def test_which_pixels_are_kept_follows_matching_confirmation_and_contradiction(monkeypatch):
+    """Three views of the wall, view 2's depth 10 % too far on a patch (where it sees beyond view 0's points:
+    it contradicts them, and confirms nothing), matching stood in for by marking view 0's left half found. A
+    pixel is kept when ``confirm`` neighbours agree (as many as the view has, one with no matching), or when
+    matching found it and no neighbour sees through it; measured pixels need nothing; what matching found is
+    kept first, before a finer view's guess."""
+    import heads.recon.fusion as fusion
+    from heads.recon.fusion import average_agreeing
+
+    depth, rays, poses, Ks, valid = fused_walls([0.0, 0.0, 0.0])
+    depth[2, 20:70, 10:60] *= 1.1
+    poses[1, 2, 3] = 0.3  # view 1 nearer the wall: it sees it finer
+    depth[1] = wall_depth(poses[1], rays[1])
+    calls = []
+
+    def fake_match(depth, rays, cam2world, K, grays, valid, measured, order, tracks, s, matched):
+        calls.append({"measured": measured, "order": order, "tracks": tracks})
+        matched[0, :, :W // 2] = True
+
+    monkeypatch.setattr(fusion, "_match_views", fake_match)
+    grays = np.zeros(depth.shape, np.uint8)
+    measured = np.zeros(depth.shape, bool)
+    measured[2, 30:40, 20:30] = True
+    out = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=grays, f=Fusion(), measured=measured,
+                     tracks=["t0", "t1", "t2"])
+    assert len(calls) == 1 and calls[0]["measured"] is measured and calls[0]["tracks"] == ["t0", "t1", "t2"], calls
+    assert sorted(out.neighbours[0]) == [1, 2] and out.checked.all(), (out.neighbours, out.checked)
+    _, count, against = average_agreeing(depth.astype(np.float32), rays.astype(np.float32), K=Ks, cam2world=poses,
+                                         valid=valid, neighbours=out.neighbours, rtol=0.02)
+    matched = out.matched[0]
+    two, one = count[0] >= 2, count[0] == 1
+    seen_through = against[0] > 0
+    for what, where in (("matched, one agreeing, seen through", matched & one & seen_through),
+                        ("matched, one agreeing, not seen through", matched & one & ~seen_through),
+                        ("not matched, one agreeing", ~matched & one), ("two agreeing", two)):
+        assert where.sum() > 20, f"the scene has no pixel {what}"
+    assert np.array_equal(out.keep[0], two | (matched & ~seen_through)), \
+        "view 0 keeps other than its confirmed pixels and its matched ones nobody sees through"
+    assert out.keep[2, 30:40, 20:30].all(), "measured pixels need no confirmation"
+    assert np.array_equal(out.keep[2] & ~measured[2], (count[2] >= 2) & ~measured[2]), "view 2: only the confirmed"
+    assert out.first[0][matched & out.keep[0]].all(), "a matched pixel gave way to a guessed one"
+    assert not out.first[0][~matched & out.keep[0] & (count[0] > 0)].all(), "view 1 (finer) held none of view 0's"
+
+    calls.clear()
+    none = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=None, f=Fusion())
+    assert calls == [] and not none.matched.any(), "matched without images"
+    assert np.array_equal(none.keep[0], count[0] >= 1), "with no matching, one neighbour's word is enough"
+    assert none.depth.dtype == np.float32, none.depth.dtype
+    single = fuse_views(depth.astype(np.float32), rays.astype(np.float32), cam2world=poses, K=Ks, valid=valid,
+                        grays=None, f=Fusion())
+    assert np.array_equal(single.depth, none.depth), "float64 depths and rays are not stored as float32"
+    unmatched = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=grays, f=Fusion(stereo=None))
+    assert calls == [] and np.array_equal(unmatched.keep, none.keep), "with stereo None the images are not matched"
+
+
 # ---------------------------------------------------------------------------- scores
 
 
