@@ -691,6 +691,19 @@ def test_which_pixels_are_kept_follows_matching_confirmation_and_contradiction(m
     assert calls == [] and np.array_equal(unmatched.keep, none.keep), "with stereo None the images are not matched"
 
 
+def test_a_view_is_checked_when_it_has_neighbours_that_confirm_enough_of_it():
+    """Three views of the wall, the last 20 % off (no neighbour confirms any of it), and one that sees
+    nothing the others do: the first two, each confirmed by one neighbour, are checked; the view 20 % off
+    is not (unless no share of confirmed pixels is asked), nor, ever, the view with no neighbour."""
+    depth, rays, poses, Ks, valid = fused_walls([0.0, 0.0, 0.0], far_view=True)
+    depth[2] *= 1.2
+    out = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=None, f=Fusion(stereo=None))
+    assert out.checked.tolist() == [True, True, False, False] and out.keep[2:].all(), out.checked
+    anything = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=None,
+                          f=Fusion(stereo=None, min_agreeing=0.0))
+    assert anything.checked.tolist() == [True, True, True, False], anything.checked
+
+
 # ---------------------------------------------------------------------------- scores
 
 
