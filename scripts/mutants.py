@@ -40,7 +40,7 @@ MODULES = {  # module: the test files that hold its tests (those that call its f
     "heads/recon/mvs.py": ["tests/test_dense.py"],
     "heads/recon/fusion.py": ["tests/test_dense.py"],
     "heads/recon/depth_poses.py": ["tests/test_depth_poses.py"],
-    "heads/recon/known_poses.py": ["tests/test_trust_recon3d.py", "tests/test_dense.py"],
+    "heads/recon/known_poses.py": ["tests/test_known_poses.py"],
     "heads/recon/placement.py": ["tests/test_sfm.py"],
     "heads/recon/chunks.py": ["tests/test_recon3d.py", "tests/test_sfm.py"],
     "heads/recon/cleaning.py": ["tests/test_recon3d.py"],
