@@ -170,3 +170,12 @@ def test_files_gone_replaced_or_from_another_run_are_each_found_out(tmp_path):
                                 "cameras.json (not the one this run wrote)",
                                 "sparse/0/images.bin (not the one this run wrote)",
                                 "sparse/0/points3D.bin (from another run)"], mixed
+
+
+def test_the_manifest_is_indented_json_one_entry_a_line_as_the_other_records(tmp_path):
+    """Written as pixio writes its other JSON records (pixio_cli.writers.write_json: one space a level), so that
+    a person comparing two runs' manifests reads them line by line."""
+    scene = committed(tmp_path, ["scene.ply", "cameras.json"])
+    text = manifest_path(scene).read_text()
+    assert text == json.dumps(json.loads(text), indent=1) + "\n"
+    assert len(text.splitlines()) > 10
