@@ -41,7 +41,7 @@ MODULES = {  # module: the test files that hold its tests (those that call its f
     "heads/recon/fusion.py": ["tests/test_dense.py"],
     "heads/recon/depth_poses.py": ["tests/test_depth_poses.py"],
     "heads/recon/known_poses.py": ["tests/test_known_poses.py"],
-    "heads/recon/placement.py": ["tests/test_sfm.py"],
+    "heads/recon/placement.py": ["tests/test_placement.py"],
     "heads/recon/chunks.py": ["tests/test_chunks.py"],
     "heads/recon/cleaning.py": ["tests/test_cleaning.py"],
     "heads/recon/scene_files.py": ["tests/test_scene_files.py"],
