@@ -202,6 +202,33 @@ def test_alignment_is_the_same_on_every_run_and_seeded_with_0_by_default():
     assert np.array_equal(fits[0][1], default[1]) and np.array_equal(fits[0][2], default[2])
 
 
+def test_the_seed_draws_the_pixels_and_the_ransac_both():
+    """With more pixels than ``max_pairs``, the fit is RANSAC (seeded) on the pixels drawn with the same seed."""
+    scene = truth(2)
+    part = transformed(scene, *inverse(*similarity(16, scale=1.4)))
+    part.pts3d += np.random.default_rng(5).normal(scale=0.05, size=part.pts3d.shape).astype(np.float32)
+    shared = [(0, 0), (1, 1)]
+    for seed in (0, 7):
+        idx = corresponding_pixels(scene, part, shared, max_pairs=60, seed=seed)
+        a, b = scene.pts3d[:2].reshape(-1, 3)[idx], part.pts3d[:2].reshape(-1, 3)[idx]
+        s, R, t, _ = G.ransac_umeyama(b, a, with_scale=True, seed=seed)
+        got = align_to(scene, part, shared, with_scale=True, max_pairs=60, seed=seed)
+        assert got[0] == s and np.array_equal(got[1], R) and np.array_equal(got[2], t) and got[3] == 60, seed
+
+
+def test_alignment_pairs_at_most_20000_pixels_by_default():
+    n, side = 2, 160  # 51 200 pixels, 25 600 at the median confidence or above
+    rng = np.random.default_rng(6)
+    big = Predictions(images=["a", "b"], pts3d=rng.normal(size=(n, side, side, 3)).astype(np.float32),
+                      depth_z=np.ones((n, side, side), np.float32),
+                      conf=rng.permutation(n * side * side).astype(np.float32).reshape(n, side, side),
+                      mask=np.ones((n, side, side), bool), cam2world=np.tile(np.eye(4, dtype=np.float32), (n, 1, 1)),
+                      K=np.zeros((n, 3, 3)), K_original=np.zeros((n, 3, 3)), original_hw=np.ones((n, 2)), scale=1.0,
+                      metric=False)
+    s, R, t, pairs = align_to(big, big, [(0, 0), (1, 1)], with_scale=True)
+    assert pairs == 20000 and abs(s - 1) < 1e-5 and np.allclose(R, np.eye(3), atol=1e-5)
+
+
 # ---------------------------------------------------------------------------- the similarity applied
 
 
