@@ -25,7 +25,6 @@ import datetime
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -45,8 +44,7 @@ MODULES = {  # module: the test files that hold its tests (those that call its f
     "heads/recon/chunks.py": ["tests/test_chunks.py"],
     "heads/recon/cleaning.py": ["tests/test_cleaning.py"],
     "heads/recon/scene_files.py": ["tests/test_scene_files.py"],
-    "heads/geometry.py": ["tests/test_geometry.py", "tests/test_dense.py", "tests/test_depth_poses.py",
-                          "tests/test_pointmap.py", "tests/test_recon3d.py", "tests/test_sfm.py", "tests/test_bundled.py"],
+    "heads/geometry.py": ["tests/test_geometry.py"],
     "pixio_cli/sliding.py": ["tests/test_seams.py"],
     "pixio_cli/resume.py": ["tests/test_trust.py", "tests/test_extract.py"],
 }
@@ -89,7 +87,7 @@ def run_module(module: str, tests: list[str], shared: Path, children: int = 2) -
         shutil.copy(kept, stats)
     else:  # another module's record would say no test reaches this one's functions (when the tests are the same)
         stats.unlink(missing_ok=True)
-    # mutmut keeps the verdicts when the test selection is the one it recorded (else it redoes every mutant)
+    # whether the verdicts in mutants/ were reached with this test selection (mutmut keeps them either way)
     selection = hashlib.sha256(repr(tuple(tests)).encode()).hexdigest()[:12]  # as mutmut's config_fingerprint
     resumed = stats.exists() and json.loads(stats.read_text()).get("config_fingerprint", {}).get("test_selection") \
         == selection
@@ -104,11 +102,14 @@ def run_module(module: str, tests: list[str], shared: Path, children: int = 2) -
         env = {**os.environ, "PIXIO_SHARED_DATA": str(shared), "OMP_NUM_THREADS": "1"}
         mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)]
         judged = equivalent()  # (left as they are)
-        again = sorted(n for n, code in (_codes(meta) if resumed else {}).items()
-                       if code in (0, 5, 33) and n not in judged)
-        if again:  # first: these are what new tests are written for
-            print(f"checking {len(again)} survivors of the last run again, against the tests as they are now",
-                  file=sys.stderr, flush=True)
+        codes = _codes(meta)
+        if resumed:  # first: the survivors, which are what new tests are written for
+            again = sorted(n for n, code in codes.items() if code in (0, 5, 33) and n not in judged)
+        else:  # verdicts reached with another test selection, which mutmut would keep for unchanged functions
+            again = sorted(codes)
+        if again:
+            print(f"checking {len(again)} {'survivors of the last run' if resumed else 'mutants checked with other tests'}"
+                  " again, against the tests as they are now", file=sys.stderr, flush=True)
             subprocess.run(mutmut + again, cwd=ROOT, env=env, check=False)
         subprocess.run(mutmut, cwd=ROOT, env=env, check=False)  # then the mutants not checked yet
         if stats.exists():

@@ -347,3 +347,93 @@ def test_ransac_with_no_fit_to_find_uses_every_pair_and_three_true_pairs_are_eno
     s, R, t, inliers = G.ransac_umeyama(src, dst, threshold=0.01)
     assert s == pytest.approx(1.5) and np.allclose(R, np.eye(3), atol=1e-9) and np.allclose(t, 1.0)
     assert inliers[:3].all() and not inliers[3:].any(), inliers
+
+
+def test_scale_intrinsics_scales_each_axis_by_its_own_factor_and_leaves_the_input_as_it_was():
+    k = np.array([[400, 0, 159], [0, 300, 99], [0, 0, 1]])  # integers, as a user's K file may give them
+    before = k.copy()
+    k2 = G.scale_intrinsics(k, (200, 320), (100, 480))  # rows halved, columns x1.5
+    expected = [[600.0, 0, (159 + 0.5) * 1.5 - 0.5], [0, 150.0, (99 + 0.5) * 0.5 - 0.5], [0, 0, 1]]
+    assert k2.dtype == np.float64 and np.allclose(k2, expected), k2
+    assert np.array_equal(k, before), "the caller's K was changed"
+    kf = before.astype(np.float64)
+    G.scale_intrinsics(kf, (200, 320), (100, 480))
+    assert np.array_equal(kf, before), "the caller's float K was changed in place"
+
+
+def test_a_similarity_moves_each_camera_centre_to_s_r_c_plus_t_and_turns_its_axes_by_r():
+    rng = np.random.default_rng(21)
+    cams = np.stack([pose(random_rotation(rng), rng.normal(size=3)) for _ in range(3)])
+    before = cams.copy()
+    s, R, t = 2.5, random_rotation(rng), np.array([1.0, -2.0, 0.5])
+    out = G.apply_sim3_to_poses(cams, s, R, t)
+    for c, o in zip(cams, out):
+        assert np.allclose(o[:3, 3], s * R @ c[:3, 3] + t), "camera centre not at s R c + t"
+        assert np.allclose(o[:3, :3], R @ c[:3, :3]) and np.allclose(o[3], [0, 0, 0, 1])
+    assert np.array_equal(cams, before), "the input poses were changed"
+    ints = np.tile(np.eye(4, dtype=np.int64), (1, 1, 1))
+    ints[0, :3, 3] = [1, 2, 3]
+    assert np.allclose(G.apply_sim3_to_poses(ints, 0.5, np.eye(3), np.zeros(3))[0, :3, 3], [0.5, 1.0, 1.5]), \
+        "integer poses scaled in integers"
+
+
+def test_to_camera_gives_each_points_coordinates_in_the_cameras_frame():
+    rng = np.random.default_rng(22)
+    T = pose(random_rotation(rng), rng.normal(size=3))
+    X = rng.normal(size=(5, 3))
+    out = G.to_camera(X, T)
+    assert out.shape == (5, 3), out.shape
+    assert np.allclose(out, (X - T[:3, 3]) @ T[:3, :3]), "not R^T (X - t)"
+    assert np.allclose(G.transform(out, T), X)
+
+
+def test_intrinsics_of_distorted_rays_are_fitted_on_every_fiftieth_row_and_column():
+    """For a lens that is not a pinhole the fit depends on which pixels it samples: MapAnything's
+    sampling is every (h // 50)-th row and every (w // 50)-th column."""
+    h, w = 100, 150  # steps 2 and 3; h // 51 = 1, w // 51 = 2
+    k = np.array([[80.0, 0, 75.0], [0, 90.0, 49.0], [0, 0, 1]])
+    u, v = G.pixel_grid(h, w)
+    x, y = (u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1]
+    r2 = x * x + y * y
+    rays = np.stack([x * (1 + 0.2 * r2 + 0.1 * x), y * (1 + 0.2 * r2 + 0.15 * y * y), np.ones_like(x)], -1)
+
+    def fit(sh: int, sw: int) -> np.ndarray:
+        r = rays[::sh, ::sw]
+        fx, cx = np.polyfit((r[..., 0] / r[..., 2]).ravel(), u[::sh, ::sw].ravel(), 1)
+        fy, cy = np.polyfit((r[..., 1] / r[..., 2]).ravel(), v[::sh, ::sw].ravel(), 1)
+        return np.array([fx, fy, cx, cy])
+
+    got = G.intrinsics_from_rays(rays.astype(np.float32))
+    got = np.array([got[0, 0], got[1, 1], got[0, 2], got[1, 2]])
+    assert np.allclose(got, fit(2, 3), rtol=1e-5), (got, fit(2, 3))
+    for other in [(1, 3), (2, 2), (1, 1), (3, 3)]:  # the fit tells these samplings apart
+        assert not np.allclose(fit(*other), fit(2, 3), rtol=1e-5), other
+    small = G.intrinsics_from_rays(rays[:45, :48])  # under 50 pixels: every row and column
+    r = rays[:45, :48]
+    fx, cx = np.polyfit((r[..., 0] / r[..., 2]).ravel(), u[:45, :48].ravel(), 1)
+    fy, cy = np.polyfit((r[..., 1] / r[..., 2]).ravel(), v[:45, :48].ravel(), 1)
+    assert np.allclose([small[0, 0], small[1, 1], small[0, 2], small[1, 2]], [fx, fy, cx, cy], rtol=1e-9)
+    given = G.intrinsics_from_rays(rays, step=5)
+    assert np.allclose([given[0, 0], given[1, 1], given[0, 2], given[1, 2]], fit(5, 5)), "step not used"
+
+
+def test_the_angle_between_a_rotation_and_itself_is_zero_even_when_rounding_puts_the_cosine_above_one():
+    rng = np.random.default_rng(23)
+    Rs = np.stack([random_rotation(rng) for _ in range(200)])
+    cos = (np.trace(np.swapaxes(Rs, -1, -2) @ Rs, axis1=-2, axis2=-1) - 1) / 2
+    assert (cos > 1).any(), "no rotation here rounds above 1: the test needs one"
+    ang = G.rotation_angle_deg(Rs, Rs)
+    assert np.isfinite(ang).all() and np.allclose(ang, 0, atol=1e-5), ang[~np.isfinite(ang)][:3]
+
+
+def test_a_rigid_ransac_fit_of_noisy_pairs_keeps_scale_one():
+    rng = np.random.default_rng(24)
+    src = rng.normal(size=(40, 3))
+    R, t = random_rotation(rng), rng.normal(size=3)
+    dst = src @ R.T + t + rng.normal(scale=0.01, size=(40, 3))
+    dst[:5] *= 1.3  # a few stretched away from the centre: a scale would shrink to meet them
+    s, R2, _, inliers = G.ransac_umeyama(src, dst, with_scale=False, threshold=0.05)
+    assert s == 1.0, f"a rigid fit came back with scale {s}"
+    assert np.allclose(R2, R, atol=0.02) and inliers[5:].all()
+    s, *_ = G.ransac_umeyama(src[:2], 2 * src[:2], with_scale=False)  # two pairs: fitted as they are
+    assert s == 1.0, f"a rigid fit of two pairs came back with scale {s}"
