@@ -49,6 +49,10 @@ MODULES = {  # module: the test files that hold its tests (those that call its f
     "pixio_cli/resume.py": ["tests/test_trust.py", "tests/test_extract.py"],
 }
 
+# modules of which only some functions decide geometry (the rest is COLMAP's own work, or a network's layers
+# that the checkpoint tests pin): only these functions' mutants are run and scored ("Class.method" for methods)
+FUNCTIONS: dict[str, list[str]] = {}
+
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed",
           2: "not checked", -11: "killed"}  # mutmut's exit codes (mutmut/stats.py); 2: the check was interrupted
@@ -102,7 +106,7 @@ def run_module(module: str, tests: list[str], shared: Path, children: int = 2) -
         env = {**os.environ, "PIXIO_SHARED_DATA": str(shared), "OMP_NUM_THREADS": "1"}
         mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)]
         judged = equivalent()  # (left as they are)
-        codes = _codes(meta)
+        codes = {n: c for n, c in _codes(meta).items() if _in_scope(module, n)}
         if resumed:  # first: the survivors, which are what new tests are written for
             again = sorted(n for n, code in codes.items() if code in (0, 5, 33) and n not in judged)
         else:  # verdicts reached with another test selection, which mutmut would keep for unchanged functions
@@ -111,7 +115,7 @@ def run_module(module: str, tests: list[str], shared: Path, children: int = 2) -
             print(f"checking {len(again)} {'survivors of the last run' if resumed else 'mutants checked with other tests'}"
                   " again, against the tests as they are now", file=sys.stderr, flush=True)
             subprocess.run(mutmut + again, cwd=ROOT, env=env, check=False)
-        subprocess.run(mutmut, cwd=ROOT, env=env, check=False)  # then the mutants not checked yet
+        subprocess.run(mutmut + _patterns(module), cwd=ROOT, env=env, check=False)  # then those not checked yet
         if stats.exists():
             kept.parent.mkdir(exist_ok=True)
             shutil.copy(stats, kept)
@@ -123,7 +127,25 @@ def run_module(module: str, tests: list[str], shared: Path, children: int = 2) -
 def statuses(module: str) -> dict[str, str]:
     """The status of each mutant of ``module`` as mutmut has recorded it in ``mutants/``."""
     return {name: "not checked" if code is None else STATUS.get(code, "suspicious")
-            for name, code in _codes(ROOT / "mutants" / (module + ".meta")).items()}
+            for name, code in _codes(ROOT / "mutants" / (module + ".meta")).items() if _in_scope(module, name)}
+
+
+def _function(mutant: str) -> str:
+    """The function a mutant changes: ``pkg.mod.x_name__mutmut_3`` -> ``name``, ``pkg.mod.xǁCǁm__mutmut_3`` ->
+    ``C.m`` (mutmut's names)."""
+    local = mutant.rsplit(".", 1)[-1].rsplit("__mutmut_", 1)[0]
+    return local[2:].replace("ǁ", ".", 1).rstrip("ǁ") if local.startswith("xǁ") else local[2:]
+
+
+def _in_scope(module: str, mutant: str) -> bool:
+    return module not in FUNCTIONS or _function(mutant) in FUNCTIONS[module]
+
+
+def _patterns(module: str) -> list[str]:
+    """mutmut's name patterns for the functions of ``module`` that are scored (none: all of it)."""
+    dotted = module.removesuffix(".py").replace("/", ".")
+    return [f"{dotted}.xǁ{name.replace('.', 'ǁ')}__mutmut_*" if "." in name else f"{dotted}.x_{name}__mutmut_*"
+            for name in FUNCTIONS.get(module, [])]
 
 
 def _codes(meta: Path) -> dict[str, int | None]:
@@ -145,7 +167,8 @@ def table(scores: dict[str, dict[str, str]], judged: dict[str, str]) -> list[str
         survived = sum(s == "survived" for s in counted.values())
         untested = sum(s == "no tests" for s in counted.values())
         score = f"**{killed / len(counted):.0%}**" if counted else "-"
-        out.append(f"| `{module}` | {len(statuses)} | {len(checked)} | {len(same)} | {killed} | {survived} | {untested} | "
+        scope = f" ({', '.join(FUNCTIONS[module])} only)" if module in FUNCTIONS else ""
+        out.append(f"| `{module}`{scope} | {len(statuses)} | {len(checked)} | {len(same)} | {killed} | {survived} | {untested} | "
                    f"{score} |")
     return out
 
