@@ -40,6 +40,8 @@ MODULES = {  # module: the test files that hold its tests (those that call its f
     "heads/recon/fusion.py": ["tests/test_dense.py"],
     "heads/recon/depth_poses.py": ["tests/test_depth_poses.py"],
     "heads/recon/known_poses.py": ["tests/test_known_poses.py"],
+    "heads/recon/known_cameras.py": ["tests/test_known_cameras.py"],
+    "heads/recon/sfm.py": ["tests/test_sfm_settings.py"],
     "heads/recon/placement.py": ["tests/test_placement.py"],
     "heads/recon/chunks.py": ["tests/test_chunks.py"],
     "heads/recon/cleaning.py": ["tests/test_cleaning.py"],
@@ -51,7 +53,10 @@ MODULES = {  # module: the test files that hold its tests (those that call its f
 
 # modules of which only some functions decide geometry (the rest is COLMAP's own work, or a network's layers
 # that the checkpoint tests pin): only these functions' mutants are run and scored ("Class.method" for methods)
-FUNCTIONS: dict[str, list[str]] = {}
+FUNCTIONS: dict[str, list[str]] = {
+    "heads/recon/sfm.py": ["run_sfm", "_checked_lens", "loop_pairs", "_set_cameras", "_held", "_map", "keyframe_names",
+                           "_map_global", "_map_incremental"],
+}
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed",
