@@ -54,8 +54,8 @@ MODULES = {  # module: the test files that hold its tests (those that call its f
 # modules of which only some functions decide geometry (the rest is COLMAP's own work, or a network's layers
 # that the checkpoint tests pin): only these functions' mutants are run and scored ("Class.method" for methods)
 FUNCTIONS: dict[str, list[str]] = {
-    "heads/recon/sfm.py": ["run_sfm", "_checked_lens", "loop_pairs", "_set_cameras", "_held", "_map", "keyframe_names",
-                           "_map_global", "_map_incremental"],
+    "heads/recon/sfm.py": ["run_sfm", "_run_sfm", "_checked_lens", "loop_pairs", "_set_cameras", "_held", "_map",
+                           "keyframe_names", "_map_global", "_map_incremental"],
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

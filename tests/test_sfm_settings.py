@@ -509,3 +509,263 @@ def test_the_doubled_images_run_when_the_fast_pass_falls_short_and_the_better_is
     assert [c["options"] for c in passes.calls] == [replace(options, first_octave=0),
                                                      replace(options, first_octave=-1)]
     assert all(c["video"] is False and c["cancel"] is cancel and c["more_pairs"] is None for c in passes.calls)
+
+
+# ---------------------------------------------------------------------------- one pass: what COLMAP is given
+
+
+@pytest.fixture
+def colmap(monkeypatch, tmp_path):
+    """One pass (_run_sfm) with pycolmap's features, matching and pixio's mapping replaced by recorders: every
+    call in order in ``events`` (name, arguments); ``models``: what each mapping gives (then a model of 3
+    frames named 'mapped'); ``lens``: what the focal check says (wrong, loose)."""
+    out = SimpleNamespace(events=[], models=[], lens=(None, None), stale=[])
+
+    def record(name):
+        def call(*args, **kwargs):
+            out.events.append((name, args, kwargs))
+        return call
+
+    def extract(db, folder, **kwargs):
+        out.stale.append(Path(db).exists())
+        out.events.append(("extract", (db, folder), kwargs))
+
+    def map_(db, folder, *, sparse, options, hold, cancel, names):
+        out.events.append(("map", (db, folder), dict(sparse=sparse, options=options, hold=hold, cancel=cancel,
+                                                    names=names)))
+        return out.models.pop(0) if out.models else Model(3, name="mapped")
+
+    def checked(rec, options):
+        out.events.append(("checked", (rec, options), {}))
+        return rec, *out.lens
+
+    def set_cameras(db, change):
+        out.events.append(("set_cameras", (db, change), {}))
+
+    def match_pairs(db, path, pairs, **kwargs):
+        out.events.append(("match_pairs", (db, path, pairs), kwargs))
+
+    monkeypatch.setattr(pycolmap, "set_random_seed", record("seed"))
+    monkeypatch.setattr(pycolmap, "extract_features", extract)
+    monkeypatch.setattr(pycolmap, "match_exhaustive", record("exhaustive"))
+    monkeypatch.setattr(pycolmap, "match_sequential", record("sequential"))
+    monkeypatch.setattr(sfm, "_map", map_)
+    monkeypatch.setattr(sfm, "_checked_lens", checked)
+    monkeypatch.setattr(sfm, "_set_cameras", set_cameras)
+    monkeypatch.setattr(sfm, "_match_pairs", match_pairs)
+    monkeypatch.setattr(sfm, "held_focal_note", lambda rec, why: f"held {rec.name}: {why}")
+    return out
+
+
+def one_pass(tmp_path, options, n: int = 3, video: bool = False, more_pairs=None, cancel=None):
+    names = [f"{i:06d}.png" for i in range(n)]
+    stages: list[str] = []
+    got = sfm._run_sfm(tmp_path, names, options=options, video=video, cancel=cancel, on_stage=stages.append,
+                       more_pairs=more_pairs)
+    return got, names, stages
+
+
+def events(colmap, name: str) -> list[tuple[tuple, dict]]:
+    return [(args, kwargs) for n, args, kwargs in colmap.events if n == name]
+
+
+def params(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def test_a_pass_extracts_seeded_features_at_its_octave_on_one_thread_from_a_new_database(tmp_path, colmap):
+    (tmp_path / "database.db").write_text("an earlier pass's")
+    cancel = object()
+    got, names, stages = one_pass(tmp_path, sfm.SfmOptions(first_octave=-1, seed=6), cancel=cancel)
+    assert colmap.events[0] == ("seed", (6,), {})
+    assert colmap.stale == [False]  # the earlier database was removed first
+    (args, kwargs), = events(colmap, "extract")
+    assert args == (tmp_path / "database.db", tmp_path)
+    assert kwargs["image_names"] == names and kwargs["cancellation_token"] is cancel
+    assert kwargs["device"] == pycolmap.Device.cpu
+    assert kwargs["camera_mode"] == pycolmap.CameraMode.SINGLE  # one camera, its focal length fitted
+    reader, extraction = kwargs["reader_options"], kwargs["extraction_options"]
+    assert reader.camera_model == pycolmap.ImageReaderOptions().camera_model and reader.camera_params == ""
+    assert extraction.num_threads == 1 and extraction.sift.first_octave == -1
+    assert stages[0] == "SIFT features of 3 frames"
+    (map_args, map_kwargs), = events(colmap, "map")
+    assert map_kwargs["sparse"] == tmp_path / "sparse-1" and map_kwargs["cancel"] is cancel
+    assert map_kwargs["names"] == names and map_args == (tmp_path / "database.db", tmp_path)
+
+
+def test_a_pass_runs_on_the_gpu_where_pycolmap_has_cuda(tmp_path, colmap, monkeypatch):
+    monkeypatch.setattr(pycolmap, "has_cuda", True)
+    one_pass(tmp_path, sfm.SfmOptions(first_octave=0))
+    assert events(colmap, "extract")[0][1]["device"] == pycolmap.Device.auto
+    assert events(colmap, "exhaustive")[0][1]["device"] == pycolmap.Device.auto
+
+
+def test_one_known_K_for_every_frame_is_one_pinhole_camera_with_its_parameters(tmp_path, colmap):
+    """COLMAP's pixels have their centres at +0.5."""
+    one_pass(tmp_path, sfm.SfmOptions(first_octave=0, known_K=[K.copy() for _ in range(3)]))
+    (_, kwargs), = events(colmap, "extract")
+    reader = kwargs["reader_options"]
+    assert reader.camera_model == "PINHOLE" and kwargs["camera_mode"] == pycolmap.CameraMode.SINGLE
+    assert params(reader.camera_params) == [530.0, 530.0, 320.0, 240.0], reader.camera_params
+    assert not events(colmap, "set_cameras")  # nothing to change, nothing held: the camera is fixed as given
+    assert events(colmap, "map")[0][1]["hold"] is False
+
+
+def test_known_Ks_of_a_camera_each_are_set_in_the_database_per_frame(tmp_path, colmap):
+    """A K per frame (a zoom): a PINHOLE camera per image, each set to its frame's K (by the image's name)."""
+    Ks = [K * [[1 + 0.1 * i], [1 + 0.1 * i], [1]] for i in range(3)]
+    _, names, _ = one_pass(tmp_path, sfm.SfmOptions(first_octave=0, known_K=Ks))
+    (_, kwargs), = events(colmap, "extract")
+    assert kwargs["reader_options"].camera_model == "PINHOLE" and kwargs["reader_options"].camera_params == ""
+    assert kwargs["camera_mode"] == pycolmap.CameraMode.PER_IMAGE
+    ((db, change), _), = events(colmap, "set_cameras")
+    assert db == tmp_path / "database.db"
+    for i in (2, 0, 1):
+        camera = SimpleNamespace(params=None)
+        change(camera, SimpleNamespace(name=names[i]))
+        f = 530.0 * (1 + 0.1 * i)
+        assert np.allclose(camera.params, [f, f, 319.5 * (1 + 0.1 * i) + 0.5, 239.5 * (1 + 0.1 * i) + 0.5]), \
+            (i, camera.params)
+
+
+def test_frames_of_a_camera_each_are_a_camera_each(tmp_path, colmap):
+    one_pass(tmp_path, sfm.SfmOptions(first_octave=0, one_camera=False))
+    assert events(colmap, "extract")[0][1]["camera_mode"] == pycolmap.CameraMode.PER_IMAGE
+    one_pass(tmp_path, sfm.SfmOptions(first_octave=0, one_camera=False, known_K=[K] * 3))
+    assert events(colmap, "extract")[1][1]["camera_mode"] == pycolmap.CameraMode.PER_IMAGE
+
+
+def test_a_prior_K_is_the_first_guess_of_a_fitted_camera(tmp_path, colmap):
+    """A K from a file beside the frames: SIMPLE_RADIAL from its fx and centre (no distortion), held as the
+    prior that mapping starts from."""
+    prior = np.array([[585.0, 0.0, 320.0], [0.0, 590.0, 241.0], [0.0, 0.0, 1.0]])
+    one_pass(tmp_path, sfm.SfmOptions(first_octave=0, prior_K=prior))
+    reader = events(colmap, "extract")[0][1]["reader_options"]
+    assert reader.camera_model == "SIMPLE_RADIAL" and params(reader.camera_params) == [585.0, 320.5, 241.5, 0.0]
+    ((_, change), _), = events(colmap, "set_cameras")
+    assert change is sfm._held
+    assert events(colmap, "map")[0][1]["hold"] is False  # a guess: fitted
+
+
+def test_a_known_K_wins_over_a_prior(tmp_path, colmap):
+    one_pass(tmp_path, sfm.SfmOptions(first_octave=0, known_K=[K] * 3, prior_K=K * [[1.2], [1.2], [1]]))
+    reader = events(colmap, "extract")[0][1]["reader_options"]
+    assert reader.camera_model == "PINHOLE" and params(reader.camera_params)[0] == 530.0
+    assert not events(colmap, "set_cameras")
+
+
+def test_two_frames_hold_the_focal_length_at_the_cameras_prior(tmp_path, colmap):
+    got, _, stages = one_pass(tmp_path, sfm.SfmOptions(first_octave=0), n=2)
+    ((_, change), _), = events(colmap, "set_cameras")
+    assert change is sfm._held and events(colmap, "map")[0][1]["hold"] is True
+    assert got[0].name == "mapped" and got[1:] == ("held mapped: 2 frames cannot fix a focal length", False), got
+    assert not events(colmap, "checked"), "a held focal length is not checked"
+
+
+@pytest.mark.parametrize("n,video,matching", [(40, False, "exhaustive"), (41, False, "sequential"),
+                                              (3, True, "sequential")])
+def test_matching_is_exhaustive_for_up_to_40_photos_else_sequential(tmp_path, colmap, n, video, matching):
+    cancel = object()
+    _, _, stages = one_pass(tmp_path, sfm.SfmOptions(first_octave=0, seed=2, overlap=3), n=n, video=video,
+                            cancel=cancel)
+    assert f"{matching} matching" in stages, stages
+    other = {"exhaustive": "sequential", "sequential": "exhaustive"}[matching]
+    (args, kwargs), = events(colmap, matching)
+    assert not events(colmap, other)
+    assert args == (tmp_path / "database.db",)
+    assert kwargs["matching_options"].num_threads == 1
+    assert kwargs["verification_options"].ransac.random_seed == 2
+    assert kwargs["device"] == pycolmap.Device.cpu and kwargs["cancellation_token"] is cancel
+    if matching == "sequential":
+        assert kwargs["pairing_options"].overlap == 3 and kwargs["pairing_options"].quadratic_overlap is True
+    else:
+        assert "pairing_options" not in kwargs
+
+
+@pytest.mark.parametrize("matching", ["exhaustive", "sequential"])
+def test_the_matching_asked_for_is_the_matching_run(tmp_path, colmap, matching):
+    one_pass(tmp_path, sfm.SfmOptions(first_octave=0, matching=matching), n=41 if matching == "exhaustive" else 3)
+    assert len(events(colmap, matching)) == 1
+
+
+def test_loop_pairs_are_matched_after_the_sequential_ones(tmp_path, colmap):
+    cancel = object()
+
+    def more(frames):
+        return [(frames[0], frames[-1])]
+
+    _, names, stages = one_pass(tmp_path, sfm.SfmOptions(first_octave=0, seed=8), n=3, video=True,
+                                more_pairs=more, cancel=cancel)
+    order = [e[0] for e in colmap.events]
+    assert order.index("sequential") < order.index("match_pairs") < order.index("map"), order
+    (seq_args, seq_kwargs), = events(colmap, "sequential")
+    (args, kwargs), = events(colmap, "match_pairs")
+    assert args == (tmp_path / "database.db", tmp_path / "loop-pairs.txt", [(names[0], names[-1])])
+    assert kwargs["matcher"] is seq_kwargs["matching_options"]
+    assert kwargs["verification"] is seq_kwargs["verification_options"]
+    assert kwargs["device"] == pycolmap.Device.cpu and kwargs["cancel"] is cancel
+    kwargs["on_stage"]("loop")
+    assert stages[-1] == "loop"
+
+
+def test_no_mapper_is_matching_alone(tmp_path, colmap):
+    assert one_pass(tmp_path, sfm.SfmOptions(first_octave=0, mapper="none"))[0] == (None, None, False)
+    assert not events(colmap, "map") and events(colmap, "exhaustive")
+
+
+@pytest.mark.parametrize("n,mapper,stage", [
+    (3, "incremental", "incremental mapping and bundle adjustment"),
+    (250, "incremental", "incremental mapping and bundle adjustment"),
+    (251, "keyframes", "incremental mapping of 126 keyframes, the other frames registered to them"),
+])
+def test_the_incremental_mapper_maps_up_to_250_frames_and_keyframes_more(tmp_path, colmap, n, mapper, stage):
+    options = sfm.SfmOptions(first_octave=0, seed=1)
+    _, _, stages = one_pass(tmp_path, options, n=n, video=True)
+    assert stages[-1] == stage, stages
+    assert events(colmap, "map")[0][1]["options"] == replace(options, mapper=mapper)
+    assert events(colmap, "checked")[0][0][1] == replace(options, mapper=mapper)
+
+
+def test_the_mapper_asked_for_is_the_mapper_run(tmp_path, colmap):
+    options = sfm.SfmOptions(first_octave=0, mapper="global")
+    _, _, stages = one_pass(tmp_path, options, n=300)
+    assert stages[-1] == "global mapping and bundle adjustment"
+    assert events(colmap, "map")[0][1]["options"] == options
+
+
+def test_no_model_is_no_cameras(tmp_path, colmap):
+    colmap.models = [None]
+    assert one_pass(tmp_path, sfm.SfmOptions(first_octave=0))[0] == (None, None, False)
+    assert not events(colmap, "checked")
+
+
+def test_a_loosely_fixed_focal_length_is_kept_and_said(tmp_path, colmap):
+    colmap.lens = (None, "the frames fix the focal length only loosely")
+    got, _, _ = one_pass(tmp_path, sfm.SfmOptions(first_octave=0))
+    assert got == (colmap.events[-1][1][0], "the frames fix the focal length only loosely: it is kept; give "
+                   "--intrinsics if you know it", True), got
+    assert len(events(colmap, "map")) == 1
+
+
+def test_a_well_fixed_focal_length_says_nothing(tmp_path, colmap):
+    got, _, _ = one_pass(tmp_path, sfm.SfmOptions(first_octave=0))
+    assert got[1:] == (None, False) and got[0].name == "mapped"
+
+
+@pytest.mark.parametrize("again", ["held again", None])
+def test_a_focal_length_no_lens_has_is_mapped_again_held(tmp_path, colmap, again):
+    colmap.lens = ("no lens has it", "loose too")
+    colmap.models = [Model(3, name="mapped"), None if again is None else Model(3, name=again)]
+    cancel = object()
+    got, names, stages = one_pass(tmp_path, sfm.SfmOptions(first_octave=0, seed=4), cancel=cancel)
+    assert stages[-1] == "mapping again, the focal length held"
+    ((_, change), _), = events(colmap, "set_cameras")
+    assert change is sfm._held
+    order = [e[0] for e in colmap.events]
+    assert order[-2:] == ["set_cameras", "map"], order
+    first, second = events(colmap, "map")
+    assert second[1] == dict(first[1], hold=True) and second[0] == first[0], (first, second)
+    if again is None:
+        assert got == (None, None, False)
+    else:
+        assert got[0].name == again and got[1:] == (f"held {again}: no lens has it", False), got
