@@ -93,8 +93,24 @@ def test_a_file_that_is_no_cameras_json_is_refused(tmp_path, text, says):
     assert "\n" not in message
 
 
-def test_a_missing_cameras_json_is_refused_not_a_crash(tmp_path):
-    refused(tmp_path / "absent.json", "not a cameras.json (")
+def test_a_missing_cameras_json_is_refused_with_the_systems_reason_up_to_120_characters(tmp_path):
+    path = tmp_path / ("x" * 120) / "cameras.json"
+    try:
+        path.read_text()
+    except OSError as e:
+        reason = str(e).splitlines()[0]
+    assert len(reason) > 120
+    assert refused(path, "not a cameras.json (") == f"--known-cameras {path}: not a cameras.json ({reason[:120]})"
+
+
+def test_a_cameras_json_that_is_not_json_is_refused_with_the_parsers_reason(tmp_path):
+    path = tmp_path / "cameras.json"
+    path.write_text("{not json")
+    try:
+        json.loads("{not json")
+    except ValueError as e:
+        reason = str(e)
+    assert refused(path, "not a cameras.json (") == f"--known-cameras {path}: not a cameras.json ({reason})"
 
 
 @pytest.mark.parametrize("cam,says", [
@@ -119,9 +135,14 @@ def test_a_missing_cameras_json_is_refused_not_a_crash(tmp_path):
     (camera(K=[[585.0, 0, 320], [0, float("nan"), 240], [0, 0, 1]]), "a 4x4 matrix of finite numbers"),
     (camera(cam2world=[[1, 0, 0, float("inf")], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]),
      "'K' must be a 3x3 and 'cam2world' a 4x4 matrix of finite numbers"),
+    (camera(cam2world=[[1, 0, 0, None], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]),
+     "'K' must be a 3x3 and 'cam2world' a 4x4 matrix of finite numbers"),
+    (camera(K=[[585.0, 0, None], [0, 580, 240], [0, 0, 1]]),
+     "'K' must be a 3x3 and 'cam2world' a 4x4 matrix of finite numbers"),
     (camera(K=[[-585.0, 0, 320], [0, 580, 240], [0, 0, 1]]), "K is not a pinhole camera"),
     (camera(K=[[585.0, 0, 320], [0, -580, 240], [0, 0, 1]]), "K is not a pinhole camera"),
     (camera(K=[[585.0, 0, 320], [0, 0, 240], [0, 0, 1]]), "K is not a pinhole camera"),
+    (camera(K=[[0.0, 0, 320], [0, 580, 240], [0, 0, 1]]), "K is not a pinhole camera"),
     (camera(K=[[585.0, 0, 320], [0, 580, 240], [0, 0, 2]]), "K is not a pinhole camera"),
     (camera(K=[[585.0, 0, 320], [0, 580, 240], [0.5, 0, 1]]), "K is not a pinhole camera"),
     (camera(K=[[585.0, 0, 320], [0.5, 580, 240], [0, 0, 1]]), "K is not a pinhole camera"),
@@ -284,8 +305,10 @@ def test_every_frame_must_have_one_camera_of_its_own(tmp_path):
     path = write_json(tmp_path, [camera(), camera(image="b.jpg")])
     with pytest.raises(UsageError, match=r"no camera for 1 of the 3 frames \(first: c.jpg\)"):
         kc.read_known_cameras(path, ["a.jpg", "c.jpg", "b.jpg"], [(480, 640)] * 3)
-    with pytest.raises(UsageError, match="x/a.jpg and y/a.jpg both take the camera of a.jpg"):
+    with pytest.raises(UsageError) as e:
         kc.read_known_cameras(path, ["x/a.jpg", "y/a.jpg"], [(480, 640)] * 2)
+    assert str(e.value).startswith(f"--known-cameras {path}: x/a.jpg and y/a.jpg both take the camera of a.jpg"), \
+        str(e.value)
 
 
 def test_recorded_poses_are_taken_as_given_and_left_as_they_were():
@@ -476,3 +499,41 @@ def test_intrinsics_that_cannot_be_read_are_refused_in_one_line(tmp_path, name, 
     message = str(e.value)
     assert message.startswith(f"--intrinsics {path}: cannot read it as one 3x3 K or a list of them (")
     assert "\n" not in message and len(message) < len(str(path)) + 200, message
+
+
+def test_pycolmaps_reason_for_refusing_a_model_folder_is_said_up_to_150_characters(tmp_path):
+    """pycolmap names the folder in its reason: a long folder name makes it longer than the 150 kept."""
+    folder = tmp_path / ("m" * 120)
+    folder.mkdir()
+    try:
+        pycolmap.Reconstruction(str(folder))
+    except Exception as e:  # what pycolmap says of it, trimmed as the message trims it
+        reason = str(e).strip()
+    assert len(reason) > 150
+    with pytest.raises(UsageError) as e:
+        kc.read_known_cameras(folder, ["a.jpg"], [(480, 640)])
+    assert str(e.value) == f"--known-cameras {folder}: not a COLMAP model folder ({reason[:150]})", str(e.value)
+
+
+def test_numpys_reason_for_refusing_an_intrinsics_file_is_its_first_line_up_to_120_characters(tmp_path):
+    path = tmp_path / "K.txt"
+    path.write_text("1 2 " + "x" * 200 + "\n")
+    try:
+        np.loadtxt(path)
+    except ValueError as e:
+        reason = str(e).splitlines()[0]
+    assert len(reason) > 120
+    with pytest.raises(UsageError) as e:
+        kc.read_intrinsics(path, 1)
+    assert str(e.value) == f"--intrinsics {path}: cannot read it as one 3x3 K or a list of them ({reason[:120]})"
+
+
+@pytest.mark.parametrize("fx,fy,ok", [(0.5, 0.5, True), (0.0, 530.0, False), (530.0, 0.0, False)])
+def test_any_positive_focal_length_is_a_pinhole_K(tmp_path, fx, fy, ok):
+    """--intrinsics checks only that fx and fy are positive (half a pixel is one; zero is not)."""
+    path = intrinsics_file(tmp_path, [[fx, 0, 320], [0, fy, 240], [0, 0, 1]], ".json")
+    if ok:
+        assert kc.read_intrinsics(path, 1)[0][0, 0] == fx
+    else:
+        with pytest.raises(UsageError, match="matrix 0 is not a pinhole K"):
+            kc.read_intrinsics(path, 1)
