@@ -12,9 +12,9 @@ from heads import geometry as G
 from heads.geometry import to_camera, world_points
 from heads.recon.depth_fit import FieldFit, bilinear_weights, fit_depth_field, sample_bilinear
 from heads.pointmap.predictions import Predictions
-from heads.recon.fusion import Fusion, _nearest_cameras, camera_rays, fuse, fuse_views
+from heads.recon.fusion import Fusion, _nearest_cameras, camera_rays, choose_neighbours, fuse, fuse_views
 from heads.recon.evaluate import cloud_scores, similarity_with_offset, thin
-from heads.recon.mvs import RayProjector, Stereo, fill_from_prior, pair_depth, rectify, view_depth
+from heads.recon.mvs import RayProjector, fill_from_prior, pair_depth, rectify, view_depth
 
 from .conftest import KITCHEN
 
@@ -435,7 +435,7 @@ def test_fusion_in_files_gives_what_it_gives_in_memory(tmp_path):
     depth, rays, poses, Ks, valid = fused_walls([0.008, -0.008, 0.004, -0.004, 0.0], corrupt=True)
     images = np.stack([wall_image(T, r) for T, r in zip(poses, rays)])
     in_memory = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=images, f=Fusion())
-    with Workspace(tmp_path / "work", every=1) as ws:
+    with Workspace(tmp_path / "work", every=1):
         in_files = fuse_views(depth, rays, cam2world=poses, K=Ks, valid=valid, grays=images, f=Fusion())
         assert isinstance(in_files.depth, np.memmap) and len(list((tmp_path / "work").iterdir())) >= 4
         for name in ("depth", "keep", "first", "checked"):
@@ -574,7 +574,6 @@ def test_neighbours_are_the_views_that_add_most_parallax_and_overlaps_those_that
     view whose points only a tenth of are on the wall (the rest behind every camera) and one with no points:
     the neighbours, chosen greedily by what each adds with parallax, and the views overlapping each, most
     first, as the options say."""
-    from heads.recon.fusion import choose_neighbours
 
     samples, poses = _wall_samples([(0.0, 0, 0), (0.05, 0, 0), (0.6, 0, 0), (-0.6, 0, 0), (3.5, 0, 0), (0.0, 0, -1.0),
                                     (0.3, 0, 0), (-0.3, 0, 0)])
@@ -865,3 +864,85 @@ def test_a_flat_prior_is_one_plane_per_view_at_one_depth():
     assert np.allclose(pred.depth_z, c)
     for v in range(V):
         assert np.allclose(pred.pts3d[v], world_points(np.full((H, W), c), rays, poses[v]), atol=1e-4)
+
+
+def test_camera_rays_of_points_on_the_cameras_plane_are_nan_without_a_warning():
+    """A point at z = 0 (1/0) or at the camera's centre (0/0) has no ray; numpy's division warnings would reach
+    the user's terminal as noise."""
+    import warnings
+
+    depth, rays, _, Ks, _ = fused_walls([0.0])
+    pred = _predictions(depth, rays, np.eye(4)[None], Ks)
+    pred.pts3d[0, 0, 0] = (1.0, 0.0, 0.0)  # on the camera's plane
+    pred.pts3d[0, 0, 1] = (0.0, 0.0, 0.0)  # at its centre
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = camera_rays(pred)
+    assert np.isnan(got[0, 0, :2]).all() and np.isfinite(got[0, 1:]).all()
+
+
+def test_fuse_leaves_out_the_pixels_it_was_not_given_and_names_the_views_it_could_not_check():
+    depth, rays, poses, Ks, valid = fused_walls([0.02, -0.03, 0.025], far_view=True)
+    images = np.stack([wall_image(T, r) for T, r in zip(poses, rays)])
+    pred = _predictions(depth, rays, poses, Ks)
+    valid[0, 10:30, 20:50] = False  # e.g. cut by the cleaning: not to be fused, nor kept
+    fused, keep, first, report = fuse(pred, np.repeat(images[..., None], 3, -1), valid)
+    assert not keep[0, 10:30, 20:50].any() and not first[0, 10:30, 20:50].any(), "a pixel not given was kept"
+    assert np.array_equal(fused.depth_z[0, 10:30, 20:50], depth[0, 10:30, 20:50].astype(np.float32)), \
+        "a pixel not given was fused"
+    assert report["unchecked"] == ["view3.png"] and report["checked"] == 3, report
+
+
+def test_fuse_says_what_share_of_its_pixels_matching_found_to_four_places():
+    """A view half textureless: matching finds depth on the textured half only, and the share is reported
+    as it is (not rounded to 0 or 1)."""
+    offsets = [0.02, -0.03, 0.025]
+    depth, rays, poses, Ks, valid = fused_walls(offsets)
+    images = np.stack([wall_image(T, r) for T, r in zip(poses, rays)])
+    images[:, :, : W // 2] = 128  # the left half of every view is flat grey
+    fused, keep, first, report = fuse(_predictions(depth, rays, poses, Ks), np.repeat(images[..., None], 3, -1), valid)
+    assert 0.2 < report["matched"] < 0.8, report
+    assert report["matched"] == round(report["matched"], 4) and report["matched"] != round(report["matched"], 2), \
+        report
+
+
+def test_the_tracks_depths_decide_where_matching_searches():
+    """Predicted depth three times too far: searched about the prior, the wall is out of reach; searched
+    about the tracks' depths (which found the wall), matching brings each view onto it."""
+    offsets = [2.0, 2.0, 2.0]
+    depth, rays, poses, Ks, valid = fused_walls(offsets)
+    truth = np.stack([wall_depth(T, r) for T, r in zip(poses, rays)])
+    colours = np.repeat(np.stack([wall_image(T, r) for T, r in zip(poses, rays)])[..., None], 3, -1)
+    tracks = [(float(t.min()), float(t.max())) for t in truth]
+    with_tracks, keep, _, _ = fuse(_predictions(depth, rays, poses, Ks), colours, valid, tracks=tracks)
+    without, keep2, _, _ = fuse(_predictions(depth, rays, poses, Ks), colours, valid)
+    err = np.abs(with_tracks.depth_z / truth - 1)[keep]
+    assert keep.mean() > 0.5 and np.median(err) < 0.01, (keep.mean(), np.median(err))
+    assert np.median(np.abs(without.depth_z / truth - 1)) > 0.1, "the prior's range reached the wall: no test"
+
+
+def test_nearest_cameras_at_the_same_distance_are_taken_in_view_order():
+    """Ties broken by view order, the same on every machine (numpy's default sort is not stable on CPUs with
+    wide vector units)."""
+    cams = [look_at((0.0, 0.0, 0.0))] + [look_at((1.0, 0.0, 0.0), target=(1.0, 0.0, 3.0)) for _ in range(8)]
+    assert _nearest_cameras(np.stack(cams), 5)[0].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_cameras_looking_more_than_60_degrees_away_are_not_neighbours_by_default():
+    tilt = [look_at((0.3 * i, 0.0, 0.0), target=(0.3 * i + 3.0 * np.tan(np.radians(a)), 0.0, 3.0))
+            for i, a in enumerate([0.0, 59.0, 60.5])]
+    got = _nearest_cameras(np.stack(tilt), 2)
+    assert got[0].tolist() == [1, 0], f"60.5 degrees off counted as a neighbour, or 59 not: {got[0]}"
+
+
+def test_a_camera_at_the_same_place_is_no_neighbour_even_for_points_a_kilometre_away():
+    """Two frames from one place (a video that paused) see distant points along the same rays: no parallax,
+    so the second confirms nothing; at that distance rounding puts the rays' cosine a hair above 1."""
+    rng = np.random.default_rng(7)
+    T = look_at((0.0, 0.0, 0.0), target=(0.0, 0.0, 1000.0))
+    sample = rng.uniform(-300, 300, (2000, 3)) * [1, 1, 0] + [0, 0, 1000.0]
+    a = sample - T[:3, 3]
+    cos = (a * a).sum(1) / (np.linalg.norm(a, axis=1) ** 2 + 1e-12)
+    assert (cos > 1).any(), "no cosine rounds above 1 here: the test needs one"
+    chosen, overlaps = choose_neighbours([sample, sample], (H, W), K=np.stack([K, K]), cam2world=np.stack([T, T]))
+    assert chosen == [[], []] and overlaps == [[1], [0]], (chosen, overlaps)
