@@ -297,6 +297,18 @@ def test_turned_cameras_of_a_lens_with_distortion_find_the_wall():
     assert np.isfinite(z).mean() > 0.7, np.isfinite(z).mean()
 
 
+def test_tilted_cameras_turned_off_the_baseline_find_the_wall():
+    """Both cameras tilted 30 degrees down and turned 20 degrees the same way: the rectified frame looks
+    square to the baseline, 20 degrees off each camera, and the tilted wall's depth changes down its rows;
+    each of a's pixels takes the depth of its own ray's row and column in the rectified image."""
+    R = turn("x", 30) @ turn("y", 20)
+    a, b = view(pose((0.0, 0.0, 0.0), R)), view(pose((0.5, 0.0, 0.0), R))
+    z = pair_depth(a, b, (0.5, 20.0))
+    err = relative_error(z, wall_depth(a["cam2world"], a["rays"]))
+    assert np.median(err) < 0.016 and np.percentile(err, 95) < 0.07, (np.median(err), np.percentile(err, 95))
+    assert np.isfinite(z).mean() > 0.7, np.isfinite(z).mean()
+
+
 def test_pixels_without_a_ray_get_no_depth():
     """A lens's unknown rays (NaN, a corner of the image) get no depth; the rest are found as with full rays."""
     a, b, truth = parallel_pair()
