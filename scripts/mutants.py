@@ -49,6 +49,8 @@ MODULES = {  # module: the test files that hold its tests (those that call its f
     "heads/geometry.py": ["tests/test_geometry.py"],
     "pixio_cli/sliding.py": ["tests/test_seams.py"],
     "pixio_cli/resume.py": ["tests/test_trust.py", "tests/test_extract.py"],
+    "heads/pointmap/cameras.py": ["tests/test_pointmap_inputs.py"],
+    "heads/pointmap/model.py": ["tests/test_pointmap_inputs.py"],
 }
 
 # modules of which only some functions decide geometry (the rest is COLMAP's own work, or a network's layers
@@ -56,6 +58,8 @@ MODULES = {  # module: the test files that hold its tests (those that call its f
 FUNCTIONS: dict[str, list[str]] = {
     "heads/recon/sfm.py": ["run_sfm", "_run_sfm", "_checked_lens", "loop_pairs", "_set_cameras", "_held", "_map",
                            "keyframe_names", "_map_global", "_map_incremental"],
+    "heads/pointmap/model.py": ["depth_inputs", "pose_inputs", "decode", "PointMapModel._depth_tokens",
+                                "PointMapModel._pose_tokens", "PointMapModel.forward"],
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
