@@ -311,6 +311,23 @@ def test_loop_pairs_of_float16_descriptors_are_those_of_their_float32_values():
     assert sfm.loop_pairs(d, apart=3, per_frame=2) == sorted(brute_loop_pairs(d, 3, 2))
 
 
+def test_frames_alike_to_float32s_precision_are_a_tie_whichever_is_nearer_below_it():
+    """Similarities are float32 (the network's descriptors): a frame's match among frames alike to within
+    float32's rounding does not change with differences below it, in the frame's descriptor or theirs."""
+    eps = 1e-12  # far below float32's resolution at 0.7
+    got = []
+    for a, b in ((0.6, 0.6 + eps), (0.6 + eps, 0.6)):  # frame 0 alike frames 1 and 2 to 1e-12, either nearer
+        d = np.array([[1.0, 0.0], [a, 0.8], [b, 0.8]])
+        got.append(sfm.loop_pairs(d, apart=0, per_frame=1))
+    assert got[0] == got[1], got
+    got = []
+    for a, b in ((0.7, 0.7 + eps), (0.7 + eps, 0.7)):  # frames 1 and 3 (2 and 4) alike; frame 0 between
+        d = np.array([[a, b], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+        got.append(sfm.loop_pairs(d, apart=0, per_frame=1))
+    assert got[0] == got[1], got
+    assert {(1, 3), (2, 4)} <= set(got[0]) and len(got[0]) == 3, got
+
+
 # ---------------------------------------------------------------------------- the database's cameras
 
 
@@ -500,15 +517,22 @@ def test_the_doubled_images_run_when_the_fast_pass_falls_short_and_the_better_is
                                                                                         fine, kept):
     """The doubled images' cameras are kept where they register at least as many frames as the fast pass."""
     passes.results = {0: fast, -1: fine}
-    cancel = object()
+    cancel, more = object(), (lambda names: [])
     options = sfm.SfmOptions(seed=9)
-    got, stages = run(tmp_path, options, video=False, cancel=cancel)
+    got, stages = run(tmp_path, options, video=False, cancel=cancel, more_pairs=more)
     want = {"fast": fast, "fine": fine, None: fine}[kept]
     assert got == want[:2], (got, want)
     assert stages == ["matching", "matching, again on doubled images"], stages
     assert [c["options"] for c in passes.calls] == [replace(options, first_octave=0),
                                                      replace(options, first_octave=-1)]
-    assert all(c["video"] is False and c["cancel"] is cancel and c["more_pairs"] is None for c in passes.calls)
+    assert all(c["video"] is False and c["cancel"] is cancel and c["more_pairs"] is more for c in passes.calls)
+    assert all(c["folder"] == tmp_path and c["names"] == ["a", "b", "c"] for c in passes.calls)
+
+
+def test_frames_are_photos_unless_said_to_be_a_video(tmp_path, passes):
+    passes.results = {0: (Model(3), None, False)}
+    sfm.run_sfm(tmp_path, ["a", "b", "c"], sfm.SfmOptions())
+    assert passes.calls[0]["video"] is False and passes.calls[0]["more_pairs"] is None
 
 
 # ---------------------------------------------------------------------------- one pass: what COLMAP is given
@@ -611,6 +635,21 @@ def test_one_known_K_for_every_frame_is_one_pinhole_camera_with_its_parameters(t
     assert events(colmap, "map")[0][1]["hold"] is False
 
 
+def test_the_known_K_of_a_single_frame_is_its_camera(tmp_path, colmap):
+    one_pass(tmp_path, sfm.SfmOptions(first_octave=0, known_K=[K]), n=1)
+    reader = events(colmap, "extract")[0][1]["reader_options"]
+    assert reader.camera_model == "PINHOLE" and params(reader.camera_params) == [530.0, 530.0, 320.0, 240.0]
+
+
+def test_known_Ks_equal_to_rounding_are_one_camera_with_the_first_frames_K(tmp_path, colmap):
+    """Ks that differ by 1e-7 (written and read back): one camera, the first frame's exactly."""
+    Ks = [K, K * [[1 + 1e-7], [1 + 1e-7], [1]], K * [[1 - 1e-7], [1 - 1e-7], [1]]]
+    one_pass(tmp_path, sfm.SfmOptions(first_octave=0, known_K=Ks))
+    (_, kwargs), = events(colmap, "extract")
+    assert kwargs["camera_mode"] == pycolmap.CameraMode.SINGLE and not events(colmap, "set_cameras")
+    assert params(kwargs["reader_options"].camera_params) == [530.0, 530.0, 320.0, 240.0]
+
+
 def test_known_Ks_of_a_camera_each_are_set_in_the_database_per_frame(tmp_path, colmap):
     """A K per frame (a zoom): a PINHOLE camera per image, each set to its frame's K (by the image's name)."""
     Ks = [K * [[1 + 0.1 * i], [1 + 0.1 * i], [1]] for i in range(3)]
@@ -642,8 +681,8 @@ def test_a_prior_K_is_the_first_guess_of_a_fitted_camera(tmp_path, colmap):
     one_pass(tmp_path, sfm.SfmOptions(first_octave=0, prior_K=prior))
     reader = events(colmap, "extract")[0][1]["reader_options"]
     assert reader.camera_model == "SIMPLE_RADIAL" and params(reader.camera_params) == [585.0, 320.5, 241.5, 0.0]
-    ((_, change), _), = events(colmap, "set_cameras")
-    assert change is sfm._held
+    ((db, change), _), = events(colmap, "set_cameras")
+    assert change is sfm._held and db == tmp_path / "database.db"
     assert events(colmap, "map")[0][1]["hold"] is False  # a guess: fitted
 
 
@@ -656,8 +695,8 @@ def test_a_known_K_wins_over_a_prior(tmp_path, colmap):
 
 def test_two_frames_hold_the_focal_length_at_the_cameras_prior(tmp_path, colmap):
     got, _, stages = one_pass(tmp_path, sfm.SfmOptions(first_octave=0), n=2)
-    ((_, change), _), = events(colmap, "set_cameras")
-    assert change is sfm._held and events(colmap, "map")[0][1]["hold"] is True
+    ((db, change), _), = events(colmap, "set_cameras")
+    assert change is sfm._held and db == tmp_path / "database.db" and events(colmap, "map")[0][1]["hold"] is True
     assert got[0].name == "mapped" and got[1:] == ("held mapped: 2 frames cannot fix a focal length", False), got
     assert not events(colmap, "checked"), "a held focal length is not checked"
 
@@ -759,8 +798,8 @@ def test_a_focal_length_no_lens_has_is_mapped_again_held(tmp_path, colmap, again
     cancel = object()
     got, names, stages = one_pass(tmp_path, sfm.SfmOptions(first_octave=0, seed=4), cancel=cancel)
     assert stages[-1] == "mapping again, the focal length held"
-    ((_, change), _), = events(colmap, "set_cameras")
-    assert change is sfm._held
+    ((db, change), _), = events(colmap, "set_cameras")
+    assert change is sfm._held and db == tmp_path / "database.db"
     order = [e[0] for e in colmap.events]
     assert order[-2:] == ["set_cameras", "map"], order
     first, second = events(colmap, "map")
