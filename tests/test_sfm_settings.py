@@ -311,6 +311,23 @@ def test_loop_pairs_of_float16_descriptors_are_those_of_their_float32_values():
     assert sfm.loop_pairs(d, apart=3, per_frame=2) == sorted(brute_loop_pairs(d, 3, 2))
 
 
+def test_loop_pairs_score_each_frame_once(monkeypatch):
+    """600 frames: each frame's row of similarities is searched once (600 searches, not one per frame for
+    every block it falls in: the cost of a long video's loop closure)."""
+    searched = []
+    real = np.argpartition
+
+    def counting(a, kth, *args, **kwargs):
+        searched.append(len(a))
+        return real(a, kth, *args, **kwargs)
+
+    d = unit_rows(np.random.default_rng(4), 600)
+    monkeypatch.setattr(sfm.np, "argpartition", counting)
+    sfm.loop_pairs(d, apart=2, per_frame=1)
+    monkeypatch.undo()
+    assert len(searched) == 600 and set(searched) == {600}, (len(searched), set(searched))
+
+
 def test_frames_alike_to_float32s_precision_are_a_tie_whichever_is_nearer_below_it():
     """Similarities are float32 (the network's descriptors): a frame's match among frames alike to within
     float32's rounding does not change with differences below it, in the frame's descriptor or theirs."""
