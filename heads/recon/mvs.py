@@ -228,19 +228,23 @@ def fill_from_prior(matched: np.ndarray, prior: np.ndarray, reach: float | None 
 
 
 def _push_pull(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``values`` (h, w) known where ``weights`` is 1, spread smoothly to where it is 0: averaged down an
-    image pyramid (weighted), then brought back up, each level keeping what it knows."""
-    levels = [(values * weights, weights)]
-    while min(levels[-1][1].shape) >= 4:
-        v, wt = levels[-1]
-        levels.append((cv2.pyrDown(v), cv2.pyrDown(wt)))
-    v, wt = levels[-1]
-    known = wt > 1e-6
-    estimate = np.where(known, v / np.where(known, wt, 1), v.sum() / max(float(wt.sum()), 1e-6)).astype(np.float32)
-    for v, wt in reversed(levels[:-1]):
-        up = cv2.pyrUp(estimate, dstsize=(v.shape[1], v.shape[0]))
-        known = wt > 1e-6
-        own = np.where(known, v / np.where(known, wt, 1), up)
-        share = np.clip(wt, 0, 1)
-        estimate = (share * own + (1 - share) * up).astype(np.float32)
+    """``values`` (h, w) known where ``weights`` is 1, spread smoothly to where it is 0 (the Lumigraph's
+    push-pull, Gortler et al. 1996): pulled down a pyramid of half sizes (each coarse pixel the weighted mean
+    of the pixels it covers, by area; its weight their summed weights, at most 1, so one known pixel makes it
+    known), then pushed back up (bilinear), each level keeping its own mean as far as it is known. Areas treat
+    both sides of an image of any size alike: a Gaussian pyramid of even size leans to one side."""
+    levels = [(values.astype(np.float32), np.clip(weights, 0, 1).astype(np.float32))]
+    while max(levels[-1][1].shape) > 1:
+        mean, wt = levels[-1]
+        h, w = wt.shape
+        size = ((w + 1) // 2, (h + 1) // 2)
+        total = cv2.resize(mean * wt, size, interpolation=cv2.INTER_AREA)
+        weight = cv2.resize(wt, size, interpolation=cv2.INTER_AREA) * (h * w / (size[0] * size[1]))
+        known = weight > 1e-6
+        levels.append((np.where(known, total / np.where(known, weight, 1) * (h * w / (size[0] * size[1])), 0
+                                ).astype(np.float32), np.minimum(weight, 1).astype(np.float32)))
+    estimate = levels[-1][0]  # 1 x 1: the mean of everything known (0 if nothing is)
+    for mean, wt in reversed(levels[:-1]):
+        up = cv2.resize(estimate, (wt.shape[1], wt.shape[0]), interpolation=cv2.INTER_LINEAR)
+        estimate = (wt * mean + (1 - wt) * up).astype(np.float32)
     return estimate
