@@ -707,3 +707,43 @@ def test_push_pull_fills_a_sparsely_known_ramp_closely():
     out = _push_pull(ramp * weights, weights)
     err = np.median(np.abs(out - ramp)[weights == 0])
     assert err < 0.013, err
+
+
+def test_push_pull_fills_a_hole_smoothly():
+    """A ramp with a hole 30 x 40 pixels: the fill steps from pixel to pixel about as the ramp does (bilinear
+    on the way up; nearest-pixel would step by a coarse level's whole difference) and lies near the ramp."""
+    v, u = np.mgrid[0:48, 0:72].astype(np.float32)
+    ramp = 0.5 + u / 72 + 0.3 * v / 48
+    weights = np.ones(ramp.shape, np.float32)
+    weights[10:40, 20:60] = 0
+    out = _push_pull(ramp * weights, weights)
+    hole = out[10:40, 20:60]
+    assert np.abs(np.diff(hole, axis=1)).max() < 2 / 72 and np.abs(np.diff(hole, axis=0)).max() < 2 / 72
+    assert np.median(np.abs(out - ramp)[weights == 0]) < 0.03
+
+
+def test_push_pull_fills_each_pixel_from_the_known_ones_nearest():
+    """4 x 4, known 1 at the top-left pixel and 3 at the bottom-right: the pixels beside each lean to it (every
+    level of the pyramid kept, not only the overall mean), and the other corners lie between."""
+    values, weights = np.zeros((4, 4), np.float32), np.zeros((4, 4), np.float32)
+    values[0, 0], values[3, 3] = 1, 3
+    weights[0, 0] = weights[3, 3] = 1
+    out = _push_pull(values, weights)
+    assert out[0, 1] < 1.5 and out[3, 2] > 2.5, out
+    assert 1 < out[0, 3] < 3 and 1 < out[3, 0] < 3, out
+
+
+def test_push_pull_with_nothing_known_is_zero_and_weights_count_between_0_and_1():
+    assert np.array_equal(_push_pull(np.full((6, 8), 5, np.float32), np.zeros((6, 8), np.float32)),
+                          np.zeros((6, 8), np.float32)), "nothing known: 0 everywhere"
+    values = np.zeros((8, 8), np.float32)
+    values[2, 2], values[5, 5] = 1.0, 3.0
+    weights = np.zeros((8, 8), np.float32)
+    weights[2, 2], weights[5, 5] = 1.0, 1.0
+    plain = _push_pull(values, weights)
+    heavy = weights.copy()
+    heavy[2, 2] = 2.0  # counts as known, no more
+    assert np.allclose(_push_pull(values, heavy), plain), "a weight above 1 counted as more than known"
+    negative = weights.copy()
+    negative[4, 4], values[4, 4] = -1.0, 100.0  # counts as unknown
+    assert np.allclose(_push_pull(values, negative), plain), "a negative weight counted"
