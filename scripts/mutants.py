@@ -216,6 +216,13 @@ def main() -> None:
                  if status not in ("killed", "timeout", "not checked") and name not in judged]
     (ROOT / "mutants").mkdir(exist_ok=True)
     (ROOT / "mutants" / "survivors.txt").write_text("\n".join(survivors) + "\n")
+    # mutmut numbers a function's mutants in order: when the function changes, a listed number names another
+    # mutant. A listed one that a test kills is such a stale entry (an equivalent mutant cannot be killed).
+    stale = sorted(name for statuses in scores.values() for name, status in statuses.items()
+                   if name in judged and status in ("killed", "timeout"))
+    if stale:
+        print(f"{len(stale)} mutants listed as equivalent were killed: their functions changed since; judge "
+              "them again in scripts/mutants_equivalent.txt:\n  " + "\n  ".join(stale), file=sys.stderr)
     lines = table({m: scores[m] for m in MODULES if m in scores}, judged)
     write_doc(lines)
     print("\n".join(lines))
