@@ -12,7 +12,7 @@ from heads import geometry as G
 from heads.geometry import to_camera, world_points
 from heads.recon.depth_fit import FieldFit, bilinear_weights, fit_depth_field, sample_bilinear
 from heads.pointmap.predictions import Predictions
-from heads.recon.fusion import Fusion, _nearest_cameras, camera_rays, choose_neighbours, fuse, fuse_views
+from heads.recon.fusion import Fusion, _nearest_cameras, camera_rays, choose_neighbours, finest_view, fuse, fuse_views
 from heads.recon.evaluate import cloud_scores, similarity_with_offset, thin
 from heads.recon.mvs import RayProjector, fill_from_prior, pair_depth, rectify, view_depth
 
@@ -946,3 +946,55 @@ def test_a_camera_at_the_same_place_is_no_neighbour_even_for_points_a_kilometre_
     assert (cos > 1).any(), "no cosine rounds above 1 here: the test needs one"
     chosen, overlaps = choose_neighbours([sample, sample], (H, W), K=np.stack([K, K]), cam2world=np.stack([T, T]))
     assert chosen == [[], []] and overlaps == [[1], [0]], (chosen, overlaps)
+
+
+def _views_of_the_wall(focals: list[float]) -> tuple[np.ndarray, ...]:
+    """Views of the wall from (almost) one place, view n 0.1 mm to the side per n (which tells the cameras
+    apart), each with its own focal length: depth, rays, K, poses."""
+    Ks = np.stack([np.array([[f, 0, 63.5], [0, f, 47.5], [0, 0, 1]]) for f in focals])
+    rays = np.stack([pinhole_rays(k=k) for k in Ks])
+    poses = np.stack([look_at((1e-4 * n, 0.0, 0.0), target=(1e-4 * n, 0.0, 3.0)) for n in range(len(focals))])
+    depth = np.stack([wall_depth(T, r) for T, r in zip(poses, rays)])
+    return depth, rays, Ks, poses
+
+
+def test_the_views_a_pixel_is_compared_with_are_the_most_overlapping_and_with_a_window_both_near_and_far(
+        monkeypatch):
+    import heads.recon.fusion as fusion
+
+    depth, rays, Ks, poses = _views_of_the_wall([100.0] * 11)
+    compared: list[int] = []
+    landing = fusion._landing
+
+    def recorded(X, k, c2w, hw):
+        if len(X):  # only the view under test has valid pixels
+            compared.append(int(round(c2w[0, 3] / 1e-4)))
+        return landing(X, k, c2w, hw)
+
+    monkeypatch.setattr(fusion, "_landing", recorded)
+
+    def ranked(v: int, overlapping_v: list[int], **options) -> list[int]:
+        valid = np.zeros(depth.shape, bool)
+        valid[v] = True
+        overlapping = [[] for _ in range(len(depth))]
+        overlapping[v] = overlapping_v
+        compared.clear()
+        finest_view(depth, rays, K=Ks, cam2world=poses, valid=valid, overlapping=overlapping, rtol=0.01, **options)
+        return list(compared)
+
+    assert ranked(0, list(range(10, 0, -1))) == [10, 9, 8, 7, 6, 5, 4, 3], "not the 8 most overlapping"
+    order = [9, 7, 0, 4, 3, 10, 6, 1, 2, 8]  # for view 5; within 2 frames: 7, 4, 3, 6
+    assert ranked(5, order, most=2, window=2) == [7, 4, 9, 0], "not the 2 most within the window, then 2 beyond"
+    assert ranked(5, order, most=2) == [9, 7]
+
+
+def test_a_coarser_view_holds_none_of_a_finer_ones_pixels_whether_matching_found_them_or_not():
+    """View 0 sees the wall at 2/3 of view 1's resolution: each of view 1's pixels is its own to keep (view 0
+    coming first breaks only ties), and view 0's pixels that view 1 sees are view 1's."""
+    depth, rays, Ks, poses = _views_of_the_wall([100.0 / 1.5, 100.0])
+    valid = np.ones(depth.shape, bool)
+    for matched in (None, np.zeros(depth.shape, bool), np.ones(depth.shape, bool)):
+        own = finest_view(depth, rays, K=Ks, cam2world=poses, valid=valid, overlapping=[[1], [0]], rtol=0.01,
+                          matched=matched)
+        assert own[1].all(), f"view 1 lost {int((~own[1]).sum())} pixels to a coarser view (matched={matched is not None and matched.any()})"
+        assert not own[0, 40:56, 50:78].any(), "view 0 kept pixels view 1 sees finer"
