@@ -13,6 +13,8 @@ from heads.recon import mvs
 from heads.recon.mvs import (RayProjector, Stereo, _push_pull, _sampling_map, fill_from_prior, pair_depth,
                              parallax_deg, rectify, search_range, textured, view_depth)
 
+from .test_dense import wall_depth  # the depth of the wall z = Z_WALL along each ray
+
 H, W = 64, 96
 F, CX, CY = 80.0, 47.5, 31.5
 Z_WALL = 3.0
@@ -44,12 +46,6 @@ def turn(axis: str, degrees: float) -> np.ndarray:
     c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
     return {"x": np.array([[1, 0, 0], [0, c, -s], [0, s, c]]), "y": np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]),
             "z": np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])}[axis]
-
-
-def wall_depth(T: np.ndarray, rays: np.ndarray, z_wall: float = Z_WALL) -> np.ndarray:
-    """z-depth in camera T of the wall z = z_wall (world) along each ray."""
-    d = np.concatenate([rays, np.ones(rays.shape[:2] + (1,))], -1) @ T[:3, :3].T
-    return (z_wall - T[2, 3]) / d[..., 2]
 
 
 def texture(x: np.ndarray, y: np.ndarray) -> np.ndarray:
