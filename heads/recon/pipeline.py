@@ -47,6 +47,7 @@ class SceneOptions:
     depth_cameras: bool = True  # with known depth, move the matched cameras until the depths agree
     fusion: bool = True
     prior: str = "network"  # the depth matching starts from and fills in with: network, or flat (an ablation)
+    hold_cameras: bool = False  # given cameras used as they are, even where they fit the images loosely
     seed: int = 0
     save_predictions: Optional[Path] = None
 
@@ -100,8 +101,8 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, s
         if job is None:
             sfm_cameras = views.given
         elif views.given is not None:  # the matches triangulated from the given cameras, where they have no points
-            sfm_cameras = views.given if views.given.points else job.triangulate(views.given, views.indices,
-                                                                                stages.detail)
+            sfm_cameras = views.given if views.given.points else job.triangulate(
+                views.given, views.indices, stages.detail, loose_above=None if options.hold_cameras else LOOSE_CAMERAS_PX)
             if sfm_cameras.error:
                 stages.say(f"pixio: warning: {sfm_cameras.error}: the network's depth is used as it comes")
             elif sfm_cameras.points and sfm_cameras.reprojection_error > LOOSE_CAMERAS_PX:
@@ -214,7 +215,9 @@ def _start_sfm(inputs: SceneInputs, options: SfmOptions) -> SfmJob:
     known = inputs.known_cameras is not None
     sfm = replace(options, mapper="none" if known else options.mapper, known_K=None if known else inputs.Ks,
                   prior_K=inputs.prior_K, one_camera=not known, loop_closure=options.loop_closure and not known)
-    return SfmJob(inputs.items, sfm, video=any(it.frame is not None for it in inputs.items))
+    # where the given cameras prove to fit loosely, the frames are mapped as if none were given
+    refit = replace(options, known_K=None, prior_K=inputs.prior_K, loop_closure=False) if known else None
+    return SfmJob(inputs.items, sfm, video=any(it.frame is not None for it in inputs.items), refit=refit)
 
 
 @contextmanager

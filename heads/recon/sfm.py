@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from heads.geometry import invert_pose, scale_intrinsics
+from heads.geometry import invert_pose, ransac_umeyama, scale_intrinsics, umeyama
 from heads.recon.camera_files import SfmCameras, _colmap_params, _pycolmap
 from heads.recon.focal import (_unfixed_focal, _without_needless_distortion, held_focal_note,
                                holds_focal)
@@ -390,3 +390,52 @@ def _map_incremental(db: Path, folder: Path, sparse: Path, options: SfmOptions, 
     return pycolmap.incremental_mapping(db, folder, sparse, mapping, cancellation_token=cancel)
 
 
+
+
+def placed_on_given(rec, given: SfmCameras) -> SfmCameras:
+    """The frames' own model ``rec`` (None: mapping found none) put in the frame of the known cameras ``given``
+    (their matches triangulated, fitting loosely): the similarity that takes its camera centres onto the given
+    ones (:func:`given_frame`), so the scene keeps the given frame and scale while its cameras are those the
+    images fit. ``given`` stays, with a note why, where ``rec`` leaves a frame out or fits no better."""
+    pycolmap = _pycolmap()
+
+    loose = given.reprojection_error
+    if rec is None:
+        return replace(given, note="mapping the frames found no model")
+    found = SfmCameras(rec, given.names, given.written_hw, given.original_hw)
+    if not found.registered.all():
+        return replace(given, note=f"mapping the frames registered {int(found.registered.sum())} of "
+                                   f"{len(found.registered)}")
+    if not found.reprojection_error < loose:
+        return replace(given, note=f"mapping the frames fitted them no better ({found.reprojection_error:.2f} px)")
+    s, R, t = given_frame(found.cam2world, given.cam2world)
+    rec.transform(pycolmap.Sim3d(s, pycolmap.Rotation3d(R), t))
+    placed = replace(given, reconstruction=rec)
+    apart = np.linalg.norm(placed.cam2world[:, :3, 3] - given.cam2world[:, :3, 3], axis=1)
+    return replace(placed, note=(
+        f"the given cameras fit the images loosely (their matched points land {loose:.2f} px from where they were "
+        f"seen): the cameras matching finds ({found.reprojection_error:.2f} px) are used, placed on the given ones "
+        f"by a similarity ({np.median(apart) * 100:.1f} cm apart after it, median), so the scene keeps their frame "
+        "and scale; --hold-cameras uses the given cameras as they are"))
+
+
+def given_frame(found: np.ndarray, given: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(s, R, t) taking the cameras ``found`` (V, 4, 4 camera-to-world, any frame) onto ``given`` (V, 4, 4):
+    the Umeyama fit of their centres where those span a plane (robust: without the cameras three times farther
+    off than the median); where they lie near one line (or point), which leaves a turn about it free, R is the
+    mean of the rotations between each pair of cameras and s, t the least-squares fit of the centres under it."""
+    src, dst = found[:, :3, 3], given[:, :3, 3]
+    spread = np.linalg.svd(dst - dst.mean(0), compute_uv=False)
+    if len(dst) >= 3 and spread[1] > 0.1 * spread[0]:
+        s, R, t = umeyama(src, dst)
+        # a camera the sensor got wrong is left out; the rest differ by their noise (a colour camera beside the
+        # depth sensor whose poses were recorded: centres a few cm apart as the rig turns), all of them kept
+        off = np.linalg.norm(s * src @ R.T + t - dst, axis=1)
+        s, R, t, _ = ransac_umeyama(src, dst, threshold=3 * float(np.median(off)) + 1e-9 * spread[0])
+        return s, R, t
+    U, _, Vt = np.linalg.svd(np.einsum("vij,vkj->ik", given[:, :3, :3], found[:, :3, :3]))
+    R = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
+    turned = src @ R.T
+    a, b = turned - turned.mean(0), dst - dst.mean(0)
+    s = float((a * b).sum() / (a * a).sum()) if (a * a).sum() > 0 else 1.0
+    return s, R, dst.mean(0) - s * turned.mean(0)

@@ -23,7 +23,7 @@ from pixio_cli.images import ResizePolicy, resize_image
 
 from heads.geometry import scale_intrinsics
 from heads.recon.camera_files import SfmCameras, _pycolmap
-from heads.recon.sfm import MAX_SIDE, SfmOptions, loop_pairs, run_sfm, triangulate_known
+from heads.recon.sfm import MAX_SIDE, SfmOptions, loop_pairs, placed_on_given, run_sfm, triangulate_known
 
 
 def write_frame(folder: Path, index: int, image: np.ndarray) -> tuple[str, tuple[int, int]]:
@@ -59,8 +59,9 @@ class SfmJob:
     the network's smaller copies), so matching runs while the model loads and predicts; COLMAP's calls
     release the interpreter. ``result`` waits for it; ``cancel`` stops it at COLMAP's next check."""
 
-    def __init__(self, items: list, options: SfmOptions, video: bool = False) -> None:
-        self.items, self.options, self.video = items, options, video
+    def __init__(self, items: list, options: SfmOptions, video: bool = False, refit: SfmOptions | None = None
+                 ) -> None:
+        self.items, self.options, self.video, self.refit = items, options, video, refit
         _remove_orphans()
         self._tmp = tempfile.TemporaryDirectory(prefix=f"pixio-sfm-{os.getpid()}-", ignore_cleanup_errors=True)
         self.folder = Path(self._tmp.name)
@@ -165,11 +166,17 @@ class SfmJob:
         finally:
             self.close()
 
-    def triangulate(self, given: SfmCameras, indices: list[int], on_wait=lambda stage: None) -> SfmCameras:
+    def triangulate(self, given: SfmCameras, indices: list[int], on_wait=lambda stage: None,
+                    loose_above: float | None = None) -> SfmCameras:
         """The known cameras ``given`` (of the inputs ``indices``, in that order) with this job's matches
         triangulated from them (the job matched without mapping: ``mapper="none"``), so that the network's
         depth is fitted to points seen from the given poses; ``given`` as it is, said in its ``error``, when
-        the frames could not be matched."""
+        the frames could not be matched.
+
+        Where those points land more than ``loose_above`` px (mean) from where they were seen, the frames are
+        mapped as without given cameras (the job's ``refit`` options) and that model is placed on the given
+        cameras (:func:`heads.recon.sfm.placed_on_given`): the given frame and scale, the matched cameras'
+        fit. Should mapping fail or fit no better, the given cameras stay, triangulated."""
         try:
             while self._thread.is_alive():
                 on_wait(self.stage)
@@ -181,8 +188,12 @@ class SfmJob:
                 names = [self.written.get(i, (f"missing-{i}",))[0] for i in indices]
                 hws = np.array([self.written[i][1] if i in self.written else (1, 1) for i in indices], np.int64)
                 rec = triangulate_known(self.folder, given, names=names, written_hw=hws, cancel=self._token)
+                out = replace(given, reconstruction=rec, names=names, written_hw=hws.reshape(-1, 2))
+                if loose_above is not None and self.refit is not None and out.points \
+                        and out.reprojection_error > loose_above:
+                    out = self._refitted(out, indices)
                 self._next_stage(None)
-                return replace(given, reconstruction=rec, names=names, written_hw=hws.reshape(-1, 2))
+                return out
         except (RuntimeError, ValueError, OSError) as e:
             self._error = e
         except BaseException:
@@ -193,6 +204,19 @@ class SfmJob:
         why = f"{type(self._error).__name__}: {str(self._error).strip().splitlines()[-1][:200]}" if self._error \
             else "fewer than 2 frames"
         return replace(given, error=f"no points triangulated from the given cameras ({why})")
+
+    def _refitted(self, given: SfmCameras, indices: list[int]) -> SfmCameras:
+        """:meth:`triangulate`'s loose cameras ``given`` replaced by the frames' own mapping placed on them, or
+        ``given`` with a ``refit`` note saying why not."""
+        written = [i for i in indices if i in self.written]
+        options = replace(self.refit, one_camera=self.refit.one_camera and len({self.written[i][2] for i in written}) == 1)
+        self._next_stage("the given cameras fit loosely: mapping the frames")
+        try:
+            rec, _ = run_sfm(self.folder, [self.written[i][0] for i in written], options=options, video=self.video,
+                             cancel=self._token, on_stage=lambda stage: self._next_stage(f"{stage} (given cameras fit loosely)"))
+        except (RuntimeError, ValueError) as e:  # COLMAP's failure keeps the given cameras: said, not raised
+            return replace(given, note=f"mapping the frames failed ({type(e).__name__}: {str(e).strip()[:150]})")
+        return placed_on_given(rec, given)
 
     def cancel(self) -> None:
         """Stops matching at COLMAP's next check and removes its frames."""

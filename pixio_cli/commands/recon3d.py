@@ -70,6 +70,9 @@ def recon3d(
     known_poses: Annotated[bool, typer.Option(
         "--known-poses/--no-known-poses", help="An RGB-D folder's recorded poses as known cameras.",
         rich_help_panel=CAM)] = True,
+    hold_cameras: Annotated[bool, typer.Option(
+        "--hold-cameras", help="Known cameras as given, even where they fit the images loosely.",
+        rich_help_panel=CAM)] = False,
     sfm: Annotated[bool, typer.Option(
         "--sfm/--no-sfm", help="Cameras from matching (COLMAP); no: the network's own.",
         rich_help_panel=CAM)] = True,
@@ -209,7 +212,7 @@ def recon3d(
     claim(scene_path, folder=False)  # a second run into this output is refused, not let loose on this one's work folder
     options = SceneOptions(model=model, resize=resize, chunk=chunk, overlap=overlap, sfm=SfmOptions(
         matching=matching.value, mapper=mapper.value, loop_closure=loop_closure, seed=seed) if sfm else None,
-                           depth_cameras=depth_cameras, fusion=fusion, prior=depth_prior.value,
+                           depth_cameras=depth_cameras, fusion=fusion, prior=depth_prior.value, hold_cameras=hold_cameras,
                            seed=seed, save_predictions=save_predictions)
     cleaning = Cleaning(use_mask, conf_percentile, conf_min=conf_min, edge_rtol=edge_rtol or None, outliers=outliers,
                         voxel=voxel, max_points=max_points, seed=seed)
