@@ -128,6 +128,7 @@ OURS = {  # run name: flags (the default run writes the COLMAP model, for its po
     "ours_stacked": ["--no-fusion", "--cameras", "colmap"],
     "ours_no_sfm": ["--no-sfm", "--cameras", "json"],
 }
+REFINED = ("ours", "ours_known")  # kitchen runs also scored after the alignment is refined on their geometry
 RIGID = ("ours_known",)  # runs whose scene is in metres from what was given: scored with its scale judged
 
 
@@ -141,18 +142,19 @@ def known_cameras_file(images: list[Path], truth: dict[str, np.ndarray], *, K: n
 
 
 def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra: list[str], rgbd=None,
-            runs: dict | None = None, offset: bool = True) -> dict:
+            runs: dict | None = None, offset: bool = True, refine: bool = False) -> dict:
     """Ours (default, flat prior, --no-fusion, --no-sfm, and ``runs``: more name -> flags), COLMAP alone and the
     trivial cameras on one set of frames; with ``rgbd`` (frames, depth reader) the geometry of each too
     (``offset``: solve for a sensor offset, as 7-Scenes' depth camera needs). Runs in :data:`RIGID` are also
-    scored with their scale judged (``geometry_rigid``)."""
+    scored with their scale judged (``geometry_rigid``); with ``refine``, runs in :data:`REFINED` and COLMAP's
+    points also after Tanks and Temples' refinement on their own geometry (``geometry_refined``)."""
     from heads.recon.evaluate import SceneCameras, evaluate_clouds, evaluate_scene, read_scene_cameras
 
     folder = work / "images"
     folder.mkdir(parents=True)
     for p in images:
         (folder / p.name).symlink_to(p.resolve())
-    result, geometry, rigid = {"frames": len(images)}, {}, {}
+    result, geometry, rigid, refined = {"frames": len(images)}, {}, {}, {}
     for name, flags in {**OURS, **(runs or {})}.items():
         seconds, peak, out, err = run_timed([sys.executable, "-m", "pixio_cli", "recon3d", str(folder), "-o",
                                              str(work / name / "scene.ply"), "--json", "-q", *flags, *extra])
@@ -172,6 +174,8 @@ def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra:
             geometry[name] = evaluate_scene(work / name, *rgbd, offset=offset)
             if name in RIGID:
                 rigid[name] = evaluate_scene(work / name, *rgbd, offset=offset, scale=False)
+            if refine and name in REFINED:
+                refined[name] = evaluate_scene(work / name, *rgbd, offset=offset, refine=True)
     seconds, peak, out, _ = run_timed([sys.executable, "-m", "benchmarks.recon3d", "--colmap-alone", str(folder),
                                        str(work / "colmap")])
     colmap = json.loads(out.strip().splitlines()[-1])
@@ -189,10 +193,15 @@ def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra:
         cams = SceneCameras(names, np.zeros((len(names), 3, 3)), np.array([colmap["poses"][n] for n in names]))
         geometry["colmap"] = evaluate_clouds(cams, {"colmap_points": np.array(colmap["points"])}, *rgbd,
                                              offset=offset)
+        if refine:
+            refined["colmap"] = evaluate_clouds(cams, {"colmap_points": np.array(colmap["points"])}, *rgbd,
+                                                offset=offset, refine=True)
     if geometry:
         result["geometry"] = geometry
     if rigid:
         result["geometry_rigid"] = rigid
+    if refined:
+        result["geometry_refined"] = refined
     names = sorted(truth)
     for kind, poses in trivial_cameras(len(names)).items():
         result[kind] = score(dict(zip(names, poses)), truth)
@@ -229,7 +238,7 @@ def kitchen_set(args, extra: list[str], work: Path) -> dict:
     given = known_cameras_file(images, {n: _orthonormal(T) for n, T in truth.items()},
                                K=np.loadtxt(KITCHEN / "camera-intrinsics.txt"), hw=(480, 640), path=work / "recorded.json")
     return run_set(images, truth, work=work / "set", extra=extra, rgbd=(frames, reader.read_depth),
-                   runs={"ours_known": ["--known-cameras", str(given), "--cameras", "json"]})
+                   runs={"ours_known": ["--known-cameras", str(given), "--cameras", "json"]}, refine=True)
 
 
 def unseen_set(kind: str, frames: int, extra: list[str], work: Path) -> dict:

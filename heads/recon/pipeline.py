@@ -101,8 +101,9 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, s
         if job is None:
             sfm_cameras = views.given
         elif views.given is not None:  # the matches triangulated from the given cameras, where they have no points
+            loose = None if options.hold_cameras else LOOSE_CAMERAS_PX  # looser: the frames' own mapping, placed
             sfm_cameras = views.given if views.given.points else job.triangulate(
-                views.given, views.indices, stages.detail, loose_above=None if options.hold_cameras else LOOSE_CAMERAS_PX)
+                views.given, views.indices, stages.detail, loose_above=loose)
             if sfm_cameras.error:
                 stages.say(f"pixio: warning: {sfm_cameras.error}: the network's depth is used as it comes")
             elif sfm_cameras.points and sfm_cameras.reprojection_error > LOOSE_CAMERAS_PX:

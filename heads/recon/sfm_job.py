@@ -207,13 +207,14 @@ class SfmJob:
 
     def _refitted(self, given: SfmCameras, indices: list[int]) -> SfmCameras:
         """:meth:`triangulate`'s loose cameras ``given`` replaced by the frames' own mapping placed on them, or
-        ``given`` with a ``refit`` note saying why not."""
+        ``given`` with a note saying why not."""
         written = [i for i in indices if i in self.written]
-        options = replace(self.refit, one_camera=self.refit.one_camera and len({self.written[i][2] for i in written}) == 1)
-        self._next_stage("the given cameras fit loosely: mapping the frames")
+        same_size = len({self.written[i][2] for i in written}) == 1
+        options = replace(self.refit, one_camera=self.refit.one_camera and same_size)
         try:
             rec, _ = run_sfm(self.folder, [self.written[i][0] for i in written], options=options, video=self.video,
-                             cancel=self._token, on_stage=lambda stage: self._next_stage(f"{stage} (given cameras fit loosely)"))
+                             cancel=self._token,
+                             on_stage=lambda stage: self._next_stage(f"{stage} (the given cameras fit loosely)"))
         except (RuntimeError, ValueError) as e:  # COLMAP's failure keeps the given cameras: said, not raised
             return replace(given, note=f"mapping the frames failed ({type(e).__name__}: {str(e).strip()[:150]})")
         return placed_on_given(rec, given)

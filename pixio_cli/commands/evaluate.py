@@ -256,13 +256,16 @@ def evaluate_recon3d(
                                        "is then judged, not fitted.")] = True,
         voxel: Annotated[float, typer.Option(help="Both clouds thinned to one point per voxel of this side (m).",
                                              min=0.001)] = 0.01,
+        refine: Annotated[bool, typer.Option(
+            "--refine", help="Then refine the alignment on the scene's own geometry (Tanks and Temples' ICP with "
+                             "scale), every row scored after it; how far it moved is said.")] = False,
         json_out: JsonOut = False) -> None:
     """The geometry of a reconstructed scene against the recorded depth of its frames.
 
     The scene is aligned by its camera path (a similarity of the camera centres onto the recorded ones, or
     with --no-scale a rigid fit),
     then by the rigid transform that puts the recorded depth, placed on the scene's cameras, onto the truth;
-    its own geometry is never fitted. Scores per cloud: accuracy and completeness (median distances),
+    its own geometry is fitted only with --refine. Scores per cloud: accuracy and completeness (median distances),
     precision, recall and F-score within 2, 5 and 10 cm; beside the scene (and its mesh, and the COLMAP
     model's points when beside it) the ceiling the cameras allow (the recorded depth on them) and a
     trivial baseline (one constant depth on them). ATE beside every camera at the origin."""
@@ -280,9 +283,13 @@ def evaluate_recon3d(
         raise InputError(f"--data {data}: no frames with depth in the {dataset} layout")
     reader = {id(f): seq for f, seq in frames.values()}
     result = evaluate_scene(scene, [f for f, _ in frames.values()], read_depth=lambda f: reader[id(f)].read_depth(f),
-                            voxel=voxel, offset=sensor_offset, scale=scale)
+                            voxel=voxel, offset=sensor_offset, scale=scale, refine=refine)
     typer.echo(f"{result['frames']} frames; ATE {100 * result['ate']:.2f} cm (every camera at the origin: "
                f"{100 * result['ate_origin']:.2f} cm); path scale {result['scale']:.4f}", err=True)
+    if result["refined"] is not None:
+        r = result["refined"]
+        typer.echo(f"refined on the scene's geometry: scale x{r['scale']:.4f}, turned {r['degrees']:.2f} deg, "
+                   f"its points moved {100 * r['shift']:.1f} cm on average (the rows below are after it)", err=True)
     typer.echo(f"{'cloud':<28s} {'points':>8s} {'acc cm':>7s} {'comp cm':>8s} {'F@2':>6s} {'P@5':>6s} {'R@5':>6s} "
                f"{'F@5':>6s} {'F@10':>6s}", err=True)
     for name, row in result["rows"].items():
