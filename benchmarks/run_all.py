@@ -454,10 +454,11 @@ def geometry_table(r: dict) -> list[str]:
 
 
 REFINED_ROWS = (  # run, cloud, what it is: scored after Tanks and Temples' refinement on the run's own cloud
-    ("ours", "scene", "`pixio recon3d` (default)"),
-    ("ours", "recorded_depth_on_cameras", "the ceiling row, moved by the default cloud's refinement"),
-    ("ours_known", "scene", "`--known-cameras`"),
-    ("colmap", "colmap_points", "COLMAP alone, its sparse points"),
+    ("ours", "scene", "`pixio recon3d` (default), refined on its own cloud"),
+    ("ours", "colmap_points", "the sparse points of our SfM, after the default's refinement (not fitted to them)"),
+    ("ours", "recorded_depth_on_cameras", "ceiling: the recorded depth on our cameras, after the default's refinement"),
+    ("ours_known", "scene", "`--known-cameras`, refined on its own cloud"),
+    ("colmap", "colmap_points", "COLMAP alone, refined on its sparse points (few, on edges: ICP holds them loosely)"),
 )
 
 
@@ -471,7 +472,7 @@ def refined_rows(refined: dict) -> list[str]:
         if not x:
             continue
         r = g["refined"]
-        out.append(f"| {name}, refined on its geometry (x{r['scale']:.3f}, {r['degrees']:.2f} deg, points moved "
+        out.append(f"| {name} (x{r['scale']:.3f}, {r['degrees']:.2f} deg, points moved "
                    f"{100 * r['shift']:.1f} cm) | {x['points']} | {100 * x['accuracy']:.1f} cm | "
                    f"{100 * x['completeness']:.1f} cm | **{x['f@0.02']:.3f}** | {x['precision@0.05']:.3f} | "
                    f"{x['recall@0.05']:.3f} | **{x['f@0.05']:.3f}** | | |")

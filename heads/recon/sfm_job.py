@@ -214,7 +214,8 @@ class SfmJob:
         try:
             rec, _ = run_sfm(self.folder, [self.written[i][0] for i in written], options=options, video=self.video,
                              cancel=self._token,
-                             on_stage=lambda stage: self._next_stage(f"{stage} (the given cameras fit loosely)"))
+                             on_stage=lambda stage: self._next_stage(
+                                 f"{stage} (the given cameras fit loosely; --hold-cameras skips this)"))
         except (RuntimeError, ValueError) as e:  # COLMAP's failure keeps the given cameras: said, not raised
             return replace(given, note=f"mapping the frames failed ({type(e).__name__}: {str(e).strip()[:150]})")
         return placed_on_given(rec, given)
