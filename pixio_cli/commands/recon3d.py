@@ -65,7 +65,7 @@ def recon3d(
         help="Known K (3x3 text, .npy, .json; or a JSON list), in image pixels.",
         show_default=False, rich_help_panel=CAM)] = None,
     known_cameras: Annotated[Optional[Path], typer.Option(
-        "--known-cameras", help="pixio's cameras.json (metres) or a COLMAP model: no matching.",
+        "--known-cameras", help="pixio's cameras.json (metres) or a COLMAP model.",
         show_default=False, rich_help_panel=CAM)] = None,
     known_poses: Annotated[bool, typer.Option(
         "--known-poses/--no-known-poses", help="An RGB-D folder's recorded poses as known cameras.",
@@ -429,8 +429,8 @@ def _recorded_cameras(items: list, Ks):
     K_of = {id(it): K for it, K in zip(items, Ks)}
     cameras = {n: (np.asarray(K_of[id(it)], np.float64), T, None) for n, it, (T, _) in zip(names, frames, checked)}
     worst = max(off for _, off in checked)
-    typer.echo(f"pixio: the RGB-D sequence's recorded poses are the cameras ({len(frames)} frames, metres): no "
-               "matching; --no-known-poses to find them by matching instead", err=True)
+    typer.echo(f"pixio: the RGB-D sequence's recorded poses are the cameras ({len(frames)} frames, metres); "
+               "--no-known-poses to find them by matching instead", err=True)
     return GivenCameras(cameras, 1.0, source="the recorded poses", rotation_off=worst)
 
 
