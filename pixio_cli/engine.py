@@ -397,10 +397,13 @@ class Engine:
     # -- the loop
 
     def batches(self, items: list[Item], policy: ResizePolicy, summary: Summary, bar: tqdm | None = None,
-                on_error: Callable[[Sample], None] | None = None, warn_enlarged: bool = True) -> Iterator[Batch]:
+                on_error: Callable[[Sample], None] | None = None, warn_enlarged: bool = True,
+                on_started: Callable[[], None] | None = None) -> Iterator[Batch]:
         """Decoded images grouped into same-size batches; failures go to ``summary`` and ``on_error``.
         ``warn_enlarged``: name the first image enlarged more than 4x (and count the others), for
-        commands whose --resize can avoid it."""
+        commands whose --resize can avoid it. ``on_started()`` runs once the decoding workers exist: a thread
+        that must run beside them starts there, since a worker forked while another thread creates threads
+        (COLMAP's, OpenCV's) can inherit a held lock and hang for ever."""
         stream = ImageStream(items, policy)
         # images decoded ahead: a few batches' worth, never more than there are images nor than PREFETCH (a
         # batch size of a million once queued four million requests before the first image)
@@ -410,7 +413,10 @@ class Engine:
                             persistent_workers=False, worker_init_fn=worker_init)
         pending: dict[tuple[int, int], list[Sample]] = {}
         held = enlarged = 0
-        for sample in loader:
+        samples = iter(loader)  # the workers are forked here
+        if on_started is not None:
+            on_started()
+        for sample in samples:
             if sample.error:
                 summary.failures.append((items[sample.index].label, sample.error))
                 if on_error is not None:

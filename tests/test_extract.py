@@ -476,3 +476,21 @@ def test_a_public_model_id_is_its_own_identity_whatever_lies_in_the_working_fold
         (tmp_path / name).mkdir()
         (tmp_path / name / "notes.txt").write_text("not the model")
         assert model_identity(name) == name
+
+
+def test_engine_batches_says_when_its_decoding_workers_exist_before_the_first_image(photos):
+    """``on_started`` runs once, after the workers are forked and before any batch: a thread started there
+    (recon3d's matching) never runs while a worker is forked."""
+    import multiprocessing
+
+    from pixio_cli.engine import Engine, Summary
+    from pixio_cli.inputs import collect
+
+    engine = Engine("cpu", batch_size=2, workers=2, progress=False)
+    seen: list = []
+    batches = engine.batches(collect([str(photos)]), ResizePolicy(short=32), Summary(),
+                             on_started=lambda: seen.append(("started", len(multiprocessing.active_children()))))
+    for batch in batches:
+        seen.append(("batch", len(batch.samples)))
+    assert seen[0] == ("started", 2) and [k for k, _ in seen].count("started") == 1
+    assert sum(n for k, n in seen if k == "batch") == 3

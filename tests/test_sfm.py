@@ -694,3 +694,25 @@ def test_recorded_poses_that_fit_the_colour_images_loosely_give_way_to_matching_
     held = json.loads((tmp_path / "b" / "cameras.json").read_text())["cameras"]
     for c, T in zip(held, poses):
         assert np.allclose(np.array(c["cam2world"])[:3, 3], T[:3, 3], atol=1e-6) and np.allclose(c["K"], K)
+
+
+def test_matching_starts_only_after_the_decoding_workers_are_forked(cli, tmp_path, monkeypatch):
+    """A worker forked while COLMAP's thread creates threads can inherit a held lock and hang for ever (seen:
+    a worker stuck in torch.set_num_threads for 17 min): the matching thread starts after the fork."""
+    import threading
+
+    from torch.utils.data import DataLoader
+
+    at_fork: list[list[str]] = []
+    real_iter = DataLoader.__iter__
+
+    def watched(self):
+        at_fork.append([t.name for t in threading.enumerate()])
+        return real_iter(self)
+
+    monkeypatch.setattr(DataLoader, "__iter__", watched)
+    paths, _ = kitchen(HELD_OUT[:3])
+    code, out, err = cli(["recon3d", *paths, "-o", tmp_path / "s", "--workers", "2", "--json", "-q", "--no-fusion"])
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["cameras"]["cameras"] == "sfm"
+    assert len(at_fork) == 1 and "pixio-sfm" not in at_fork[0], at_fork

@@ -80,12 +80,19 @@ def reconstruct(inputs: SceneInputs, options: SceneOptions, engine, *, stages, s
     items = inputs.items
     measured = inputs.depth_files is not None and all(f is not None for f in inputs.depth_files)
     # given cameras have their matches triangulated, for the network's depth to fit: not needed where all is measured
-    job = _start_sfm(inputs, options.sfm) if options.sfm is not None and not (inputs.known_cameras is not None and measured) else None
+    matching = options.sfm is not None and not (inputs.known_cameras is not None and measured)
+    job = None
+
+    def start_matching() -> None:  # once the decoding workers are forked: never beside COLMAP's threads
+        nonlocal job
+        if matching:
+            job = _start_sfm(inputs, options.sfm)
+
     try:
         stages.next()
         net = prepare_pointmap(engine, load_pointmap(options.model))
         policy = ResizePolicy.parse(options.resize) if options.resize else ResizePolicy(short=net.infer_short)
-        views = Views.decode(items, engine.batches(items, policy, summary), inputs=inputs)
+        views = Views.decode(items, engine.batches(items, policy, summary, on_started=start_matching), inputs=inputs)
         if views is None:
             return None
         loaded = time.perf_counter()
