@@ -136,3 +136,59 @@ def test_given_cameras_stay_where_mapping_found_no_model_left_a_frame_out_or_fit
         assert kept.reconstruction is given.reconstruction
         assert kept.note == f"mapping the frames fitted them no better ({off:.2f} px)"
     assert placed_on_given(model(truth, points, off_px=1.99, seed=3), given).reconstruction is not given.reconstruction
+
+
+class _Job:
+    """What SfmJob._refitted reads of a job: the frames written, the options to map with, a stage line."""
+
+    def __init__(self, refit):
+        from heads.recon.sfm_job import SfmJob
+
+        self._refitted = SfmJob._refitted.__get__(self)
+        self.written = {v: (f"{v:06d}.png", HW, HW) for v in range(6)}
+        self.refit, self.video, self.folder, self._token = refit, False, None, None
+        self.stages: list[str] = []
+
+    def _next_stage(self, stage):
+        self.stages.append(stage)
+
+
+def test_a_mapping_that_fails_keeps_the_given_cameras_and_says_why(monkeypatch):
+    from heads.recon import sfm_job
+    from heads.recon.sfm import SfmOptions
+
+    truth, points = scene()
+    given = cameras(model(truth, points, off_px=2.0), 6, known=True, scale=1.0)
+
+    def fails(folder, names, options, video, cancel, on_stage):
+        on_stage("incremental mapping")
+        raise RuntimeError("Check failed: ok\n  no good initial image pair found  \n")
+
+    monkeypatch.setattr(sfm_job, "run_sfm", fails)
+    job = _Job(SfmOptions())
+    kept = job._refitted(given, list(range(6)))
+    assert kept.reconstruction is given.reconstruction
+    assert kept.note == "mapping the frames failed (RuntimeError: no good initial image pair found)"
+    assert job.stages == ["incremental mapping (the given cameras fit loosely; --hold-cameras skips this)"]
+
+
+def test_the_frames_are_mapped_as_one_camera_only_when_all_are_one_size(monkeypatch):
+    from heads.recon import sfm_job
+    from heads.recon.sfm import SfmOptions
+
+    truth, points = scene()
+    given = cameras(model(truth, points, off_px=2.0), 6, known=True, scale=1.0)
+    asked = []
+
+    def records(folder, names, options, video, cancel, on_stage):
+        asked.append((names, options.one_camera))
+        return None, None
+
+    monkeypatch.setattr(sfm_job, "run_sfm", records)
+    job = _Job(SfmOptions(one_camera=True))
+    assert job._refitted(given, list(range(6))).note == "mapping the frames found no model"
+    job.written[3] = ("000003.png", HW, (960, 1280))  # one frame of another size
+    job._refitted(given, list(range(6)))
+    job._refitted(given, [0, 1, 2, 4, 5])  # the network's views: frame 3 failed there, so it is left out here
+    names = [f"{v:06d}.png" for v in range(6)]
+    assert asked == [(names, True), (names, False), ([n for n in names if n != "000003.png"], True)]

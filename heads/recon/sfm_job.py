@@ -217,7 +217,8 @@ class SfmJob:
                              on_stage=lambda stage: self._next_stage(
                                  f"{stage} (the given cameras fit loosely; --hold-cameras skips this)"))
         except (RuntimeError, ValueError) as e:  # COLMAP's failure keeps the given cameras: said, not raised
-            return replace(given, note=f"mapping the frames failed ({type(e).__name__}: {str(e).strip()[:150]})")
+            why = (str(e).strip().splitlines() or [""])[-1].strip()[:150]  # one line: COLMAP's last says what failed
+            return replace(given, note=f"mapping the frames failed ({type(e).__name__}: {why})")
         return placed_on_given(rec, given)
 
     def cancel(self) -> None:
