@@ -439,18 +439,20 @@ def geometry_table(r: dict) -> list[str]:
                 continue
             timed = data.get(run, {}) if cloud == "scene" or run == "colmap" else {}  # what that run cost
             cost = f"{timed['seconds']} s | {timed['peak_memory_gib']} GiB" if "seconds" in timed else " | "
-            out.append(f"| {name} | {x['points']} | {100 * x['accuracy']:.1f} cm | {100 * x['completeness']:.1f} cm | "
-                       f"**{x.get('f@0.02', float('nan')):.3f}** | {x['precision@0.05']:.3f} | "
-                       f"{x['recall@0.05']:.3f} | **{x['f@0.05']:.3f}** | {cost} |")
+            out.append(cloud_row(name, x, cost))
         rigid = data.get("geometry_rigid", {}).get("ours_known")
         if rigid:
-            x = rigid["rows"]["scene"]
-            out.append(f"| `--known-cameras`, scored in its own metres (scale judged, not fitted; the path's fit "
-                       f"would be {g['ours_known']['scale']:.3f}) | {x['points']} | {100 * x['accuracy']:.1f} cm | "
-                       f"{100 * x['completeness']:.1f} cm | **{x['f@0.02']:.3f}** | {x['precision@0.05']:.3f} | "
-                       f"{x['recall@0.05']:.3f} | **{x['f@0.05']:.3f}** | | |")
+            out.append(cloud_row("`--known-cameras`, scored in its own metres (scale judged, not fitted; the path's "
+                                 f"fit would be {g['ours_known']['scale']:.3f})", rigid["rows"]["scene"]))
         out += refined_rows(data.get("geometry_refined") or {})
     return out
+
+
+def cloud_row(name: str, x: dict, cost: str = " | ") -> str:
+    """One cloud's line of a geometry table: its scores ``x`` (a row of ``pixio evaluate recon3d``) and cost."""
+    return (f"| {name} | {x['points']} | {100 * x['accuracy']:.1f} cm | {100 * x['completeness']:.1f} cm | "
+            f"**{x.get('f@0.02', float('nan')):.3f}** | {x['precision@0.05']:.3f} | "
+            f"{x['recall@0.05']:.3f} | **{x['f@0.05']:.3f}** | {cost} |")
 
 
 REFINED_ROWS = (  # run, cloud, what it is: scored after Tanks and Temples' refinement on the run's own cloud
@@ -472,10 +474,8 @@ def refined_rows(refined: dict) -> list[str]:
         if not x:
             continue
         r = g["refined"]
-        out.append(f"| {name} (x{r['scale']:.3f}, {r['degrees']:.2f} deg, points moved "
-                   f"{100 * r['shift']:.1f} cm) | {x['points']} | {100 * x['accuracy']:.1f} cm | "
-                   f"{100 * x['completeness']:.1f} cm | **{x['f@0.02']:.3f}** | {x['precision@0.05']:.3f} | "
-                   f"{x['recall@0.05']:.3f} | **{x['f@0.05']:.3f}** | | |")
+        out.append(cloud_row(f"{name} (x{r['scale']:.3f}, {r['degrees']:.2f} deg, points moved "
+                             f"{100 * r['shift']:.1f} cm)", x))
     return out
 
 

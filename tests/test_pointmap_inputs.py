@@ -240,12 +240,18 @@ def view_maps(t: torch.Tensor, views: int, h: int, w: int) -> torch.Tensor:
                         for b in range(t.shape[0]) for v in range(views)])
 
 
-def test_known_rays_depth_and_poses_reach_their_encoders_view_by_view():
+def watched_forward():
+    """The tiny model run once on known rays, depth and poses: the model, its inputs and what each encoder saw."""
     model = tiny_model()
-    images, rays, depth, c2w = known_inputs()
+    inputs = known_inputs()
     seen = watch(model)
     with torch.no_grad():
-        model(images, rays, depth, c2w)
+        model(*inputs)
+    return model, inputs, seen
+
+
+def test_known_rays_depth_and_poses_reach_their_encoders_view_by_view():
+    model, (images, rays, depth, c2w), seen = watched_forward()
     (pixels,), _ = seen["encoder"][0]
     assert torch.equal(pixels, torch.stack(per_view(images))), "each view's image goes through the encoder"
     (ray_maps,), _ = seen["ray_dirs_encoder"][0]
@@ -268,11 +274,7 @@ def test_known_rays_depth_and_poses_reach_their_encoders_view_by_view():
 
 
 def test_each_encoders_tokens_are_added_to_their_views_image_tokens_a_view_without_depth_gets_none():
-    model = tiny_model()
-    images, rays, depth, c2w = known_inputs()
-    seen = watch(model)
-    with torch.no_grad():
-        model(images, rays, depth, c2w)
+    model, (images, rays, depth, c2w), seen = watched_forward()
     out = {name: calls[0][1] for name, calls in seen.items() if calls}
     given = torch.tensor([d.gt(0).any() for d in per_view(depth)])
     depth_tokens = (out["depth_encoder"] + out["depth_scale_encoder"][:, None]) * given[:, None, None]

@@ -259,10 +259,10 @@ def evaluate_clouds(cameras: SceneCameras, clouds: dict[str, np.ndarray], frames
     alignment, placed = align_scene(cameras, truth_c2w, depths=depths, depth_K=Ks, offset=offset, scale=scale)
     moved = {name: thin(alignment.apply(points), voxel) for name, points in clouds.items()}
     fix, refined = (lambda p: p), None
-    if refine and moved and len(next(iter(moved.values()))):
-        rs, rR, rt = refine_alignment(next(iter(moved.values())), truth)
+    first = next(iter(moved.values()), np.zeros((0, 3)))
+    if refine and len(first):
+        rs, rR, rt = refine_alignment(first, truth)
         fix = lambda p: thin(rs * p @ rR.T + rt, voxel)  # noqa: E731
-        first = next(iter(moved.values()))
         refined = {"scale": rs, "degrees": float(np.degrees(np.arccos(np.clip((np.trace(rR) - 1) / 2, -1, 1)))),
                    "shift": float(np.linalg.norm(rs * first @ rR.T + rt - first, axis=1).mean())}
     rows = {name: cloud_scores(fix(points), truth) for name, points in moved.items()}

@@ -423,7 +423,8 @@ def given_frame(found: np.ndarray, given: np.ndarray) -> tuple[float, np.ndarray
     """(s, R, t) taking the cameras ``found`` (V, 4, 4 camera-to-world, any frame) onto ``given`` (V, 4, 4):
     the Umeyama fit of their centres where those span a plane (robust: without the cameras three times farther
     off than the median); where they lie near one line (or point), which leaves a turn about it free, R is the
-    mean of the rotations between each pair of cameras and s, t the least-squares fit of the centres under it."""
+    mean of the rotations that turn each found camera into its given one, and s, t the least-squares fit of the
+    centres under it."""
     src, dst = found[:, :3, 3], given[:, :3, 3]
     spread = np.linalg.svd(dst - dst.mean(0), compute_uv=False)
     if len(dst) >= 3 and spread[1] > 0.1 * spread[0]:
