@@ -1018,6 +1018,8 @@ def test_evaluate_refine_moves_a_scene_on_exact_cameras_little_and_says_by_how_m
     r = refined["refined"]
     assert abs(r["scale"] - 1) < 0.01 and r["shift"] < 0.03 and r["degrees"] < 1.5, r
     assert f"its points moved {100 * r['shift']:.1f} cm on average" in err
+    for row in ("scene", "recorded_depth_on_cameras", "constant_depth_on_cameras"):  # every row after the move
+        assert refined["rows"][row]["accuracy"] != plain["rows"][row]["accuracy"], row
     assert plain["rows"]["scene"]["f@0.02"] - 0.02 <= refined["rows"]["scene"]["f@0.02"] \
         <= plain["rows"]["scene"]["f@0.02"] + 0.05
     assert refined["rows"]["recorded_depth_on_cameras"]["f@0.02"] > 0.9

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from heads.recon.evaluate import refine_alignment
+from heads.recon.evaluate import refine_alignment, refinement_report
 
 
 def surface(n: int = 20000, seed: int = 0) -> np.ndarray:
@@ -37,3 +37,17 @@ def test_a_cloud_in_place_stays_in_place():
     rs, rR, rt = refine_alignment(surface(seed=1), surface())
     assert rs == pytest.approx(1.0, abs=0.002) and np.allclose(rR, np.eye(3), atol=2e-3)
     assert np.linalg.norm(rt) < 0.004
+
+
+def test_the_report_says_how_far_the_points_moved_not_how_long_the_translation_is():
+    """A 90 degree turn about the origin of points 2 m from it, undone in part by the translation: each point
+    moves 2 * sqrt(2) m less what the translation takes back, not |t|."""
+    points = np.array([[2.0, 0, 0], [0, 2.0, 0]])
+    R = cv2.Rodrigues(np.array([0, 0, np.pi / 2]))[0]
+    t = np.array([0.0, 0.0, 0.1])
+    r = refinement_report(points, 1.0, R, t)
+    assert r["degrees"] == pytest.approx(90.0) and r["scale"] == 1.0
+    assert r["shift"] == pytest.approx(np.sqrt(8 + 0.01))
+    assert refinement_report(points, 1.1, np.eye(3), np.zeros(3))["shift"] == pytest.approx(0.2)
+    turn = cv2.Rodrigues(np.radians([0.0, 60.0, 0.0]))[0]
+    assert refinement_report(points, 1.0, turn, np.zeros(3))["degrees"] == pytest.approx(60.0)

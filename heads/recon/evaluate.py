@@ -227,6 +227,13 @@ def refine_alignment(points: np.ndarray, truth: np.ndarray, distances: tuple[flo
     return s, sR / s, T[:3, 3].copy()
 
 
+def refinement_report(points: np.ndarray, s: float, R: np.ndarray, t: np.ndarray) -> dict[str, float]:
+    """How far x -> s R x + t moves ``points`` (N, 3): its scale, its turn in degrees, and the mean distance a
+    point moves (metres; a turn about a far origin moves the scene more than its translation says)."""
+    return {"scale": float(s), "degrees": float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1)))),
+            "shift": float(np.linalg.norm(s * points @ R.T + t - points, axis=1).mean())}
+
+
 def evaluate_clouds(cameras: SceneCameras, clouds: dict[str, np.ndarray], frames: list, read_depth,
                     voxel: float = VOXEL, offset: bool = True, scale: bool = True, refine: bool = False) -> dict:
     """Clouds (name -> points (N, 3) in the frame of ``cameras``) scored against RGB-D ground truth.
@@ -263,8 +270,7 @@ def evaluate_clouds(cameras: SceneCameras, clouds: dict[str, np.ndarray], frames
     if refine and len(first):
         rs, rR, rt = refine_alignment(first, truth)
         fix = lambda p: thin(rs * p @ rR.T + rt, voxel)  # noqa: E731
-        refined = {"scale": rs, "degrees": float(np.degrees(np.arccos(np.clip((np.trace(rR) - 1) / 2, -1, 1)))),
-                   "shift": float(np.linalg.norm(rs * first @ rR.T + rt - first, axis=1).mean())}
+        refined = refinement_report(first, rs, rR, rt)
     rows = {name: cloud_scores(fix(points), truth) for name, points in moved.items()}
     rows["recorded_depth_on_cameras"] = cloud_scores(fix(thin(np.concatenate(placed), voxel)), truth)
     flat = float(np.median(np.concatenate([d[d > 0] for d in depths])))
