@@ -101,6 +101,43 @@ def test_cameras_near_one_line_take_the_turn_about_it_from_their_rotations_not_t
     assert s == pytest.approx(SIM[0], rel=0.05)
 
 
+def test_the_turn_from_rotations_that_disagree_is_a_rotation_never_a_mirror():
+    """Cameras on one line, the given ones turned half a turn about x (4 of them), y (3) and z (2): the
+    rotations' plain mean (their sum diag(-1, -3, -5), orthonormalised) is -I, a mirror; the nearest rotation
+    is the half turn about x, which keeps the path's direction."""
+    found = np.tile(np.eye(4), (9, 1, 1))
+    found[:, :3, 3] = np.outer(np.arange(9.0), [1.0, 0.0, 0.0])
+    given = found.copy()
+    for v, flip in enumerate([[1, -1, -1]] * 4 + [[-1, 1, -1]] * 3 + [[-1, -1, 1]] * 2):
+        given[v, :3, :3] = np.diag(flip)
+    s, R, t = given_frame(found, given)
+    assert np.allclose(R, np.diag([1.0, -1.0, -1.0]), atol=1e-9)
+    assert s == pytest.approx(1.0) and np.allclose(t, 0.0, atol=1e-9)
+
+
+def test_rotations_that_turn_the_path_against_the_given_one_give_no_frame():
+    """Given cameras all turned half a turn about z, their path running the same way as the found one's: the
+    turn reverses the path, so only a scale of -1 (a mirror) would fit the centres."""
+    found = np.tile(np.eye(4), (3, 1, 1))
+    found[:, :3, 3] = np.outer([0.0, 1.0, 2.0], [1.0, 0.0, 0.0])
+    given = found.copy()
+    given[:, :3, :3] = np.diag([-1.0, -1.0, 1.0])
+    assert given_frame(found, given) is None
+    given[:, :3, 3] *= -1  # the path the other way: the half turn fits it
+    s, R, t = given_frame(found, given)
+    assert s == pytest.approx(1.0) and np.allclose(s * found[:, :3, 3] @ R.T + t, given[:, :3, 3], atol=1e-9)
+
+
+def test_given_cameras_stay_where_no_similarity_puts_the_mapped_ones_on_them(monkeypatch):
+    from heads.recon import sfm
+
+    truth, points = scene()
+    given = cameras(model(truth, points, off_px=2.0), 6, known=True, scale=1.0)
+    monkeypatch.setattr(sfm, "given_frame", lambda found, given: None)
+    kept = placed_on_given(model(truth, points), given)
+    assert kept.reconstruction is given.reconstruction and "mirror image" in kept.note
+
+
 def test_a_camera_that_strays_does_not_move_the_frame():
     found, _ = scene(V=8)
     given = apply_sim3_to_poses(found, *SIM)

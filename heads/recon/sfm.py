@@ -408,7 +408,11 @@ def placed_on_given(rec, given: SfmCameras) -> SfmCameras:
                                    f"{len(found.registered)}")
     if not found.reprojection_error < loose:
         return replace(given, note=f"mapping the frames fitted them no better ({found.reprojection_error:.2f} px)")
-    s, R, t = given_frame(found.cam2world, given.cam2world)
+    frame = given_frame(found.cam2world, given.cam2world)
+    if frame is None:
+        return replace(given, note="the cameras matching finds turn against the given ones so that their path runs "
+                                   "backwards: only a mirror image would put one set on the other")
+    s, R, t = frame
     rec.transform(pycolmap.Sim3d(s, pycolmap.Rotation3d(R), t))
     placed = replace(given, reconstruction=rec)
     apart = np.linalg.norm(placed.cam2world[:, :3, 3] - given.cam2world[:, :3, 3], axis=1)
@@ -419,12 +423,13 @@ def placed_on_given(rec, given: SfmCameras) -> SfmCameras:
         "and scale; --hold-cameras uses the given cameras as they are"))
 
 
-def given_frame(found: np.ndarray, given: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+def given_frame(found: np.ndarray, given: np.ndarray) -> tuple[float, np.ndarray, np.ndarray] | None:
     """(s, R, t) taking the cameras ``found`` (V, 4, 4 camera-to-world, any frame) onto ``given`` (V, 4, 4):
     the Umeyama fit of their centres where those span a plane (robust: without the cameras three times farther
     off than the median); where they lie near one line (or point), which leaves a turn about it free, R is the
     mean of the rotations that turn each found camera into its given one, and s, t the least-squares fit of the
-    centres under it."""
+    centres under it. None where that fit needs a scale of 0 or less (the rotations turn the path to run
+    against the given one): a negative scale would mirror the scene."""
     src, dst = found[:, :3, 3], given[:, :3, 3]
     spread = np.linalg.svd(dst - dst.mean(0), compute_uv=False)
     if len(dst) >= 3 and spread[1] > 0.1 * spread[0]:
@@ -439,4 +444,6 @@ def given_frame(found: np.ndarray, given: np.ndarray) -> tuple[float, np.ndarray
     turned = src @ R.T
     a, b = turned - turned.mean(0), dst - dst.mean(0)
     s = float((a * b).sum() / (a * a).sum()) if (a * a).sum() > 0 else 1.0
+    if not s > 0:
+        return None
     return s, R, dst.mean(0) - s * turned.mean(0)
