@@ -13,7 +13,7 @@ from heads.geometry import to_camera, world_points
 from heads.recon.depth_fit import FieldFit, bilinear_weights, fit_depth_field, sample_bilinear
 from heads.pointmap.predictions import Predictions
 from heads.recon.fusion import Fusion, _nearest_cameras, camera_rays, choose_neighbours, finest_view, fuse, fuse_views
-from heads.recon.evaluate import cloud_scores, similarity_with_offset, thin
+from heads.recon.evaluate import cloud_scores, range_scores, similarity_with_offset, thin
 from heads.recon.mvs import RayProjector, fill_from_prior, pair_depth, rectify, view_depth
 
 from .conftest import KITCHEN
@@ -719,6 +719,28 @@ def test_scene_scores_on_clouds_with_known_distances():
     assert half["precision@0.05"] == 1.0 and 0.5 < half["recall@0.05"] < 0.6
 
 
+def test_range_scores_bin_both_clouds_by_their_distance_to_the_nearest_camera():
+    """Two walls, 1 m and 3 m in front of a camera: the scene has the near one exactly and the far one 7 cm
+    off, and misses the far wall's right half. Each band says so on its own; the open last band is empty."""
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(-0.5, 0.5, (20000, 2))
+    near, far = thin(np.c_[xy, np.full(len(xy), 1.0)]), thin(np.c_[xy * 3, np.full(len(xy), 3.0)])
+    truth = np.concatenate([near, far])
+    scene = np.concatenate([near, far[far[:, 0] < 0] + [0, 0, 0.07]])
+    centres = np.array([[0.0, 0.0, -10.0], [0.05, 0.0, 0.0]])  # the first far behind: the nearest one counts
+    bands = range_scores(scene, truth, centres, edges=(2.0, 5.0))
+    assert [(b["from"], b["to"]) for b in bands] == [(0.0, 2.0), (2.0, 5.0), (5.0, float("inf"))]
+    first, second, last = bands
+    assert first["precision@0.05"] == 1.0 and first["recall@0.05"] == 1.0 and first["recall@0.02"] == 1.0
+    assert second["precision@0.05"] == 0.0 and second["precision@0.02"] == 0.0
+    assert second["recall@0.05"] == 0.0  # the far wall's half the scene holds is 7 cm off: none within 5 cm
+    assert range_scores(scene, truth, centres, edges=(2.0,), taus=(0.1,))[1]["recall@0.1"] == pytest.approx(
+        0.5, abs=0.05)  # within 10 cm: the half it holds
+    assert first["points"] == pytest.approx(len(near) / len(scene)) and first["truth"] == pytest.approx(
+        len(near) / len(truth))
+    assert last["points"] == 0.0 and last["precision@0.05"] is None and last["recall@0.05"] is None
+
+
 def test_alignment_solves_the_offset_between_two_sensors():
     rng = np.random.default_rng(3)
     truth = np.stack([G.invert_pose(G.invert_pose(look_at(rng.normal(0, 0.4, 3), rng.normal(0, 1, 3) + [0, 0, 3])))
@@ -1023,3 +1045,18 @@ def test_evaluate_refine_moves_a_scene_on_exact_cameras_little_and_says_by_how_m
     assert plain["rows"]["scene"]["f@0.02"] - 0.02 <= refined["rows"]["scene"]["f@0.02"] \
         <= plain["rows"]["scene"]["f@0.02"] + 0.05
     assert refined["rows"]["recorded_depth_on_cameras"]["f@0.02"] > 0.9
+    code, out, err = cli([*args, "--refine", "--by-range", "0.4,0.6"])  # the object lies 0.2-0.8 m away
+    row = json.loads(out)["rows"]["scene"]
+    bands = row["by_range"]
+    assert code == 0 and [(b["from"], b["to"]) for b in bands] == [(0.0, 0.4), (0.4, 0.6), (0.6, None)]
+    assert sum(b["points"] for b in bands) == pytest.approx(1.0) and sum(b["truth"] for b in bands) == pytest.approx(1.0)
+    for tau in ("0.02", "0.05"):  # the bands split the row's own points, after the refinement moved them
+        assert sum(b["points"] * (b[f"precision@{tau}"] or 0) for b in bands) == pytest.approx(
+            row[f"precision@{tau}"], abs=1e-9)
+        assert sum(b["truth"] * (b[f"recall@{tau}"] or 0) for b in bands) == pytest.approx(row[f"recall@{tau}"],
+                                                                                           abs=1e-9)
+    near = next(b for b in bands if b["points"] > 0.1)
+    assert f"{'scene':<28s} {'0-0.4' if near['from'] == 0 else '0.4-0.6':>9s}" in err, err
+    assert "by_range" not in plain["rows"]["scene"]
+    code, _, err = cli([*args, "--by-range", "2,1"])
+    assert code == 2 and "--by-range 2,1: expected band edges in metres, positive and ascending" in err

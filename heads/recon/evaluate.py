@@ -110,6 +110,28 @@ def cloud_scores(points: np.ndarray, truth: np.ndarray, taus: tuple[float, ...] 
     return out
 
 
+def range_scores(points: np.ndarray, truth: np.ndarray, centres: np.ndarray, edges: tuple[float, ...],
+                 taus: tuple[float, ...] = (0.02, 0.05)) -> list[dict[str, float]]:
+    """Precision and recall within each distance of ``taus`` per range band: both clouds' points binned by
+    their distance to the nearest camera centre of ``centres`` (K, 3), at the band ``edges`` (ascending,
+    metres; the last band is open). Each band says what share of the cloud's and of the truth's points lie
+    in it; a point's precision is still judged against all of the truth, and a truth point's recall
+    against all of the cloud. An empty band's figures are None."""
+    to_truth, to_scene = nearest_distances(points, truth), nearest_distances(truth, points)
+    at, at_truth = nearest_distances(points, centres), nearest_distances(truth, centres)
+    bounds = [0.0, *edges, float("inf")]
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        mine, theirs = (at >= lo) & (at < hi), (at_truth >= lo) & (at_truth < hi)
+        row = {"from": lo, "to": hi, "points": float(mine.mean()) if len(mine) else 0.0,
+               "truth": float(theirs.mean()) if len(theirs) else 0.0}
+        for tau in taus:
+            row[f"precision@{tau:g}"] = float((to_truth[mine] < tau).mean()) if mine.any() else None
+            row[f"recall@{tau:g}"] = float((to_scene[theirs] < tau).mean()) if theirs.any() else None
+        out.append(row)
+    return out
+
+
 def mesh_points(path: Path, spacing: float = VOXEL / 2, seed: int = 0) -> np.ndarray:
     """Points spread evenly over a mesh's surface, about one per ``spacing`` squared (seeded: one mesh gives
     one set of points)."""
@@ -235,7 +257,8 @@ def refinement_report(points: np.ndarray, s: float, R: np.ndarray, t: np.ndarray
 
 
 def evaluate_clouds(cameras: SceneCameras, clouds: dict[str, np.ndarray], frames: list, read_depth,
-                    voxel: float = VOXEL, offset: bool = True, scale: bool = True, refine: bool = False) -> dict:
+                    voxel: float = VOXEL, offset: bool = True, scale: bool = True, refine: bool = False,
+                    ranges: tuple[float, ...] | None = None) -> dict:
     """Clouds (name -> points (N, 3) in the frame of ``cameras``) scored against RGB-D ground truth.
 
     ``frames`` are the layout's frames (:class:`heads.sequences.Frame`, with poses and K), matched to the
@@ -247,6 +270,9 @@ def evaluate_clouds(cameras: SceneCameras, clouds: dict[str, np.ndarray], frames
     With ``refine`` the alignment is then refined on the first cloud's geometry (:func:`refine_alignment`),
     and every row, the references too, is scored after it; ``refined`` says by how much (scale, turn, and the
     mean distance the first cloud's points moved).
+
+    With ``ranges`` (band edges, metres) each row also holds ``by_range``: its precision and recall per
+    band of distance to the nearest recorded camera (:func:`range_scores`).
     """
     pairs = match_frames(cameras, frames)
     if len(pairs) < 3:
@@ -279,6 +305,9 @@ def evaluate_clouds(cameras: SceneCameras, clouds: dict[str, np.ndarray], frames
         back_project(np.full(d.shape, flat, np.float32), K, T, 4) for d, K, T in zip(depths, Ks, aligned)]), voxel)),
         truth)
     centres = truth_c2w[:, :3, 3]
+    if ranges:
+        for name, points in moved.items():
+            rows[name]["by_range"] = range_scores(fix(points), truth, centres, ranges)
     return {"frames": len(matched), "ate": alignment.ate,
             "ate_origin": float(np.sqrt(((centres - centres.mean(0)) ** 2).sum(1).mean())),
             "scale": alignment.s, "offset": alignment.offset.tolist(), "voxel": voxel,
@@ -308,7 +337,7 @@ def match_frames(cameras: SceneCameras, frames: list) -> list[tuple[int, object]
 
 
 def evaluate_scene(scene: Path, frames: list, read_depth, voxel: float = VOXEL, offset: bool = True,
-                   scale: bool = True, refine: bool = False) -> dict:
+                   scale: bool = True, refine: bool = False, ranges: tuple[float, ...] | None = None) -> dict:
     """:func:`evaluate_clouds` of a ``pixio recon3d`` output (its .ply or folder): the scene, its mesh
     (points spread on it) when there is one, and the COLMAP model's points when its cameras are a COLMAP
     model with points."""
@@ -329,6 +358,6 @@ def evaluate_scene(scene: Path, frames: list, read_depth, voxel: float = VOXEL, 
         clouds["colmap_points"] = cameras.points
     try:
         return evaluate_clouds(cameras, clouds, frames=frames, read_depth=read_depth, voxel=voxel, offset=offset,
-                               scale=scale, refine=refine)
+                               scale=scale, refine=refine, ranges=ranges)
     except InputError as e:
         raise InputError(f"{folder}: {e}") from None

@@ -259,6 +259,9 @@ def evaluate_recon3d(
         refine: Annotated[bool, typer.Option(
             "--refine", help="Then refine the alignment on the scene's own geometry (Tanks and Temples' ICP with "
                              "scale), every row scored after it; how far it moved is said.")] = False,
+        by_range: Annotated[Optional[str], typer.Option(
+            "--by-range", help="Also precision and recall per range band: the band edges, in metres from the "
+                               "nearest recorded camera, ascending (e.g. 1.5,2.5,3.5).", show_default=False)] = None,
         json_out: JsonOut = False) -> None:
     """The geometry of a reconstructed scene against the recorded depth of its frames.
 
@@ -274,6 +277,7 @@ def evaluate_recon3d(
     from heads.recon.evaluate import evaluate_scene
     from heads.sequences import find_sequences
 
+    edges = _range_edges(by_range) if by_range is not None else None
     frames = {}
     for split in ("train", "val"):
         for seq in find_sequences(dataset, data, split, depth_scale):
@@ -283,7 +287,7 @@ def evaluate_recon3d(
         raise InputError(f"--data {data}: no frames with depth in the {dataset} layout")
     reader = {id(f): seq for f, seq in frames.values()}
     result = evaluate_scene(scene, [f for f, _ in frames.values()], read_depth=lambda f: reader[id(f)].read_depth(f),
-                            voxel=voxel, offset=sensor_offset, scale=scale, refine=refine)
+                            voxel=voxel, offset=sensor_offset, scale=scale, refine=refine, ranges=edges)
     typer.echo(f"{result['frames']} frames; ATE {100 * result['ate']:.2f} cm (every camera at the origin: "
                f"{100 * result['ate_origin']:.2f} cm); path scale {result['scale']:.4f}", err=True)
     if result["refined"] is not None:
@@ -296,8 +300,36 @@ def evaluate_recon3d(
         typer.echo(f"{name:<28s} {row['points']:>8d} {100 * row['accuracy']:>7.1f} {100 * row['completeness']:>8.1f} "
                    f"{row['f@0.02']:>6.3f} {row['precision@0.05']:>6.3f} {row['recall@0.05']:>6.3f} "
                    f"{row['f@0.05']:>6.3f} {row['f@0.1']:>6.3f}", err=True)
+    if edges:
+        _echo_ranges(result["rows"])
     if json_out:
         typer.echo(json.dumps(_finite(result), allow_nan=False))
+
+
+def _range_edges(spec: str) -> tuple[float, ...]:
+    """The band edges of ``--by-range`` (metres, ascending, positive)."""
+    try:
+        edges = tuple(float(v) for v in spec.split(",") if v.strip())
+    except ValueError:
+        edges = ()
+    if not edges or edges[0] <= 0 or any(b <= a for a, b in zip(edges, edges[1:])) or not all(
+            e < float("inf") for e in edges):
+        raise UsageError(f"--by-range {spec}: expected band edges in metres, positive and ascending, such as "
+                         "1.5,2.5,3.5")
+    return edges
+
+
+def _echo_ranges(rows: dict) -> None:
+    """Each cloud's precision and recall per range band, a line per band."""
+    typer.echo(f"{'cloud':<28s} {'range m':>9s} {'points':>7s} {'truth':>6s} {'P@2':>6s} {'R@2':>6s} {'P@5':>6s} "
+               f"{'R@5':>6s}", err=True)
+    figure = lambda v: f"{v:>6.3f}" if v is not None else f"{'-':>6s}"  # noqa: E731
+    for name, row in rows.items():
+        for band in row.get("by_range", []):
+            span = f"{band['from']:g}-{band['to']:g}" if band["to"] < float("inf") else f">{band['from']:g}"
+            typer.echo(f"{name:<28s} {span:>9s} {band['points']:>7.0%} {band['truth']:>6.0%} "
+                       f"{figure(band['precision@0.02'])} {figure(band['recall@0.02'])} "
+                       f"{figure(band['precision@0.05'])} {figure(band['recall@0.05'])}", err=True)
 
 
 def _finite(obj):
