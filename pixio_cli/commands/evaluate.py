@@ -261,7 +261,8 @@ def evaluate_recon3d(
                              "scale), every row scored after it; how far it moved is said.")] = False,
         by_range: Annotated[Optional[str], typer.Option(
             "--by-range", help="Also precision and recall per range band: the band edges, in metres from the "
-                               "nearest recorded camera, ascending (e.g. 1.5,2.5,3.5).", show_default=False)] = None,
+                               "nearest recorded camera, ascending (e.g. 1.5,2.5,3.5).", metavar="EDGES",
+            show_default=False)] = None,
         json_out: JsonOut = False) -> None:
     """The geometry of a reconstructed scene against the recorded depth of its frames.
 
