@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -129,6 +128,7 @@ OURS = {  # run name: flags (the default run writes the COLMAP model, for its po
     "ours_no_sfm": ["--no-sfm", "--cameras", "json"],
 }
 REFINED = ("ours", "ours_known")  # kitchen runs also scored after the alignment is refined on their geometry
+RANGES = (1.5, 2.5, 3.5)  # metres from the nearest recorded camera: the default's refined scores per band too
 RIGID = ("ours_known",)  # runs whose scene is in metres from what was given: scored with its scale judged
 
 
@@ -147,7 +147,8 @@ def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra:
     trivial cameras on one set of frames; with ``rgbd`` (frames, depth reader) the geometry of each too
     (``offset``: solve for a sensor offset, as 7-Scenes' depth camera needs). Runs in :data:`RIGID` are also
     scored with their scale judged (``geometry_rigid``); with ``refine``, runs in :data:`REFINED` and COLMAP's
-    points also after Tanks and Temples' refinement on their own geometry (``geometry_refined``)."""
+    points also after Tanks and Temples' refinement on their own geometry (``geometry_refined``; the default's
+    rows also per band of :data:`RANGES`)."""
     from heads.recon.evaluate import SceneCameras, evaluate_clouds, evaluate_scene, read_scene_cameras
 
     folder = work / "images"
@@ -175,7 +176,8 @@ def run_set(images: list[Path], truth: dict[str, np.ndarray], work: Path, extra:
             if name in RIGID:
                 rigid[name] = evaluate_scene(work / name, *rgbd, offset=offset, scale=False)
             if refine and name in REFINED:
-                refined[name] = evaluate_scene(work / name, *rgbd, offset=offset, refine=True)
+                refined[name] = evaluate_scene(work / name, *rgbd, offset=offset, refine=True,
+                                               ranges=RANGES if name == "ours" else None)
     seconds, peak, out, _ = run_timed([sys.executable, "-m", "benchmarks.recon3d", "--colmap-alone", str(folder),
                                        str(work / "colmap")])
     colmap = json.loads(out.strip().splitlines()[-1])

@@ -445,6 +445,33 @@ def geometry_table(r: dict) -> list[str]:
             out.append(cloud_row("`--known-cameras`, scored in its own metres (scale judged, not fitted; the path's "
                                  f"fit would be {g['ours_known']['scale']:.3f})", rigid["rows"]["scene"]))
         out += refined_rows(data.get("geometry_refined") or {})
+        out += range_table((data.get("geometry_refined") or {}).get("ours"))
+    return out
+
+
+RANGE_ROWS = (("scene", "`pixio recon3d` (default)"), ("colmap_points", "the sparse points of our SfM"))
+
+
+def range_table(refined: dict | None) -> list[str]:
+    """The default run's refined rows per band of distance to the nearest recorded camera (``by_range`` of
+    ``pixio evaluate recon3d --by-range``): where the geometry holds, beside the SfM's triangulated points."""
+    rows = (refined or {}).get("rows", {})
+    bands = (rows.get("scene") or {}).get("by_range")
+    if not bands:
+        return []
+    span = lambda b: f"{b['from']:g}-{b['to']:g} m" if b["to"] is not None and b["to"] != float("inf") \
+        else f"over {b['from']:g} m"  # noqa: E731
+    figure = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
+    out = ["", "Where that geometry holds: the default run after the same refinement, per band of distance to the "
+           "nearest recorded camera (`--by-range`), P@5cm / R@5cm; each band's share of the truth in the heading "
+           "(its points are judged against the whole truth):", "",
+           "| cloud | " + " | ".join(f"{span(b)} ({b['truth']:.0%} of the truth)" for b in bands) + " |",
+           "|---|" + "---|" * len(bands)]
+    for cloud, name in RANGE_ROWS:
+        x = (rows.get(cloud) or {}).get("by_range")
+        if x:
+            out.append(f"| {name} | " + " | ".join(f"{figure(b['precision@0.05'])} / {figure(b['recall@0.05'])}"
+                                                   for b in x) + " |")
     return out
 
 

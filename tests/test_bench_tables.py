@@ -146,3 +146,18 @@ def test_the_official_parity_the_docs_claim_is_the_last_recorded_run():
     for page in ("README.md", "docs/models.md"):
         text = " ".join((root / page).read_text().split())
         assert "scripts/official_parity.py" in text and "bit for bit" in text, page
+
+
+def test_the_range_table_shows_each_band_with_its_share_of_the_truth_and_an_empty_band_as_a_dash():
+    from benchmarks.run_all import range_table
+
+    def band(lo, hi, truth, p, r):
+        return {"from": lo, "to": hi, "points": 0.5, "truth": truth, "precision@0.05": p, "recall@0.05": r}
+
+    rows = {"scene": {"by_range": [band(0.0, 1.5, 0.07, 0.891, 0.959), band(1.5, None, 0.93, 0.668, 0.699)]},
+            "colmap_points": {"by_range": [band(0.0, 1.5, 0.07, 0.958, 0.695), band(1.5, None, 0.93, None, 0.1)]}}
+    lines = range_table({"rows": rows})
+    assert "| cloud | 0-1.5 m (7% of the truth) | over 1.5 m (93% of the truth) |" in lines, lines
+    assert "| `pixio recon3d` (default) | 0.891 / 0.959 | 0.668 / 0.699 |" in lines
+    assert "| the sparse points of our SfM | 0.958 / 0.695 | - / 0.100 |" in lines
+    assert range_table(None) == [] and range_table({"rows": {"scene": {}}}) == []
