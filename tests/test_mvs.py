@@ -501,7 +501,7 @@ def neighbour(name: str, x: float) -> dict:
 
 
 def the_view(h: int = 2, w: int = 3) -> dict:
-    return {"name": "a", "cam2world": pose(), "image": np.zeros((h, w), np.uint8)}
+    return {"name": "a", "cam2world": pose(), "image": np.zeros((h, w), np.uint8), "rays": np.zeros((h, w, 2))}
 
 
 def test_a_view_keeps_the_median_where_enough_pairs_agree(monkeypatch):
@@ -743,3 +743,57 @@ def test_push_pull_with_nothing_known_is_zero_and_weights_count_between_0_and_1(
     negative = weights.copy()
     negative[4, 4], values[4, 4] = -1.0, 100.0  # counts as unknown
     assert np.allclose(_push_pull(values, negative), plain), "a negative weight counted"
+
+
+def test_a_pair_matched_on_images_twice_the_size_finds_the_depth_finer_on_the_same_pixels():
+    """Both cameras tilted 25 degrees down at the wall (its disparity changes from row to row, by fractions of a
+    pixel), b 0.3 m to the right.
+    Given the same views at twice the size (``image``, ``f`` and ``project`` of the larger picture, ``rays``
+    of the depth map's pixels), the depths still come on the rays' pixels, with about half the error
+    (measured: median 0.86 % against 1.82 %, 90th percentile 1.8 % against 3.8 %)."""
+    R = turn("x", 25.0)
+    A, B = pose((0.0, 0.0, 0.0), R), pose((0.3, 0.0, 0.0), R)
+    rays = pinhole_rays()
+    truth = wall_depth(A, rays, Z_WALL)
+    big = pinhole_rays(2 * H, 2 * W, 2 * F, (CX + 0.5) * 2 - 0.5, (CY + 0.5) * 2 - 0.5)
+
+    def fine(T: np.ndarray) -> dict:
+        return {"image": view(T, big)["image"], "rays": rays, "project": RayProjector(rays).scaled(2.0, 2.0),
+                "f": 2 * F, "cam2world": T}
+
+    coarse = pair_depth(view(A), view(B), (0.5, 20.0))
+    finer = pair_depth(fine(A), fine(B), (0.5, 20.0))
+    assert finer.shape == (H, W) and finer.dtype == np.float32
+    both = np.isfinite(coarse) & np.isfinite(finer)
+    assert both.mean() > 0.6, both.mean()
+    e_coarse, e_fine = np.abs(coarse[both] / truth[both] - 1), np.abs(finer[both] / truth[both] - 1)
+    assert np.median(e_fine) < 0.6 * np.median(e_coarse), (np.median(e_fine), np.median(e_coarse))
+    assert np.percentile(e_fine, 90) < 0.6 * np.percentile(e_coarse, 90)
+
+
+def test_the_finer_images_are_the_views_at_up_to_the_factor_and_at_most_their_own_size(tmp_path):
+    """Views of 640 x 480 processed at 256 x 192: grey images at twice that (the same picture: a pixel of the
+    processing frame is the mean of its 2 x 2 there), or at 1.5x when the smallest view is 384 wide; none when
+    no view is larger than the processing size, or a view no longer decodes."""
+    import cv2
+
+    from heads.recon.views import fine_grays
+    from pixio_cli.inputs import Item
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for n in range(2):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
+        cv2.imwrite(str(tmp_path / f"{n}.png"), image)
+        paths.append(tmp_path / f"{n}.png")
+    items = [Item(str(p), p.stem) for p in paths]
+    sizes = np.array([[480, 640], [480, 640]])
+    fine = fine_grays(items, (192, 256), sizes, 2.0)
+    assert fine.shape == (2, 384, 512) and fine.dtype == np.uint8
+    grey = cv2.cvtColor(cv2.imread(str(paths[1])), cv2.COLOR_BGR2GRAY)
+    want = cv2.resize(grey, (512, 384), interpolation=cv2.INTER_AREA).astype(float)
+    assert np.abs(fine[1].astype(float) - want).mean() < 1.0  # view 1's picture, in order
+    assert fine_grays(items, (192, 256), np.array([[480, 640], [288, 384]]), 2.0).shape == (2, 288, 384)
+    assert fine_grays(items, (192, 256), np.array([[192, 256], [480, 640]]), 2.0) is None
+    paths[0].write_bytes(b"not an image any more")
+    assert fine_grays(items, (192, 256), sizes, 2.0) is None

@@ -243,14 +243,15 @@ class FusedViews:
 
 def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np.ndarray, valid: np.ndarray,
                grays: np.ndarray | None, f: Fusion = Fusion(), measured: np.ndarray | None = None,
-               tracks: list | None = None) -> FusedViews:
+               tracks: list | None = None, fine: np.ndarray | None = None) -> FusedViews:
     """The steps of the module's docstring on V views; ``depth`` is the prior (the network's depth, fitted),
     ``grays`` (V, h, w) uint8 the images at the depth maps' size (None: no matching, the prior is checked
     as it is). ``tracks``: per view the (near, far) depths its tracks span (1st, 99th percentile) or None,
     which set the depths matching searches. A view with no neighbour, or whose neighbours confirm under
     ``min_agreeing`` of its pixels (cameras or depths too far off), keeps its valid pixels unchecked
     (``checked`` False). ``measured`` (V, h, w): measured depths (known depth), which matching leaves as they
-    are and which need no confirmation."""
+    are and which need no confirmation. ``fine`` (V, H', W') uint8: the same grey images at a larger size,
+    matched in their place (finer disparities; the depths still come out on the depth maps' pixels)."""
     V, ws = len(depth), active()
     depth = _copy(depth, ws.array("depth", depth.shape, np.float32))  # stored in float32; computed in float64
     rays = rays if rays.dtype == np.float32 else _copy(rays, ws.array("rays", rays.shape, np.float32))
@@ -262,7 +263,7 @@ def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np
     if f.stereo is not None and grays is not None:
         _match_views(depth, rays, cam2world=cam2world, K=K, grays=grays, valid=valid, measured=measured,
                      order=[list(dict.fromkeys(n + o)) for n, o in zip(neighbours, overlapping)], tracks=tracks,
-                     s=f.stereo, matched=matched)
+                     s=f.stereo, matched=matched, fine=fine)
     averaged, count, against = average_agreeing(depth, rays, K=K, cam2world=cam2world, valid=valid,
                                                 neighbours=neighbours, rtol=f.rtol)
     checked = np.zeros(V, bool)
@@ -288,17 +289,21 @@ def fuse_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np
 
 def _match_views(depth: np.ndarray, rays: np.ndarray, cam2world: np.ndarray, K: np.ndarray, grays: np.ndarray,
                  valid: np.ndarray, measured: np.ndarray | None, order: list[list[int]], tracks: list | None, s: Stereo,
-                 matched: np.ndarray) -> None:
+                 matched: np.ndarray, fine: np.ndarray | None = None) -> None:
     """Each view's depth found by matching it with the views ``order`` names (preferred first), in place
     in ``depth`` where ``valid`` and not ``measured``, the prior filling in where matching found nothing;
-    ``matched`` marks the pixels it found. Views whose rays no smooth camera model follows keep their prior."""
+    ``matched`` marks the pixels it found; ``fine``: the images to match, at a larger size than ``grays``.
+    Views whose rays no smooth camera model follows keep their prior."""
     V = len(depth)
     projectors = [p for _, p in each_view(lambda v: RayProjector(rays[v], step=4), V)]
     usable = [p.error < 0.5 for p in projectors]
+    images = grays if fine is None else fine
+    sy, sx = images.shape[1] / grays.shape[1], images.shape[2] / grays.shape[2]
 
     def view(v: int) -> dict:
-        return {"image": np.asarray(grays[v]), "rays": np.asarray(rays[v], np.float64), "project": projectors[v],
-                "f": float(K[v, 0, 0]), "cam2world": cam2world[v]}
+        return {"image": np.asarray(images[v]), "rays": np.asarray(rays[v], np.float64),
+                "project": projectors[v] if fine is None else projectors[v].scaled(sx, sy),
+                "f": float(K[v, 0, 0]) * sx, "cam2world": cam2world[v]}
 
     def match(v: int) -> np.ndarray | None:
         if not usable[v]:
@@ -346,7 +351,8 @@ def camera_rays(pred: Predictions) -> np.ndarray:
 
 
 def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, measured: np.ndarray | None = None,
-         tracks: list | None = None, *, in_place: bool = False) -> tuple[Predictions, np.ndarray, np.ndarray, dict]:
+         tracks: list | None = None, *, fine: np.ndarray | None = None, in_place: bool = False
+         ) -> tuple[Predictions, np.ndarray, np.ndarray, dict]:
     """The views' depths found by matching the images ``colours`` (V, H, W, 3) with the predictions' depth as
     the prior, checked against each other and averaged where they agree (:func:`heads.recon.fusion.fuse_views`
     with options ``f``), starting from the ``valid`` pixels; ``tracks``: per view the (near, far) depths of its
@@ -354,7 +360,9 @@ def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, meas
     matched or confirmed (what a TSDF should average); of those, the ones to keep as points (each surface
     once); and a report: views checked, the names of those that could not be, the fraction of pixels matching
     found, and the pixels left by the check and by keeping each surface once. ``measured`` (V, H, W) bool:
-    pixels whose depth was measured (known depth), which matching does not move. ``in_place``: the fused
+    pixels whose depth was measured (known depth), which matching does not move. ``fine``: the views as grey
+    images at a larger size (:func:`heads.recon.views.fine_grays`), matched in place of the colours.
+    ``in_place``: the fused
     depths and points are written over ``pred``'s arrays (and ``valid`` narrowed), with no copy of them."""
     f = f or Fusion()
     ws = active()
@@ -369,7 +377,7 @@ def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, meas
         tick()
     c2w = pred.cam2world.astype(np.float64)
     out = fuse_views(pred.depth_z, rays, cam2world=c2w, K=pred.K.astype(np.float64), valid=valid, grays=grays, f=f,
-                     measured=measured, tracks=tracks)
+                     measured=measured, tracks=tracks, fine=fine)
     del grays
     fused = pred if in_place else replace(pred, depth_z=pred.depth_z.astype(np.float32, copy=True),
                                           pts3d=pred.pts3d.astype(np.float32, copy=True))

@@ -13,6 +13,10 @@ the matched depths around it.
 
 Cameras whose model bends rays (lens distortion) are handled through each view's rays: the pixel a
 direction lands on comes from a polynomial fitted to them (:class:`RayProjector`).
+
+The images matched may be larger than the depth maps (``resolution``: the frames at twice their size, as
+decoded; :meth:`RayProjector.scaled`): a disparity is then found in finer pixels, and the depth is still read
+for each of the depth map's pixels.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Stereo:
     uniqueness: int = 10  # SGBM: % by which the best disparity must beat the second best
     reach: float | None = 0.06  # the prior fills pixels at most this far from a matched one (fraction of the width)
     min_texture: float = 2.0  # grey levels (0-255, standard deviation over 5 x 5 pixels) a match needs to stand alone
+    resolution: float = 2.0  # images matched at up to this many times the depth maps' size (at most their own)
 
 
 class RayProjector:
@@ -68,6 +73,13 @@ class RayProjector:
         """Pixels (u, v) of directions with normalised coordinates ``x``, ``y`` (any shape)."""
         uv = self._terms(x.ravel(), y.ravel()) @ self.coef
         return uv[:, 0].reshape(x.shape), uv[:, 1].reshape(x.shape)
+
+    def scaled(self, sx: float, sy: float):
+        """The pixels of the same image resized by ``sx`` x ``sy`` (pixel centres kept: (u + 0.5) s - 0.5)."""
+        def project(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            u, v = self(x, y)
+            return (u + 0.5) * sx - 0.5, (v + 0.5) * sy - 0.5
+        return project
 
 
 def rectify(cam2world_a: np.ndarray, cam2world_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
@@ -105,9 +117,12 @@ def _sampling_map(project: RayProjector, R: np.ndarray, K_rect: np.ndarray, size
 def pair_depth(a: dict, b: dict, z_range: tuple[float, float], s: Stereo = Stereo()) -> np.ndarray | None:
     """The z-depth (h, w) float32 of view ``a``'s pixels found by matching it with view ``b`` (NaN where
     none), searched between ``z_range`` (near, far); None when the pair cannot be rectified (the baseline
-    points into a's image). Views are dicts of ``image`` (h, w) uint8, ``rays`` (h, w, 2), ``project``
-    (:class:`RayProjector`), ``f`` (focal length, pixels) and ``cam2world`` (4, 4)."""
-    h, w = a["image"].shape
+    points into a's image). Views are dicts of ``image`` uint8, ``rays`` (h, w, 2), ``project``
+    (:class:`RayProjector`: a direction's pixel in the image), ``f`` (focal length in the image's pixels) and
+    ``cam2world`` (4, 4). The image may be finer than the rays (the same picture at a larger size): the pair is
+    matched at the image's size, and the depths come out on the rays' pixels."""
+    h, w = a["rays"].shape[:2]
+    hb, wb = b["image"].shape
     turned = rectify(a["cam2world"], b["cam2world"])
     if turned is None:
         return None
@@ -120,7 +135,7 @@ def pair_depth(a: dict, b: dict, z_range: tuple[float, float], s: Stereo = Stere
         return None  # a's image reaches towards the baseline's direction: no rectification holds it
     u, v = f * d[:, 0] / d[:, 2], f * d[:, 1] / d[:, 2]
     width, height = int(np.ceil(u.max() - u.min())) + 1, int(np.ceil(v.max() - v.min())) + 1
-    if width * height > s.max_canvas * h * w:
+    if width * height > s.max_canvas * a["image"].size:
         return None
     near, far = z_range
     lowest = int(np.floor(f * baseline / far)) - 1
@@ -137,7 +152,7 @@ def pair_depth(a: dict, b: dict, z_range: tuple[float, float], s: Stereo = Stere
                                  uniquenessRatio=s.uniqueness, speckleWindowSize=50, speckleRange=2,
                                  mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY)
     disparity = sgbm.compute(left, right).astype(np.float32) / 16
-    in_b = ((map_b[0] >= 0) & (map_b[0] <= w - 1) & (map_b[1] >= 0) & (map_b[1] <= h - 1)).astype(np.uint8)
+    in_b = ((map_b[0] >= 0) & (map_b[0] <= wb - 1) & (map_b[1] >= 0) & (map_b[1] <= hb - 1)).astype(np.uint8)
     rows, cols = np.mgrid[0:size[1], 0:size[0]].astype(np.float32)
     seen = cv2.remap(in_b, cols - disparity, rows, cv2.INTER_NEAREST, borderValue=0) > 0  # the match lies in b
     # the ends of the range searched hold what lies beyond it, clamped: not a match
@@ -183,7 +198,7 @@ def view_depth(view: dict, candidates: list[dict], z_range: tuple[float, float],
         z = pair_depth(view, other, z_range, s)
         if z is not None:
             depths.append(z)
-    h, w = view["image"].shape
+    h, w = view["rays"].shape[:2]
     if not depths:
         return np.full((h, w), np.nan, np.float32), 0
     stack = np.stack(depths)

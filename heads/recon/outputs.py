@@ -22,9 +22,11 @@ from heads.recon.camera_files import write_colmap
 from heads.recon.cleaning import Cleaning, clean_points, pixel_mask
 from heads.recon.fusion import fuse
 from heads.recon.mesh import MESH_MEMORY, tsdf_mesh
+from heads.recon.mvs import Stereo
 from heads.recon.pipeline import Scene, SceneOptions
 from heads.recon.preview import preview_picture
 from heads.recon.scene_files import SceneFiles
+from heads.recon.views import fine_grays
 from heads.recon.workspace import active
 from heads.writers3d import write_cameras_json, write_mesh, write_ply
 
@@ -55,8 +57,9 @@ def write_scene(scene: Scene, options: SceneOptions, out: SceneOutputs, say: Cal
     keep, counts = pixel_mask(pred, out.cleaning)
     surface, fused = keep, None  # what the mesh averages, and what fusion said
     if options.fusion:  # in place: the scene's predictions are not used again
+        fine = fine_grays(scene.view_items, pred.depth_z.shape[1:], pred.original_hw, Stereo().resolution)
         pred, surface, keep, fused = fuse(pred, colours, keep, measured=scene.measured, tracks=scene.placed.get("tracks"),
-                                          in_place=True)
+                                          fine=fine, in_place=True)
         counts.update(after_views=fused["after_views"], after_once=fused["after_once"])
     # photos with nothing in common: matching registered none and no view sees what another sees
     apart = (scene.sfm_seconds is not None and n > 1 and scene.placed["registered"] == 0 and fused is not None
