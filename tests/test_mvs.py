@@ -777,7 +777,7 @@ def test_the_finer_images_are_the_views_at_up_to_the_factor_and_at_most_their_ow
     no view is larger than the processing size, or a view no longer decodes."""
     import cv2
 
-    from heads.recon.views import fine_grays
+    from heads.recon.outputs import fine_grays
     from pixio_cli.inputs import Item
 
     rng = np.random.default_rng(0)

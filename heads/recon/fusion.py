@@ -361,7 +361,7 @@ def fuse(pred: Predictions, colours: np.ndarray, valid: np.ndarray, f=None, meas
     once); and a report: views checked, the names of those that could not be, the fraction of pixels matching
     found, and the pixels left by the check and by keeping each surface once. ``measured`` (V, H, W) bool:
     pixels whose depth was measured (known depth), which matching does not move. ``fine``: the views as grey
-    images at a larger size (:func:`heads.recon.views.fine_grays`), matched in place of the colours.
+    images at a larger size (:func:`heads.recon.outputs.fine_grays`), matched in place of the colours.
     ``in_place``: the fused
     depths and points are written over ``pred``'s arrays (and ``valid`` narrowed), with no copy of them."""
     f = f or Fusion()

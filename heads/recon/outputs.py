@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import cv2
 import numpy as np
 
 from pixio_cli.engine import ImageStream
 from pixio_cli.errors import PixioError
-from pixio_cli.images import ResizePolicy
+from pixio_cli.images import ResizePolicy, resize_image
 from pixio_cli.writers import write_bytes, write_image
 
 from heads.pointmap.predictions import Predictions
@@ -26,7 +27,6 @@ from heads.recon.mvs import Stereo
 from heads.recon.pipeline import Scene, SceneOptions
 from heads.recon.preview import preview_picture
 from heads.recon.scene_files import SceneFiles
-from heads.recon.views import fine_grays
 from heads.recon.workspace import active
 from heads.writers3d import write_cameras_json, write_mesh, write_ply
 
@@ -206,6 +206,25 @@ def _write_mesh(pred, colours, scene_path: Path, voxel: Optional[float], glb: bo
     for target in targets:
         write_mesh(files.path(target) if files is not None else target, tri)
     return [str(t) for t in targets]
+
+
+def fine_grays(items: list, hw: tuple[int, int], original_hw: np.ndarray, factor: float) -> Optional[np.ndarray]:
+    """The views (``items``, decoded again from their files) as grey images at ``factor`` times the processing
+    size ``hw``, or at the smallest view's own size where that is less, for matching (finer disparities): an
+    array (V, H, W) uint8 of the workspace. None when no view is larger than ``hw``, or one no longer
+    decodes (the views are then matched at the processing size)."""
+    h, w = hw
+    k = min(factor, float(np.min(original_hw[:, 0])) / h, float(np.min(original_hw[:, 1])) / w)
+    if k <= 1.0 + 1e-6:
+        return None
+    size = (int(round(h * k)), int(round(w * k)))
+    out = active().array("fine", (len(items),) + size, np.uint8)
+    for sample in ImageStream(items, ResizePolicy(short=None, multiple=1)):
+        if sample.error is not None:
+            return None
+        out[sample.index] = cv2.cvtColor(resize_image(sample.image, size), cv2.COLOR_RGB2GRAY)
+        active().tick()
+    return out
 
 
 def write_views(items: list, folder: Path) -> list[str]:

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from pixio_cli.errors import UsageError
-from pixio_cli.images import ResizePolicy, resize_image
+from pixio_cli.images import resize_image
 
 from heads.recon.chunks import KeptChunks
 from heads.recon.known_cameras import read_known_cameras
@@ -90,27 +90,6 @@ def at_size(image: np.ndarray, hw: tuple[int, int], label: str) -> np.ndarray:
         raise UsageError(f"{label} is processed at {image.shape[1]}x{image.shape[0]} but the first frame at "
                          f"{w}x{h}: the views of one scene must share an aspect ratio (within 5 %)")
     return resize_image(image, (h, w))
-
-
-def fine_grays(items: list, hw: tuple[int, int], original_hw: np.ndarray, factor: float) -> Optional[np.ndarray]:
-    """The views (``items``, decoded again from their files) as grey images at ``factor`` times the processing
-    size ``hw``, or at the smallest view's own size where that is less, for matching (finer disparities): an
-    array (V, H, W) uint8 of the workspace. None when no view is larger than ``hw``, or one no longer
-    decodes (the views are then matched at the processing size)."""
-    from pixio_cli.engine import ImageStream  # here: the engine pulls in torch, which the views do not need
-
-    h, w = hw
-    k = min(factor, float(np.min(original_hw[:, 0])) / h, float(np.min(original_hw[:, 1])) / w)
-    if k <= 1.0 + 1e-6:
-        return None
-    size = (int(round(h * k)), int(round(w * k)))
-    out = active().array("fine", (len(items),) + size, np.uint8)
-    for sample in ImageStream(items, ResizePolicy(short=None, multiple=1)):
-        if sample.error is not None:
-            return None
-        out[sample.index] = cv2.cvtColor(resize_image(sample.image, size), cv2.COLOR_RGB2GRAY)
-        active().tick()
-    return out
 
 
 def image_names(items: list) -> tuple[str, list[str]]:
